@@ -1,0 +1,263 @@
+//! One call, Sans-IO: the SIP dialog, the RTP session and the script wired
+//! together, producing the lead when the dialog ends.
+//!
+//! The runtime feeds it SIP messages, RTP datagrams and timeouts with the
+//! current `Instant`, and sends whatever `poll_transmit` returns. Because
+//! wall-clock times for the lead are derived from a base pair
+//! (`Instant`, `SystemTime`) fixed at creation, a test can drive a whole call
+//! faster than real time and still get exact timestamps.
+
+use crate::intake::lead::{rfc3339, Lead};
+use crate::intake::script::{Script, ScriptAction};
+use crate::media::prompt::PromptSet;
+use crate::media::rtp::{MediaEvent, MediaSession, MediaStats};
+use crate::sip::dialog::{DialogConfig, DialogEvent, EndedBy, SipTransmit, UasDialog};
+use crate::sip::message::{Request, Response};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Something for the runtime to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transmit {
+    Sip(SipTransmit),
+    Rtp { dest: SocketAddr, bytes: Vec<u8> },
+}
+
+/// What the call reports to the runtime.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallEvent {
+    /// Log-worthy progress, one line each.
+    Progress(&'static str, String),
+    /// The finished lead: write it.
+    Lead(Box<Lead>),
+}
+
+/// Per-call values that come from outside (randomness, identity, limits).
+#[derive(Debug, Clone)]
+pub struct CallSetup {
+    pub dialog: DialogConfig,
+    pub lead_id: String,
+    pub received_at: SystemTime,
+    pub transport: &'static str,
+    pub max_duration: Duration,
+    /// RTP SSRC, first sequence number and first timestamp (random per RFC 3550).
+    pub rtp_seed: (u32, u16, u32),
+}
+
+pub struct Call {
+    dialog: UasDialog,
+    media: Option<MediaSession>,
+    script: Script,
+    prompts: Arc<PromptSet>,
+    lead: Option<Lead>,
+    base: (Instant, SystemTime),
+    setup: CallSetup,
+    answered: bool,
+    deadline: Instant,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<CallEvent>,
+}
+
+impl Call {
+    pub fn new(now: Instant, invite: Request, setup: CallSetup, script: Script, prompts: Arc<PromptSet>) -> Call {
+        let lead = Lead::from_invite(setup.lead_id.clone(), &invite, setup.received_at, setup.transport);
+        let dialog = UasDialog::new(now, invite, setup.dialog.clone());
+        let mut call = Call {
+            dialog,
+            media: None,
+            script,
+            prompts,
+            lead: Some(lead),
+            base: (now, setup.received_at),
+            deadline: now + setup.max_duration,
+            setup,
+            answered: false,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+        };
+        call.progress("invite", "INVITE received, ringing".into());
+        call.process(now);
+        call
+    }
+
+    pub fn call_id(&self) -> &str {
+        self.dialog.call_id()
+    }
+
+    fn wall(&self, now: Instant) -> SystemTime {
+        self.base.1 + now.saturating_duration_since(self.base.0)
+    }
+
+    fn progress(&mut self, what: &'static str, detail: String) {
+        self.events.push_back(CallEvent::Progress(what, detail));
+    }
+
+    pub fn handle_sip_request(&mut self, now: Instant, req: Request) {
+        self.dialog.handle_request(now, req);
+        self.process(now);
+    }
+
+    pub fn handle_sip_response(&mut self, now: Instant, resp: Response) {
+        self.dialog.handle_response(now, resp);
+        self.process(now);
+    }
+
+    pub fn handle_rtp(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        if let Some(m) = self.media.as_mut() {
+            m.handle_rtp(now, from, data);
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if now >= self.deadline && self.lead.is_some() {
+            self.deadline = now + Duration::from_secs(3600);
+            self.dialog.hangup(now, EndedBy::Timeout, "maximum call duration reached");
+        }
+        self.dialog.handle_timeout(now);
+        if let Some(m) = self.media.as_mut() {
+            m.handle_timeout(now);
+        }
+        self.process(now);
+    }
+
+    /// Hang up from our side (shutdown).
+    pub fn hangup(&mut self, now: Instant, detail: &str) {
+        self.dialog.hangup(now, EndedBy::Agent, detail);
+        self.process(now);
+    }
+
+    /// Run the three machines against each other until nothing changes.
+    fn process(&mut self, now: Instant) {
+        loop {
+            let mut progressed = false;
+            while let Some(ev) = self.dialog.poll_event() {
+                progressed = true;
+                self.on_dialog_event(now, ev);
+            }
+            while let Some(action) = self.script.poll_action() {
+                progressed = true;
+                match action {
+                    ScriptAction::Play(name) => match (self.prompts.get(&name), self.media.as_mut()) {
+                        (Some(p), Some(m)) => {
+                            m.play(p);
+                            self.events.push_back(CallEvent::Progress("play", format!("playing prompt {name}")));
+                        }
+                        (None, _) => {
+                            tracing::error!(prompt = %name, "script asks for a prompt that is not loaded");
+                            self.script.handle_prompt_finished(&name);
+                        }
+                        (_, None) => {}
+                    },
+                    ScriptAction::Hangup => self.dialog.hangup(now, EndedBy::Agent, "script finished"),
+                }
+            }
+            if let Some(m) = self.media.as_mut() {
+                while let Some(MediaEvent::PromptFinished(name)) = m.poll_event() {
+                    progressed = true;
+                    self.script.handle_prompt_finished(&name);
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+        while let Some(t) = self.dialog.poll_transmit() {
+            self.transmits.push_back(Transmit::Sip(t));
+        }
+        if let Some(m) = self.media.as_mut() {
+            while let Some((dest, bytes)) = m.poll_transmit() {
+                self.transmits.push_back(Transmit::Rtp { dest, bytes });
+            }
+        }
+    }
+
+    fn on_dialog_event(&mut self, now: Instant, ev: DialogEvent) {
+        match ev {
+            DialogEvent::Answered => {
+                self.answered = true;
+                let at = rfc3339(self.wall(now));
+                if let Some(l) = self.lead.as_mut() {
+                    l.answered_at = Some(at);
+                }
+                self.progress("answered", "200 OK sent".into());
+            }
+            DialogEvent::Confirmed { negotiated, remote_rtp, direction } => {
+                let (ssrc, seq, ts) = self.setup.rtp_seed;
+                let mut m = MediaSession::new(negotiated.law, remote_rtp, ssrc, seq, ts);
+                m.update(negotiated.law, remote_rtp, direction.reversed().sends());
+                m.start(now);
+                self.media = Some(m);
+                if let Some(l) = self.lead.as_mut() {
+                    l.codec = Some(negotiated.law.encoding_name().to_string());
+                }
+                self.progress(
+                    "confirmed",
+                    format!("ACK received; media {} to {remote_rtp:?}", negotiated.law.encoding_name()),
+                );
+                self.script.handle_answered();
+            }
+            DialogEvent::MediaChanged { negotiated, remote_rtp, direction } => {
+                if let Some(m) = self.media.as_mut() {
+                    m.update(negotiated.law, remote_rtp, direction.reversed().sends());
+                }
+                self.progress("reinvite", format!("media now {remote_rtp:?} {direction:?}"));
+            }
+            DialogEvent::Info { content_type, .. } => {
+                self.progress("info", format!("INFO {content_type}"));
+            }
+            DialogEvent::Ended { by, detail } => {
+                self.script.handle_call_ended();
+                if let Some(m) = self.media.as_mut() {
+                    m.stop();
+                }
+                let outcome = match by {
+                    EndedBy::Cancel => "hung_up_while_ringing".to_string(),
+                    EndedBy::Error if !self.answered => "rejected".to_string(),
+                    EndedBy::Timeout if !self.dialog.is_confirmed() && self.media.is_none() => "no_ack".to_string(),
+                    _ => self.script.outcome(),
+                };
+                let ended = self.wall(now);
+                if let Some(mut lead) = self.lead.take() {
+                    lead.ended_at = Some(rfc3339(ended));
+                    lead.duration_ms = Some(now.saturating_duration_since(self.base.0).as_millis() as u64);
+                    lead.ended_by = Some(by);
+                    lead.outcome = outcome;
+                    self.progress("ended", format!("call ended by {by:?}: {detail}; outcome {}", lead.outcome));
+                    self.events.push_back(CallEvent::Lead(Box::new(lead)));
+                }
+            }
+        }
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<CallEvent> {
+        self.events.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut t = self.dialog.poll_timeout();
+        if let Some(m) = &self.media {
+            if let Some(mt) = m.poll_timeout() {
+                t = Some(t.map_or(mt, |x| x.min(mt)));
+            }
+        }
+        if self.lead.is_some() {
+            t = Some(t.map_or(self.deadline, |x| x.min(self.deadline)));
+        }
+        t
+    }
+
+    /// The dialog is over and the lead has been handed out.
+    pub fn is_finished(&self) -> bool {
+        self.dialog.is_terminated() && self.lead.is_none()
+    }
+
+    pub fn media_stats(&self) -> Option<&MediaStats> {
+        self.media.as_ref().map(|m| &m.stats)
+    }
+}

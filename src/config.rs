@@ -1,0 +1,324 @@
+//! The TOML configuration: every setting with a default, so an empty file
+//! (or none) is a working config, and validation that names the offending
+//! key and line. `config/backstop.toml` is the commented manual.
+
+use serde::Deserialize;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub sip: SipConfig,
+    pub rtp: RtpConfig,
+    pub call: CallConfig,
+    pub data: DataConfig,
+    pub prompts: PromptsConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SipConfig {
+    /// Address for SIP over UDP and TCP (same port).
+    pub listen: String,
+    /// Address to put in Via, Contact and SDP instead of the local one (e.g. a public IP).
+    pub advertise: Option<String>,
+    /// How long the call rings before we answer.
+    pub answer_after_ms: u64,
+    /// RFC 3261 T1 and T2.
+    pub t1_ms: u64,
+    pub t2_ms: u64,
+    /// Calls in progress at once; more get 503.
+    pub max_calls: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RtpConfig {
+    /// RTP ports are taken from this inclusive range (even ports).
+    pub port_min: u16,
+    pub port_max: u16,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CallConfig {
+    /// Hard limit on a call's length; we hang up after it.
+    pub max_duration_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataConfig {
+    /// Leads go to DIR/leads.jsonl, recordings under DIR/recordings/.
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PromptsConfig {
+    /// Directory that relative prompt paths are resolved against.
+    pub dir: PathBuf,
+    pub greeting: PathBuf,
+    pub goodbye: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// tracing filter, e.g. "info" or "backstop=debug". RUST_LOG overrides it.
+    pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            sip: SipConfig::default(),
+            rtp: RtpConfig::default(),
+            call: CallConfig::default(),
+            data: DataConfig::default(),
+            prompts: PromptsConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        SipConfig {
+            listen: "0.0.0.0:5060".into(),
+            advertise: None,
+            answer_after_ms: 1000,
+            t1_ms: 500,
+            t2_ms: 4000,
+            max_calls: 1000,
+        }
+    }
+}
+
+impl Default for RtpConfig {
+    fn default() -> Self {
+        RtpConfig { port_min: 20000, port_max: 29999 }
+    }
+}
+
+impl Default for CallConfig {
+    fn default() -> Self {
+        CallConfig { max_duration_secs: 600 }
+    }
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig { dir: "data".into() }
+    }
+}
+
+impl Default for PromptsConfig {
+    fn default() -> Self {
+        PromptsConfig { dir: "prompts".into(), greeting: "greeting.wav".into(), goodbye: "goodbye.wav".into() }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".into() }
+    }
+}
+
+/// A config problem, located.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: Option<PathBuf>,
+    pub key: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let file = self.file.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "<defaults>".into());
+        match self.line {
+            Some(l) => write!(f, "{file}:{l}: {}: {}", self.key, self.message),
+            None => write!(f, "{file}: {}: {}", self.key, self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Read and validate a config file.
+    pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            vec![ConfigError { file: Some(path.into()), key: "-".into(), line: None, message: e.to_string() }]
+        })?;
+        Config::parse(&text, Some(path))
+    }
+
+    /// Parse and validate config text.
+    pub fn parse(text: &str, file: Option<&Path>) -> Result<Config, Vec<ConfigError>> {
+        let cfg: Config = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            let message = e.message().to_string();
+            let key = key_at(text, e.span().map(|s| s.start)).unwrap_or_else(|| "-".into());
+            vec![ConfigError { file: file.map(Into::into), key, line, message }]
+        })?;
+        let errors: Vec<ConfigError> = cfg
+            .problems()
+            .into_iter()
+            .map(|(key, message)| ConfigError { file: file.map(Into::into), line: line_of(text, &key), key, message })
+            .collect();
+        if errors.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Semantic checks: (dotted key, message).
+    fn problems(&self) -> Vec<(String, String)> {
+        let mut p = Vec::new();
+        if self.sip.listen.parse::<SocketAddr>().is_err() {
+            p.push(("sip.listen".into(), format!("{:?} is not an address like 0.0.0.0:5060", self.sip.listen)));
+        }
+        if let Some(a) = &self.sip.advertise {
+            if a.parse::<IpAddr>().is_err() {
+                p.push(("sip.advertise".into(), format!("{a:?} is not an IP address")));
+            }
+        }
+        if self.sip.t1_ms == 0 || self.sip.t2_ms < self.sip.t1_ms {
+            p.push(("sip.t2_ms".into(), "T1 must be > 0 and T2 >= T1".into()));
+        }
+        if self.sip.answer_after_ms > 60_000 {
+            p.push(("sip.answer_after_ms".into(), "must be at most 60000 (a minute of ringing)".into()));
+        }
+        if self.sip.max_calls == 0 {
+            p.push(("sip.max_calls".into(), "must be at least 1".into()));
+        }
+        if self.rtp.port_min < 1024 || self.rtp.port_min >= self.rtp.port_max {
+            p.push(("rtp.port_min".into(), format!(
+                "range {}-{} is invalid: need 1024 <= port_min < port_max",
+                self.rtp.port_min, self.rtp.port_max
+            )));
+        }
+        if self.call.max_duration_secs == 0 {
+            p.push(("call.max_duration_secs".into(), "must be at least 1".into()));
+        }
+        if self.log.level.parse::<tracing_subscriber::EnvFilter>().is_err() {
+            p.push(("log.level".into(), format!("{:?} is not a tracing filter", self.log.level)));
+        }
+        p
+    }
+
+    pub fn listen(&self) -> SocketAddr {
+        self.sip.listen.parse().expect("validated")
+    }
+
+    pub fn advertise(&self) -> Option<IpAddr> {
+        self.sip.advertise.as_ref().and_then(|a| a.parse().ok())
+    }
+
+    pub fn t1(&self) -> Duration {
+        Duration::from_millis(self.sip.t1_ms)
+    }
+
+    pub fn t2(&self) -> Duration {
+        Duration::from_millis(self.sip.t2_ms)
+    }
+
+    pub fn prompt_path(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.prompts.dir.join(p)
+        }
+    }
+
+    pub fn leads_path(&self) -> PathBuf {
+        self.data.dir.join("leads.jsonl")
+    }
+
+    pub fn recordings_dir(&self) -> PathBuf {
+        self.data.dir.join("recordings")
+    }
+}
+
+/// The line of `key` (dotted: "table.key") in the TOML text, if written there.
+fn line_of(text: &str, dotted: &str) -> Option<usize> {
+    let (table, key) = dotted.rsplit_once('.').unwrap_or(("", dotted));
+    let mut current = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if let Some(name) = t.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+            current = name.trim().to_string();
+            continue;
+        }
+        if current == table {
+            if let Some((k, _)) = t.split_once('=') {
+                if k.trim() == key {
+                    return Some(i + 1);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// The dotted key written on the line containing byte `offset`.
+fn key_at(text: &str, offset: Option<usize>) -> Option<String> {
+    let offset = offset?.min(text.len());
+    let mut table = String::new();
+    let line_start = text[..offset].rfind('\n').map(|i| i + 1).unwrap_or(0);
+    for line in text[..line_start].lines() {
+        let t = line.trim();
+        if let Some(name) = t.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+            table = name.trim().to_string();
+        }
+    }
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let key = line.split_once('=').map(|(k, _)| k.trim().to_string())?;
+    Some(if table.is_empty() { key } else { format!("{table}.{key}") })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_is_all_defaults() {
+        assert_eq!(Config::parse("", None).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn shipped_config_is_valid_and_matches_defaults() {
+        let text = include_str!("../config/backstop.toml");
+        assert_eq!(Config::parse(text, None).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn bad_value_names_key_and_line() {
+        let text = "[sip]\nanswer_after_ms = 10\nlisten = \"nonsense\"\n";
+        let errs = Config::parse(text, None).unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].key, "sip.listen");
+        assert_eq!(errs[0].line, Some(3));
+    }
+
+    #[test]
+    fn type_errors_and_unknown_keys_are_located() {
+        let errs = Config::parse("[rtp]\nport_min = \"x\"\n", None).unwrap_err();
+        assert_eq!((errs[0].key.as_str(), errs[0].line), ("rtp.port_min", Some(2)));
+        let errs = Config::parse("[sip]\n\nlisen = \"1.2.3.4:5\"\n", None).unwrap_err();
+        assert_eq!(errs[0].line, Some(3));
+        assert!(errs[0].message.contains("lisen"), "{}", errs[0].message);
+    }
+
+    #[test]
+    fn range_check() {
+        let errs = Config::parse("[rtp]\nport_min = 30000\nport_max = 20000\n", None).unwrap_err();
+        assert_eq!((errs[0].key.as_str(), errs[0].line), ("rtp.port_min", Some(2)));
+    }
+}

@@ -1,0 +1,232 @@
+//! The lead: one JSON object per call, whatever happened on it.
+//!
+//! Who called (From, P-Asserted-Identity), who they meant to reach (To), why
+//! the call came to us (Diversion, RFC 5806, or History-Info, RFC 7044), when,
+//! how it ended and how far the script got. Every call makes one, even one
+//! cancelled while ringing: that is still a missed call to return.
+
+use crate::sip::message::{split_name_addrs, NameAddr, Request};
+use serde::Serialize;
+use std::time::SystemTime;
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Party {
+    pub number: Option<String>,
+    pub display_name: Option<String>,
+    pub uri: String,
+}
+
+impl Party {
+    fn from_name_addr(n: &NameAddr) -> Party {
+        Party { number: number_of(n), display_name: n.display_name.clone(), uri: n.uri.to_string() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Caller {
+    pub number: Option<String>,
+    pub display_name: Option<String>,
+    pub uri: String,
+    /// The network-asserted identity (P-Asserted-Identity), when present.
+    pub asserted: Option<Party>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Called {
+    pub number: Option<String>,
+    pub uri: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Forwarded {
+    /// The number the call was forwarded from (the owner's line).
+    pub from_number: Option<String>,
+    /// `no-answer`, `user-busy`, `unconditional`, `unavailable`, `deflection`, or the raw value.
+    pub reason: Option<String>,
+    /// Which header said so: `diversion` or `history-info`.
+    pub source: &'static str,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Lead {
+    pub schema_version: u32,
+    pub id: String,
+    pub call_id: String,
+    pub caller: Caller,
+    pub called: Called,
+    pub forwarded: Option<Forwarded>,
+    pub received_at: String,
+    pub answered_at: Option<String>,
+    pub ended_at: Option<String>,
+    pub duration_ms: Option<u64>,
+    pub ended_by: Option<crate::sip::dialog::EndedBy>,
+    pub outcome: String,
+    /// `udp` or `tcp`.
+    pub transport: String,
+    /// The negotiated codec, once there was one.
+    pub codec: Option<String>,
+}
+
+/// RFC 3339 UTC with milliseconds.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+impl Lead {
+    /// The lead's caller/called/forwarded parts, from the INVITE.
+    pub fn from_invite(id: String, invite: &Request, received_at: SystemTime, transport: &str) -> Lead {
+        let asserted = invite
+            .frame
+            .get("P-Asserted-Identity")
+            .and_then(|v| split_name_addrs(v).into_iter().next())
+            .and_then(|v| NameAddr::parse(&v))
+            .map(|n| Party::from_name_addr(&n));
+        let from = Party::from_name_addr(&invite.from);
+        let to = Party::from_name_addr(&invite.to);
+        Lead {
+            schema_version: SCHEMA_VERSION,
+            id,
+            call_id: invite.call_id.clone(),
+            caller: Caller { number: from.number, display_name: from.display_name, uri: from.uri, asserted },
+            called: Called { number: to.number, uri: to.uri },
+            forwarded: forwarded(invite),
+            received_at: rfc3339(received_at),
+            answered_at: None,
+            ended_at: None,
+            duration_ms: None,
+            ended_by: None,
+            outcome: "not_answered".into(),
+            transport: transport.to_ascii_lowercase(),
+            codec: None,
+        }
+    }
+}
+
+/// The phone number in a URI: the user part (without visual separators) of a
+/// sip/sips URI, or a tel: URI's number.
+fn number_of(n: &NameAddr) -> Option<String> {
+    let uri = n.uri.to_string();
+    if let Some(rest) = uri.strip_prefix("tel:") {
+        return Some(rest.split(';').next().unwrap_or(rest).to_string());
+    }
+    let user = n.user()?;
+    let user = user.split(';').next().unwrap_or(&user).to_string();
+    let cleaned: String = user.chars().filter(|c| !matches!(c, '-' | '.' | '(' | ')' | ' ')).collect();
+    if cleaned.is_empty() {
+        None
+    } else {
+        Some(cleaned)
+    }
+}
+
+/// A header parameter (outside the <>), case-insensitive.
+fn param(entry: &str, name: &str) -> Option<String> {
+    let after = match entry.rfind('>') {
+        Some(i) => &entry[i + 1..],
+        None => entry,
+    };
+    after.split(';').skip(1).find_map(|p| {
+        let (k, v) = p.split_once('=').unwrap_or((p, ""));
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim().trim_matches('"').to_string())
+    })
+}
+
+/// A parameter inside the URI (between < and >).
+fn uri_param(entry: &str, name: &str) -> Option<String> {
+    let start = entry.find('<')? + 1;
+    let end = entry[start..].find('>')? + start;
+    let uri = &entry[start..end];
+    let uri = uri.split('?').next().unwrap_or(uri);
+    uri.split(';').skip(1).find_map(|p| {
+        let (k, v) = p.split_once('=').unwrap_or((p, ""));
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+    })
+}
+
+/// Map a History-Info cause (RFC 4458 values) to the names Diversion uses.
+fn cause_reason(cause: &str) -> String {
+    match cause {
+        "302" => "unconditional",
+        "486" | "600" => "user-busy",
+        "408" => "no-answer",
+        "480" | "487" => "deflection",
+        "503" | "404" => "unavailable",
+        other => other,
+    }
+    .to_string()
+}
+
+fn forwarded(invite: &Request) -> Option<Forwarded> {
+    // Diversion: the topmost entry is the latest redirection.
+    if let Some(first) = invite.frame.get_all("Diversion").flat_map(split_name_addrs).next() {
+        let number = NameAddr::parse(&first).and_then(|n| number_of(&n));
+        return Some(Forwarded { from_number: number, reason: param(&first, "reason"), source: "diversion" });
+    }
+    let entries: Vec<String> = invite.frame.get_all("History-Info").flat_map(split_name_addrs).collect();
+    if entries.is_empty() {
+        return None;
+    }
+    // The entry carrying a cause is the one the call was retargeted to; the one before it was the forwarder.
+    let pos = entries.iter().position(|e| uri_param(e, "cause").is_some());
+    let (from_entry, reason) = match pos {
+        Some(p) if p > 0 => (&entries[p - 1], uri_param(&entries[p], "cause").map(|c| cause_reason(&c))),
+        Some(_) => (&entries[0], uri_param(&entries[0], "cause").map(|c| cause_reason(&c))),
+        None if entries.len() > 1 => (&entries[0], None),
+        None => return None,
+    };
+    let number = NameAddr::parse(from_entry).and_then(|n| number_of(&n));
+    Some(Forwarded { from_number: number, reason, source: "history-info" })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::message::{read_message, Incoming};
+
+    fn invite(extra: &str) -> Request {
+        let msg = format!(
+            "INVITE sip:backstop@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK1\r\n\
+             From: \"Jane Doe\" <sip:+1 (555) 123-4567@carrier.example>;tag=9\r\nTo: <sip:+15559870000@pbx.example>\r\n\
+             Call-ID: lead-1\r\nCSeq: 1 INVITE\r\n{extra}Content-Length: 0\r\n\r\n"
+        );
+        match read_message(msg.as_bytes(), "127.0.0.1:5070".parse().unwrap()) {
+            Incoming::Request(r) => *r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn caller_called_and_pai() {
+        let r = invite("P-Asserted-Identity: \"Jane\" <sip:+15551234567@carrier.example>, <tel:+15551234567>\r\n");
+        let lead = Lead::from_invite("id".into(), &r, SystemTime::UNIX_EPOCH, "UDP");
+        assert_eq!(lead.caller.display_name.as_deref(), Some("Jane Doe"));
+        assert_eq!(lead.called.number.as_deref(), Some("+15559870000"));
+        assert_eq!(lead.caller.asserted.as_ref().unwrap().number.as_deref(), Some("+15551234567"));
+        assert_eq!(lead.received_at, "1970-01-01T00:00:00.000Z");
+        assert_eq!(lead.forwarded, None);
+        let json = serde_json::to_value(&lead).unwrap();
+        assert_eq!(json["schema_version"], 1);
+        assert_eq!(json["forwarded"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn diversion_gives_from_number_and_reason() {
+        let r = invite("Diversion: <sip:+15550001111@pbx.example>;reason=no-answer;counter=1, <sip:+15550002222@pbx.example>;reason=user-busy\r\n");
+        let f = forwarded(&r).unwrap();
+        assert_eq!(f.from_number.as_deref(), Some("+15550001111"));
+        assert_eq!(f.reason.as_deref(), Some("no-answer"));
+    }
+
+    #[test]
+    fn history_info_cause_maps_to_a_reason() {
+        let r = invite(
+            "History-Info: <sip:+15550001111@pbx.example>;index=1, <sip:overflow@pbx.example;cause=486>;index=1.1\r\n",
+        );
+        let f = forwarded(&r).unwrap();
+        assert_eq!(f.from_number.as_deref(), Some("+15550001111"));
+        assert_eq!(f.reason.as_deref(), Some("user-busy"));
+        assert_eq!(f.source, "history-info");
+    }
+}

@@ -1,0 +1,3 @@
+//! The caller-facing conversation: the script a call follows and the lead it produces.
+pub mod lead;
+pub mod script;

@@ -1,0 +1,4 @@
+//! Media: G.711 companding, prompt loading, and the per-call RTP session.
+pub mod g711;
+pub mod prompt;
+pub mod rtp;

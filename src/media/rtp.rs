@@ -1,0 +1,311 @@
+//! One call's RTP session, Sans-IO: paces prompt playback as 20 ms G.711
+//! packets and reads what the caller sends.
+//!
+//! Pacing is on an absolute schedule (`start + n × 20 ms`), so a late wakeup
+//! never accumulates into drift: the next deadline is computed from the
+//! packet count, not from when the last packet went out. When idle it sends
+//! silence, as a phone does, so timestamps and NAT bindings stay continuous.
+//! Symmetric RTP: the session latches onto the address the caller's RTP
+//! really comes from (RFC 4961 behaviour for callers behind NAT).
+
+use crate::media::g711::Law;
+use crate::media::prompt::{Prompt, FRAME_SAMPLES};
+use rtp_rs::{RtpPacketBuilder, RtpReader, Seq};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub const FRAME: Duration = Duration::from_millis(20);
+/// If the driver falls further behind than this, skip ahead instead of bursting.
+const MAX_CATCH_UP: u64 = 5;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MediaEvent {
+    /// The named prompt has been sent to its last frame.
+    PromptFinished(String),
+}
+
+/// Counters for the lead and the logs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MediaStats {
+    pub packets_sent: u64,
+    pub packets_received: u64,
+    pub packets_ignored: u64,
+}
+
+pub struct MediaSession {
+    law: Law,
+    ssrc: u32,
+    seq: u16,
+    timestamp: u32,
+    marker: bool,
+    /// Where we send: from SDP, replaced by the latched source.
+    remote: Option<SocketAddr>,
+    sdp_remote: Option<SocketAddr>,
+    latched: bool,
+    /// False while the caller holds the call (sendonly/inactive from them).
+    sending: bool,
+    /// Start of the pacing schedule, and frames scheduled since.
+    epoch: Option<Instant>,
+    ticks: u64,
+    playing: Option<(Arc<Prompt>, usize)>,
+    transmits: VecDeque<(SocketAddr, Vec<u8>)>,
+    events: VecDeque<MediaEvent>,
+    pub stats: MediaStats,
+}
+
+impl MediaSession {
+    /// `ssrc`, `seq` and `timestamp` are the random initial values RFC 3550 asks for.
+    pub fn new(law: Law, remote: Option<SocketAddr>, ssrc: u32, seq: u16, timestamp: u32) -> Self {
+        MediaSession {
+            law,
+            ssrc,
+            seq,
+            timestamp,
+            marker: true,
+            remote,
+            sdp_remote: remote,
+            latched: false,
+            sending: true,
+            epoch: None,
+            ticks: 0,
+            playing: None,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: MediaStats::default(),
+        }
+    }
+
+    /// Begin the packet clock.
+    pub fn start(&mut self, now: Instant) {
+        if self.epoch.is_none() {
+            self.epoch = Some(now);
+            self.ticks = 0;
+        }
+    }
+
+    pub fn stop(&mut self) {
+        self.epoch = None;
+        self.playing = None;
+        self.transmits.clear();
+    }
+
+    pub fn remote(&self) -> Option<SocketAddr> {
+        self.remote
+    }
+
+    /// New parameters from a re-INVITE: codec, address, and whether we may send.
+    /// A changed SDP address replaces the latched one and re-opens latching.
+    pub fn update(&mut self, law: Law, remote: Option<SocketAddr>, sending: bool) {
+        self.law = law;
+        if remote != self.sdp_remote {
+            self.sdp_remote = remote;
+            self.remote = remote;
+            self.latched = false;
+        }
+        if sending && !self.sending {
+            self.marker = true;
+        }
+        self.sending = sending;
+    }
+
+    /// Start playing a prompt now (replacing any prompt in progress).
+    pub fn play(&mut self, prompt: Arc<Prompt>) {
+        self.playing = Some((prompt, 0));
+    }
+
+    pub fn stop_playback(&mut self) {
+        self.playing = None;
+    }
+
+    pub fn is_playing(&self) -> bool {
+        self.playing.is_some()
+    }
+
+    /// An RTP datagram from the network.
+    pub fn handle_rtp(&mut self, _now: Instant, from: SocketAddr, data: &[u8]) {
+        let Ok(pkt) = RtpReader::new(data) else {
+            self.stats.packets_ignored += 1;
+            return;
+        };
+        if pkt.version() != 2 {
+            self.stats.packets_ignored += 1;
+            return;
+        }
+        self.stats.packets_received += 1;
+        if !self.latched {
+            self.latched = true;
+            if self.remote != Some(from) {
+                tracing::debug!(%from, sdp = ?self.remote, "rtp latched onto source address");
+            }
+            self.remote = Some(from);
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let Some(epoch) = self.epoch else { return };
+        let due = (now.saturating_duration_since(epoch).as_micros() / FRAME.as_micros()) as u64 + 1;
+        if due > self.ticks + MAX_CATCH_UP {
+            // Far behind (the process stalled): skip the lost time instead of bursting.
+            let skipped = due - 1 - self.ticks;
+            self.timestamp = self.timestamp.wrapping_add((skipped * FRAME_SAMPLES as u64) as u32);
+            self.ticks = due - 1;
+        }
+        while self.ticks < due {
+            self.ticks += 1;
+            self.tick();
+        }
+    }
+
+    /// One 20 ms frame's worth of work.
+    fn tick(&mut self) {
+        let ts = self.timestamp;
+        self.timestamp = self.timestamp.wrapping_add(FRAME_SAMPLES as u32);
+        if !self.sending {
+            return;
+        }
+        let silence = [self.law.silence(); FRAME_SAMPLES];
+        let mut finished = None;
+        let payload: &[u8] = match &mut self.playing {
+            Some((prompt, idx)) => {
+                let i = *idx;
+                *idx += 1;
+                if *idx >= prompt.frame_count() {
+                    finished = Some(prompt.name.clone());
+                }
+                prompt.frame(self.law, i.min(prompt.frame_count() - 1))
+            }
+            None => &silence,
+        };
+        if let Some(remote) = self.remote {
+            let built = RtpPacketBuilder::new()
+                .payload_type(self.law.payload_type())
+                .ssrc(self.ssrc)
+                .sequence(Seq::from(self.seq))
+                .timestamp(ts)
+                .marked(self.marker)
+                .payload(payload)
+                .build();
+            if let Ok(bytes) = built {
+                self.transmits.push_back((remote, bytes));
+                self.seq = self.seq.wrapping_add(1);
+                self.marker = false;
+                self.stats.packets_sent += 1;
+            }
+        }
+        if let Some(name) = finished {
+            self.playing = None;
+            self.events.push_back(MediaEvent::PromptFinished(name));
+        }
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.epoch.map(|e| e + FRAME * self.ticks as u32)
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<MediaEvent> {
+        self.events.pop_front()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn remote() -> SocketAddr {
+        "127.0.0.1:40000".parse().unwrap()
+    }
+
+    fn drain(m: &mut MediaSession) -> Vec<(SocketAddr, Vec<u8>)> {
+        std::iter::from_fn(|| m.poll_transmit()).collect()
+    }
+
+    #[test]
+    fn paces_a_prompt_without_drift_and_with_correct_headers() {
+        let pcm: Vec<i16> = (0..160 * 150).map(|i| (i % 200) as i16 * 50).collect();
+        let prompt = Arc::new(Prompt::from_pcm("p", pcm));
+        let t0 = Instant::now();
+        let mut m = MediaSession::new(Law::Pcmu, Some(remote()), 0xABCD, 65530, u32::MAX - 200);
+        m.start(t0);
+        m.play(prompt.clone());
+        let mut sent = Vec::new();
+        // Drive by the session's own deadlines, each wakeup 3 ms late.
+        let mut now = t0;
+        while sent.len() < 150 {
+            m.handle_timeout(now);
+            sent.extend(drain(&mut m));
+            now = m.poll_timeout().unwrap() + Duration::from_millis(3);
+        }
+        assert_eq!(m.poll_event(), Some(MediaEvent::PromptFinished("p".into())));
+        // The schedule stays anchored: frame 150 is due exactly 150 × 20 ms after the start.
+        assert_eq!(m.poll_timeout().unwrap(), t0 + FRAME * 150);
+        let mut payload = Vec::new();
+        for (i, (to, bytes)) in sent.iter().enumerate() {
+            assert_eq!(*to, remote());
+            let r = RtpReader::new(bytes).unwrap();
+            assert_eq!(r.ssrc(), 0xABCD);
+            assert_eq!(r.payload_type(), 0);
+            assert_eq!(u16::from(r.sequence_number()), 65530u16.wrapping_add(i as u16));
+            assert_eq!(r.timestamp(), (u32::MAX - 200).wrapping_add(160 * i as u32));
+            assert_eq!(r.mark(), i == 0);
+            payload.extend_from_slice(r.payload());
+        }
+        assert_eq!(payload, prompt.encoded(Law::Pcmu));
+    }
+
+    #[test]
+    fn sends_silence_when_idle_and_latches_to_the_real_source() {
+        let t0 = Instant::now();
+        let mut m = MediaSession::new(Law::Pcma, Some(remote()), 1, 0, 0);
+        m.start(t0);
+        m.handle_timeout(t0);
+        let first = drain(&mut m);
+        assert_eq!(first.len(), 1);
+        assert!(RtpReader::new(&first[0].1).unwrap().payload().iter().all(|b| *b == 0xD5));
+        let nat: SocketAddr = "198.51.100.7:31000".parse().unwrap();
+        let pkt = RtpPacketBuilder::new().payload_type(8).ssrc(9).payload(&[0xD5; 160]).build().unwrap();
+        m.handle_rtp(t0, nat, &pkt);
+        m.handle_rtp(t0, nat, &[1, 2, 3]);
+        assert_eq!(m.stats.packets_received, 1);
+        assert_eq!(m.stats.packets_ignored, 1);
+        m.handle_timeout(t0 + FRAME);
+        assert_eq!(drain(&mut m)[0].0, nat);
+    }
+
+    #[test]
+    fn hold_stops_sending_and_resume_sets_the_marker() {
+        let t0 = Instant::now();
+        let mut m = MediaSession::new(Law::Pcmu, Some(remote()), 1, 0, 0);
+        m.start(t0);
+        m.handle_timeout(t0 + FRAME * 2);
+        assert_eq!(drain(&mut m).len(), 3);
+        m.update(Law::Pcmu, Some(remote()), false);
+        m.handle_timeout(t0 + FRAME * 5);
+        assert!(drain(&mut m).is_empty());
+        m.update(Law::Pcmu, Some(remote()), true);
+        m.handle_timeout(t0 + FRAME * 6);
+        let pkts = drain(&mut m);
+        assert_eq!(pkts.len(), 1);
+        let r = RtpReader::new(&pkts[0].1).unwrap();
+        assert!(r.mark());
+        // Timestamps kept running through the hold: tick 6 is 7th tick.
+        assert_eq!(r.timestamp(), 6 * 160);
+        assert_eq!(u16::from(r.sequence_number()), 3);
+    }
+
+    #[test]
+    fn a_long_stall_skips_ahead_instead_of_bursting() {
+        let t0 = Instant::now();
+        let mut m = MediaSession::new(Law::Pcmu, Some(remote()), 1, 0, 0);
+        m.start(t0);
+        m.handle_timeout(t0 + Duration::from_secs(2));
+        let pkts = drain(&mut m);
+        assert!(pkts.len() <= MAX_CATCH_UP as usize + 1);
+        assert_eq!(m.poll_timeout().unwrap(), t0 + FRAME * 101);
+    }
+}

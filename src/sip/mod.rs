@@ -1,0 +1,7 @@
+//! SIP: framing and validation of messages, the top Via, SDP offer/answer,
+//! the UAS dialog state machine, and the UDP/TCP transport edge.
+pub mod dialog;
+pub mod message;
+pub mod sdp;
+pub mod transport;
+pub mod via;
