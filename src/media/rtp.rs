@@ -85,10 +85,10 @@ impl MediaSession {
         }
     }
 
+    /// Stop the packet clock; packets already produced are still handed out.
     pub fn stop(&mut self) {
         self.epoch = None;
         self.playing = None;
-        self.transmits.clear();
     }
 
     pub fn remote(&self) -> Option<SocketAddr> {

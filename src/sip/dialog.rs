@@ -376,9 +376,13 @@ impl UasDialog {
         let same_txn = req.cseq == self.invite.cseq && req.via.branch == self.invite.via.branch;
         match req.method {
             Method::Invite if same_txn && req.to.tag.is_none() => {
-                // A retransmission of the initial INVITE: repeat our last answer.
-                if let Some(bytes) = self.last_invite_response.clone() {
-                    self.transmits.push_back(SipTransmit { dest: self.reply_dest, bytes });
+                // A retransmission of the initial INVITE. While ringing, or after a
+                // final non-2xx, repeat our last response (§17.2.1); once a 2xx is out
+                // it is absorbed, and the 2xx timer does the retransmitting (RFC 6026).
+                if matches!(self.state, State::Ringing | State::Rejected) {
+                    if let Some(bytes) = self.last_invite_response.clone() {
+                        self.transmits.push_back(SipTransmit { dest: self.reply_dest, bytes });
+                    }
                 }
             }
             Method::Invite => self.handle_reinvite(now, req, dest),

@@ -1,0 +1,289 @@
+//! Test helpers that start real processes: the agent (our binary, with a
+//! temporary config and data directory) and SIPp. Everything runs on
+//! loopback, every wait is bounded, and dropping a helper kills its process.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+/// Ports handed out by this process, so parallel tests never pick the same one.
+static PORTS: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+
+pub fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A fresh scratch directory under the system temp dir.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("backstop-{name}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A loopback port free on both UDP and TCP (and the next port too, for SIPp's media).
+pub fn free_port() -> u16 {
+    for _ in 0..200 {
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if port > 65000 || port % 2 == 1 {
+            continue;
+        }
+        let ok = TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && UdpSocket::bind(("127.0.0.1", port + 1)).is_ok()
+            && TcpListener::bind(("127.0.0.1", port + 1)).is_ok();
+        let mut used = PORTS.lock().unwrap();
+        if ok && !used.contains(&port) {
+            used.push(port);
+            used.push(port + 1);
+            return port;
+        }
+    }
+    panic!("no free port");
+}
+
+/// The agent, running as a real process.
+pub struct AgentProc {
+    child: Child,
+    pub port: u16,
+    pub dir: PathBuf,
+}
+
+impl AgentProc {
+    /// Start with `extra` TOML appended to a test base config.
+    pub fn start(name: &str, extra: &str) -> AgentProc {
+        let dir = scratch_dir(name);
+        let port = free_port();
+        let config = format!(
+            "[prompts]\ndir = \"{}\"\n[rtp]\nport_min = 30000\nport_max = 39999\n[log]\nlevel = \"debug\"\n{extra}",
+            manifest_dir().join("prompts").display()
+        );
+        let cfg_path = dir.join("backstop.toml");
+        std::fs::write(&cfg_path, config).unwrap();
+        let log = std::fs::File::create(dir.join("agent.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_backstop"))
+            .arg("run")
+            .arg("--config")
+            .arg(&cfg_path)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .env("NO_COLOR", "1")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start backstop");
+        let agent = AgentProc { child, port, dir };
+        agent.wait_ready();
+        agent
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    fn wait_ready(&self) {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            let me = sock.local_addr().unwrap();
+            let msg = options_request(me, "ready-check");
+            let _ = sock.send_to(msg.as_bytes(), self.addr());
+            if let Ok((n, _)) = sock.recv_from(&mut buf) {
+                if buf[..n].starts_with(b"SIP/2.0 200") {
+                    return;
+                }
+            }
+        }
+        panic!("agent did not come up; log:\n{}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+
+    pub fn leads(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.join("data/leads.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad lead line {l:?}: {e}")))
+            .collect()
+    }
+
+    /// Wait (bounded) until `n` leads have been written.
+    pub fn wait_leads(&self, n: usize, timeout: Duration) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let leads = self.leads();
+            if leads.len() >= n || Instant::now() > deadline {
+                assert!(leads.len() >= n, "expected {n} leads, got {}: {leads:?}\nlog:\n{}", leads.len(), self.log());
+                return leads;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stop with SIGTERM (graceful), bounded; returns whether it exited cleanly.
+    pub fn terminate(&mut self) -> bool {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        false
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("agent files kept in {}", self.dir.display());
+        }
+    }
+}
+
+pub fn options_request(me: SocketAddr, call_id: &str) -> String {
+    format!(
+        "OPTIONS sip:backstop@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-{call_id};rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:probe@127.0.0.1>;tag=p1\r\nTo: <sip:backstop@127.0.0.1>\r\n\
+         Call-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+/// The result of one SIPp run.
+pub struct SippRun {
+    pub success: bool,
+    pub code: Option<i32>,
+    /// SIPp's -trace_msg log: every SIP message sent and received.
+    pub messages: String,
+    pub errors: String,
+}
+
+impl SippRun {
+    /// How many received messages start with `start_line` and carry `cseq` (e.g. "1 INVITE").
+    pub fn received_count(&self, start_line: &str, cseq: &str) -> usize {
+        self.messages
+            .split("received [")
+            .skip(1)
+            .filter(|m| {
+                let body = m.split_once('\n').map(|(_, b)| b).unwrap_or("");
+                let body = body.trim_start();
+                body.starts_with(start_line) && body.contains(&format!("CSeq: {cseq}"))
+            })
+            .count()
+    }
+}
+
+/// Run one SIPp call with `scenario` (XML) against the agent.
+pub fn run_sipp(dir: &Path, scenario: &str, agent: SocketAddr, tcp: bool, keys: &[(&str, String)]) -> SippRun {
+    let sf = dir.join("scenario.xml");
+    std::fs::write(&sf, scenario).unwrap();
+    let port = free_port();
+    let media = free_port();
+    let mut cmd = Command::new("sipp");
+    cmd.arg(agent.to_string())
+        .arg("-sf")
+        .arg(&sf)
+        .args(["-m", "1", "-l", "1", "-i", "127.0.0.1", "-nostdin"])
+        .args(["-p", &port.to_string(), "-mp", &media.to_string()])
+        .args(["-timeout", "60s", "-timeout_error", "-trace_msg", "-trace_err"])
+        .arg("-message_file")
+        .arg(dir.join("messages.log"))
+        .arg("-error_file")
+        .arg(dir.join("errors.log"))
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if tcp {
+        cmd.args(["-t", "t1"]);
+    }
+    for (k, v) in keys {
+        cmd.arg("-key").arg(k).arg(v);
+    }
+    let out = cmd.output().expect("sipp must be installed (the README's test command installs sip-tester)");
+    SippRun {
+        success: out.status.success(),
+        code: out.status.code(),
+        messages: std::fs::read_to_string(dir.join("messages.log")).unwrap_or_default(),
+        errors: format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(dir.join("errors.log")).unwrap_or_default()
+        ),
+    }
+}
+
+/// A UDP socket standing in for the caller's RTP port, recording what arrives.
+pub struct RtpCapture {
+    pub port: u16,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Vec<(Instant, SocketAddr, Vec<u8>)>>>,
+}
+
+impl RtpCapture {
+    pub fn start() -> RtpCapture {
+        let port = free_port();
+        let sock = UdpSocket::bind(("127.0.0.1", port)).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 2048];
+            // Bounded: at most 10 minutes of capture.
+            let deadline = Instant::now() + Duration::from_secs(600);
+            while !flag.load(Ordering::SeqCst) && Instant::now() < deadline {
+                if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                    got.push((Instant::now(), from, buf[..n].to_vec()));
+                }
+            }
+            got
+        });
+        RtpCapture { port, stop, thread: Some(thread) }
+    }
+
+    pub fn finish(mut self) -> Vec<(Instant, SocketAddr, Vec<u8>)> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+/// RTP header fields and payload of a captured packet.
+pub struct Rtp {
+    pub pt: u8,
+    pub marker: bool,
+    pub seq: u16,
+    pub ts: u32,
+    pub ssrc: u32,
+    pub payload: Vec<u8>,
+}
+
+pub fn parse_rtp(b: &[u8]) -> Rtp {
+    assert!(b.len() >= 12 && b[0] >> 6 == 2, "not RTP: {b:?}");
+    Rtp {
+        pt: b[1] & 0x7f,
+        marker: b[1] & 0x80 != 0,
+        seq: u16::from_be_bytes([b[2], b[3]]),
+        ts: u32::from_be_bytes([b[4], b[5], b[6], b[7]]),
+        ssrc: u32::from_be_bytes([b[8], b[9], b[10], b[11]]),
+        payload: b[12..].to_vec(),
+    }
+}

@@ -1,0 +1,420 @@
+//! Interop against real SIPp (Debian's sip-tester) on loopback, with the
+//! agent started as a real process. Each test checks SIPp's verdict and the
+//! lead the agent wrote; the media tests also check the RTP that arrived.
+
+mod common;
+
+use backstop::media::g711::Law;
+use backstop::media::prompt::Prompt;
+use common::*;
+use std::time::Duration;
+
+/// The caller's INVITE. `EXTRA` is replaced by extra headers, `SDP` by the body.
+const INVITE: &str = r#"
+  <send retrans="500">
+    <![CDATA[
+      INVITE sip:+15559990000@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=z9hG4bK-[call_number]-inv;rport
+      From: "Pat Caller" <sip:+15551230001@[local_ip]:[local_port]>;tag=[call_number]
+      To: <sip:+15559990000@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: 1 INVITE
+      Contact: <sip:caller@[local_ip]:[local_port];transport=[transport]>
+      Max-Forwards: 70
+      EXTRA
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+SDP
+    ]]>
+  </send>
+"#;
+
+const OFFER: &str = "v=0
+o=caller 1 1 IN IP4 127.0.0.1
+s=-
+c=IN IP4 127.0.0.1
+t=0 0
+m=audio [rtp_port] RTP/AVP 0 8 101
+a=rtpmap:0 PCMU/8000
+a=rtpmap:8 PCMA/8000
+a=rtpmap:101 telephone-event/8000
+a=fmtp:101 0-15
+a=sendrecv";
+
+const ANSWERED: &str = r#"
+  <recv response="100" optional="true"/>
+  <recv response="180" optional="true"/>
+  <recv response="200" rrs="true"/>
+"#;
+
+const ACK: &str = r#"
+  <send>
+    <![CDATA[
+      ACK [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      From: "Pat Caller" <sip:+15551230001@[local_ip]:[local_port]>;tag=[call_number]
+      [last_To:]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+"#;
+
+const CALLER_BYE: &str = r#"
+  <send retrans="500">
+    <![CDATA[
+      BYE [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      From: "Pat Caller" <sip:+15551230001@[local_ip]:[local_port]>;tag=[call_number]
+      [last_To:]
+      Call-ID: [call_id]
+      CSeq: 2 BYE
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv response="200" crlf="true"/>
+"#;
+
+const AGENT_BYE: &str = r#"
+  <recv request="BYE" timeout="40000"/>
+  <send>
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+
+    ]]>
+  </send>
+"#;
+
+fn scenario(name: &str, parts: &[&str]) -> String {
+    format!(
+        "<?xml version=\"1.0\" encoding=\"ISO-8859-1\" ?>\n<!DOCTYPE scenario SYSTEM \"sipp.dtd\">\n<scenario name=\"{name}\">\n{}\n</scenario>\n",
+        parts.concat()
+    )
+}
+
+fn invite(extra: &str, sdp: &str) -> String {
+    let extra_lines = if extra.is_empty() { String::new() } else { extra.to_string() };
+    INVITE.replace("      EXTRA\n", &extra_lines).replace("SDP\n", &format!("{sdp}\n"))
+}
+
+fn pause(ms: u64) -> String {
+    format!("  <pause milliseconds=\"{ms}\"/>\n")
+}
+
+fn expect_ok(run: &SippRun, agent: &AgentProc) {
+    assert!(
+        run.success,
+        "SIPp failed (exit {:?}):\n{}\nmessages:\n{}\nagent log:\n{}",
+        run.code,
+        run.errors,
+        run.messages,
+        agent.log()
+    );
+}
+
+fn prompt(name: &str) -> Prompt {
+    Prompt::load(name, &manifest_dir().join(format!("prompts/{name}.wav"))).unwrap()
+}
+
+#[test]
+fn basic_call_plays_greeting_and_goodbye_then_hangs_up() {
+    let agent = AgentProc::start("basic", "[sip]\nanswer_after_ms = 200\n");
+    let dir = scratch_dir("sipp-basic");
+    let rtp = RtpCapture::start();
+    let sc = scenario("basic", &[&invite("", OFFER), ANSWERED, ACK, AGENT_BYE]);
+    let run = run_sipp(&dir, &sc, agent.addr(), false, &[("rtp_port", rtp.port.to_string())]);
+    let packets = rtp.finish();
+    expect_ok(&run, &agent);
+
+    let leads = agent.wait_leads(1, Duration::from_secs(5));
+    let lead = &leads[0];
+    assert_eq!(lead["outcome"], "completed");
+    assert_eq!(lead["ended_by"], "agent");
+    assert_eq!(lead["codec"], "PCMU");
+    assert_eq!(lead["caller"]["number"], "+15551230001");
+    assert_eq!(lead["caller"]["display_name"], "Pat Caller");
+    assert_eq!(lead["called"]["number"], "+15559990000");
+    assert!(lead["answered_at"].is_string());
+    assert!(lead["forwarded"].is_null());
+
+    // The RTP: greeting then goodbye, byte for byte, one SSRC, consecutive sequence numbers.
+    let rtp: Vec<Rtp> = packets.iter().map(|(_, _, b)| parse_rtp(b)).collect();
+    let mut expected = prompt("greeting").encoded(Law::Pcmu).to_vec();
+    expected.extend_from_slice(prompt("goodbye").encoded(Law::Pcmu));
+    let payload: Vec<u8> = rtp.iter().flat_map(|p| p.payload.clone()).collect();
+    assert_eq!(payload.len(), expected.len(), "received {} packets", rtp.len());
+    assert!(payload == expected, "payload differs from the encoded prompts");
+    assert!(rtp.iter().all(|p| p.pt == 0 && p.ssrc == rtp[0].ssrc && p.payload.len() == 160));
+    for w in rtp.windows(2) {
+        assert_eq!(w[1].seq, w[0].seq.wrapping_add(1));
+        assert_eq!(w[1].ts, w[0].ts.wrapping_add(160));
+    }
+    assert!(rtp[0].marker && rtp[1..].iter().all(|p| !p.marker));
+    // About 50 packets a second.
+    let span = packets.last().unwrap().0 - packets[0].0;
+    let rate = (packets.len() - 1) as f64 / span.as_secs_f64();
+    assert!((47.0..=53.0).contains(&rate), "packet rate {rate:.2}/s");
+}
+
+#[test]
+fn caller_bye_during_the_greeting() {
+    let agent = AgentProc::start("callerbye", "[sip]\nanswer_after_ms = 200\n");
+    let dir = scratch_dir("sipp-callerbye");
+    let rtp = RtpCapture::start();
+    let sc = scenario("callerbye", &[&invite("", OFFER), ANSWERED, ACK, &pause(2000), CALLER_BYE]);
+    let run = run_sipp(&dir, &sc, agent.addr(), false, &[("rtp_port", rtp.port.to_string())]);
+    std::thread::sleep(Duration::from_millis(300));
+    let packets = rtp.finish();
+    expect_ok(&run, &agent);
+    let lead = &agent.wait_leads(1, Duration::from_secs(5))[0];
+    assert_eq!(lead["ended_by"], "caller");
+    assert_eq!(lead["outcome"], "hung_up_during_greeting");
+    // Two seconds of greeting arrived, and it stopped at the BYE.
+    assert!((80..=120).contains(&packets.len()), "{} packets", packets.len());
+    let greeting = prompt("greeting");
+    let payload: Vec<u8> = packets.iter().flat_map(|(_, _, b)| parse_rtp(b).payload).collect();
+    assert!(greeting.encoded(Law::Pcmu).starts_with(&payload));
+}
+
+#[test]
+fn cancel_before_answer_gets_487_and_a_lead() {
+    let agent = AgentProc::start("cancel", "[sip]\nanswer_after_ms = 3000\n");
+    let dir = scratch_dir("sipp-cancel");
+    let cancel = r#"
+  <recv response="100" optional="true"/>
+  <recv response="180"/>
+  <pause milliseconds="300"/>
+  <send retrans="500">
+    <![CDATA[
+      CANCEL sip:+15559990000@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=z9hG4bK-[call_number]-inv;rport
+      From: "Pat Caller" <sip:+15551230001@[local_ip]:[local_port]>;tag=[call_number]
+      To: <sip:+15559990000@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: 1 CANCEL
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv response="200"/>
+  <recv response="487"/>
+  <send>
+    <![CDATA[
+      ACK sip:+15559990000@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=z9hG4bK-[call_number]-inv;rport
+      From: "Pat Caller" <sip:+15551230001@[local_ip]:[local_port]>;tag=[call_number]
+      [last_To:]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <pause milliseconds="3500"/>
+"#;
+    let sc = scenario("cancel", &[&invite("", OFFER), cancel]);
+    let run = run_sipp(&dir, &sc, agent.addr(), false, &[("rtp_port", "40000".into())]);
+    expect_ok(&run, &agent);
+    // No 200 for the INVITE ever came, even after the ring time passed.
+    assert_eq!(run.received_count("SIP/2.0 200", "1 INVITE"), 0, "{}", run.messages);
+    let lead = &agent.wait_leads(1, Duration::from_secs(5))[0];
+    assert_eq!(lead["ended_by"], "cancel");
+    assert_eq!(lead["outcome"], "hung_up_while_ringing");
+    assert!(lead["answered_at"].is_null());
+}
+
+#[test]
+fn retransmitted_invite_is_absorbed() {
+    let agent = AgentProc::start("retrans", "[sip]\nanswer_after_ms = 500\n");
+    let dir = scratch_dir("sipp-retrans");
+    let first = invite("", OFFER);
+    // The same INVITE again (same branch and CSeq), as a UDP retransmission.
+    let again = first.replace("<send retrans=\"500\">", "<send>");
+    let provisional = "  <recv response=\"100\"/>\n  <recv response=\"180\"/>\n";
+    let sc = scenario("retrans", &[&first, provisional, &again, ANSWERED, ACK, &pause(500), CALLER_BYE]);
+    let run = run_sipp(&dir, &sc, agent.addr(), false, &[("rtp_port", "40002".into())]);
+    expect_ok(&run, &agent);
+    std::thread::sleep(Duration::from_millis(500));
+    let leads = agent.wait_leads(1, Duration::from_secs(5));
+    assert_eq!(leads.len(), 1, "one call, one lead: {leads:?}");
+    assert_eq!(leads[0]["ended_by"], "caller");
+    // Answered once: a single 200 for the INVITE.
+    assert_eq!(run.received_count("SIP/2.0 200", "1 INVITE"), 1, "{}", run.messages);
+    assert!(run.received_count("SIP/2.0 180", "1 INVITE") >= 2, "the 180 is repeated for the retransmission");
+}
+
+#[test]
+fn lost_ack_makes_the_2xx_retransmit() {
+    let agent = AgentProc::start("lostack", "[sip]\nanswer_after_ms = 100\nt1_ms = 100\n");
+    let dir = scratch_dir("sipp-lostack");
+    // Do not ACK the first 200; wait long enough for T1 and 2*T1 retransmissions, then ACK.
+    let sc = scenario("lostack", &[&invite("", OFFER), ANSWERED, &pause(800), ACK, &pause(300), CALLER_BYE]);
+    let run = run_sipp(&dir, &sc, agent.addr(), false, &[("rtp_port", "40004".into())]);
+    expect_ok(&run, &agent);
+    let n = run.received_count("SIP/2.0 200", "1 INVITE");
+    assert!(n >= 3, "expected the 200 at 0, T1 and 3*T1; got {n}\n{}", run.messages);
+    let lead = &agent.wait_leads(1, Duration::from_secs(5))[0];
+    assert_eq!(lead["ended_by"], "caller");
+}
+
+#[test]
+fn no_ack_at_all_ends_with_bye_after_64_t1() {
+    let agent = AgentProc::start("noack", "[sip]\nanswer_after_ms = 100\nt1_ms = 50\n");
+    let dir = scratch_dir("sipp-noack");
+    let sc = scenario("noack", &[&invite("", OFFER), ANSWERED, AGENT_BYE]);
+    let started = std::time::Instant::now();
+    let run = run_sipp(&dir, &sc, agent.addr(), false, &[("rtp_port", "40006".into())]);
+    expect_ok(&run, &agent);
+    // 64 × 50 ms = 3.2 s after the 200.
+    assert!(started.elapsed() >= Duration::from_millis(3200), "{:?}", started.elapsed());
+    let lead = &agent.wait_leads(1, Duration::from_secs(5))[0];
+    assert_eq!(lead["ended_by"], "timeout");
+    assert_eq!(lead["outcome"], "no_ack");
+}
+
+#[test]
+fn options_is_answered_with_allow_accept_supported() {
+    let agent = AgentProc::start("options", "");
+    let dir = scratch_dir("sipp-options");
+    let sc = scenario(
+        "options",
+        &[r#"
+  <send retrans="500">
+    <![CDATA[
+      OPTIONS sip:backstop@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      From: <sip:monitor@[local_ip]:[local_port]>;tag=[call_number]
+      To: <sip:backstop@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: 1 OPTIONS
+      Max-Forwards: 70
+      Accept: application/sdp
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv response="200">
+    <action>
+      <ereg regexp="INVITE" search_in="hdr" header="Allow:" check_it="true" assign_to="a"/>
+      <ereg regexp="application/sdp" search_in="hdr" header="Accept:" check_it="true" assign_to="b"/>
+      <ereg regexp=".*" search_in="hdr" header="Supported:" check_it="true" assign_to="c"/>
+      <ereg regexp="received=127.0.0.1;rport=[0-9]+" search_in="hdr" header="Via:" check_it="true" assign_to="d"/>
+    </action>
+  </recv>
+  <Reference variables="a,b,c,d"/>
+"#],
+    );
+    let run = run_sipp(&dir, &sc, agent.addr(), false, &[]);
+    expect_ok(&run, &agent);
+    assert!(agent.leads().is_empty(), "OPTIONS makes no lead");
+}
+
+#[test]
+fn diversion_and_p_asserted_identity_reach_the_lead() {
+    let agent = AgentProc::start("diversion", "[sip]\nanswer_after_ms = 100\n");
+    let dir = scratch_dir("sipp-diversion");
+    let extra = "      Diversion: <sip:+15557654321@pbx.example.net>;reason=no-answer;counter=1\n      P-Asserted-Identity: \"Pat Verified\" <sip:+15551230009@carrier.example.net>\n";
+    let sc = scenario("diversion", &[&invite(extra, OFFER), ANSWERED, ACK, &pause(300), CALLER_BYE]);
+    let run = run_sipp(&dir, &sc, agent.addr(), false, &[("rtp_port", "40008".into())]);
+    expect_ok(&run, &agent);
+    let lead = &agent.wait_leads(1, Duration::from_secs(5))[0];
+    assert_eq!(lead["forwarded"]["from_number"], "+15557654321");
+    assert_eq!(lead["forwarded"]["reason"], "no-answer");
+    assert_eq!(lead["caller"]["asserted"]["number"], "+15551230009");
+    assert_eq!(lead["caller"]["asserted"]["display_name"], "Pat Verified");
+    assert_eq!(lead["caller"]["number"], "+15551230001");
+}
+
+#[test]
+fn late_offer_takes_the_answer_from_the_ack() {
+    let agent = AgentProc::start("lateoffer", "[sip]\nanswer_after_ms = 100\n");
+    let dir = scratch_dir("sipp-lateoffer");
+    let rtp = RtpCapture::start();
+    let invite_no_sdp = invite("", "")
+        .replace("      Content-Type: application/sdp\n", "")
+        .replace("Content-Length: [len]\n\n\n", "Content-Length: 0\n\n");
+    let ack_with_answer = r#"
+  <send>
+    <![CDATA[
+      ACK [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      From: "Pat Caller" <sip:+15551230001@[local_ip]:[local_port]>;tag=[call_number]
+      [last_To:]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Max-Forwards: 70
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+v=0
+o=caller 1 1 IN IP4 127.0.0.1
+s=-
+c=IN IP4 127.0.0.1
+t=0 0
+m=audio [rtp_port] RTP/AVP 8
+a=rtpmap:8 PCMA/8000
+    ]]>
+  </send>
+"#;
+    let answered = r#"
+  <recv response="100" optional="true"/>
+  <recv response="180" optional="true"/>
+  <recv response="200" rrs="true">
+    <action>
+      <ereg regexp="m=audio [0-9]+ RTP/AVP 0 8 101" search_in="body" check_it="true" assign_to="offer"/>
+    </action>
+  </recv>
+  <Reference variables="offer"/>
+"#;
+    let sc = scenario("lateoffer", &[&invite_no_sdp, answered, ack_with_answer, &pause(1500), CALLER_BYE]);
+    let run = run_sipp(&dir, &sc, agent.addr(), false, &[("rtp_port", rtp.port.to_string())]);
+    std::thread::sleep(Duration::from_millis(200));
+    let packets = rtp.finish();
+    expect_ok(&run, &agent);
+    let lead = &agent.wait_leads(1, Duration::from_secs(5))[0];
+    assert_eq!(lead["codec"], "PCMA");
+    assert!(packets.len() >= 50, "{} packets", packets.len());
+    let payload: Vec<u8> = packets.iter().map(|(_, _, b)| parse_rtp(b)).inspect(|p| assert_eq!(p.pt, 8)).flat_map(|p| p.payload).collect();
+    assert!(prompt("greeting").encoded(Law::Pcma).starts_with(&payload));
+}
+
+#[test]
+fn tcp_call_works_end_to_end() {
+    let agent = AgentProc::start("tcp", "[sip]\nanswer_after_ms = 100\n");
+    let dir = scratch_dir("sipp-tcp");
+    let rtp = RtpCapture::start();
+    let sc = scenario("tcp", &[&invite("", OFFER), ANSWERED, ACK, &pause(1000), CALLER_BYE]);
+    let run = run_sipp(&dir, &sc, agent.addr(), true, &[("rtp_port", rtp.port.to_string())]);
+    let packets = rtp.finish();
+    expect_ok(&run, &agent);
+    let lead = &agent.wait_leads(1, Duration::from_secs(5))[0];
+    assert_eq!(lead["transport"], "tcp");
+    assert_eq!(lead["ended_by"], "caller");
+    assert!(packets.len() >= 40, "{} packets", packets.len());
+}
+
+#[test]
+fn tcp_agent_bye_reaches_the_caller() {
+    let agent = AgentProc::start("tcpbye", "[sip]\nanswer_after_ms = 100\n");
+    let dir = scratch_dir("sipp-tcpbye");
+    let sc = scenario("tcpbye", &[&invite("", OFFER), ANSWERED, ACK, AGENT_BYE]);
+    let run = run_sipp(&dir, &sc, agent.addr(), true, &[("rtp_port", "40010".into())]);
+    expect_ok(&run, &agent);
+    let lead = &agent.wait_leads(1, Duration::from_secs(5))[0];
+    assert_eq!(lead["outcome"], "completed");
+    assert_eq!(lead["transport"], "tcp");
+}
