@@ -118,10 +118,11 @@ impl Shared {
             Incoming::Rejected(Rejection::Drop { why }) => {
                 tracing::debug!(%from, why, "dropped unusable message");
             }
-            Incoming::Rejected(Rejection::Respond { code, why, bytes, dest }) => {
-                tracing::info!(%from, code, why, "rejected request");
+            Incoming::Rejected(Rejection::Respond { code, why, bytes: response, dest }) => {
+                let call_id = crate::sip::message::Frame::parse(&bytes).ok().and_then(|f| f.get("Call-ID").map(str::to_string));
+                tracing::info!(%from, code, why, call_id = call_id.as_deref().unwrap_or("-"), "rejected request");
                 let dest = if reply.is_reliable() { from } else { dest };
-                reply.send(dest, bytes).await;
+                reply.send(dest, response).await;
             }
             Incoming::Response(resp) => match calls.get(&resp.call_id) {
                 Some(tx) => {

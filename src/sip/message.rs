@@ -448,21 +448,7 @@ fn validate_request(frame: Frame, source: SocketAddr) -> Result<Request, Rejecti
             None => return Err(reject(400, format!("malformed Contact {value:?}"), vec![])),
         }
     }
-    // Request-URI scheme, then its syntax.
-    let scheme = uri.split(':').next().unwrap_or("").to_ascii_lowercase();
-    if uri.starts_with('<') {
-        return Err(reject(400, "Request-URI in angle brackets".into(), vec![]));
-    }
-    if !matches!(scheme.as_str(), "sip" | "sips" | "tel") || !uri.contains(':') {
-        return Err(reject(416, format!("unsupported URI scheme {scheme:?}"), vec![]));
-    }
-    if uri.contains('?') {
-        return Err(reject(400, "Request-URI carries headers".into(), vec![]));
-    }
-    let parsed_uri = match Uri::from_str(&uri) {
-        Ok(u) => u,
-        Err(e) => return Err(reject(400, format!("malformed Request-URI: {e}"), vec![])),
-    };
+    // An unknown method is 501 whatever its Request-URI looks like.
     let method = match method.as_str() {
         "INVITE" => Method::Invite,
         "ACK" => Method::Ack,
@@ -474,6 +460,23 @@ fn validate_request(frame: Frame, source: SocketAddr) -> Result<Request, Rejecti
             Ok(_) => Method::NotAllowed(other.to_string()),
             Err(_) => return Err(reject(501, format!("unknown method {other}"), vec![("Allow", ALLOW.into())])),
         },
+    };
+    // Request-URI scheme, then its syntax.
+    let scheme = uri.split(':').next().unwrap_or("").to_ascii_lowercase();
+    if uri.starts_with('<') {
+        return Err(reject(400, "Request-URI in angle brackets".into(), vec![]));
+    }
+    if !matches!(scheme.as_str(), "sip" | "sips" | "tel") || !uri.contains(':') {
+        return Err(reject(416, format!("unsupported URI scheme {scheme:?}"), vec![]));
+    }
+    // `?` may appear in the user part; after the host it starts URI headers.
+    let host_part = uri.rsplit_once('@').map(|(_, h)| h).unwrap_or(&uri);
+    if host_part.contains('?') {
+        return Err(reject(400, "Request-URI carries headers".into(), vec![]));
+    }
+    let parsed_uri = match Uri::from_str(&uri) {
+        Ok(u) => u,
+        Err(e) => return Err(reject(400, format!("malformed Request-URI: {e}"), vec![])),
     };
     if !matches!(method, Method::Ack | Method::Cancel) {
         let unsupported: Vec<&str> = frame
@@ -497,13 +500,29 @@ fn validate_request(frame: Frame, source: SocketAddr) -> Result<Request, Rejecti
     Ok(Request { method, uri: parsed_uri, via, via_reply, from, to, call_id, cseq, contact, source, frame })
 }
 
+/// Whether every quoted-string is closed, honouring backslash escapes.
+fn quotes_balanced(value: &str) -> bool {
+    let mut quoted = false;
+    let mut chars = value.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if quoted => {
+                chars.next();
+            }
+            '"' => quoted = !quoted,
+            _ => {}
+        }
+    }
+    !quoted
+}
+
 /// rsipstack's name-addr parser accepts some invalid forms; reject the ones
 /// RFC 4475 tests: empty parameters, a bare addr-spec carrying `?headers`,
 /// spaces inside <>, an unquoted display name with special characters, and an
 /// unbalanced quote.
 fn name_addr_well_formed(value: &str) -> bool {
     let value = value.trim();
-    if value.matches('"').count() % 2 == 1 {
+    if !quotes_balanced(value) {
         return false;
     }
     let (display, rest) = match value.find('<') {

@@ -33,8 +33,12 @@ impl Via {
             proto.push(p.trim());
             rest = r.trim_start();
         }
-        if !proto[0].eq_ignore_ascii_case("SIP") || proto[1] != "2.0" {
-            return Err(err("protocol is not SIP/2.0"));
+        // Any SIP version is read here, so that a request can still get its 505.
+        let version_ok = proto[1].split_once('.').is_some_and(|(a, b)| {
+            !a.is_empty() && !b.is_empty() && a.bytes().chain(b.bytes()).all(|c| c.is_ascii_digit())
+        });
+        if !proto[0].eq_ignore_ascii_case("SIP") || !version_ok {
+            return Err(err("protocol is not SIP"));
         }
         let split = rest.find([' ', '\t']).ok_or_else(|| err("no sent-by"))?;
         let transport = rest[..split].to_ascii_uppercase();
