@@ -261,3 +261,168 @@ impl Call {
         self.media.as_ref().map(|m| &m.stats)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::g711::Law;
+    use crate::media::prompt::Prompt;
+    use crate::sip::message::{read_message, Incoming};
+
+    const CALLER: &str = "127.0.0.1:5070";
+
+    fn msg(text: &str) -> Incoming {
+        read_message(text.as_bytes(), CALLER.parse().unwrap())
+    }
+
+    fn req(method: &str, cseq: u32, to_tag: bool, body: &str) -> Request {
+        let to = if to_tag { ";tag=local" } else { "" };
+        let ct = if body.is_empty() { "" } else { "Content-Type: application/sdp\r\n" };
+        let text = format!(
+            "{method} sip:owner@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bK{method}{cseq}\r\n\
+             From: <sip:+15551230001@127.0.0.1>;tag=caller\r\nTo: <sip:+15559990000@127.0.0.1>{to}\r\nCall-ID: c1\r\n\
+             CSeq: {cseq} {method}\r\nContact: <sip:caller@{CALLER}>\r\n{ct}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        match msg(&text) {
+            Incoming::Request(r) => *r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn offer(extra: &str) -> String {
+        format!("v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 4000 RTP/AVP 0\r\n{extra}")
+    }
+
+    fn setup() -> CallSetup {
+        CallSetup {
+            dialog: DialogConfig {
+                answer_after: Duration::from_millis(1000),
+                t1: Duration::from_millis(500),
+                t2: Duration::from_millis(4000),
+                reliable: false,
+                local_sip: "127.0.0.1:5060".parse().unwrap(),
+                transport: "UDP",
+                local_rtp: "127.0.0.1:20000".parse().unwrap(),
+                local_tag: "local".into(),
+                seed: 1,
+            },
+            lead_id: "lead-1".into(),
+            received_at: SystemTime::UNIX_EPOCH,
+            transport: "UDP",
+            max_duration: Duration::from_secs(600),
+            rtp_seed: (7, 100, 1000),
+        }
+    }
+
+    fn prompts() -> Arc<PromptSet> {
+        let mut set = PromptSet::default();
+        set.insert(Prompt::from_pcm("greeting", vec![1000; 160 * 100])); // 2 s
+        set.insert(Prompt::from_pcm("goodbye", vec![-1000; 160 * 50])); // 1 s
+        Arc::new(set)
+    }
+
+    struct Run {
+        rtp: Vec<Vec<u8>>,
+        sip: Vec<String>,
+        leads: Vec<Lead>,
+    }
+
+    /// Drive the call by its own deadlines until `until`, collecting output.
+    fn drive(call: &mut Call, now: &mut Instant, until: Instant, run: &mut Run) {
+        loop {
+            while let Some(t) = call.poll_transmit() {
+                match t {
+                    Transmit::Rtp { bytes, .. } => run.rtp.push(bytes),
+                    Transmit::Sip(s) => run.sip.push(String::from_utf8(s.bytes).unwrap().lines().next().unwrap().to_string()),
+                }
+            }
+            while let Some(ev) = call.poll_event() {
+                if let CallEvent::Lead(l) = ev {
+                    run.leads.push(*l);
+                }
+            }
+            match call.poll_timeout() {
+                Some(t) if t <= until => {
+                    *now = t.max(*now);
+                    call.handle_timeout(*now);
+                }
+                _ => {
+                    *now = until;
+                    return;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_whole_call_runs_faster_than_real_time() {
+        let t0 = Instant::now();
+        let mut now = t0;
+        let mut run = Run { rtp: vec![], sip: vec![], leads: vec![] };
+        let mut call = Call::new(now, req("INVITE", 1, false, &offer("")), setup(), Script::greeting_then_goodbye(), prompts());
+        drive(&mut call, &mut now, t0 + Duration::from_millis(1000), &mut run);
+        call.handle_sip_request(now, req("ACK", 1, true, ""));
+        drive(&mut call, &mut now, t0 + Duration::from_secs(10), &mut run);
+        assert_eq!(run.sip[..3], ["SIP/2.0 100 Trying", "SIP/2.0 180 Ringing", "SIP/2.0 200 OK"]);
+        assert!(run.sip[3].starts_with("BYE sip:caller@127.0.0.1:5070"), "{:?}", run.sip);
+        // 3 s of prompts = 150 packets, greeting then goodbye.
+        assert_eq!(run.rtp.len(), 150);
+        let payload: Vec<u8> = run.rtp.iter().flat_map(|p| p[12..].to_vec()).collect();
+        let p = prompts();
+        let mut expected = p.get("greeting").unwrap().encoded(Law::Pcmu).to_vec();
+        expected.extend_from_slice(p.get("goodbye").unwrap().encoded(Law::Pcmu));
+        assert_eq!(payload, expected);
+        let lead = &run.leads[0];
+        assert_eq!(lead.outcome, "completed");
+        assert_eq!(lead.ended_by, Some(EndedBy::Agent));
+        assert_eq!(lead.answered_at.as_deref(), Some("1970-01-01T00:00:01.000Z"));
+        assert_eq!(lead.ended_at.as_deref(), Some("1970-01-01T00:00:03.980Z"));
+        // The BYE goes with the last frame: 1 s ring + 149 frame intervals.
+        assert_eq!(lead.duration_ms, Some(3980));
+        let Incoming::Response(ok) = msg("SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bKx\r\nFrom: <sip:a@b>;tag=local\r\nTo: <sip:c@d>;tag=caller\r\nCall-ID: c1\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n") else { panic!() };
+        // The BYE's CSeq is ours; find it from what was sent and answer it.
+        let mut ok = *ok;
+        ok.cseq = call.dialog.local_cseq_for_tests();
+        call.handle_sip_response(now, ok);
+        assert!(call.is_finished());
+    }
+
+    #[test]
+    fn hold_pauses_the_prompt_and_resume_continues_it() {
+        let t0 = Instant::now();
+        let mut now = t0;
+        let mut run = Run { rtp: vec![], sip: vec![], leads: vec![] };
+        let mut call = Call::new(now, req("INVITE", 1, false, &offer("")), setup(), Script::greeting_then_goodbye(), prompts());
+        drive(&mut call, &mut now, t0 + Duration::from_millis(1000), &mut run);
+        call.handle_sip_request(now, req("ACK", 1, true, ""));
+        drive(&mut call, &mut now, t0 + Duration::from_millis(1990), &mut run);
+        assert_eq!(run.rtp.len(), 50);
+        call.handle_sip_request(now, req("INVITE", 2, true, &offer("a=sendonly\r\n")));
+        call.handle_sip_request(now, req("ACK", 2, true, ""));
+        drive(&mut call, &mut now, t0 + Duration::from_millis(6990), &mut run);
+        assert_eq!(run.rtp.len(), 50, "nothing is sent while held");
+        assert!(run.leads.is_empty(), "the call is still up");
+        call.handle_sip_request(now, req("INVITE", 3, true, &offer("")));
+        call.handle_sip_request(now, req("ACK", 3, true, ""));
+        drive(&mut call, &mut now, t0 + Duration::from_secs(20), &mut run);
+        assert_eq!(run.rtp.len(), 150, "the rest of the greeting and the goodbye after resuming");
+        assert_eq!(run.leads[0].outcome, "completed");
+    }
+
+    #[test]
+    fn caller_hanging_up_mid_greeting_names_the_step() {
+        let t0 = Instant::now();
+        let mut now = t0;
+        let mut run = Run { rtp: vec![], sip: vec![], leads: vec![] };
+        let mut call = Call::new(now, req("INVITE", 1, false, &offer("")), setup(), Script::greeting_then_goodbye(), prompts());
+        drive(&mut call, &mut now, t0 + Duration::from_millis(1000), &mut run);
+        call.handle_sip_request(now, req("ACK", 1, true, ""));
+        drive(&mut call, &mut now, t0 + Duration::from_millis(1500), &mut run);
+        call.handle_sip_request(now, req("BYE", 2, true, ""));
+        drive(&mut call, &mut now, t0 + Duration::from_millis(1600), &mut run);
+        assert_eq!(run.leads[0].outcome, "hung_up_during_greeting");
+        assert_eq!(run.leads[0].ended_by, Some(EndedBy::Caller));
+        assert!(call.is_finished());
+    }
+}

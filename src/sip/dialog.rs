@@ -621,6 +621,11 @@ impl UasDialog {
         t
     }
 
+    #[cfg(test)]
+    pub(crate) fn local_cseq_for_tests(&self) -> u32 {
+        self.local_cseq
+    }
+
     pub fn poll_transmit(&mut self) -> Option<SipTransmit> {
         self.transmits.pop_front()
     }
@@ -665,5 +670,244 @@ pub fn fmt_host_port(addr: SocketAddr) -> String {
     match addr {
         SocketAddr::V4(a) => a.to_string(),
         SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::message::{read_message, Incoming};
+
+    const CALLER: &str = "127.0.0.1:5070";
+    const OFFER: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 8 0 101\r\na=rtpmap:101 telephone-event/8000\r\n";
+
+    fn request(method: &str, cseq: u32, branch: &str, to_tag: Option<&str>, body: &str) -> Request {
+        let to = match to_tag {
+            Some(t) => format!("<sip:owner@127.0.0.1>;tag={t}"),
+            None => "<sip:owner@127.0.0.1>".into(),
+        };
+        let ct = if body.is_empty() { String::new() } else { "Content-Type: application/sdp\r\n".into() };
+        let msg = format!(
+            "{method} sip:owner@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch={branch}\r\n\
+             From: <sip:+15551230001@127.0.0.1>;tag=caller\r\nTo: {to}\r\nCall-ID: d1\r\nCSeq: {cseq} {method}\r\n\
+             Contact: <sip:caller@{CALLER}>\r\nMax-Forwards: 70\r\n{ct}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        match read_message(msg.as_bytes(), CALLER.parse().unwrap()) {
+            Incoming::Request(r) => *r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn response(code: u16, cseq: u32, method: &str) -> Response {
+        let msg = format!(
+            "SIP/2.0 {code} X\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKx\r\nFrom: <sip:a@b>;tag=local\r\n\
+             To: <sip:c@d>;tag=caller\r\nCall-ID: d1\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n"
+        );
+        match read_message(msg.as_bytes(), CALLER.parse().unwrap()) {
+            Incoming::Response(r) => *r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn cfg(reliable: bool) -> DialogConfig {
+        DialogConfig {
+            answer_after: Duration::from_millis(1000),
+            t1: Duration::from_millis(500),
+            t2: Duration::from_millis(4000),
+            reliable,
+            local_sip: "127.0.0.1:5060".parse().unwrap(),
+            transport: if reliable { "TCP" } else { "UDP" },
+            local_rtp: "127.0.0.1:20000".parse().unwrap(),
+            local_tag: "local".into(),
+            seed: 42,
+        }
+    }
+
+    /// Status codes (or request methods) of everything sent, in order.
+    fn sent(d: &mut UasDialog) -> Vec<String> {
+        std::iter::from_fn(|| d.poll_transmit())
+            .map(|t| {
+                let text = String::from_utf8(t.bytes).unwrap();
+                let first = text.lines().next().unwrap().to_string();
+                match first.strip_prefix("SIP/2.0 ") {
+                    Some(rest) => rest.split(' ').next().unwrap().to_string(),
+                    None => first.split(' ').next().unwrap().to_string(),
+                }
+            })
+            .collect()
+    }
+
+    fn events(d: &mut UasDialog) -> Vec<DialogEvent> {
+        std::iter::from_fn(|| d.poll_event()).collect()
+    }
+
+    fn answered(t0: Instant, reliable: bool, body: &str) -> UasDialog {
+        let mut d = UasDialog::new(t0, request("INVITE", 1, "z9hG4bKinv", None, body), cfg(reliable));
+        assert_eq!(sent(&mut d), ["100", "180"]);
+        assert_eq!(d.poll_timeout(), Some(t0 + Duration::from_millis(1000)));
+        d.handle_timeout(t0 + Duration::from_millis(1000));
+        assert_eq!(sent(&mut d), ["200"]);
+        assert_eq!(events(&mut d), [DialogEvent::Answered]);
+        d
+    }
+
+    #[test]
+    fn answers_after_the_ring_and_confirms_on_ack() {
+        let t0 = Instant::now();
+        let mut d = answered(t0, false, OFFER);
+        let ack = request("ACK", 1, "z9hG4bKack", Some("local"), "");
+        d.handle_request(t0 + Duration::from_millis(1010), ack);
+        let ev = events(&mut d);
+        let DialogEvent::Confirmed { negotiated, remote_rtp, direction } = &ev[0] else { panic!("{ev:?}") };
+        assert_eq!(negotiated.law, crate::media::g711::Law::Pcma);
+        assert_eq!(negotiated.telephone_event, Some(101));
+        assert_eq!(*remote_rtp, Some("127.0.0.1:4000".parse().unwrap()));
+        assert_eq!(*direction, Direction::SendRecv);
+        assert_eq!(d.poll_timeout(), None, "no timers once confirmed");
+    }
+
+    #[test]
+    fn unacknowledged_2xx_is_resent_on_t1_doubling_to_t2_then_bye_at_64_t1() {
+        let t0 = Instant::now();
+        let mut d = answered(t0, false, OFFER);
+        let answered_at = t0 + Duration::from_millis(1000);
+        let mut resends = Vec::new();
+        while let Some(at) = d.poll_timeout() {
+            d.handle_timeout(at);
+            let out = sent(&mut d);
+            if out == ["200"] {
+                resends.push((at - answered_at).as_millis());
+            } else if out == ["BYE"] {
+                assert_eq!(at - answered_at, Duration::from_millis(32_000));
+                break;
+            }
+        }
+        assert_eq!(resends, [500, 1500, 3500, 7500, 11500, 15500, 19500, 23500, 27500, 31500]);
+        let ev = events(&mut d);
+        assert!(matches!(ev[0], DialogEvent::Ended { by: EndedBy::Timeout, .. }), "{ev:?}");
+        d.handle_response(t0, response(200, d.local_cseq, "BYE"));
+        assert!(d.is_terminated());
+    }
+
+    #[test]
+    fn tcp_sends_no_retransmissions_but_still_times_out() {
+        let t0 = Instant::now();
+        let mut d = answered(t0, true, OFFER);
+        let at = d.poll_timeout().unwrap();
+        assert_eq!(at, t0 + Duration::from_millis(1000 + 32_000));
+        d.handle_timeout(at);
+        assert_eq!(sent(&mut d), ["BYE"]);
+    }
+
+    #[test]
+    fn retransmitted_invite_repeats_the_provisional_then_is_absorbed() {
+        let t0 = Instant::now();
+        let mut d = UasDialog::new(t0, request("INVITE", 1, "z9hG4bKinv", None, OFFER), cfg(false));
+        sent(&mut d);
+        d.handle_request(t0, request("INVITE", 1, "z9hG4bKinv", None, OFFER));
+        assert_eq!(sent(&mut d), ["180"]);
+        d.handle_timeout(t0 + Duration::from_secs(1));
+        assert_eq!(sent(&mut d), ["200"]);
+        d.handle_request(t0 + Duration::from_millis(1001), request("INVITE", 1, "z9hG4bKinv", None, OFFER));
+        assert!(sent(&mut d).is_empty());
+    }
+
+    #[test]
+    fn cancel_while_ringing_gives_200_then_487_resent_until_ack() {
+        let t0 = Instant::now();
+        let mut d = UasDialog::new(t0, request("INVITE", 1, "z9hG4bKinv", None, OFFER), cfg(false));
+        sent(&mut d);
+        d.handle_request(t0 + Duration::from_millis(300), request("CANCEL", 1, "z9hG4bKinv", None, ""));
+        assert_eq!(sent(&mut d), ["200", "487"]);
+        assert!(matches!(events(&mut d)[0], DialogEvent::Ended { by: EndedBy::Cancel, .. }));
+        // The ring timer no longer answers.
+        d.handle_timeout(t0 + Duration::from_millis(800));
+        assert_eq!(sent(&mut d), ["487"]);
+        d.handle_request(t0 + Duration::from_millis(900), request("ACK", 1, "z9hG4bKinv", Some("local"), ""));
+        assert!(d.is_terminated());
+        assert_eq!(d.poll_timeout(), None);
+        // A CANCEL for another transaction gets 481.
+        let mut d = UasDialog::new(t0, request("INVITE", 1, "z9hG4bKinv", None, OFFER), cfg(false));
+        sent(&mut d);
+        d.handle_request(t0, request("CANCEL", 1, "z9hG4bKother", None, ""));
+        assert_eq!(sent(&mut d), ["481"]);
+    }
+
+    #[test]
+    fn caller_bye_ends_the_call_and_ours_is_retransmitted_until_answered() {
+        let t0 = Instant::now();
+        let mut d = answered(t0, false, OFFER);
+        d.handle_request(t0, request("ACK", 1, "z9hG4bKack", Some("local"), ""));
+        events(&mut d);
+        d.handle_request(t0, request("BYE", 2, "z9hG4bKbye", Some("local"), ""));
+        assert_eq!(sent(&mut d), ["200"]);
+        assert!(matches!(events(&mut d)[0], DialogEvent::Ended { by: EndedBy::Caller, .. }));
+        assert!(d.is_terminated());
+
+        let mut d = answered(t0, false, OFFER);
+        d.handle_request(t0, request("ACK", 1, "z9hG4bKack", Some("local"), ""));
+        events(&mut d);
+        d.hangup(t0, EndedBy::Agent, "done");
+        assert_eq!(sent(&mut d), ["BYE"]);
+        d.handle_timeout(t0 + Duration::from_millis(500));
+        assert_eq!(sent(&mut d), ["BYE"]);
+        d.handle_response(t0, response(200, d.local_cseq, "BYE"));
+        assert!(d.is_terminated());
+    }
+
+    #[test]
+    fn bye_without_our_tag_is_481() {
+        let t0 = Instant::now();
+        let mut d = answered(t0, false, OFFER);
+        d.handle_request(t0, request("BYE", 2, "z9hG4bKbye", Some("someone-else"), ""));
+        assert_eq!(sent(&mut d), ["481"]);
+        assert!(!d.is_terminated());
+    }
+
+    #[test]
+    fn late_offer_offers_in_the_200_and_reads_the_ack() {
+        let t0 = Instant::now();
+        let mut d = answered(t0, false, "");
+        let answer = "v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 4100 RTP/AVP 0\r\n";
+        d.handle_request(t0, request("ACK", 1, "z9hG4bKack", Some("local"), answer));
+        let ev = events(&mut d);
+        let DialogEvent::Confirmed { negotiated, remote_rtp, .. } = &ev[0] else { panic!("{ev:?}") };
+        assert_eq!(negotiated.law, crate::media::g711::Law::Pcmu);
+        assert_eq!(*remote_rtp, Some("127.0.0.1:4100".parse().unwrap()));
+    }
+
+    #[test]
+    fn no_common_codec_is_488() {
+        let t0 = Instant::now();
+        let sdp = "v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 4000 RTP/AVP 18\r\n";
+        let mut d = UasDialog::new(t0, request("INVITE", 1, "z9hG4bKinv", None, sdp), cfg(false));
+        assert_eq!(sent(&mut d), ["488"]);
+        assert!(matches!(events(&mut d)[0], DialogEvent::Ended { by: EndedBy::Error, .. }));
+    }
+
+    #[test]
+    fn reinvite_holds_and_moves_the_call_without_dropping_it() {
+        let t0 = Instant::now();
+        let mut d = answered(t0, false, OFFER);
+        d.handle_request(t0, request("ACK", 1, "z9hG4bKack", Some("local"), ""));
+        events(&mut d);
+        let hold = OFFER.replace("m=audio 4000", "m=audio 4002") + "a=sendonly\r\n";
+        d.handle_request(t0, request("INVITE", 2, "z9hG4bKre", Some("local"), &hold));
+        assert_eq!(sent(&mut d), ["200"]);
+        let ev = events(&mut d);
+        let DialogEvent::MediaChanged { remote_rtp, direction, .. } = &ev[0] else { panic!("{ev:?}") };
+        assert_eq!(*direction, Direction::SendOnly);
+        assert_eq!(*remote_rtp, Some("127.0.0.1:4002".parse().unwrap()));
+        // The 200 for the re-INVITE is retransmitted until its ACK.
+        d.handle_timeout(t0 + Duration::from_millis(500));
+        assert_eq!(sent(&mut d), ["200"]);
+        d.handle_request(t0, request("ACK", 2, "z9hG4bKack2", Some("local"), ""));
+        d.handle_timeout(t0 + Duration::from_millis(2000));
+        assert!(sent(&mut d).is_empty());
+        assert!(d.is_confirmed());
+        // A stale (older CSeq) re-INVITE changes nothing.
+        d.handle_request(t0, request("INVITE", 1, "z9hG4bKold", Some("local"), OFFER));
+        assert!(sent(&mut d).is_empty());
     }
 }
