@@ -3,6 +3,8 @@
 //! loopback, every wait is bounded, and dropping a helper kills its process.
 #![allow(dead_code)]
 
+pub mod scenario;
+
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -60,10 +62,12 @@ impl AgentProc {
     pub fn start(name: &str, extra: &str) -> AgentProc {
         let dir = scratch_dir(name);
         let port = free_port();
-        let config = format!(
-            "[prompts]\ndir = \"{}\"\n[rtp]\nport_min = 30000\nport_max = 39999\n[log]\nlevel = \"debug\"\n{extra}",
-            manifest_dir().join("prompts").display()
-        );
+        let prompts = format!("[prompts]\ndir = \"{}\"\n", manifest_dir().join("prompts").display());
+        let config = if extra.contains("[prompts]\n") {
+            format!("[rtp]\nport_min = 30000\nport_max = 39999\n[log]\nlevel = \"debug\"\n{}", extra.replace("[prompts]\n", &prompts))
+        } else {
+            format!("{prompts}[rtp]\nport_min = 30000\nport_max = 39999\n[log]\nlevel = \"debug\"\n{extra}")
+        };
         let cfg_path = dir.join("backstop.toml");
         std::fs::write(&cfg_path, config).unwrap();
         let log = std::fs::File::create(dir.join("agent.log")).unwrap();

@@ -1,0 +1,105 @@
+//! SIPp scenario pieces for a caller (UAC) calling the agent.
+
+/// The caller's INVITE. `EXTRA` is replaced by extra headers, `SDP` by the body.
+pub const INVITE: &str = r#"
+  <send retrans="500">
+    <![CDATA[
+      INVITE sip:+15559990000@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=z9hG4bK-[call_number]-inv;rport
+      From: "Pat Caller" <sip:+15551230001@[local_ip]:[local_port]>;tag=[call_number]
+      To: <sip:+15559990000@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: 1 INVITE
+      Contact: <sip:caller@[local_ip]:[local_port];transport=[transport]>
+      Max-Forwards: 70
+      EXTRA
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+SDP
+    ]]>
+  </send>
+"#;
+
+pub const OFFER: &str = "v=0
+o=caller 1 1 IN IP4 127.0.0.1
+s=-
+c=IN IP4 127.0.0.1
+t=0 0
+m=audio [rtp_port] RTP/AVP 0 8 101
+a=rtpmap:0 PCMU/8000
+a=rtpmap:8 PCMA/8000
+a=rtpmap:101 telephone-event/8000
+a=fmtp:101 0-15
+a=sendrecv";
+
+pub const ANSWERED: &str = r#"
+  <recv response="100" optional="true"/>
+  <recv response="180" optional="true"/>
+  <recv response="200" rrs="true"/>
+"#;
+
+pub const ACK: &str = r#"
+  <send>
+    <![CDATA[
+      ACK [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      From: "Pat Caller" <sip:+15551230001@[local_ip]:[local_port]>;tag=[call_number]
+      [last_To:]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+"#;
+
+pub const CALLER_BYE: &str = r#"
+  <send retrans="500">
+    <![CDATA[
+      BYE [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      From: "Pat Caller" <sip:+15551230001@[local_ip]:[local_port]>;tag=[call_number]
+      [last_To:]
+      Call-ID: [call_id]
+      CSeq: 2 BYE
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv response="200" crlf="true"/>
+"#;
+
+pub const AGENT_BYE: &str = r#"
+  <recv request="BYE" timeout="40000"/>
+  <send>
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+
+    ]]>
+  </send>
+"#;
+
+pub fn scenario(name: &str, parts: &[&str]) -> String {
+    format!(
+        "<?xml version=\"1.0\" encoding=\"ISO-8859-1\" ?>\n<!DOCTYPE scenario SYSTEM \"sipp.dtd\">\n<scenario name=\"{name}\">\n{}\n</scenario>\n",
+        parts.concat()
+    )
+}
+
+pub fn invite(extra: &str, sdp: &str) -> String {
+    let extra_lines = if extra.is_empty() { String::new() } else { extra.to_string() };
+    INVITE.replace("      EXTRA\n", &extra_lines).replace("SDP\n", &format!("{sdp}\n"))
+}
+
+pub fn pause(ms: u64) -> String {
+    format!("  <pause milliseconds=\"{ms}\"/>\n")
+}
