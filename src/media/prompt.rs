@@ -37,7 +37,8 @@ impl Prompt {
     pub fn from_pcm(name: &str, pcm: Vec<i16>) -> Prompt {
         let encode = |law: Law| {
             let mut out: Vec<u8> = pcm.iter().map(|s| law.encode(*s)).collect();
-            let pad = (FRAME_SAMPLES - out.len() % FRAME_SAMPLES) % FRAME_SAMPLES;
+            // At least one frame, so that playing an empty prompt still finishes.
+            let pad = if out.is_empty() { FRAME_SAMPLES } else { (FRAME_SAMPLES - out.len() % FRAME_SAMPLES) % FRAME_SAMPLES };
             out.extend(std::iter::repeat_n(law.silence(), pad));
             out
         };
@@ -219,6 +220,13 @@ mod tests {
             w.write_sample(*s).unwrap();
         }
         w.finalize().unwrap();
+    }
+
+    #[test]
+    fn an_empty_prompt_is_one_silent_frame() {
+        let p = Prompt::from_pcm("e", vec![]);
+        assert_eq!(p.frame_count(), 1);
+        assert!(p.frame(Law::Pcmu, 0).iter().all(|b| *b == 0xFF));
     }
 
     #[test]
