@@ -242,7 +242,7 @@ impl Shared {
             rtp_seed: (rand::random(), rand::random(), rand::random()),
         };
         let from = invite.source;
-        tracing::info!(%from, transport = reply.transport(), caller = %invite.from.raw, called = %invite.to.raw, "INVITE");
+        tracing::info!(%from, transport = reply.transport(), rtp = %setup.dialog.local_rtp, caller = %invite.from.raw, called = %invite.to.raw, "INVITE");
         let mut call = Call::new(Instant::now(), invite, setup, Script::greeting_then_goodbye(), self.prompts.clone());
         let timer = tokio::time::sleep(Duration::from_secs(3600));
         tokio::pin!(timer);

@@ -55,6 +55,8 @@ pub struct Call {
     base: (Instant, SystemTime),
     setup: CallSetup,
     answered: bool,
+    /// We hung up before the script finished (shutdown, maximum duration).
+    interrupted: bool,
     deadline: Instant,
     transmits: VecDeque<Transmit>,
     events: VecDeque<CallEvent>,
@@ -74,6 +76,7 @@ impl Call {
             deadline: now + setup.max_duration,
             setup,
             answered: false,
+            interrupted: false,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         };
@@ -113,6 +116,7 @@ impl Call {
     pub fn handle_timeout(&mut self, now: Instant) {
         if now >= self.deadline && self.lead.is_some() {
             self.deadline = now + Duration::from_secs(3600);
+            self.interrupted = true;
             self.dialog.hangup(now, EndedBy::Timeout, "maximum call duration reached");
         }
         self.dialog.handle_timeout(now);
@@ -122,8 +126,9 @@ impl Call {
         self.process(now);
     }
 
-    /// Hang up from our side (shutdown).
+    /// Hang up from our side before the script ends (shutdown).
     pub fn hangup(&mut self, now: Instant, detail: &str) {
+        self.interrupted = true;
         self.dialog.hangup(now, EndedBy::Agent, detail);
         self.process(now);
     }
@@ -216,6 +221,7 @@ impl Call {
                     EndedBy::Cancel => "hung_up_while_ringing".to_string(),
                     EndedBy::Error if !self.answered => "rejected".to_string(),
                     EndedBy::Timeout if !self.dialog.is_confirmed() && self.media.is_none() => "no_ack".to_string(),
+                    _ if self.interrupted && !self.script.completed() => format!("interrupted_during_{}", self.script.current_step()),
                     _ => self.script.outcome(),
                 };
                 let ended = self.wall(now);

@@ -315,3 +315,149 @@ fn tcp_agent_bye_reaches_the_caller() {
     assert_eq!(lead["outcome"], "completed");
     assert_eq!(lead["transport"], "tcp");
 }
+
+/// A re-INVITE in the call: `direction` in the SDP, CSeq `cseq`, then its ACK.
+fn reinvite(cseq: u32, direction: &str) -> String {
+    format!(
+        r#"
+  <send retrans="500">
+    <![CDATA[
+      INVITE [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      From: "Pat Caller" <sip:+15551230001@[local_ip]:[local_port]>;tag=[call_number]
+      [last_To:]
+      Call-ID: [call_id]
+      CSeq: {cseq} INVITE
+      Contact: <sip:caller@[local_ip]:[local_port];transport=[transport]>
+      Max-Forwards: 70
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+v=0
+o=caller 1 {cseq} IN IP4 127.0.0.1
+s=-
+c=IN IP4 127.0.0.1
+t=0 0
+m=audio [rtp_port] RTP/AVP 0 101
+a=rtpmap:0 PCMU/8000
+a=rtpmap:101 telephone-event/8000
+a={direction}
+    ]]>
+  </send>
+  <recv response="200" rrs="true"/>
+  <send>
+    <![CDATA[
+      ACK [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      From: "Pat Caller" <sip:+15551230001@[local_ip]:[local_port]>;tag=[call_number]
+      [last_To:]
+      Call-ID: [call_id]
+      CSeq: {cseq} ACK
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+"#
+    )
+}
+
+#[test]
+fn reinvite_hold_pauses_media_and_resume_continues_the_prompt() {
+    let agent = AgentProc::start("hold", "[sip]\nanswer_after_ms = 100\n");
+    let dir = scratch_dir("sipp-hold");
+    let rtp = RtpCapture::start();
+    let bye = CALLER_BYE.replace("CSeq: 2 BYE", "CSeq: 4 BYE");
+    let sc = scenario(
+        "hold",
+        &[&invite("", OFFER), ANSWERED, ACK, &pause(1000), &reinvite(2, "sendonly"), &pause(1500), &reinvite(3, "sendrecv"), &pause(1000), &bye],
+    );
+    let run = run_sipp(&dir, &sc, agent.addr(), false, &[("rtp_port", rtp.port.to_string())]);
+    std::thread::sleep(Duration::from_millis(200));
+    let packets = rtp.finish();
+    expect_ok(&run, &agent);
+    // Silence on the wire while held: one gap of about 1.5 s.
+    let (gap_at, gap) = packets
+        .windows(2)
+        .enumerate()
+        .map(|(i, w)| (i, w[1].0 - w[0].0))
+        .max_by_key(|(_, g)| *g)
+        .unwrap();
+    assert!(gap >= Duration::from_millis(1300) && gap <= Duration::from_millis(1800), "hold gap {gap:?}");
+    assert!((40..=60).contains(&(gap_at + 1)), "{} packets before the hold", gap_at + 1);
+    let after = packets[gap_at + 1..].iter().map(|(_, _, b)| parse_rtp(b)).collect::<Vec<_>>();
+    assert!(after[0].marker, "the marker bit opens the resumed stream");
+    // The greeting paused and continued where it was: what arrived is one unbroken prefix of it.
+    let payload: Vec<u8> = packets.iter().flat_map(|(_, _, b)| parse_rtp(b).payload).collect();
+    assert!(prompt("greeting").encoded(Law::Pcmu).starts_with(&payload));
+    let lead = &agent.wait_leads(1, Duration::from_secs(5))[0];
+    assert_eq!(lead["ended_by"], "caller");
+    assert_eq!(lead["outcome"], "hung_up_during_greeting");
+}
+
+#[test]
+fn rtp_latches_onto_where_the_caller_really_sends_from() {
+    let agent = AgentProc::start("latch", "[sip]\nanswer_after_ms = 100\n");
+    let dir = scratch_dir("sipp-latch");
+    // The SDP names one port; the caller's media really comes from another (a NAT mapping).
+    let declared = RtpCapture::start();
+    let nat = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    nat.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    let sc = scenario("latch", &[&invite("", OFFER), ANSWERED, ACK, &pause(2500), CALLER_BYE]);
+    let port = declared.port.to_string();
+    let addr = agent.addr();
+    let sipp = std::thread::spawn(move || run_sipp(&dir, &sc, addr, false, &[("rtp_port", port)]));
+    // Find the agent's RTP address in its log.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let agent_rtp: std::net::SocketAddr = loop {
+        let log = agent.log();
+        if let Some(i) = log.find(" rtp=") {
+            break log[i + 5..].split_whitespace().next().unwrap().parse().unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "no rtp= in log:\n{log}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::thread::sleep(Duration::from_millis(800));
+    let mut received_at_nat = 0;
+    let mut buf = [0u8; 2048];
+    for seq in 0..50u16 {
+        let mut pkt = vec![0x80, 0x00];
+        pkt.extend_from_slice(&seq.to_be_bytes());
+        pkt.extend_from_slice(&(seq as u32 * 160).to_be_bytes());
+        pkt.extend_from_slice(&0x0BAD_CAFEu32.to_be_bytes());
+        pkt.extend_from_slice(&[0xFF; 160]);
+        nat.send_to(&pkt, agent_rtp).unwrap();
+        while let Ok((n, from)) = nat.recv_from(&mut buf) {
+            assert_eq!(from, agent_rtp, "symmetric: sent from the port it receives on");
+            assert_eq!(parse_rtp(&buf[..n]).pt, 0);
+            received_at_nat += 1;
+        }
+    }
+    let run = sipp.join().unwrap();
+    let at_declared = declared.finish();
+    expect_ok(&run, &agent);
+    assert!(received_at_nat >= 40, "only {received_at_nat} packets reached the real source");
+    assert!(!at_declared.is_empty(), "before any RTP arrived, media went to the SDP address");
+    let last_declared = at_declared.last().unwrap().0;
+    let first_declared = at_declared[0].0;
+    assert!(last_declared - first_declared < Duration::from_millis(1500), "media kept going to the SDP address after latching");
+}
+
+#[test]
+fn sigterm_hangs_up_calls_in_progress_and_writes_their_leads() {
+    let mut agent = AgentProc::start("shutdown", "[sip]\nanswer_after_ms = 100\n");
+    let dir = scratch_dir("sipp-shutdown");
+    let sc = scenario("shutdown", &[&invite("", OFFER), ANSWERED, ACK, AGENT_BYE]);
+    let addr = agent.addr();
+    let started = std::time::Instant::now();
+    let sipp = std::thread::spawn(move || run_sipp(&dir, &sc, addr, false, &[("rtp_port", "40012".into())]));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(agent.terminate(), "agent did not exit cleanly on SIGTERM:\n{}", agent.log());
+    let run = sipp.join().unwrap();
+    expect_ok(&run, &agent);
+    // The BYE came from the shutdown, well before the 11 s script would have ended.
+    assert!(started.elapsed() < Duration::from_secs(6), "{:?}", started.elapsed());
+    let lead = &agent.leads()[0];
+    assert_eq!(lead["ended_by"], "agent");
+    assert_eq!(lead["outcome"], "interrupted_during_greeting");
+}

@@ -107,6 +107,15 @@ impl Script {
         self.index >= self.steps.len()
     }
 
+    /// The name of the step in progress (`ringing` before the first).
+    pub fn current_step(&self) -> &str {
+        match (self.state, self.steps.get(self.index)) {
+            (State::NotStarted, _) => "ringing",
+            (_, Some(Step::Play { name, .. })) => name,
+            _ => "hangup",
+        }
+    }
+
     /// The lead's outcome: `completed`, `not_answered` (the script never ran),
     /// or `hung_up_during_<step>`.
     pub fn outcome(&self) -> String {
