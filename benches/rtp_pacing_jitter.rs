@@ -43,7 +43,7 @@ fn main() {
         &format!("[sip]\nanswer_after_ms = 100\n[prompts]\ngreeting = \"{}\"\n", wav.display()),
     );
     let rtp = RtpCapture::start();
-    let sc = scenario("pacing", &[&invite("", OFFER), ANSWERED, ACK, AGENT_BYE]);
+    let sc = scenario("pacing", &[&invite("", OFFER), ANSWERED, &ack(1), AGENT_BYE]);
     let run = run_sipp(&dir, &sc, agent.addr(), false, &[("rtp_port", rtp.port.to_string())]);
     let packets = rtp.finish();
     assert!(run.success, "SIPp failed: {}", run.errors);

@@ -361,14 +361,20 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_whole_call_runs_faster_than_real_time() {
-        let t0 = Instant::now();
+    /// A call answered after its 1 s ring and acknowledged at `t0 + 1 s`.
+    fn confirmed_call(t0: Instant) -> (Call, Instant, Run) {
         let mut now = t0;
         let mut run = Run { rtp: vec![], sip: vec![], leads: vec![] };
         let mut call = Call::new(now, req("INVITE", 1, false, &offer("")), setup(), Script::greeting_then_goodbye(), prompts());
         drive(&mut call, &mut now, t0 + Duration::from_millis(1000), &mut run);
         call.handle_sip_request(now, req("ACK", 1, true, ""));
+        (call, now, run)
+    }
+
+    #[test]
+    fn a_whole_call_runs_faster_than_real_time() {
+        let t0 = Instant::now();
+        let (mut call, mut now, mut run) = confirmed_call(t0);
         drive(&mut call, &mut now, t0 + Duration::from_secs(10), &mut run);
         assert_eq!(run.sip[..3], ["SIP/2.0 100 Trying", "SIP/2.0 180 Ringing", "SIP/2.0 200 OK"]);
         assert!(run.sip[3].starts_with("BYE sip:caller@127.0.0.1:5070"), "{:?}", run.sip);
@@ -397,11 +403,7 @@ mod tests {
     #[test]
     fn hold_pauses_the_prompt_and_resume_continues_it() {
         let t0 = Instant::now();
-        let mut now = t0;
-        let mut run = Run { rtp: vec![], sip: vec![], leads: vec![] };
-        let mut call = Call::new(now, req("INVITE", 1, false, &offer("")), setup(), Script::greeting_then_goodbye(), prompts());
-        drive(&mut call, &mut now, t0 + Duration::from_millis(1000), &mut run);
-        call.handle_sip_request(now, req("ACK", 1, true, ""));
+        let (mut call, mut now, mut run) = confirmed_call(t0);
         drive(&mut call, &mut now, t0 + Duration::from_millis(1990), &mut run);
         assert_eq!(run.rtp.len(), 50);
         call.handle_sip_request(now, req("INVITE", 2, true, &offer("a=sendonly\r\n")));
@@ -419,11 +421,7 @@ mod tests {
     #[test]
     fn caller_hanging_up_mid_greeting_names_the_step() {
         let t0 = Instant::now();
-        let mut now = t0;
-        let mut run = Run { rtp: vec![], sip: vec![], leads: vec![] };
-        let mut call = Call::new(now, req("INVITE", 1, false, &offer("")), setup(), Script::greeting_then_goodbye(), prompts());
-        drive(&mut call, &mut now, t0 + Duration::from_millis(1000), &mut run);
-        call.handle_sip_request(now, req("ACK", 1, true, ""));
+        let (mut call, mut now, mut run) = confirmed_call(t0);
         drive(&mut call, &mut now, t0 + Duration::from_millis(1500), &mut run);
         call.handle_sip_request(now, req("BYE", 2, true, ""));
         drive(&mut call, &mut now, t0 + Duration::from_millis(1600), &mut run);

@@ -30,7 +30,7 @@ fn basic_call_plays_greeting_and_goodbye_then_hangs_up() {
     let agent = AgentProc::start("basic", "[sip]\nanswer_after_ms = 200\n");
     let dir = scratch_dir("sipp-basic");
     let rtp = RtpCapture::start();
-    let sc = scenario("basic", &[&invite("", OFFER), ANSWERED, ACK, AGENT_BYE]);
+    let sc = scenario("basic", &[&invite("", OFFER), ANSWERED, &ack(1), AGENT_BYE]);
     let run = run_sipp(&dir, &sc, agent.addr(), false, &[("rtp_port", rtp.port.to_string())]);
     let packets = rtp.finish();
     expect_ok(&run, &agent);
@@ -70,7 +70,7 @@ fn caller_bye_during_the_greeting() {
     let agent = AgentProc::start("callerbye", "[sip]\nanswer_after_ms = 200\n");
     let dir = scratch_dir("sipp-callerbye");
     let rtp = RtpCapture::start();
-    let sc = scenario("callerbye", &[&invite("", OFFER), ANSWERED, ACK, &pause(2000), CALLER_BYE]);
+    let sc = scenario("callerbye", &[&invite("", OFFER), ANSWERED, &ack(1), &pause(2000), CALLER_BYE]);
     let run = run_sipp(&dir, &sc, agent.addr(), false, &[("rtp_port", rtp.port.to_string())]);
     std::thread::sleep(Duration::from_millis(300));
     let packets = rtp.finish();
@@ -142,7 +142,7 @@ fn retransmitted_invite_is_absorbed() {
     // The same INVITE again (same branch and CSeq), as a UDP retransmission.
     let again = first.replace("<send retrans=\"500\">", "<send>");
     let provisional = "  <recv response=\"100\"/>\n  <recv response=\"180\"/>\n";
-    let sc = scenario("retrans", &[&first, provisional, &again, ANSWERED, ACK, &pause(500), CALLER_BYE]);
+    let sc = scenario("retrans", &[&first, provisional, &again, ANSWERED, &ack(1), &pause(500), CALLER_BYE]);
     let run = run_sipp(&dir, &sc, agent.addr(), false, &[("rtp_port", "40002".into())]);
     expect_ok(&run, &agent);
     std::thread::sleep(Duration::from_millis(500));
@@ -159,7 +159,7 @@ fn lost_ack_makes_the_2xx_retransmit() {
     let agent = AgentProc::start("lostack", "[sip]\nanswer_after_ms = 100\nt1_ms = 100\n");
     let dir = scratch_dir("sipp-lostack");
     // Do not ACK the first 200; wait long enough for T1 and 2*T1 retransmissions, then ACK.
-    let sc = scenario("lostack", &[&invite("", OFFER), ANSWERED, &pause(800), ACK, &pause(300), CALLER_BYE]);
+    let sc = scenario("lostack", &[&invite("", OFFER), ANSWERED, &pause(800), &ack(1), &pause(300), CALLER_BYE]);
     let run = run_sipp(&dir, &sc, agent.addr(), false, &[("rtp_port", "40004".into())]);
     expect_ok(&run, &agent);
     let n = run.received_count("SIP/2.0 200", "1 INVITE");
@@ -225,7 +225,7 @@ fn diversion_and_p_asserted_identity_reach_the_lead() {
     let agent = AgentProc::start("diversion", "[sip]\nanswer_after_ms = 100\n");
     let dir = scratch_dir("sipp-diversion");
     let extra = "      Diversion: <sip:+15557654321@pbx.example.net>;reason=no-answer;counter=1\n      P-Asserted-Identity: \"Pat Verified\" <sip:+15551230009@carrier.example.net>\n";
-    let sc = scenario("diversion", &[&invite(extra, OFFER), ANSWERED, ACK, &pause(300), CALLER_BYE]);
+    let sc = scenario("diversion", &[&invite(extra, OFFER), ANSWERED, &ack(1), &pause(300), CALLER_BYE]);
     let run = run_sipp(&dir, &sc, agent.addr(), false, &[("rtp_port", "40008".into())]);
     expect_ok(&run, &agent);
     let lead = &agent.wait_leads(1, Duration::from_secs(5))[0];
@@ -294,7 +294,7 @@ fn tcp_call_works_end_to_end() {
     let agent = AgentProc::start("tcp", "[sip]\nanswer_after_ms = 100\n");
     let dir = scratch_dir("sipp-tcp");
     let rtp = RtpCapture::start();
-    let sc = scenario("tcp", &[&invite("", OFFER), ANSWERED, ACK, &pause(1000), CALLER_BYE]);
+    let sc = scenario("tcp", &[&invite("", OFFER), ANSWERED, &ack(1), &pause(1000), CALLER_BYE]);
     let run = run_sipp(&dir, &sc, agent.addr(), true, &[("rtp_port", rtp.port.to_string())]);
     let packets = rtp.finish();
     expect_ok(&run, &agent);
@@ -308,7 +308,7 @@ fn tcp_call_works_end_to_end() {
 fn tcp_agent_bye_reaches_the_caller() {
     let agent = AgentProc::start("tcpbye", "[sip]\nanswer_after_ms = 100\n");
     let dir = scratch_dir("sipp-tcpbye");
-    let sc = scenario("tcpbye", &[&invite("", OFFER), ANSWERED, ACK, AGENT_BYE]);
+    let sc = scenario("tcpbye", &[&invite("", OFFER), ANSWERED, &ack(1), AGENT_BYE]);
     let run = run_sipp(&dir, &sc, agent.addr(), true, &[("rtp_port", "40010".into())]);
     expect_ok(&run, &agent);
     let lead = &agent.wait_leads(1, Duration::from_secs(5))[0];
@@ -345,21 +345,8 @@ a={direction}
     ]]>
   </send>
   <recv response="200" rrs="true"/>
-  <send>
-    <![CDATA[
-      ACK [next_url] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
-      From: "Pat Caller" <sip:+15551230001@[local_ip]:[local_port]>;tag=[call_number]
-      [last_To:]
-      Call-ID: [call_id]
-      CSeq: {cseq} ACK
-      Max-Forwards: 70
-      Content-Length: 0
-
-    ]]>
-  </send>
 "#
-    )
+    ) + &ack(cseq)
 }
 
 #[test]
@@ -370,7 +357,7 @@ fn reinvite_hold_pauses_media_and_resume_continues_the_prompt() {
     let bye = CALLER_BYE.replace("CSeq: 2 BYE", "CSeq: 4 BYE");
     let sc = scenario(
         "hold",
-        &[&invite("", OFFER), ANSWERED, ACK, &pause(1000), &reinvite(2, "sendonly"), &pause(1500), &reinvite(3, "sendrecv"), &pause(1000), &bye],
+        &[&invite("", OFFER), ANSWERED, &ack(1), &pause(1000), &reinvite(2, "sendonly"), &pause(1500), &reinvite(3, "sendrecv"), &pause(1000), &bye],
     );
     let run = run_sipp(&dir, &sc, agent.addr(), false, &[("rtp_port", rtp.port.to_string())]);
     std::thread::sleep(Duration::from_millis(200));
@@ -403,7 +390,7 @@ fn rtp_latches_onto_where_the_caller_really_sends_from() {
     let declared = RtpCapture::start();
     let nat = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     nat.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
-    let sc = scenario("latch", &[&invite("", OFFER), ANSWERED, ACK, &pause(2500), CALLER_BYE]);
+    let sc = scenario("latch", &[&invite("", OFFER), ANSWERED, &ack(1), &pause(2500), CALLER_BYE]);
     let port = declared.port.to_string();
     let addr = agent.addr();
     let sipp = std::thread::spawn(move || run_sipp(&dir, &sc, addr, false, &[("rtp_port", port)]));
@@ -447,7 +434,7 @@ fn rtp_latches_onto_where_the_caller_really_sends_from() {
 fn sigterm_hangs_up_calls_in_progress_and_writes_their_leads() {
     let mut agent = AgentProc::start("shutdown", "[sip]\nanswer_after_ms = 100\n");
     let dir = scratch_dir("sipp-shutdown");
-    let sc = scenario("shutdown", &[&invite("", OFFER), ANSWERED, ACK, AGENT_BYE]);
+    let sc = scenario("shutdown", &[&invite("", OFFER), ANSWERED, &ack(1), AGENT_BYE]);
     let addr = agent.addr();
     let started = std::time::Instant::now();
     let sipp = std::thread::spawn(move || run_sipp(&dir, &sc, addr, false, &[("rtp_port", "40012".into())]));

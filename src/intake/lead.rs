@@ -108,16 +108,18 @@ impl Lead {
 /// sip/sips URI, or a tel: URI's number.
 fn number_of(n: &NameAddr) -> Option<String> {
     let uri = n.uri.to_string();
-    if let Some(rest) = uri.strip_prefix("tel:") {
-        return Some(rest.split(';').next().unwrap_or(rest).to_string());
-    }
-    let user = n.user()?;
+    let user = match uri.strip_prefix("tel:") {
+        Some(rest) => rest.to_string(),
+        None => n.user()?,
+    };
     let user = user.split(';').next().unwrap_or(&user).to_string();
+    // Only a dialable user part is a number; `sip:alice@host` has none (its uri says who).
     let cleaned: String = user.chars().filter(|c| !matches!(c, '-' | '.' | '(' | ')' | ' ')).collect();
-    if cleaned.is_empty() {
-        None
-    } else {
+    let digits = cleaned.strip_prefix('+').unwrap_or(&cleaned);
+    if !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit() || c == '*' || c == '#') {
         Some(cleaned)
+    } else {
+        None
     }
 }
 
@@ -205,10 +207,22 @@ mod tests {
         assert_eq!(lead.called.number.as_deref(), Some("+15559870000"));
         assert_eq!(lead.caller.asserted.as_ref().unwrap().number.as_deref(), Some("+15551234567"));
         assert_eq!(lead.received_at, "1970-01-01T00:00:00.000Z");
+        assert_eq!(lead.caller.number.as_deref(), Some("+15551234567"), "visual separators are dropped");
         assert_eq!(lead.forwarded, None);
         let json = serde_json::to_value(&lead).unwrap();
         assert_eq!(json["schema_version"], 1);
         assert_eq!(json["forwarded"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn a_name_is_not_a_number() {
+        let msg = "INVITE sip:b@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bK1\r\nFrom: <sip:alice@x>;tag=1\r\n\
+            To: <tel:+1-555-987-0000>\r\nCall-ID: n1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+        let Incoming::Request(r) = read_message(msg.as_bytes(), "127.0.0.1:5060".parse().unwrap()) else { panic!() };
+        let lead = Lead::from_invite("id".into(), &r, SystemTime::UNIX_EPOCH, "UDP");
+        assert_eq!(lead.caller.number, None);
+        assert_eq!(lead.caller.uri, "sip:alice@x");
+        assert_eq!(lead.called.number.as_deref(), Some("+15559870000"));
     }
 
     #[test]

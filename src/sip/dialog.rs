@@ -98,16 +98,20 @@ struct Retransmit {
 }
 
 impl Retransmit {
-    /// Resend when due (never on a reliable transport), doubling the interval up to T2.
-    fn fire(&mut self, now: Instant, t2: Duration, reliable: bool, out: &mut VecDeque<SipTransmit>) {
-        if now < self.next {
-            return;
+    /// At `now`: true once the give-up time (64×T1) has passed; otherwise resend
+    /// when due (never on a reliable transport), doubling the interval up to T2.
+    fn gave_up(&mut self, now: Instant, t2: Duration, reliable: bool, out: &mut VecDeque<SipTransmit>) -> bool {
+        if now >= self.give_up {
+            return true;
         }
-        if !reliable {
-            out.push_back(SipTransmit { dest: self.dest, bytes: self.bytes.clone() });
+        if now >= self.next {
+            if !reliable {
+                out.push_back(SipTransmit { dest: self.dest, bytes: self.bytes.clone() });
+            }
+            self.interval = (self.interval * 2).min(t2);
+            self.next = now + self.interval;
         }
-        self.interval = (self.interval * 2).min(t2);
-        self.next = now + self.interval;
+        false
     }
 }
 
@@ -359,20 +363,16 @@ impl UasDialog {
         self.state = State::Terminating;
     }
 
+    /// A response to an in-dialog request, with our tag and an optional SDP body.
+    fn reply_to(&self, req: &Request, dest: SocketAddr, code: u16, extra: &[(&str, String)], sdp: Option<&str>) -> SipTransmit {
+        let body = sdp.map(|b| ("application/sdp", b.as_bytes()));
+        let bytes = build_response(&req.frame, &req.via_reply, code, Some(self.cfg.local_tag.as_str()), extra, body);
+        SipTransmit { dest, bytes }
+    }
+
     /// A request for this call (same Call-ID) arrived.
     pub fn handle_request(&mut self, now: Instant, req: Request) {
         let dest = reply_dest(&req, self.cfg.reliable);
-        let reply = |d: &UasDialog, code: u16, extra: &[(&str, String)], body: Option<&str>| SipTransmit {
-            dest,
-            bytes: build_response(
-                &req.frame,
-                &req.via_reply,
-                code,
-                Some(d.cfg.local_tag.as_str()),
-                extra,
-                body.map(|b| ("application/sdp", b.as_bytes())),
-            ),
-        };
         let same_txn = req.cseq == self.invite.cseq && req.via.branch == self.invite.via.branch;
         match req.method {
             Method::Invite if same_txn && req.to.tag.is_none() => {
@@ -389,11 +389,11 @@ impl UasDialog {
             Method::Ack => self.handle_ack(now, req),
             Method::Cancel => {
                 if req.cseq != self.invite.cseq || req.via.branch != self.invite.via.branch {
-                    let t = reply(self, 481, &[], None);
+                    let t = self.reply_to(&req, dest, 481, &[], None);
                     self.transmits.push_back(t);
                     return;
                 }
-                let t = reply(self, 200, &[], None);
+                let t = self.reply_to(&req, dest, 200, &[], None);
                 self.transmits.push_back(t);
                 if self.state == State::Ringing {
                     let bytes = self.respond_invite(487, true, &[], None);
@@ -404,11 +404,11 @@ impl UasDialog {
             }
             Method::Bye => {
                 if req.to.tag.as_deref() != Some(self.cfg.local_tag.as_str()) {
-                    let t = reply(self, 481, &[], None);
+                    let t = self.reply_to(&req, dest, 481, &[], None);
                     self.transmits.push_back(t);
                     return;
                 }
-                let t = reply(self, 200, &[], None);
+                let t = self.reply_to(&req, dest, 200, &[], None);
                 self.transmits.push_back(t);
                 self.remote_cseq = self.remote_cseq.max(req.cseq);
                 self.pending_2xx = None;
@@ -417,22 +417,22 @@ impl UasDialog {
                 self.state = State::Terminated;
             }
             Method::Options => {
-                let t = reply(self, 200, &[("Allow", ALLOW.into()), ("Accept", "application/sdp".into())], None);
+                let t = self.reply_to(&req, dest, 200, &[("Allow", ALLOW.into()), ("Accept", "application/sdp".into())], None);
                 self.transmits.push_back(t);
             }
             Method::Info => {
                 if req.to.tag.as_deref() != Some(self.cfg.local_tag.as_str()) {
-                    let t = reply(self, 481, &[], None);
+                    let t = self.reply_to(&req, dest, 481, &[], None);
                     self.transmits.push_back(t);
                     return;
                 }
-                let t = reply(self, 200, &[], None);
+                let t = self.reply_to(&req, dest, 200, &[], None);
                 self.transmits.push_back(t);
                 let content_type = req.frame.get("Content-Type").unwrap_or("").to_string();
                 self.events.push_back(DialogEvent::Info { content_type, body: req.frame.body });
             }
             Method::NotAllowed(_) => {
-                let t = reply(self, 405, &[("Allow", ALLOW.into())], None);
+                let t = self.reply_to(&req, dest, 405, &[("Allow", ALLOW.into())], None);
                 self.transmits.push_back(t);
             }
         }
@@ -482,24 +482,13 @@ impl UasDialog {
     }
 
     fn handle_reinvite(&mut self, now: Instant, req: Request, dest: SocketAddr) {
-        let reply = |d: &UasDialog, code: u16, extra: &[(&str, String)], body: Option<&str>| SipTransmit {
-            dest,
-            bytes: build_response(
-                &req.frame,
-                &req.via_reply,
-                code,
-                Some(d.cfg.local_tag.as_str()),
-                extra,
-                body.map(|b| ("application/sdp", b.as_bytes())),
-            ),
-        };
         if req.to.tag.as_deref() != Some(self.cfg.local_tag.as_str()) {
-            let t = reply(self, 481, &[], None);
+            let t = self.reply_to(&req, dest, 481, &[], None);
             self.transmits.push_back(t);
             return;
         }
         if self.state != State::Confirmed {
-            let t = reply(self, 491, &[], None);
+            let t = self.reply_to(&req, dest, 491, &[], None);
             self.transmits.push_back(t);
             return;
         }
@@ -513,7 +502,7 @@ impl UasDialog {
             return;
         }
         if self.pending_2xx.is_some() {
-            let t = reply(self, 491, &[], None);
+            let t = self.reply_to(&req, dest, 491, &[], None);
             self.transmits.push_back(t);
             return;
         }
@@ -541,7 +530,7 @@ impl UasDialog {
                 }
                 None => {
                     self.local.version -= 1;
-                    let t = reply(self, 488, &[], None);
+                    let t = self.reply_to(&req, dest, 488, &[], None);
                     self.transmits.push_back(t);
                     return;
                 }
@@ -549,7 +538,7 @@ impl UasDialog {
         };
         let mut extra = vec![("Contact", self.contact()), ("Allow", ALLOW.into())];
         extra.extend(req.frame.get_all("Record-Route").map(|rr| ("Record-Route", rr.to_string())));
-        let t = reply(self, 200, &extra, Some(&sdp));
+        let t = self.reply_to(&req, dest, 200, &extra, Some(&sdp));
         self.pending_2xx = Some(Retransmit {
             bytes: t.bytes.clone(),
             dest,
@@ -585,30 +574,21 @@ impl UasDialog {
             }
         }
         let (reliable, t2) = (self.cfg.reliable, self.cfg.t2);
-        if let Some(p) = self.pending_2xx.as_mut() {
-            if now >= p.give_up {
-                self.pending_2xx = None;
-                self.send_bye(now);
-                self.end(EndedBy::Timeout, "no ACK for 2xx within 64*T1".into());
-            } else {
-                p.fire(now, t2, reliable, &mut self.transmits);
-            }
+        let out = &mut self.transmits;
+        if self.pending_2xx.as_mut().is_some_and(|p| p.gave_up(now, t2, reliable, out)) {
+            self.pending_2xx = None;
+            self.send_bye(now);
+            self.end(EndedBy::Timeout, "no ACK for 2xx within 64*T1".into());
         }
-        if let Some(p) = self.pending_non2xx.as_mut() {
-            if now >= p.give_up {
-                self.pending_non2xx = None;
-                self.state = State::Terminated;
-            } else {
-                p.fire(now, t2, reliable, &mut self.transmits);
-            }
+        let out = &mut self.transmits;
+        if self.pending_non2xx.as_mut().is_some_and(|p| p.gave_up(now, t2, reliable, out)) {
+            self.pending_non2xx = None;
+            self.state = State::Terminated;
         }
-        if let Some(p) = self.bye.as_mut() {
-            if now >= p.give_up {
-                self.bye = None;
-                self.state = State::Terminated;
-            } else {
-                p.fire(now, t2, reliable, &mut self.transmits);
-            }
+        let out = &mut self.transmits;
+        if self.bye.as_mut().is_some_and(|p| p.gave_up(now, t2, reliable, out)) {
+            self.bye = None;
+            self.state = State::Terminated;
         }
     }
 

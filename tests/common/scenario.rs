@@ -39,7 +39,10 @@ pub const ANSWERED: &str = r#"
   <recv response="200" rrs="true"/>
 "#;
 
-pub const ACK: &str = r#"
+/// The ACK for the 2xx to the INVITE with CSeq `cseq`, sent to its Contact.
+pub fn ack(cseq: u32) -> String {
+    format!(
+        r#"
   <send>
     <![CDATA[
       ACK [next_url] SIP/2.0
@@ -47,13 +50,15 @@ pub const ACK: &str = r#"
       From: "Pat Caller" <sip:+15551230001@[local_ip]:[local_port]>;tag=[call_number]
       [last_To:]
       Call-ID: [call_id]
-      CSeq: 1 ACK
+      CSeq: {cseq} ACK
       Max-Forwards: 70
       Content-Length: 0
 
     ]]>
   </send>
-"#;
+"#
+    )
+}
 
 pub const CALLER_BYE: &str = r#"
   <send retrans="500">
