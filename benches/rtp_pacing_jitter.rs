@@ -30,7 +30,8 @@ fn main() {
     }
     pcm.truncate(8000 * SECONDS);
     let wav = dir.join("long.wav");
-    let spec = hound::WavSpec { channels: 1, sample_rate: 8000, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+    let spec =
+        hound::WavSpec { channels: 1, sample_rate: 8000, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
     let mut w = hound::WavWriter::create(&wav, spec).unwrap();
     for s in &pcm {
         w.write_sample(*s).unwrap();
@@ -123,7 +124,28 @@ fn write_pcap(path: &Path, ulaw: &[u8]) {
         let ip_len = 20 + udp_len;
         let mut pkt = vec![0u8; 12];
         pkt.extend_from_slice(&[0x08, 0x00]);
-        pkt.extend_from_slice(&[0x45, 0, (ip_len >> 8) as u8, ip_len as u8, 0, 0, 0, 0, 64, 17, 0, 0, 127, 0, 0, 1, 127, 0, 0, 1]);
+        pkt.extend_from_slice(&[
+            0x45,
+            0,
+            (ip_len >> 8) as u8,
+            ip_len as u8,
+            0,
+            0,
+            0,
+            0,
+            64,
+            17,
+            0,
+            0,
+            127,
+            0,
+            0,
+            1,
+            127,
+            0,
+            0,
+            1,
+        ]);
         pkt.extend_from_slice(&[0x1f, 0x40, 0x1f, 0x40, (udp_len >> 8) as u8, udp_len as u8, 0, 0]);
         pkt.extend_from_slice(&rtp);
         let t_us = i as u64 * 20_000;

@@ -16,8 +16,10 @@ use crate::intake::lead::Lead;
 use crate::intake::script::Script;
 use crate::media::prompt::PromptSet;
 use crate::sip::dialog::DialogConfig;
-use crate::sip::message::{build_response, read_message, Incoming, Method, Rejection, Request, Response, ALLOW, SUPPORTED};
-use crate::sip::transport::{serve_tcp, serve_udp, Inbound, ReplyPath};
+use crate::sip::message::{
+    ALLOW, Incoming, Method, Rejection, Request, Response, SUPPORTED, build_response, read_message,
+};
+use crate::sip::transport::{Inbound, ReplyPath, serve_tcp, serve_udp};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -48,7 +50,11 @@ pub struct Agent {
 
 impl Agent {
     /// Bind SIP on UDP and TCP at the configured address (same port).
-    pub async fn bind(cfg: Config, prompts: Arc<PromptSet>, leads: std::sync::mpsc::Sender<Lead>) -> anyhow::Result<Agent> {
+    pub async fn bind(
+        cfg: Config,
+        prompts: Arc<PromptSet>,
+        leads: std::sync::mpsc::Sender<Lead>,
+    ) -> anyhow::Result<Agent> {
         use anyhow::Context;
         let listen = cfg.listen();
         let udp = UdpSocket::bind(listen).await.with_context(|| format!("binding SIP UDP on {listen}"))?;
@@ -119,7 +125,8 @@ impl Shared {
                 tracing::debug!(%from, why, "dropped unusable message");
             }
             Incoming::Rejected(Rejection::Respond { code, why, bytes: response, dest }) => {
-                let call_id = crate::sip::message::Frame::parse(&bytes).ok().and_then(|f| f.get("Call-ID").map(str::to_string));
+                let call_id =
+                    crate::sip::message::Frame::parse(&bytes).ok().and_then(|f| f.get("Call-ID").map(str::to_string));
                 tracing::info!(%from, code, why, call_id = call_id.as_deref().unwrap_or("-"), "rejected request");
                 let dest = if reply.is_reliable() { from } else { dest };
                 reply.send(dest, response).await;
@@ -168,11 +175,14 @@ impl Shared {
                         );
                     }
                     Method::Options => {
-                        let b = respond(200, &[
-                            ("Allow", ALLOW.into()),
-                            ("Accept", "application/sdp".into()),
-                            ("Supported", SUPPORTED.into()),
-                        ]);
+                        let b = respond(
+                            200,
+                            &[
+                                ("Allow", ALLOW.into()),
+                                ("Accept", "application/sdp".into()),
+                                ("Supported", SUPPORTED.into()),
+                            ],
+                        );
                         reply.send(dest, b).await;
                     }
                     Method::Ack => tracing::debug!(call_id = %req.call_id, "ACK for no call, absorbed"),

@@ -7,7 +7,7 @@
 //! (`Instant`, `SystemTime`) fixed at creation, a test can drive a whole call
 //! faster than real time and still get exact timestamps.
 
-use crate::intake::lead::{rfc3339, Lead};
+use crate::intake::lead::{Lead, rfc3339};
 use crate::intake::script::{Script, ScriptAction};
 use crate::media::prompt::PromptSet;
 use crate::media::rtp::{MediaEvent, MediaSession, MediaStats};
@@ -221,7 +221,9 @@ impl Call {
                     EndedBy::Cancel => "hung_up_while_ringing".to_string(),
                     EndedBy::Error if !self.answered => "rejected".to_string(),
                     EndedBy::Timeout if !self.dialog.is_confirmed() && self.media.is_none() => "no_ack".to_string(),
-                    _ if self.interrupted && !self.script.completed() => format!("interrupted_during_{}", self.script.current_step()),
+                    _ if self.interrupted && !self.script.completed() => {
+                        format!("interrupted_during_{}", self.script.current_step())
+                    }
                     _ => self.script.outcome(),
                 };
                 let ended = self.wall(now);
@@ -247,10 +249,10 @@ impl Call {
 
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut t = self.dialog.poll_timeout();
-        if let Some(m) = &self.media {
-            if let Some(mt) = m.poll_timeout() {
-                t = Some(t.map_or(mt, |x| x.min(mt)));
-            }
+        if let Some(m) = &self.media
+            && let Some(mt) = m.poll_timeout()
+        {
+            t = Some(t.map_or(mt, |x| x.min(mt)));
         }
         if self.lead.is_some() {
             t = Some(t.map_or(self.deadline, |x| x.min(self.deadline)));
@@ -273,7 +275,7 @@ mod tests {
     use super::*;
     use crate::media::g711::Law;
     use crate::media::prompt::Prompt;
-    use crate::sip::message::{read_message, Incoming};
+    use crate::sip::message::{Incoming, read_message};
 
     const CALLER: &str = "127.0.0.1:5070";
 
@@ -340,7 +342,9 @@ mod tests {
             while let Some(t) = call.poll_transmit() {
                 match t {
                     Transmit::Rtp { bytes, .. } => run.rtp.push(bytes),
-                    Transmit::Sip(s) => run.sip.push(String::from_utf8(s.bytes).unwrap().lines().next().unwrap().to_string()),
+                    Transmit::Sip(s) => {
+                        run.sip.push(String::from_utf8(s.bytes).unwrap().lines().next().unwrap().to_string())
+                    }
                 }
             }
             while let Some(ev) = call.poll_event() {
@@ -365,7 +369,8 @@ mod tests {
     fn confirmed_call(t0: Instant) -> (Call, Instant, Run) {
         let mut now = t0;
         let mut run = Run { rtp: vec![], sip: vec![], leads: vec![] };
-        let mut call = Call::new(now, req("INVITE", 1, false, &offer("")), setup(), Script::greeting_then_goodbye(), prompts());
+        let mut call =
+            Call::new(now, req("INVITE", 1, false, &offer("")), setup(), Script::greeting_then_goodbye(), prompts());
         drive(&mut call, &mut now, t0 + Duration::from_millis(1000), &mut run);
         call.handle_sip_request(now, req("ACK", 1, true, ""));
         (call, now, run)
@@ -392,7 +397,11 @@ mod tests {
         assert_eq!(lead.ended_at.as_deref(), Some("1970-01-01T00:00:03.980Z"));
         // The BYE goes with the last frame: 1 s ring + 149 frame intervals.
         assert_eq!(lead.duration_ms, Some(3980));
-        let Incoming::Response(ok) = msg("SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bKx\r\nFrom: <sip:a@b>;tag=local\r\nTo: <sip:c@d>;tag=caller\r\nCall-ID: c1\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n") else { panic!() };
+        let Incoming::Response(ok) = msg(
+            "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bKx\r\nFrom: <sip:a@b>;tag=local\r\nTo: <sip:c@d>;tag=caller\r\nCall-ID: c1\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n",
+        ) else {
+            panic!()
+        };
         // The BYE's CSeq is ours; find it from what was sent and answer it.
         let mut ok = *ok;
         ok.cseq = call.dialog.local_cseq_for_tests();

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
+#[derive(Default)]
 pub struct Config {
     pub sip: SipConfig,
     pub rtp: RtpConfig,
@@ -70,19 +71,6 @@ pub struct PromptsConfig {
 pub struct LogConfig {
     /// tracing filter, e.g. "info" or "backstop=debug". RUST_LOG overrides it.
     pub level: String,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            sip: SipConfig::default(),
-            rtp: RtpConfig::default(),
-            call: CallConfig::default(),
-            data: DataConfig::default(),
-            prompts: PromptsConfig::default(),
-            log: LogConfig::default(),
-        }
-    }
 }
 
 impl Default for SipConfig {
@@ -171,11 +159,7 @@ impl Config {
             .into_iter()
             .map(|(key, message)| ConfigError { file: file.map(Into::into), line: line_of(text, &key), key, message })
             .collect();
-        if errors.is_empty() {
-            Ok(cfg)
-        } else {
-            Err(errors)
-        }
+        if errors.is_empty() { Ok(cfg) } else { Err(errors) }
     }
 
     /// Semantic checks: (dotted key, message).
@@ -184,10 +168,10 @@ impl Config {
         if self.sip.listen.parse::<SocketAddr>().is_err() {
             p.push(("sip.listen".into(), format!("{:?} is not an address like 0.0.0.0:5060", self.sip.listen)));
         }
-        if let Some(a) = &self.sip.advertise {
-            if a.parse::<IpAddr>().is_err() {
-                p.push(("sip.advertise".into(), format!("{a:?} is not an IP address")));
-            }
+        if let Some(a) = &self.sip.advertise
+            && a.parse::<IpAddr>().is_err()
+        {
+            p.push(("sip.advertise".into(), format!("{a:?} is not an IP address")));
         }
         if self.sip.t1_ms == 0 || self.sip.t2_ms < self.sip.t1_ms {
             p.push(("sip.t2_ms".into(), "T1 must be > 0 and T2 >= T1".into()));
@@ -199,10 +183,13 @@ impl Config {
             p.push(("sip.max_calls".into(), "must be at least 1".into()));
         }
         if self.rtp.port_min < 1024 || self.rtp.port_min >= self.rtp.port_max {
-            p.push(("rtp.port_min".into(), format!(
-                "range {}-{} is invalid: need 1024 <= port_min < port_max",
-                self.rtp.port_min, self.rtp.port_max
-            )));
+            p.push((
+                "rtp.port_min".into(),
+                format!(
+                    "range {}-{} is invalid: need 1024 <= port_min < port_max",
+                    self.rtp.port_min, self.rtp.port_max
+                ),
+            ));
         }
         if self.call.max_duration_secs == 0 {
             p.push(("call.max_duration_secs".into(), "must be at least 1".into()));
@@ -230,11 +217,7 @@ impl Config {
     }
 
     pub fn prompt_path(&self, p: &Path) -> PathBuf {
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            self.prompts.dir.join(p)
-        }
+        if p.is_absolute() { p.to_path_buf() } else { self.prompts.dir.join(p) }
     }
 
     pub fn leads_path(&self) -> PathBuf {
@@ -256,12 +239,11 @@ fn line_of(text: &str, dotted: &str) -> Option<usize> {
             current = name.trim().to_string();
             continue;
         }
-        if current == table {
-            if let Some((k, _)) = t.split_once('=') {
-                if k.trim() == key {
-                    return Some(i + 1);
-                }
-            }
+        if current == table
+            && let Some((k, _)) = t.split_once('=')
+            && k.trim() == key
+        {
+            return Some(i + 1);
         }
     }
     None

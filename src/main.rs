@@ -11,7 +11,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 #[derive(Parser)]
-#[command(name = "backstop", version, about = "SIP overflow answering agent: answers missed calls and turns them into leads")]
+#[command(
+    name = "backstop",
+    version,
+    about = "SIP overflow answering agent: answers missed calls and turns them into leads"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -128,7 +132,8 @@ fn run(cfg: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(cfg.recordings_dir())
         .with_context(|| format!("creating {}", cfg.recordings_dir().display()))?;
     let leads_path = cfg.leads_path();
-    let writer = LeadWriter::start(LeadFile::open(&leads_path).with_context(|| format!("opening {}", leads_path.display()))?);
+    let writer =
+        LeadWriter::start(LeadFile::open(&leads_path).with_context(|| format!("opening {}", leads_path.display()))?);
     tracing::info!(leads = %leads_path.display(), "writing leads");
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let result = rt.block_on(async {
@@ -147,7 +152,7 @@ fn run(cfg: Config) -> anyhow::Result<()> {
 }
 
 async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
+    use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}

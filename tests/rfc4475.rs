@@ -123,7 +123,11 @@ fn torture_messages_get_conforming_answers() {
         };
         table.push(format!(
             "| {name} | {} | {} | {} |",
-            allowed(name).iter().map(|c| if *c == 0 { "drop".into() } else { c.to_string() }).collect::<Vec<_>>().join("/"),
+            allowed(name)
+                .iter()
+                .map(|c| if *c == 0 { "drop".into() } else { c.to_string() })
+                .collect::<Vec<_>>()
+                .join("/"),
             shown,
             if ok { "ok" } else { "WRONG" }
         ));

@@ -285,7 +285,8 @@ a=rtpmap:8 PCMA/8000
     let lead = &agent.wait_leads(1, Duration::from_secs(5))[0];
     assert_eq!(lead["codec"], "PCMA");
     assert!(packets.len() >= 50, "{} packets", packets.len());
-    let payload: Vec<u8> = packets.iter().map(|(_, _, b)| parse_rtp(b)).inspect(|p| assert_eq!(p.pt, 8)).flat_map(|p| p.payload).collect();
+    let payload: Vec<u8> =
+        packets.iter().map(|(_, _, b)| parse_rtp(b)).inspect(|p| assert_eq!(p.pt, 8)).flat_map(|p| p.payload).collect();
     assert!(prompt("greeting").encoded(Law::Pcma).starts_with(&payload));
 }
 
@@ -357,19 +358,25 @@ fn reinvite_hold_pauses_media_and_resume_continues_the_prompt() {
     let bye = CALLER_BYE.replace("CSeq: 2 BYE", "CSeq: 4 BYE");
     let sc = scenario(
         "hold",
-        &[&invite("", OFFER), ANSWERED, &ack(1), &pause(1000), &reinvite(2, "sendonly"), &pause(1500), &reinvite(3, "sendrecv"), &pause(1000), &bye],
+        &[
+            &invite("", OFFER),
+            ANSWERED,
+            &ack(1),
+            &pause(1000),
+            &reinvite(2, "sendonly"),
+            &pause(1500),
+            &reinvite(3, "sendrecv"),
+            &pause(1000),
+            &bye,
+        ],
     );
     let run = run_sipp(&dir, &sc, agent.addr(), false, &[("rtp_port", rtp.port.to_string())]);
     std::thread::sleep(Duration::from_millis(200));
     let packets = rtp.finish();
     expect_ok(&run, &agent);
     // Silence on the wire while held: one gap of about 1.5 s.
-    let (gap_at, gap) = packets
-        .windows(2)
-        .enumerate()
-        .map(|(i, w)| (i, w[1].0 - w[0].0))
-        .max_by_key(|(_, g)| *g)
-        .unwrap();
+    let (gap_at, gap) =
+        packets.windows(2).enumerate().map(|(i, w)| (i, w[1].0 - w[0].0)).max_by_key(|(_, g)| *g).unwrap();
     assert!(gap >= Duration::from_millis(1300) && gap <= Duration::from_millis(1800), "hold gap {gap:?}");
     assert!((40..=60).contains(&(gap_at + 1)), "{} packets before the hold", gap_at + 1);
     let after = packets[gap_at + 1..].iter().map(|(_, _, b)| parse_rtp(b)).collect::<Vec<_>>();
@@ -427,7 +434,10 @@ fn rtp_latches_onto_where_the_caller_really_sends_from() {
     assert!(!at_declared.is_empty(), "before any RTP arrived, media went to the SDP address");
     let last_declared = at_declared.last().unwrap().0;
     let first_declared = at_declared[0].0;
-    assert!(last_declared - first_declared < Duration::from_millis(1500), "media kept going to the SDP address after latching");
+    assert!(
+        last_declared - first_declared < Duration::from_millis(1500),
+        "media kept going to the SDP address after latching"
+    );
 }
 
 #[test]

@@ -5,7 +5,7 @@
 //! how it ended and how far the script got. Every call makes one, even one
 //! cancelled while ringing: that is still a missed call to return.
 
-use crate::sip::message::{split_name_addrs, NameAddr, Request};
+use crate::sip::message::{NameAddr, Request, split_name_addrs};
 use serde::Serialize;
 use std::time::SystemTime;
 
@@ -185,7 +185,7 @@ fn forwarded(invite: &Request) -> Option<Forwarded> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sip::message::{read_message, Incoming};
+    use crate::sip::message::{Incoming, read_message};
 
     fn invite(extra: &str) -> Request {
         let msg = format!(
@@ -227,7 +227,9 @@ mod tests {
 
     #[test]
     fn diversion_gives_from_number_and_reason() {
-        let r = invite("Diversion: <sip:+15550001111@pbx.example>;reason=no-answer;counter=1, <sip:+15550002222@pbx.example>;reason=user-busy\r\n");
+        let r = invite(
+            "Diversion: <sip:+15550001111@pbx.example>;reason=no-answer;counter=1, <sip:+15550002222@pbx.example>;reason=user-busy\r\n",
+        );
         let f = forwarded(&r).unwrap();
         assert_eq!(f.from_number.as_deref(), Some("+15550001111"));
         assert_eq!(f.reason.as_deref(), Some("no-answer"));

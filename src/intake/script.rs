@@ -71,11 +71,11 @@ impl Script {
         if self.state != State::Running {
             return;
         }
-        if let Some(Step::Play { prompt: p, .. }) = self.steps.get(self.index) {
-            if p == prompt {
-                self.index += 1;
-                self.enter();
-            }
+        if let Some(Step::Play { prompt: p, .. }) = self.steps.get(self.index)
+            && p == prompt
+        {
+            self.index += 1;
+            self.enter();
         }
     }
 

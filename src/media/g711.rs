@@ -129,7 +129,6 @@ pub fn alaw_decode(byte: u8) -> i16 {
     (if a & 0x80 != 0 { t } else { -t }) as i16
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,10 +184,14 @@ mod tests {
             assert!(status.success());
             let expected = std::fs::read(&out).unwrap();
             assert_eq!(expected.len(), 65536);
-            let mismatches: Vec<i16> = (i16::MIN..=i16::MAX)
-                .filter(|v| law.encode(*v) != expected[(*v as i32 + 32768) as usize])
-                .collect();
-            assert!(mismatches.is_empty(), "{enc}: {} mismatches, first {:?}", mismatches.len(), &mismatches[..mismatches.len().min(5)]);
+            let mismatches: Vec<i16> =
+                (i16::MIN..=i16::MAX).filter(|v| law.encode(*v) != expected[(*v as i32 + 32768) as usize]).collect();
+            assert!(
+                mismatches.is_empty(),
+                "{enc}: {} mismatches, first {:?}",
+                mismatches.len(),
+                &mismatches[..mismatches.len().min(5)]
+            );
         }
         std::fs::remove_dir_all(&dir).ok();
     }

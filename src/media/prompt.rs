@@ -38,7 +38,11 @@ impl Prompt {
         let encode = |law: Law| {
             let mut out: Vec<u8> = pcm.iter().map(|s| law.encode(*s)).collect();
             // At least one frame, so that playing an empty prompt still finishes.
-            let pad = if out.is_empty() { FRAME_SAMPLES } else { (FRAME_SAMPLES - out.len() % FRAME_SAMPLES) % FRAME_SAMPLES };
+            let pad = if out.is_empty() {
+                FRAME_SAMPLES
+            } else {
+                (FRAME_SAMPLES - out.len() % FRAME_SAMPLES) % FRAME_SAMPLES
+            };
             out.extend(std::iter::repeat_n(law.silence(), pad));
             out
         };
@@ -144,9 +148,7 @@ fn read_wav(bytes: &[u8]) -> Result<(u32, Vec<i16>), String> {
             let shift = spec.bits_per_sample as i32 - 16;
             reader
                 .into_samples::<i32>()
-                .map(|s| {
-                    s.map(|v| if shift >= 0 { (v >> shift) as i16 } else { (v << -shift) as i16 })
-                })
+                .map(|s| s.map(|v| if shift >= 0 { (v >> shift) as i16 } else { (v << -shift) as i16 }))
                 .collect::<Result<_, _>>()
                 .map_err(|e| e.to_string())?
         }
@@ -175,8 +177,7 @@ fn resample_to_8k(samples: &[i16], rate: u32) -> Result<Vec<i16>, String> {
     let input: Vec<f32> = samples.iter().map(|s| *s as f32 / 32768.0).collect();
     let len = input.len();
     let buf = InterleavedOwned::new_from(input, 1, len).map_err(|e| format!("{e:?}"))?;
-    let mut resampler =
-        Fft::<f32>::new(rate as usize, 8000, 1024, 1, FixedSync::Both).map_err(|e| e.to_string())?;
+    let mut resampler = Fft::<f32>::new(rate as usize, 8000, 1024, 1, FixedSync::Both).map_err(|e| e.to_string())?;
     let out = resampler.process_all(&buf, len, None).map_err(|e| e.to_string())?;
     Ok(out.take_data().into_iter().map(|v| (v.clamp(-1.0, 1.0) * 32767.0).round() as i16).collect())
 }
@@ -214,7 +215,12 @@ mod tests {
     }
 
     fn write_wav(path: &Path, rate: u32, channels: u16, samples: &[i16]) {
-        let spec = hound::WavSpec { channels, sample_rate: rate, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+        let spec = hound::WavSpec {
+            channels,
+            sample_rate: rate,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
         let mut w = hound::WavWriter::create(path, spec).unwrap();
         for s in samples {
             w.write_sample(*s).unwrap();

@@ -9,7 +9,7 @@
 //! really comes from (RFC 4961 behaviour for callers behind NAT).
 
 use crate::media::g711::Law;
-use crate::media::prompt::{Prompt, FRAME_SAMPLES};
+use crate::media::prompt::{FRAME_SAMPLES, Prompt};
 use rtp_rs::{RtpPacketBuilder, RtpReader, Seq};
 use std::collections::VecDeque;
 use std::net::SocketAddr;

@@ -75,7 +75,7 @@ impl LeadWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sip::message::{read_message, Incoming};
+    use crate::sip::message::{Incoming, read_message};
 
     #[test]
     fn appends_one_json_object_per_line() {
@@ -89,7 +89,10 @@ mod tests {
         }
         writer.finish();
         let text = std::fs::read_to_string(&path).unwrap();
-        let ids: Vec<String> = text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_str().unwrap().to_string()).collect();
+        let ids: Vec<String> = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_str().unwrap().to_string())
+            .collect();
         assert_eq!(ids, ["id0", "id1", "id2"]);
         std::fs::remove_dir_all(&dir).ok();
     }

@@ -10,9 +10,9 @@
 //! Time is an input: `handle_*` take `now`, `poll_timeout` says when to call
 //! `handle_timeout` next. Nothing here reads a clock or touches a socket.
 
-use crate::sip::message::{build_response, split_name_addrs, Method, NameAddr, Request, Response, ALLOW};
+use crate::sip::message::{ALLOW, Method, NameAddr, Request, Response, build_response, split_name_addrs};
 use crate::sip::sdp::{Direction, LocalSession, Negotiated, RemoteMedia};
-use rsipstack::sip::{headers::make_header, Headers, Method as SipMethod, Request as SipRequest, Uri, Version};
+use rsipstack::sip::{Headers, Method as SipMethod, Request as SipRequest, Uri, Version, headers::make_header};
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
@@ -88,6 +88,9 @@ enum State {
 /// A response we retransmit until acknowledged.
 #[derive(Debug, Clone)]
 struct Retransmit {
+    /// Resent on reliable transports too: true for 2xx, which the UAS core
+    /// retransmits end to end (§13.3.1.4) because a later hop may be UDP.
+    end_to_end: bool,
     bytes: Vec<u8>,
     dest: SocketAddr,
     next: Instant,
@@ -105,7 +108,7 @@ impl Retransmit {
             return true;
         }
         if now >= self.next {
-            if !reliable {
+            if !reliable || self.end_to_end {
                 out.push_back(SipTransmit { dest: self.dest, bytes: self.bytes.clone() });
             }
             self.interval = (self.interval * 2).min(t2);
@@ -150,11 +153,7 @@ impl UasDialog {
     pub fn new(now: Instant, invite: Request, cfg: DialogConfig) -> UasDialog {
         let reply_dest = reply_dest(&invite, cfg.reliable);
         let remote_target = invite.contact.as_ref().map(|c| c.uri.clone()).unwrap_or_else(|| invite.from.uri.clone());
-        let route_set: Vec<String> = invite
-            .frame
-            .get_all("Record-Route")
-            .flat_map(split_name_addrs)
-            .collect();
+        let route_set: Vec<String> = invite.frame.get_all("Record-Route").flat_map(split_name_addrs).collect();
         let request_dest = request_dest(&route_set, &remote_target, invite.source, cfg.reliable);
         let local = LocalSession { session_id: cfg.seed & 0xFFFF_FFFF, version: 1, rtp_addr: cfg.local_rtp };
         let mut d = UasDialog {
@@ -271,6 +270,7 @@ impl UasDialog {
         self.answer_at = None;
         // Timer G/H; on TCP we only wait for the ACK (Timer H) without resending.
         self.pending_non2xx = Some(Retransmit {
+            end_to_end: false,
             bytes,
             dest: self.reply_dest,
             next: now + self.cfg.t1,
@@ -290,6 +290,7 @@ impl UasDialog {
         let bytes = self.respond_invite(200, true, &[], Some(&sdp));
         self.send_invite_response(bytes.clone());
         self.pending_2xx = Some(Retransmit {
+            end_to_end: true,
             bytes,
             dest: self.reply_dest,
             next: now + self.cfg.t1,
@@ -353,6 +354,7 @@ impl UasDialog {
         let bytes = req.to_bytes();
         self.transmits.push_back(SipTransmit { dest: self.request_dest, bytes: bytes.clone() });
         self.bye = Some(Retransmit {
+            end_to_end: false,
             bytes,
             dest: self.request_dest,
             next: now + self.cfg.t1,
@@ -364,7 +366,14 @@ impl UasDialog {
     }
 
     /// A response to an in-dialog request, with our tag and an optional SDP body.
-    fn reply_to(&self, req: &Request, dest: SocketAddr, code: u16, extra: &[(&str, String)], sdp: Option<&str>) -> SipTransmit {
+    fn reply_to(
+        &self,
+        req: &Request,
+        dest: SocketAddr,
+        code: u16,
+        extra: &[(&str, String)],
+        sdp: Option<&str>,
+    ) -> SipTransmit {
         let body = sdp.map(|b| ("application/sdp", b.as_bytes()));
         let bytes = build_response(&req.frame, &req.via_reply, code, Some(self.cfg.local_tag.as_str()), extra, body);
         SipTransmit { dest, bytes }
@@ -379,10 +388,10 @@ impl UasDialog {
                 // A retransmission of the initial INVITE. While ringing, or after a
                 // final non-2xx, repeat our last response (§17.2.1); once a 2xx is out
                 // it is absorbed, and the 2xx timer does the retransmitting (RFC 6026).
-                if matches!(self.state, State::Ringing | State::Rejected) {
-                    if let Some(bytes) = self.last_invite_response.clone() {
-                        self.transmits.push_back(SipTransmit { dest: self.reply_dest, bytes });
-                    }
+                if matches!(self.state, State::Ringing | State::Rejected)
+                    && let Some(bytes) = self.last_invite_response.clone()
+                {
+                    self.transmits.push_back(SipTransmit { dest: self.reply_dest, bytes });
                 }
             }
             Method::Invite => self.handle_reinvite(now, req, dest),
@@ -417,7 +426,13 @@ impl UasDialog {
                 self.state = State::Terminated;
             }
             Method::Options => {
-                let t = self.reply_to(&req, dest, 200, &[("Allow", ALLOW.into()), ("Accept", "application/sdp".into())], None);
+                let t = self.reply_to(
+                    &req,
+                    dest,
+                    200,
+                    &[("Allow", ALLOW.into()), ("Accept", "application/sdp".into())],
+                    None,
+                );
                 self.transmits.push_back(t);
             }
             Method::Info => {
@@ -494,10 +509,10 @@ impl UasDialog {
         }
         if req.cseq <= self.remote_cseq {
             // A retransmitted re-INVITE: the pending 2xx covers it.
-            if let Some(p) = &self.pending_2xx {
-                if p.cseq == req.cseq {
-                    self.transmits.push_back(SipTransmit { dest, bytes: p.bytes.clone() });
-                }
+            if let Some(p) = &self.pending_2xx
+                && p.cseq == req.cseq
+            {
+                self.transmits.push_back(SipTransmit { dest, bytes: p.bytes.clone() });
             }
             return;
         }
@@ -540,6 +555,7 @@ impl UasDialog {
         extra.extend(req.frame.get_all("Record-Route").map(|rr| ("Record-Route", rr.to_string())));
         let t = self.reply_to(&req, dest, 200, &extra, Some(&sdp));
         self.pending_2xx = Some(Retransmit {
+            end_to_end: true,
             bytes: t.bytes.clone(),
             dest,
             next: now + self.cfg.t1,
@@ -558,20 +574,21 @@ impl UasDialog {
         if resp.cseq_method != "BYE" || resp.code < 200 {
             return;
         }
-        if let Some(bye) = &self.bye {
-            if bye.cseq == resp.cseq {
-                self.bye = None;
-                self.state = State::Terminated;
-            }
+        if let Some(bye) = &self.bye
+            && bye.cseq == resp.cseq
+        {
+            self.bye = None;
+            self.state = State::Terminated;
         }
     }
 
     /// Drive timers.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if let Some(at) = self.answer_at {
-            if now >= at && self.state == State::Ringing {
-                self.answer(now);
-            }
+        if let Some(at) = self.answer_at
+            && now >= at
+            && self.state == State::Ringing
+        {
+            self.answer(now);
         }
         let (reliable, t2) = (self.cfg.reliable, self.cfg.t2);
         let out = &mut self.transmits;
@@ -595,7 +612,7 @@ impl UasDialog {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut t: Option<Instant> = self.answer_at;
         for p in [&self.pending_2xx, &self.pending_non2xx, &self.bye].into_iter().flatten() {
-            let at = if self.cfg.reliable { p.give_up } else { p.next.min(p.give_up) };
+            let at = if self.cfg.reliable && !p.end_to_end { p.give_up } else { p.next.min(p.give_up) };
             t = Some(t.map_or(at, |x| x.min(at)));
         }
         t
@@ -617,11 +634,7 @@ impl UasDialog {
 
 /// Where responses to `req` go.
 fn reply_dest(req: &Request, reliable: bool) -> SocketAddr {
-    if reliable {
-        req.source
-    } else {
-        req.via.response_addr(req.source)
-    }
+    if reliable { req.source } else { req.via.response_addr(req.source) }
 }
 
 /// Where in-dialog requests go: the first route if there is a route set,
@@ -656,7 +669,7 @@ pub fn fmt_host_port(addr: SocketAddr) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sip::message::{read_message, Incoming};
+    use crate::sip::message::{Incoming, read_message};
 
     const CALLER: &str = "127.0.0.1:5070";
     const OFFER: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 8 0 101\r\na=rtpmap:101 telephone-event/8000\r\n";
@@ -771,13 +784,22 @@ mod tests {
     }
 
     #[test]
-    fn tcp_sends_no_retransmissions_but_still_times_out() {
+    fn tcp_still_retransmits_the_2xx_but_not_the_bye() {
         let t0 = Instant::now();
         let mut d = answered(t0, true, OFFER);
-        let at = d.poll_timeout().unwrap();
-        assert_eq!(at, t0 + Duration::from_millis(1000 + 32_000));
-        d.handle_timeout(at);
-        assert_eq!(sent(&mut d), ["BYE"]);
+        let mut sends = Vec::new();
+        while let Some(at) = d.poll_timeout() {
+            d.handle_timeout(at);
+            let out = sent(&mut d);
+            sends.extend(out.iter().cloned());
+            if out.contains(&"BYE".to_string()) {
+                assert_eq!(at, t0 + Duration::from_millis(1000 + 32_000));
+                break;
+            }
+        }
+        assert_eq!(sends.iter().filter(|s| *s == "200").count(), 10);
+        // Our BYE is not resent on TCP; its give-up time is the only timer left.
+        assert_eq!(d.poll_timeout(), Some(t0 + Duration::from_millis(1000 + 32_000 + 32_000)));
     }
 
     #[test]

@@ -11,8 +11,7 @@
 
 use crate::sip::via::Via;
 use rsipstack::sip::{
-    headers::make_header, typed, Headers, Method as SipMethod, Response as SipResponse,
-    StatusCode, Uri, Version,
+    Headers, Method as SipMethod, Response as SipResponse, StatusCode, Uri, Version, headers::make_header, typed,
 };
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -85,8 +84,7 @@ fn canonical_name(name: &str) -> String {
 }
 
 fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b))
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b))
 }
 
 /// Where the header section ends: the index of the blank line's CRLFCRLF.
@@ -412,10 +410,10 @@ fn validate_request(frame: Frame, source: SocketAddr) -> Result<Request, Rejecti
     if cseq_method != method {
         return Err(reject(400, format!("CSeq method {cseq_method} differs from {method}"), vec![]));
     }
-    if let Some(mf) = frame.get("Max-Forwards") {
-        if mf.is_empty() || !mf.bytes().all(|b| b.is_ascii_digit()) || mf.parse::<u32>().map_or(true, |v| v > 255) {
-            return Err(reject(400, format!("malformed Max-Forwards {mf:?}"), vec![]));
-        }
+    if let Some(mf) = frame.get("Max-Forwards")
+        && (mf.is_empty() || !mf.bytes().all(|b| b.is_ascii_digit()) || mf.parse::<u32>().map_or(true, |v| v > 255))
+    {
+        return Err(reject(400, format!("malformed Max-Forwards {mf:?}"), vec![]));
     }
     let Some(from) = NameAddr::parse(frame.get("From").unwrap_or_default()) else {
         return Err(reject(400, "malformed From".into(), vec![]));
@@ -494,7 +492,11 @@ fn validate_request(frame: Frame, source: SocketAddr) -> Result<Request, Rejecti
         let ct = frame.get("Content-Type").unwrap_or("");
         let mime = ct.split(';').next().unwrap_or("").trim();
         if !mime.eq_ignore_ascii_case("application/sdp") {
-            return Err(reject(415, format!("unsupported body type {mime:?}"), vec![("Accept", "application/sdp".into())]));
+            return Err(reject(
+                415,
+                format!("unsupported body type {mime:?}"),
+                vec![("Accept", "application/sdp".into())],
+            ));
         }
     }
     Ok(Request { method, uri: parsed_uri, via, via_reply, from, to, call_id, cseq, contact, source, frame })
@@ -604,11 +606,11 @@ pub fn build_response(
     }
     if let Some(to) = req.get("To") {
         let mut to = to.to_string();
-        if let Some(tag) = to_tag {
-            if NameAddr::parse(&to).is_some_and(|t| t.tag.is_none()) {
-                to.push_str(";tag=");
-                to.push_str(tag);
-            }
+        if let Some(tag) = to_tag
+            && NameAddr::parse(&to).is_some_and(|t| t.tag.is_none())
+        {
+            to.push_str(";tag=");
+            to.push_str(tag);
         }
         headers.push(make_header("To", to));
     }
@@ -686,7 +688,10 @@ mod tests {
         assert_eq!(code_of(&OPTIONS.replace("Content-Length: 0", "Content-Length: -1")), Some(400));
         assert_eq!(code_of(&OPTIONS.replace("Call-ID: c1\r\n", "")), Some(400));
         assert_eq!(code_of(&OPTIONS.replace("OPTIONS sip", "FOO sip").replace("1 OPTIONS", "1 FOO")), Some(501));
-        assert_eq!(code_of(&OPTIONS.replace("OPTIONS sip", "REGISTER sip").replace("1 OPTIONS", "1 REGISTER")), Some(200));
+        assert_eq!(
+            code_of(&OPTIONS.replace("OPTIONS sip", "REGISTER sip").replace("1 OPTIONS", "1 REGISTER")),
+            Some(200)
+        );
         assert_eq!(code_of(&OPTIONS.replace("sip:a@127.0.0.1 SIP", "mailto:a@b SIP")), Some(416));
         assert_eq!(code_of(&OPTIONS.replace("Max-Forwards: 70", "Require: foo")), Some(420));
         assert_eq!(code_of(&OPTIONS.replace("OPTIONS sip:a@127.0.0.1 ", "OPTIONS  sip:a@127.0.0.1 ")), Some(400));
@@ -706,7 +711,10 @@ mod tests {
             To: <sip:c@d>;tag=2\r\nCall-ID: c9\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n";
         let Incoming::Response(r) = read_message(resp.as_bytes(), src()) else { panic!() };
         assert_eq!((r.code, r.cseq, r.cseq_method.as_str()), (200, 2, "BYE"));
-        assert!(matches!(read_message(b"SIP/2.0 4294967301 x\r\n\r\n", src()), Incoming::Rejected(Rejection::Drop { .. })));
+        assert!(matches!(
+            read_message(b"SIP/2.0 4294967301 x\r\n\r\n", src()),
+            Incoming::Rejected(Rejection::Drop { .. })
+        ));
         assert!(matches!(read_message(b"\r\n\r\n", src()), Incoming::Rejected(Rejection::Drop { .. })));
         assert!(matches!(read_message(&[0xff; 100], src()), Incoming::Rejected(Rejection::Drop { .. })));
     }
@@ -771,7 +779,24 @@ mod robustness {
             x ^= x << 17;
             x
         };
-        const INTERESTING: &[&[u8]] = &[b"\r\n", b":", b";", b",", b"<", b">", b"\"", b"\\", b" ", b"=", b"\0", b"\xff", b"-1", b"99999999999", b"SIP/2.0", b"\r\n\r\n"];
+        const INTERESTING: &[&[u8]] = &[
+            b"\r\n",
+            b":",
+            b";",
+            b",",
+            b"<",
+            b">",
+            b"\"",
+            b"\\",
+            b" ",
+            b"=",
+            b"\0",
+            b"\xff",
+            b"-1",
+            b"99999999999",
+            b"SIP/2.0",
+            b"\r\n\r\n",
+        ];
         for i in 0..30_000 {
             let mut m = seeds[i % seeds.len()].clone();
             for _ in 0..(1 + next() % 4) {

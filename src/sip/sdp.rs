@@ -148,11 +148,7 @@ impl RemoteMedia {
         }
         let Some(port) = port else { return Err(SdpError::NoAudio) };
         let addr = media_conn.or(session_conn).ok_or(SdpError::NoConnection)?;
-        let rtp_addr = if addr.is_unspecified() || port == 0 {
-            None
-        } else {
-            Some(SocketAddr::new(addr, port))
-        };
+        let rtp_addr = if addr.is_unspecified() || port == 0 { None } else { Some(SocketAddr::new(addr, port)) };
         let direction = media_dir.unwrap_or(session_dir);
         Ok(RemoteMedia { rtp_addr, formats, direction })
     }

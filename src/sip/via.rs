@@ -170,7 +170,10 @@ mod tests {
         let src: SocketAddr = "203.0.113.9:40000".parse().unwrap();
         let raw = "SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK1;rport";
         let v = Via::parse(raw).unwrap();
-        assert_eq!(v.reply_value(raw, src), "SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK1;received=203.0.113.9;rport=40000");
+        assert_eq!(
+            v.reply_value(raw, src),
+            "SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK1;received=203.0.113.9;rport=40000"
+        );
         assert_eq!(v.response_addr(src), src);
         let raw = "SIP/2.0/UDP 10.0.0.1:5062;branch=z9hG4bK1";
         let v = Via::parse(raw).unwrap();

@@ -64,7 +64,10 @@ impl AgentProc {
         let port = free_port();
         let prompts = format!("[prompts]\ndir = \"{}\"\n", manifest_dir().join("prompts").display());
         let config = if extra.contains("[prompts]\n") {
-            format!("[rtp]\nport_min = 30000\nport_max = 39999\n[log]\nlevel = \"debug\"\n{}", extra.replace("[prompts]\n", &prompts))
+            format!(
+                "[rtp]\nport_min = 30000\nport_max = 39999\n[log]\nlevel = \"debug\"\n{}",
+                extra.replace("[prompts]\n", &prompts)
+            )
         } else {
             format!("{prompts}[rtp]\nport_min = 30000\nport_max = 39999\n[log]\nlevel = \"debug\"\n{extra}")
         };
@@ -102,10 +105,10 @@ impl AgentProc {
             let me = sock.local_addr().unwrap();
             let msg = options_request(me, "ready-check");
             let _ = sock.send_to(msg.as_bytes(), self.addr());
-            if let Ok((n, _)) = sock.recv_from(&mut buf) {
-                if buf[..n].starts_with(b"SIP/2.0 200") {
-                    return;
-                }
+            if let Ok((n, _)) = sock.recv_from(&mut buf)
+                && buf[..n].starts_with(b"SIP/2.0 200")
+            {
+                return;
             }
         }
         panic!("agent did not come up; log:\n{}", self.log());
@@ -235,11 +238,14 @@ pub fn run_sipp(dir: &Path, scenario: &str, agent: SocketAddr, tcp: bool, keys: 
     }
 }
 
+/// One captured datagram: when it arrived, from where, and its bytes.
+pub type Captured = (Instant, SocketAddr, Vec<u8>);
+
 /// A UDP socket standing in for the caller's RTP port, recording what arrives.
 pub struct RtpCapture {
     pub port: u16,
     stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<Vec<(Instant, SocketAddr, Vec<u8>)>>>,
+    thread: Option<std::thread::JoinHandle<Vec<Captured>>>,
 }
 
 impl RtpCapture {
@@ -264,7 +270,7 @@ impl RtpCapture {
         RtpCapture { port, stop, thread: Some(thread) }
     }
 
-    pub fn finish(mut self) -> Vec<(Instant, SocketAddr, Vec<u8>)> {
+    pub fn finish(mut self) -> Vec<Captured> {
         self.stop.store(true, Ordering::SeqCst);
         self.thread.take().unwrap().join().unwrap()
     }
