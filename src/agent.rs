@@ -12,7 +12,9 @@
 
 use crate::call::{Call, CallEvent, CallSetup, Transmit};
 use crate::config::Config;
-use crate::intake::lead::Lead;
+use crate::intake::lead::rfc3339;
+use crate::sink::delivery::Publisher;
+use crate::sink::event::{Event, EventType};
 use crate::intake::script::Script;
 use crate::media::prompt::PromptSet;
 use crate::sip::dialog::DialogConfig;
@@ -37,7 +39,7 @@ enum CallInput {
 struct Shared {
     cfg: Config,
     prompts: Arc<PromptSet>,
-    leads: std::sync::mpsc::Sender<Lead>,
+    events: Publisher,
     local_sip: SocketAddr,
 }
 
@@ -50,17 +52,13 @@ pub struct Agent {
 
 impl Agent {
     /// Bind SIP on UDP and TCP at the configured address (same port).
-    pub async fn bind(
-        cfg: Config,
-        prompts: Arc<PromptSet>,
-        leads: std::sync::mpsc::Sender<Lead>,
-    ) -> anyhow::Result<Agent> {
+    pub async fn bind(cfg: Config, prompts: Arc<PromptSet>, events: Publisher) -> anyhow::Result<Agent> {
         use anyhow::Context;
         let listen = cfg.listen();
         let udp = UdpSocket::bind(listen).await.with_context(|| format!("binding SIP UDP on {listen}"))?;
         let local_sip = udp.local_addr()?;
         let tcp = TcpListener::bind(local_sip).await.with_context(|| format!("binding SIP TCP on {local_sip}"))?;
-        Ok(Agent { udp: Arc::new(udp), tcp, shared: Arc::new(Shared { cfg, prompts, leads, local_sip }) })
+        Ok(Agent { udp: Arc::new(udp), tcp, shared: Arc::new(Shared { cfg, prompts, events, local_sip }) })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -200,6 +198,16 @@ impl Shared {
         }
     }
 
+    /// Commit an event to the outbox; if that fails (disk full), the event is
+    /// logged whole so that it can still be recovered from the log.
+    async fn publish(&self, event: Event) {
+        let kind = event.kind.as_str();
+        match self.events.publish(event).await {
+            Ok(()) => tracing::debug!(kind, "event committed"),
+            Err(e) => tracing::error!(kind, error = %e, "could not commit the event to the outbox"),
+        }
+    }
+
     fn rtp_ip(&self) -> IpAddr {
         self.local_sip.ip()
     }
@@ -275,13 +283,14 @@ impl Shared {
             while let Some(ev) = call.poll_event() {
                 match ev {
                     CallEvent::Progress(what, detail) => tracing::info!(event = what, "{detail}"),
+                    CallEvent::Missed(lead) => {
+                        self.publish(Event::new(EventType::CallMissed, rfc3339(SystemTime::now()), &lead)).await;
+                    }
                     CallEvent::Lead(lead) => {
                         if let Some(stats) = call.media_stats() {
                             tracing::info!(sent = stats.packets_sent, received = stats.packets_received, "RTP totals");
                         }
-                        if self.leads.send(*lead).is_err() {
-                            tracing::error!("lead writer is gone; lead lost");
-                        }
+                        self.publish(Event::new(EventType::LeadCompleted, rfc3339(SystemTime::now()), &lead)).await;
                     }
                 }
             }

@@ -30,6 +30,8 @@ pub enum Transmit {
 pub enum CallEvent {
     /// Log-worthy progress, one line each.
     Progress(&'static str, String),
+    /// The call has just arrived: who is calling and why it was forwarded.
+    Missed(Box<Lead>),
     /// The finished lead: write it.
     Lead(Box<Lead>),
 }
@@ -81,6 +83,11 @@ impl Call {
             events: VecDeque::new(),
         };
         call.progress("invite", "INVITE received, ringing".into());
+        if let Some(lead) = &call.lead {
+            let mut snapshot = lead.clone();
+            snapshot.outcome = "ringing".into();
+            call.events.push_back(CallEvent::Missed(Box::new(snapshot)));
+        }
         call.process(now);
         call
     }

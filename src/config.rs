@@ -17,6 +17,94 @@ pub struct Config {
     pub data: DataConfig,
     pub prompts: PromptsConfig,
     pub log: LogConfig,
+    pub outbox: OutboxConfig,
+    pub leads_file: LeadsFileConfig,
+    pub webhook: Vec<WebhookConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// Delivered events are kept this long (for `outbox status` and re-delivery), then removed.
+    pub keep_delivered_hours: u64,
+    /// A warning is logged when pending deliveries pass 80 % of this.
+    pub max_pending: u64,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        OutboxConfig { keep_delivered_hours: 24, max_pending: 100_000 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LeadsFileConfig {
+    /// Append each finished lead to DATA_DIR/leads.jsonl.
+    pub enabled: bool,
+    /// Also append every event (call.missed, lead.completed) to DATA_DIR/events.jsonl.
+    pub events: bool,
+}
+
+impl Default for LeadsFileConfig {
+    fn default() -> Self {
+        LeadsFileConfig { enabled: true, events: false }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub url: String,
+    /// Standard Webhooks signing secret, `whsec_<base64>`; or read it from `secret_env`.
+    pub secret: Option<String>,
+    pub secret_env: Option<String>,
+    /// Event types to send; default all.
+    pub events: Option<Vec<String>>,
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    #[serde(default = "default_max_retry_interval_s")]
+    pub max_retry_interval_s: u64,
+    #[serde(default = "default_max_age_hours")]
+    pub max_age_hours: u64,
+    /// Sent as `Authorization: Bearer ...`.
+    pub bearer_token: Option<String>,
+    /// Extra request headers.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
+fn default_timeout_ms() -> u64 {
+    10_000
+}
+fn default_connect_timeout_ms() -> u64 {
+    3_000
+}
+fn default_max_retry_interval_s() -> u64 {
+    60
+}
+fn default_max_age_hours() -> u64 {
+    72
+}
+
+impl WebhookConfig {
+    /// The signing secret, from `secret` or the `secret_env` variable.
+    pub fn resolved_secret(&self) -> Result<Option<String>, String> {
+        match (&self.secret, &self.secret_env) {
+            (Some(s), _) => Ok(Some(s.clone())),
+            (None, Some(var)) => std::env::var(var).map(Some).map_err(|_| format!("environment variable {var} is not set")),
+            (None, None) => Ok(None),
+        }
+    }
+
+    pub fn event_types(&self) -> Vec<crate::sink::event::EventType> {
+        match &self.events {
+            None => crate::sink::event::EventType::ALL.to_vec(),
+            Some(list) => list.iter().filter_map(|e| crate::sink::event::EventType::parse(e)).collect(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -194,6 +282,34 @@ impl Config {
         if self.call.max_duration_secs == 0 {
             p.push(("call.max_duration_secs".into(), "must be at least 1".into()));
         }
+        for (i, w) in self.webhook.iter().enumerate() {
+            let key = |k: &str| format!("webhook[{i}].{k}");
+            if !(w.url.starts_with("http://") || w.url.starts_with("https://")) || w.url.parse::<reqwest::Url>().is_err() {
+                p.push((key("url"), format!("{:?} is not an http(s) URL", w.url)));
+            }
+            if let Some(events) = &w.events {
+                for e in events {
+                    if crate::sink::event::EventType::parse(e).is_none() {
+                        p.push((key("events"), format!("unknown event {e:?} (call.missed, lead.updated, lead.completed)")));
+                    }
+                }
+            }
+            match w.resolved_secret() {
+                Ok(Some(s)) => {
+                    if let Err(e) = crate::sink::webhook::decode_secret(&s) {
+                        p.push((key("secret"), e));
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => p.push((key("secret_env"), e)),
+            }
+            if w.timeout_ms == 0 || w.max_retry_interval_s == 0 || w.max_age_hours == 0 {
+                p.push((key("timeout_ms"), "timeouts, max_retry_interval_s and max_age_hours must be > 0".into()));
+            }
+            if self.webhook[..i].iter().any(|o| o.url == w.url) {
+                p.push((key("url"), format!("{} is configured twice", w.url)));
+            }
+        }
         if self.log.level.parse::<tracing_subscriber::EnvFilter>().is_err() {
             p.push(("log.level".into(), format!("{:?} is not a tracing filter", self.log.level)));
         }
@@ -224,26 +340,47 @@ impl Config {
         self.data.dir.join("leads.jsonl")
     }
 
+    pub fn outbox_path(&self) -> PathBuf {
+        self.data.dir.join("outbox.db")
+    }
+
+    pub fn events_path(&self) -> PathBuf {
+        self.data.dir.join("events.jsonl")
+    }
+
     pub fn recordings_dir(&self) -> PathBuf {
         self.data.dir.join("recordings")
     }
 }
 
-/// The line of `key` (dotted: "table.key") in the TOML text, if written there.
+/// The line of `key` (dotted: "table.key", or "table[i].key" for the i-th
+/// `[[table]]`) in the TOML text, if written there.
 fn line_of(text: &str, dotted: &str) -> Option<usize> {
     let (table, key) = dotted.rsplit_once('.').unwrap_or(("", dotted));
+    let (table, index) = match table.split_once('[') {
+        Some((t, i)) => (t, i.trim_end_matches(']').parse::<usize>().ok()),
+        None => (table, None),
+    };
     let mut current = String::new();
+    let mut seen: Option<usize> = None;
     for (i, line) in text.lines().enumerate() {
         let t = line.trim();
+        if let Some(name) = t.strip_prefix("[[").and_then(|r| r.strip_suffix("]]")) {
+            current = name.trim().to_string();
+            if current == table {
+                seen = Some(seen.map_or(0, |n| n + 1));
+            }
+            continue;
+        }
         if let Some(name) = t.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
             current = name.trim().to_string();
             continue;
         }
-        if current == table
-            && let Some((k, _)) = t.split_once('=')
-            && k.trim() == key
-        {
-            return Some(i + 1);
+        let here = current == table && (index.is_none() || index == seen);
+        if let Some((k, _)) = t.split_once('=').filter(|_| here) {
+            if k.trim() == key {
+                return Some(i + 1);
+            }
         }
     }
     None
@@ -296,6 +433,17 @@ mod tests {
         let errs = Config::parse("[sip]\n\nlisen = \"1.2.3.4:5\"\n", None).unwrap_err();
         assert_eq!(errs[0].line, Some(3));
         assert!(errs[0].message.contains("lisen"), "{}", errs[0].message);
+    }
+
+    #[test]
+    fn webhook_problems_name_the_entry() {
+        let text = "[[webhook]]\nurl = \"http://127.0.0.1:1/ok\"\n\n[[webhook]]\nurl = \"ftp://x\"\nsecret = \"whsec_!!\"\nevents = [\"call.missed\", \"nope\"]\n";
+        let errs = Config::parse(text, None).unwrap_err();
+        let keys: Vec<(&str, Option<usize>)> = errs.iter().map(|e| (e.key.as_str(), e.line)).collect();
+        assert_eq!(keys, [("webhook[1].url", Some(5)), ("webhook[1].events", Some(7)), ("webhook[1].secret", Some(6))]);
+        let ok = Config::parse("[[webhook]]\nurl = \"https://crm.example.com/h\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\nevents = [\"call.missed\"]\n", None).unwrap();
+        assert_eq!(ok.webhook[0].event_types(), [crate::sink::event::EventType::CallMissed]);
+        assert_eq!(ok.webhook[0].max_retry_interval_s, 60);
     }
 
     #[test]

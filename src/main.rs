@@ -5,7 +5,11 @@ use backstop::agent::Agent;
 use backstop::config::Config;
 use backstop::intake::script::Script;
 use backstop::media::prompt::{Prompt, PromptSet};
-use backstop::sink::file::{LeadFile, LeadWriter};
+use backstop::sink::delivery::{now_ms, Delivery, Sink, Target};
+use backstop::sink::event::EventType;
+use backstop::sink::outbox::{Outbox, SinkSpec};
+use backstop::sink::webhook::Webhook;
+use std::time::Duration;
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -39,6 +43,44 @@ enum Command {
     Check {
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+    /// Inspect or nudge the delivery outbox.
+    Outbox {
+        #[command(subcommand)]
+        action: OutboxAction,
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        #[arg(long, global = true)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Read the leads file.
+    Leads {
+        #[command(subcommand)]
+        action: LeadsAction,
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        #[arg(long, global = true)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum OutboxAction {
+    /// Pending, dead and delivered events per sink, and the oldest pending.
+    Status,
+    /// Make pending deliveries due now; with --dead, also revive dead-lettered ones.
+    Retry {
+        #[arg(long)]
+        dead: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum LeadsAction {
+    /// The last N leads, one readable line each.
+    Tail {
+        #[arg(short = 'n', long, default_value_t = 10)]
+        n: usize,
     },
 }
 
@@ -88,6 +130,51 @@ fn main() -> std::process::ExitCode {
                 }
             }
         }
+        Command::Outbox { action, config, data_dir } => {
+            let cfg = match load_config(config.as_deref()) {
+                Ok(mut c) => {
+                    if let Some(d) = data_dir {
+                        c.data.dir = d;
+                    }
+                    c
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    return std::process::ExitCode::FAILURE;
+                }
+            };
+            match outbox_command(&cfg, action) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("backstop: {e:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Leads { action: LeadsAction::Tail { n }, config, data_dir } => {
+            let mut cfg = match load_config(config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return std::process::ExitCode::FAILURE;
+                }
+            };
+            if let Some(d) = data_dir {
+                cfg.data.dir = d;
+            }
+            match backstop::sink::file::tail_lines(&cfg.leads_path(), n) {
+                Ok(lines) => {
+                    for l in lines {
+                        println!("{}", describe_lead(&l));
+                    }
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("backstop: {}: {e}", cfg.leads_path().display());
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run { config, listen, data_dir } => {
             let mut cfg = match load_config(config.as_deref()) {
                 Ok(c) => c,
@@ -119,6 +206,86 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+fn outbox_command(cfg: &Config, action: OutboxAction) -> anyhow::Result<()> {
+    let path = cfg.outbox_path();
+    anyhow::ensure!(path.exists(), "no outbox at {} (has the agent run with this data dir?)", path.display());
+    let outbox = Outbox::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    match action {
+        OutboxAction::Status => {
+            let rows = outbox.status(now_ms())?;
+            if rows.is_empty() {
+                println!("outbox is empty");
+            }
+            for r in rows {
+                let oldest = r.oldest_pending_ms.map(|ms| format!("{:.1} s", ms as f64 / 1000.0)).unwrap_or_else(|| "-".into());
+                println!("{:<48} pending {:>6}  dead {:>6}  delivered {:>6}  oldest pending {oldest}", r.sink, r.pending, r.dead, r.delivered);
+            }
+        }
+        OutboxAction::Retry { dead } => {
+            let n = outbox.retry_now(None, dead, now_ms())?;
+            println!("{n} deliveries are due now; a running agent picks them up within 30 s, or at its next start");
+        }
+    }
+    Ok(())
+}
+
+/// One human line for a lead: when, who, why forwarded, how it ended.
+fn describe_lead(line: &str) -> String {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { return format!("(unreadable) {line}") };
+    let s = |p: &str| v.pointer(p).and_then(|x| x.as_str()).unwrap_or("-").to_string();
+    let fwd = match v.get("forwarded") {
+        Some(f) if !f.is_null() => format!(" fwd from {} ({})", s("/forwarded/from_number"), s("/forwarded/reason")),
+        _ => String::new(),
+    };
+    let secs = v.get("duration_ms").and_then(|d| d.as_u64()).map(|d| format!("{:.1}s", d as f64 / 1000.0)).unwrap_or("-".into());
+    format!(
+        "{}  {} {}{}  {} ended by {}  {}",
+        s("/received_at"),
+        s("/caller/number"),
+        v.pointer("/caller/display_name").and_then(|x| x.as_str()).map(|n| format!("\"{n}\"")).unwrap_or_default(),
+        fwd,
+        s("/outcome"),
+        s("/ended_by"),
+        secs
+    )
+}
+
+/// The sinks the config asks for, with stable names (the outbox keys on them).
+fn sinks(cfg: &Config) -> anyhow::Result<Vec<Sink>> {
+    let mut out = Vec::new();
+    let local = |name: &str, events: Vec<EventType>, target| Sink {
+        spec: SinkSpec { name: name.into(), events },
+        target,
+        max_interval: Duration::from_secs(5),
+        max_age: Duration::from_secs(365 * 24 * 3600),
+    };
+    if cfg.leads_file.enabled {
+        out.push(local("file:leads.jsonl", vec![EventType::LeadCompleted], Target::LeadsFile(cfg.leads_path())));
+    }
+    if cfg.leads_file.events {
+        out.push(local("file:events.jsonl", EventType::ALL.to_vec(), Target::EventsFile(cfg.events_path())));
+    }
+    for w in &cfg.webhook {
+        let secret = w.resolved_secret().map_err(anyhow::Error::msg)?;
+        let hook = Webhook::new(
+            w.url.clone(),
+            secret.as_deref(),
+            w.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            w.bearer_token.clone(),
+            Duration::from_millis(w.connect_timeout_ms),
+            Duration::from_millis(w.timeout_ms),
+        )
+        .map_err(anyhow::Error::msg)?;
+        out.push(Sink {
+            spec: SinkSpec { name: format!("webhook:{}", w.url), events: w.event_types() },
+            target: Target::Webhook(hook),
+            max_interval: Duration::from_secs(w.max_retry_interval_s),
+            max_age: Duration::from_secs(w.max_age_hours * 3600),
+        });
+    }
+    Ok(out)
+}
+
 fn init_logging(cfg: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
@@ -131,23 +298,40 @@ fn run(cfg: Config) -> anyhow::Result<()> {
     let prompts = Arc::new(load_prompts(&cfg, &Script::greeting_then_goodbye())?);
     std::fs::create_dir_all(cfg.recordings_dir())
         .with_context(|| format!("creating {}", cfg.recordings_dir().display()))?;
-    let leads_path = cfg.leads_path();
-    let writer =
-        LeadWriter::start(LeadFile::open(&leads_path).with_context(|| format!("opening {}", leads_path.display()))?);
-    tracing::info!(leads = %leads_path.display(), "writing leads");
+    let outbox_path = cfg.outbox_path();
+    let outbox = Outbox::open(&outbox_path).with_context(|| format!("opening the outbox {}", outbox_path.display()))?;
+    let delivery = Delivery::new(
+        outbox,
+        sinks(&cfg)?,
+        cfg.outbox.max_pending,
+        Duration::from_secs(cfg.outbox.keep_delivered_hours * 3600),
+    );
+    tracing::info!(outbox = %outbox_path.display(), leads = %cfg.leads_path().display(), webhooks = cfg.webhook.len(), "lead delivery ready");
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let result = rt.block_on(async {
-        let agent = Agent::bind(cfg, prompts, writer.sender()).await?;
+        let recovered = delivery.recover().await.map_err(anyhow::Error::msg)?;
+        if recovered > 0 {
+            tracing::warn!(calls = recovered, "closed the leads of calls cut off by the last stop");
+        }
+        let (workers_stop, workers_rx) = tokio::sync::watch::channel(false);
+        let workers = delivery.spawn(workers_rx);
+        let agent = Agent::bind(cfg, prompts, delivery.publisher()).await?;
         let (tx, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             wait_for_signal().await;
             tracing::info!("signal received, shutting down");
             let _ = tx.send(true);
         });
-        agent.run(rx).await
+        let result = agent.run(rx).await;
+        // The last leads reach leads.jsonl before we exit; webhooks resume at the next start.
+        delivery.drain_files(Duration::from_secs(3)).await;
+        let _ = workers_stop.send(true);
+        for w in workers {
+            let _ = tokio::time::timeout(Duration::from_secs(2), w).await;
+        }
+        result
     });
-    rt.shutdown_timeout(std::time::Duration::from_secs(1));
-    writer.finish();
+    rt.shutdown_timeout(Duration::from_secs(1));
     result
 }
 

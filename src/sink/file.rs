@@ -1,11 +1,16 @@
-//! The JSON-lines lead file: one lead per line, appended and fsynced before
-//! the write is reported done, so a lead that was acknowledged survives a
-//! crash or power cut.
+//! JSON-lines files (`leads.jsonl`, `events.jsonl`): one object per line,
+//! appended and fsynced before the write counts as delivered.
+//!
+//! The outbox may retry a write whose acknowledgement was lost (the process
+//! died between the fsync and recording it), so [`LeadFile::append_once`]
+//! first looks for the object's id near the end of the file.
 
-use crate::intake::lead::Lead;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+
+/// How far back from the end a re-delivery looks for an earlier copy.
+const TAIL: u64 = 256 * 1024;
 
 pub struct LeadFile {
     path: PathBuf,
@@ -18,7 +23,7 @@ impl LeadFile {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let file = OpenOptions::new().create(true).append(true).read(true).open(path)?;
         Ok(LeadFile { path: path.to_path_buf(), file })
     }
 
@@ -26,74 +31,58 @@ impl LeadFile {
         &self.path
     }
 
-    /// Append one lead as a single line, then fsync.
-    pub fn append(&mut self, lead: &Lead) -> std::io::Result<()> {
-        let mut line = serde_json::to_vec(lead).map_err(std::io::Error::other)?;
+    /// Append `value` as one line and fsync, unless a line with `"id":"<id>"`
+    /// is already in the file's tail.
+    pub fn append_once(&mut self, id: &str, value: &serde_json::Value) -> std::io::Result<()> {
+        if !id.is_empty() && self.tail_contains(&format!("\"id\":\"{id}\""))? {
+            return Ok(());
+        }
+        let mut line = serde_json::to_vec(value).map_err(std::io::Error::other)?;
         line.push(b'\n');
-        // One write call per line: with O_APPEND, a line is never interleaved with another.
+        // One write per line: with O_APPEND a line is never interleaved with another.
         self.file.write_all(&line)?;
         self.file.sync_data()
     }
+
+    fn tail_contains(&mut self, needle: &str) -> std::io::Result<bool> {
+        let len = self.file.metadata()?.len();
+        let start = len.saturating_sub(TAIL);
+        self.file.seek(SeekFrom::Start(start))?;
+        let mut buf = Vec::with_capacity((len - start) as usize);
+        (&self.file).take(TAIL).read_to_end(&mut buf)?;
+        Ok(buf.windows(needle.len()).any(|w| w == needle.as_bytes()))
+    }
 }
 
-/// A thread that owns the file and writes leads sent to it, in order.
-pub struct LeadWriter {
-    tx: Option<std::sync::mpsc::Sender<Lead>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl LeadWriter {
-    pub fn start(mut file: LeadFile) -> LeadWriter {
-        let (tx, rx) = std::sync::mpsc::channel::<Lead>();
-        let thread = std::thread::Builder::new()
-            .name("lead-writer".into())
-            .spawn(move || {
-                for lead in rx {
-                    match file.append(&lead) {
-                        Ok(()) => tracing::info!(call_id = %lead.call_id, lead_id = %lead.id, path = %file.path().display(), "lead written"),
-                        Err(e) => tracing::error!(call_id = %lead.call_id, error = %e, lead = ?serde_json::to_string(&lead).ok(), "failed to write lead"),
-                    }
-                }
-            })
-            .expect("spawn lead writer");
-        LeadWriter { tx: Some(tx), thread: Some(thread) }
-    }
-
-    pub fn sender(&self) -> std::sync::mpsc::Sender<Lead> {
-        self.tx.clone().expect("writer running")
-    }
-
-    /// Write everything queued, then stop.
-    pub fn finish(mut self) {
-        self.tx.take();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+/// The last `n` lines of a JSON-lines file, oldest first.
+pub fn tail_lines(path: &Path, n: usize) -> std::io::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)?;
+    let lines: Vec<String> = text.lines().map(str::to_string).collect();
+    Ok(lines[lines.len().saturating_sub(n)..].to_vec())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sip::message::{Incoming, read_message};
 
     #[test]
-    fn appends_one_json_object_per_line() {
+    fn appends_one_object_per_line_and_never_twice() {
         let dir = std::env::temp_dir().join(format!("backstop-leadfile-{}", std::process::id()));
         let path = dir.join("sub/leads.jsonl");
-        let msg = "INVITE sip:a@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bK1\r\nFrom: <sip:1@x>;tag=1\r\nTo: <sip:2@y>\r\nCall-ID: f1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
-        let Incoming::Request(r) = read_message(msg.as_bytes(), "127.0.0.1:5060".parse().unwrap()) else { panic!() };
-        let writer = LeadWriter::start(LeadFile::open(&path).unwrap());
+        let mut f = LeadFile::open(&path).unwrap();
         for i in 0..3 {
-            writer.sender().send(Lead::from_invite(format!("id{i}"), &r, std::time::SystemTime::now(), "UDP")).unwrap();
+            f.append_once(&format!("id{i}"), &serde_json::json!({"id": format!("id{i}"), "n": i})).unwrap();
         }
-        writer.finish();
-        let text = std::fs::read_to_string(&path).unwrap();
-        let ids: Vec<String> = text
-            .lines()
+        // A re-delivery of id1 (its acknowledgement was lost) writes nothing.
+        let mut again = LeadFile::open(&path).unwrap();
+        again.append_once("id1", &serde_json::json!({"id": "id1", "n": 1})).unwrap();
+        let lines = tail_lines(&path, 10).unwrap();
+        let ids: Vec<String> = lines
+            .iter()
             .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_str().unwrap().to_string())
             .collect();
         assert_eq!(ids, ["id0", "id1", "id2"]);
+        assert_eq!(tail_lines(&path, 1).unwrap().len(), 1);
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -1,2 +1,8 @@
-//! Where leads go. For now the JSON-lines file; the outbox and webhook join it later.
+//! Where events and leads go: the durable outbox, its delivery workers, the
+//! JSON-lines files and signed webhooks.
+pub mod delivery;
+pub mod event;
 pub mod file;
+pub mod outbox;
+pub mod retry;
+pub mod webhook;

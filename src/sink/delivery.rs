@@ -1,0 +1,275 @@
+//! Delivery: the tokio side of the outbox. [`Publisher::publish`] commits an
+//! event (on the blocking pool: SQLite fsyncs) and wakes the sink workers;
+//! one worker per sink takes due events, delivers them concurrently (one per
+//! call at a time, so a call's events stay in order) and records each
+//! result. The SQLite connection sits behind a mutex: it is touched a few
+//! times per call, never from the media path.
+
+use crate::sink::event::{Event, EventType};
+use crate::sink::file::LeadFile;
+use crate::sink::outbox::{Due, Outbox, SinkSpec};
+use crate::sink::retry::{backoff, classify, Attempt, Verdict};
+use crate::sink::webhook::Webhook;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{watch, Notify};
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Where a sink puts events.
+#[derive(Clone)]
+pub enum Target {
+    /// `leads.jsonl`: the lead of each `lead.completed`, one line each.
+    LeadsFile(PathBuf),
+    /// `events.jsonl`: every event, one line each.
+    EventsFile(PathBuf),
+    Webhook(Webhook),
+}
+
+/// A configured sink: what it takes, where it delivers, how it retries.
+#[derive(Clone)]
+pub struct Sink {
+    pub spec: SinkSpec,
+    pub target: Target,
+    pub max_interval: Duration,
+    pub max_age: Duration,
+}
+
+/// Shared handle for committing events.
+#[derive(Clone)]
+pub struct Publisher {
+    db: Arc<Mutex<Outbox>>,
+    specs: Arc<Vec<SinkSpec>>,
+    wake: Arc<Vec<Arc<Notify>>>,
+}
+
+impl Publisher {
+    /// Commit the event durably, then wake the workers. An error (disk full,
+    /// say) is returned; the caller logs it with the event so nothing is silent.
+    pub async fn publish(&self, event: Event) -> Result<(), String> {
+        let db = self.db.clone();
+        let specs = self.specs.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let mut db = db.lock().unwrap_or_else(|p| p.into_inner());
+            db.append(&event, &specs, now_ms()).map_err(|e| format!("{e}: event {}", serde_json::to_string(&event).unwrap_or_default()))
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        for w in self.wake.iter() {
+            w.notify_one();
+        }
+        result
+    }
+}
+
+/// The outbox and its sink workers.
+pub struct Delivery {
+    db: Arc<Mutex<Outbox>>,
+    sinks: Vec<Sink>,
+    wake: Vec<Arc<Notify>>,
+    max_pending: u64,
+    keep_delivered: Duration,
+}
+
+impl Delivery {
+    pub fn new(outbox: Outbox, sinks: Vec<Sink>, max_pending: u64, keep_delivered: Duration) -> Delivery {
+        let wake = sinks.iter().map(|_| Arc::new(Notify::new())).collect();
+        Delivery { db: Arc::new(Mutex::new(outbox)), sinks, wake, max_pending, keep_delivered }
+    }
+
+    pub fn publisher(&self) -> Publisher {
+        Publisher {
+            db: self.db.clone(),
+            specs: Arc::new(self.sinks.iter().map(|s| s.spec.clone()).collect()),
+            wake: Arc::new(self.wake.clone()),
+        }
+    }
+
+    /// After a restart: make pending deliveries due now, and close the leads of
+    /// calls the previous process died in the middle of (outcome `interrupted`).
+    pub async fn recover(&self) -> Result<usize, String> {
+        let cut = {
+            let db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+            db.retry_now(None, false, now_ms()).map_err(|e| e.to_string())?;
+            db.unfinished_calls().map_err(|e| e.to_string())?
+        };
+        let publisher = self.publisher();
+        for missed in &cut {
+            let mut lead = missed.lead.clone();
+            lead["outcome"] = "interrupted".into();
+            lead["ended_by"] = "error".into();
+            let event = Event {
+                id: format!("evt_{}", uuid::Uuid::new_v4().simple()),
+                kind: EventType::LeadCompleted,
+                created_at: crate::intake::lead::rfc3339(SystemTime::now()),
+                lead,
+            };
+            tracing::warn!(call_id = missed.call_id(), "call was cut off by a restart; its lead is closed as interrupted");
+            publisher.publish(event).await?;
+        }
+        Ok(cut.len())
+    }
+
+    /// Start one worker per sink, plus housekeeping. Workers stop when `shutdown` flips.
+    pub fn spawn(&self, shutdown: watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks = Vec::new();
+        for (sink, wake) in self.sinks.iter().cloned().zip(self.wake.iter().cloned()) {
+            tasks.push(tokio::spawn(worker(self.db.clone(), sink, wake, shutdown.clone())));
+        }
+        tasks.push(tokio::spawn(housekeeping(self.db.clone(), self.max_pending, self.keep_delivered, shutdown)));
+        tasks
+    }
+
+    /// Wait (bounded) until the file sinks have nothing due: used at shutdown
+    /// so that the last leads are on disk in `leads.jsonl` before exit.
+    pub async fn drain_files(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        for sink in self.sinks.iter().filter(|s| !matches!(s.target, Target::Webhook(_))) {
+            loop {
+                let due = {
+                    let db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+                    db.due(&sink.spec.name, now_ms(), 1).map(|d| d.len()).unwrap_or(0)
+                };
+                if due == 0 || tokio::time::Instant::now() > deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(db: &Arc<Mutex<Outbox>>, f: impl FnOnce(&Outbox) -> T + Send + 'static) -> T {
+    let db = db.clone();
+    tokio::task::spawn_blocking(move || f(&db.lock().unwrap_or_else(|p| p.into_inner()))).await.expect("outbox task")
+}
+
+async fn worker(db: Arc<Mutex<Outbox>>, sink: Sink, wake: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
+    let name = sink.spec.name.clone();
+    tracing::info!(sink = %name, "delivery worker started");
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let n = name.clone();
+        let due = match blocking(&db, move |o| o.due(&n, now_ms(), 64)).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(sink = %name, error = %e, "outbox read failed");
+                Vec::new()
+            }
+        };
+        if due.is_empty() {
+            let n = name.clone();
+            let next = blocking(&db, move |o| o.next_due_ms(&n)).await.ok().flatten();
+            let wait = next.map(|t| Duration::from_millis((t - now_ms()).clamp(0, 30_000) as u64)).unwrap_or(Duration::from_secs(30));
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = wake.notified() => {}
+                _ = shutdown.changed() => {}
+            }
+            continue;
+        }
+        let mut set = tokio::task::JoinSet::new();
+        for d in due {
+            let target = sink.target.clone();
+            set.spawn(async move {
+                let attempt = deliver(&target, &d).await;
+                (d, attempt)
+            });
+        }
+        while let Some(joined) = set.join_next().await {
+            let Ok((d, attempt)) = joined else { continue };
+            record(&db, &sink, d, attempt).await;
+        }
+    }
+}
+
+async fn deliver(target: &Target, d: &Due) -> Attempt {
+    match target {
+        Target::Webhook(w) => {
+            let body = serde_json::to_vec(&d.event).expect("events serialise");
+            w.deliver(&d.event.id, &body, now_ms() / 1000).await
+        }
+        Target::LeadsFile(path) | Target::EventsFile(path) => {
+            let (path, event) = (path.clone(), d.event.clone());
+            let leads = matches!(target, Target::LeadsFile(_));
+            let r = tokio::task::spawn_blocking(move || {
+                let mut file = LeadFile::open(&path)?;
+                if leads {
+                    let id = event.lead["id"].as_str().unwrap_or_default().to_string();
+                    file.append_once(&id, &event.lead)
+                } else {
+                    file.append_once(&event.id, &serde_json::to_value(&event).expect("serialise"))
+                }
+            })
+            .await;
+            match r {
+                Ok(Ok(())) => Attempt::Status { code: 200, retry_after: None },
+                Ok(Err(e)) => Attempt::Transport(format!("writing {}: {e}", target_name(target))),
+                Err(e) => Attempt::Transport(e.to_string()),
+            }
+        }
+    }
+}
+
+fn target_name(t: &Target) -> String {
+    match t {
+        Target::LeadsFile(p) | Target::EventsFile(p) => p.display().to_string(),
+        Target::Webhook(w) => w.url.clone(),
+    }
+}
+
+async fn record(db: &Arc<Mutex<Outbox>>, sink: &Sink, d: Due, attempt: Attempt) {
+    let name = sink.spec.name.clone();
+    let now = now_ms();
+    let (seq, id, call_id, kind) = (d.seq, d.event.id.clone(), d.event.call_id().to_string(), d.event.kind.as_str());
+    let verdict = match classify(&attempt) {
+        Verdict::Retry { why, .. } if now - d.created_ms > sink.max_age.as_millis() as i64 => {
+            Verdict::Dead { why: format!("{why}; gave up after {} h", sink.max_age.as_secs() / 3600) }
+        }
+        v => v,
+    };
+    let result = match verdict {
+        Verdict::Delivered => {
+            tracing::info!(sink = %name, event = %id, kind, call_id = %call_id, attempts = d.attempts + 1, latency_ms = now - d.created_ms, "delivered");
+            blocking(db, move |o| o.mark_done(&name, seq, now)).await
+        }
+        Verdict::Retry { after, why } => {
+            let wait = backoff(d.attempts + 1, sink.max_interval, after, rand::random::<f64>());
+            tracing::warn!(sink = %name, event = %id, kind, call_id = %call_id, attempt = d.attempts + 1, retry_in_ms = wait.as_millis() as u64, why, "delivery failed; will retry");
+            blocking(db, move |o| o.mark_retry(&name, seq, now + wait.as_millis() as i64, &why)).await
+        }
+        Verdict::Dead { why } => {
+            tracing::error!(sink = %name, event = %id, kind, call_id = %call_id, why, "delivery failed permanently: event dead-lettered (backstop outbox retry --dead)");
+            blocking(db, move |o| o.mark_dead(&name, seq, &why)).await
+        }
+    };
+    if let Err(e) = result {
+        tracing::error!(sink = %sink.spec.name, event = %d.event.id, error = %e, "could not record the delivery result; it will be retried");
+    }
+}
+
+async fn housekeeping(db: Arc<Mutex<Outbox>>, max_pending: u64, keep: Duration, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let keep_ms = keep.as_millis() as i64;
+        let (pending, pruned) = blocking(&db, move |o| (o.pending_total(), o.prune(now_ms(), keep_ms))).await;
+        if let Ok(p) = pending {
+            if p * 10 >= max_pending * 8 {
+                tracing::warn!(pending = p, max_pending, "the outbox is filling up: deliveries are failing (see backstop outbox status)");
+            }
+        }
+        if let Ok(n) = pruned {
+            if n > 0 {
+                tracing::debug!(pruned = n, "old delivered events removed from the outbox");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(300)) => {}
+            _ = shutdown.changed() => { if *shutdown.borrow() { return; } }
+        }
+    }
+}
