@@ -223,7 +223,7 @@ fn outbox_command(cfg: &Config, action: OutboxAction) -> anyhow::Result<()> {
         }
         OutboxAction::Retry { dead } => {
             let n = outbox.retry_now(None, dead, now_ms())?;
-            println!("{n} deliveries are due now; a running agent picks them up within 30 s, or at its next start");
+            println!("{n} deliveries are due now; a running agent picks them up within 5 s, or at its next start");
         }
     }
     Ok(())

@@ -165,7 +165,7 @@ async fn worker(db: Arc<Mutex<Outbox>>, sink: Sink, wake: Arc<Notify>, mut shutd
         if due.is_empty() {
             let n = name.clone();
             let next = blocking(&db, move |o| o.next_due_ms(&n)).await.ok().flatten();
-            let wait = next.map(|t| Duration::from_millis((t - now_ms()).clamp(0, 30_000) as u64)).unwrap_or(Duration::from_secs(30));
+            let wait = next.map(|t| Duration::from_millis((t - now_ms()).clamp(0, 5_000) as u64)).unwrap_or(Duration::from_secs(5));
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = wake.notified() => {}

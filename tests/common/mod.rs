@@ -3,6 +3,7 @@
 //! loopback, every wait is bounded, and dropping a helper kills its process.
 #![allow(dead_code)]
 
+pub mod receiver;
 pub mod scenario;
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
@@ -73,11 +74,18 @@ impl AgentProc {
         };
         let cfg_path = dir.join("backstop.toml");
         std::fs::write(&cfg_path, config).unwrap();
-        let log = std::fs::File::create(dir.join("agent.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_backstop"))
+        let child = Self::spawn(&dir, port);
+        let agent = AgentProc { child, port, dir };
+        agent.wait_ready();
+        agent
+    }
+
+    fn spawn(dir: &Path, port: u16) -> Child {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("agent.log")).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_backstop"))
             .arg("run")
             .arg("--config")
-            .arg(&cfg_path)
+            .arg(dir.join("backstop.toml"))
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--data-dir")
@@ -86,10 +94,19 @@ impl AgentProc {
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .expect("start backstop");
-        let agent = AgentProc { child, port, dir };
-        agent.wait_ready();
-        agent
+            .expect("start backstop")
+    }
+
+    /// SIGKILL: no chance to clean up, as in a crash or power cut.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Start again on the same port, config and data directory.
+    pub fn restart(&mut self) {
+        self.child = Self::spawn(&self.dir, self.port);
+        self.wait_ready();
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -200,6 +217,18 @@ impl SippRun {
 
 /// Run one SIPp call with `scenario` (XML) against the agent.
 pub fn run_sipp(dir: &Path, scenario: &str, agent: SocketAddr, tcp: bool, keys: &[(&str, String)]) -> SippRun {
+    run_sipp_calls(dir, scenario, agent, tcp, keys, 1)
+}
+
+/// Run `calls` SIPp calls, one at a time, with `scenario` against the agent.
+pub fn run_sipp_calls(
+    dir: &Path,
+    scenario: &str,
+    agent: SocketAddr,
+    tcp: bool,
+    keys: &[(&str, String)],
+    calls: u32,
+) -> SippRun {
     let sf = dir.join("scenario.xml");
     std::fs::write(&sf, scenario).unwrap();
     let port = free_port();
@@ -208,7 +237,7 @@ pub fn run_sipp(dir: &Path, scenario: &str, agent: SocketAddr, tcp: bool, keys: 
     cmd.arg(agent.to_string())
         .arg("-sf")
         .arg(&sf)
-        .args(["-m", "1", "-l", "1", "-i", "127.0.0.1", "-nostdin"])
+        .args(["-m", &calls.to_string(), "-l", "1", "-i", "127.0.0.1", "-nostdin"])
         .args(["-p", &port.to_string(), "-mp", &media.to_string()])
         .args(["-timeout", "60s", "-timeout_error", "-trace_msg", "-trace_err"])
         .arg("-message_file")
