@@ -13,10 +13,10 @@
 use crate::call::{Call, CallEvent, CallSetup, Transmit};
 use crate::config::Config;
 use crate::intake::lead::rfc3339;
-use crate::sink::delivery::Publisher;
-use crate::sink::event::{Event, EventType};
 use crate::intake::script::Script;
 use crate::media::prompt::PromptSet;
+use crate::sink::delivery::Publisher;
+use crate::sink::event::{Event, EventType};
 use crate::sip::dialog::DialogConfig;
 use crate::sip::message::{
     ALLOW, Incoming, Method, Rejection, Request, Response, SUPPORTED, build_response, read_message,

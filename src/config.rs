@@ -94,7 +94,9 @@ impl WebhookConfig {
     pub fn resolved_secret(&self) -> Result<Option<String>, String> {
         match (&self.secret, &self.secret_env) {
             (Some(s), _) => Ok(Some(s.clone())),
-            (None, Some(var)) => std::env::var(var).map(Some).map_err(|_| format!("environment variable {var} is not set")),
+            (None, Some(var)) => {
+                std::env::var(var).map(Some).map_err(|_| format!("environment variable {var} is not set"))
+            }
             (None, None) => Ok(None),
         }
     }
@@ -284,13 +286,18 @@ impl Config {
         }
         for (i, w) in self.webhook.iter().enumerate() {
             let key = |k: &str| format!("webhook[{i}].{k}");
-            if !(w.url.starts_with("http://") || w.url.starts_with("https://")) || w.url.parse::<reqwest::Url>().is_err() {
+            if !(w.url.starts_with("http://") || w.url.starts_with("https://"))
+                || w.url.parse::<reqwest::Url>().is_err()
+            {
                 p.push((key("url"), format!("{:?} is not an http(s) URL", w.url)));
             }
             if let Some(events) = &w.events {
                 for e in events {
                     if crate::sink::event::EventType::parse(e).is_none() {
-                        p.push((key("events"), format!("unknown event {e:?} (call.missed, lead.updated, lead.completed)")));
+                        p.push((
+                            key("events"),
+                            format!("unknown event {e:?} (call.missed, lead.updated, lead.completed)"),
+                        ));
                     }
                 }
             }

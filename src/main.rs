@@ -5,14 +5,14 @@ use backstop::agent::Agent;
 use backstop::config::Config;
 use backstop::intake::script::Script;
 use backstop::media::prompt::{Prompt, PromptSet};
-use backstop::sink::delivery::{now_ms, Delivery, Sink, Target};
+use backstop::sink::delivery::{Delivery, Sink, Target, now_ms};
 use backstop::sink::event::EventType;
 use backstop::sink::outbox::{Outbox, SinkSpec};
 use backstop::sink::webhook::Webhook;
-use std::time::Duration;
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(
@@ -217,8 +217,12 @@ fn outbox_command(cfg: &Config, action: OutboxAction) -> anyhow::Result<()> {
                 println!("outbox is empty");
             }
             for r in rows {
-                let oldest = r.oldest_pending_ms.map(|ms| format!("{:.1} s", ms as f64 / 1000.0)).unwrap_or_else(|| "-".into());
-                println!("{:<48} pending {:>6}  dead {:>6}  delivered {:>6}  oldest pending {oldest}", r.sink, r.pending, r.dead, r.delivered);
+                let oldest =
+                    r.oldest_pending_ms.map(|ms| format!("{:.1} s", ms as f64 / 1000.0)).unwrap_or_else(|| "-".into());
+                println!(
+                    "{:<48} pending {:>6}  dead {:>6}  delivered {:>6}  oldest pending {oldest}",
+                    r.sink, r.pending, r.dead, r.delivered
+                );
             }
         }
         OutboxAction::Retry { dead } => {
@@ -237,7 +241,11 @@ fn describe_lead(line: &str) -> String {
         Some(f) if !f.is_null() => format!(" fwd from {} ({})", s("/forwarded/from_number"), s("/forwarded/reason")),
         _ => String::new(),
     };
-    let secs = v.get("duration_ms").and_then(|d| d.as_u64()).map(|d| format!("{:.1}s", d as f64 / 1000.0)).unwrap_or("-".into());
+    let secs = v
+        .get("duration_ms")
+        .and_then(|d| d.as_u64())
+        .map(|d| format!("{:.1}s", d as f64 / 1000.0))
+        .unwrap_or("-".into());
     format!(
         "{}  {} {}{}  {} ended by {}  {}",
         s("/received_at"),

@@ -46,3 +46,43 @@ fn missing_prompt_fails_the_check() {
     assert!(!ok);
     assert!(text.contains("prompts.greeting") && text.contains("nope.wav"), "{text}");
 }
+
+#[test]
+fn leads_tail_prints_the_last_leads_readably() {
+    let dir = common::scratch_dir("cli-tail");
+    let lead = |n: u32, outcome: &str| {
+        format!(
+            r#"{{"schema_version":1,"id":"l{n}","call_id":"c{n}","caller":{{"number":"+1555000{n}","display_name":"Pat","uri":"sip:x@y","asserted":null}},"called":{{"number":null,"uri":"sip:z@y"}},"forwarded":{{"from_number":"+15557654321","reason":"no-answer","source":"diversion"}},"received_at":"2026-11-23T21:00:0{n}.000Z","answered_at":null,"ended_at":null,"duration_ms":1500,"ended_by":"caller","outcome":"{outcome}","transport":"udp","codec":null}}"#
+        )
+    };
+    std::fs::write(
+        dir.join("leads.jsonl"),
+        format!("{}\n{}\n{}\n", lead(1, "completed"), lead(2, "hung_up_during_greeting"), lead(3, "completed")),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_backstop"))
+        .args(["leads", "tail", "-n", "2", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(
+        lines[0].contains("+15550002")
+            && lines[0].contains("hung_up_during_greeting")
+            && lines[0].contains("no-answer"),
+        "{text}"
+    );
+    assert!(lines[1].contains("+15550003") && lines[1].contains("1.5s"), "{text}");
+    // No outbox yet: a clear error, not a crash.
+    let out = Command::new(env!("CARGO_BIN_EXE_backstop"))
+        .args(["outbox", "status", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no outbox"));
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -8,12 +8,12 @@
 use crate::sink::event::{Event, EventType};
 use crate::sink::file::LeadFile;
 use crate::sink::outbox::{Due, Outbox, SinkSpec};
-use crate::sink::retry::{backoff, classify, Attempt, Verdict};
+use crate::sink::retry::{Attempt, Verdict, backoff, classify};
 use crate::sink::webhook::Webhook;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{Notify, watch};
 
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
@@ -54,7 +54,8 @@ impl Publisher {
         let specs = self.specs.clone();
         let result = tokio::task::spawn_blocking(move || {
             let mut db = db.lock().unwrap_or_else(|p| p.into_inner());
-            db.append(&event, &specs, now_ms()).map_err(|e| format!("{e}: event {}", serde_json::to_string(&event).unwrap_or_default()))
+            db.append(&event, &specs, now_ms())
+                .map_err(|e| format!("{e}: event {}", serde_json::to_string(&event).unwrap_or_default()))
         })
         .await
         .map_err(|e| e.to_string())?;
@@ -107,7 +108,10 @@ impl Delivery {
                 created_at: crate::intake::lead::rfc3339(SystemTime::now()),
                 lead,
             };
-            tracing::warn!(call_id = missed.call_id(), "call was cut off by a restart; its lead is closed as interrupted");
+            tracing::warn!(
+                call_id = missed.call_id(),
+                "call was cut off by a restart; its lead is closed as interrupted"
+            );
             publisher.publish(event).await?;
         }
         Ok(cut.len())
@@ -165,7 +169,9 @@ async fn worker(db: Arc<Mutex<Outbox>>, sink: Sink, wake: Arc<Notify>, mut shutd
         if due.is_empty() {
             let n = name.clone();
             let next = blocking(&db, move |o| o.next_due_ms(&n)).await.ok().flatten();
-            let wait = next.map(|t| Duration::from_millis((t - now_ms()).clamp(0, 5_000) as u64)).unwrap_or(Duration::from_secs(5));
+            let wait = next
+                .map(|t| Duration::from_millis((t - now_ms()).clamp(0, 5_000) as u64))
+                .unwrap_or(Duration::from_secs(5));
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = wake.notified() => {}
@@ -259,7 +265,11 @@ async fn housekeeping(db: Arc<Mutex<Outbox>>, max_pending: u64, keep: Duration, 
         let (pending, pruned) = blocking(&db, move |o| (o.pending_total(), o.prune(now_ms(), keep_ms))).await;
         if let Ok(p) = pending {
             if p * 10 >= max_pending * 8 {
-                tracing::warn!(pending = p, max_pending, "the outbox is filling up: deliveries are failing (see backstop outbox status)");
+                tracing::warn!(
+                    pending = p,
+                    max_pending,
+                    "the outbox is filling up: deliveries are failing (see backstop outbox status)"
+                );
             }
         }
         if let Ok(n) = pruned {

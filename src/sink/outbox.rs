@@ -9,7 +9,7 @@
 //! milliseconds passed in by the caller, so the logic is testable.
 
 use crate::sink::event::{Event, EventType};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{Connection, OptionalExtension, params};
 use std::path::Path;
 
 /// A sink as the outbox knows it: a stable name and the events it takes.
@@ -123,9 +123,11 @@ impl Outbox {
     /// When the next pending delivery for `sink` falls due, if any.
     pub fn next_due_ms(&self, sink: &str) -> rusqlite::Result<Option<i64>> {
         self.conn
-            .query_row("SELECT MIN(next_ms) FROM deliveries WHERE sink = ?1 AND state = 'pending'", params![sink], |r| {
-                r.get::<_, Option<i64>>(0)
-            })
+            .query_row(
+                "SELECT MIN(next_ms) FROM deliveries WHERE sink = ?1 AND state = 'pending'",
+                params![sink],
+                |r| r.get::<_, Option<i64>>(0),
+            )
             .optional()
             .map(Option::flatten)
     }
@@ -185,7 +187,9 @@ impl Outbox {
 
     /// Pending deliveries across all sinks (for the size warning).
     pub fn pending_total(&self) -> rusqlite::Result<u64> {
-        self.conn.query_row("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'", [], |r| r.get::<_, i64>(0)).map(|n| n as u64)
+        self.conn
+            .query_row("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'", [], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
     }
 
     /// Calls that have a `call.missed` but no `lead.completed`: the agent died
@@ -234,7 +238,7 @@ impl Outbox {
 mod tests {
     use super::*;
     use crate::intake::lead::Lead;
-    use crate::sip::message::{read_message, Incoming};
+    use crate::sip::message::{Incoming, read_message};
 
     fn lead(call_id: &str) -> Lead {
         let msg = format!(

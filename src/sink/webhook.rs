@@ -130,7 +130,13 @@ mod tests {
         let key = decode_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
         let sig = sign(&key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, br#"{"test": 2432232314}"#);
         assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
-        assert!(verify(&key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, br#"{"test": 2432232314}"#, &format!("v1,x {sig}")));
+        assert!(verify(
+            &key,
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            1614265330,
+            br#"{"test": 2432232314}"#,
+            &format!("v1,x {sig}")
+        ));
         assert!(!verify(&key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265331, br#"{"test": 2432232314}"#, &sig));
         assert!(decode_secret("whsec_!!!").is_err());
         assert!(decode_secret("whsec_").is_err());
@@ -138,7 +144,14 @@ mod tests {
 
     #[test]
     fn the_client_builds_without_panicking() {
-        let w = Webhook::new("http://127.0.0.1:9/x".into(), None, vec![], None, Duration::from_secs(1), Duration::from_secs(1));
+        let w = Webhook::new(
+            "http://127.0.0.1:9/x".into(),
+            None,
+            vec![],
+            None,
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        );
         assert!(w.is_ok());
     }
 }

@@ -68,12 +68,15 @@ impl Receiver {
                 let mut body = Vec::new();
                 let _ = req.as_reader().read_to_end(&mut body);
                 let header = |name: &'static str| {
-                    req.headers().iter().find(|h| h.field.equiv(name)).map(|h| h.value.as_str().to_string()).unwrap_or_default()
+                    req.headers()
+                        .iter()
+                        .find(|h| h.field.equiv(name))
+                        .map(|h| h.value.as_str().to_string())
+                        .unwrap_or_default()
                 };
                 let (id, ts, sig) = (header("webhook-id"), header("webhook-timestamp"), header("webhook-signature"));
-                let signature_ok = ts
-                    .parse::<i64>()
-                    .is_ok_and(|ts| backstop::sink::webhook::verify(&key, &id, ts, &body, &sig));
+                let signature_ok =
+                    ts.parse::<i64>().is_ok_and(|ts| backstop::sink::webhook::verify(&key, &id, ts, &body, &sig));
                 let reply = {
                     let mut s = st.lock().unwrap();
                     let r = s.script.pop_front().or(s.default).unwrap_or(Reply::status(200));
@@ -125,7 +128,11 @@ impl Receiver {
             if pred(&seen) {
                 return seen;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; saw {:#?}", seen.iter().map(|s| (s.kind().to_string(), s.webhook_id.clone(), s.status)).collect::<Vec<_>>());
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; saw {:#?}",
+                seen.iter().map(|s| (s.kind().to_string(), s.webhook_id.clone(), s.status)).collect::<Vec<_>>()
+            );
             std::thread::sleep(Duration::from_millis(25));
         }
     }
