@@ -384,10 +384,10 @@ fn line_of(text: &str, dotted: &str) -> Option<usize> {
             continue;
         }
         let here = current == table && (index.is_none() || index == seen);
-        if let Some((k, _)) = t.split_once('=').filter(|_| here) {
-            if k.trim() == key {
-                return Some(i + 1);
-            }
+        if let Some((k, _)) = t.split_once('=').filter(|_| here)
+            && k.trim() == key
+        {
+            return Some(i + 1);
         }
     }
     None

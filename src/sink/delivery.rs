@@ -263,19 +263,19 @@ async fn housekeeping(db: Arc<Mutex<Outbox>>, max_pending: u64, keep: Duration, 
     loop {
         let keep_ms = keep.as_millis() as i64;
         let (pending, pruned) = blocking(&db, move |o| (o.pending_total(), o.prune(now_ms(), keep_ms))).await;
-        if let Ok(p) = pending {
-            if p * 10 >= max_pending * 8 {
-                tracing::warn!(
-                    pending = p,
-                    max_pending,
-                    "the outbox is filling up: deliveries are failing (see backstop outbox status)"
-                );
-            }
+        if let Ok(p) = pending
+            && p * 10 >= max_pending * 8
+        {
+            tracing::warn!(
+                pending = p,
+                max_pending,
+                "the outbox is filling up: deliveries are failing (see backstop outbox status)"
+            );
         }
-        if let Ok(n) = pruned {
-            if n > 0 {
-                tracing::debug!(pruned = n, "old delivered events removed from the outbox");
-            }
+        if let Ok(n) = pruned
+            && n > 0
+        {
+            tracing::debug!(pruned = n, "old delivered events removed from the outbox");
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(300)) => {}
