@@ -1,5 +1,6 @@
 //! SIP: framing and validation of messages, the top Via, SDP offer/answer,
 //! the UAS dialog state machine, and the UDP/TCP transport edge.
+pub mod auth;
 pub mod dialog;
 pub mod message;
 pub mod sdp;
