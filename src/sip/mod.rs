@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod dialog;
 pub mod message;
+pub mod register;
 pub mod sdp;
 pub mod transport;
 pub mod via;
