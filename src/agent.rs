@@ -11,7 +11,9 @@
 //!   dispatcher waits (bounded) for their leads.
 
 use crate::call::{Call, CallEvent, CallSetup, Transmit};
-use crate::config::Config;
+use crate::config::{sip_target, Config, RegisterConfig};
+use crate::sip::auth::Credentials;
+use crate::sip::register::{AccountSetup, RegEvent, RegState, Registration};
 use crate::intake::lead::rfc3339;
 use crate::intake::script::Script;
 use crate::media::prompt::PromptSet;
@@ -41,6 +43,17 @@ struct Shared {
     prompts: Arc<PromptSet>,
     events: Publisher,
     local_sip: SocketAddr,
+    /// Networks whose INVITEs are answered (with the registrars' addresses), when enforced.
+    trusted: Vec<ipnet::IpNet>,
+    registrar_ips: std::sync::RwLock<Vec<IpAddr>>,
+}
+
+/// What the dispatcher owns: where to route each Call-ID, and the RTP ports.
+struct Table {
+    calls: HashMap<String, mpsc::UnboundedSender<CallInput>>,
+    registrations: HashMap<String, mpsc::UnboundedSender<Box<Response>>>,
+    ports: PortPool,
+    done_tx: mpsc::UnboundedSender<String>,
 }
 
 /// Bound sockets, ready to run.
@@ -58,46 +71,60 @@ impl Agent {
         let udp = UdpSocket::bind(listen).await.with_context(|| format!("binding SIP UDP on {listen}"))?;
         let local_sip = udp.local_addr()?;
         let tcp = TcpListener::bind(local_sip).await.with_context(|| format!("binding SIP TCP on {local_sip}"))?;
-        Ok(Agent { udp: Arc::new(udp), tcp, shared: Arc::new(Shared { cfg, prompts, events, local_sip }) })
+        let trusted = cfg.trusted_nets();
+        let shared = Shared { cfg, prompts, events, local_sip, trusted, registrar_ips: Default::default() };
+        Ok(Agent { udp: Arc::new(udp), tcp, shared: Arc::new(shared) })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.shared.local_sip
     }
 
-    /// Serve until `shutdown` becomes true; then hang up every call and return.
+    /// Serve until `shutdown` becomes true; then hang up every call, unregister, and return.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         let (in_tx, mut in_rx) = mpsc::channel::<Inbound>(1024);
         let udp_task = tokio::spawn(serve_udp(self.udp.clone(), in_tx.clone()));
         let tcp_task = tokio::spawn(serve_tcp(self.tcp, in_tx));
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
-        let mut calls: HashMap<String, mpsc::UnboundedSender<CallInput>> = HashMap::new();
-        let mut ports = PortPool::new(self.shared.cfg.rtp.port_min, self.shared.cfg.rtp.port_max);
-        tracing::info!(listen = %self.shared.local_sip, "backstop listening for SIP on UDP and TCP");
+        let cfg = &self.shared.cfg;
+        let mut table = Table {
+            calls: HashMap::new(),
+            registrations: HashMap::new(),
+            ports: PortPool::new(cfg.rtp.port_min, cfg.rtp.port_max),
+            done_tx,
+        };
+        let mut registrations = Vec::new();
+        for account in cfg.register.clone() {
+            let seed = rand::random::<u64>();
+            let (tx, rx) = mpsc::unbounded_channel();
+            table.registrations.insert(Registration::call_id_for(seed), tx);
+            let span = tracing::info_span!("account", name = %format!("{}@{}", account.username, account.domain()));
+            let task = self.shared.clone().registration_task(account, seed, self.udp.clone(), rx, shutdown.clone());
+            registrations.push(tokio::spawn(task.instrument(span)));
+        }
+        if !cfg.trust_enforced() {
+            tracing::warn!("trunk mode with no [sip] trusted_sources: INVITEs from any address are answered");
+        }
+        tracing::info!(listen = %self.shared.local_sip, accounts = registrations.len(), "backstop listening for SIP on UDP and TCP");
         loop {
             tokio::select! {
-                Some(msg) = in_rx.recv() => {
-                    self.shared.dispatch(msg, &mut calls, &mut ports, &done_tx, &shutdown).await;
-                }
-                Some(call_id) = done_rx.recv() => {
-                    calls.remove(&call_id);
-                }
+                Some(msg) = in_rx.recv() => self.shared.dispatch(msg, &mut table, &shutdown).await,
+                Some(call_id) = done_rx.recv() => { table.calls.remove(&call_id); }
                 _ = shutdown.changed() => {
                     if *shutdown.borrow() { break; }
                 }
             }
         }
-        tracing::info!(calls = calls.len(), "shutting down: hanging up calls in progress");
+        tracing::info!(calls = table.calls.len(), "shutting down: hanging up calls in progress and unregistering");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while !calls.is_empty() {
+        while !table.calls.is_empty() || registrations.iter().any(|r| !r.is_finished()) {
             tokio::select! {
-                Some(call_id) = done_rx.recv() => { calls.remove(&call_id); }
-                // Keep routing BYE responses to the calls while they finish.
-                Some(msg) = in_rx.recv() => {
-                    self.shared.dispatch(msg, &mut calls, &mut ports, &done_tx, &shutdown).await;
-                }
+                Some(call_id) = done_rx.recv() => { table.calls.remove(&call_id); }
+                // Keep routing BYE and REGISTER responses while calls and accounts finish.
+                Some(msg) = in_rx.recv() => self.shared.dispatch(msg, &mut table, &shutdown).await,
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
                 _ = tokio::time::sleep_until(deadline) => {
-                    tracing::warn!(calls = calls.len(), "calls still open at shutdown deadline");
+                    tracing::warn!(calls = table.calls.len(), "calls or registrations still open at the shutdown deadline");
                     break;
                 }
             }
@@ -109,14 +136,7 @@ impl Agent {
 }
 
 impl Shared {
-    async fn dispatch(
-        self: &Arc<Self>,
-        msg: Inbound,
-        calls: &mut HashMap<String, mpsc::UnboundedSender<CallInput>>,
-        ports: &mut PortPool,
-        done_tx: &mpsc::UnboundedSender<String>,
-        shutdown: &watch::Receiver<bool>,
-    ) {
+    async fn dispatch(self: &Arc<Self>, msg: Inbound, table: &mut Table, shutdown: &watch::Receiver<bool>) {
         let Inbound { bytes, from, reply } = msg;
         match read_message(&bytes, from) {
             Incoming::Rejected(Rejection::Drop { why }) => {
@@ -129,14 +149,17 @@ impl Shared {
                 let dest = if reply.is_reliable() { from } else { dest };
                 reply.send(dest, response).await;
             }
-            Incoming::Response(resp) => match calls.get(&resp.call_id) {
-                Some(tx) => {
+            Incoming::Response(resp) => {
+                if let Some(tx) = table.registrations.get(&resp.call_id) {
+                    let _ = tx.send(resp);
+                } else if let Some(tx) = table.calls.get(&resp.call_id) {
                     let _ = tx.send(CallInput::Response(resp));
+                } else {
+                    tracing::debug!(%from, code = resp.code, call_id = %resp.call_id, "stray response dropped");
                 }
-                None => tracing::debug!(%from, code = resp.code, call_id = %resp.call_id, "stray response dropped"),
-            },
+            }
             Incoming::Request(req) => {
-                if let Some(tx) = calls.get(&req.call_id) {
+                if let Some(tx) = table.calls.get(&req.call_id) {
                     let _ = tx.send(CallInput::Request(req));
                     return;
                 }
@@ -146,21 +169,27 @@ impl Shared {
                 };
                 match &req.method {
                     Method::Invite if req.to.tag.is_none() => {
-                        if *shutdown.borrow() || calls.len() >= self.cfg.sip.max_calls {
+                        if !self.is_trusted(from.ip()) {
+                            tracing::warn!(%from, call_id = %req.call_id, caller = %req.from.raw, "INVITE from an untrusted address refused (403)");
+                            let b = respond(403, &[]);
+                            reply.send(dest, b).await;
+                            return;
+                        }
+                        if *shutdown.borrow() || table.calls.len() >= self.cfg.sip.max_calls {
                             let b = respond(503, &[("Retry-After", "5".into())]);
                             reply.send(dest, b).await;
                             return;
                         }
-                        let Some(rtp) = ports.bind(self.rtp_ip()).await else {
+                        let Some(rtp) = table.ports.bind(self.rtp_ip()).await else {
                             tracing::error!(call_id = %req.call_id, "no free RTP port in the configured range");
                             let b = respond(503, &[("Retry-After", "5".into())]);
                             reply.send(dest, b).await;
                             return;
                         };
                         let (tx, rx) = mpsc::unbounded_channel();
-                        calls.insert(req.call_id.clone(), tx);
+                        table.calls.insert(req.call_id.clone(), tx);
                         let shared = self.clone();
-                        let done = done_tx.clone();
+                        let done = table.done_tx.clone();
                         let shutdown = shutdown.clone();
                         let span = tracing::info_span!("call", call_id = %req.call_id);
                         tokio::spawn(
@@ -205,6 +234,107 @@ impl Shared {
         match self.events.publish(event).await {
             Ok(()) => tracing::debug!(kind, "event committed"),
             Err(e) => tracing::error!(kind, error = %e, "could not commit the event to the outbox"),
+        }
+    }
+
+    fn is_trusted(&self, ip: IpAddr) -> bool {
+        !self.cfg.trust_enforced()
+            || self.trusted.iter().any(|n| n.contains(&ip))
+            || self.registrar_ips.read().map(|r| r.contains(&ip)).unwrap_or(false)
+    }
+
+    /// Keep one account registered until shutdown, then unregister.
+    async fn registration_task(
+        self: Arc<Self>,
+        account: RegisterConfig,
+        seed: u64,
+        udp: Arc<UdpSocket>,
+        mut inbox: mpsc::UnboundedReceiver<Box<Response>>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let target = account.outbound_proxy.as_deref().unwrap_or(&account.registrar);
+        let (host, port, _) = match sip_target(target) {
+            Ok(t) => t,
+            Err(e) => return tracing::error!("{e}"),
+        };
+        let retry = Duration::from_secs(account.retry_interval_s);
+        // Resolve the registrar; DNS may be down at start, so keep trying.
+        let dest = loop {
+            match tokio::net::lookup_host((host.as_str(), port)).await.map(|mut a| a.next()) {
+                Ok(Some(addr)) => break addr,
+                other => tracing::error!(host = %host, result = ?other.err(), "cannot resolve the registrar; retrying"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(retry) => {}
+                _ = shutdown.changed() => return,
+            }
+        };
+        if let Ok(mut ips) = self.registrar_ips.write() {
+            ips.push(dest.ip());
+        }
+        let password = match account.resolved_password() {
+            Ok(p) => p,
+            Err(e) => return tracing::error!("no password: {e}"),
+        };
+        let setup = AccountSetup {
+            name: format!("{}@{}", account.username, account.domain()),
+            username: account.username.clone(),
+            domain: account.domain(),
+            credentials: Credentials {
+                username: account.auth_username.clone().unwrap_or_else(|| account.username.clone()),
+                password,
+            },
+            expires: account.expires,
+            dest,
+            local: SocketAddr::new(self.local_ip_for(dest), self.local_sip.port()),
+            t1: self.cfg.t1(),
+            t2: self.cfg.t2(),
+            retry_base: retry,
+            retry_max: Duration::from_secs(account.max_retry_interval_s),
+            keepalive: (account.keepalive_s > 0).then(|| Duration::from_secs(account.keepalive_s)),
+            seed,
+        };
+        let mut reg = Registration::new(setup);
+        tracing::info!(registrar = %dest, "registering");
+        reg.start(Instant::now());
+        let timer = tokio::time::sleep(Duration::from_secs(3600));
+        tokio::pin!(timer);
+        let mut stopping = *shutdown.borrow();
+        if stopping {
+            reg.stop(Instant::now());
+        }
+        loop {
+            while let Some(t) = reg.poll_transmit() {
+                if let Err(e) = udp.send_to(&t.bytes, t.dest).await {
+                    tracing::warn!(dest = %t.dest, error = %e, "REGISTER send failed");
+                }
+            }
+            while let Some(ev) = reg.poll_event() {
+                match ev {
+                    RegEvent::Registered { expires, contact } => {
+                        tracing::info!(expires, %contact, "registered")
+                    }
+                    RegEvent::Failed { why, retry_in } => {
+                        tracing::error!(retry_in_ms = retry_in.as_millis() as u64, "registration failed: {why}")
+                    }
+                    RegEvent::Unregistered => tracing::info!("unregistered"),
+                }
+            }
+            if reg.state() == RegState::Stopped {
+                return;
+            }
+            let deadline = reg.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            timer.as_mut().reset(tokio::time::Instant::from_std(deadline));
+            tokio::select! {
+                Some(resp) = inbox.recv() => reg.handle_response(Instant::now(), &resp),
+                _ = &mut timer => reg.handle_timeout(Instant::now()),
+                _ = shutdown.changed(), if !stopping => {
+                    if *shutdown.borrow() {
+                        stopping = true;
+                        reg.stop(Instant::now());
+                    }
+                }
+            }
         }
     }
 

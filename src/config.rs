@@ -20,6 +20,86 @@ pub struct Config {
     pub outbox: OutboxConfig,
     pub leads_file: LeadsFileConfig,
     pub webhook: Vec<WebhookConfig>,
+    pub register: Vec<RegisterConfig>,
+}
+
+/// One account to register with a PBX or carrier (`[[register]]`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterConfig {
+    /// Where REGISTER goes: `sip:host[:port]`.
+    pub registrar: String,
+    /// The AOR user: the AOR is sip:username@domain.
+    pub username: String,
+    /// Default: the registrar's host.
+    pub domain: Option<String>,
+    /// Default: username.
+    pub auth_username: Option<String>,
+    pub password: Option<String>,
+    pub password_env: Option<String>,
+    pub password_file: Option<PathBuf>,
+    #[serde(default = "default_expires")]
+    pub expires: u32,
+    /// Send REGISTERs here instead of to the registrar.
+    pub outbound_proxy: Option<String>,
+    /// First wait after a failure; it doubles up to max_retry_interval_s.
+    #[serde(default = "default_retry_interval_s")]
+    pub retry_interval_s: u64,
+    #[serde(default = "default_max_registration_retry_s")]
+    pub max_retry_interval_s: u64,
+    /// CRLF keep-alive to the registrar every N seconds while registered; 0 = off.
+    #[serde(default = "default_keepalive_s")]
+    pub keepalive_s: u64,
+}
+
+fn default_expires() -> u32 {
+    3600
+}
+fn default_retry_interval_s() -> u64 {
+    5
+}
+fn default_max_registration_retry_s() -> u64 {
+    300
+}
+fn default_keepalive_s() -> u64 {
+    30
+}
+
+/// host, port and transport of a `sip:` URI given in the config.
+pub fn sip_target(uri: &str) -> Result<(String, u16, String), String> {
+    let parsed: rsipstack::sip::Uri = uri.parse().map_err(|e| format!("{uri:?} is not a SIP URI: {e}"))?;
+    if !matches!(parsed.scheme, Some(rsipstack::sip::Scheme::Sip) | None) {
+        return Err(format!("{uri:?}: only sip: URIs are supported"));
+    }
+    let host = parsed.host_with_port.host.to_string();
+    let port = parsed.host_with_port.port.as_ref().map(|p| p.value()).unwrap_or(5060);
+    let transport = parsed
+        .params
+        .iter()
+        .find_map(|p| match p {
+            rsipstack::sip::Param::Transport(t) => Some(t.to_string().to_ascii_lowercase()),
+            _ => None,
+        })
+        .unwrap_or_else(|| "udp".into());
+    Ok((host.trim_matches(['[', ']']).to_string(), port, transport))
+}
+
+impl RegisterConfig {
+    pub fn resolved_password(&self) -> Result<String, String> {
+        match (&self.password, &self.password_env, &self.password_file) {
+            (Some(p), None, None) => Ok(p.clone()),
+            (None, Some(var), None) => std::env::var(var).map_err(|_| format!("environment variable {var} is not set")),
+            (None, None, Some(f)) => std::fs::read_to_string(f)
+                .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
+                .map_err(|e| format!("{}: {e}", f.display())),
+            (None, None, None) => Err("needs password, password_env or password_file".into()),
+            _ => Err("give only one of password, password_env, password_file".into()),
+        }
+    }
+
+    pub fn domain(&self) -> String {
+        self.domain.clone().unwrap_or_else(|| sip_target(&self.registrar).map(|t| t.0).unwrap_or_default())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -123,6 +203,9 @@ pub struct SipConfig {
     pub t2_ms: u64,
     /// Calls in progress at once; more get 503.
     pub max_calls: usize,
+    /// Addresses (CIDR or single IPs) whose INVITEs are answered, besides the
+    /// registrars of `[[register]]` accounts. With neither, everyone is answered.
+    pub trusted_sources: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -172,6 +255,7 @@ impl Default for SipConfig {
             t1_ms: 500,
             t2_ms: 4000,
             max_calls: 1000,
+            trusted_sources: Vec::new(),
         }
     }
 }
@@ -317,6 +401,38 @@ impl Config {
                 p.push((key("url"), format!("{} is configured twice", w.url)));
             }
         }
+        for t in &self.sip.trusted_sources {
+            if t.parse::<ipnet::IpNet>().is_err() && t.parse::<IpAddr>().is_err() {
+                p.push(("sip.trusted_sources".into(), format!("{t:?} is not an address or CIDR range")));
+            }
+        }
+        for (i, r) in self.register.iter().enumerate() {
+            let key = |k: &str| format!("register[{i}].{k}");
+            match sip_target(&r.registrar) {
+                Ok((_, _, t)) if t != "udp" => {
+                    p.push((key("registrar"), format!("transport={t} is not supported for registration yet (UDP only)")))
+                }
+                Ok(_) => {}
+                Err(e) => p.push((key("registrar"), e)),
+            }
+            if let Some(proxy) = &r.outbound_proxy {
+                if let Err(e) = sip_target(proxy) {
+                    p.push((key("outbound_proxy"), e));
+                }
+            }
+            if r.username.is_empty() || r.username.contains(['@', ' ', ':']) {
+                p.push((key("username"), format!("{:?} is not a SIP user name", r.username)));
+            }
+            if let Err(e) = r.resolved_password() {
+                p.push((key("password"), e));
+            }
+            if r.expires < 10 {
+                p.push((key("expires"), "must be at least 10 seconds".into()));
+            }
+            if r.retry_interval_s == 0 || r.max_retry_interval_s < r.retry_interval_s {
+                p.push((key("retry_interval_s"), "must be > 0 and <= max_retry_interval_s".into()));
+            }
+        }
         if self.log.level.parse::<tracing_subscriber::EnvFilter>().is_err() {
             p.push(("log.level".into(), format!("{:?} is not a tracing filter", self.log.level)));
         }
@@ -345,6 +461,19 @@ impl Config {
 
     pub fn leads_path(&self) -> PathBuf {
         self.data.dir.join("leads.jsonl")
+    }
+
+    /// INVITEs are checked against trusted sources when accounts or a list exist.
+    pub fn trust_enforced(&self) -> bool {
+        !self.register.is_empty() || !self.sip.trusted_sources.is_empty()
+    }
+
+    pub fn trusted_nets(&self) -> Vec<ipnet::IpNet> {
+        self.sip
+            .trusted_sources
+            .iter()
+            .filter_map(|t| t.parse::<ipnet::IpNet>().ok().or_else(|| t.parse::<IpAddr>().ok().map(ipnet::IpNet::from)))
+            .collect()
     }
 
     pub fn outbox_path(&self) -> PathBuf {
@@ -451,6 +580,23 @@ mod tests {
         let ok = Config::parse("[[webhook]]\nurl = \"https://crm.example.com/h\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\nevents = [\"call.missed\"]\n", None).unwrap();
         assert_eq!(ok.webhook[0].event_types(), [crate::sink::event::EventType::CallMissed]);
         assert_eq!(ok.webhook[0].max_retry_interval_s, 60);
+    }
+
+    #[test]
+    fn register_accounts_and_trusted_sources() {
+        let text = "[sip]\ntrusted_sources = [\"203.0.113.0/24\", \"2001:db8::/32\", \"198.51.100.7\"]\n\n[[register]]\nregistrar = \"sip:pbx.example.net:5070\"\nusername = \"overflow\"\npassword = \"secret\"\n";
+        let cfg = Config::parse(text, None).unwrap();
+        assert_eq!(cfg.register[0].domain(), "pbx.example.net");
+        assert_eq!(cfg.register[0].expires, 3600);
+        assert!(cfg.trust_enforced());
+        assert_eq!(cfg.trusted_nets().len(), 3);
+        assert!(cfg.trusted_nets()[2].contains(&"198.51.100.7".parse::<IpAddr>().unwrap()));
+        assert_eq!(sip_target("sip:10.0.0.1;transport=tcp").unwrap(), ("10.0.0.1".into(), 5060, "tcp".into()));
+        let bad = "[sip]\ntrusted_sources = [\"nope\"]\n[[register]]\nregistrar = \"sip:x;transport=tcp\"\nusername = \"a@b\"\n";
+        let errs = Config::parse(bad, None).unwrap_err();
+        let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["sip.trusted_sources", "register[0].registrar", "register[0].username", "register[0].password"]);
+        assert_eq!(errs[1].line, Some(4));
     }
 
     #[test]

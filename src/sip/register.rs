@@ -92,9 +92,14 @@ pub struct Registration {
 }
 
 impl Registration {
+    /// The Call-ID every REGISTER of the account with this seed carries.
+    pub fn call_id_for(seed: u64) -> String {
+        format!("reg-{seed:016x}@backstop")
+    }
+
     pub fn new(cfg: AccountSetup) -> Registration {
         Registration {
-            call_id: format!("reg-{:016x}@backstop", cfg.seed),
+            call_id: Registration::call_id_for(cfg.seed),
             from_tag: format!("{:x}", cfg.seed.rotate_left(17)),
             cseq: 0,
             contact_addr: cfg.local,
