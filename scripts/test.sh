@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one test command: installs what the tests need, then runs every test.
-#   SIPp (Debian package sip-tester) is the real peer of the interop tests;
+#   SIPp (Debian package sip-tester) is the real peer of the interop tests,
+#   Kamailio the registrar/proxy of the forward-on-no-answer tests;
 #   sox is the G.711 reference the codec test compares against.
 # Tests talk to loopback only. Needs root (or sudo) for apt-get on a fresh machine.
 set -euo pipefail
@@ -9,6 +10,7 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
 command -v sox >/dev/null 2>&1 || missing+=(sox)
+command -v kamailio >/dev/null 2>&1 || [ -x /usr/sbin/kamailio ] || missing+=(kamailio)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   sudo=""

@@ -11,18 +11,18 @@
 //!   dispatcher waits (bounded) for their leads.
 
 use crate::call::{Call, CallEvent, CallSetup, Transmit};
-use crate::config::{sip_target, Config, RegisterConfig};
-use crate::sip::auth::Credentials;
-use crate::sip::register::{AccountSetup, RegEvent, RegState, Registration};
+use crate::config::{Config, RegisterConfig, sip_target};
 use crate::intake::lead::rfc3339;
 use crate::intake::script::Script;
 use crate::media::prompt::PromptSet;
 use crate::sink::delivery::Publisher;
 use crate::sink::event::{Event, EventType};
+use crate::sip::auth::Credentials;
 use crate::sip::dialog::DialogConfig;
 use crate::sip::message::{
     ALLOW, Incoming, Method, Rejection, Request, Response, SUPPORTED, build_response, read_message,
 };
+use crate::sip::register::{AccountSetup, RegEvent, RegState, Registration};
 use crate::sip::transport::{Inbound, ReplyPath, serve_tcp, serve_udp};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

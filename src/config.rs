@@ -409,9 +409,10 @@ impl Config {
         for (i, r) in self.register.iter().enumerate() {
             let key = |k: &str| format!("register[{i}].{k}");
             match sip_target(&r.registrar) {
-                Ok((_, _, t)) if t != "udp" => {
-                    p.push((key("registrar"), format!("transport={t} is not supported for registration yet (UDP only)")))
-                }
+                Ok((_, _, t)) if t != "udp" => p.push((
+                    key("registrar"),
+                    format!("transport={t} is not supported for registration yet (UDP only)"),
+                )),
                 Ok(_) => {}
                 Err(e) => p.push((key("registrar"), e)),
             }
@@ -595,7 +596,10 @@ mod tests {
         let bad = "[sip]\ntrusted_sources = [\"nope\"]\n[[register]]\nregistrar = \"sip:x;transport=tcp\"\nusername = \"a@b\"\n";
         let errs = Config::parse(bad, None).unwrap_err();
         let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
-        assert_eq!(keys, ["sip.trusted_sources", "register[0].registrar", "register[0].username", "register[0].password"]);
+        assert_eq!(
+            keys,
+            ["sip.trusted_sources", "register[0].registrar", "register[0].username", "register[0].password"]
+        );
         assert_eq!(errs[1].line, Some(4));
     }
 

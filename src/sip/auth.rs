@@ -163,7 +163,15 @@ impl Challenge {
     }
 
     /// The full `Authorization`/`Proxy-Authorization` header value.
-    pub fn authorization(&self, c: &Credentials, method: &str, uri: &str, body: &[u8], nc: u32, cnonce: &str) -> String {
+    pub fn authorization(
+        &self,
+        c: &Credentials,
+        method: &str,
+        uri: &str,
+        body: &[u8],
+        nc: u32,
+        cnonce: &str,
+    ) -> String {
         let response = self.response(c, method, uri, body, nc, cnonce);
         let mut v = format!(
             "Digest username=\"{}\", realm=\"{}\", nonce=\"{}\", uri=\"{uri}\", response=\"{response}\", algorithm={}{}",
@@ -237,22 +245,41 @@ mod tests {
         // auth-int hashes the body into HA2.
         let ch = Challenge::parse(r#"Digest realm="r", nonce="n", qop="auth-int""#).unwrap();
         let ha2 = md5(&format!("INVITE:sip:x:{}", md5("body")));
-        assert_eq!(ch.response(&c, "INVITE", "sip:x", b"body", 2, "cn"), md5(&format!("{}:n:00000002:cn:auth-int:{ha2}", md5("u:r:p"))));
+        assert_eq!(
+            ch.response(&c, "INVITE", "sip:x", b"body", 2, "cn"),
+            md5(&format!("{}:n:00000002:cn:auth-int:{ha2}", md5("u:r:p")))
+        );
         // No qop: RFC 2069.
         let ch = Challenge::parse(r#"Digest realm="r", nonce="n""#).unwrap();
-        assert_eq!(ch.response(&c, "REGISTER", "sip:x", b"", 1, "cn"), md5(&format!("{}:n:{}", md5("u:r:p"), md5("REGISTER:sip:x"))));
+        assert_eq!(
+            ch.response(&c, "REGISTER", "sip:x", b"", 1, "cn"),
+            md5(&format!("{}:n:{}", md5("u:r:p"), md5("REGISTER:sip:x")))
+        );
         // SHA-512-256 is the truncated SHA-512/256 (FIPS 180-4), not SHA-512 cut short.
-        assert_eq!(Algorithm::Sha512_256.hash(b"abc"), "53048e2681941ef99b2e29b76b4c7dabe4c2d0c634fc6d46e0e2f13107e7af23");
-        let ch = Challenge::parse(r#"Digest realm="r", nonce="n", algorithm=SHA-512-256-sess, qop=auth, stale=TRUE"#).unwrap();
+        assert_eq!(
+            Algorithm::Sha512_256.hash(b"abc"),
+            "53048e2681941ef99b2e29b76b4c7dabe4c2d0c634fc6d46e0e2f13107e7af23"
+        );
+        let ch = Challenge::parse(r#"Digest realm="r", nonce="n", algorithm=SHA-512-256-sess, qop=auth, stale=TRUE"#)
+            .unwrap();
         assert_eq!((ch.algorithm, ch.session, ch.stale), (Algorithm::Sha512_256, true, true));
-        assert!(ch.authorization(&c, "REGISTER", "sip:x", b"", 1, "cn").contains("algorithm=SHA-512-256-sess, qop=auth, nc=00000001"));
+        assert!(
+            ch.authorization(&c, "REGISTER", "sip:x", b"", 1, "cn")
+                .contains("algorithm=SHA-512-256-sess, qop=auth, nc=00000001")
+        );
     }
 
     #[test]
     fn bad_challenges_are_refused_clearly() {
         assert_eq!(Challenge::parse("Basic realm=\"x\""), Err(ChallengeError::NotDigest));
         assert_eq!(Challenge::parse("Digest nonce=\"n\""), Err(ChallengeError::Missing("realm")));
-        assert!(matches!(Challenge::parse("Digest realm=\"r\", nonce=\"n\", algorithm=SHA-1"), Err(ChallengeError::Algorithm(_))));
-        assert!(matches!(Challenge::parse("Digest realm=\"r\", nonce=\"n\", qop=\"weird\""), Err(ChallengeError::Qop(_))));
+        assert!(matches!(
+            Challenge::parse("Digest realm=\"r\", nonce=\"n\", algorithm=SHA-1"),
+            Err(ChallengeError::Algorithm(_))
+        ));
+        assert!(matches!(
+            Challenge::parse("Digest realm=\"r\", nonce=\"n\", qop=\"weird\""),
+            Err(ChallengeError::Qop(_))
+        ));
     }
 }

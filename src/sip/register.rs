@@ -10,10 +10,10 @@
 //! reads a clock or touches a socket.
 
 use crate::sip::auth::{Challenge, Credentials};
-use crate::sip::dialog::{fmt_host_port, SipTransmit};
+use crate::sip::dialog::{SipTransmit, fmt_host_port};
 use crate::sip::message::Response;
 use crate::sip::via::Via;
-use rsipstack::sip::{headers::make_header, Headers, Method, Request as SipRequest, Uri, Version};
+use rsipstack::sip::{Headers, Method, Request as SipRequest, Uri, Version, headers::make_header};
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
@@ -67,6 +67,8 @@ struct Pending {
     expires: u32,
     /// The request carried credentials for this nonce.
     authed_nonce: Option<String>,
+    /// It answered a challenge just received (not a cached one, as a refresh does).
+    answers_challenge: bool,
 }
 
 pub struct Registration {
@@ -153,13 +155,22 @@ impl Registration {
     }
 
     fn send_register(&mut self, now: Instant, expires: u32) {
+        self.send_register_answering(now, expires, false)
+    }
+
+    fn send_register_answering(&mut self, now: Instant, expires: u32, answers_challenge: bool) {
         self.cseq += 1;
         let uri = self.request_uri();
         let aor = format!("sip:{}@{}", self.cfg.username, self.cfg.domain);
         let mut headers = Headers::default();
         headers.push(make_header(
             "Via",
-            format!("SIP/2.0/UDP {};branch=z9hG4bK{:x}{};rport", fmt_host_port(self.cfg.local), self.cfg.seed, self.cseq),
+            format!(
+                "SIP/2.0/UDP {};branch=z9hG4bK{:x}{};rport",
+                fmt_host_port(self.cfg.local),
+                self.cfg.seed,
+                self.cseq
+            ),
         ));
         headers.push(make_header("Max-Forwards", "70".into()));
         headers.push(make_header("From", format!("<{aor}>;tag={}", self.from_tag)));
@@ -196,6 +207,7 @@ impl Registration {
             give_up: now + self.cfg.t1 * 64,
             expires,
             authed_nonce,
+            answers_challenge,
         });
         if expires > 0 {
             self.state = RegState::Registering;
@@ -217,21 +229,24 @@ impl Registration {
             200..=299 => self.on_success(now, resp, &p),
             401 | 407 => {
                 let proxy = resp.code == 407;
-                let header = resp.frame.get(if proxy { "Proxy-Authenticate" } else { "WWW-Authenticate" }).unwrap_or("");
+                let header =
+                    resp.frame.get(if proxy { "Proxy-Authenticate" } else { "WWW-Authenticate" }).unwrap_or("");
                 match Challenge::parse(header) {
                     Ok(ch) => {
-                        if p.authed_nonce.is_some() && !ch.stale {
+                        if p.authed_nonce.is_some() && p.answers_challenge && !ch.stale {
                             // Our credentials were refused. The next attempt starts
                             // without them, so a changed nonce can never make us loop.
                             self.challenge = None;
-                            let why = format!("authentication rejected ({}): check auth_username and password", resp.code);
+                            let why =
+                                format!("authentication rejected ({}): check auth_username and password", resp.code);
                             self.fail(now, why, None);
                             return;
                         }
-                        // A first challenge, or a stale nonce: answer at once (not a failure).
+                        // A first challenge, a stale nonce, or a new nonce for a refresh
+                        // (the registrar restarted, say): answer at once, not a failure.
                         self.nonce_count = 0;
                         self.challenge = Some((ch, proxy));
-                        self.send_register(now, p.expires);
+                        self.send_register_answering(now, p.expires, true);
                     }
                     Err(e) => self.fail(now, format!("cannot answer the {} challenge: {e}", resp.code), None),
                 }
@@ -248,7 +263,8 @@ impl Registration {
                 }
             }
             code => {
-                let retry_after = resp.frame.get("Retry-After").and_then(|v| v.split(';').next()?.trim().parse::<u64>().ok());
+                let retry_after =
+                    resp.frame.get("Retry-After").and_then(|v| v.split(';').next()?.trim().parse::<u64>().ok());
                 self.fail(now, format!("registrar answered {code}"), retry_after.map(Duration::from_secs));
             }
         }
@@ -372,7 +388,7 @@ fn granted_expires(resp: &Response, contact: &SocketAddr) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sip::message::{read_message, Incoming};
+    use crate::sip::message::{Incoming, read_message};
 
     fn setup() -> AccountSetup {
         AccountSetup {
@@ -435,11 +451,16 @@ mod tests {
         r.handle_response(t0, &response(&first, 401, CHALLENGE));
         let second = last_sent(&mut r);
         assert_eq!(cseq_of(&second), cseq_of(&first) + 1);
-        assert!(second.contains("Authorization: Digest username=\"overflow\", realm=\"pbx\", nonce=\"n1\", uri=\"sip:pbx.example.net\""));
+        assert!(second.contains(
+            "Authorization: Digest username=\"overflow\", realm=\"pbx\", nonce=\"n1\", uri=\"sip:pbx.example.net\""
+        ));
         assert!(second.contains("nc=00000001"));
         // The registrar grants less than asked: 600 s.
         r.handle_response(t0, &response(&second, 200, "Contact: <sip:overflow@127.0.0.1:5080>;expires=600\r\n"));
-        assert_eq!(events(&mut r), [RegEvent::Registered { expires: 600, contact: "<sip:overflow@127.0.0.1:5080>".into() }]);
+        assert_eq!(
+            events(&mut r),
+            [RegEvent::Registered { expires: 600, contact: "<sip:overflow@127.0.0.1:5080>".into() }]
+        );
         assert_eq!(r.state(), RegState::Registered);
         // Keep-alives every 30 s, then the refresh at 300 s with the next nonce count.
         let mut keepalives = 0;
@@ -500,6 +521,32 @@ mod tests {
     }
 
     #[test]
+    fn a_refresh_challenged_with_a_new_nonce_is_answered_not_failed() {
+        let t0 = Instant::now();
+        let mut r = Registration::new(setup());
+        r.start(t0);
+        let req = last_sent(&mut r);
+        r.handle_response(t0, &response(&req, 401, CHALLENGE));
+        let req = last_sent(&mut r);
+        r.handle_response(t0, &response(&req, 200, "Expires: 60\r\n"));
+        events(&mut r);
+        // The refresh reuses n1; the registrar (restarted) no longer knows it and sends n9, without stale.
+        let at = t0 + Duration::from_secs(30);
+        r.handle_timeout(at);
+        let refresh = std::iter::from_fn(|| r.poll_transmit())
+            .map(|t| String::from_utf8(t.bytes).unwrap())
+            .find(|m| m.starts_with("REGISTER"))
+            .unwrap();
+        assert!(refresh.contains("nonce=\"n1\""));
+        r.handle_response(at, &response(&refresh, 401, &CHALLENGE.replace("n1", "n9")));
+        assert!(events(&mut r).is_empty(), "not a failure");
+        let answer = last_sent(&mut r);
+        assert!(answer.contains("nonce=\"n9\"") && answer.contains("nc=00000001"));
+        r.handle_response(at, &response(&answer, 200, "Expires: 60\r\n"));
+        assert!(matches!(events(&mut r)[..], [RegEvent::Registered { expires: 60, .. }]));
+    }
+
+    #[test]
     fn interval_too_brief_uses_min_expires() {
         let t0 = Instant::now();
         let mut cfg = setup();
@@ -545,7 +592,11 @@ mod tests {
         let req = last_sent(&mut r);
         let mut nat = response(&req, 200, "Expires: 3600\r\n");
         // The registrar saw us at 203.0.113.5:40000.
-        let via = req.lines().find_map(|l| l.strip_prefix("Via: ")).unwrap().replace(";rport", ";received=203.0.113.5;rport=40000");
+        let via = req
+            .lines()
+            .find_map(|l| l.strip_prefix("Via: "))
+            .unwrap()
+            .replace(";rport", ";received=203.0.113.5;rport=40000");
         nat.frame.fields.iter_mut().find(|f| f.name == "Via").unwrap().value = via;
         r.handle_response(t0, &nat);
         let again = last_sent(&mut r);
