@@ -51,7 +51,8 @@ impl Kamailio {
         let rundir = dir.join(format!("run{run}"));
         std::fs::create_dir_all(&rundir).unwrap();
         let log = std::fs::File::create(dir.join(format!("kamailio{run}.log"))).unwrap();
-        Command::new("kamailio")
+        let bin = if std::path::Path::new("/usr/sbin/kamailio").exists() { "/usr/sbin/kamailio" } else { "kamailio" };
+        Command::new(bin)
             .args(["-DD", "-E", "-f"])
             .arg(dir.join("kamailio.cfg"))
             .arg("-Y")
@@ -92,9 +93,23 @@ impl Kamailio {
         std::fs::read_to_string(self.dir.join(format!("kamailio{}.log", self.runs - 1))).unwrap_or_default()
     }
 
-    fn restart(&mut self) {
+    /// Stop Kamailio and the workers it forked: SIGTERM to the main process,
+    /// which takes its children down with it (SIGKILL would orphan them).
+    fn stop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    fn restart(&mut self) {
+        self.stop();
         self.child = Self::spawn(&self.dir, self.runs);
         self.runs += 1;
         self.wait_ready();
@@ -103,8 +118,7 @@ impl Kamailio {
 
 impl Drop for Kamailio {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 
