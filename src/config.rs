@@ -416,10 +416,10 @@ impl Config {
                 Ok(_) => {}
                 Err(e) => p.push((key("registrar"), e)),
             }
-            if let Some(proxy) = &r.outbound_proxy {
-                if let Err(e) = sip_target(proxy) {
-                    p.push((key("outbound_proxy"), e));
-                }
+            if let Some(proxy) = &r.outbound_proxy
+                && let Err(e) = sip_target(proxy)
+            {
+                p.push((key("outbound_proxy"), e));
             }
             if r.username.is_empty() || r.username.contains(['@', ' ', ':']) {
                 p.push((key("username"), format!("{:?} is not a SIP user name", r.username)));

@@ -79,10 +79,10 @@ impl Kamailio {
             let msg = options_request(sock.local_addr().unwrap(), "kamailio-ready")
                 .replace("backstop@127.0.0.1", &format!("127.0.0.1:{}", self.port));
             let _ = sock.send_to(msg.as_bytes(), self.addr());
-            if let Ok((n, _)) = sock.recv_from(&mut buf) {
-                if buf[..n].starts_with(b"SIP/2.0 200") {
-                    return;
-                }
+            if let Ok((n, _)) = sock.recv_from(&mut buf)
+                && buf[..n].starts_with(b"SIP/2.0 200")
+            {
+                return;
             }
         }
         panic!("kamailio did not come up:\n{}", self.log());
@@ -331,6 +331,8 @@ fn unanswered_call_is_forwarded_by_kamailio_and_answered_by_backstop() {
     assert_eq!(lead["forwarded"]["reason"], "no-answer");
     assert_eq!(lead["forwarded"]["from_number"], "1001");
     assert_eq!(lead["forwarded"]["source"], "diversion");
+    assert_eq!(lead["forwarded"]["original_called_number"], "1001");
+    assert_eq!(lead["forwarded"]["counter"], 1);
     assert_eq!(lead["called"]["number"], "1001");
     assert_eq!(lead["caller"]["number"], "+15551230001");
     assert_eq!(lead["ended_by"], "caller");
@@ -375,7 +377,7 @@ fn wrong_password_is_reported_and_backs_off() {
 #[test]
 fn kamailio_restart_is_followed_by_a_fresh_registration() {
     let mut k = Kamailio::start("kam-restart");
-    let agent = AgentProc::start("kam-restart-agent", &backstop_account(&k, "overflowpw", "expires = 10\n"));
+    let mut agent = AgentProc::start("kam-restart-agent", &backstop_account(&k, "overflowpw", "expires = 10\n"));
     wait_log("first registration", Duration::from_secs(10), || agent.log(), |l| l.contains("registered expires=10"));
     let before = agent.log().matches("registered expires=10").count();
     let restarted = Instant::now();
@@ -394,4 +396,9 @@ fn kamailio_restart_is_followed_by_a_fresh_registration() {
         refreshes.windows(2).map(|w| format!("{:.3}", w[1].duration_since(w[0]).unwrap().as_secs_f64())).collect();
     println!("refreshes {gaps:?} s apart (expires 10)");
     assert!(klog.contains("REGISTER challenge for sip:overflow@127.0.0.1"));
+    // A graceful stop unregisters (Expires: 0) before exiting.
+    assert!(agent.terminate(), "agent did not exit cleanly:\n{}", agent.log());
+    let klog = wait_log("the unregistration", Duration::from_secs(5), || k.log(), |l| l.contains("expires 0 from"));
+    assert!(klog.contains("REGISTER saved sip:overflow@127.0.0.1"), "{klog}");
+    assert!(agent.log().contains("unregistered"));
 }

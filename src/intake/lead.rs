@@ -5,6 +5,7 @@
 //! how it ended and how far the script got. Every call makes one, even one
 //! cancelled while ringing: that is still a missed call to return.
 
+use crate::intake::forwarding::{Forwarded, forwarded};
 use crate::sip::message::{NameAddr, Request, split_name_addrs};
 use serde::Serialize;
 use std::time::SystemTime;
@@ -37,16 +38,6 @@ pub struct Caller {
 pub struct Called {
     pub number: Option<String>,
     pub uri: String,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Forwarded {
-    /// The number the call was forwarded from (the owner's line).
-    pub from_number: Option<String>,
-    /// `no-answer`, `user-busy`, `unconditional`, `unavailable`, `deflection`, or the raw value.
-    pub reason: Option<String>,
-    /// Which header said so: `diversion` or `history-info`.
-    pub source: &'static str,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -106,7 +97,7 @@ impl Lead {
 
 /// The phone number in a URI: the user part (without visual separators) of a
 /// sip/sips URI, or a tel: URI's number.
-fn number_of(n: &NameAddr) -> Option<String> {
+pub fn number_of(n: &NameAddr) -> Option<String> {
     let uri = n.uri.to_string();
     let user = match uri.strip_prefix("tel:") {
         Some(rest) => rest.to_string(),
@@ -121,65 +112,6 @@ fn number_of(n: &NameAddr) -> Option<String> {
     } else {
         None
     }
-}
-
-/// A header parameter (outside the <>), case-insensitive.
-fn param(entry: &str, name: &str) -> Option<String> {
-    let after = match entry.rfind('>') {
-        Some(i) => &entry[i + 1..],
-        None => entry,
-    };
-    after.split(';').skip(1).find_map(|p| {
-        let (k, v) = p.split_once('=').unwrap_or((p, ""));
-        k.trim().eq_ignore_ascii_case(name).then(|| v.trim().trim_matches('"').to_string())
-    })
-}
-
-/// A parameter inside the URI (between < and >).
-fn uri_param(entry: &str, name: &str) -> Option<String> {
-    let start = entry.find('<')? + 1;
-    let end = entry[start..].find('>')? + start;
-    let uri = &entry[start..end];
-    let uri = uri.split('?').next().unwrap_or(uri);
-    uri.split(';').skip(1).find_map(|p| {
-        let (k, v) = p.split_once('=').unwrap_or((p, ""));
-        k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
-    })
-}
-
-/// Map a History-Info cause (RFC 4458 values) to the names Diversion uses.
-fn cause_reason(cause: &str) -> String {
-    match cause {
-        "302" => "unconditional",
-        "486" | "600" => "user-busy",
-        "408" => "no-answer",
-        "480" | "487" => "deflection",
-        "503" | "404" => "unavailable",
-        other => other,
-    }
-    .to_string()
-}
-
-fn forwarded(invite: &Request) -> Option<Forwarded> {
-    // Diversion: the topmost entry is the latest redirection.
-    if let Some(first) = invite.frame.get_all("Diversion").flat_map(split_name_addrs).next() {
-        let number = NameAddr::parse(&first).and_then(|n| number_of(&n));
-        return Some(Forwarded { from_number: number, reason: param(&first, "reason"), source: "diversion" });
-    }
-    let entries: Vec<String> = invite.frame.get_all("History-Info").flat_map(split_name_addrs).collect();
-    if entries.is_empty() {
-        return None;
-    }
-    // The entry carrying a cause is the one the call was retargeted to; the one before it was the forwarder.
-    let pos = entries.iter().position(|e| uri_param(e, "cause").is_some());
-    let (from_entry, reason) = match pos {
-        Some(p) if p > 0 => (&entries[p - 1], uri_param(&entries[p], "cause").map(|c| cause_reason(&c))),
-        Some(_) => (&entries[0], uri_param(&entries[0], "cause").map(|c| cause_reason(&c))),
-        None if entries.len() > 1 => (&entries[0], None),
-        None => return None,
-    };
-    let number = NameAddr::parse(from_entry).and_then(|n| number_of(&n));
-    Some(Forwarded { from_number: number, reason, source: "history-info" })
 }
 
 #[cfg(test)]
@@ -223,26 +155,5 @@ mod tests {
         assert_eq!(lead.caller.number, None);
         assert_eq!(lead.caller.uri, "sip:alice@x");
         assert_eq!(lead.called.number.as_deref(), Some("+15559870000"));
-    }
-
-    #[test]
-    fn diversion_gives_from_number_and_reason() {
-        let r = invite(
-            "Diversion: <sip:+15550001111@pbx.example>;reason=no-answer;counter=1, <sip:+15550002222@pbx.example>;reason=user-busy\r\n",
-        );
-        let f = forwarded(&r).unwrap();
-        assert_eq!(f.from_number.as_deref(), Some("+15550001111"));
-        assert_eq!(f.reason.as_deref(), Some("no-answer"));
-    }
-
-    #[test]
-    fn history_info_cause_maps_to_a_reason() {
-        let r = invite(
-            "History-Info: <sip:+15550001111@pbx.example>;index=1, <sip:overflow@pbx.example;cause=486>;index=1.1\r\n",
-        );
-        let f = forwarded(&r).unwrap();
-        assert_eq!(f.from_number.as_deref(), Some("+15550001111"));
-        assert_eq!(f.reason.as_deref(), Some("user-busy"));
-        assert_eq!(f.source, "history-info");
     }
 }

@@ -1,3 +1,4 @@
 //! The caller-facing conversation: the script a call follows and the lead it produces.
+pub mod forwarding;
 pub mod lead;
 pub mod script;

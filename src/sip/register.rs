@@ -274,13 +274,13 @@ impl Registration {
         self.failures = 0;
         self.interval_too_brief = 0;
         // Behind NAT: register the address the registrar saw, once.
-        if let Some(seen) = via_seen_address(resp) {
-            if seen != self.contact_addr {
-                tracing::info!(account = %self.cfg.name, from = %self.contact_addr, to = %seen, "registrar sees us at another address; re-registering that contact");
-                self.contact_addr = seen;
-                self.send_register(now, p.expires);
-                return;
-            }
+        if let Some(seen) = via_seen_address(resp)
+            && seen != self.contact_addr
+        {
+            tracing::info!(account = %self.cfg.name, from = %self.contact_addr, to = %seen, "registrar sees us at another address; re-registering that contact");
+            self.contact_addr = seen;
+            self.send_register(now, p.expires);
+            return;
         }
         let granted = granted_expires(resp, &self.contact_addr).unwrap_or(p.expires);
         if granted == 0 {
@@ -334,11 +334,11 @@ impl Registration {
             self.refresh_at = None;
             self.send_register(now, self.expires);
         }
-        if let (Some(t), Some(every)) = (self.keepalive_at, self.cfg.keepalive) {
-            if now >= t {
-                self.transmits.push_back(SipTransmit { dest: self.cfg.dest, bytes: b"\r\n\r\n".to_vec() });
-                self.keepalive_at = Some(now + every);
-            }
+        if let (Some(t), Some(every)) = (self.keepalive_at, self.cfg.keepalive)
+            && now >= t
+        {
+            self.transmits.push_back(SipTransmit { dest: self.cfg.dest, bytes: b"\r\n\r\n".to_vec() });
+            self.keepalive_at = Some(now + every);
         }
     }
 
@@ -374,10 +374,10 @@ fn granted_expires(resp: &Response, contact: &SocketAddr) -> Option<u32> {
         if c.contains(&ours) {
             let after = c.rsplit_once('>').map(|(_, p)| p).unwrap_or("");
             for param in after.split(';') {
-                if let Some((k, v)) = param.split_once('=') {
-                    if k.trim().eq_ignore_ascii_case("expires") {
-                        return v.trim().parse().ok();
-                    }
+                if let Some((k, v)) = param.split_once('=')
+                    && k.trim().eq_ignore_ascii_case("expires")
+                {
+                    return v.trim().parse().ok();
                 }
             }
         }
@@ -464,19 +464,18 @@ mod tests {
         assert_eq!(r.state(), RegState::Registered);
         // Keep-alives every 30 s, then the refresh at 300 s with the next nonce count.
         let mut keepalives = 0;
-        let mut now = t0;
-        loop {
-            now = r.poll_timeout().unwrap();
+        let now = loop {
+            let now = r.poll_timeout().unwrap();
             r.handle_timeout(now);
             let sent: Vec<Vec<u8>> = std::iter::from_fn(|| r.poll_transmit()).map(|t| t.bytes).collect();
             if let Some(reg) = sent.iter().find(|b| b.starts_with(b"REGISTER")) {
                 let refresh = String::from_utf8(reg.clone()).unwrap();
                 assert!(refresh.contains("nc=00000002"), "{refresh}");
-                break;
+                break now;
             }
             assert_eq!(sent, [b"\r\n\r\n".to_vec()]);
             keepalives += 1;
-        }
+        };
         assert_eq!(now - t0, Duration::from_secs(300));
         assert_eq!(keepalives, 9);
     }
