@@ -91,6 +91,18 @@ fn load_config(path: Option<&Path>) -> Result<Config, String> {
     }
 }
 
+/// The config, with `--data-dir` applied; on error, the message is printed and the exit code returned.
+fn config_or_exit(path: Option<&Path>, data_dir: Option<PathBuf>) -> Result<Config, std::process::ExitCode> {
+    let mut cfg = load_config(path).map_err(|e| {
+        eprintln!("{e}");
+        std::process::ExitCode::FAILURE
+    })?;
+    if let Some(d) = data_dir {
+        cfg.data.dir = d;
+    }
+    Ok(cfg)
+}
+
 fn load_prompts(cfg: &Config, script: &Script) -> anyhow::Result<PromptSet> {
     let mut set = PromptSet::default();
     for (name, file) in [("greeting", &cfg.prompts.greeting), ("goodbye", &cfg.prompts.goodbye)] {
@@ -110,12 +122,9 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => {
-            let cfg = match load_config(config.as_deref()) {
+            let cfg = match config_or_exit(config.as_deref(), None) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return std::process::ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
             match load_prompts(&cfg, &Script::greeting_then_goodbye()) {
                 Ok(set) => {
@@ -131,17 +140,9 @@ fn main() -> std::process::ExitCode {
             }
         }
         Command::Outbox { action, config, data_dir } => {
-            let cfg = match load_config(config.as_deref()) {
-                Ok(mut c) => {
-                    if let Some(d) = data_dir {
-                        c.data.dir = d;
-                    }
-                    c
-                }
-                Err(e) => {
-                    eprintln!("{e}");
-                    return std::process::ExitCode::FAILURE;
-                }
+            let cfg = match config_or_exit(config.as_deref(), data_dir) {
+                Ok(c) => c,
+                Err(code) => return code,
             };
             match outbox_command(&cfg, action) {
                 Ok(()) => std::process::ExitCode::SUCCESS,
@@ -152,16 +153,10 @@ fn main() -> std::process::ExitCode {
             }
         }
         Command::Leads { action: LeadsAction::Tail { n }, config, data_dir } => {
-            let mut cfg = match load_config(config.as_deref()) {
+            let cfg = match config_or_exit(config.as_deref(), data_dir) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return std::process::ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
-            if let Some(d) = data_dir {
-                cfg.data.dir = d;
-            }
             match backstop::sink::file::tail_lines(&cfg.leads_path(), n) {
                 Ok(lines) => {
                     for l in lines {
@@ -176,12 +171,9 @@ fn main() -> std::process::ExitCode {
             }
         }
         Command::Run { config, listen, data_dir } => {
-            let mut cfg = match load_config(config.as_deref()) {
+            let mut cfg = match config_or_exit(config.as_deref(), data_dir) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return std::process::ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
             if let Some(l) = listen {
                 if l.parse::<std::net::SocketAddr>().is_err() {
@@ -189,9 +181,6 @@ fn main() -> std::process::ExitCode {
                     return std::process::ExitCode::FAILURE;
                 }
                 cfg.sip.listen = l;
-            }
-            if let Some(d) = data_dir {
-                cfg.data.dir = d;
             }
             init_logging(&cfg);
             match run(cfg) {

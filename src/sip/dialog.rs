@@ -101,6 +101,11 @@ struct Retransmit {
 }
 
 impl Retransmit {
+    /// First resend after T1; give up after 64×T1.
+    fn new(bytes: Vec<u8>, dest: SocketAddr, now: Instant, t1: Duration, cseq: u32, end_to_end: bool) -> Retransmit {
+        Retransmit { end_to_end, bytes, dest, next: now + t1, interval: t1, give_up: now + t1 * 64, cseq }
+    }
+
     /// At `now`: true once the give-up time (64×T1) has passed; otherwise resend
     /// when due (never on a reliable transport), doubling the interval up to T2.
     fn gave_up(&mut self, now: Instant, t2: Duration, reliable: bool, out: &mut VecDeque<SipTransmit>) -> bool {
@@ -269,15 +274,7 @@ impl UasDialog {
         self.state = State::Rejected;
         self.answer_at = None;
         // Timer G/H; on TCP we only wait for the ACK (Timer H) without resending.
-        self.pending_non2xx = Some(Retransmit {
-            end_to_end: false,
-            bytes,
-            dest: self.reply_dest,
-            next: now + self.cfg.t1,
-            interval: self.cfg.t1,
-            give_up: now + self.cfg.t1 * 64,
-            cseq: self.invite.cseq,
-        });
+        self.pending_non2xx = Some(Retransmit::new(bytes, self.reply_dest, now, self.cfg.t1, self.invite.cseq, false));
     }
 
     /// Answer now (normally called by the ring timer).
@@ -289,15 +286,7 @@ impl UasDialog {
         };
         let bytes = self.respond_invite(200, true, &[], Some(&sdp));
         self.send_invite_response(bytes.clone());
-        self.pending_2xx = Some(Retransmit {
-            end_to_end: true,
-            bytes,
-            dest: self.reply_dest,
-            next: now + self.cfg.t1,
-            interval: self.cfg.t1,
-            give_up: now + self.cfg.t1 * 64,
-            cseq: self.invite.cseq,
-        });
+        self.pending_2xx = Some(Retransmit::new(bytes, self.reply_dest, now, self.cfg.t1, self.invite.cseq, true));
         self.state = State::Accepted;
         self.events.push_back(DialogEvent::Answered);
     }
@@ -353,15 +342,7 @@ impl UasDialog {
         };
         let bytes = req.to_bytes();
         self.transmits.push_back(SipTransmit { dest: self.request_dest, bytes: bytes.clone() });
-        self.bye = Some(Retransmit {
-            end_to_end: false,
-            bytes,
-            dest: self.request_dest,
-            next: now + self.cfg.t1,
-            interval: self.cfg.t1,
-            give_up: now + self.cfg.t1 * 64,
-            cseq: self.local_cseq,
-        });
+        self.bye = Some(Retransmit::new(bytes, self.request_dest, now, self.cfg.t1, self.local_cseq, false));
         self.state = State::Terminating;
     }
 
@@ -554,15 +535,7 @@ impl UasDialog {
         let mut extra = vec![("Contact", self.contact()), ("Allow", ALLOW.into())];
         extra.extend(req.frame.get_all("Record-Route").map(|rr| ("Record-Route", rr.to_string())));
         let t = self.reply_to(&req, dest, 200, &extra, Some(&sdp));
-        self.pending_2xx = Some(Retransmit {
-            end_to_end: true,
-            bytes: t.bytes.clone(),
-            dest,
-            next: now + self.cfg.t1,
-            interval: self.cfg.t1,
-            give_up: now + self.cfg.t1 * 64,
-            cseq: req.cseq,
-        });
+        self.pending_2xx = Some(Retransmit::new(t.bytes.clone(), dest, now, self.cfg.t1, req.cseq, true));
         self.transmits.push_back(t);
         if let Some(ev) = changed {
             self.events.push_back(ev);
