@@ -458,3 +458,75 @@ fn sigterm_hangs_up_calls_in_progress_and_writes_their_leads() {
     assert_eq!(lead["ended_by"], "agent");
     assert_eq!(lead["outcome"], "interrupted_during_greeting");
 }
+
+#[test]
+fn invites_from_untrusted_addresses_get_403_and_no_lead() {
+    let agent = AgentProc::start("untrusted", "[sip]\ntrusted_sources = [\"10.0.0.0/8\", \"2001:db8::/32\"]\n");
+    let dir = scratch_dir("sipp-untrusted");
+    let refused = r#"
+  <recv response="100" optional="true"/>
+  <recv response="403"/>
+  <send>
+    <![CDATA[
+      ACK sip:+15559990000@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=z9hG4bK-[call_number]-inv;rport
+      From: "Pat Caller" <sip:+15551230001@[local_ip]:[local_port]>;tag=[call_number]
+      [last_To:]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+"#;
+    let sc = scenario("untrusted", &[&invite("", OFFER), refused]);
+    let run = run_sipp(&dir, &sc, agent.addr(), false, &[("rtp_port", "40050".into())]);
+    expect_ok(&run, &agent);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(agent.leads().is_empty(), "a refused probe makes no lead");
+    assert!(agent.log().contains("untrusted address refused (403)"));
+    // OPTIONS is still answered (monitoring), and a trusted network would be let in: see the Kamailio tests.
+}
+
+#[test]
+fn calls_beyond_max_calls_get_503_with_retry_after() {
+    let agent = AgentProc::start("maxcalls", "[sip]\nanswer_after_ms = 50\nmax_calls = 1\n");
+    let addr = agent.addr();
+    // The first call holds the only slot for 3 s.
+    let holder = std::thread::spawn(move || {
+        let dir = scratch_dir("sipp-maxcalls-1");
+        let sc = scenario("holder", &[&invite("", OFFER), ANSWERED, &ack(1), &pause(3000), CALLER_BYE]);
+        run_sipp(&dir, &sc, addr, false, &[("rtp_port", "40052".into())])
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    let dir = scratch_dir("sipp-maxcalls-2");
+    let busy = r#"
+  <recv response="503">
+    <action>
+      <ereg regexp="[0-9]+" search_in="hdr" header="Retry-After:" check_it="true" assign_to="ra"/>
+    </action>
+  </recv>
+  <send>
+    <![CDATA[
+      ACK sip:+15559990000@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=z9hG4bK-[call_number]-inv;rport
+      From: "Pat Caller" <sip:+15551230001@[local_ip]:[local_port]>;tag=[call_number]
+      [last_To:]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <Reference variables="ra"/>
+"#;
+    let sc = scenario("busy", &[&invite("", OFFER), busy]);
+    let run = run_sipp(&dir, &sc, addr, false, &[("rtp_port", "40054".into())]);
+    expect_ok(&run, &agent);
+    let first = holder.join().unwrap();
+    expect_ok(&first, &agent);
+    let leads = agent.wait_leads(1, Duration::from_secs(5));
+    assert_eq!(leads.len(), 1, "only the admitted call is a lead: {leads:?}");
+}
