@@ -9,6 +9,7 @@
 
 use crate::intake::lead::{Lead, rfc3339};
 use crate::intake::script::{Script, ScriptAction};
+use crate::media::dtmf::{DtmfEvent, DtmfMerger, parse_info};
 use crate::media::prompt::PromptSet;
 use crate::media::rtp::{MediaEvent, MediaSession, MediaStats};
 use crate::sip::dialog::{DialogConfig, DialogEvent, EndedBy, SipTransmit, UasDialog};
@@ -59,6 +60,7 @@ pub struct Call {
     answered: bool,
     /// We hung up before the script finished (shutdown, maximum duration).
     interrupted: bool,
+    dtmf: DtmfMerger,
     deadline: Instant,
     transmits: VecDeque<Transmit>,
     events: VecDeque<CallEvent>,
@@ -79,6 +81,7 @@ impl Call {
             setup,
             answered: false,
             interrupted: false,
+            dtmf: DtmfMerger::default(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         };
@@ -117,6 +120,7 @@ impl Call {
     pub fn handle_rtp(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
         if let Some(m) = self.media.as_mut() {
             m.handle_rtp(now, from, data);
+            self.process(now);
         }
     }
 
@@ -165,10 +169,11 @@ impl Call {
                     ScriptAction::Hangup => self.dialog.hangup(now, EndedBy::Agent, "script finished"),
                 }
             }
-            if let Some(m) = self.media.as_mut() {
-                while let Some(MediaEvent::PromptFinished(name)) = m.poll_event() {
-                    progressed = true;
-                    self.script.handle_prompt_finished(&name);
+            while let Some(ev) = self.media.as_mut().and_then(|m| m.poll_event()) {
+                progressed = true;
+                match ev {
+                    MediaEvent::PromptFinished(name) => self.script.handle_prompt_finished(&name),
+                    MediaEvent::Dtmf(d) => self.on_dtmf(d),
                 }
             }
             if !progressed {
@@ -199,6 +204,7 @@ impl Call {
                 let (ssrc, seq, ts) = self.setup.rtp_seed;
                 let mut m = MediaSession::new(negotiated.law, remote_rtp, ssrc, seq, ts);
                 m.update(negotiated.law, remote_rtp, direction.reversed().sends());
+                m.set_telephone_event(negotiated.telephone_event);
                 m.start(now);
                 self.media = Some(m);
                 if let Some(l) = self.lead.as_mut() {
@@ -213,12 +219,14 @@ impl Call {
             DialogEvent::MediaChanged { negotiated, remote_rtp, direction } => {
                 if let Some(m) = self.media.as_mut() {
                     m.update(negotiated.law, remote_rtp, direction.reversed().sends());
+                    m.set_telephone_event(negotiated.telephone_event);
                 }
                 self.progress("reinvite", format!("media now {remote_rtp:?} {direction:?}"));
             }
-            DialogEvent::Info { content_type, .. } => {
-                self.progress("info", format!("INFO {content_type}"));
-            }
+            DialogEvent::Info { content_type, body } => match parse_info(&content_type, &body, now) {
+                Some(d) => self.on_dtmf(d),
+                None => self.progress("info", format!("INFO {content_type} (not a digit)")),
+            },
             DialogEvent::Ended { by, detail } => {
                 self.script.handle_call_ended();
                 if let Some(m) = self.media.as_mut() {
@@ -243,6 +251,16 @@ impl Call {
                     self.events.push_back(CallEvent::Lead(Box::new(lead)));
                 }
             }
+        }
+    }
+
+    /// A key press from any of the three sources, counted once.
+    fn on_dtmf(&mut self, d: DtmfEvent) {
+        if let Some(d) = self.dtmf.handle(d) {
+            if let Some(l) = self.lead.as_mut() {
+                l.dtmf.push(d.digit);
+            }
+            self.progress("dtmf", format!("digit {} ({:?})", d.digit, d.source));
         }
     }
 
@@ -432,6 +450,86 @@ mod tests {
         drive(&mut call, &mut now, t0 + Duration::from_secs(20), &mut run);
         assert_eq!(run.rtp.len(), 150, "the rest of the greeting and the goodbye after resuming");
         assert_eq!(run.leads[0].outcome, "completed");
+    }
+
+    fn rtp(pt: u8, seq: u16, ts: u32, payload: &[u8]) -> Vec<u8> {
+        rtp_rs::RtpPacketBuilder::new()
+            .payload_type(pt)
+            .ssrc(42)
+            .sequence(rtp_rs::Seq::from(seq))
+            .timestamp(ts)
+            .payload(payload)
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn digits_from_rfc4733_and_info_reach_the_lead_once_each() {
+        let t0 = Instant::now();
+        let offer = "v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 4000 RTP/AVP 0 96\r\na=rtpmap:96 telephone-event/8000\r\n";
+        let mut now = t0;
+        let mut run = Run { rtp: vec![], sip: vec![], leads: vec![] };
+        let mut call =
+            Call::new(now, req("INVITE", 1, false, offer), setup(), Script::greeting_then_goodbye(), prompts());
+        drive(&mut call, &mut now, t0 + Duration::from_millis(1000), &mut run);
+        call.handle_sip_request(now, req("ACK", 1, true, ""));
+        let from: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        // "4" on the negotiated type 96: three packets and the end packet three times.
+        for (i, d) in [160u16, 320, 480].iter().enumerate() {
+            let mut p = vec![4, 10];
+            p.extend_from_slice(&d.to_be_bytes());
+            call.handle_rtp(now, from, &rtp(96, i as u16, 8000, &p));
+        }
+        for i in 0..3 {
+            call.handle_rtp(now, from, &rtp(96, 3 + i, 8000, &[4, 0x8a, 0x02, 0x80]));
+        }
+        // The same press reported again over INFO is a duplicate; "2" over INFO is new.
+        let info = |cseq: u32, digit: &str| {
+            let body = format!("Signal={digit}\r\nDuration=160\r\n");
+            let text = format!(
+                "INFO sip:owner@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bKinfo{cseq}\r\n\
+                 From: <sip:+15551230001@127.0.0.1>;tag=caller\r\nTo: <sip:+15559990000@127.0.0.1>;tag=local\r\nCall-ID: c1\r\n\
+                 CSeq: {cseq} INFO\r\nContent-Type: application/dtmf-relay\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            match msg(&text) {
+                Incoming::Request(r) => *r,
+                other => panic!("{other:?}"),
+            }
+        };
+        call.handle_sip_request(now, info(2, "4"));
+        now += Duration::from_millis(500);
+        call.handle_sip_request(now, info(3, "2"));
+        // Payload type 0 audio is not searched for tones when telephone-event was negotiated.
+        call.handle_sip_request(now, req("BYE", 4, true, ""));
+        let until = now + Duration::from_millis(100);
+        drive(&mut call, &mut now, until, &mut run);
+        assert_eq!(run.leads[0].dtmf, "42");
+    }
+
+    #[test]
+    fn in_band_digits_are_heard_when_no_telephone_event_was_negotiated() {
+        let t0 = Instant::now();
+        let (mut call, mut now, mut run) = confirmed_call(t0);
+        let from: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        // "9" for 100 ms at −12 dBFS per tone, as μ-law RTP frames, then silence.
+        let mut pcm: Vec<i16> = (0..800)
+            .map(|i| {
+                let t = i as f32 / 8000.0;
+                let v = 0.25 * (2.0 * std::f32::consts::PI * 852.0 * t).sin()
+                    + 0.25 * (2.0 * std::f32::consts::PI * 1477.0 * t).sin();
+                (v * 32767.0) as i16
+            })
+            .collect();
+        pcm.extend(vec![0i16; 800]);
+        for (i, frame) in pcm.chunks(160).enumerate() {
+            let payload: Vec<u8> = frame.iter().map(|s| Law::Pcmu.encode(*s)).collect();
+            call.handle_rtp(now, from, &rtp(0, i as u16, i as u32 * 160, &payload));
+        }
+        call.handle_sip_request(now, req("BYE", 2, true, ""));
+        let until = now + Duration::from_millis(100);
+        drive(&mut call, &mut now, until, &mut run);
+        assert_eq!(run.leads[0].dtmf, "9");
     }
 
     #[test]

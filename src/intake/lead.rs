@@ -58,6 +58,8 @@ pub struct Lead {
     pub transport: String,
     /// The negotiated codec, once there was one.
     pub codec: Option<String>,
+    /// Every key the caller pressed, in order (RFC 4733, SIP INFO or in-band).
+    pub dtmf: String,
 }
 
 /// RFC 3339 UTC with milliseconds.
@@ -91,6 +93,7 @@ impl Lead {
             outcome: "not_answered".into(),
             transport: transport.to_ascii_lowercase(),
             codec: None,
+            dtmf: String::new(),
         }
     }
 }

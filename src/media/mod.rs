@@ -1,4 +1,5 @@
 //! Media: G.711 companding, prompt loading, and the per-call RTP session.
+pub mod dtmf;
 pub mod g711;
 pub mod prompt;
 pub mod rtp;

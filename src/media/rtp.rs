@@ -8,6 +8,7 @@
 //! Symmetric RTP: the session latches onto the address the caller's RTP
 //! really comes from (RFC 4961 behaviour for callers behind NAT).
 
+use crate::media::dtmf::{DtmfEvent, InBandDetector, Rfc4733Receiver};
 use crate::media::g711::Law;
 use crate::media::prompt::{FRAME_SAMPLES, Prompt};
 use rtp_rs::{RtpPacketBuilder, RtpReader, Seq};
@@ -24,6 +25,8 @@ const MAX_CATCH_UP: u64 = 5;
 pub enum MediaEvent {
     /// The named prompt has been sent to its last frame.
     PromptFinished(String),
+    /// A key press, from RFC 4733 telephone-events or in-band tones.
+    Dtmf(DtmfEvent),
 }
 
 /// Counters for the lead and the logs.
@@ -50,6 +53,11 @@ pub struct MediaSession {
     epoch: Option<Instant>,
     ticks: u64,
     playing: Option<(Arc<Prompt>, usize)>,
+    /// The peer's telephone-event payload type, if negotiated; otherwise
+    /// digits are listened for in-band.
+    telephone_event: Option<u8>,
+    rfc4733: Rfc4733Receiver,
+    inband: InBandDetector,
     transmits: VecDeque<(SocketAddr, Vec<u8>)>,
     events: VecDeque<MediaEvent>,
     pub stats: MediaStats,
@@ -71,6 +79,9 @@ impl MediaSession {
             epoch: None,
             ticks: 0,
             playing: None,
+            telephone_event: None,
+            rfc4733: Rfc4733Receiver::default(),
+            inband: InBandDetector::default(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: MediaStats::default(),
@@ -110,6 +121,11 @@ impl MediaSession {
         self.sending = sending;
     }
 
+    /// The negotiated telephone-event payload type (`None`: listen for in-band tones).
+    pub fn set_telephone_event(&mut self, pt: Option<u8>) {
+        self.telephone_event = pt;
+    }
+
     /// Start playing a prompt now (replacing any prompt in progress).
     pub fn play(&mut self, prompt: Arc<Prompt>) {
         self.playing = Some((prompt, 0));
@@ -124,7 +140,7 @@ impl MediaSession {
     }
 
     /// An RTP datagram from the network.
-    pub fn handle_rtp(&mut self, _now: Instant, from: SocketAddr, data: &[u8]) {
+    pub fn handle_rtp(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
         let Ok(pkt) = RtpReader::new(data) else {
             self.stats.packets_ignored += 1;
             return;
@@ -140,6 +156,22 @@ impl MediaSession {
                 tracing::debug!(%from, sdp = ?self.remote, "rtp latched onto source address");
             }
             self.remote = Some(from);
+        }
+        let pt = pkt.payload_type();
+        if Some(pt) == self.telephone_event {
+            if let Some(ev) = self.rfc4733.handle_packet(now, pkt.timestamp(), pkt.payload()) {
+                self.events.push_back(MediaEvent::Dtmf(ev));
+            }
+        } else if pt == self.law.payload_type() && self.telephone_event.is_none() {
+            let mut pcm = [0i16; FRAME_SAMPLES];
+            for chunk in pkt.payload().chunks(FRAME_SAMPLES) {
+                for (o, b) in pcm.iter_mut().zip(chunk) {
+                    *o = self.law.decode(*b);
+                }
+                for ev in self.inband.handle_samples(now, &pcm[..chunk.len()]) {
+                    self.events.push_back(MediaEvent::Dtmf(ev));
+                }
+            }
         }
     }
 
