@@ -1,0 +1,112 @@
+//! vad_accuracy: speech recall and false alarms of the VAD candidates on the
+//! shipped speech prompts with pauses, under several noise floors, after a
+//! μ-law round trip (as the audio arrives in a call), and the cost per 20 ms
+//! frame. Run: `cargo bench --bench vad_accuracy`.
+//!
+//! Labels come from frame energy on the clean signal (speech = a 20 ms frame
+//! above −40 dBFS RMS), so the pauses between words count as non-speech: a
+//! detector's hangover shows up as false alarms. Compare rows with each
+//! other, not with published figures.
+
+use backstop::media::g711::Law;
+use backstop::media::prompt::Prompt;
+use backstop::media::vad::{EarshotVad, VoiceDetector, WebRtcVad};
+use std::time::Instant;
+
+fn main() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("prompts");
+    let mut clean: Vec<f32> = Vec::new();
+    let pauses = [0.6, 1.5, 0.8, 1.2, 0.7, 1.4, 1.0];
+    for (name, pause) in ["greeting", "name", "need", "callback_number", "zip", "urgency", "goodbye"].iter().zip(pauses)
+    {
+        let p = Prompt::load(name, &dir.join(format!("{name}.wav"))).unwrap();
+        clean.extend(std::iter::repeat_n(0.0, (8000.0 * pause) as usize));
+        clean.extend(p.pcm.iter().map(|s| *s as f32 / 32768.0));
+    }
+    clean.extend(std::iter::repeat_n(0.0, 8000));
+    let labels: Vec<bool> =
+        clean.chunks_exact(160).map(|f| (f.iter().map(|x| x * x).sum::<f32>() / 160.0).sqrt() > 0.01).collect();
+    let speech_frames = labels.iter().filter(|l| **l).count();
+    println!(
+        "test audio: {:.1} s, {} frames, {} labelled speech ({:.0} %)\n",
+        clean.len() as f64 / 8000.0,
+        labels.len(),
+        speech_frames,
+        100.0 * speech_frames as f64 / labels.len() as f64
+    );
+
+    // Deterministic noise: white, and white through a one-pole low-pass (a rough stand-in for pink/room noise).
+    let mut seed = 0x1234_5678u32;
+    let mut white = || {
+        seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
+        (seed >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
+    };
+    let white_noise: Vec<f32> = (0..clean.len()).map(|_| white()).collect();
+    let mut lp = 0.0f32;
+    let low_passed: Vec<f32> = white_noise
+        .iter()
+        .map(|w| {
+            lp = 0.95 * lp + 0.05 * w;
+            lp
+        })
+        .collect();
+    let rms = |v: &[f32]| (v.iter().map(|x| x * x).sum::<f32>() / v.len() as f32).sqrt();
+    let conditions: Vec<(String, Vec<i16>)> = [
+        ("none", None),
+        ("white −63 dBFS", Some((&white_noise, -63.0))),
+        ("white −48 dBFS", Some((&white_noise, -48.0))),
+        ("low-passed −34 dBFS", Some((&low_passed, -34.0))),
+    ]
+    .into_iter()
+    .map(|(name, noise)| {
+        let mixed: Vec<f32> = match noise {
+            None => clean.clone(),
+            Some((n, db)) => {
+                let gain = 10f32.powf(db / 20.0) / rms(n);
+                clean.iter().zip(n.iter()).map(|(c, x)| c + x * gain).collect()
+            }
+        };
+        let pcm: Vec<i16> =
+            mixed.iter().map(|x| Law::Pcmu.decode(Law::Pcmu.encode((x.clamp(-1.0, 1.0) * 32767.0) as i16))).collect();
+        (name.to_string(), pcm)
+    })
+    .collect();
+
+    let makers: Vec<(&str, Box<dyn Fn() -> Box<dyn VoiceDetector>>)> = vec![
+        ("webrtc-vad quality (0)", Box::new(|| Box::new(WebRtcVad::new(0)))),
+        ("webrtc-vad aggressive (2)", Box::new(|| Box::new(WebRtcVad::new(2)))),
+        ("webrtc-vad very aggressive (3)", Box::new(|| Box::new(WebRtcVad::new(3)))),
+        ("earshot ≥ 0.5", Box::new(|| Box::new(EarshotVad::new(0.5)))),
+        ("earshot ≥ 0.3", Box::new(|| Box::new(EarshotVad::new(0.3)))),
+    ];
+    print!("| detector |");
+    for (name, _) in &conditions {
+        print!(" {name}: recall / false alarm |");
+    }
+    println!(" ns per 20 ms frame |");
+    println!("|---|{}---|", "---|".repeat(conditions.len()));
+    for (label, make) in &makers {
+        print!("| {label} |");
+        let mut best_ns = f64::MAX;
+        for (_, pcm) in &conditions {
+            let mut vad = make();
+            let start = Instant::now();
+            let decisions: Vec<bool> = pcm.chunks_exact(160).map(|f| vad.is_speech(f)).collect();
+            best_ns = best_ns.min(start.elapsed().as_nanos() as f64 / decisions.len() as f64);
+            let (mut hit, mut fa) = (0usize, 0usize);
+            for (d, l) in decisions.iter().zip(&labels) {
+                match (d, l) {
+                    (true, true) => hit += 1,
+                    (true, false) => fa += 1,
+                    _ => {}
+                }
+            }
+            print!(
+                " {:.2} / {:.2} |",
+                hit as f64 / speech_frames as f64,
+                fa as f64 / (labels.len() - speech_frames) as f64
+            );
+        }
+        println!(" {best_ns:.0} |");
+    }
+}
