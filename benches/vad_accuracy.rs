@@ -72,7 +72,8 @@ fn main() {
     })
     .collect();
 
-    let makers: Vec<(&str, Box<dyn Fn() -> Box<dyn VoiceDetector>>)> = vec![
+    type Maker = Box<dyn Fn() -> Box<dyn VoiceDetector>>;
+    let makers: Vec<(&str, Maker)> = vec![
         ("webrtc-vad quality (0)", Box::new(|| Box::new(WebRtcVad::new(0)))),
         ("webrtc-vad aggressive (2)", Box::new(|| Box::new(WebRtcVad::new(2)))),
         ("webrtc-vad very aggressive (3)", Box::new(|| Box::new(WebRtcVad::new(3)))),

@@ -149,6 +149,12 @@ impl MediaSession {
             self.stats.packets_ignored += 1;
             return;
         }
+        let pt = pkt.payload_type();
+        if pt != self.law.payload_type() && Some(pt) != self.telephone_event {
+            // Not a format we negotiated: not the caller's media (and never latched onto).
+            self.stats.packets_ignored += 1;
+            return;
+        }
         self.stats.packets_received += 1;
         if !self.latched {
             self.latched = true;
@@ -157,7 +163,6 @@ impl MediaSession {
             }
             self.remote = Some(from);
         }
-        let pt = pkt.payload_type();
         if Some(pt) == self.telephone_event {
             if let Some(ev) = self.rfc4733.handle_packet(now, pkt.timestamp(), pkt.payload()) {
                 self.events.push_back(MediaEvent::Dtmf(ev));
@@ -299,12 +304,17 @@ mod tests {
         let first = drain(&mut m);
         assert_eq!(first.len(), 1);
         assert!(RtpReader::new(&first[0].1).unwrap().payload().iter().all(|b| *b == 0xD5));
+        // A packet in a format we did not negotiate is not the caller's media: no latching.
+        let stranger: SocketAddr = "203.0.113.66:5004".parse().unwrap();
+        let video = RtpPacketBuilder::new().payload_type(31).ssrc(9).payload(&[0; 160]).build().unwrap();
+        m.handle_rtp(t0, stranger, &video);
+        assert_eq!(m.stats.packets_ignored, 1);
         let nat: SocketAddr = "198.51.100.7:31000".parse().unwrap();
         let pkt = RtpPacketBuilder::new().payload_type(8).ssrc(9).payload(&[0xD5; 160]).build().unwrap();
         m.handle_rtp(t0, nat, &pkt);
         m.handle_rtp(t0, nat, &[1, 2, 3]);
         assert_eq!(m.stats.packets_received, 1);
-        assert_eq!(m.stats.packets_ignored, 1);
+        assert_eq!(m.stats.packets_ignored, 2);
         m.handle_timeout(t0 + FRAME);
         assert_eq!(drain(&mut m)[0].0, nat);
     }

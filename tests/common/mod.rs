@@ -64,13 +64,13 @@ impl AgentProc {
         let dir = scratch_dir(name);
         let port = free_port();
         let prompts = format!("[prompts]\ndir = \"{}\"\n", manifest_dir().join("prompts").display());
+        // Each agent its own RTP range, so that a test's stray RTP never reaches another test's call.
+        let slot = (COUNTER.fetch_add(1, Ordering::SeqCst) % 45) as u16;
+        let rtp = format!("[rtp]\nport_min = {}\nport_max = {}\n", 30000 + slot * 200, 30000 + slot * 200 + 198);
         let config = if extra.contains("[prompts]\n") {
-            format!(
-                "[rtp]\nport_min = 30000\nport_max = 39999\n[log]\nlevel = \"debug\"\n{}",
-                extra.replace("[prompts]\n", &prompts)
-            )
+            format!("{rtp}[log]\nlevel = \"debug\"\n{}", extra.replace("[prompts]\n", &prompts))
         } else {
-            format!("{prompts}[rtp]\nport_min = 30000\nport_max = 39999\n[log]\nlevel = \"debug\"\n{extra}")
+            format!("{prompts}{rtp}[log]\nlevel = \"debug\"\n{extra}")
         };
         let cfg_path = dir.join("backstop.toml");
         std::fs::write(&cfg_path, config).unwrap();
