@@ -5,10 +5,11 @@
 //!   answers what needs no call (OPTIONS, errors, 481s) and routes the rest
 //!   by Call-ID to the call's task. It alone owns the call table, so no lock.
 //! * One task per call owns its [`Call`], its RTP socket and one timer,
-//!   reset to the call's next deadline each time round the loop.
-//! * Leads go to the lead writer thread.
-//! * Shutdown: the watch channel flips; every call hangs up, and the
-//!   dispatcher waits (bounded) for their leads.
+//!   reset to the call's next deadline each time round the loop. Its events
+//!   (`call.missed`, `lead.completed`) are committed to the outbox.
+//! * One task per `[[register]]` account keeps it registered.
+//! * Shutdown: the watch channel flips; every call hangs up, accounts
+//!   unregister, and the dispatcher keeps routing their responses (bounded).
 
 use crate::call::{Call, CallEvent, CallSetup, Transmit};
 use crate::config::{Config, RegisterConfig, sip_target};
