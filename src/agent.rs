@@ -143,9 +143,7 @@ impl Shared {
             Incoming::Rejected(Rejection::Drop { why }) => {
                 tracing::debug!(%from, why, "dropped unusable message");
             }
-            Incoming::Rejected(Rejection::Respond { code, why, bytes: response, dest }) => {
-                let call_id =
-                    crate::sip::message::Frame::parse(&bytes).ok().and_then(|f| f.get("Call-ID").map(str::to_string));
+            Incoming::Rejected(Rejection::Respond { code, why, bytes: response, dest, call_id }) => {
                 tracing::info!(%from, code, why, call_id = call_id.as_deref().unwrap_or("-"), "rejected request");
                 let dest = if reply.is_reliable() { from } else { dest };
                 reply.send(dest, response).await;

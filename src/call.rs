@@ -120,7 +120,10 @@ impl Call {
     pub fn handle_rtp(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
         if let Some(m) = self.media.as_mut() {
             m.handle_rtp(now, from, data);
-            self.process(now);
+            // Only a digit needs the machines run now; plain audio waits for the next tick.
+            if m.has_events() {
+                self.process(now);
+            }
         }
     }
 

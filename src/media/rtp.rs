@@ -245,6 +245,10 @@ impl MediaSession {
         self.transmits.pop_front()
     }
 
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
     pub fn poll_event(&mut self) -> Option<MediaEvent> {
         self.events.pop_front()
     }

@@ -295,7 +295,7 @@ pub struct Request {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rejection {
     /// Send this response (already built) back.
-    Respond { code: u16, why: String, bytes: Vec<u8>, dest: SocketAddr },
+    Respond { code: u16, why: String, bytes: Vec<u8>, dest: SocketAddr, call_id: Option<String> },
     /// Nothing can be sent back (no usable Via): log and drop.
     Drop { why: String },
 }
@@ -374,9 +374,10 @@ fn validate_request(frame: Frame, source: SocketAddr) -> Result<Request, Rejecti
     };
     let via_reply = via.reply_value(via_raw, source);
     let dest = via.response_addr(source);
+    let call_id_seen = frame.get("Call-ID").map(str::to_string);
     let reject = |code: u16, why: String, extra: Vec<(&str, String)>| -> Rejection {
         let bytes = build_response(&frame, &via_reply, code, None, &extra, None);
-        Rejection::Respond { code, why, bytes, dest }
+        Rejection::Respond { code, why, bytes, dest, call_id: call_id_seen.clone() }
     };
 
     // Request-Line: exactly "Method SP Request-URI SP SIP-Version", one space each.
