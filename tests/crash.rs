@@ -94,3 +94,28 @@ fn kill_9_mid_call_and_mid_delivery_loses_no_lead() {
         in_flight
     );
 }
+
+/// A full disk under the leads file (simulated with /dev/full: every write
+/// fails with ENOSPC): the call still completes, the lead waits in the
+/// outbox, and it lands in leads.jsonl once the disk is writable again.
+#[test]
+fn a_full_disk_delays_the_leads_file_but_loses_nothing() {
+    let agent = AgentProc::start("diskfull", "[sip]\nanswer_after_ms = 50\n");
+    let leads = agent.dir.join("data/leads.jsonl");
+    let _ = std::fs::remove_file(&leads);
+    std::os::unix::fs::symlink("/dev/full", &leads).unwrap();
+    let dir = scratch_dir("diskfull-call");
+    let sc = scenario("short", &[&invite("", OFFER), ANSWERED, &ack(1), &pause(300), CALLER_BYE]);
+    let run = run_sipp(&dir, &sc, agent.addr(), false, &[("rtp_port", "40060".into())]);
+    assert!(run.success, "the call must complete whatever the disk does: {}", run.errors);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !agent.log().contains("No space left on device") {
+        assert!(std::time::Instant::now() < deadline, "no write failure logged:\n{}", agent.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The disk is fixed: the pending lead is written on the next retry (file sinks retry within 5 s).
+    std::fs::remove_file(&leads).unwrap();
+    let written = agent.wait_leads(1, Duration::from_secs(10));
+    assert_eq!(written.len(), 1);
+    assert_eq!(written[0]["ended_by"], "caller");
+}

@@ -65,6 +65,28 @@ fn server_errors_are_retried_with_backoff_then_delivered_once() {
 }
 
 #[test]
+fn bearer_token_extra_headers_and_event_filter_are_applied() {
+    let port = free_port();
+    let rx = Receiver::start(port, key(), vec![]);
+    let agent = agent_with_webhook(
+        "wh-headers",
+        port,
+        "events = [\"lead.completed\"]\nbearer_token = \"tok-123\"\nheaders = { \"X-Tenant\" = \"acme-plumbing\" }\n",
+    );
+    place_call(&agent, "wh-headers-call");
+    rx.wait_for(Duration::from_secs(10), "the lead", |s| s.iter().any(|x| x.kind() == "lead.completed"));
+    // Give a call.missed, had it not been filtered, time to arrive too.
+    std::thread::sleep(Duration::from_millis(500));
+    let seen = rx.seen();
+    assert!(seen.iter().all(|s| s.kind() == "lead.completed"), "call.missed was filtered out");
+    let h = |name: &str| seen[0].headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    assert_eq!(h("authorization").as_deref(), Some("Bearer tok-123"));
+    assert_eq!(h("x-tenant").as_deref(), Some("acme-plumbing"));
+    assert_eq!(h("content-type").as_deref(), Some("application/json"));
+    assert_eq!(h("webhook-id").as_deref(), Some(seen[0].event["id"].as_str().unwrap()));
+}
+
+#[test]
 fn a_receiver_that_is_down_gets_everything_when_it_comes_up() {
     let port = free_port();
     let agent = agent_with_webhook("wh-down", port, "");

@@ -29,6 +29,8 @@ pub struct Seen {
     pub signature_ok: bool,
     pub status: u16,
     pub event: serde_json::Value,
+    /// Every request header, names lower-cased.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Seen {
@@ -75,6 +77,11 @@ impl Receiver {
                         .unwrap_or_default()
                 };
                 let (id, ts, sig) = (header("webhook-id"), header("webhook-timestamp"), header("webhook-signature"));
+                let headers: Vec<(String, String)> = req
+                    .headers()
+                    .iter()
+                    .map(|h| (h.field.as_str().as_str().to_ascii_lowercase(), h.value.as_str().to_string()))
+                    .collect();
                 let signature_ok =
                     ts.parse::<i64>().is_ok_and(|ts| backstop::sink::webhook::verify(&key, &id, ts, &body, &sig));
                 let reply = {
@@ -87,6 +94,7 @@ impl Receiver {
                         signature_ok,
                         status: r.status,
                         event: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+                        headers,
                     });
                     r
                 };
