@@ -89,7 +89,8 @@ fn caller_bye_during_the_greeting() {
 fn cancel_before_answer_gets_487_and_a_lead() {
     let agent = AgentProc::start("cancel", "[sip]\nanswer_after_ms = 3000\n");
     let dir = scratch_dir("sipp-cancel");
-    let cancel = r#"
+    let cancel = [
+        r#"
   <recv response="100" optional="true"/>
   <recv response="180"/>
   <pause milliseconds="300"/>
@@ -108,22 +109,13 @@ fn cancel_before_answer_gets_487_and_a_lead() {
   </send>
   <recv response="200"/>
   <recv response="487"/>
-  <send>
-    <![CDATA[
-      ACK sip:+15559990000@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=z9hG4bK-[call_number]-inv;rport
-      From: "Pat Caller" <sip:+15551230001@[local_ip]:[local_port]>;tag=[call_number]
-      [last_To:]
-      Call-ID: [call_id]
-      CSeq: 1 ACK
-      Max-Forwards: 70
-      Content-Length: 0
-
-    ]]>
-  </send>
-  <pause milliseconds="3500"/>
-"#;
-    let sc = scenario("cancel", &[&invite("", OFFER), cancel]);
+"#,
+        ACK_NON_2XX,
+        r#"  <pause milliseconds="3500"/>
+"#,
+    ]
+    .concat();
+    let sc = scenario("cancel", &[&invite("", OFFER), &cancel]);
     let run = run_sipp(&dir, &sc, agent.addr(), false, &[("rtp_port", "40000".into())]);
     expect_ok(&run, &agent);
     // No 200 for the INVITE ever came, even after the ring time passed.
@@ -463,24 +455,15 @@ fn sigterm_hangs_up_calls_in_progress_and_writes_their_leads() {
 fn invites_from_untrusted_addresses_get_403_and_no_lead() {
     let agent = AgentProc::start("untrusted", "[sip]\ntrusted_sources = [\"10.0.0.0/8\", \"2001:db8::/32\"]\n");
     let dir = scratch_dir("sipp-untrusted");
-    let refused = r#"
+    let refused = [
+        r#"
   <recv response="100" optional="true"/>
   <recv response="403"/>
-  <send>
-    <![CDATA[
-      ACK sip:+15559990000@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=z9hG4bK-[call_number]-inv;rport
-      From: "Pat Caller" <sip:+15551230001@[local_ip]:[local_port]>;tag=[call_number]
-      [last_To:]
-      Call-ID: [call_id]
-      CSeq: 1 ACK
-      Max-Forwards: 70
-      Content-Length: 0
-
-    ]]>
-  </send>
-"#;
-    let sc = scenario("untrusted", &[&invite("", OFFER), refused]);
+"#,
+        ACK_NON_2XX,
+    ]
+    .concat();
+    let sc = scenario("untrusted", &[&invite("", OFFER), &refused]);
     let run = run_sipp(&dir, &sc, agent.addr(), false, &[("rtp_port", "40050".into())]);
     expect_ok(&run, &agent);
     std::thread::sleep(Duration::from_millis(300));
@@ -501,28 +484,20 @@ fn calls_beyond_max_calls_get_503_with_retry_after() {
     });
     std::thread::sleep(Duration::from_millis(1000));
     let dir = scratch_dir("sipp-maxcalls-2");
-    let busy = r#"
+    let busy = [
+        r#"
   <recv response="503">
     <action>
       <ereg regexp="[0-9]+" search_in="hdr" header="Retry-After:" check_it="true" assign_to="ra"/>
     </action>
   </recv>
-  <send>
-    <![CDATA[
-      ACK sip:+15559990000@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=z9hG4bK-[call_number]-inv;rport
-      From: "Pat Caller" <sip:+15551230001@[local_ip]:[local_port]>;tag=[call_number]
-      [last_To:]
-      Call-ID: [call_id]
-      CSeq: 1 ACK
-      Max-Forwards: 70
-      Content-Length: 0
-
-    ]]>
-  </send>
-  <Reference variables="ra"/>
-"#;
-    let sc = scenario("busy", &[&invite("", OFFER), busy]);
+"#,
+        ACK_NON_2XX,
+        r#"  <Reference variables="ra"/>
+"#,
+    ]
+    .concat();
+    let sc = scenario("busy", &[&invite("", OFFER), &busy]);
     let run = run_sipp(&dir, &sc, addr, false, &[("rtp_port", "40054".into())]);
     expect_ok(&run, &agent);
     let first = holder.join().unwrap();

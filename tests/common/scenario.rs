@@ -60,6 +60,23 @@ pub fn ack(cseq: u32) -> String {
     )
 }
 
+/// The ACK for a final non-2xx answer to the INVITE: same branch, hop by hop (RFC 3261 §17.1.1.3).
+pub const ACK_NON_2XX: &str = r#"
+  <send>
+    <![CDATA[
+      ACK sip:+15559990000@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=z9hG4bK-[call_number]-inv;rport
+      From: "Pat Caller" <sip:+15551230001@[local_ip]:[local_port]>;tag=[call_number]
+      [last_To:]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+"#;
+
 pub const CALLER_BYE: &str = r#"
   <send retrans="500">
     <![CDATA[
