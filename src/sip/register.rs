@@ -438,6 +438,17 @@ mod tests {
         std::iter::from_fn(|| r.poll_event()).collect()
     }
 
+    /// Started, challenged, and the REGISTER answering the challenge sent.
+    fn challenged(t0: Instant) -> (Registration, String) {
+        let mut r = Registration::new(setup());
+        r.start(t0);
+        let first = last_sent(&mut r);
+        assert!(!first.contains("Authorization"));
+        r.handle_response(t0, &response(&first, 401, CHALLENGE));
+        let answer = last_sent(&mut r);
+        (r, answer)
+    }
+
     const CHALLENGE: &str = "WWW-Authenticate: Digest realm=\"pbx\", nonce=\"n1\", qop=\"auth\", algorithm=MD5\r\n";
 
     #[test]
@@ -483,11 +494,7 @@ mod tests {
     #[test]
     fn wrong_password_backs_off_exponentially_and_stale_does_not_count() {
         let t0 = Instant::now();
-        let mut r = Registration::new(setup());
-        r.start(t0);
-        let req = last_sent(&mut r);
-        r.handle_response(t0, &response(&req, 401, CHALLENGE));
-        let req = last_sent(&mut r);
+        let (mut r, req) = challenged(t0);
         // Stale nonce: answered again at once, no failure.
         r.handle_response(t0, &response(&req, 401, &CHALLENGE.replace("n1\"", "n2\", stale=true")));
         assert!(events(&mut r).is_empty());
@@ -522,11 +529,7 @@ mod tests {
     #[test]
     fn a_refresh_challenged_with_a_new_nonce_is_answered_not_failed() {
         let t0 = Instant::now();
-        let mut r = Registration::new(setup());
-        r.start(t0);
-        let req = last_sent(&mut r);
-        r.handle_response(t0, &response(&req, 401, CHALLENGE));
-        let req = last_sent(&mut r);
+        let (mut r, req) = challenged(t0);
         r.handle_response(t0, &response(&req, 200, "Expires: 60\r\n"));
         events(&mut r);
         // The refresh reuses n1; the registrar (restarted) no longer knows it and sends n9, without stale.
