@@ -13,9 +13,10 @@ say() { # name text
   printf '%-16s %5.2fs  %s\n' "$1" "$(soxi -D "$1.wav")" "$2"
 }
 say greeting "Thanks for calling. Everyone is helping other customers right now, but we will take your details and call you right back."
-say name "After the tone, please say your name."
+say name "Please say your name."
 say need "In a few words, what can we help you with?"
 say callback_number "Enter your callback number, then pound. Or press 1 for this number."
 say zip "Please enter your five digit zip code."
 say urgency "For an emergency, press 1. This week, 2. Just a quote, 3."
+say sorry "Sorry, I did not get that."
 say goodbye "Thank you. Someone will call you back shortly. Goodbye."

@@ -11,11 +11,13 @@
 //! * Shutdown: the watch channel flips; every call hangs up, accounts
 //!   unregister, and the dispatcher keeps routing their responses (bounded).
 
-use crate::call::{Call, CallEvent, CallSetup, Transmit};
-use crate::config::{Config, RegisterConfig, sip_target};
+use crate::call::{Call, CallEvent, CallSetup, Intake, Transmit};
+use crate::config::{Config, RegisterConfig, VadKind, sip_target};
 use crate::intake::lead::rfc3339;
-use crate::intake::script::Script;
+use crate::intake::program::Program;
 use crate::media::prompt::PromptSet;
+use crate::media::recorder::write_recording;
+use crate::media::vad::{EarshotVad, VoiceDetector, WebRtcVad};
 use crate::sink::delivery::Publisher;
 use crate::sink::event::{Event, EventType};
 use crate::sip::auth::Credentials;
@@ -42,6 +44,7 @@ enum CallInput {
 struct Shared {
     cfg: Config,
     prompts: Arc<PromptSet>,
+    program: Arc<Program>,
     events: Publisher,
     local_sip: SocketAddr,
     /// Networks whose INVITEs are answered (with the registrars' addresses), when enforced.
@@ -73,7 +76,8 @@ impl Agent {
         let local_sip = udp.local_addr()?;
         let tcp = TcpListener::bind(local_sip).await.with_context(|| format!("binding SIP TCP on {local_sip}"))?;
         let trusted = cfg.trusted_nets();
-        let shared = Shared { cfg, prompts, events, local_sip, trusted, registrar_ips: Default::default() };
+        let program = Arc::new(cfg.program().map_err(|e| anyhow::anyhow!("intake script: {e:?}"))?);
+        let shared = Shared { cfg, prompts, program, events, local_sip, trusted, registrar_ips: Default::default() };
         Ok(Agent { udp: Arc::new(udp), tcp, shared: Arc::new(shared) })
     }
 
@@ -390,7 +394,13 @@ impl Shared {
         };
         let from = invite.source;
         tracing::info!(%from, transport = reply.transport(), rtp = %setup.dialog.local_rtp, caller = %invite.from.raw, called = %invite.to.raw, "INVITE");
-        let mut call = Call::new(Instant::now(), invite, setup, Script::greeting_then_goodbye(), self.prompts.clone());
+        let intake = Intake {
+            program: self.program.clone(),
+            vad: self.program.uses_voice().then(|| new_vad(self.cfg.intake.vad)),
+            record_call: self.cfg.recordings.whole_call.then(|| Duration::from_secs(self.cfg.recordings.max_call_secs)),
+        };
+        let mut call = Call::new(Instant::now(), invite, setup, intake, self.prompts.clone());
+        let mut writes: Vec<tokio::task::JoinHandle<Option<String>>> = Vec::new();
         let timer = tokio::time::sleep(Duration::from_secs(3600));
         tokio::pin!(timer);
         let mut buf = vec![0u8; 2048];
@@ -415,7 +425,33 @@ impl Shared {
                     CallEvent::Missed(lead) => {
                         self.publish(Event::new(EventType::CallMissed, rfc3339(SystemTime::now()), &lead)).await;
                     }
-                    CallEvent::Lead(lead) => {
+                    CallEvent::Recording { file, samples } => {
+                        let path = self.cfg.recordings_dir().join(&file);
+                        let format = self.cfg.recordings.format;
+                        writes.push(tokio::task::spawn_blocking(move || {
+                            match write_recording(&path, &samples, format) {
+                                Ok(()) => None,
+                                Err(e) => {
+                                    tracing::error!(path = %path.display(), error = %e, "could not write a recording");
+                                    Some(file)
+                                }
+                            }
+                        }));
+                    }
+                    CallEvent::Lead(mut lead) => {
+                        // The lead may point at its recordings only once they are on disk.
+                        for w in writes.drain(..) {
+                            if let Ok(Some(failed)) = w.await {
+                                for a in lead.answers.values_mut() {
+                                    if a.recording.as_deref() == Some(failed.as_str()) {
+                                        a.recording = None;
+                                    }
+                                }
+                                if lead.recording.as_deref() == Some(failed.as_str()) {
+                                    lead.recording = None;
+                                }
+                            }
+                        }
                         if let Some(stats) = call.media_stats() {
                             tracing::info!(sent = stats.packets_sent, received = stats.packets_received, "RTP totals");
                         }
@@ -449,6 +485,14 @@ impl Shared {
             }
         }
         tracing::debug!("call task finished");
+    }
+}
+
+/// A fresh voice activity detector of the configured kind, for one call.
+fn new_vad(kind: VadKind) -> Box<dyn VoiceDetector> {
+    match kind {
+        VadKind::Webrtc => Box::new(WebRtcVad::new(3)),
+        VadKind::Earshot => Box::new(EarshotVad::new(0.6)),
     }
 }
 

@@ -8,7 +8,9 @@
 //! faster than real time and still get exact timestamps.
 
 use crate::intake::lead::{Lead, rfc3339};
-use crate::intake::script::{Script, ScriptAction};
+use crate::intake::program::Program;
+use crate::intake::script::{Script, ScriptAction, ScriptContext};
+use crate::media::vad::VoiceDetector;
 use crate::media::dtmf::{DtmfEvent, DtmfMerger, parse_info};
 use crate::media::prompt::PromptSet;
 use crate::media::rtp::{MediaEvent, MediaSession, MediaStats};
@@ -33,8 +35,19 @@ pub enum CallEvent {
     Progress(&'static str, String),
     /// The call has just arrived: who is calling and why it was forwarded.
     Missed(Box<Lead>),
+    /// Audio to write to `file` under the recordings directory, before the lead goes out.
+    Recording { file: String, samples: Vec<i16> },
     /// The finished lead: write it.
     Lead(Box<Lead>),
+}
+
+/// The intake side of a call: the script to run and how to listen.
+pub struct Intake {
+    pub program: Arc<Program>,
+    /// Needed when the program listens for speech.
+    pub vad: Option<Box<dyn VoiceDetector>>,
+    /// Keep the caller's side of the whole call, up to this many seconds (`None`: off).
+    pub record_call: Option<Duration>,
 }
 
 /// Per-call values that come from outside (randomness, identity, limits).
@@ -61,14 +74,21 @@ pub struct Call {
     /// We hung up before the script finished (shutdown, maximum duration).
     interrupted: bool,
     dtmf: DtmfMerger,
+    /// The whole call's caller audio, when recorded, and its cap in samples.
+    call_audio: Option<(Vec<i16>, usize)>,
     deadline: Instant,
     transmits: VecDeque<Transmit>,
     events: VecDeque<CallEvent>,
 }
 
 impl Call {
-    pub fn new(now: Instant, invite: Request, setup: CallSetup, script: Script, prompts: Arc<PromptSet>) -> Call {
+    pub fn new(now: Instant, invite: Request, setup: CallSetup, intake: Intake, prompts: Arc<PromptSet>) -> Call {
         let lead = Lead::from_invite(setup.lead_id.clone(), &invite, setup.received_at, setup.transport);
+        let caller_number =
+            lead.caller.asserted.as_ref().and_then(|a| a.number.clone()).or_else(|| lead.caller.number.clone());
+        let ctx = ScriptContext { recording_prefix: setup.lead_id.clone(), caller_number };
+        let script = Script::new(intake.program, intake.vad, ctx);
+        let call_audio = intake.record_call.map(|d| (Vec::new(), (d.as_millis() as usize) * 8));
         let dialog = UasDialog::new(now, invite, setup.dialog.clone());
         let mut call = Call {
             dialog,
@@ -82,6 +102,7 @@ impl Call {
             answered: false,
             interrupted: false,
             dtmf: DtmfMerger::default(),
+            call_audio,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         };
@@ -119,9 +140,15 @@ impl Call {
 
     pub fn handle_rtp(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
         if let Some(m) = self.media.as_mut() {
-            m.handle_rtp(now, from, data);
-            // Only a digit needs the machines run now; plain audio waits for the next tick.
-            if m.has_events() {
+            let audio = m.handle_rtp(now, from, data);
+            if !audio.is_empty() {
+                self.script.handle_audio(now, audio);
+                if let Some((rec, cap)) = self.call_audio.as_mut() {
+                    rec.extend(audio.iter().take(cap.saturating_sub(rec.len())));
+                }
+            }
+            // Only a digit or a script decision needs the machines run now; plain audio waits for the next tick.
+            if m.has_events() || self.script.has_actions() {
                 self.process(now);
             }
         }
@@ -137,6 +164,7 @@ impl Call {
         if let Some(m) = self.media.as_mut() {
             m.handle_timeout(now);
         }
+        self.script.handle_timeout(now);
         self.process(now);
     }
 
@@ -165,18 +193,28 @@ impl Call {
                         }
                         (None, _) => {
                             tracing::error!(prompt = %name, "script asks for a prompt that is not loaded");
-                            self.script.handle_prompt_finished(&name);
+                            self.script.handle_prompt_finished(now, &name);
                         }
                         (_, None) => {}
                     },
+                    ScriptAction::StopPlayback => {
+                        if let Some(m) = self.media.as_mut() {
+                            m.stop_playback();
+                        }
+                        self.progress("barge_in", format!("prompt stopped in step {}", self.script.current_step()));
+                    }
+                    ScriptAction::SaveRecording { file, samples } => {
+                        self.progress("answer", format!("voice answer {file}, {} ms of audio", samples.len() / 8));
+                        self.events.push_back(CallEvent::Recording { file, samples });
+                    }
                     ScriptAction::Hangup => self.dialog.hangup(now, EndedBy::Agent, "script finished"),
                 }
             }
             while let Some(ev) = self.media.as_mut().and_then(|m| m.poll_event()) {
                 progressed = true;
                 match ev {
-                    MediaEvent::PromptFinished(name) => self.script.handle_prompt_finished(&name),
-                    MediaEvent::Dtmf(d) => self.on_dtmf(d),
+                    MediaEvent::PromptFinished(name) => self.script.handle_prompt_finished(now, &name),
+                    MediaEvent::Dtmf(d) => self.on_dtmf(now, d),
                 }
             }
             if !progressed {
@@ -217,7 +255,7 @@ impl Call {
                     "confirmed",
                     format!("ACK received; media {} to {remote_rtp:?}", negotiated.law.encoding_name()),
                 );
-                self.script.handle_answered();
+                self.script.handle_answered(now);
             }
             DialogEvent::MediaChanged { negotiated, remote_rtp, direction } => {
                 if let Some(m) = self.media.as_mut() {
@@ -227,11 +265,22 @@ impl Call {
                 self.progress("reinvite", format!("media now {remote_rtp:?} {direction:?}"));
             }
             DialogEvent::Info { content_type, body } => match parse_info(&content_type, &body, now) {
-                Some(d) => self.on_dtmf(d),
+                Some(d) => self.on_dtmf(now, d),
                 None => self.progress("info", format!("INFO {content_type} (not a digit)")),
             },
             DialogEvent::Ended { by, detail } => {
-                self.script.handle_call_ended();
+                self.script.handle_call_ended(now);
+                // Answers cut short by the hang-up still get their recordings, before the lead.
+                while let Some(a) = self.script.poll_action() {
+                    if let ScriptAction::SaveRecording { file, samples } = a {
+                        self.events.push_back(CallEvent::Recording { file, samples });
+                    }
+                }
+                let whole_call = self.call_audio.take().filter(|(rec, _)| !rec.is_empty()).map(|(rec, _)| {
+                    let file = format!("{}-call.wav", self.setup.lead_id);
+                    self.events.push_back(CallEvent::Recording { file: file.clone(), samples: rec });
+                    file
+                });
                 if let Some(m) = self.media.as_mut() {
                     m.stop();
                 }
@@ -250,6 +299,8 @@ impl Call {
                     lead.duration_ms = Some(now.saturating_duration_since(self.base.0).as_millis() as u64);
                     lead.ended_by = Some(by);
                     lead.outcome = outcome;
+                    lead.answers = self.script.answers().clone();
+                    lead.recording = whole_call;
                     self.progress("ended", format!("call ended by {by:?}: {detail}; outcome {}", lead.outcome));
                     self.events.push_back(CallEvent::Lead(Box::new(lead)));
                 }
@@ -258,12 +309,13 @@ impl Call {
     }
 
     /// A key press from any of the three sources, counted once.
-    fn on_dtmf(&mut self, d: DtmfEvent) {
+    fn on_dtmf(&mut self, now: Instant, d: DtmfEvent) {
         if let Some(d) = self.dtmf.handle(d) {
             if let Some(l) = self.lead.as_mut() {
                 l.dtmf.push(d.digit);
             }
             self.progress("dtmf", format!("digit {} ({:?})", d.digit, d.source));
+            self.script.handle_dtmf(now, d.digit);
         }
     }
 
@@ -284,6 +336,9 @@ impl Call {
         }
         if self.lead.is_some() {
             t = Some(t.map_or(self.deadline, |x| x.min(self.deadline)));
+        }
+        if let Some(st) = self.script.poll_timeout() {
+            t = Some(t.map_or(st, |x| x.min(st)));
         }
         t
     }
@@ -351,6 +406,15 @@ mod tests {
         }
     }
 
+    fn plain_intake() -> Intake {
+        let program = Program::from_toml(
+            "[[step]]\nname = \"greeting\"\nkind = \"play\"\nprompt = \"greeting\"\n\
+             [[step]]\nname = \"goodbye\"\nkind = \"goodbye\"\nprompt = \"goodbye\"\n",
+        )
+        .unwrap();
+        Intake { program: Arc::new(program), vad: None, record_call: None }
+    }
+
     fn prompts() -> Arc<PromptSet> {
         let mut set = PromptSet::default();
         set.insert(Prompt::from_pcm("greeting", vec![1000; 160 * 100])); // 2 s
@@ -398,7 +462,7 @@ mod tests {
         let mut now = t0;
         let mut run = Run { rtp: vec![], sip: vec![], leads: vec![] };
         let mut call =
-            Call::new(now, req("INVITE", 1, false, &offer("")), setup(), Script::greeting_then_goodbye(), prompts());
+            Call::new(now, req("INVITE", 1, false, &offer("")), setup(), plain_intake(), prompts());
         drive(&mut call, &mut now, t0 + Duration::from_millis(1000), &mut run);
         call.handle_sip_request(now, req("ACK", 1, true, ""));
         (call, now, run)
@@ -473,7 +537,7 @@ mod tests {
         let mut now = t0;
         let mut run = Run { rtp: vec![], sip: vec![], leads: vec![] };
         let mut call =
-            Call::new(now, req("INVITE", 1, false, offer), setup(), Script::greeting_then_goodbye(), prompts());
+            Call::new(now, req("INVITE", 1, false, offer), setup(), plain_intake(), prompts());
         drive(&mut call, &mut now, t0 + Duration::from_millis(1000), &mut run);
         call.handle_sip_request(now, req("ACK", 1, true, ""));
         let from: SocketAddr = "127.0.0.1:4000".parse().unwrap();

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
-#[derive(Default)]
 pub struct Config {
     pub sip: SipConfig,
     pub rtp: RtpConfig,
@@ -21,6 +20,48 @@ pub struct Config {
     pub leads_file: LeadsFileConfig,
     pub webhook: Vec<WebhookConfig>,
     pub register: Vec<RegisterConfig>,
+    pub intake: IntakeConfig,
+    pub recordings: RecordingsConfig,
+    /// The intake script, in order. Absent: the shipped default script.
+    pub step: Vec<crate::intake::program::StepConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct IntakeConfig {
+    /// Voice activity detector: `webrtc` (libfvad) or `earshot`.
+    pub vad: VadKind,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum VadKind {
+    #[default]
+    Webrtc,
+    Earshot,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RecordingsConfig {
+    /// `pcm16` (8 kHz 16-bit) or `ulaw` (8 kHz G.711 μ-law, half the size).
+    pub format: crate::media::recorder::RecordingFormat,
+    /// Also record the caller's side of the whole call (`<lead id>-call.wav`).
+    pub whole_call: bool,
+    /// The whole-call recording stops growing after this many seconds.
+    pub max_call_secs: u64,
+}
+
+impl Default for IntakeConfig {
+    fn default() -> Self {
+        IntakeConfig { vad: VadKind::Webrtc }
+    }
+}
+
+impl Default for RecordingsConfig {
+    fn default() -> Self {
+        RecordingsConfig { format: Default::default(), whole_call: false, max_call_secs: 600 }
+    }
 }
 
 /// One account to register with a PBX or carrier (`[[register]]`).
@@ -233,10 +274,9 @@ pub struct DataConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct PromptsConfig {
-    /// Directory that relative prompt paths are resolved against.
+    /// Where prompts live. A step's `prompt = "name"` plays DIR/name.wav;
+    /// a name with an extension (`name.ulaw`, `sub/x.wav`) is a file under DIR.
     pub dir: PathBuf,
-    pub greeting: PathBuf,
-    pub goodbye: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -244,6 +284,26 @@ pub struct PromptsConfig {
 pub struct LogConfig {
     /// tracing filter, e.g. "info" or "backstop=debug". RUST_LOG overrides it.
     pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            sip: Default::default(),
+            rtp: Default::default(),
+            call: Default::default(),
+            data: Default::default(),
+            prompts: Default::default(),
+            log: Default::default(),
+            outbox: Default::default(),
+            leads_file: Default::default(),
+            webhook: Vec::new(),
+            register: Vec::new(),
+            intake: Default::default(),
+            recordings: Default::default(),
+            step: crate::intake::program::default_steps(),
+        }
+    }
 }
 
 impl Default for SipConfig {
@@ -280,7 +340,7 @@ impl Default for DataConfig {
 
 impl Default for PromptsConfig {
     fn default() -> Self {
-        PromptsConfig { dir: "prompts".into(), greeting: "greeting.wav".into(), goodbye: "goodbye.wav".into() }
+        PromptsConfig { dir: "prompts".into() }
     }
 }
 
@@ -434,6 +494,12 @@ impl Config {
                 p.push((key("retry_interval_s"), "must be > 0 and <= max_retry_interval_s".into()));
             }
         }
+        if let Err(errs) = self.program() {
+            p.extend(errs);
+        }
+        if self.recordings.max_call_secs == 0 || self.recordings.max_call_secs > 4 * 3600 {
+            p.push(("recordings.max_call_secs".into(), "must be between 1 and 14400".into()));
+        }
         if self.log.level.parse::<tracing_subscriber::EnvFilter>().is_err() {
             p.push(("log.level".into(), format!("{:?} is not a tracing filter", self.log.level)));
         }
@@ -456,9 +522,18 @@ impl Config {
         Duration::from_millis(self.sip.t2_ms)
     }
 
-    pub fn prompt_path(&self, p: &Path) -> PathBuf {
-        if p.is_absolute() { p.to_path_buf() } else { self.prompts.dir.join(p) }
+    /// The file a prompt name refers to.
+    pub fn prompt_path(&self, name: &str) -> PathBuf {
+        let p = Path::new(name);
+        let p = if p.extension().is_some() { p.to_path_buf() } else { p.with_extension("wav") };
+        if p.is_absolute() { p } else { self.prompts.dir.join(p) }
     }
+
+    /// The intake script, compiled (validated by `parse`, so this cannot fail after it).
+    pub fn program(&self) -> Result<crate::intake::program::Program, Vec<(String, String)>> {
+        crate::intake::program::Program::compile(&self.step)
+    }
+
 
     pub fn leads_path(&self) -> PathBuf {
         self.data.dir.join("leads.jsonl")

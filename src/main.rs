@@ -3,7 +3,6 @@
 use anyhow::Context;
 use backstop::agent::Agent;
 use backstop::config::Config;
-use backstop::intake::script::Script;
 use backstop::media::prompt::{Prompt, PromptSet};
 use backstop::sink::delivery::{Delivery, Sink, Target, now_ms};
 use backstop::sink::event::EventType;
@@ -103,17 +102,14 @@ fn config_or_exit(path: Option<&Path>, data_dir: Option<PathBuf>) -> Result<Conf
     Ok(cfg)
 }
 
-fn load_prompts(cfg: &Config, script: &Script) -> anyhow::Result<PromptSet> {
+/// Load every prompt the script can play; a missing or unreadable one is an error naming the step's prompt.
+fn load_prompts(cfg: &Config) -> anyhow::Result<PromptSet> {
+    let program = cfg.program().map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let mut set = PromptSet::default();
-    for (name, file) in [("greeting", &cfg.prompts.greeting), ("goodbye", &cfg.prompts.goodbye)] {
-        let path = cfg.prompt_path(file);
-        let prompt = Prompt::load(name, &path).with_context(|| format!("prompts.{name}"))?;
+    for name in program.prompts() {
+        let path = cfg.prompt_path(name);
+        let prompt = Prompt::load(name, &path).with_context(|| format!("prompt {name:?} ({})", path.display()))?;
         set.insert(prompt);
-    }
-    for needed in script.prompts() {
-        if set.get(needed).is_none() {
-            anyhow::bail!("the script needs prompt {needed:?}, which is not configured");
-        }
     }
     Ok(set)
 }
@@ -126,7 +122,7 @@ fn main() -> std::process::ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            match load_prompts(&cfg, &Script::greeting_then_goodbye()) {
+            match load_prompts(&cfg) {
                 Ok(set) => {
                     let mut names: Vec<&str> = set.names().collect();
                     names.sort();
@@ -292,7 +288,7 @@ fn init_logging(cfg: &Config) {
 }
 
 fn run(cfg: Config) -> anyhow::Result<()> {
-    let prompts = Arc::new(load_prompts(&cfg, &Script::greeting_then_goodbye())?);
+    let prompts = Arc::new(load_prompts(&cfg)?);
     std::fs::create_dir_all(cfg.recordings_dir())
         .with_context(|| format!("creating {}", cfg.recordings_dir().display()))?;
     let outbox_path = cfg.outbox_path();

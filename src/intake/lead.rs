@@ -60,6 +60,10 @@ pub struct Lead {
     pub codec: Option<String>,
     /// Every key the caller pressed, in order (RFC 4733, SIP INFO or in-band).
     pub dtmf: String,
+    /// The script's answers by step name (see `intake::script::Answer`).
+    pub answers: std::collections::BTreeMap<String, crate::intake::script::Answer>,
+    /// The whole call's recording (the caller's side), when enabled; relative to the recordings directory.
+    pub recording: Option<String>,
 }
 
 /// RFC 3339 UTC with milliseconds.
@@ -94,6 +98,8 @@ impl Lead {
             transport: transport.to_ascii_lowercase(),
             codec: None,
             dtmf: String::new(),
+            answers: Default::default(),
+            recording: None,
         }
     }
 }

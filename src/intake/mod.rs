@@ -1,4 +1,6 @@
 //! The caller-facing conversation: the script a call follows and the lead it produces.
+pub mod endpoint;
 pub mod forwarding;
 pub mod lead;
+pub mod program;
 pub mod script;

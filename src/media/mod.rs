@@ -2,5 +2,6 @@
 pub mod dtmf;
 pub mod g711;
 pub mod prompt;
+pub mod recorder;
 pub mod rtp;
 pub mod vad;

@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 pub const FRAME: Duration = Duration::from_millis(20);
 /// If the driver falls further behind than this, skip ahead instead of bursting.
 const MAX_CATCH_UP: u64 = 5;
+/// The most audio taken from one incoming packet (100 ms).
+const MAX_PACKET_SAMPLES: usize = 800;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MediaEvent {
@@ -58,6 +60,8 @@ pub struct MediaSession {
     telephone_event: Option<u8>,
     rfc4733: Rfc4733Receiver,
     inband: InBandDetector,
+    /// The last packet's audio, decoded (reused buffer).
+    decoded: Vec<i16>,
     transmits: VecDeque<(SocketAddr, Vec<u8>)>,
     events: VecDeque<MediaEvent>,
     pub stats: MediaStats,
@@ -82,6 +86,7 @@ impl MediaSession {
             telephone_event: None,
             rfc4733: Rfc4733Receiver::default(),
             inband: InBandDetector::default(),
+            decoded: Vec::with_capacity(MAX_PACKET_SAMPLES),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: MediaStats::default(),
@@ -139,21 +144,19 @@ impl MediaSession {
         self.playing.is_some()
     }
 
-    /// An RTP datagram from the network.
-    pub fn handle_rtp(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+    /// An RTP datagram from the network. Returns the caller's audio it
+    /// carried, decoded to 8 kHz linear (empty for anything else).
+    pub fn handle_rtp(&mut self, now: Instant, from: SocketAddr, data: &[u8]) -> &[i16] {
+        self.decoded.clear();
         let Ok(pkt) = RtpReader::new(data) else {
             self.stats.packets_ignored += 1;
-            return;
+            return &self.decoded;
         };
-        if pkt.version() != 2 {
-            self.stats.packets_ignored += 1;
-            return;
-        }
         let pt = pkt.payload_type();
-        if pt != self.law.payload_type() && Some(pt) != self.telephone_event {
+        if pkt.version() != 2 || (pt != self.law.payload_type() && Some(pt) != self.telephone_event) {
             // Not a format we negotiated: not the caller's media (and never latched onto).
             self.stats.packets_ignored += 1;
-            return;
+            return &self.decoded;
         }
         self.stats.packets_received += 1;
         if !self.latched {
@@ -167,17 +170,17 @@ impl MediaSession {
             if let Some(ev) = self.rfc4733.handle_packet(now, pkt.timestamp(), pkt.payload()) {
                 self.events.push_back(MediaEvent::Dtmf(ev));
             }
-        } else if pt == self.law.payload_type() && self.telephone_event.is_none() {
-            let mut pcm = [0i16; FRAME_SAMPLES];
-            for chunk in pkt.payload().chunks(FRAME_SAMPLES) {
-                for (o, b) in pcm.iter_mut().zip(chunk) {
-                    *o = self.law.decode(*b);
-                }
-                for ev in self.inband.handle_samples(now, &pcm[..chunk.len()]) {
-                    self.events.push_back(MediaEvent::Dtmf(ev));
-                }
+            return &self.decoded;
+        }
+        let payload = pkt.payload();
+        // At most 100 ms of audio per packet is taken; a larger one is cut, not trusted.
+        self.decoded.extend(payload.iter().take(MAX_PACKET_SAMPLES).map(|b| self.law.decode(*b)));
+        if self.telephone_event.is_none() {
+            for ev in self.inband.handle_samples(now, &self.decoded) {
+                self.events.push_back(MediaEvent::Dtmf(ev));
             }
         }
+        &self.decoded
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {

@@ -11,6 +11,8 @@
 pub trait VoiceDetector: Send {
     fn is_speech(&mut self, frame: &[i16]) -> bool;
     fn name(&self) -> &'static str;
+    /// 0 (most frames called speech) to 3 (fewest), per intake step.
+    fn set_aggressiveness(&mut self, level: u8);
 }
 
 /// WebRTC's VAD (libfvad). `mode` 0–3: quality, low bitrate, aggressive, very aggressive.
@@ -30,14 +32,18 @@ unsafe impl Send for SendVad {}
 
 impl WebRtcVad {
     pub fn new(mode: u8) -> WebRtcVad {
-        use webrtc_vad::{SampleRate, Vad, VadMode};
-        let m = match mode {
-            0 => VadMode::Quality,
-            1 => VadMode::LowBitrate,
-            2 => VadMode::Aggressive,
-            _ => VadMode::VeryAggressive,
-        };
-        WebRtcVad { vad: SendVad(Vad::new_with_rate_and_mode(SampleRate::Rate8kHz, m)), mode }
+        use webrtc_vad::{SampleRate, Vad};
+        WebRtcVad { vad: SendVad(Vad::new_with_rate_and_mode(SampleRate::Rate8kHz, webrtc_mode(mode))), mode }
+    }
+}
+
+fn webrtc_mode(level: u8) -> webrtc_vad::VadMode {
+    use webrtc_vad::VadMode;
+    match level {
+        0 => VadMode::Quality,
+        1 => VadMode::LowBitrate,
+        2 => VadMode::Aggressive,
+        _ => VadMode::VeryAggressive,
     }
 }
 
@@ -48,6 +54,13 @@ impl VoiceDetector for WebRtcVad {
             return false;
         }
         self.vad.0.is_voice_segment(frame).unwrap_or(false)
+    }
+
+    fn set_aggressiveness(&mut self, level: u8) {
+        if level.min(3) != self.mode {
+            self.mode = level.min(3);
+            self.vad.0.set_mode(webrtc_mode(self.mode));
+        }
     }
 
     fn name(&self) -> &'static str {
@@ -96,6 +109,11 @@ impl VoiceDetector for EarshotVad {
             self.last_score = b;
         }
         self.last_score >= self.threshold
+    }
+
+    /// Levels map to score thresholds 0.3, 0.4, 0.5, 0.6.
+    fn set_aggressiveness(&mut self, level: u8) {
+        self.threshold = 0.3 + 0.1 * level.min(3) as f32;
     }
 
     fn name(&self) -> &'static str {

@@ -1,0 +1,251 @@
+//! Speech endpointing for voice answers, Sans-IO: fed 20 ms frames with the
+//! VAD's verdict, it finds where an answer starts and ends and hands back
+//! the answer's audio.
+//!
+//! It always keeps the last `pre_roll` of audio, so when speech is detected
+//! the recording starts that far back and the first syllable (which the VAD
+//! often flags a frame or two late) is never clipped. Speech starts after
+//! [`ONSET_FRAMES`] speech frames in a row; it ends after `end_silence` of
+//! non-speech frames, at `max_speech`, or when [`Endpointer::finish`] is
+//! called (the caller hung up, or RTP stopped arriving). A burst shorter
+//! than `min_speech` (a cough, a click) is dropped and listening goes on.
+
+use crate::intake::program::ListenParams;
+use std::collections::VecDeque;
+
+pub const FRAME_SAMPLES: usize = 160;
+pub const FRAME_MS: u64 = 20;
+/// Speech frames in a row that count as the start of speech (60 ms).
+pub const ONSET_FRAMES: usize = 3;
+/// Audio kept after the last speech frame, so the last word is not cut.
+const TAIL_FRAMES: usize = 5;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndpointEvent {
+    SpeechStarted,
+    /// The answer: audio from pre-roll to just after the last speech frame.
+    Answer(SpokenAnswer),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpokenAnswer {
+    pub samples: Vec<i16>,
+    /// From the first to the last speech frame.
+    pub speech_ms: u64,
+    /// Why it ended: `silence`, `max_length`, `finished`.
+    pub ended_by: &'static str,
+}
+
+#[derive(Debug)]
+enum State {
+    Off,
+    Waiting { onset: usize },
+    Speech { samples: Vec<i16>, start_frame: usize, last_speech_frame: usize, frames: usize, speech_frames: usize },
+}
+
+#[derive(Debug)]
+pub struct Endpointer {
+    params: ListenParams,
+    history: VecDeque<i16>,
+    /// Whether each frame in `history` was speech (same order, one per frame).
+    history_speech: VecDeque<bool>,
+    state: State,
+}
+
+impl Default for Endpointer {
+    fn default() -> Self {
+        Endpointer {
+            params: ListenParams::default(),
+            history: VecDeque::new(),
+            history_speech: VecDeque::new(),
+            state: State::Off,
+        }
+    }
+}
+
+fn frames(d: std::time::Duration) -> usize {
+    (d.as_millis() as u64).div_ceil(FRAME_MS) as usize
+}
+
+impl Endpointer {
+    /// Start listening for an answer with these settings.
+    pub fn arm(&mut self, params: ListenParams) {
+        self.params = params;
+        if !self.is_armed() {
+            // Only speech from now on can start an answer; the history still serves as pre-roll.
+            self.history_speech.iter_mut().for_each(|s| *s = false);
+            self.state = State::Waiting { onset: 0 };
+        }
+    }
+
+    /// Stop listening; an answer in progress is dropped.
+    pub fn disarm(&mut self) {
+        self.state = State::Off;
+    }
+
+    pub fn is_armed(&self) -> bool {
+        !matches!(self.state, State::Off)
+    }
+
+    pub fn in_speech(&self) -> bool {
+        matches!(self.state, State::Speech { .. })
+    }
+
+    /// One 20 ms frame and whether the VAD called it speech.
+    pub fn handle_frame(&mut self, frame: &[i16], speech: bool) -> Option<EndpointEvent> {
+        let keep = frames(self.params.pre_roll) + ONSET_FRAMES;
+        self.history.extend(frame.iter().copied());
+        self.history_speech.push_back(speech);
+        while self.history_speech.len() > keep {
+            self.history_speech.pop_front();
+            let n = FRAME_SAMPLES.min(self.history.len());
+            self.history.drain(..n);
+        }
+        match &mut self.state {
+            State::Off => None,
+            State::Waiting { onset } => {
+                *onset = if speech { *onset + 1 } else { 0 };
+                if *onset < ONSET_FRAMES {
+                    return None;
+                }
+                // The recording begins pre_roll before the first onset frame.
+                let available = self.history_speech.len();
+                let start = available.saturating_sub(ONSET_FRAMES + frames(self.params.pre_roll));
+                let samples: Vec<i16> = self.history.iter().skip(start * FRAME_SAMPLES).copied().collect();
+                let n = samples.len().div_ceil(FRAME_SAMPLES);
+                self.state = State::Speech {
+                    samples,
+                    start_frame: n - ONSET_FRAMES,
+                    last_speech_frame: n - 1,
+                    frames: n,
+                    speech_frames: ONSET_FRAMES,
+                };
+                Some(EndpointEvent::SpeechStarted)
+            }
+            State::Speech { samples, last_speech_frame, frames: n, speech_frames, start_frame } => {
+                samples.extend_from_slice(frame);
+                *n += 1;
+                if speech {
+                    *last_speech_frame = *n - 1;
+                    *speech_frames += 1;
+                }
+                let silent = *n - 1 - *last_speech_frame;
+                let spoken_ms = (*n - *start_frame) as u64 * FRAME_MS;
+                if spoken_ms >= self.params.max_speech.as_millis() as u64 {
+                    return self.end("max_length");
+                }
+                if silent >= frames(self.params.end_silence) {
+                    if (*speech_frames as u64 * FRAME_MS) < self.params.min_speech.as_millis() as u64 {
+                        // Too short to be an answer: keep listening.
+                        self.state = State::Waiting { onset: 0 };
+                        return None;
+                    }
+                    return self.end("silence");
+                }
+                None
+            }
+        }
+    }
+
+    /// End an answer in progress now (hang-up, RTP stopped); `None` if there is none.
+    pub fn finish(&mut self) -> Option<SpokenAnswer> {
+        match self.end("finished") {
+            Some(EndpointEvent::Answer(a)) => Some(a),
+            _ => None,
+        }
+    }
+
+    fn end(&mut self, why: &'static str) -> Option<EndpointEvent> {
+        let State::Speech { mut samples, start_frame, last_speech_frame, .. } =
+            std::mem::replace(&mut self.state, State::Off)
+        else {
+            return None;
+        };
+        samples.truncate((last_speech_frame + 1 + TAIL_FRAMES) * FRAME_SAMPLES);
+        let speech_ms = (last_speech_frame + 1 - start_frame) as u64 * FRAME_MS;
+        Some(EndpointEvent::Answer(SpokenAnswer { samples, speech_ms, ended_by: why }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn params() -> ListenParams {
+        ListenParams {
+            end_silence: Duration::from_millis(1200),
+            max_speech: Duration::from_secs(5),
+            min_speech: Duration::from_millis(200),
+            pre_roll: Duration::from_millis(300),
+            no_speech_timeout: Duration::from_secs(5),
+            vad_aggressiveness: 3,
+        }
+    }
+
+    /// Feed `pattern` (true = speech frame); frame i's samples all equal i.
+    fn feed(e: &mut Endpointer, from: usize, pattern: &[bool]) -> Vec<(usize, EndpointEvent)> {
+        let mut out = Vec::new();
+        for (k, s) in pattern.iter().enumerate() {
+            let i = from + k;
+            if let Some(ev) = e.handle_frame(&[i as i16; FRAME_SAMPLES], *s) {
+                out.push((i, ev));
+            }
+        }
+        out
+    }
+
+    fn run(speech: usize, silence: usize) -> Vec<bool> {
+        std::iter::repeat_n(true, speech).chain(std::iter::repeat_n(false, silence)).collect()
+    }
+
+    #[test]
+    fn an_answer_keeps_the_pre_roll_and_ends_after_the_silence() {
+        let mut e = Endpointer::default();
+        e.arm(params());
+        // 1 s of silence, then 1 s of speech with a 400 ms pause inside, then silence.
+        let mut pattern = run(0, 50);
+        pattern.extend(run(25, 20));
+        pattern.extend(run(25, 100));
+        let evs = feed(&mut e, 0, &pattern);
+        assert_eq!(evs[0], (52, EndpointEvent::SpeechStarted));
+        let (at, EndpointEvent::Answer(a)) = &evs[1] else { panic!("{evs:?}") };
+        // Last speech frame 119; 1200 ms = 60 silent frames later.
+        assert_eq!(*at, 179);
+        assert_eq!(a.ended_by, "silence");
+        assert_eq!(a.speech_ms, 70 * 20, "first to last speech frame, pause included");
+        // First sample: 300 ms (15 frames) before the first speech frame 50.
+        assert_eq!(a.samples[0], 35);
+        assert_eq!(a.samples.len(), (120 + TAIL_FRAMES - 35) * FRAME_SAMPLES);
+        assert!(!e.is_armed());
+    }
+
+    #[test]
+    fn short_bursts_are_not_answers_and_max_length_cuts() {
+        let mut e = Endpointer::default();
+        e.arm(params());
+        let mut pattern = run(5, 70); // 100 ms: below min_speech
+        pattern.extend(run(400, 0)); // 8 s of talking
+        let evs = feed(&mut e, 0, &pattern);
+        assert_eq!(evs.len(), 3, "{evs:?}");
+        assert_eq!(evs[0].1, EndpointEvent::SpeechStarted);
+        assert_eq!(evs[1], (77, EndpointEvent::SpeechStarted));
+        let EndpointEvent::Answer(a) = &evs[2].1 else { panic!() };
+        assert_eq!(a.ended_by, "max_length");
+        assert_eq!(evs[2].0, 75 + 250 - 1);
+    }
+
+    #[test]
+    fn speech_before_arming_is_pre_roll_only_and_finish_returns_partial_audio() {
+        let mut e = Endpointer::default();
+        feed(&mut e, 0, &run(10, 0));
+        assert!(e.finish().is_none());
+        e.arm(params());
+        // Speech that was going on while disarmed starts an answer after the onset frames.
+        let evs = feed(&mut e, 10, &run(4, 0));
+        assert_eq!(evs, vec![(12, EndpointEvent::SpeechStarted)]);
+        let a = e.finish().unwrap();
+        assert_eq!(a.ended_by, "finished");
+        assert_eq!(a.samples[0], 0, "the pre-roll reaches back into the unarmed audio");
+    }
+}

@@ -1,0 +1,111 @@
+//! Recordings on disk: an answer's (or the whole call's) 8 kHz audio as a
+//! WAV file, 16-bit PCM (hound) or G.711 μ-law (WAVE_FORMAT_MULAW, written
+//! here: hound writes PCM only). This is the runtime's side of recording;
+//! the script decides what to keep and hands over the samples.
+
+use crate::media::g711::Law;
+use serde::Deserialize;
+use std::io::Write;
+use std::path::Path;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordingFormat {
+    /// 8 kHz 16-bit PCM: 16 kB per second, plays everywhere.
+    #[default]
+    Pcm16,
+    /// 8 kHz G.711 μ-law: 8 kB per second, what the call carried.
+    Ulaw,
+}
+
+/// Encode `samples` (8 kHz mono) as a complete WAV file.
+pub fn wav_bytes(samples: &[i16], format: RecordingFormat) -> Vec<u8> {
+    match format {
+        RecordingFormat::Pcm16 => {
+            let spec =
+                hound::WavSpec { channels: 1, sample_rate: 8000, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+            let mut cursor = std::io::Cursor::new(Vec::with_capacity(44 + samples.len() * 2));
+            {
+                let mut w = hound::WavWriter::new(&mut cursor, spec).expect("in-memory WAV header");
+                let mut i16w = w.get_i16_writer(samples.len() as u32);
+                for s in samples {
+                    i16w.write_sample(*s);
+                }
+                i16w.flush().expect("in-memory WAV data");
+                w.finalize().expect("in-memory WAV");
+            }
+            cursor.into_inner()
+        }
+        RecordingFormat::Ulaw => {
+            let data: Vec<u8> = samples.iter().map(|s| Law::Pcmu.encode(*s)).collect();
+            let mut out = Vec::with_capacity(58 + data.len() + 1);
+            let pad = data.len() % 2;
+            out.extend_from_slice(b"RIFF");
+            out.extend_from_slice(&((4 + 26 + 12 + 8 + data.len() + pad) as u32).to_le_bytes());
+            out.extend_from_slice(b"WAVE");
+            // fmt: format 7 (μ-law), mono, 8000 Hz, 8000 B/s, block 1, 8 bits, cbSize 0.
+            out.extend_from_slice(b"fmt ");
+            out.extend_from_slice(&18u32.to_le_bytes());
+            for v in [7u16, 1] {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            for v in [8000u32, 8000] {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            for v in [1u16, 8, 0] {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            // fact: sample count (required for non-PCM formats).
+            out.extend_from_slice(b"fact");
+            out.extend_from_slice(&4u32.to_le_bytes());
+            out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+            out.extend_from_slice(b"data");
+            out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+            out.extend_from_slice(&data);
+            if pad == 1 {
+                out.push(0);
+            }
+            out
+        }
+    }
+}
+
+/// Write a recording durably: to a temporary name, fsync, then rename, so
+/// a crash never leaves a half-written file under the name a lead points to.
+pub fn write_recording(path: &Path, samples: &[i16], format: RecordingFormat) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("wav.part");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&wav_bytes(samples, format))?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::prompt::Prompt;
+
+    #[test]
+    fn both_formats_read_back_through_our_prompt_loader() {
+        let samples: Vec<i16> = (0..8000).map(|i| ((i as f32 / 10.0).sin() * 8000.0) as i16).collect();
+        let dir = std::env::temp_dir().join(format!("backstop-rec-{}", std::process::id()));
+        for format in [RecordingFormat::Pcm16, RecordingFormat::Ulaw] {
+            let path = dir.join(format!("{format:?}.wav"));
+            write_recording(&path, &samples, format).unwrap();
+            let back = Prompt::load("r", &path).unwrap();
+            assert_eq!(back.pcm.len(), samples.len(), "{format:?}");
+            let expected: Vec<i16> = match format {
+                RecordingFormat::Pcm16 => samples.clone(),
+                RecordingFormat::Ulaw => samples.iter().map(|s| Law::Pcmu.decode(Law::Pcmu.encode(*s))).collect(),
+            };
+            assert_eq!(back.pcm, expected, "{format:?}");
+        }
+        // hound reads our μ-law header as a valid RIFF/WAVE (it rejects the format, not the framing).
+        let ulaw = wav_bytes(&samples[..3], RecordingFormat::Ulaw);
+        assert_eq!(u32::from_le_bytes(ulaw[4..8].try_into().unwrap()) as usize, ulaw.len() - 8);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
