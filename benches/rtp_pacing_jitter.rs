@@ -10,11 +10,9 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use backstop::media::g711::Law;
 use backstop::media::prompt::Prompt;
 use common::scenario::*;
 use common::*;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -41,7 +39,10 @@ fn main() {
 
     let agent = AgentProc::start(
         "pacing",
-        &format!("[sip]\nanswer_after_ms = 100\n[prompts]\ngreeting = \"{}\"\n", wav.display()),
+        &format!(
+            "[sip]\nanswer_after_ms = 100\n[[step]]\nname = \"long\"\nkind = \"goodbye\"\nprompt = \"{}\"\n",
+            wav.display()
+        ),
     );
     let rtp = RtpCapture::start();
     let sc = scenario("pacing", &[&invite("", OFFER), ANSWERED, &ack(1), AGENT_BYE]);
@@ -52,7 +53,7 @@ fn main() {
 
     // The peer: SIPp's UAS replaying the same 30 s as a pcap.
     let pcap = dir.join("long.pcap");
-    write_pcap(&pcap, &Prompt::from_pcm("long", pcm).encoded(Law::Pcmu)[..frames * 160]);
+    common::pcap::CallerAudio::new(101).audio(&pcm[..frames * 160]).write(&pcap);
     let uas_port = free_port();
     let uas_xml = dir.join("uas.xml");
     std::fs::write(&uas_xml, UAS.replace("PCAP", &pcap.display().to_string())).unwrap();
@@ -103,60 +104,6 @@ fn report(name: &str, packets: &[(Instant, std::net::SocketAddr, Vec<u8>)], fram
     );
 }
 
-/// A pcap of RTP packets (Ethernet/IPv4/UDP/RTP), one 20 ms μ-law frame each,
-/// timestamped 20 ms apart; SIPp rewrites addresses and ports.
-fn write_pcap(path: &Path, ulaw: &[u8]) {
-    let mut out = Vec::new();
-    out.extend_from_slice(&0xa1b2c3d4u32.to_le_bytes());
-    out.extend_from_slice(&2u16.to_le_bytes());
-    out.extend_from_slice(&4u16.to_le_bytes());
-    out.extend_from_slice(&0i32.to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
-    out.extend_from_slice(&65535u32.to_le_bytes());
-    out.extend_from_slice(&1u32.to_le_bytes());
-    for (i, frame) in ulaw.chunks(160).enumerate() {
-        let mut rtp = vec![0x80, if i == 0 { 0x80 } else { 0x00 }];
-        rtp.extend_from_slice(&(i as u16).to_be_bytes());
-        rtp.extend_from_slice(&((i * 160) as u32).to_be_bytes());
-        rtp.extend_from_slice(&0x1234_5678u32.to_be_bytes());
-        rtp.extend_from_slice(frame);
-        let udp_len = 8 + rtp.len();
-        let ip_len = 20 + udp_len;
-        let mut pkt = vec![0u8; 12];
-        pkt.extend_from_slice(&[0x08, 0x00]);
-        pkt.extend_from_slice(&[
-            0x45,
-            0,
-            (ip_len >> 8) as u8,
-            ip_len as u8,
-            0,
-            0,
-            0,
-            0,
-            64,
-            17,
-            0,
-            0,
-            127,
-            0,
-            0,
-            1,
-            127,
-            0,
-            0,
-            1,
-        ]);
-        pkt.extend_from_slice(&[0x1f, 0x40, 0x1f, 0x40, (udp_len >> 8) as u8, udp_len as u8, 0, 0]);
-        pkt.extend_from_slice(&rtp);
-        let t_us = i as u64 * 20_000;
-        out.extend_from_slice(&((t_us / 1_000_000) as u32).to_le_bytes());
-        out.extend_from_slice(&((t_us % 1_000_000) as u32).to_le_bytes());
-        out.extend_from_slice(&(pkt.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(pkt.len() as u32).to_le_bytes());
-        out.extend_from_slice(&pkt);
-    }
-    std::fs::write(path, out).unwrap();
-}
 
 const UAS: &str = r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
 <!DOCTYPE scenario SYSTEM "sipp.dtd">

@@ -42,9 +42,9 @@ fn bad_value_names_the_key_and_line_and_fails() {
 
 #[test]
 fn missing_prompt_fails_the_check() {
-    let (ok, text) = check("[prompts]\ngreeting = \"nope.wav\"\n");
+    let (ok, text) = check("[[step]]\nname = \"hello\"\nkind = \"goodbye\"\nprompt = \"nope\"\n");
     assert!(!ok);
-    assert!(text.contains("prompts.greeting") && text.contains("nope.wav"), "{text}");
+    assert!(text.contains("prompt \"nope\"") && text.contains("nope.wav"), "{text}");
 }
 
 #[test]

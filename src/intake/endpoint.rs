@@ -18,11 +18,13 @@ pub const FRAME_MS: u64 = 20;
 /// Speech frames in a row that count as the start of speech (60 ms).
 pub const ONSET_FRAMES: usize = 3;
 /// Audio kept after the last speech frame, so the last word is not cut.
-const TAIL_FRAMES: usize = 5;
+const TAIL_FRAMES: usize = 3;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EndpointEvent {
     SpeechStarted,
+    /// What started was too short to be speech (a cough, a click): listening goes on.
+    Discarded,
     /// The answer: audio from pre-roll to just after the last speech frame.
     Answer(SpokenAnswer),
 }
@@ -138,7 +140,7 @@ impl Endpointer {
                     if (*speech_frames as u64 * FRAME_MS) < self.params.min_speech.as_millis() as u64 {
                         // Too short to be an answer: keep listening.
                         self.state = State::Waiting { onset: 0 };
-                        return None;
+                        return Some(EndpointEvent::Discarded);
                     }
                     return self.end("silence");
                 }
@@ -156,10 +158,13 @@ impl Endpointer {
     }
 
     fn end(&mut self, why: &'static str) -> Option<EndpointEvent> {
+        if !self.in_speech() {
+            return None;
+        }
         let State::Speech { mut samples, start_frame, last_speech_frame, .. } =
             std::mem::replace(&mut self.state, State::Off)
         else {
-            return None;
+            unreachable!("checked above")
         };
         samples.truncate((last_speech_frame + 1 + TAIL_FRAMES) * FRAME_SAMPLES);
         let speech_ms = (last_speech_frame + 1 - start_frame) as u64 * FRAME_MS;
@@ -227,12 +232,13 @@ mod tests {
         let mut pattern = run(5, 70); // 100 ms: below min_speech
         pattern.extend(run(400, 0)); // 8 s of talking
         let evs = feed(&mut e, 0, &pattern);
-        assert_eq!(evs.len(), 3, "{evs:?}");
+        assert_eq!(evs.len(), 4, "{evs:?}");
         assert_eq!(evs[0].1, EndpointEvent::SpeechStarted);
-        assert_eq!(evs[1], (77, EndpointEvent::SpeechStarted));
-        let EndpointEvent::Answer(a) = &evs[2].1 else { panic!() };
+        assert_eq!(evs[1], (64, EndpointEvent::Discarded));
+        assert_eq!(evs[2], (77, EndpointEvent::SpeechStarted));
+        let EndpointEvent::Answer(a) = &evs[3].1 else { panic!() };
         assert_eq!(a.ended_by, "max_length");
-        assert_eq!(evs[2].0, 75 + 250 - 1);
+        assert_eq!(evs[3].0, 75 + 250 - 1);
     }
 
     #[test]

@@ -169,7 +169,7 @@ impl Default for ListenParams {
             end_silence: Duration::from_millis(1200),
             max_speech: Duration::from_secs(30),
             min_speech: Duration::from_millis(200),
-            pre_roll: Duration::from_millis(400),
+            pre_roll: Duration::from_millis(300),
             no_speech_timeout: Duration::from_secs(5),
             vad_aggressiveness: 3,
         }

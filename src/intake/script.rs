@@ -205,7 +205,7 @@ impl Script {
             if !self.endpointer.is_armed() {
                 self.endpointer.arm(Default::default());
             }
-            if let Some(EndpointEvent::SpeechStarted) = self.endpointer.handle_frame(frame, speech) {
+            if self.endpointer.handle_frame(frame, speech) == Some(EndpointEvent::SpeechStarted) {
                 self.stop_prompts();
                 // Leave the endpointer in speech: a following ask step picks the answer up.
                 self.enter(now, next);
@@ -221,6 +221,14 @@ impl Script {
                 self.speaking_deadline(now);
             }
             Some(EndpointEvent::Answer(a)) => self.voice_answer(now, a),
+            Some(EndpointEvent::Discarded) => {
+                if let StepKind::Ask { listen, .. } = barge_in
+                    && self.phase == Phase::Speaking
+                {
+                    self.phase = Phase::Waiting;
+                    self.deadline = Some(now + listen.no_speech_timeout);
+                }
+            }
             None => {
                 if self.phase == Phase::Speaking {
                     self.speaking_deadline(now);
@@ -603,5 +611,441 @@ impl Script {
         };
         self.answers.insert(name, answer);
         self.enter(now, fallback);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::intake::program::default_steps;
+
+    /// Speech = a frame with any sample over 1000 in magnitude.
+    struct EnergyVad;
+    impl VoiceDetector for EnergyVad {
+        fn is_speech(&mut self, frame: &[i16]) -> bool {
+            frame.iter().any(|s| s.unsigned_abs() > 1000)
+        }
+        fn name(&self) -> &'static str {
+            "energy"
+        }
+        fn set_aggressiveness(&mut self, _: u8) {}
+    }
+
+    /// Plays prompts for 1 s each (the greeting 3 s), feeds caller audio every 20 ms.
+    struct Sim {
+        s: Script,
+        t0: Instant,
+        ms: u64,
+        playing: Option<(String, u64)>,
+        /// (ms, what) for everything the script did.
+        log: Vec<(u64, String)>,
+        saved: Vec<(String, usize)>,
+        hung_up: bool,
+    }
+
+    impl Sim {
+        fn new(program: Program, caller: Option<&str>) -> Sim {
+            Sim::with_vad(program, caller, Box::new(EnergyVad))
+        }
+
+        fn with_vad(program: Program, caller: Option<&str>, vad: Box<dyn VoiceDetector>) -> Sim {
+            let ctx = ScriptContext { recording_prefix: "L".into(), caller_number: caller.map(Into::into) };
+            let mut sim = Sim {
+                s: Script::new(Arc::new(program), Some(vad), ctx),
+                t0: Instant::now(),
+                ms: 0,
+                playing: None,
+                log: vec![],
+                saved: vec![],
+                hung_up: false,
+            };
+            let now = sim.now();
+            sim.s.handle_answered(now);
+            sim.drain();
+            sim
+        }
+
+        fn now(&self) -> Instant {
+            self.t0 + Duration::from_millis(self.ms)
+        }
+
+        fn drain(&mut self) {
+            while let Some(a) = self.s.poll_action() {
+                match a {
+                    ScriptAction::Play(p) => {
+                        let len = if p == "greeting" { 3000 } else { 1000 };
+                        self.log.push((self.ms, format!("play {p}")));
+                        self.playing = Some((p, self.ms + len));
+                    }
+                    ScriptAction::StopPlayback => {
+                        self.log.push((self.ms, "stop".into()));
+                        self.playing = None;
+                    }
+                    ScriptAction::SaveRecording { file, samples } => {
+                        self.log.push((self.ms, format!("save {file}")));
+                        self.saved.push((file, samples.len()));
+                    }
+                    ScriptAction::Hangup => {
+                        self.log.push((self.ms, "hangup".into()));
+                        self.hung_up = true;
+                    }
+                }
+            }
+        }
+
+        /// Run to `until` ms; `speech(ms)` says whether the caller talks in the frame starting then.
+        fn run(&mut self, until: u64, speech: impl Fn(u64) -> bool) {
+            while self.ms < until && !self.hung_up {
+                self.ms += 20;
+                let now = self.now();
+                if let Some((p, end)) = self.playing.clone()
+                    && self.ms >= end
+                {
+                    self.playing = None;
+                    self.s.handle_prompt_finished(now, &p);
+                    self.drain();
+                }
+                let level = if speech(self.ms) { 5000 } else { 10 };
+                self.s.handle_audio(now, &[level; FRAME_SAMPLES]);
+                self.drain();
+                if self.s.poll_timeout().is_some_and(|t| t <= now) {
+                    self.s.handle_timeout(now);
+                    self.drain();
+                }
+            }
+        }
+
+        /// Feed real audio, one 20 ms frame per step.
+        fn play_audio(&mut self, pcm: &[i16]) {
+            for frame in pcm.chunks(FRAME_SAMPLES) {
+                self.ms += 20;
+                let now = self.now();
+                if let Some((p, end)) = self.playing.clone()
+                    && self.ms >= end
+                {
+                    self.playing = None;
+                    self.s.handle_prompt_finished(now, &p);
+                    self.drain();
+                }
+                self.s.handle_audio(now, frame);
+                self.drain();
+                if self.s.poll_timeout().is_some_and(|t| t <= now) {
+                    self.s.handle_timeout(now);
+                    self.drain();
+                }
+            }
+        }
+
+        fn keys(&mut self, keys: &str) {
+            for k in keys.chars() {
+                let now = self.now();
+                self.s.handle_dtmf(now, k);
+                self.drain();
+                self.run(self.ms + 200, |_| false);
+            }
+        }
+
+        fn answer(&self, step: &str) -> Answer {
+            self.s.answers().get(step).cloned().unwrap_or_else(|| panic!("no answer {step}: {:?}", self.log))
+        }
+
+        fn plays(&self) -> Vec<&str> {
+            self.log.iter().filter_map(|(_, l)| l.strip_prefix("play ")).collect()
+        }
+    }
+
+    fn default_program() -> Program {
+        Program::compile(&default_steps()).unwrap()
+    }
+
+    #[test]
+    fn the_default_script_by_voice_and_keypad() {
+        let mut sim = Sim::new(default_program(), Some("+15551230001"));
+        // Greeting 3 s, "name" prompt until 4 s; the caller says a name from 4.5 to 5.5 s.
+        sim.run(7_000, |ms| (4_500..5_500).contains(&ms));
+        let name = sim.answer("name");
+        assert_eq!((name.kind, name.status, name.attempts), ("voice", "answered", 1));
+        assert_eq!(name.recording.as_deref(), Some("L-name.wav"));
+        assert!((1_000..=1_100).contains(&name.speech_ms.unwrap()), "{name:?}");
+        // The answer ended 1.2 s after the last speech frame; "need" started right then.
+        let need_at = sim.log.iter().find(|(_, l)| l == "play need").unwrap().0;
+        assert_eq!(need_at, 5_480 + 1_200, "need prompt 1.2 s after the last speech frame");
+        // need: talks with a 600 ms pause (shorter than the end silence): one answer.
+        let start = need_at + 1_500;
+        sim.run(need_at + 7_000, |ms| (start..start + 1_000).contains(&ms) || (start + 1_600..start + 2_500).contains(&ms));
+        let need = sim.answer("need");
+        assert!((2_400..=2_600).contains(&need.speech_ms.unwrap()), "{need:?}");
+        // The saved audio: 300 ms pre-roll + 2.5 s from first to last speech + 60 ms tail.
+        let samples = sim.saved.iter().find(|(f, _)| f == "L-need.wav").unwrap().1;
+        assert_eq!(samples, (300 + 2_500 + 60) * 8);
+        // callback_number: "1" alone = the number calling; then the ZIP; then urgency 1.
+        assert_eq!(sim.plays().last(), Some(&"callback_number"));
+        sim.keys("1");
+        sim.run(sim.ms + 4_500, |_| false); // inter-digit timeout ends the entry
+        let cb = sim.answer("callback_number");
+        assert_eq!((cb.value.as_deref(), cb.from_caller_id), (Some("+15551230001"), true));
+        sim.keys("94110");
+        assert_eq!(sim.answer("zip").value.as_deref(), Some("94110"));
+        sim.keys("1");
+        let u = sim.answer("urgency");
+        assert_eq!((u.value.as_deref(), u.label.as_deref()), (Some("1"), Some("emergency")));
+        sim.run(sim.ms + 2_000, |_| false);
+        assert_eq!(sim.plays(), ["greeting", "name", "need", "callback_number", "zip", "urgency", "goodbye"]);
+        assert!(sim.hung_up);
+        assert_eq!(sim.s.outcome(), "completed");
+    }
+
+    #[test]
+    fn ask_reprompts_once_then_records_no_input() {
+        let mut sim = Sim::new(default_program(), None);
+        sim.run(30_000, |_| false);
+        let name = sim.answer("name");
+        assert_eq!((name.status, name.attempts, name.recording.clone()), ("no_input", 2, None));
+        // name, (5 s) sorry + name, (5 s) need ...
+        assert_eq!(sim.plays()[..5], ["greeting", "name", "sorry", "name", "need"]);
+        let at = |p: &str, n: usize| sim.log.iter().filter(|(_, l)| *l == format!("play {p}")).nth(n).unwrap().0;
+        assert_eq!(at("sorry", 0) - at("name", 0), 1_000 + 5_000);
+    }
+
+    #[test]
+    fn a_cough_is_not_an_answer() {
+        let mut sim = Sim::new(default_program(), None);
+        // 100 ms of noise at 4.5 s, then a real answer at 7 s.
+        sim.run(10_000, |ms| (4_500..4_600).contains(&ms) || (7_000..7_800).contains(&ms));
+        let name = sim.answer("name");
+        assert_eq!(name.status, "answered");
+        assert!((760..=820).contains(&name.speech_ms.unwrap()), "{name:?}");
+    }
+
+    #[test]
+    fn digits_invalid_then_valid_and_caller_id_without_a_number() {
+        let program = Program::from_toml(
+            r#"
+            [[step]]
+            name = "cb"
+            kind = "digits"
+            prompt = "cb"
+            validate = "phone"
+            caller_id_key = "1"
+            retry_prompt = "sorry"
+            "#,
+        )
+        .unwrap();
+        let mut sim = Sim::new(program, None);
+        sim.run(500, |_| false);
+        sim.keys("123#"); // too short; typed during the prompt, which stops
+        assert_eq!(sim.log[1].1, "stop");
+        sim.run(sim.ms + 1_000, |_| false);
+        sim.keys("1#"); // caller ID asked for, but the caller is anonymous
+        sim.run(sim.ms + 3_000, |_| false);
+        sim.keys("5551234567#");
+        let a = sim.answer("cb");
+        assert_eq!((a.status, a.value.as_deref(), a.attempts), ("answered", Some("5551234567"), 3));
+        assert_eq!(sim.plays(), ["cb", "sorry", "cb", "sorry", "cb"]);
+        assert!(sim.hung_up, "the end of the script hangs up");
+    }
+
+    #[test]
+    fn digits_end_at_max_length_or_inter_digit_timeout_and_fail_after_retries() {
+        let program = Program::from_toml(
+            r#"
+            [[step]]
+            name = "zip"
+            kind = "digits"
+            prompt = "zip"
+            validate = "zip"
+            retries = 1
+            [[step]]
+            name = "pin"
+            kind = "digits"
+            prompt = "pin"
+            validate = "regex"
+            regex = "[0-9]{3}"
+            max_digits = 3
+            terminator = ""
+            "#,
+        )
+        .unwrap();
+        let mut sim = Sim::new(program, None);
+        sim.run(1_500, |_| false);
+        sim.keys("12"); // then silence: the inter-digit timeout (4 s) ends it, invalid
+        sim.run(sim.ms + 5_000, |_| false);
+        assert_eq!(sim.plays(), ["zip", "zip"]);
+        sim.run(sim.ms + 8_000, |_| false); // no input on the retry
+        let zip = sim.answer("zip");
+        assert_eq!((zip.status, zip.attempts), ("no_input", 2));
+        sim.keys("987"); // max length 3 without a terminator
+        assert_eq!(sim.answer("pin").value.as_deref(), Some("987"));
+    }
+
+    #[test]
+    fn menu_branches_reprompts_and_falls_back_to_default() {
+        let program = Program::from_toml(
+            r#"
+            [[step]]
+            name = "menu"
+            kind = "menu"
+            prompt = "menu"
+            retry_prompt = "sorry"
+            default = "fallback"
+            options."1" = { label = "sales", next = "sales" }
+            options."2" = { label = "service" }
+            [[step]]
+            name = "service"
+            kind = "goodbye"
+            prompt = "service"
+            [[step]]
+            name = "sales"
+            kind = "goodbye"
+            prompt = "sales"
+            [[step]]
+            name = "fallback"
+            kind = "goodbye"
+            prompt = "fallback"
+            "#,
+        )
+        .unwrap();
+        let mut sim = Sim::new(program.clone(), None);
+        sim.run(1_500, |_| false);
+        sim.keys("9"); // not an option
+        sim.run(sim.ms + 2_500, |_| false);
+        sim.keys("1");
+        sim.run(sim.ms + 2_000, |_| false);
+        assert_eq!(sim.plays(), ["menu", "sorry", "menu", "sales"]);
+        assert_eq!(sim.answer("menu").label.as_deref(), Some("sales"));
+        assert_eq!(sim.answer("menu").attempts, 2);
+
+        let mut sim = Sim::new(program, None);
+        sim.run(60_000, |_| false);
+        assert_eq!(sim.plays(), ["menu", "sorry", "menu", "sorry", "menu", "fallback"]);
+        assert_eq!((sim.answer("menu").status, sim.answer("menu").attempts), ("no_input", 3));
+        assert!(sim.hung_up);
+    }
+
+    #[test]
+    fn barge_in_by_key_and_by_speech() {
+        let mut sim = Sim::new(default_program(), Some("5551230001"));
+        sim.run(1_000, |_| false);
+        // A key during the greeting (barge_in = dtmf) skips to the next step; the
+        // next step is "name" (ask), which does not take keys: the digit is dropped.
+        sim.keys("5");
+        assert_eq!(sim.plays(), ["greeting", "name"]);
+        // Talking over the "name" question stops it and records at once.
+        sim.run(sim.ms + 300, |_| false);
+        let t = sim.ms;
+        sim.run(t + 3_000, |ms| (t..t + 800).contains(&ms));
+        assert!(sim.log.iter().any(|(at, l)| l == "stop" && *at >= t && *at <= t + 100), "{:?}", sim.log);
+        assert_eq!(sim.answer("name").status, "answered");
+        assert_eq!(sim.plays().last(), Some(&"need"));
+    }
+
+    #[test]
+    fn hanging_up_mid_answer_keeps_what_was_said() {
+        let mut sim = Sim::new(default_program(), None);
+        sim.run(5_000, |ms| ms >= 4_400);
+        assert!(sim.s.answers().is_empty());
+        let now = sim.now();
+        sim.s.handle_call_ended(now);
+        sim.drain();
+        let name = sim.answer("name");
+        assert_eq!((name.status, name.recording.as_deref()), ("partial", Some("L-name.wav")));
+        assert_eq!(sim.saved.len(), 1);
+        assert_eq!(sim.s.outcome(), "hung_up_during_name");
+        // Keys typed so far are kept too.
+        let mut sim = Sim::new(default_program(), None);
+        sim.run(1_000, |_| false);
+        let now = sim.now();
+        sim.s.handle_dtmf(now, '0'); // barge into the greeting, onto "name"
+        sim.run(30_000, |_| false); // no speech twice, twice: on to callback_number
+        sim.keys("555");
+        let now = sim.now();
+        sim.s.handle_call_ended(now);
+        assert_eq!(sim.answer("callback_number").value.as_deref(), Some("555"));
+        assert_eq!(sim.answer("callback_number").status, "partial");
+        assert_eq!(sim.s.outcome(), "hung_up_during_callback_number");
+    }
+
+    #[test]
+    fn an_answer_ends_when_the_callers_rtp_stops() {
+        let mut sim = Sim::new(default_program(), None);
+        sim.run(5_000, |ms| ms >= 4_400);
+        // No more audio at all (a phone that sends nothing in silence): the deadline ends it.
+        let deadline = sim.s.poll_timeout().unwrap();
+        assert_eq!(deadline, sim.now() + Duration::from_millis(1_700));
+        sim.s.handle_timeout(deadline);
+        sim.drain();
+        assert_eq!(sim.answer("name").status, "answered");
+        assert_eq!(sim.plays().last(), Some(&"need"));
+    }
+
+    fn speech(name: &str) -> Vec<i16> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/speech").join(name);
+        let pcm = crate::media::prompt::Prompt::load(name, &path).unwrap().pcm;
+        // As it arrives in a call: through μ-law.
+        pcm.iter().map(|s| crate::media::g711::Law::Pcmu.decode(crate::media::g711::Law::Pcmu.encode(*s))).collect()
+    }
+
+    fn silence(ms: usize) -> Vec<i16> {
+        vec![0; ms * 8]
+    }
+
+    /// White noise at `dbfs` RMS (deterministic), added to `pcm`.
+    fn with_noise(pcm: &[i16], dbfs: f32) -> Vec<i16> {
+        let mut seed = 0x2545_f491u32;
+        let amp = 10f32.powf(dbfs / 20.0) * 32767.0 * 3f32.sqrt();
+        pcm.iter()
+            .map(|s| {
+                seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
+                let w = (seed >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0;
+                (*s as f32 + w * amp).clamp(-32768.0, 32767.0) as i16
+            })
+            .collect()
+    }
+
+    /// One ask step, heard by the real WebRTC VAD; returns (answers, ms at which the step ended).
+    fn ask_with_real_vad(audio: &[i16]) -> (BTreeMap<String, Answer>, Vec<(String, usize)>, Option<u64>) {
+        let program = Program::from_toml(
+            "[[step]]\nname = \"need\"\nkind = \"ask\"\nprompt = \"need\"\n[[step]]\nname = \"after\"\nkind = \"play\"\nprompt = \"after\"\n",
+        )
+        .unwrap();
+        let mut sim = Sim::with_vad(program, None, Box::new(crate::media::vad::WebRtcVad::new(3)));
+        sim.play_audio(audio);
+        let after = sim.log.iter().find(|(_, l)| l == "play after").map(|(at, _)| *at);
+        (sim.s.answers().clone(), sim.saved.clone(), after)
+    }
+
+    #[test]
+    fn real_speech_with_a_short_pause_is_one_answer_ended_by_the_silence() {
+        let need = speech("need.wav");
+        let speech_ms = need.len() as u64 / 8;
+        // The question plays for 1 s; the caller answers at 1.5 s, then is quiet.
+        for (label, audio) in [
+            ("clean", [silence(1_500), need.clone(), silence(4_000)].concat()),
+            ("white noise −45 dBFS", with_noise(&[silence(1_500), need.clone(), silence(4_000)].concat(), -45.0)),
+        ] {
+            let (answers, saved, after) = ask_with_real_vad(&audio);
+            let a = &answers["need"];
+            assert_eq!(a.status, "answered", "{label}");
+            let got = a.speech_ms.unwrap();
+            assert!(got.abs_diff(speech_ms) <= 300, "{label}: speech_ms {got} for {speech_ms} ms of speech");
+            // The recording holds the whole utterance, its first sample included.
+            let rec_ms = saved[0].1 as u64 / 8;
+            assert!(rec_ms.abs_diff(speech_ms) <= 500, "{label}: {rec_ms} ms recorded for {speech_ms} ms of speech");
+            // Moved on within 2 s of the caller falling silent.
+            let silent_at = 1_500 + speech_ms;
+            let latency = after.unwrap() - silent_at;
+            assert!((1_200..2_000).contains(&latency), "{label}: moved on {latency} ms after the speech ended");
+        }
+    }
+
+    #[test]
+    fn real_speech_with_a_long_pause_ends_at_the_pause() {
+        let (first, second) = (speech("need_first.wav"), speech("need_second.wav"));
+        let audio = [silence(1_500), first.clone(), silence(2_500), second, silence(3_000)].concat();
+        let (answers, _, after) = ask_with_real_vad(&audio);
+        let got = answers["need"].speech_ms.unwrap();
+        let first_ms = first.len() as u64 / 8;
+        assert!(got.abs_diff(first_ms) <= 300, "{got} ms kept; the first part is {first_ms} ms");
+        assert!(after.unwrap() < 1_500 + first_ms + 2_000);
     }
 }

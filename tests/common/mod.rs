@@ -3,6 +3,7 @@
 //! loopback, every wait is bounded, and dropping a helper kills its process.
 #![allow(dead_code)]
 
+pub mod pcap;
 pub mod receiver;
 pub mod scenario;
 
@@ -51,6 +52,10 @@ pub fn free_port() -> u16 {
     panic!("no free port");
 }
 
+/// Greeting, goodbye, hang up: the script the SIP-level tests run.
+pub const SKELETON_SCRIPT: &str = "[[step]]\nname = \"greeting\"\nkind = \"play\"\nprompt = \"greeting\"\n\
+    [[step]]\nname = \"goodbye\"\nkind = \"goodbye\"\nprompt = \"goodbye\"\n";
+
 /// The agent, running as a real process.
 pub struct AgentProc {
     child: Child,
@@ -59,8 +64,20 @@ pub struct AgentProc {
 }
 
 impl AgentProc {
-    /// Start with `extra` TOML appended to a test base config.
+    /// Start with `extra` TOML appended to a test base config. Unless `extra`
+    /// has its own `[[step]]`s, the script is the walking skeleton's
+    /// (greeting, goodbye, hang up), which most SIP tests assume; see
+    /// [`AgentProc::start_default_script`] for the shipped intake script.
     pub fn start(name: &str, extra: &str) -> AgentProc {
+        if extra.contains("[[step]]") {
+            Self::start_default_script(name, extra)
+        } else {
+            Self::start_default_script(name, &format!("{extra}\n{SKELETON_SCRIPT}"))
+        }
+    }
+
+    /// Start with `extra` appended and no script of the test's own: the shipped default script runs.
+    pub fn start_default_script(name: &str, extra: &str) -> AgentProc {
         let dir = scratch_dir(name);
         let port = free_port();
         let prompts = format!("[prompts]\ndir = \"{}\"\n", manifest_dir().join("prompts").display());
