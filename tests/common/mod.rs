@@ -296,6 +296,18 @@ pub struct RtpCapture {
 
 impl RtpCapture {
     pub fn start() -> RtpCapture {
+        Self::start_with(false)
+    }
+
+    /// Like `start`, but answers the agent's first packet with one RTP
+    /// packet of μ-law silence, so that the agent's symmetric-RTP latching
+    /// picks this socket and keeps sending here even when the caller's own
+    /// audio (SIPp's pcap) comes from another port.
+    pub fn start_latching() -> RtpCapture {
+        Self::start_with(true)
+    }
+
+    fn start_with(latch: bool) -> RtpCapture {
         let port = free_port();
         let sock = UdpSocket::bind(("127.0.0.1", port)).unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
@@ -308,6 +320,11 @@ impl RtpCapture {
             let deadline = Instant::now() + Duration::from_secs(600);
             while !flag.load(Ordering::SeqCst) && Instant::now() < deadline {
                 if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                    if latch && got.is_empty() {
+                        let mut pkt = vec![0x80, 0, 0, 1, 0, 0, 0, 160, 0x5e, 0xed, 0, 1];
+                        pkt.extend_from_slice(&[0xFF; 160]);
+                        let _ = sock.send_to(&pkt, from);
+                    }
                     got.push((Instant::now(), from, buf[..n].to_vec()));
                 }
             }

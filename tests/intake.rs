@@ -1,0 +1,238 @@
+//! The intake script against real SIPp callers: speech and RFC 4733 digits
+//! replayed from a pcap (`play_pcap_audio`, which needs root), digits over
+//! SIP INFO, and in-band DTMF tones with no telephone-event negotiated.
+//! The agent runs as a real process with the shipped prompts.
+
+mod common;
+
+use backstop::media::g711::Law;
+use backstop::media::prompt::Prompt;
+use common::pcap::CallerAudio;
+use common::scenario::*;
+use common::*;
+use serde_json::Value;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn speech(name: &str) -> Vec<i16> {
+    Prompt::load(name, &manifest_dir().join("tests/fixtures/speech").join(name)).unwrap().pcm
+}
+
+/// What the agent receives: the samples after the μ-law round trip.
+fn through_ulaw(pcm: &[i16]) -> Vec<i16> {
+    pcm.iter().map(|s| Law::Pcmu.decode(Law::Pcmu.encode(*s))).collect()
+}
+
+fn read_wav(path: &Path) -> Vec<i16> {
+    let mut r = hound::WavReader::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(r.spec().sample_rate, 8000);
+    r.samples::<i16>().map(|s| s.unwrap()).collect()
+}
+
+/// The scenario's wait for the agent's BYE, long enough for the whole script.
+fn agent_bye(ms: u64) -> String {
+    AGENT_BYE.replace("timeout=\"40000\"", &format!("timeout=\"{ms}\""))
+}
+
+fn play_pcap(path: &Path) -> String {
+    format!("  <nop><action><exec play_pcap_audio=\"{}\"/></action></nop>\n", path.display())
+}
+
+fn lead_of(agent: &AgentProc) -> Value {
+    let leads = agent.wait_leads(1, Duration::from_secs(10));
+    assert_eq!(leads.len(), 1, "{leads:?}");
+    leads[0].clone()
+}
+
+/// Check a voice answer's WAV: it holds every sample the caller spoke, from
+/// the very first (nothing clipped), with pre-roll before it, and its length
+/// is within ±0.5 s of the speech.
+fn check_recording(agent: &AgentProc, answer: &Value, spoken: &[i16]) {
+    let file = answer["recording"].as_str().unwrap_or_else(|| panic!("no recording: {answer}"));
+    let rec = read_wav(&agent.dir.join("data/recordings").join(file));
+    let sent = through_ulaw(spoken);
+    let start = rec
+        .windows(160)
+        .position(|w| w == &sent[..160])
+        .unwrap_or_else(|| panic!("{file}: the first 20 ms of the speech are not in the recording"));
+    assert!(start >= 8 * 200, "{file}: only {} ms before the speech starts", start / 8);
+    let end = (start + sent.len()).min(rec.len());
+    let kept = rec[start..end].iter().zip(&sent).take_while(|(a, b)| a == b).count();
+    assert!(kept + 8 * 100 >= sent.len(), "{file}: only {kept} of {} spoken samples kept in order", sent.len());
+    let (rec_ms, speech_ms) = (rec.len() as i64 / 8, sent.len() as i64 / 8);
+    assert!((rec_ms - speech_ms).abs() <= 500, "{file}: {rec_ms} ms recorded for {speech_ms} ms of speech");
+    let reported = answer["speech_ms"].as_i64().unwrap();
+    assert!((reported - speech_ms).abs() <= 500, "{file}: speech_ms {reported} for {speech_ms} ms of speech");
+}
+
+/// Index of the first captured packet where `prompt` starts playing.
+fn prompt_start(payloads: &[Vec<u8>], prompt: &Prompt) -> Option<usize> {
+    let frames: Vec<&[u8]> = prompt.encoded(Law::Pcmu).chunks(160).take(10).collect();
+    (0..payloads.len().saturating_sub(frames.len())).find(|i| frames.iter().enumerate().all(|(k, f)| payloads[i + k] == *f))
+}
+
+#[test]
+fn a_caller_completes_the_default_script_by_voice_and_keypad() {
+    let agent = AgentProc::start_default_script("intake-full", "[sip]\nanswer_after_ms = 100\n");
+    let dir = scratch_dir("sipp-intake-full");
+    let (name, need) = (speech("name.wav"), speech("need.wav"));
+    let prompt = |p: &str| Prompt::load(p, &manifest_dir().join("prompts").join(format!("{p}.wav"))).unwrap();
+
+    // The caller's side, in ms from the start of the pcap (200 ms after the ACK).
+    // Answers start well after each question ends at the agent's expected pace;
+    // keys are pressed while the next prompt may still play (they cut it short).
+    const LEAD_IN: u64 = 200;
+    let mut audio = CallerAudio::new(101);
+    let name_at = 8_800;
+    audio.silence_until(name_at).audio(&name);
+    let name_end = audio.ms();
+    let need_at = 14_200;
+    audio.silence_until(need_at).audio(&need);
+    let need_end = audio.ms();
+    audio.silence_until(20_000).digits("5551234567#");
+    audio.silence_until(22_500).digits("94110");
+    audio.silence_until(24_000).digits("1");
+    audio.silence_until(34_000);
+    let pcap = dir.join("caller.pcap");
+    audio.write(&pcap);
+
+    let rtp = RtpCapture::start_latching();
+    let sc = scenario(
+        "intake-full",
+        &[&invite("", OFFER), ANSWERED, &ack(1), &pause(LEAD_IN), &play_pcap(&pcap), &agent_bye(50_000)],
+    );
+    let run = run_sipp(&dir, &sc, agent.addr(), false, &[("rtp_port", rtp.port.to_string())]);
+    let packets = rtp.finish();
+    assert!(run.success, "SIPp failed: {}\n{}", run.errors, agent.log());
+
+    let lead = lead_of(&agent);
+    assert_eq!(lead["outcome"], "completed", "{lead}");
+    assert_eq!(lead["ended_by"], "agent");
+    assert_eq!(lead["dtmf"], "5551234567#941101");
+    let a = &lead["answers"];
+    assert_eq!(a["name"]["kind"], "voice");
+    assert_eq!(a["name"]["status"], "answered", "{a}");
+    assert_eq!(a["name"]["attempts"], 1);
+    assert_eq!(a["need"]["status"], "answered", "{a}");
+    check_recording(&agent, &a["name"], &name);
+    check_recording(&agent, &a["need"], &need);
+    assert_eq!(a["callback_number"]["value"], "5551234567", "{a}");
+    assert_eq!(a["callback_number"]["status"], "answered");
+    assert_eq!(a["zip"]["value"], "94110");
+    assert_eq!(a["urgency"]["value"], "1");
+    assert_eq!(a["urgency"]["label"], "emergency");
+
+    // End-of-speech latency, seen from outside: from the caller's last spoken
+    // sample to the first packet of the next question, on the wire.
+    let t0: Instant = packets[0].0;
+    let payloads: Vec<Vec<u8>> = packets.iter().map(|p| parse_rtp(&p.2).payload).collect();
+    let spoken_end = |ms: u64| t0 + Duration::from_millis(LEAD_IN + ms);
+    for (answer, end, next) in [("name", name_end, "need"), ("need", need_end, "callback_number")] {
+        let i = prompt_start(&payloads, &prompt(next)).unwrap_or_else(|| panic!("{next} prompt never played"));
+        let latency = packets[i].0.saturating_duration_since(spoken_end(end));
+        eprintln!("end-of-speech latency after `{answer}`: {} ms (end_silence 1200 ms)", latency.as_millis());
+        assert!(latency < Duration::from_secs(2), "moved on {latency:?} after the caller fell silent");
+        assert!(latency >= Duration::from_millis(1_100), "moved on {latency:?}: before the end silence had passed");
+    }
+}
+
+/// An in-dialog INFO carrying one digit as application/dtmf-relay.
+fn info_digit(cseq: u32, digit: &str) -> String {
+    format!(
+        r#"
+  <send retrans="500">
+    <![CDATA[
+      INFO [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      From: "Pat Caller" <sip:+15551230001@[local_ip]:[local_port]>;tag=[call_number]
+      [last_To:]
+      Call-ID: [call_id]
+      CSeq: {cseq} INFO
+      Max-Forwards: 70
+      Content-Type: application/dtmf-relay
+      Content-Length: [len]
+
+Signal={digit}
+Duration=160
+    ]]>
+  </send>
+  <recv response="200"/>
+  <pause milliseconds="150"/>
+"#
+    )
+}
+
+/// A keypad-only script: urgency menu, ZIP, callback number (caller ID), goodbye.
+const KEYPAD_SCRIPT: &str = r#"
+[[step]]
+name = "urgency"
+kind = "menu"
+prompt = "urgency"
+options."1" = { label = "emergency" }
+options."2" = { label = "this_week" }
+[[step]]
+name = "zip"
+kind = "digits"
+prompt = "zip"
+validate = "zip"
+[[step]]
+name = "callback_number"
+kind = "digits"
+prompt = "callback_number"
+validate = "phone"
+caller_id_key = "1"
+inter_digit_timeout_ms = 1000
+[[step]]
+name = "goodbye"
+kind = "goodbye"
+prompt = "goodbye"
+"#;
+
+fn keypad_answers_are(lead: &Value) {
+    let a = &lead["answers"];
+    assert_eq!(a["urgency"]["label"], "this_week", "{lead}");
+    assert_eq!(a["zip"]["value"], "94110", "{lead}");
+    // "1" alone: call back on the number calling (From: +15551230001).
+    assert_eq!(a["callback_number"]["value"], "+15551230001", "{lead}");
+    assert_eq!(a["callback_number"]["from_caller_id"], true);
+    assert_eq!(lead["outcome"], "completed");
+}
+
+#[test]
+fn sip_info_digits_answer_the_script() {
+    let agent = AgentProc::start("intake-info", &format!("[sip]\nanswer_after_ms = 50\n{KEYPAD_SCRIPT}"));
+    let dir = scratch_dir("sipp-intake-info");
+    let mut parts = vec![invite("", OFFER), ANSWERED.to_string(), ack(1), pause(500)];
+    for (i, d) in "2941101".chars().enumerate() {
+        parts.push(info_digit(2 + i as u32, &d.to_string()));
+    }
+    parts.push(agent_bye(20_000));
+    let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
+    let run = run_sipp(&dir, &scenario("intake-info", &refs), agent.addr(), false, &[("rtp_port", "40060".into())]);
+    assert!(run.success, "SIPp failed: {}\n{}", run.errors, agent.log());
+    let lead = lead_of(&agent);
+    assert_eq!(lead["dtmf"], "2941101");
+    keypad_answers_are(&lead);
+}
+
+#[test]
+fn in_band_tones_answer_the_script_without_telephone_event() {
+    let agent = AgentProc::start("intake-inband", &format!("[sip]\nanswer_after_ms = 50\n{KEYPAD_SCRIPT}"));
+    let dir = scratch_dir("sipp-intake-inband");
+    let offer = OFFER.replace(" 0 8 101", " 0").replace("a=rtpmap:101 telephone-event/8000\na=fmtp:101 0-15\n", "");
+    assert!(!offer.contains("telephone-event"));
+    let mut audio = CallerAudio::new(101);
+    audio.silence(500).tones("2").silence(300).tones("94110").silence(300).tones("1").silence(8_000);
+    let pcap = dir.join("tones.pcap");
+    audio.write(&pcap);
+    let sc = scenario(
+        "intake-inband",
+        &[&invite("", &offer), ANSWERED, &ack(1), &pause(200), &play_pcap(&pcap), &agent_bye(20_000)],
+    );
+    let run = run_sipp(&dir, &sc, agent.addr(), false, &[("rtp_port", "40062".into())]);
+    assert!(run.success, "SIPp failed: {}\n{}", run.errors, agent.log());
+    let lead = lead_of(&agent);
+    assert_eq!(lead["codec"], "PCMU");
+    assert_eq!(lead["dtmf"], "2941101");
+    keypad_answers_are(&lead);
+}
