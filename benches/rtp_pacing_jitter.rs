@@ -104,7 +104,6 @@ fn report(name: &str, packets: &[(Instant, std::net::SocketAddr, Vec<u8>)], fram
     );
 }
 
-
 const UAS: &str = r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
 <!DOCTYPE scenario SYSTEM "sipp.dtd">
 <scenario name="uas-pcap">

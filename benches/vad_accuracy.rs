@@ -78,6 +78,7 @@ fn main() {
         ("webrtc-vad aggressive (2)", Box::new(|| Box::new(WebRtcVad::new(2)))),
         ("webrtc-vad very aggressive (3)", Box::new(|| Box::new(WebRtcVad::new(3)))),
         ("earshot ≥ 0.5", Box::new(|| Box::new(EarshotVad::new(0.5)))),
+        ("earshot ≥ 0.6", Box::new(|| Box::new(EarshotVad::new(0.6)))),
         ("earshot ≥ 0.3", Box::new(|| Box::new(EarshotVad::new(0.3)))),
     ];
     print!("| detector |");
@@ -109,5 +110,95 @@ fn main() {
             );
         }
         println!(" {best_ns:.0} |");
+    }
+
+    endpointing(&makers, &white_noise, &low_passed);
+}
+
+/// What matters for a voice answer: run each detector inside the agent's
+/// endpointer (default `ask` settings: 1.2 s end silence, 300 ms pre-roll,
+/// 200 ms minimum speech) on answers with a pause inside, under the same
+/// noise, and report how often the answer is found whole and how long after
+/// the speech ends the step moves on; plus false starts on noise alone.
+fn endpointing(makers: &[(&str, Box<dyn Fn() -> Box<dyn VoiceDetector>>)], white: &[f32], low_passed: &[f32]) {
+    use backstop::intake::endpoint::{EndpointEvent, Endpointer};
+    use backstop::intake::program::ListenParams;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/speech");
+    let answers: Vec<Vec<f32>> = ["name.wav", "need.wav"]
+        .iter()
+        .map(|f| Prompt::load(f, &dir.join(f)).unwrap().pcm.iter().map(|s| *s as f32 / 32768.0).collect())
+        .collect();
+    let rms = |v: &[f32]| (v.iter().map(|x| x * x).sum::<f32>() / v.len() as f32).sqrt();
+    let noises: [(&str, Option<(&[f32], f32)>); 4] = [
+        ("none", None),
+        ("white −48 dBFS", Some((white, -48.0))),
+        ("low-passed −40 dBFS", Some((low_passed, -40.0))),
+        ("low-passed −34 dBFS", Some((low_passed, -34.0))),
+    ];
+    println!("\nEndpointing (each answer after 1.5 s of quiet, then 4 s of quiet; μ-law):");
+    println!(
+        "| detector | noise | answers found | speech_ms error (mean abs) | moved on after speech end (mean / max) | false starts in 10 s of noise alone |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (label, make) in makers {
+        for (noise_name, noise) in &noises {
+            let mix = |clean: &[f32], offset: usize| -> Vec<i16> {
+                clean
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        let n = noise.map_or(0.0, |(n, db)| n[(i + offset) % n.len()] * 10f32.powf(db / 20.0) / rms(n));
+                        Law::Pcmu.decode(Law::Pcmu.encode(((c + n).clamp(-1.0, 1.0) * 32767.0) as i16))
+                    })
+                    .collect()
+            };
+            let (mut found, mut err_ms, mut lat_sum, mut lat_max) = (0, 0u64, 0u64, 0u64);
+            for (k, answer) in answers.iter().enumerate() {
+                let lead_in = 12_000;
+                let mut clean = vec![0.0f32; lead_in];
+                clean.extend_from_slice(answer);
+                clean.extend(std::iter::repeat_n(0.0, 32_000));
+                let pcm = mix(&clean, k * 7_919);
+                let mut vad = make();
+                let mut ep = Endpointer::default();
+                ep.arm(ListenParams::default());
+                for (i, f) in pcm.chunks_exact(160).enumerate() {
+                    if let Some(EndpointEvent::Answer(a)) = ep.handle_frame(f, vad.is_speech(f)) {
+                        let true_ms = answer.len() as u64 / 8;
+                        let end_ms = (lead_in + answer.len()) as u64 / 8;
+                        let at_ms = (i as u64 + 1) * 20;
+                        if a.ended_by == "silence" && at_ms > end_ms {
+                            found += 1;
+                            err_ms += a.speech_ms.abs_diff(true_ms);
+                            lat_sum += at_ms - end_ms;
+                            lat_max = lat_max.max(at_ms - end_ms);
+                        }
+                        break;
+                    }
+                }
+            }
+            let noise_only = mix(&vec![0.0f32; 80_000], 3_333);
+            let mut vad = make();
+            let mut ep = Endpointer::default();
+            ep.arm(ListenParams::default());
+            let false_starts = noise_only
+                .chunks_exact(160)
+                .filter(|f| {
+                    let ev = ep.handle_frame(f, vad.is_speech(f));
+                    if !ep.is_armed() {
+                        ep.arm(ListenParams::default());
+                    }
+                    ev == Some(EndpointEvent::SpeechStarted)
+                })
+                .count();
+            let n = found.max(1) as u64;
+            println!(
+                "| {label} | {noise_name} | {found}/{} | {} ms | {} / {} ms | {false_starts} |",
+                answers.len(),
+                err_ms / n,
+                lat_sum / n,
+                lat_max
+            );
+        }
     }
 }

@@ -491,8 +491,8 @@ impl Shared {
 /// A fresh voice activity detector of the configured kind, for one call.
 fn new_vad(kind: VadKind) -> Box<dyn VoiceDetector> {
     match kind {
-        VadKind::Webrtc => Box::new(WebRtcVad::new(3)),
-        VadKind::Earshot => Box::new(EarshotVad::new(0.6)),
+        VadKind::Webrtc => Box::new(WebRtcVad::new(2)),
+        VadKind::Earshot => Box::new(EarshotVad::new(0.5)),
     }
 }
 

@@ -10,10 +10,10 @@
 use crate::intake::lead::{Lead, rfc3339};
 use crate::intake::program::Program;
 use crate::intake::script::{Script, ScriptAction, ScriptContext};
-use crate::media::vad::VoiceDetector;
 use crate::media::dtmf::{DtmfEvent, DtmfMerger, parse_info};
 use crate::media::prompt::PromptSet;
 use crate::media::rtp::{MediaEvent, MediaSession, MediaStats};
+use crate::media::vad::VoiceDetector;
 use crate::sip::dialog::{DialogConfig, DialogEvent, EndedBy, SipTransmit, UasDialog};
 use crate::sip::message::{Request, Response};
 use std::collections::VecDeque;
@@ -461,8 +461,7 @@ mod tests {
     fn confirmed_call(t0: Instant) -> (Call, Instant, Run) {
         let mut now = t0;
         let mut run = Run { rtp: vec![], sip: vec![], leads: vec![] };
-        let mut call =
-            Call::new(now, req("INVITE", 1, false, &offer("")), setup(), plain_intake(), prompts());
+        let mut call = Call::new(now, req("INVITE", 1, false, &offer("")), setup(), plain_intake(), prompts());
         drive(&mut call, &mut now, t0 + Duration::from_millis(1000), &mut run);
         call.handle_sip_request(now, req("ACK", 1, true, ""));
         (call, now, run)
@@ -536,8 +535,7 @@ mod tests {
         let offer = "v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 4000 RTP/AVP 0 96\r\na=rtpmap:96 telephone-event/8000\r\n";
         let mut now = t0;
         let mut run = Run { rtp: vec![], sip: vec![], leads: vec![] };
-        let mut call =
-            Call::new(now, req("INVITE", 1, false, offer), setup(), plain_intake(), prompts());
+        let mut call = Call::new(now, req("INVITE", 1, false, offer), setup(), plain_intake(), prompts());
         drive(&mut call, &mut now, t0 + Duration::from_millis(1000), &mut run);
         call.handle_sip_request(now, req("ACK", 1, true, ""));
         let from: SocketAddr = "127.0.0.1:4000".parse().unwrap();

@@ -29,15 +29,15 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct IntakeConfig {
-    /// Voice activity detector: `webrtc` (libfvad) or `earshot`.
+    /// Voice activity detector: `earshot` (default) or `webrtc` (libfvad).
     pub vad: VadKind,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum VadKind {
-    #[default]
     Webrtc,
+    #[default]
     Earshot,
 }
 
@@ -54,7 +54,7 @@ pub struct RecordingsConfig {
 
 impl Default for IntakeConfig {
     fn default() -> Self {
-        IntakeConfig { vad: VadKind::Webrtc }
+        IntakeConfig { vad: VadKind::Earshot }
     }
 }
 
@@ -533,7 +533,6 @@ impl Config {
     pub fn program(&self) -> Result<crate::intake::program::Program, Vec<(String, String)>> {
         crate::intake::program::Program::compile(&self.step)
     }
-
 
     pub fn leads_path(&self) -> PathBuf {
         self.data.dir.join("leads.jsonl")

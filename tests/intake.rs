@@ -68,7 +68,8 @@ fn check_recording(agent: &AgentProc, answer: &Value, spoken: &[i16]) {
 /// Index of the first captured packet where `prompt` starts playing.
 fn prompt_start(payloads: &[Vec<u8>], prompt: &Prompt) -> Option<usize> {
     let frames: Vec<&[u8]> = prompt.encoded(Law::Pcmu).chunks(160).take(10).collect();
-    (0..payloads.len().saturating_sub(frames.len())).find(|i| frames.iter().enumerate().all(|(k, f)| payloads[i + k] == *f))
+    (0..payloads.len().saturating_sub(frames.len()))
+        .find(|i| frames.iter().enumerate().all(|(k, f)| payloads[i + k] == *f))
 }
 
 #[test]
@@ -235,4 +236,51 @@ fn in_band_tones_answer_the_script_without_telephone_event() {
     assert_eq!(lead["codec"], "PCMU");
     assert_eq!(lead["dtmf"], "2941101");
     keypad_answers_are(&lead);
+}
+
+#[test]
+fn hanging_up_mid_answer_keeps_the_partial_answer_and_the_whole_call() {
+    let script = r#"
+[[step]]
+name = "need"
+kind = "ask"
+prompt = "need"
+[[step]]
+name = "goodbye"
+kind = "goodbye"
+prompt = "goodbye"
+"#;
+    let agent = AgentProc::start(
+        "intake-hangup",
+        &format!("[sip]\nanswer_after_ms = 50\n[recordings]\nformat = \"ulaw\"\nwhole_call = true\n{script}"),
+    );
+    let dir = scratch_dir("sipp-intake-hangup");
+    let need = speech("need.wav");
+    let mut audio = CallerAudio::new(101);
+    audio.silence(3_000).audio(&need);
+    let pcap = dir.join("caller.pcap");
+    audio.write(&pcap);
+    // The caller hangs up 1.5 s into the answer.
+    let sc = scenario(
+        "intake-hangup",
+        &[&invite("", OFFER), ANSWERED, &ack(1), &pause(200), &play_pcap(&pcap), &pause(4_500), CALLER_BYE],
+    );
+    let run = run_sipp(&dir, &sc, agent.addr(), false, &[("rtp_port", "40064".into())]);
+    assert!(run.success, "SIPp failed: {}\n{}", run.errors, agent.log());
+    let lead = lead_of(&agent);
+    assert_eq!(lead["outcome"], "hung_up_during_need", "{lead}");
+    let answer = &lead["answers"]["need"];
+    assert_eq!(answer["status"], "partial", "{lead}");
+    let recordings = agent.dir.join("data/recordings");
+    // μ-law WAVs, read back with the agent's own prompt loader.
+    let load = |file: &str| Prompt::load("r", &recordings.join(file)).unwrap_or_else(|e| panic!("{file}: {e}")).pcm;
+    let partial = load(answer["recording"].as_str().unwrap());
+    let sent = through_ulaw(&need);
+    let start = partial.windows(160).position(|w| w == &sent[..160]).expect("the answer's first 20 ms");
+    let kept_ms = (partial.len() - start) / 8;
+    assert!((1_200..=1_700).contains(&kept_ms), "{kept_ms} ms of the answer kept before the hang-up");
+    // The whole call: the caller's side from the start, about 4.5 s, with the speech in it.
+    let call = load(lead["recording"].as_str().expect("a whole-call recording"));
+    assert!((4_000..=5_200).contains(&(call.len() / 8)), "{} ms", call.len() / 8);
+    assert!(call.windows(160).any(|w| w == &sent[..160]));
 }

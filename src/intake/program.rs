@@ -171,7 +171,7 @@ impl Default for ListenParams {
             min_speech: Duration::from_millis(200),
             pre_roll: Duration::from_millis(300),
             no_speech_timeout: Duration::from_secs(5),
-            vad_aggressiveness: 3,
+            vad_aggressiveness: 2,
         }
     }
 }
@@ -263,14 +263,14 @@ impl Program {
             if configs[..i].iter().any(|o| o.name == c.name) {
                 p.push((key("name"), format!("{:?} is used by two steps", c.name)));
             }
-            let resolve = |p: &mut Vec<(String, String)>, k: &str, target: &Option<String>, fallback: usize| match target
-            {
-                None => fallback,
-                Some(t) => index_of(t).unwrap_or_else(|| {
-                    p.push((key(k), format!("no step is named {t:?}")));
-                    fallback
-                }),
-            };
+            let resolve =
+                |p: &mut Vec<(String, String)>, k: &str, target: &Option<String>, fallback: usize| match target {
+                    None => fallback,
+                    Some(t) => index_of(t).unwrap_or_else(|| {
+                        p.push((key(k), format!("no step is named {t:?}")));
+                        fallback
+                    }),
+                };
             let following = i + 1;
             let next = resolve(&mut p, "next", &c.next, following);
             let mut prompts: Vec<String> = c.prompt.iter().cloned().collect();
@@ -318,17 +318,19 @@ impl Program {
                         ValidatorName::Any => Validator::Any,
                         ValidatorName::Phone => Validator::Phone,
                         ValidatorName::Zip => Validator::Zip,
-                        ValidatorName::Regex => match c.regex.as_deref().map(|r| regex::Regex::new(&format!("^(?:{r})$"))) {
-                            Some(Ok(r)) => Validator::Regex(r),
-                            Some(Err(e)) => {
-                                p.push((key("regex"), e.to_string()));
-                                Validator::Any
+                        ValidatorName::Regex => {
+                            match c.regex.as_deref().map(|r| regex::Regex::new(&format!("^(?:{r})$"))) {
+                                Some(Ok(r)) => Validator::Regex(r),
+                                Some(Err(e)) => {
+                                    p.push((key("regex"), e.to_string()));
+                                    Validator::Any
+                                }
+                                None => {
+                                    p.push((key("regex"), "validate = \"regex\" needs regex = \"...\"".into()));
+                                    Validator::Any
+                                }
                             }
-                            None => {
-                                p.push((key("regex"), "validate = \"regex\" needs regex = \"...\"".into()));
-                                Validator::Any
-                            }
-                        },
+                        }
                     };
                     let (dmin, dmax) = match &validator {
                         Validator::Phone => (10, 15),
@@ -507,7 +509,11 @@ mod tests {
         s[6].prompt = None;
         let errs = Program::compile(&s).unwrap_err();
         let keys: Vec<&str> = errs.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(keys, ["step[1].next", "step[3].regex", "step[4].name", "step[5].options", "step[6].prompt"], "{errs:?}");
+        assert_eq!(
+            keys,
+            ["step[1].next", "step[3].regex", "step[4].name", "step[5].options", "step[6].prompt"],
+            "{errs:?}"
+        );
     }
 
     #[test]

@@ -21,7 +21,10 @@ pub enum ScriptAction {
     Play(String),
     StopPlayback,
     /// Write this answer's audio to `file` (a name under the recordings directory).
-    SaveRecording { file: String, samples: Vec<i16> },
+    SaveRecording {
+        file: String,
+        samples: Vec<i16>,
+    },
     Hangup,
 }
 
@@ -189,22 +192,21 @@ impl Script {
     }
 
     fn handle_frame(&mut self, now: Instant, frame: &[i16]) {
-        let Some(vad) = self.vad.as_mut() else { return };
-        let speech = vad.is_speech(frame);
-        if speech {
-            self.last_speech_at = Some(now);
-        }
         let program = self.program.clone();
         let Some(step) = program.steps.get(self.index) else { return };
         let (next, barge_in) = (step.next, step.kind.clone());
+        let watch_barge_in =
+            matches!(barge_in, StepKind::Play { barge_in } if barge_in.on_speech()) && self.phase == Phase::Prompting;
+        if watch_barge_in && !self.endpointer.is_armed() {
+            self.endpointer.arm(Default::default());
+        }
+        // The detector runs only while someone listens; otherwise the frame is just pre-roll.
+        let speech = self.endpointer.is_armed() && self.vad.as_mut().is_some_and(|v| v.is_speech(frame));
+        if speech {
+            self.last_speech_at = Some(now);
+        }
         // A play step with speech barge-in watches for speech without recording.
-        if let StepKind::Play { barge_in } = barge_in
-            && barge_in.on_speech()
-            && self.phase == Phase::Prompting
-        {
-            if !self.endpointer.is_armed() {
-                self.endpointer.arm(Default::default());
-            }
+        if watch_barge_in {
             if self.endpointer.handle_frame(frame, speech) == Some(EndpointEvent::SpeechStarted) {
                 self.stop_prompts();
                 // Leave the endpointer in speech: a following ask step picks the answer up.
@@ -772,7 +774,9 @@ mod tests {
         assert_eq!(need_at, 5_480 + 1_200, "need prompt 1.2 s after the last speech frame");
         // need: talks with a 600 ms pause (shorter than the end silence): one answer.
         let start = need_at + 1_500;
-        sim.run(need_at + 7_000, |ms| (start..start + 1_000).contains(&ms) || (start + 1_600..start + 2_500).contains(&ms));
+        sim.run(need_at + 7_000, |ms| {
+            (start..start + 1_000).contains(&ms) || (start + 1_600..start + 2_500).contains(&ms)
+        });
         let need = sim.answer("need");
         assert!((2_400..=2_600).contains(&need.speech_ms.unwrap()), "{need:?}");
         // The saved audio: 300 ms pre-roll + 2.5 s from first to last speech + 60 ms tail.
@@ -1002,13 +1006,20 @@ mod tests {
             .collect()
     }
 
-    /// One ask step, heard by the real WebRTC VAD; returns (answers, ms at which the step ended).
-    fn ask_with_real_vad(audio: &[i16]) -> (BTreeMap<String, Answer>, Vec<(String, usize)>, Option<u64>) {
+    fn real_vads() -> Vec<Box<dyn VoiceDetector>> {
+        vec![Box::new(crate::media::vad::EarshotVad::new(0.5)), Box::new(crate::media::vad::WebRtcVad::new(2))]
+    }
+
+    /// One ask step, heard by a real VAD; returns (answers, recordings, ms at which the step ended).
+    fn ask_with_real_vad(
+        vad: Box<dyn VoiceDetector>,
+        audio: &[i16],
+    ) -> (BTreeMap<String, Answer>, Vec<(String, usize)>, Option<u64>) {
         let program = Program::from_toml(
             "[[step]]\nname = \"need\"\nkind = \"ask\"\nprompt = \"need\"\n[[step]]\nname = \"after\"\nkind = \"play\"\nprompt = \"after\"\n",
         )
         .unwrap();
-        let mut sim = Sim::with_vad(program, None, Box::new(crate::media::vad::WebRtcVad::new(3)));
+        let mut sim = Sim::with_vad(program, None, vad);
         sim.play_audio(audio);
         let after = sim.log.iter().find(|(_, l)| l == "play after").map(|(at, _)| *at);
         (sim.s.answers().clone(), sim.saved.clone(), after)
@@ -1023,18 +1034,24 @@ mod tests {
             ("clean", [silence(1_500), need.clone(), silence(4_000)].concat()),
             ("white noise −45 dBFS", with_noise(&[silence(1_500), need.clone(), silence(4_000)].concat(), -45.0)),
         ] {
-            let (answers, saved, after) = ask_with_real_vad(&audio);
-            let a = &answers["need"];
-            assert_eq!(a.status, "answered", "{label}");
-            let got = a.speech_ms.unwrap();
-            assert!(got.abs_diff(speech_ms) <= 300, "{label}: speech_ms {got} for {speech_ms} ms of speech");
-            // The recording holds the whole utterance, its first sample included.
-            let rec_ms = saved[0].1 as u64 / 8;
-            assert!(rec_ms.abs_diff(speech_ms) <= 500, "{label}: {rec_ms} ms recorded for {speech_ms} ms of speech");
-            // Moved on within 2 s of the caller falling silent.
-            let silent_at = 1_500 + speech_ms;
-            let latency = after.unwrap() - silent_at;
-            assert!((1_200..2_000).contains(&latency), "{label}: moved on {latency} ms after the speech ended");
+            for vad in real_vads() {
+                let label = format!("{label}, {}", vad.name());
+                let (answers, saved, after) = ask_with_real_vad(vad, &audio);
+                let a = &answers["need"];
+                assert_eq!(a.status, "answered", "{label}");
+                let got = a.speech_ms.unwrap();
+                assert!(got.abs_diff(speech_ms) <= 300, "{label}: speech_ms {got} for {speech_ms} ms of speech");
+                // The recording holds the whole utterance, its first sample included.
+                let rec_ms = saved[0].1 as u64 / 8;
+                assert!(
+                    rec_ms.abs_diff(speech_ms) <= 500,
+                    "{label}: {rec_ms} ms recorded for {speech_ms} ms of speech"
+                );
+                // Moved on within 2 s of the caller falling silent.
+                let silent_at = 1_500 + speech_ms;
+                let latency = after.unwrap() - silent_at;
+                assert!((1_100..2_000).contains(&latency), "{label}: moved on {latency} ms after the speech ended");
+            }
         }
     }
 
@@ -1042,10 +1059,13 @@ mod tests {
     fn real_speech_with_a_long_pause_ends_at_the_pause() {
         let (first, second) = (speech("need_first.wav"), speech("need_second.wav"));
         let audio = [silence(1_500), first.clone(), silence(2_500), second, silence(3_000)].concat();
-        let (answers, _, after) = ask_with_real_vad(&audio);
-        let got = answers["need"].speech_ms.unwrap();
-        let first_ms = first.len() as u64 / 8;
-        assert!(got.abs_diff(first_ms) <= 300, "{got} ms kept; the first part is {first_ms} ms");
-        assert!(after.unwrap() < 1_500 + first_ms + 2_000);
+        for vad in real_vads() {
+            let name = vad.name();
+            let (answers, _, after) = ask_with_real_vad(vad, &audio);
+            let got = answers["need"].speech_ms.unwrap();
+            let first_ms = first.len() as u64 / 8;
+            assert!(got.abs_diff(first_ms) <= 300, "{name}: {got} ms kept; the first part is {first_ms} ms");
+            assert!(after.unwrap() < 1_500 + first_ms + 2_000, "{name}");
+        }
     }
 }

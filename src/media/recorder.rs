@@ -22,8 +22,12 @@ pub enum RecordingFormat {
 pub fn wav_bytes(samples: &[i16], format: RecordingFormat) -> Vec<u8> {
     match format {
         RecordingFormat::Pcm16 => {
-            let spec =
-                hound::WavSpec { channels: 1, sample_rate: 8000, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+            let spec = hound::WavSpec {
+                channels: 1,
+                sample_rate: 8000,
+                bits_per_sample: 16,
+                sample_format: hound::SampleFormat::Int,
+            };
             let mut cursor = std::io::Cursor::new(Vec::with_capacity(44 + samples.len() * 2));
             {
                 let mut w = hound::WavWriter::new(&mut cursor, spec).expect("in-memory WAV header");
