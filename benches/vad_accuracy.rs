@@ -72,7 +72,6 @@ fn main() {
     })
     .collect();
 
-    type Maker = Box<dyn Fn() -> Box<dyn VoiceDetector>>;
     let makers: Vec<(&str, Maker)> = vec![
         ("webrtc-vad quality (0)", Box::new(|| Box::new(WebRtcVad::new(0)))),
         ("webrtc-vad aggressive (2)", Box::new(|| Box::new(WebRtcVad::new(2)))),
@@ -120,7 +119,9 @@ fn main() {
 /// 200 ms minimum speech) on answers with a pause inside, under the same
 /// noise, and report how often the answer is found whole and how long after
 /// the speech ends the step moves on; plus false starts on noise alone.
-fn endpointing(makers: &[(&str, Box<dyn Fn() -> Box<dyn VoiceDetector>>)], white: &[f32], low_passed: &[f32]) {
+type Maker = Box<dyn Fn() -> Box<dyn VoiceDetector>>;
+
+fn endpointing(makers: &[(&str, Maker)], white: &[f32], low_passed: &[f32]) {
     use backstop::intake::endpoint::{EndpointEvent, Endpointer};
     use backstop::intake::program::ListenParams;
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/speech");
@@ -129,7 +130,8 @@ fn endpointing(makers: &[(&str, Box<dyn Fn() -> Box<dyn VoiceDetector>>)], white
         .map(|f| Prompt::load(f, &dir.join(f)).unwrap().pcm.iter().map(|s| *s as f32 / 32768.0).collect())
         .collect();
     let rms = |v: &[f32]| (v.iter().map(|x| x * x).sum::<f32>() / v.len() as f32).sqrt();
-    let noises: [(&str, Option<(&[f32], f32)>); 4] = [
+    type Noise<'a> = Option<(&'a [f32], f32)>;
+    let noises: [(&str, Noise); 4] = [
         ("none", None),
         ("white −48 dBFS", Some((white, -48.0))),
         ("low-passed −40 dBFS", Some((low_passed, -40.0))),
@@ -142,12 +144,13 @@ fn endpointing(makers: &[(&str, Box<dyn Fn() -> Box<dyn VoiceDetector>>)], white
     println!("|---|---|---|---|---|---|");
     for (label, make) in makers {
         for (noise_name, noise) in &noises {
+            let gain = noise.map_or(0.0, |(n, db)| 10f32.powf(db / 20.0) / rms(n));
             let mix = |clean: &[f32], offset: usize| -> Vec<i16> {
                 clean
                     .iter()
                     .enumerate()
                     .map(|(i, c)| {
-                        let n = noise.map_or(0.0, |(n, db)| n[(i + offset) % n.len()] * 10f32.powf(db / 20.0) / rms(n));
+                        let n = noise.map_or(0.0, |(n, _)| n[(i + offset) % n.len()] * gain);
                         Law::Pcmu.decode(Law::Pcmu.encode(((c + n).clamp(-1.0, 1.0) * 32767.0) as i16))
                     })
                     .collect()

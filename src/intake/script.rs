@@ -1006,15 +1006,15 @@ mod tests {
             .collect()
     }
 
+    /// Answers, recordings (file, samples), and when the next step began (ms).
+    type AskResult = (BTreeMap<String, Answer>, Vec<(String, usize)>, Option<u64>);
+
     fn real_vads() -> Vec<Box<dyn VoiceDetector>> {
         vec![Box::new(crate::media::vad::EarshotVad::new(0.5)), Box::new(crate::media::vad::WebRtcVad::new(2))]
     }
 
     /// One ask step, heard by a real VAD; returns (answers, recordings, ms at which the step ended).
-    fn ask_with_real_vad(
-        vad: Box<dyn VoiceDetector>,
-        audio: &[i16],
-    ) -> (BTreeMap<String, Answer>, Vec<(String, usize)>, Option<u64>) {
+    fn ask_with_real_vad(vad: Box<dyn VoiceDetector>, audio: &[i16]) -> AskResult {
         let program = Program::from_toml(
             "[[step]]\nname = \"need\"\nkind = \"ask\"\nprompt = \"need\"\n[[step]]\nname = \"after\"\nkind = \"play\"\nprompt = \"after\"\n",
         )

@@ -132,9 +132,7 @@ impl CallerAudio {
     /// Write Ethernet/IPv4/UDP/RTP records (checksums zero: SIPp does not check them).
     pub fn write(&self, path: &Path) {
         let mut out = Vec::new();
-        for v in [0xa1b2c3d4u32] {
-            out.extend_from_slice(&v.to_le_bytes());
-        }
+        out.extend_from_slice(&0xa1b2c3d4u32.to_le_bytes());
         out.extend_from_slice(&2u16.to_le_bytes());
         out.extend_from_slice(&4u16.to_le_bytes());
         out.extend_from_slice(&0i32.to_le_bytes());
