@@ -137,32 +137,6 @@ fn a_caller_completes_the_default_script_by_voice_and_keypad() {
     }
 }
 
-/// An in-dialog INFO carrying one digit as application/dtmf-relay.
-fn info_digit(cseq: u32, digit: &str) -> String {
-    format!(
-        r#"
-  <send retrans="500">
-    <![CDATA[
-      INFO [next_url] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
-      From: "Pat Caller" <sip:+15551230001@[local_ip]:[local_port]>;tag=[call_number]
-      [last_To:]
-      Call-ID: [call_id]
-      CSeq: {cseq} INFO
-      Max-Forwards: 70
-      Content-Type: application/dtmf-relay
-      Content-Length: [len]
-
-Signal={digit}
-Duration=160
-    ]]>
-  </send>
-  <recv response="200"/>
-  <pause milliseconds="150"/>
-"#
-    )
-}
-
 /// A keypad-only script: urgency menu, ZIP, callback number (caller ID), goodbye.
 const KEYPAD_SCRIPT: &str = r#"
 [[step]]

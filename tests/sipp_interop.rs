@@ -506,32 +506,6 @@ fn calls_beyond_max_calls_get_503_with_retry_after() {
     assert_eq!(leads.len(), 1, "only the admitted call is a lead: {leads:?}");
 }
 
-/// An in-dialog INFO carrying one digit as application/dtmf-relay.
-fn info_digit(cseq: u32, digit: &str) -> String {
-    format!(
-        r#"
-  <send retrans="500">
-    <![CDATA[
-      INFO [next_url] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
-      From: "Pat Caller" <sip:+15551230001@[local_ip]:[local_port]>;tag=[call_number]
-      [last_To:]
-      Call-ID: [call_id]
-      CSeq: {cseq} INFO
-      Max-Forwards: 70
-      Content-Type: application/dtmf-relay
-      Content-Length: [len]
-
-Signal={digit}
-Duration=160
-    ]]>
-  </send>
-  <recv response="200"/>
-  <pause milliseconds="100"/>
-"#
-    )
-}
-
 #[test]
 fn sip_info_digits_reach_the_lead() {
     let agent = AgentProc::start("info", "[sip]\nanswer_after_ms = 50\n");

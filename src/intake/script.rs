@@ -698,43 +698,34 @@ mod tests {
         /// Run to `until` ms; `speech(ms)` says whether the caller talks in the frame starting then.
         fn run(&mut self, until: u64, speech: impl Fn(u64) -> bool) {
             while self.ms < until && !self.hung_up {
-                self.ms += 20;
-                let now = self.now();
-                if let Some((p, end)) = self.playing.clone()
-                    && self.ms >= end
-                {
-                    self.playing = None;
-                    self.s.handle_prompt_finished(now, &p);
-                    self.drain();
-                }
-                let level = if speech(self.ms) { 5000 } else { 10 };
-                self.s.handle_audio(now, &[level; FRAME_SAMPLES]);
-                self.drain();
-                if self.s.poll_timeout().is_some_and(|t| t <= now) {
-                    self.s.handle_timeout(now);
-                    self.drain();
-                }
+                let level = if speech(self.ms + 20) { 5000 } else { 10 };
+                self.frame(&[level; FRAME_SAMPLES]);
             }
         }
 
         /// Feed real audio, one 20 ms frame per step.
         fn play_audio(&mut self, pcm: &[i16]) {
             for frame in pcm.chunks(FRAME_SAMPLES) {
-                self.ms += 20;
-                let now = self.now();
-                if let Some((p, end)) = self.playing.clone()
-                    && self.ms >= end
-                {
-                    self.playing = None;
-                    self.s.handle_prompt_finished(now, &p);
-                    self.drain();
-                }
-                self.s.handle_audio(now, frame);
+                self.frame(frame);
+            }
+        }
+
+        /// 20 ms pass: the prompt may end, the caller's frame arrives, a timer may fire.
+        fn frame(&mut self, audio: &[i16]) {
+            self.ms += 20;
+            let now = self.now();
+            if let Some((p, end)) = self.playing.clone()
+                && self.ms >= end
+            {
+                self.playing = None;
+                self.s.handle_prompt_finished(now, &p);
                 self.drain();
-                if self.s.poll_timeout().is_some_and(|t| t <= now) {
-                    self.s.handle_timeout(now);
-                    self.drain();
-                }
+            }
+            self.s.handle_audio(now, audio);
+            self.drain();
+            if self.s.poll_timeout().is_some_and(|t| t <= now) {
+                self.s.handle_timeout(now);
+                self.drain();
             }
         }
 
