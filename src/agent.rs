@@ -60,6 +60,19 @@ struct Table {
     done_tx: mpsc::UnboundedSender<String>,
 }
 
+/// Where a shutdown stands (a `watch` channel from the signal handler).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shutdown {
+    Running,
+    /// New calls get 503; calls in progress go on.
+    Draining,
+    /// Calls in progress are ended now (BYE).
+    Now,
+}
+
+/// How long hung-up calls, and unregistering accounts, get to finish.
+const HANGUP_WAIT: Duration = Duration::from_secs(5);
+
 /// Bound sockets, ready to run.
 pub struct Agent {
     udp: Arc<UdpSocket>,
@@ -85,8 +98,10 @@ impl Agent {
         self.shared.local_sip
     }
 
-    /// Serve until `shutdown` becomes true; then hang up every call, unregister, and return.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    /// Serve until `shutdown` leaves `Running`. While `Draining`, new calls
+    /// get 503 and calls in progress go on; at `Now` they are hung up (BYE)
+    /// and given 5 s to finish. Then accounts unregister and this returns.
+    pub async fn run(self, mut shutdown: watch::Receiver<Shutdown>) -> anyhow::Result<()> {
         let (in_tx, mut in_rx) = mpsc::channel::<Inbound>(1024);
         let udp_task = tokio::spawn(serve_udp(self.udp.clone(), in_tx.clone()));
         let tcp_task = tokio::spawn(serve_tcp(self.tcp, in_tx));
@@ -99,12 +114,14 @@ impl Agent {
             done_tx,
         };
         let mut registrations = Vec::new();
+        let (unregister_tx, unregister_rx) = watch::channel(false);
         for account in cfg.register.clone() {
             let seed = rand::random::<u64>();
             let (tx, rx) = mpsc::unbounded_channel();
             table.registrations.insert(Registration::call_id_for(seed), tx);
             let span = tracing::info_span!("account", name = %format!("{}@{}", account.username, account.domain()));
-            let task = self.shared.clone().registration_task(account, seed, self.udp.clone(), rx, shutdown.clone());
+            let task =
+                self.shared.clone().registration_task(account, seed, self.udp.clone(), rx, unregister_rx.clone());
             registrations.push(tokio::spawn(task.instrument(span)));
         }
         if !cfg.trust_enforced() {
@@ -115,21 +132,41 @@ impl Agent {
             tokio::select! {
                 Some(msg) = in_rx.recv() => self.shared.dispatch(msg, &mut table, &shutdown).await,
                 Some(call_id) = done_rx.recv() => { table.calls.remove(&call_id); }
-                _ = shutdown.changed() => {
-                    if *shutdown.borrow() { break; }
+                r = shutdown.changed() => {
+                    if r.is_err() || *shutdown.borrow() != Shutdown::Running { break; }
                 }
             }
         }
-        tracing::info!(calls = table.calls.len(), "shutting down: hanging up calls in progress and unregistering");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while !table.calls.is_empty() || registrations.iter().any(|r| !r.is_finished()) {
+        tracing::info!(calls = table.calls.len(), "shutting down: new calls get 503; calls in progress may finish");
+        // Set once the calls are being hung up: they get this long to send their BYEs and leads.
+        let mut hangup_deadline =
+            (*shutdown.borrow() == Shutdown::Now).then(|| tokio::time::Instant::now() + HANGUP_WAIT);
+        while !table.calls.is_empty() {
             tokio::select! {
                 Some(call_id) = done_rx.recv() => { table.calls.remove(&call_id); }
-                // Keep routing BYE and REGISTER responses while calls and accounts finish.
+                // Keep routing in-dialog requests and responses (and refusing new calls).
+                Some(msg) = in_rx.recv() => self.shared.dispatch(msg, &mut table, &shutdown).await,
+                r = shutdown.changed(), if hangup_deadline.is_none() => {
+                    if r.is_err() || *shutdown.borrow() == Shutdown::Now {
+                        tracing::info!(calls = table.calls.len(), "ending the calls still in progress");
+                        hangup_deadline = Some(tokio::time::Instant::now() + HANGUP_WAIT);
+                    }
+                }
+                _ = tokio::time::sleep_until(hangup_deadline.unwrap_or_else(tokio::time::Instant::now)), if hangup_deadline.is_some() => {
+                    tracing::warn!(calls = table.calls.len(), "calls still open at the shutdown deadline");
+                    break;
+                }
+            }
+        }
+        let _ = unregister_tx.send(true);
+        let deadline = tokio::time::Instant::now() + HANGUP_WAIT;
+        while registrations.iter().any(|r| !r.is_finished()) {
+            tokio::select! {
+                // Keep routing the REGISTER responses while accounts unregister.
                 Some(msg) = in_rx.recv() => self.shared.dispatch(msg, &mut table, &shutdown).await,
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {}
                 _ = tokio::time::sleep_until(deadline) => {
-                    tracing::warn!(calls = table.calls.len(), "calls or registrations still open at the shutdown deadline");
+                    tracing::warn!("accounts still unregistering at the shutdown deadline");
                     break;
                 }
             }
@@ -141,7 +178,7 @@ impl Agent {
 }
 
 impl Shared {
-    async fn dispatch(self: &Arc<Self>, msg: Inbound, table: &mut Table, shutdown: &watch::Receiver<bool>) {
+    async fn dispatch(self: &Arc<Self>, msg: Inbound, table: &mut Table, shutdown: &watch::Receiver<Shutdown>) {
         let Inbound { bytes, from, reply } = msg;
         match read_message(&bytes, from) {
             Incoming::Rejected(Rejection::Drop { why }) => {
@@ -178,7 +215,7 @@ impl Shared {
                             reply.send(dest, b).await;
                             return;
                         }
-                        if *shutdown.borrow() || table.calls.len() >= self.cfg.sip.max_calls {
+                        if *shutdown.borrow() != Shutdown::Running || table.calls.len() >= self.cfg.sip.max_calls {
                             let b = respond(503, &[("Retry-After", "5".into())]);
                             reply.send(dest, b).await;
                             return;
@@ -370,7 +407,7 @@ impl Shared {
         reply: ReplyPath,
         rtp: UdpSocket,
         mut inbox: mpsc::UnboundedReceiver<CallInput>,
-        mut shutdown: watch::Receiver<bool>,
+        mut shutdown: watch::Receiver<Shutdown>,
     ) {
         let local_ip = self.local_ip_for(invite.source);
         let rtp_port = rtp.local_addr().map(|a| a.port()).unwrap_or(0);
@@ -404,7 +441,7 @@ impl Shared {
         let timer = tokio::time::sleep(Duration::from_secs(3600));
         tokio::pin!(timer);
         let mut buf = vec![0u8; 2048];
-        let mut shutting_down = *shutdown.borrow();
+        let mut shutting_down = *shutdown.borrow() == Shutdown::Now;
         if shutting_down {
             call.hangup(Instant::now(), "agent shutting down");
         }
@@ -476,8 +513,9 @@ impl Shared {
                     }
                 }
                 _ = &mut timer => call.handle_timeout(Instant::now()),
-                _ = shutdown.changed(), if !shutting_down => {
-                    if *shutdown.borrow() {
+                r = shutdown.changed(), if !shutting_down => {
+                    // Draining lets the call run on; only `Now` (or a vanished sender) ends it.
+                    if r.is_err() || *shutdown.borrow() == Shutdown::Now {
                         shutting_down = true;
                         call.hangup(Instant::now(), "agent shutting down");
                     }

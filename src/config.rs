@@ -262,6 +262,9 @@ pub struct RtpConfig {
 pub struct CallConfig {
     /// Hard limit on a call's length; we hang up after it.
     pub max_duration_secs: u64,
+    /// On SIGTERM/SIGINT, calls in progress may run this long before we end
+    /// them with BYE (new calls get 503 meanwhile). A second signal ends them at once.
+    pub shutdown_grace_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -328,7 +331,7 @@ impl Default for RtpConfig {
 
 impl Default for CallConfig {
     fn default() -> Self {
-        CallConfig { max_duration_secs: 600 }
+        CallConfig { max_duration_secs: 600, shutdown_grace_secs: 60 }
     }
 }
 
@@ -424,6 +427,9 @@ impl Config {
                     self.rtp.port_min, self.rtp.port_max
                 ),
             ));
+        }
+        if self.call.shutdown_grace_secs > 3600 {
+            p.push(("call.shutdown_grace_secs".into(), "at most 3600".into()));
         }
         if self.call.max_duration_secs == 0 {
             p.push(("call.max_duration_secs".into(), "must be at least 1".into()));

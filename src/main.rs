@@ -1,7 +1,7 @@
 //! The `backstop` command: `run` the agent, or `check` a config.
 
 use anyhow::Context;
-use backstop::agent::Agent;
+use backstop::agent::{Agent, Shutdown};
 use backstop::config::Config;
 use backstop::media::prompt::{Prompt, PromptSet};
 use backstop::sink::delivery::{Delivery, Sink, Target, now_ms};
@@ -308,12 +308,24 @@ fn run(cfg: Config) -> anyhow::Result<()> {
         }
         let (workers_stop, workers_rx) = tokio::sync::watch::channel(false);
         let workers = delivery.spawn(workers_rx);
+        let grace = Duration::from_secs(cfg.call.shutdown_grace_secs);
         let agent = Agent::bind(cfg, prompts, delivery.publisher()).await?;
-        let (tx, rx) = tokio::sync::watch::channel(false);
+        let (tx, rx) = tokio::sync::watch::channel(Shutdown::Running);
         tokio::spawn(async move {
-            wait_for_signal().await;
-            tracing::info!("signal received, shutting down");
-            let _ = tx.send(true);
+            let mut signals = Signals::new();
+            signals.next().await;
+            tracing::info!(
+                grace_secs = grace.as_secs(),
+                "signal received: refusing new calls; calls in progress may finish (a second signal ends them now)"
+            );
+            let _ = tx.send(Shutdown::Draining);
+            tokio::select! {
+                _ = signals.next() => tracing::info!("second signal: ending calls now"),
+                _ = tokio::time::sleep(grace) => tracing::info!("shutdown grace period over: ending calls"),
+            }
+            let _ = tx.send(Shutdown::Now);
+            // Keep the sender alive: a dropped sender would read as "now" anyway.
+            std::future::pending::<()>().await;
         });
         let result = agent.run(rx).await;
         // The last leads reach leads.jsonl before we exit; webhooks resume at the next start.
@@ -328,11 +340,25 @@ fn run(cfg: Config) -> anyhow::Result<()> {
     result
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// SIGTERM and SIGINT (Ctrl-C), as one stream.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Signals {
+        use tokio::signal::unix::{SignalKind, signal};
+        Signals {
+            term: signal(SignalKind::terminate()).expect("SIGTERM handler"),
+            int: signal(SignalKind::interrupt()).expect("SIGINT handler"),
+        }
+    }
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
     }
 }

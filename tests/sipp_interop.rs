@@ -432,23 +432,86 @@ fn rtp_latches_onto_where_the_caller_really_sends_from() {
     );
 }
 
+/// The 503 a caller gets while the agent is shutting down (or full).
+fn refused_503() -> String {
+    [
+        r#"
+  <recv response="100" optional="true"/>
+  <recv response="503">
+    <action>
+      <ereg regexp="[0-9]+" search_in="hdr" header="Retry-After:" check_it="true" assign_to="ra"/>
+    </action>
+  </recv>
+"#,
+        ACK_NON_2XX,
+        r#"  <Reference variables="ra"/>
+"#,
+    ]
+    .concat()
+}
+
 #[test]
-fn sigterm_hangs_up_calls_in_progress_and_writes_their_leads() {
-    let mut agent = AgentProc::start("shutdown", "[sip]\nanswer_after_ms = 100\n");
+fn sigterm_refuses_new_calls_then_hangs_up_after_the_grace_period() {
+    let mut agent = AgentProc::start("shutdown", "[sip]\nanswer_after_ms = 100\n[call]\nshutdown_grace_secs = 2\n");
     let dir = scratch_dir("sipp-shutdown");
     let sc = scenario("shutdown", &[&invite("", OFFER), ANSWERED, &ack(1), AGENT_BYE]);
     let addr = agent.addr();
-    let started = std::time::Instant::now();
     let sipp = std::thread::spawn(move || run_sipp(&dir, &sc, addr, false, &[("rtp_port", "40012".into())]));
     std::thread::sleep(Duration::from_millis(1500));
-    assert!(agent.terminate(), "agent did not exit cleanly on SIGTERM:\n{}", agent.log());
+    agent.sigterm();
+    let signalled = std::time::Instant::now();
+    // During the grace period a new call is refused with 503 and Retry-After.
+    std::thread::sleep(Duration::from_millis(300));
+    let dir2 = scratch_dir("sipp-shutdown-new");
+    let refused = run_sipp(
+        &dir2,
+        &scenario("refused", &[&invite("", OFFER), &refused_503()]),
+        addr,
+        false,
+        &[("rtp_port", "40018".into())],
+    );
+    expect_ok(&refused, &agent);
+    assert!(agent.wait_exit(Duration::from_secs(10)), "agent did not exit cleanly:\n{}", agent.log());
     let run = sipp.join().unwrap();
     expect_ok(&run, &agent);
-    // The BYE came from the shutdown, well before the 11 s script would have ended.
-    assert!(started.elapsed() < Duration::from_secs(6), "{:?}", started.elapsed());
-    let lead = &agent.leads()[0];
-    assert_eq!(lead["ended_by"], "agent");
-    assert_eq!(lead["outcome"], "interrupted_during_greeting");
+    // The BYE came at the end of the 2 s grace, well before the 11 s script would have ended.
+    let took = signalled.elapsed();
+    assert!(took >= Duration::from_millis(1900) && took < Duration::from_secs(5), "{took:?}");
+    let leads = agent.leads();
+    assert_eq!(leads.len(), 1, "the refused call makes no lead: {leads:?}");
+    assert_eq!(leads[0]["ended_by"], "agent");
+    assert_eq!(leads[0]["outcome"], "interrupted_during_greeting");
+}
+
+#[test]
+fn sigterm_lets_a_call_in_progress_finish_and_a_second_signal_ends_calls_at_once() {
+    // Default grace (60 s): the call runs its script to the end, then the agent exits.
+    let mut agent = AgentProc::start("shutdown-finish", "[sip]\nanswer_after_ms = 100\n");
+    let dir = scratch_dir("sipp-shutdown-finish");
+    let sc = scenario("finish", &[&invite("", OFFER), ANSWERED, &ack(1), AGENT_BYE]);
+    let addr = agent.addr();
+    let sipp = std::thread::spawn(move || run_sipp(&dir, &sc, addr, false, &[("rtp_port", "40014".into())]));
+    std::thread::sleep(Duration::from_millis(1500));
+    agent.sigterm();
+    assert!(agent.wait_exit(Duration::from_secs(20)), "agent did not exit cleanly:\n{}", agent.log());
+    expect_ok(&sipp.join().unwrap(), &agent);
+    assert_eq!(agent.leads()[0]["outcome"], "completed");
+
+    // Two signals: the second ends the call now.
+    let mut agent = AgentProc::start("shutdown-twice", "[sip]\nanswer_after_ms = 100\n");
+    let dir = scratch_dir("sipp-shutdown-twice");
+    let sc = scenario("twice", &[&invite("", OFFER), ANSWERED, &ack(1), AGENT_BYE]);
+    let addr = agent.addr();
+    let sipp = std::thread::spawn(move || run_sipp(&dir, &sc, addr, false, &[("rtp_port", "40016".into())]));
+    std::thread::sleep(Duration::from_millis(1500));
+    agent.sigterm();
+    std::thread::sleep(Duration::from_millis(300));
+    let second = std::time::Instant::now();
+    agent.sigterm();
+    assert!(agent.wait_exit(Duration::from_secs(10)), "agent did not exit cleanly:\n{}", agent.log());
+    assert!(second.elapsed() < Duration::from_secs(2), "{:?} after the second signal", second.elapsed());
+    expect_ok(&sipp.join().unwrap(), &agent);
+    assert_eq!(agent.leads()[0]["outcome"], "interrupted_during_greeting");
 }
 
 #[test]
@@ -484,20 +547,7 @@ fn calls_beyond_max_calls_get_503_with_retry_after() {
     });
     std::thread::sleep(Duration::from_millis(1000));
     let dir = scratch_dir("sipp-maxcalls-2");
-    let busy = [
-        r#"
-  <recv response="503">
-    <action>
-      <ereg regexp="[0-9]+" search_in="hdr" header="Retry-After:" check_it="true" assign_to="ra"/>
-    </action>
-  </recv>
-"#,
-        ACK_NON_2XX,
-        r#"  <Reference variables="ra"/>
-"#,
-    ]
-    .concat();
-    let sc = scenario("busy", &[&invite("", OFFER), &busy]);
+    let sc = scenario("busy", &[&invite("", OFFER), &refused_503()]);
     let run = run_sipp(&dir, &sc, addr, false, &[("rtp_port", "40054".into())]);
     expect_ok(&run, &agent);
     let first = holder.join().unwrap();

@@ -175,8 +175,18 @@ impl AgentProc {
 
     /// Stop with SIGTERM (graceful), bounded; returns whether it exited cleanly.
     pub fn terminate(&mut self) -> bool {
+        self.sigterm();
+        self.wait_exit(Duration::from_secs(10))
+    }
+
+    /// Send SIGTERM and return at once.
+    pub fn sigterm(&self) {
         let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
+    }
+
+    /// Wait up to `limit` for the process to exit; true if it exited with status 0.
+    pub fn wait_exit(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return status.success();
