@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod call;
 pub mod config;
+pub mod fuzz;
 pub mod intake;
 pub mod media;
 pub mod sink;

@@ -76,26 +76,44 @@ impl Prompt {
         let fmt = |why: String| PromptError::Format { path: path.to_path_buf(), why };
         let bytes = std::fs::read(path).map_err(io)?;
         let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
-        let (rate, samples) = match ext.as_str() {
+        Prompt::from_bytes(name, &ext, &bytes).map_err(fmt)
+    }
+
+    /// Decode a prompt file's bytes; `ext` (lower case) picks the format.
+    pub fn from_bytes(name: &str, ext: &str, bytes: &[u8]) -> Result<Prompt, String> {
+        let (rate, samples) = match ext {
             "ulaw" | "mulaw" | "pcmu" | "ul" => (8000, bytes.iter().map(|b| Law::Pcmu.decode(*b)).collect()),
             "alaw" | "pcma" | "al" => (8000, bytes.iter().map(|b| Law::Pcma.decode(*b)).collect()),
-            "sln" | "raw" => (8000, le_i16(&bytes)),
-            "sln12" => (12000, le_i16(&bytes)),
-            "sln16" => (16000, le_i16(&bytes)),
-            "sln24" => (24000, le_i16(&bytes)),
-            "sln32" => (32000, le_i16(&bytes)),
-            "sln44" => (44100, le_i16(&bytes)),
-            "sln48" => (48000, le_i16(&bytes)),
-            "wav" | "wave" => read_wav(&bytes).map_err(fmt)?,
-            other => return Err(fmt(format!("unknown prompt format {other:?} (wav, ulaw, alaw, sln)"))),
+            "sln" | "raw" => (8000, le_i16(bytes)),
+            "sln12" => (12000, le_i16(bytes)),
+            "sln16" => (16000, le_i16(bytes)),
+            "sln24" => (24000, le_i16(bytes)),
+            "sln32" => (32000, le_i16(bytes)),
+            "sln44" => (44100, le_i16(bytes)),
+            "sln48" => (48000, le_i16(bytes)),
+            "wav" | "wave" => read_wav(bytes)?,
+            other => return Err(format!("unknown prompt format {other:?} (wav, ulaw, alaw, sln)")),
         };
         if samples.is_empty() {
-            return Err(fmt("no audio samples".into()));
+            return Err("no audio samples".into());
         }
-        let pcm = if rate == 8000 { samples } else { resample_to_8k(&samples, rate).map_err(fmt)? };
+        if !STANDARD_RATES.contains(&rate) {
+            return Err(format!("sample rate {rate} Hz is not a standard rate ({STANDARD_RATES:?})"));
+        }
+        if samples.len() as u64 > MAX_PROMPT_SECS * rate as u64 {
+            return Err(format!("longer than {} minutes", MAX_PROMPT_SECS / 60));
+        }
+        let pcm = if rate == 8000 { samples } else { resample_to_8k(&samples, rate)? };
         Ok(Prompt::from_pcm(name, pcm))
     }
 }
+
+/// Sample rates a prompt may have (others are refused rather than resampled
+/// at an odd ratio, which costs an FFT as long as the ratio is awkward).
+const STANDARD_RATES: [u32; 13] =
+    [8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000, 176400, 192000];
+/// The longest prompt loaded: prompts are held in memory by every process.
+const MAX_PROMPT_SECS: u64 = 600;
 
 fn le_i16(bytes: &[u8]) -> Vec<i16> {
     bytes.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect()
@@ -260,6 +278,19 @@ mod tests {
             assert!((rms - 5657.0).abs() < 300.0, "{rate}/{ch}: rms {rms}");
         }
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn odd_sample_rates_are_refused_with_a_clear_error() {
+        // A G.711 WAV claiming 1 Hz would otherwise be "resampled" to 8000 times its size.
+        let mut wav = crate::media::recorder::wav_bytes(&[0i16; 400], crate::media::recorder::RecordingFormat::Ulaw);
+        wav[24..28].copy_from_slice(&1u32.to_le_bytes());
+        let err = Prompt::from_bytes("p", "wav", &wav).unwrap_err();
+        assert!(err.contains("sample rate 1 Hz"), "{err}");
+        wav[24..28].copy_from_slice(&7919u32.to_le_bytes());
+        assert!(Prompt::from_bytes("p", "wav", &wav).is_err());
+        wav[24..28].copy_from_slice(&8000u32.to_le_bytes());
+        assert_eq!(Prompt::from_bytes("p", "wav", &wav).unwrap().pcm.len(), 400);
     }
 
     #[test]
