@@ -2,14 +2,17 @@
 # The one test command: installs what the tests need, then runs every test.
 #   SIPp (Debian package sip-tester) is the real peer of the interop tests,
 #   Kamailio the registrar/proxy of the forward-on-no-answer tests;
-#   sox is the G.711 reference the codec test compares against.
-# Tests talk to loopback only. Needs root (or sudo) for apt-get on a fresh machine.
+#   sox is the G.711 reference the codec test compares against;
+#   SIPVicious (svmap, svwar) scans the agent in the hostile-input tests.
+# Tests talk to loopback only. Run as root: apt-get on a fresh machine, and
+# SIPp's pcap replay of the callers' speech (play_pcap_audio) opens a raw socket.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
 command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
 command -v sox >/dev/null 2>&1 || missing+=(sox)
+command -v svwar >/dev/null 2>&1 || missing+=(sipvicious)
 command -v kamailio >/dev/null 2>&1 || [ -x /usr/sbin/kamailio ] || missing+=(kamailio)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"

@@ -22,11 +22,12 @@ use crate::sink::delivery::Publisher;
 use crate::sink::event::{Event, EventType};
 use crate::sip::auth::Credentials;
 use crate::sip::dialog::DialogConfig;
+use crate::sip::guard::{Guard, Verdict};
 use crate::sip::message::{
     ALLOW, Incoming, Method, Rejection, Request, Response, SUPPORTED, build_response, read_message,
 };
 use crate::sip::register::{AccountSetup, RegEvent, RegState, Registration};
-use crate::sip::transport::{Inbound, ReplyPath, serve_tcp, serve_udp};
+use crate::sip::transport::{Inbound, ReplyPath, TcpLimits, serve_tcp, serve_udp};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -58,6 +59,8 @@ struct Table {
     registrations: HashMap<String, mpsc::UnboundedSender<Box<Response>>>,
     ports: PortPool,
     done_tx: mpsc::UnboundedSender<String>,
+    /// Limits, scanner and flood defence for everything that arrives.
+    guard: Guard,
 }
 
 /// Where a shutdown stands (a `watch` channel from the signal handler).
@@ -104,7 +107,11 @@ impl Agent {
     pub async fn run(self, mut shutdown: watch::Receiver<Shutdown>) -> anyhow::Result<()> {
         let (in_tx, mut in_rx) = mpsc::channel::<Inbound>(1024);
         let udp_task = tokio::spawn(serve_udp(self.udp.clone(), in_tx.clone()));
-        let tcp_task = tokio::spawn(serve_tcp(self.tcp, in_tx));
+        let tcp_limits = TcpLimits {
+            max_connections: self.shared.cfg.security.max_tcp_connections,
+            idle: Duration::from_secs(self.shared.cfg.security.tcp_idle_secs),
+        };
+        let tcp_task = tokio::spawn(serve_tcp(self.tcp, in_tx, tcp_limits));
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
         let cfg = &self.shared.cfg;
         let mut table = Table {
@@ -112,6 +119,7 @@ impl Agent {
             registrations: HashMap::new(),
             ports: PortPool::new(cfg.rtp.port_min, cfg.rtp.port_max),
             done_tx,
+            guard: Guard::new(cfg.security.guard()),
         };
         let mut registrations = Vec::new();
         let (unregister_tx, unregister_rx) = watch::channel(false);
@@ -180,7 +188,33 @@ impl Agent {
 impl Shared {
     async fn dispatch(self: &Arc<Self>, msg: Inbound, table: &mut Table, shutdown: &watch::Receiver<Shutdown>) {
         let Inbound { bytes, from, reply } = msg;
-        match read_message(&bytes, from) {
+        if let Verdict::Drop(why) = table.guard.check_bytes(&bytes) {
+            if table.guard.should_log(Instant::now(), from.ip()) {
+                tracing::warn!(%from, why, len = bytes.len(), dropped = table.guard.dropped, "message dropped");
+            }
+            return;
+        }
+        let incoming = read_message(&bytes, from);
+        // Anything that would start something new is checked for scanners and floods.
+        let out_of_dialog = match &incoming {
+            Incoming::Request(r) => !table.calls.contains_key(&r.call_id),
+            Incoming::Rejected(Rejection::Respond { .. }) => true,
+            _ => false,
+        };
+        if out_of_dialog {
+            let ua = match &incoming {
+                Incoming::Request(r) => r.frame.get("User-Agent"),
+                _ => None,
+            };
+            let now = Instant::now();
+            if let Verdict::Drop(why) = table.guard.check_request(now, from.ip(), ua, self.is_listed(from.ip())) {
+                if table.guard.should_log(now, from.ip()) {
+                    tracing::warn!(%from, why, user_agent = ua.unwrap_or("-"), dropped = table.guard.dropped, "request dropped (logged once per 10 s per source)");
+                }
+                return;
+            }
+        }
+        match incoming {
             Incoming::Rejected(Rejection::Drop { why }) => {
                 tracing::debug!(%from, why, "dropped unusable message");
             }
@@ -207,14 +241,14 @@ impl Shared {
                 let respond = |code: u16, extra: &[(&str, String)]| {
                     build_response(&req.frame, &req.via_reply, code, Some("bs0"), extra, None)
                 };
+                if req.method != Method::Ack && !self.is_trusted(from.ip()) {
+                    // The same answer whatever the method or user: nothing to enumerate.
+                    tracing::warn!(%from, method = ?req.method, call_id = %req.call_id, caller = %req.from.raw, "request from an untrusted address refused (403)");
+                    reply.send(dest, respond(403, &[])).await;
+                    return;
+                }
                 match &req.method {
                     Method::Invite if req.to.tag.is_none() => {
-                        if !self.is_trusted(from.ip()) {
-                            tracing::warn!(%from, call_id = %req.call_id, caller = %req.from.raw, "INVITE from an untrusted address refused (403)");
-                            let b = respond(403, &[]);
-                            reply.send(dest, b).await;
-                            return;
-                        }
                         if *shutdown.borrow() != Shutdown::Running || table.calls.len() >= self.cfg.sip.max_calls {
                             let b = respond(503, &[("Retry-After", "5".into())]);
                             reply.send(dest, b).await;
@@ -277,9 +311,14 @@ impl Shared {
         }
     }
 
+    /// May this address place calls? Everyone in trunk mode; otherwise the listed ones.
     fn is_trusted(&self, ip: IpAddr) -> bool {
-        !self.cfg.trust_enforced()
-            || self.trusted.iter().any(|n| n.contains(&ip))
+        !self.cfg.trust_enforced() || self.is_listed(ip)
+    }
+
+    /// Is this address a registrar of ours or in `[sip] trusted_sources`?
+    fn is_listed(&self, ip: IpAddr) -> bool {
+        self.trusted.iter().any(|n| n.contains(&ip))
             || self.registrar_ips.read().map(|r| r.contains(&ip)).unwrap_or(false)
     }
 

@@ -22,6 +22,7 @@ pub struct Config {
     pub register: Vec<RegisterConfig>,
     pub intake: IntakeConfig,
     pub recordings: RecordingsConfig,
+    pub security: SecurityConfig,
     /// The intake script, in order. Absent: the shipped default script.
     pub step: Vec<crate::intake::program::StepConfig>,
 }
@@ -50,6 +51,56 @@ pub struct RecordingsConfig {
     pub whole_call: bool,
     /// The whole-call recording stops growing after this many seconds.
     pub max_call_secs: u64,
+}
+
+/// Limits and defences against hostile traffic (`[security]`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// Requests whose User-Agent contains one of these (case-insensitive) are dropped unanswered.
+    pub scanner_user_agents: Vec<String>,
+    /// Out-of-dialog requests (INVITE, OPTIONS, REGISTER...) per second per source
+    /// address, with this burst; beyond it they are dropped. Registrars and
+    /// `[sip] trusted_sources` are exempt. 0 = no limit.
+    pub requests_per_second: f64,
+    pub request_burst: f64,
+    /// Larger SIP messages (UDP or TCP) are dropped.
+    pub max_message_bytes: usize,
+    pub max_headers: usize,
+    pub max_header_line_bytes: usize,
+    /// Concurrent TCP connections; more are closed at once.
+    pub max_tcp_connections: usize,
+    /// A TCP connection with nothing received for this long is closed. Keep it
+    /// above `[call] max_duration_secs`: a call's connection is quiet while the caller talks.
+    pub tcp_idle_secs: u64,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        SecurityConfig {
+            scanner_user_agents: crate::sip::guard::default_scanner_user_agents(),
+            requests_per_second: 20.0,
+            request_burst: 40.0,
+            max_message_bytes: 16384,
+            max_headers: 100,
+            max_header_line_bytes: 4096,
+            max_tcp_connections: 256,
+            tcp_idle_secs: 900,
+        }
+    }
+}
+
+impl SecurityConfig {
+    pub fn guard(&self) -> crate::sip::guard::GuardConfig {
+        crate::sip::guard::GuardConfig {
+            max_message_bytes: self.max_message_bytes,
+            max_headers: self.max_headers,
+            max_header_line_bytes: self.max_header_line_bytes,
+            requests_per_second: self.requests_per_second,
+            request_burst: self.request_burst,
+            scanner_user_agents: self.scanner_user_agents.iter().map(|s| s.to_ascii_lowercase()).collect(),
+        }
+    }
 }
 
 impl Default for IntakeConfig {
@@ -304,6 +355,7 @@ impl Default for Config {
             register: Vec::new(),
             intake: Default::default(),
             recordings: Default::default(),
+            security: Default::default(),
             step: crate::intake::program::default_steps(),
         }
     }
@@ -427,6 +479,22 @@ impl Config {
                     self.rtp.port_min, self.rtp.port_max
                 ),
             ));
+        }
+        let sec = &self.security;
+        if !(sec.requests_per_second >= 0.0 && sec.request_burst >= 1.0) {
+            p.push(("security.request_burst".into(), "requests_per_second >= 0 and request_burst >= 1".into()));
+        }
+        if !(1024..=crate::sip::message::MAX_MESSAGE).contains(&sec.max_message_bytes) {
+            p.push((
+                "security.max_message_bytes".into(),
+                format!("between 1024 and {}", crate::sip::message::MAX_MESSAGE),
+            ));
+        }
+        if sec.max_headers < 10 || sec.max_header_line_bytes < 256 {
+            p.push(("security.max_headers".into(), "max_headers >= 10 and max_header_line_bytes >= 256".into()));
+        }
+        if sec.max_tcp_connections == 0 || sec.tcp_idle_secs == 0 {
+            p.push(("security.max_tcp_connections".into(), "max_tcp_connections and tcp_idle_secs must be > 0".into()));
         }
         if self.call.shutdown_grace_secs > 3600 {
             p.push(("call.shutdown_grace_secs".into(), "at most 3600".into()));

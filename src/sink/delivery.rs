@@ -44,18 +44,44 @@ pub struct Publisher {
     db: Arc<Mutex<Outbox>>,
     specs: Arc<Vec<SinkSpec>>,
     wake: Arc<Vec<Arc<Notify>>>,
+    held: Held,
+}
+
+/// Events the outbox could not take (disk full): kept in memory, in order,
+/// and committed as soon as it can take them again.
+type Held = Arc<Mutex<std::collections::VecDeque<Event>>>;
+
+/// Events held in memory at most; beyond it the oldest is logged whole and let go.
+const MAX_HELD: usize = 10_000;
+
+/// Commit held events in order, stopping at the first that fails.
+fn flush_held(db: &mut Outbox, specs: &[SinkSpec], held: &mut std::collections::VecDeque<Event>) -> Result<(), String> {
+    while let Some(ev) = held.front() {
+        db.append(ev, specs, now_ms()).map_err(|e| e.to_string())?;
+        held.pop_front();
+    }
+    Ok(())
 }
 
 impl Publisher {
-    /// Commit the event durably, then wake the workers. An error (disk full,
-    /// say) is returned; the caller logs it with the event so nothing is silent.
+    /// Commit the event durably (after any held before it), then wake the
+    /// workers. When the outbox cannot take it (disk full, say), the event is
+    /// held in memory and committed later by the retry task; the error says so.
     pub async fn publish(&self, event: Event) -> Result<(), String> {
         let db = self.db.clone();
         let specs = self.specs.clone();
+        let held = self.held.clone();
         let result = tokio::task::spawn_blocking(move || {
             let mut db = db.lock().unwrap_or_else(|p| p.into_inner());
-            db.append(&event, &specs, now_ms())
-                .map_err(|e| format!("{e}: event {}", serde_json::to_string(&event).unwrap_or_default()))
+            let mut held = held.lock().unwrap_or_else(|p| p.into_inner());
+            held.push_back(event);
+            if held.len() > MAX_HELD
+                && let Some(lost) = held.pop_front()
+            {
+                tracing::error!(event = %serde_json::to_string(&lost).unwrap_or_default(), "too many events held in memory; this one is only in the log");
+            }
+            flush_held(&mut db, &specs, &mut held)
+                .map_err(|e| format!("{e}; {} event(s) held in memory, retried every 2 s", held.len()))
         })
         .await
         .map_err(|e| e.to_string())?;
@@ -73,12 +99,20 @@ pub struct Delivery {
     wake: Vec<Arc<Notify>>,
     max_pending: u64,
     keep_delivered: Duration,
+    held: Held,
 }
 
 impl Delivery {
     pub fn new(outbox: Outbox, sinks: Vec<Sink>, max_pending: u64, keep_delivered: Duration) -> Delivery {
         let wake = sinks.iter().map(|_| Arc::new(Notify::new())).collect();
-        Delivery { db: Arc::new(Mutex::new(outbox)), sinks, wake, max_pending, keep_delivered }
+        Delivery {
+            db: Arc::new(Mutex::new(outbox)),
+            sinks,
+            wake,
+            max_pending,
+            keep_delivered,
+            held: Default::default(),
+        }
     }
 
     pub fn publisher(&self) -> Publisher {
@@ -86,6 +120,7 @@ impl Delivery {
             db: self.db.clone(),
             specs: Arc::new(self.sinks.iter().map(|s| s.spec.clone()).collect()),
             wake: Arc::new(self.wake.clone()),
+            held: self.held.clone(),
         }
     }
 
@@ -123,7 +158,13 @@ impl Delivery {
         for (sink, wake) in self.sinks.iter().cloned().zip(self.wake.iter().cloned()) {
             tasks.push(tokio::spawn(worker(self.db.clone(), sink, wake, shutdown.clone())));
         }
-        tasks.push(tokio::spawn(housekeeping(self.db.clone(), self.max_pending, self.keep_delivered, shutdown)));
+        tasks.push(tokio::spawn(housekeeping(
+            self.db.clone(),
+            self.max_pending,
+            self.keep_delivered,
+            shutdown.clone(),
+        )));
+        tasks.push(tokio::spawn(retry_held(self.publisher(), shutdown)));
         tasks
     }
 
@@ -259,6 +300,44 @@ async fn record(db: &Arc<Mutex<Outbox>>, sink: &Sink, d: Due, attempt: Attempt) 
     }
 }
 
+/// Every 2 s, commit the events held in memory; at shutdown, one last try,
+/// and whatever still cannot be committed is written whole to the log.
+async fn retry_held(publisher: Publisher, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let stop = tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => false,
+            _ = shutdown.changed() => true,
+        };
+        let p = publisher.clone();
+        let (result, left) = tokio::task::spawn_blocking(move || {
+            // Same lock order as `publish`: the outbox, then the held events.
+            let mut db = p.db.lock().unwrap_or_else(|e| e.into_inner());
+            let mut held = p.held.lock().unwrap_or_else(|e| e.into_inner());
+            if held.is_empty() {
+                return (Ok(()), Vec::new());
+            }
+            let r = flush_held(&mut db, &p.specs, &mut held);
+            (r, if stop { held.drain(..).collect() } else { Vec::new() })
+        })
+        .await
+        .unwrap_or((Ok(()), Vec::new()));
+        match result {
+            Ok(()) => {
+                for w in publisher.wake.iter() {
+                    w.notify_one();
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "the outbox still cannot take the held events"),
+        }
+        for ev in left {
+            tracing::error!(event = %serde_json::to_string(&ev).unwrap_or_default(), "shutting down with an event the outbox could not take; it is only in this log");
+        }
+        if stop || *shutdown.borrow() {
+            return;
+        }
+    }
+}
+
 async fn housekeeping(db: Arc<Mutex<Outbox>>, max_pending: u64, keep: Duration, mut shutdown: watch::Receiver<bool>) {
     loop {
         let keep_ms = keep.as_millis() as i64;
@@ -281,5 +360,89 @@ async fn housekeeping(db: Arc<Mutex<Outbox>>, max_pending: u64, keep: Duration, 
             _ = tokio::time::sleep(Duration::from_secs(300)) => {}
             _ = shutdown.changed() => { if *shutdown.borrow() { return; } }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::intake::lead::Lead;
+
+    fn lead(call_id: &str) -> Lead {
+        let text = format!(
+            "INVITE sip:o@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKx\r\n\
+             From: <sip:+15551230001@127.0.0.1>;tag=a\r\nTo: <sip:o@127.0.0.1>\r\nCall-ID: {call_id}\r\n\
+             CSeq: 1 INVITE\r\nContact: <sip:c@127.0.0.1:5070>\r\nContent-Length: 0\r\n\r\n"
+        );
+        let crate::sip::message::Incoming::Request(r) =
+            crate::sip::message::read_message(text.as_bytes(), "127.0.0.1:5070".parse().unwrap())
+        else {
+            panic!("test INVITE rejected")
+        };
+        Lead::from_invite(format!("lead-{call_id}"), &r, SystemTime::now(), "UDP")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_outbox_holds_events_in_memory_and_commits_them_when_it_can() {
+        let dir = std::env::temp_dir().join(format!("backstop-held-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let leads = dir.join("leads.jsonl");
+        let outbox = Outbox::open(&dir.join("outbox.db")).unwrap();
+        let sink = Sink {
+            spec: SinkSpec { name: "file:leads.jsonl".into(), events: vec![EventType::LeadCompleted] },
+            target: Target::LeadsFile(leads.clone()),
+            max_interval: Duration::from_secs(1),
+            max_age: Duration::from_secs(3600),
+        };
+        let delivery = Delivery::new(outbox, vec![sink], 1000, Duration::from_secs(3600));
+        {
+            // Exactly as full as a full disk: SQLite answers SQLITE_FULL.
+            let db = delivery.db.lock().unwrap();
+            let pages = db.page_count().unwrap();
+            db.limit_pages(Some(pages)).unwrap();
+        }
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let tasks = delivery.spawn(stop_rx);
+        let publisher = delivery.publisher();
+        // Publish until the outbox is full (a fresh page may take a few first).
+        let mut published = Vec::new();
+        let mut err = String::new();
+        for i in 0..200 {
+            let call_id = format!("c{i}");
+            let r = publisher.publish(Event::new(EventType::LeadCompleted, "t".into(), &lead(&call_id))).await;
+            published.push(call_id);
+            if let Err(e) = r {
+                err = e;
+                break;
+            }
+        }
+        assert!(err.contains("1 event(s) held in memory"), "the outbox never filled: {err:?}");
+        let r = publisher.publish(Event::new(EventType::LeadCompleted, "t".into(), &lead("last"))).await;
+        assert!(r.unwrap_err().contains("2 event(s) held"));
+        published.push("last".into());
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        // Space again: the retry task commits the held ones, in order, and the file sink writes them all.
+        delivery.db.lock().unwrap().limit_pages(None).unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+        let ids = || -> Vec<String> {
+            std::fs::read_to_string(&leads)
+                .unwrap_or_default()
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["call_id"].as_str().unwrap().to_string())
+                .collect()
+        };
+        while tokio::time::Instant::now() < deadline && ids().len() < published.len() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Every lead exactly once (calls are delivered in parallel, so not in order).
+        let (mut got, mut want) = (ids(), published.clone());
+        got.sort();
+        want.sort();
+        assert_eq!(got, want);
+        let _ = stop_tx.send(true);
+        for t in tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(3), t).await;
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -77,6 +77,17 @@ impl Outbox {
         Ok(Outbox { conn })
     }
 
+    /// Cap the database at `pages` pages (`None`: SQLite's default), so that
+    /// writes fail with SQLITE_FULL exactly as on a full disk. For fault tests.
+    pub fn limit_pages(&self, pages: Option<u64>) -> rusqlite::Result<()> {
+        let n = pages.unwrap_or(0xFFFF_FFFE);
+        self.conn.pragma_update(None, "max_page_count", n as i64)
+    }
+
+    pub fn page_count(&self) -> rusqlite::Result<u64> {
+        self.conn.query_row("PRAGMA page_count", [], |r| r.get::<_, i64>(0)).map(|n| n as u64)
+    }
+
     /// Commit an event and a pending delivery for every sink that takes its type.
     pub fn append(&mut self, event: &Event, sinks: &[SinkSpec], now_ms: i64) -> rusqlite::Result<()> {
         let body = serde_json::to_string(event).expect("events serialise");

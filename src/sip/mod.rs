@@ -2,6 +2,7 @@
 //! the UAS dialog state machine, and the UDP/TCP transport edge.
 pub mod auth;
 pub mod dialog;
+pub mod guard;
 pub mod message;
 pub mod register;
 pub mod sdp;

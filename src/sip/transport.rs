@@ -72,14 +72,39 @@ pub async fn serve_udp(sock: Arc<UdpSocket>, tx: mpsc::Sender<Inbound>) {
 
 static CONNECTIONS: AtomicU64 = AtomicU64::new(0);
 
+/// Bounds on SIP over TCP.
+#[derive(Debug, Clone, Copy)]
+pub struct TcpLimits {
+    /// Connections open at once; one more is closed as soon as it is accepted.
+    pub max_connections: usize,
+    /// A connection that sends nothing for this long is closed.
+    pub idle: std::time::Duration,
+}
+
 /// Accept TCP connections forever; each gets a reader and a writer task.
-pub async fn serve_tcp(listener: TcpListener, tx: mpsc::Sender<Inbound>) {
+pub async fn serve_tcp(listener: TcpListener, tx: mpsc::Sender<Inbound>, limits: TcpLimits) {
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut refused: u64 = 0;
     loop {
         match listener.accept().await {
             Ok((stream, from)) => {
+                if open.load(Ordering::Relaxed) >= limits.max_connections {
+                    refused += 1;
+                    if refused.is_power_of_two() {
+                        tracing::warn!(%from, refused, max = limits.max_connections, "TCP connection refused: too many open");
+                    }
+                    drop(stream);
+                    continue;
+                }
                 let id = CONNECTIONS.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%from, conn = id, "TCP connection accepted");
-                tokio::spawn(connection(stream, from, tx.clone()));
+                open.fetch_add(1, Ordering::Relaxed);
+                let open = open.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    connection(stream, from, tx, limits.idle).await;
+                    open.fetch_sub(1, Ordering::Relaxed);
+                });
             }
             Err(e) => {
                 tracing::warn!(error = %e, "TCP accept failed");
@@ -89,7 +114,7 @@ pub async fn serve_tcp(listener: TcpListener, tx: mpsc::Sender<Inbound>) {
     }
 }
 
-async fn connection(stream: TcpStream, from: SocketAddr, tx: mpsc::Sender<Inbound>) {
+async fn connection(stream: TcpStream, from: SocketAddr, tx: mpsc::Sender<Inbound>, idle: std::time::Duration) {
     let (mut rd, mut wr) = stream.into_split();
     let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(64);
     let writer = tokio::spawn(async move {
@@ -102,9 +127,13 @@ async fn connection(stream: TcpStream, from: SocketAddr, tx: mpsc::Sender<Inboun
     let mut buf: Vec<u8> = Vec::with_capacity(8192);
     let mut chunk = vec![0u8; 8192];
     'read: loop {
-        let n = match rd.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
+        let n = match tokio::time::timeout(idle, rd.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => n,
+            Err(_) => {
+                tracing::debug!(%from, "TCP connection idle; closing");
+                break;
+            }
         };
         buf.extend_from_slice(&chunk[..n]);
         loop {

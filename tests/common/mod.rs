@@ -140,7 +140,7 @@ impl AgentProc {
             let msg = options_request(me, "ready-check");
             let _ = sock.send_to(msg.as_bytes(), self.addr());
             if let Ok((n, _)) = sock.recv_from(&mut buf)
-                && buf[..n].starts_with(b"SIP/2.0 200")
+                && buf[..n].starts_with(b"SIP/2.0 ")
             {
                 return;
             }

@@ -1,0 +1,198 @@
+//! Hostile traffic against the agent as a real process: SIPVicious
+//! (`svmap`, `svwar`) scanning it, an OPTIONS flood from one address while a
+//! real caller calls from another, oversized and over-long messages, and
+//! TCP connection limits. All on loopback; every loop is bounded.
+
+mod common;
+
+use common::scenario::*;
+use common::*;
+use std::io::{Read, Write};
+use std::net::{TcpStream, UdpSocket};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Run a SIPVicious tool against the agent; returns its output (stdout + stderr).
+fn sipvicious(tool: &str, args: &[&str], agent: &AgentProc) -> String {
+    let out = Command::new("timeout")
+        .arg("60")
+        .arg(tool)
+        .args(args)
+        .arg(format!("-p{}", agent.port))
+        .arg("127.0.0.1")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{tool} must be installed (scripts/test.sh installs sipvicious): {e}"));
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+fn scans(agent: &AgentProc) -> Vec<(String, String)> {
+    [
+        ("svmap", vec![]),
+        ("svwar", vec!["-e100-130"]),
+        ("svwar", vec!["-e100-110", "-m", "INVITE"]),
+        ("svwar", vec!["-e100-110", "-m", "OPTIONS", "--force"]),
+    ]
+    .into_iter()
+    .map(|(tool, args)| (format!("{tool} {}", args.join(" ")), sipvicious(tool, &args, agent)))
+    .collect()
+}
+
+#[test]
+fn sipvicious_scanners_get_nothing_and_make_no_leads() {
+    // Shipped defaults (trunk mode): the scanners' User-Agent is dropped unanswered.
+    let agent = AgentProc::start("scan-drop", "");
+    for (what, out) in scans(&agent) {
+        eprintln!("--- {what}\n{out}");
+        assert!(out.contains("found nothing"), "{what}: {out}");
+        assert!(!out.contains("Backstop"), "{what} learned what we are: {out}");
+    }
+    assert!(agent.leads().is_empty(), "a scan made leads: {:?}", agent.leads());
+    let log = agent.log();
+    assert!(log.contains("scanner User-Agent"), "{log}");
+    // Logged once per 10 s per source, not once per probe.
+    assert!(log.matches("scanner User-Agent").count() <= 2, "{log}");
+
+    // With the User-Agent list emptied but trust enforced: every probe, whatever
+    // the method or extension, gets the same 403, so nothing can be enumerated.
+    let agent = AgentProc::start(
+        "scan-403",
+        "[sip]\ntrusted_sources = [\"10.0.0.0/8\"]\n[security]\nscanner_user_agents = []\n",
+    );
+    for (what, out) in scans(&agent).into_iter().skip(1) {
+        eprintln!("--- {what}\n{out}");
+        assert!(out.contains("found nothing"), "{what}: {out}");
+        assert!(!out.contains("| Extension"), "{what} listed extensions: {out}");
+    }
+    assert!(agent.leads().is_empty());
+    assert!(agent.log().contains("untrusted address refused (403)"));
+}
+
+const OPTIONS_PING: &str = r#"
+  <send>
+    <![CDATA[
+      OPTIONS sip:ping@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      From: <sip:flood@[local_ip]:[local_port]>;tag=[call_number]
+      To: <sip:ping@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: 1 OPTIONS
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv response="200" timeout="200" ontimeout="end"/>
+  <label id="end"/>
+"#;
+
+#[test]
+fn a_flood_from_one_address_is_dropped_while_a_caller_gets_through() {
+    let agent = AgentProc::start("flood", "[sip]\nanswer_after_ms = 100\n");
+    let dir = scratch_dir("sipp-flood");
+    // 4000 OPTIONS at 800/s from 127.0.0.2 (bounded: -m and -timeout).
+    let sf = dir.join("flood.xml");
+    std::fs::write(&sf, scenario("flood", &[OPTIONS_PING])).unwrap();
+    let port = free_port();
+    let addr = agent.addr();
+    let flood = std::thread::spawn(move || {
+        Command::new("sipp")
+            .arg(addr.to_string())
+            .arg("-sf")
+            .arg(&sf)
+            .args(["-m", "4000", "-r", "800", "-l", "400", "-i", "127.0.0.2", "-p", &port.to_string()])
+            .args(["-nostdin", "-timeout", "30s", "-trace_stat", "-stf"])
+            .arg(sf.with_extension("csv"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        std::fs::read_to_string(sf.with_extension("csv")).unwrap_or_default()
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    // Meanwhile a real caller from 127.0.0.1 completes a call.
+    let caller_dir = scratch_dir("sipp-flood-caller");
+    let sc = scenario("caller", &[&invite("", OFFER), ANSWERED, &ack(1), &pause(500), CALLER_BYE]);
+    let started = Instant::now();
+    let run = run_sipp(&caller_dir, &sc, agent.addr(), false, &[("rtp_port", "40070".into())]);
+    assert!(run.success, "the caller failed during the flood: {}\n{}", run.errors, agent.log());
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    let stats = flood.join().unwrap();
+    // SIPp's last statistics line: successful "calls" are OPTIONS that got a 200.
+    let header: Vec<&str> = stats.lines().next().unwrap_or("").split(';').collect();
+    let last: Vec<&str> = stats.lines().last().unwrap_or("").split(';').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).and_then(|i| last.get(i)?.parse::<u64>().ok());
+    let answered = col("SuccessfulCall(C)").expect("SIPp statistics");
+    let total = answered + col("FailedCall(C)").unwrap_or(0);
+    eprintln!("flood: {total} OPTIONS sent, {answered} answered");
+    assert!(total >= 3000, "the flood did not run: {stats}");
+    // Burst 40 + 20/s over ~5 s, with slack; everything else dropped.
+    assert!(answered <= 200, "{answered} of {total} flood requests were answered");
+    let log = agent.log();
+    assert!(
+        log.matches("request rate above requests_per_second").count() <= 3,
+        "drops are logged per 10 s, not per packet"
+    );
+    assert_eq!(agent.leads().len(), 1);
+}
+
+fn options(me: std::net::SocketAddr, extra_headers: &str, body: &str) -> String {
+    format!(
+        "OPTIONS sip:backstop@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-big;rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:probe@127.0.0.1>;tag=p1\r\nTo: <sip:backstop@127.0.0.1>\r\n\
+         Call-ID: big-1\r\nCSeq: 1 OPTIONS\r\n{extra_headers}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+fn answered(sock: &UdpSocket, agent: &AgentProc, msg: &str) -> bool {
+    sock.send_to(msg.as_bytes(), agent.addr()).unwrap();
+    let mut buf = [0u8; 4096];
+    matches!(sock.recv_from(&mut buf), Ok((n, _)) if buf[..n].starts_with(b"SIP/2.0 200"))
+}
+
+#[test]
+fn oversized_messages_and_too_many_headers_are_dropped() {
+    let agent = AgentProc::start("limits", "[security]\nmax_message_bytes = 4096\nmax_headers = 20\n");
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let me = sock.local_addr().unwrap();
+    assert!(answered(&sock, &agent, &options(me, "", "")));
+    assert!(!answered(&sock, &agent, &options(me, "", &"x".repeat(5000))), "5000 bytes > max_message_bytes");
+    let many: String = (0..30).map(|i| format!("X-Pad-{i}: y\r\n")).collect();
+    assert!(!answered(&sock, &agent, &options(me, &many, "")), "30 headers > max_headers");
+    let long = format!("Subject: {}\r\n", "z".repeat(5000));
+    assert!(!answered(&sock, &agent, &options(me, &long, "")), "a 5000-byte header line");
+    // Still serving.
+    assert!(answered(&sock, &agent, &options(me, "", "")));
+}
+
+#[test]
+fn tcp_connections_are_bounded_and_idle_ones_closed() {
+    let agent = AgentProc::start("tcp-limits", "[security]\nmax_tcp_connections = 4\ntcp_idle_secs = 1\n");
+    let closed_within = |s: &mut TcpStream, limit: Duration| {
+        s.set_read_timeout(Some(limit)).unwrap();
+        let mut b = [0u8; 16];
+        matches!(s.read(&mut b), Ok(0))
+    };
+    let mut held: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(agent.addr()).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut fifth = TcpStream::connect(agent.addr()).unwrap();
+    assert!(closed_within(&mut fifth, Duration::from_millis(800)), "a fifth connection was kept open");
+    // The four idle ones are closed after about a second.
+    let t = Instant::now();
+    for s in &mut held {
+        assert!(closed_within(s, Duration::from_secs(3)), "an idle connection was kept open");
+    }
+    assert!(t.elapsed() < Duration::from_secs(3));
+    // With the slots free, SIP over TCP works.
+    std::thread::sleep(Duration::from_millis(200));
+    let mut s = TcpStream::connect(agent.addr()).unwrap();
+    let me = s.local_addr().unwrap();
+    let msg = options(me, "", "").replace("SIP/2.0/UDP", "SIP/2.0/TCP");
+    s.write_all(msg.as_bytes()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut buf = [0u8; 2048];
+    let n = s.read(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"SIP/2.0 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+}
