@@ -86,3 +86,26 @@ fn leads_tail_prints_the_last_leads_readably() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no outbox"));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn run_fails_clearly_when_the_data_dir_is_unusable_or_the_port_is_taken() {
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_backstop"))
+            .current_dir(common::manifest_dir())
+            .arg("run")
+            .args(args)
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    // /proc refuses new directories even to root.
+    let (ok, err) = run(&["--listen", "127.0.0.1:0", "--data-dir", "/proc/backstop-data"]);
+    assert!(!ok);
+    assert!(err.contains("/proc/backstop-data"), "{err}");
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = common::scratch_dir("cli-port");
+    let (ok, err) = run(&["--listen", &format!("127.0.0.1:{port}"), "--data-dir", dir.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains(&format!("binding SIP UDP on 127.0.0.1:{port}")) && err.contains("in use"), "{err}");
+}
