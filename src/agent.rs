@@ -24,7 +24,7 @@ use crate::sip::auth::Credentials;
 use crate::sip::dialog::DialogConfig;
 use crate::sip::guard::{Guard, Verdict};
 use crate::sip::message::{
-    ALLOW, Incoming, Method, Rejection, Request, Response, SUPPORTED, build_response, read_message,
+    ALLOW, Incoming, Method, Rejection, Request, Response, SUPPORTED, build_bare_response, build_response, read_message,
 };
 use crate::sip::register::{AccountSetup, RegEvent, RegState, Registration};
 use crate::sip::transport::{Inbound, ReplyPath, TcpLimits, serve_tcp, serve_udp};
@@ -221,7 +221,12 @@ impl Shared {
             Incoming::Rejected(Rejection::Respond { code, why, bytes: response, dest, call_id }) => {
                 tracing::info!(%from, code, why, call_id = call_id.as_deref().unwrap_or("-"), "rejected request");
                 let dest = if reply.is_reliable() { from } else { dest };
-                reply.send(dest, response).await;
+                // No amplification: a rejection bigger than the request from an unverified source is not sent.
+                if reply.is_reliable() || self.is_listed(from.ip()) || response.len() <= bytes.len() {
+                    reply.send(dest, response).await;
+                } else {
+                    tracing::debug!(%from, code, request_len = bytes.len(), answer_len = response.len(), "rejection withheld: larger than the request from an unverified source");
+                }
             }
             Incoming::Response(resp) => {
                 if let Some(tx) = table.registrations.get(&resp.call_id) {
@@ -238,26 +243,41 @@ impl Shared {
                     return;
                 }
                 let dest = if reply.is_reliable() { from } else { req.via.response_addr(from) };
+                // No amplification: to a source that may be spoofed (UDP, not listed) a
+                // stateless answer is the bare form, and is not sent if still bigger than the request.
+                let verified = reply.is_reliable() || self.is_listed(from.ip());
+                let request_len = bytes.len();
                 let respond = |code: u16, extra: &[(&str, String)]| {
-                    build_response(&req.frame, &req.via_reply, code, Some("bs0"), extra, None)
+                    if verified {
+                        Some(build_response(&req.frame, &req.via_reply, code, Some("bs0"), extra, None))
+                    } else {
+                        let b = build_bare_response(&req.frame, &req.via_reply, code, Some("bs0"), extra);
+                        if b.len() > request_len {
+                            tracing::debug!(%from, code, request_len, answer_len = b.len(), "answer withheld: larger than the request from an unverified source");
+                        }
+                        (b.len() <= request_len).then_some(b)
+                    }
+                };
+                let send = |b: Option<Vec<u8>>| async {
+                    if let Some(b) = b {
+                        reply.send(dest, b).await;
+                    }
                 };
                 if req.method != Method::Ack && !self.is_trusted(from.ip()) {
                     // The same answer whatever the method or user: nothing to enumerate.
                     tracing::warn!(%from, method = ?req.method, call_id = %req.call_id, caller = %req.from.raw, "request from an untrusted address refused (403)");
-                    reply.send(dest, respond(403, &[])).await;
+                    send(respond(403, &[])).await;
                     return;
                 }
                 match &req.method {
                     Method::Invite if req.to.tag.is_none() => {
                         if *shutdown.borrow() != Shutdown::Running || table.calls.len() >= self.cfg.sip.max_calls {
-                            let b = respond(503, &[("Retry-After", "5".into())]);
-                            reply.send(dest, b).await;
+                            send(respond(503, &[("Retry-After", "5".into())])).await;
                             return;
                         }
                         let Some(rtp) = table.ports.bind(self.rtp_ip()).await else {
                             tracing::error!(call_id = %req.call_id, "no free RTP port in the configured range");
-                            let b = respond(503, &[("Retry-After", "5".into())]);
-                            reply.send(dest, b).await;
+                            send(respond(503, &[("Retry-After", "5".into())])).await;
                             return;
                         };
                         let (tx, rx) = mpsc::unbounded_channel();
@@ -276,25 +296,25 @@ impl Shared {
                         );
                     }
                     Method::Options => {
-                        let b = respond(
-                            200,
+                        // Allow/Accept/Supported are optional: only to sources we can verify.
+                        let extra: &[(&str, String)] = if verified {
                             &[
                                 ("Allow", ALLOW.into()),
                                 ("Accept", "application/sdp".into()),
                                 ("Supported", SUPPORTED.into()),
-                            ],
-                        );
-                        reply.send(dest, b).await;
+                            ]
+                        } else {
+                            &[]
+                        };
+                        send(respond(200, extra)).await;
                     }
                     Method::Ack => tracing::debug!(call_id = %req.call_id, "ACK for no call, absorbed"),
                     Method::NotAllowed(m) => {
                         tracing::info!(%from, method = %m, "method not allowed");
-                        let b = respond(405, &[("Allow", ALLOW.into())]);
-                        reply.send(dest, b).await;
+                        send(respond(405, &[("Allow", ALLOW.into())])).await;
                     }
                     _ => {
-                        let b = respond(481, &[]);
-                        reply.send(dest, b).await;
+                        send(respond(481, &[])).await;
                     }
                 }
             }

@@ -196,3 +196,43 @@ fn tcp_connections_are_bounded_and_idle_ones_closed() {
     let n = s.read(&mut buf).unwrap();
     assert!(buf[..n].starts_with(b"SIP/2.0 200"), "{}", String::from_utf8_lossy(&buf[..n]));
 }
+
+#[test]
+fn answers_to_unverified_sources_are_never_bigger_than_the_request() {
+    // Trunk mode, no rate limit: every request from this UDP socket is answered if it can be.
+    let agent = AgentProc::start("amplification", "[security]\nrequests_per_second = 0\n");
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let me = sock.local_addr().unwrap();
+    let req = |line: &str, method: &str, extra: &str| {
+        format!(
+            "{line}\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-{method};rport\r\nMax-Forwards: 70\r\nFrom: <sip:a@x>;tag=1\r\n\
+             Contact: <sip:a@{me}>\r\nUser-Agent: softphone/1.0\r\n\
+             To: <sip:b@y>\r\nCall-ID: amp-{method}\r\nCSeq: 1 {method}\r\n{extra}Content-Length: 0\r\n\r\n"
+        )
+    };
+    let probes = [
+        req("OPTIONS sip:b@y SIP/2.0", "OPTIONS", ""),
+        req("REGISTER sip:y SIP/2.0", "REGISTER", ""),
+        req("SUBSCRIBE sip:b@y SIP/2.0", "SUBSCRIBE", ""),
+        req("BYE sip:b@y SIP/2.0", "BYE", ""),
+        req("OPTIONS sip:b@y SIP/7.0", "OPTIONS", ""),
+        req("FOO sip:b@y SIP/2.0", "FOO", ""),
+        req("OPTIONS nobody:b@y SIP/2.0", "OPTIONS", ""),
+        req("OPTIONS sip:b@y SIP/2.0", "OPTIONS", "Require: foo\r\n"),
+        req("OPTIONS sip:b@y SIP/2.0", "INVITE", ""),
+    ];
+    let mut answered = 0;
+    for p in &probes {
+        sock.send_to(p.as_bytes(), agent.addr()).unwrap();
+        let mut buf = [0u8; 4096];
+        while let Ok((n, _)) = sock.recv_from(&mut buf) {
+            let first = String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or("").to_string();
+            eprintln!("{} bytes in, {n} bytes out: {first}", p.len());
+            assert!(n <= p.len(), "{n}-byte answer to a {}-byte request: {first}", p.len());
+            assert!(!String::from_utf8_lossy(&buf[..n]).contains("Backstop"), "no Server header to strangers");
+            answered += 1;
+        }
+    }
+    assert!(answered >= 3, "only {answered} answers: the agent should still answer what it can");
+}

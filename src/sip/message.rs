@@ -376,7 +376,8 @@ fn validate_request(frame: Frame, source: SocketAddr) -> Result<Request, Rejecti
     let dest = via.response_addr(source);
     let call_id_seen = frame.get("Call-ID").map(str::to_string);
     let reject = |code: u16, why: String, extra: Vec<(&str, String)>| -> Rejection {
-        let bytes = build_response(&frame, &via_reply, code, None, &extra, None);
+        // No Server header: a rejection may go to a stranger, and must stay small.
+        let bytes = build_bare_response(&frame, &via_reply, code, None, &extra);
         Rejection::Respond { code, why, bytes, dest, call_id: call_id_seen.clone() }
     };
 
@@ -595,6 +596,31 @@ pub fn build_response(
     extra: &[(&str, String)],
     body: Option<(&str, &[u8])>,
 ) -> Vec<u8> {
+    build(req, via_reply, code, to_tag, extra, body, true)
+}
+
+/// A response with only the mirrored headers, `extra` and Content-Length (no
+/// Server). For sources we cannot verify, whose requests may be spoofed: the
+/// answer must not be bigger than the question.
+pub fn build_bare_response(
+    req: &Frame,
+    via_reply: &str,
+    code: u16,
+    to_tag: Option<&str>,
+    extra: &[(&str, String)],
+) -> Vec<u8> {
+    build(req, via_reply, code, to_tag, extra, None, false)
+}
+
+fn build(
+    req: &Frame,
+    via_reply: &str,
+    code: u16,
+    to_tag: Option<&str>,
+    extra: &[(&str, String)],
+    body: Option<(&str, &[u8])>,
+    server: bool,
+) -> Vec<u8> {
     let mut headers = Headers::default();
     let mut first = true;
     for via in req.get_all("Via") {
@@ -623,7 +649,9 @@ pub fn build_response(
     for (name, value) in extra {
         headers.push(make_header(name, value.clone()));
     }
-    headers.push(make_header("Server", crate::USER_AGENT.to_string()));
+    if server {
+        headers.push(make_header("Server", crate::USER_AGENT.to_string()));
+    }
     let body_bytes = match body {
         Some((ct, b)) => {
             headers.push(make_header("Content-Type", ct.to_string()));
