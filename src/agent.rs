@@ -37,7 +37,8 @@ use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
 enum CallInput {
-    Request(Box<Request>),
+    /// An in-dialog request and its size on the wire.
+    Request(Box<Request>, usize),
     Response(Box<Response>),
 }
 
@@ -51,7 +52,14 @@ struct Shared {
     /// Networks whose INVITEs are answered (with the registrars' addresses), when enforced.
     trusted: Vec<ipnet::IpNet>,
     registrar_ips: std::sync::RwLock<Vec<IpAddr>>,
+    /// `[security] verified_sources`: addresses that cannot be spoofed here.
+    verified_nets: Vec<ipnet::IpNet>,
+    /// Addresses that have acknowledged one of our answers (bounded).
+    verified: std::sync::Mutex<std::collections::HashSet<IpAddr>>,
 }
+
+/// Addresses remembered as verified, at most; the set starts over beyond it.
+const MAX_VERIFIED: usize = 100_000;
 
 /// What the dispatcher owns: where to route each Call-ID, and the RTP ports.
 struct Table {
@@ -93,7 +101,18 @@ impl Agent {
         let tcp = TcpListener::bind(local_sip).await.with_context(|| format!("binding SIP TCP on {local_sip}"))?;
         let trusted = cfg.trusted_nets();
         let program = Arc::new(cfg.program().map_err(|e| anyhow::anyhow!("intake script: {e:?}"))?);
-        let shared = Shared { cfg, prompts, program, events, local_sip, trusted, registrar_ips: Default::default() };
+        let verified_nets = cfg.verified_nets();
+        let shared = Shared {
+            cfg,
+            prompts,
+            program,
+            events,
+            local_sip,
+            trusted,
+            registrar_ips: Default::default(),
+            verified_nets,
+            verified: Default::default(),
+        };
         Ok(Agent { udp: Arc::new(udp), tcp, shared: Arc::new(shared) })
     }
 
@@ -222,7 +241,7 @@ impl Shared {
                 tracing::info!(%from, code, why, call_id = call_id.as_deref().unwrap_or("-"), "rejected request");
                 let dest = if reply.is_reliable() { from } else { dest };
                 // No amplification: a rejection bigger than the request from an unverified source is not sent.
-                if reply.is_reliable() || self.is_listed(from.ip()) || response.len() <= bytes.len() {
+                if reply.is_reliable() || self.is_verified(from.ip()) || response.len() <= bytes.len() {
                     reply.send(dest, response).await;
                 } else {
                     tracing::debug!(%from, code, request_len = bytes.len(), answer_len = response.len(), "rejection withheld: larger than the request from an unverified source");
@@ -239,13 +258,13 @@ impl Shared {
             }
             Incoming::Request(req) => {
                 if let Some(tx) = table.calls.get(&req.call_id) {
-                    let _ = tx.send(CallInput::Request(req));
+                    let _ = tx.send(CallInput::Request(req, bytes.len()));
                     return;
                 }
                 let dest = if reply.is_reliable() { from } else { req.via.response_addr(from) };
                 // No amplification: to a source that may be spoofed (UDP, not listed) a
                 // stateless answer is the bare form, and is not sent if still bigger than the request.
-                let verified = reply.is_reliable() || self.is_listed(from.ip());
+                let verified = reply.is_reliable() || self.is_verified(from.ip());
                 let request_len = bytes.len();
                 let respond = |code: u16, extra: &[(&str, String)]| {
                     if verified {
@@ -289,7 +308,7 @@ impl Shared {
                         tokio::spawn(
                             async move {
                                 let call_id = req.call_id.clone();
-                                shared.call_task(*req, reply, rtp, rx, shutdown).await;
+                                shared.call_task(*req, request_len, reply, rtp, rx, shutdown).await;
                                 let _ = done.send(call_id);
                             }
                             .instrument(span),
@@ -334,6 +353,22 @@ impl Shared {
     /// May this address place calls? Everyone in trunk mode; otherwise the listed ones.
     fn is_trusted(&self, ip: IpAddr) -> bool {
         !self.cfg.trust_enforced() || self.is_listed(ip)
+    }
+
+    /// Has this address shown it receives what we send (or can it not be spoofed)?
+    fn is_verified(&self, ip: IpAddr) -> bool {
+        self.is_listed(ip)
+            || self.verified_nets.iter().any(|n| n.contains(&ip))
+            || self.verified.lock().map(|v| v.contains(&ip)).unwrap_or(false)
+    }
+
+    fn mark_verified(&self, ip: IpAddr) {
+        if let Ok(mut v) = self.verified.lock() {
+            if v.len() >= MAX_VERIFIED {
+                v.clear();
+            }
+            v.insert(ip);
+        }
     }
 
     /// Is this address a registrar of ours or in `[sip] trusted_sources`?
@@ -460,9 +495,11 @@ impl Shared {
             .unwrap_or(Ipv4Addr::LOCALHOST.into())
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn call_task(
         self: Arc<Self>,
         invite: Request,
+        invite_len: usize,
         reply: ReplyPath,
         rtp: UdpSocket,
         mut inbox: mpsc::UnboundedReceiver<CallInput>,
@@ -470,16 +507,22 @@ impl Shared {
     ) {
         let local_ip = self.local_ip_for(invite.source);
         let rtp_port = rtp.local_addr().map(|a| a.port()).unwrap_or(0);
+        let source_ip = invite.source.ip();
+        // No amplification: until the source shows it receives our answers, what
+        // we send it is paid for by what it sent (the INVITE and its retransmissions).
+        let mut budget: Option<usize> = (!reply.is_reliable() && !self.is_verified(source_ip)).then_some(invite_len);
+        let local_tag = format!("{:016x}", rand::random::<u64>());
         let setup = CallSetup {
             dialog: DialogConfig {
                 answer_after: Duration::from_millis(self.cfg.sip.answer_after_ms),
                 t1: self.cfg.t1(),
                 t2: self.cfg.t2(),
                 reliable: reply.is_reliable(),
+                provisional: budget.is_none(),
                 local_sip: SocketAddr::new(local_ip, self.local_sip.port()),
                 transport: reply.transport(),
                 local_rtp: SocketAddr::new(local_ip, rtp_port),
-                local_tag: format!("{:016x}", rand::random::<u64>()),
+                local_tag: local_tag.clone(),
                 seed: rand::random::<u64>(),
             },
             lead_id: uuid::Uuid::new_v4().to_string(),
@@ -507,7 +550,20 @@ impl Shared {
         loop {
             while let Some(t) = call.poll_transmit() {
                 match t {
-                    Transmit::Sip(s) => reply.send(s.dest, s.bytes).await,
+                    Transmit::Sip(s) => {
+                        if let Some(b) = budget.as_mut() {
+                            if s.bytes.len() > *b {
+                                tracing::debug!(
+                                    len = s.bytes.len(),
+                                    budget = *b,
+                                    "SIP message withheld from an unverified source (no amplification)"
+                                );
+                                continue;
+                            }
+                            *b -= s.bytes.len();
+                        }
+                        reply.send(s.dest, s.bytes).await
+                    }
                     Transmit::Rtp { dest, bytes } => {
                         if let Err(e) = rtp.send_to(&bytes, dest).await {
                             tracing::debug!(%dest, error = %e, "RTP send failed");
@@ -562,7 +618,19 @@ impl Shared {
             timer.as_mut().reset(tokio::time::Instant::from_std(deadline));
             tokio::select! {
                 msg = inbox.recv() => match msg {
-                    Some(CallInput::Request(r)) => call.handle_sip_request(Instant::now(), *r),
+                    Some(CallInput::Request(r, len)) => {
+                        if let Some(b) = budget.as_mut() {
+                            if r.to.tag.as_deref() == Some(local_tag.as_str()) && r.source.ip() == source_ip {
+                                // It answered with our tag: it receives what we send. No more budget.
+                                budget = None;
+                                self.mark_verified(source_ip);
+                                tracing::debug!(source = %source_ip, "source verified");
+                            } else if r.source.ip() == source_ip {
+                                *b += len;
+                            }
+                        }
+                        call.handle_sip_request(Instant::now(), *r)
+                    }
                     Some(CallInput::Response(r)) => call.handle_sip_response(Instant::now(), *r),
                     None => break,
                 },

@@ -70,6 +70,11 @@ pub struct SecurityConfig {
     pub max_header_line_bytes: usize,
     /// Concurrent TCP connections; more are closed at once.
     pub max_tcp_connections: usize,
+    /// Addresses that cannot be spoofed here (loopback, by default): treated as
+    /// verified, like registrars, `trusted_sources`, TCP peers and any address
+    /// that has acknowledged one of our answers. To the others nothing bigger
+    /// than what they sent is sent: no 100/180, bare stateless answers.
+    pub verified_sources: Vec<String>,
     /// A TCP connection with nothing received for this long is closed. Keep it
     /// above `[call] max_duration_secs`: a call's connection is quiet while the caller talks.
     pub tcp_idle_secs: u64,
@@ -86,6 +91,7 @@ impl Default for SecurityConfig {
             max_header_line_bytes: 4096,
             max_tcp_connections: 256,
             tcp_idle_secs: 900,
+            verified_sources: vec!["127.0.0.0/8".into(), "::1/128".into()],
         }
     }
 }
@@ -405,6 +411,12 @@ impl Default for LogConfig {
     }
 }
 
+fn nets(list: &[String]) -> Vec<ipnet::IpNet> {
+    list.iter()
+        .filter_map(|t| t.parse::<ipnet::IpNet>().ok().or_else(|| t.parse::<IpAddr>().ok().map(ipnet::IpNet::from)))
+        .collect()
+}
+
 /// A config problem, located.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -492,6 +504,11 @@ impl Config {
         }
         if sec.max_headers < 10 || sec.max_header_line_bytes < 256 {
             p.push(("security.max_headers".into(), "max_headers >= 10 and max_header_line_bytes >= 256".into()));
+        }
+        for t in &sec.verified_sources {
+            if t.parse::<ipnet::IpNet>().is_err() && t.parse::<IpAddr>().is_err() {
+                p.push(("security.verified_sources".into(), format!("{t:?} is not an address or CIDR range")));
+            }
         }
         if sec.max_tcp_connections == 0 || sec.tcp_idle_secs == 0 {
             p.push(("security.max_tcp_connections".into(), "max_tcp_connections and tcp_idle_secs must be > 0".into()));
@@ -618,11 +635,11 @@ impl Config {
     }
 
     pub fn trusted_nets(&self) -> Vec<ipnet::IpNet> {
-        self.sip
-            .trusted_sources
-            .iter()
-            .filter_map(|t| t.parse::<ipnet::IpNet>().ok().or_else(|| t.parse::<IpAddr>().ok().map(ipnet::IpNet::from)))
-            .collect()
+        nets(&self.sip.trusted_sources)
+    }
+
+    pub fn verified_nets(&self) -> Vec<ipnet::IpNet> {
+        nets(&self.security.verified_sources)
     }
 
     pub fn outbox_path(&self) -> PathBuf {

@@ -25,6 +25,7 @@ fn dialog_config() -> DialogConfig {
         t1: Duration::from_millis(500),
         t2: Duration::from_millis(4000),
         reliable: false,
+        provisional: true,
         local_sip: "127.0.0.1:5060".parse().expect("literal"),
         transport: "UDP",
         local_rtp: "127.0.0.1:20000".parse().expect("literal"),

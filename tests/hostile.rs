@@ -199,8 +199,8 @@ fn tcp_connections_are_bounded_and_idle_ones_closed() {
 
 #[test]
 fn answers_to_unverified_sources_are_never_bigger_than_the_request() {
-    // Trunk mode, no rate limit: every request from this UDP socket is answered if it can be.
-    let agent = AgentProc::start("amplification", "[security]\nrequests_per_second = 0\n");
+    // Trunk mode, no rate limit, loopback not taken as verified: this socket is a stranger.
+    let agent = AgentProc::start("amplification", "[security]\nrequests_per_second = 0\nverified_sources = []\n");
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
     let me = sock.local_addr().unwrap();
@@ -235,4 +235,57 @@ fn answers_to_unverified_sources_are_never_bigger_than_the_request() {
         }
     }
     assert!(answered >= 3, "only {answered} answers: the agent should still answer what it can");
+}
+
+#[test]
+fn an_unverified_caller_gets_no_more_bytes_than_it_sent_until_it_acknowledges() {
+    let agent = AgentProc::start(
+        "amplification-call",
+        "[sip]\nanswer_after_ms = 100\nt1_ms = 100\n[security]\nrequests_per_second = 0\nverified_sources = []\n",
+    );
+    // 1. A spoofed-looking INVITE, sent once and never acknowledged: everything
+    //    the agent sends back, over the whole 64×T1, fits in what it sent.
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let me = sock.local_addr().unwrap();
+    let rtp = RtpCapture::start();
+    let sdp = OFFER.replace("[rtp_port]", &rtp.port.to_string()).replace('\n', "\r\n") + "\r\n";
+    let invite = format!(
+        "INVITE sip:+15559990000@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-spoof;rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:+15551230001@{me}>;tag=s1\r\nTo: <sip:+15559990000@127.0.0.1>\r\n\
+         Call-ID: spoof-1\r\nCSeq: 1 INVITE\r\nContact: <sip:x@{me}>\r\nContent-Type: application/sdp\r\n\
+         Content-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    );
+    sock.send_to(invite.as_bytes(), agent.addr()).unwrap();
+    let (mut got, mut first_lines) = (0usize, Vec::new());
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        if let Ok((n, _)) = sock.recv_from(&mut buf) {
+            got += n;
+            first_lines.push(String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or("").to_string());
+        }
+    }
+    eprintln!("sent {} bytes, got {got} bytes back: {first_lines:?}", invite.len());
+    assert!(got <= invite.len(), "{got} bytes back for a {}-byte INVITE: {first_lines:?}", invite.len());
+    assert!(!first_lines.iter().any(|l| l.contains("100") || l.contains("180")), "{first_lines:?}");
+    assert!(rtp.finish().is_empty(), "no RTP before an ACK proves the address");
+
+    // 2. A real caller from an unverified address still gets through: no 100/180, the 200
+    //    once its INVITE retransmission pays for it; its ACK verifies the address.
+    let dir = scratch_dir("sipp-unverified");
+    let sc = scenario("unverified", &[&invite_sc(), ANSWERED, &ack(1), &pause(300), CALLER_BYE]);
+    let run = run_sipp(&dir, &sc, agent.addr(), false, &[("rtp_port", "40072".into())]);
+    assert!(run.success, "{}\n{}", run.errors, agent.log());
+    assert_eq!(run.received_count("SIP/2.0 180", "1 INVITE"), 0);
+    // 3. The next call from the same (now verified) address rings as usual.
+    let dir = scratch_dir("sipp-verified");
+    let run = run_sipp(&dir, &sc, agent.addr(), false, &[("rtp_port", "40074".into())]);
+    assert!(run.success, "{}\n{}", run.errors, agent.log());
+    assert_eq!(run.received_count("SIP/2.0 180", "1 INVITE"), 1);
+}
+
+fn invite_sc() -> String {
+    invite("", OFFER)
 }

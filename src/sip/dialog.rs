@@ -26,6 +26,9 @@ pub struct DialogConfig {
     pub t2: Duration,
     /// True on TCP: no retransmissions (the transport is reliable).
     pub reliable: bool,
+    /// Send 100 and 180 while ringing. Off for a source that has not shown it
+    /// can receive (it may be spoofed): the 200 alone must fit what it sent.
+    pub provisional: bool,
     /// The SIP address we are reachable at for this call (Via, Contact).
     pub local_sip: SocketAddr,
     /// Transport name for Via/Contact: "UDP" or "TCP".
@@ -195,10 +198,12 @@ impl UasDialog {
                 Err(e) => return d.reject_initial(now, 488, &format!("unusable SDP offer: {e}")),
             }
         }
-        let trying = d.respond_invite(100, false, &[], None);
-        d.send_invite_response(trying);
-        let ringing = d.respond_invite(180, true, &[], None);
-        d.send_invite_response(ringing);
+        if d.cfg.provisional {
+            let trying = d.respond_invite(100, false, &[], None);
+            d.send_invite_response(trying);
+            let ringing = d.respond_invite(180, true, &[], None);
+            d.send_invite_response(ringing);
+        }
         d.answer_at = Some(now + d.cfg.answer_after);
         d
     }
@@ -682,6 +687,7 @@ mod tests {
             t1: Duration::from_millis(500),
             t2: Duration::from_millis(4000),
             reliable,
+            provisional: true,
             local_sip: "127.0.0.1:5060".parse().unwrap(),
             transport: if reliable { "TCP" } else { "UDP" },
             local_rtp: "127.0.0.1:20000".parse().unwrap(),
