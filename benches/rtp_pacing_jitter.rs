@@ -61,7 +61,7 @@ fn main() {
         .args(["-sf"])
         .arg(&uas_xml)
         .args(["-i", "127.0.0.1", "-p", &uas_port.to_string(), "-m", "1", "-nostdin", "-timeout", "60s"])
-        .args(["-mp", &free_port().to_string()])
+        .args(["-mp", &free_media_port().to_string()])
         .current_dir(&dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

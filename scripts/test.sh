@@ -3,7 +3,8 @@
 #   SIPp (Debian package sip-tester) is the real peer of the interop tests,
 #   Kamailio the registrar/proxy of the forward-on-no-answer tests;
 #   sox is the G.711 reference the codec test compares against;
-#   SIPVicious (svmap, svwar) scans the agent in the hostile-input tests.
+#   SIPVicious (svmap, svwar) scans the agent in the hostile-input tests;
+#   tcpdump times the agent's RTP on the wire in the intake test.
 # Tests talk to loopback only. Run as root: apt-get on a fresh machine, and
 # SIPp's pcap replay of the callers' speech (play_pcap_audio) opens a raw socket.
 set -euo pipefail
@@ -13,6 +14,7 @@ missing=()
 command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
 command -v sox >/dev/null 2>&1 || missing+=(sox)
 command -v svwar >/dev/null 2>&1 || missing+=(sipvicious)
+command -v tcpdump >/dev/null 2>&1 || missing+=(tcpdump)
 command -v kamailio >/dev/null 2>&1 || [ -x /usr/sbin/kamailio ] || missing+=(kamailio)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"

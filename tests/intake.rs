@@ -12,7 +12,13 @@ use common::scenario::*;
 use common::*;
 use serde_json::Value;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+/// The offer for pcap callers: SIPp replays the pcap from its media port, which it
+/// binds only when the SDP names `[media_port]`; the agent latches onto that port.
+fn pcap_offer() -> String {
+    OFFER.replace("[rtp_port]", "[media_port]")
+}
 
 fn speech(name: &str) -> Vec<i16> {
     Prompt::load(name, &manifest_dir().join("tests/fixtures/speech").join(name)).unwrap().pcm
@@ -97,13 +103,14 @@ fn a_caller_completes_the_default_script_by_voice_and_keypad() {
     let pcap = dir.join("caller.pcap");
     audio.write(&pcap);
 
-    let rtp = RtpCapture::start_latching();
+    // The agent's RTP goes to SIPp's media port (symmetric RTP); tcpdump sees it on the wire.
+    let sniffer = Sniffer::start(&dir, agent.rtp_ports);
     let sc = scenario(
         "intake-full",
-        &[&invite("", OFFER), ANSWERED, &ack(1), &pause(LEAD_IN), &play_pcap(&pcap), &agent_bye(50_000)],
+        &[&invite("", &pcap_offer()), ANSWERED, &ack(1), &pause(LEAD_IN), &play_pcap(&pcap), &agent_bye(50_000)],
     );
-    let run = run_sipp(&dir, &sc, agent.addr(), false, &[("rtp_port", rtp.port.to_string())]);
-    let packets = rtp.finish();
+    let run = run_sipp(&dir, &sc, agent.addr(), false, &[]);
+    let packets = sniffer.finish();
     assert!(run.success, "SIPp failed: {}\n{}", run.errors, agent.log());
 
     let lead = lead_of(&agent);
@@ -123,14 +130,16 @@ fn a_caller_completes_the_default_script_by_voice_and_keypad() {
     assert_eq!(a["urgency"]["value"], "1");
     assert_eq!(a["urgency"]["label"], "emergency");
 
-    // End-of-speech latency, seen from outside: from the caller's last spoken
-    // sample to the first packet of the next question, on the wire.
-    let t0: Instant = packets[0].0;
-    let payloads: Vec<Vec<u8>> = packets.iter().map(|p| parse_rtp(&p.2).payload).collect();
+    // End-of-speech latency, seen on the wire: from the caller's last spoken
+    // sample to the first packet of the next question. The agent's media starts
+    // at the ACK, and SIPp starts the pcap LEAD_IN after sending it.
+    assert!(packets.len() > 1000, "only {} RTP packets captured", packets.len());
+    let t0 = packets[0].0;
+    let payloads: Vec<Vec<u8>> = packets.iter().map(|p| parse_rtp(&p.1).payload).collect();
     let spoken_end = |ms: u64| t0 + Duration::from_millis(LEAD_IN + ms);
     for (answer, end, next) in [("name", name_end, "need"), ("need", need_end, "callback_number")] {
         let i = prompt_start(&payloads, &prompt(next)).unwrap_or_else(|| panic!("{next} prompt never played"));
-        let latency = packets[i].0.saturating_duration_since(spoken_end(end));
+        let latency = packets[i].0.saturating_sub(spoken_end(end));
         eprintln!("end-of-speech latency after `{answer}`: {} ms (end_silence 1200 ms)", latency.as_millis());
         assert!(latency < Duration::from_secs(2), "moved on {latency:?} after the caller fell silent");
         assert!(latency >= Duration::from_millis(1_100), "moved on {latency:?}: before the end silence had passed");
@@ -194,7 +203,8 @@ fn sip_info_digits_answer_the_script() {
 fn in_band_tones_answer_the_script_without_telephone_event() {
     let agent = AgentProc::start("intake-inband", &format!("[sip]\nanswer_after_ms = 50\n{KEYPAD_SCRIPT}"));
     let dir = scratch_dir("sipp-intake-inband");
-    let offer = OFFER.replace(" 0 8 101", " 0").replace("a=rtpmap:101 telephone-event/8000\na=fmtp:101 0-15\n", "");
+    let offer =
+        pcap_offer().replace(" 0 8 101", " 0").replace("a=rtpmap:101 telephone-event/8000\na=fmtp:101 0-15\n", "");
     assert!(!offer.contains("telephone-event"));
     let mut audio = CallerAudio::new(101);
     audio.silence(500).tones("2").silence(300).tones("94110").silence(300).tones("1").silence(8_000);
@@ -204,7 +214,7 @@ fn in_band_tones_answer_the_script_without_telephone_event() {
         "intake-inband",
         &[&invite("", &offer), ANSWERED, &ack(1), &pause(200), &play_pcap(&pcap), &agent_bye(20_000)],
     );
-    let run = run_sipp(&dir, &sc, agent.addr(), false, &[("rtp_port", "40062".into())]);
+    let run = run_sipp(&dir, &sc, agent.addr(), false, &[]);
     assert!(run.success, "SIPp failed: {}\n{}", run.errors, agent.log());
     let lead = lead_of(&agent);
     assert_eq!(lead["codec"], "PCMU");
@@ -237,9 +247,9 @@ prompt = "goodbye"
     // The caller hangs up 1.5 s into the answer.
     let sc = scenario(
         "intake-hangup",
-        &[&invite("", OFFER), ANSWERED, &ack(1), &pause(200), &play_pcap(&pcap), &pause(4_500), CALLER_BYE],
+        &[&invite("", &pcap_offer()), ANSWERED, &ack(1), &pause(200), &play_pcap(&pcap), &pause(4_500), CALLER_BYE],
     );
-    let run = run_sipp(&dir, &sc, agent.addr(), false, &[("rtp_port", "40064".into())]);
+    let run = run_sipp(&dir, &sc, agent.addr(), false, &[]);
     assert!(run.success, "SIPp failed: {}\n{}", run.errors, agent.log());
     let lead = lead_of(&agent);
     assert_eq!(lead["outcome"], "hung_up_during_need", "{lead}");

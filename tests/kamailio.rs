@@ -287,7 +287,7 @@ fn unanswered_call_is_forwarded_by_kamailio_and_answered_by_backstop() {
             "30s",
             "-timeout_error",
         ])
-        .args(["-mp", &free_port().to_string(), "-trace_err", "-error_file"])
+        .args(["-mp", &free_media_port().to_string(), "-trace_err", "-error_file"])
         .arg(phone_dir.join("errors.log"))
         .current_dir(&phone_dir)
         .stdin(Stdio::null())

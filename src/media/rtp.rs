@@ -153,19 +153,26 @@ impl MediaSession {
             return &self.decoded;
         };
         let pt = pkt.payload_type();
-        if pkt.version() != 2 || (pt != self.law.payload_type() && Some(pt) != self.telephone_event) {
+        // Port 0 is no address to answer to: such a packet is forged or broken.
+        if from.port() == 0 || pkt.version() != 2 || (pt != self.law.payload_type() && Some(pt) != self.telephone_event)
+        {
             // Not a format we negotiated: not the caller's media (and never latched onto).
             self.stats.packets_ignored += 1;
             return &self.decoded;
         }
-        self.stats.packets_received += 1;
         if !self.latched {
             self.latched = true;
             if self.remote != Some(from) {
                 tracing::debug!(%from, sdp = ?self.remote, "rtp latched onto source address");
             }
             self.remote = Some(from);
+        } else if self.remote != Some(from) {
+            // Once latched, only the caller's stream counts: RTP from anywhere else
+            // (an injection attempt, a stale stream) is ignored until a re-INVITE moves the media.
+            self.stats.packets_ignored += 1;
+            return &self.decoded;
         }
+        self.stats.packets_received += 1;
         if Some(pt) == self.telephone_event {
             if let Some(ev) = self.rfc4733.handle_packet(now, pkt.timestamp(), pkt.payload()) {
                 self.events.push_back(MediaEvent::Dtmf(ev));
@@ -324,6 +331,13 @@ mod tests {
         assert_eq!(m.stats.packets_ignored, 2);
         m.handle_timeout(t0 + FRAME);
         assert_eq!(drain(&mut m)[0].0, nat);
+        // Once latched, audio from another address is not the caller's: ignored, not heard.
+        let loud = RtpPacketBuilder::new().payload_type(8).ssrc(7).payload(&[0x55; 160]).build().unwrap();
+        assert!(m.handle_rtp(t0, stranger, &loud).is_empty());
+        assert_eq!(m.stats.packets_ignored, 3);
+        assert_eq!(m.handle_rtp(t0, nat, &loud).len(), 160);
+        m.handle_timeout(t0 + FRAME * 2);
+        assert_eq!(drain(&mut m)[0].0, nat, "media still goes to the caller");
     }
 
     #[test]

@@ -52,6 +52,26 @@ pub fn free_port() -> u16 {
     panic!("no free port");
 }
 
+/// A port for SIPp's `-mp`: SIPp binds it and the next three (audio and video
+/// RTP/RTCP), so all four are checked free and reserved in this process.
+pub fn free_media_port() -> u16 {
+    for _ in 0..200 {
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        drop(udp);
+        if port > 65000 || port % 2 == 1 {
+            continue;
+        }
+        let ok = (port..port + 4).all(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok());
+        let mut used = PORTS.lock().unwrap();
+        if ok && !(port..port + 4).any(|p| used.contains(&p)) {
+            used.extend(port..port + 4);
+            return port;
+        }
+    }
+    panic!("no free media port");
+}
+
 /// Greeting, goodbye, hang up: the script the SIP-level tests run.
 pub const SKELETON_SCRIPT: &str = "[[step]]\nname = \"greeting\"\nkind = \"play\"\nprompt = \"greeting\"\n\
     [[step]]\nname = \"goodbye\"\nkind = \"goodbye\"\nprompt = \"goodbye\"\n";
@@ -61,6 +81,8 @@ pub struct AgentProc {
     child: Child,
     pub port: u16,
     pub dir: PathBuf,
+    /// The agent's RTP port range (its own, so captures can filter on it).
+    pub rtp_ports: (u16, u16),
 }
 
 impl AgentProc {
@@ -83,7 +105,8 @@ impl AgentProc {
         let prompts = format!("[prompts]\ndir = \"{}\"\n", manifest_dir().join("prompts").display());
         // Each agent its own RTP range, so that a test's stray RTP never reaches another test's call.
         let slot = (COUNTER.fetch_add(1, Ordering::SeqCst) % 45) as u16;
-        let rtp = format!("[rtp]\nport_min = {}\nport_max = {}\n", 30000 + slot * 200, 30000 + slot * 200 + 198);
+        let rtp_ports = (30000 + slot * 200, 30000 + slot * 200 + 198);
+        let rtp = format!("[rtp]\nport_min = {}\nport_max = {}\n", rtp_ports.0, rtp_ports.1);
         let config = if extra.contains("[prompts]\n") {
             format!("{rtp}[log]\nlevel = \"debug\"\n{}", extra.replace("[prompts]\n", &prompts))
         } else {
@@ -92,7 +115,7 @@ impl AgentProc {
         let cfg_path = dir.join("backstop.toml");
         std::fs::write(&cfg_path, config).unwrap();
         let child = Self::spawn(&dir, port);
-        let agent = AgentProc { child, port, dir };
+        let agent = AgentProc { child, port, dir, rtp_ports };
         agent.wait_ready();
         agent
     }
@@ -263,7 +286,7 @@ pub fn run_sipp_calls(
     let sf = dir.join("scenario.xml");
     std::fs::write(&sf, scenario).unwrap();
     let port = free_port();
-    let media = free_port();
+    let media = free_media_port();
     let mut cmd = Command::new("sipp");
     cmd.arg(agent.to_string())
         .arg("-sf")
@@ -310,18 +333,6 @@ pub struct RtpCapture {
 
 impl RtpCapture {
     pub fn start() -> RtpCapture {
-        Self::start_with(false)
-    }
-
-    /// Like `start`, but answers the agent's first packet with one RTP
-    /// packet of μ-law silence, so that the agent's symmetric-RTP latching
-    /// picks this socket and keeps sending here even when the caller's own
-    /// audio (SIPp's pcap) comes from another port.
-    pub fn start_latching() -> RtpCapture {
-        Self::start_with(true)
-    }
-
-    fn start_with(latch: bool) -> RtpCapture {
         let port = free_port();
         let sock = UdpSocket::bind(("127.0.0.1", port)).unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
@@ -334,11 +345,6 @@ impl RtpCapture {
             let deadline = Instant::now() + Duration::from_secs(600);
             while !flag.load(Ordering::SeqCst) && Instant::now() < deadline {
                 if let Ok((n, from)) = sock.recv_from(&mut buf) {
-                    if latch && got.is_empty() {
-                        let mut pkt = vec![0x80, 0, 0, 1, 0, 0, 0, 160, 0x5e, 0xed, 0, 1];
-                        pkt.extend_from_slice(&[0xFF; 160]);
-                        let _ = sock.send_to(&pkt, from);
-                    }
                     got.push((Instant::now(), from, buf[..n].to_vec()));
                 }
             }
@@ -372,5 +378,50 @@ pub fn parse_rtp(b: &[u8]) -> Rtp {
         ts: u32::from_be_bytes([b[4], b[5], b[6], b[7]]),
         ssrc: u32::from_be_bytes([b[8], b[9], b[10], b[11]]),
         payload: b[12..].to_vec(),
+    }
+}
+
+/// tcpdump on loopback, for what the agent sends where no socket of ours can
+/// listen (e.g. its RTP to SIPp's media port). Needs root and tcpdump.
+pub struct Sniffer {
+    child: Child,
+    file: PathBuf,
+}
+
+impl Sniffer {
+    /// Capture UDP from 127.0.0.1 with a source port in `ports`; returns once tcpdump listens.
+    pub fn start(dir: &Path, ports: (u16, u16)) -> Sniffer {
+        let file = dir.join("sniff.pcap");
+        let mut child = Command::new("timeout")
+            .args(["300", "tcpdump", "-i", "lo", "-U", "-n", "-s", "512", "-w"])
+            .arg(&file)
+            .arg(format!("udp and src host 127.0.0.1 and src portrange {}-{}", ports.0, ports.1))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tcpdump must be installed (scripts/test.sh installs it)");
+        // tcpdump says "listening on lo" once the capture runs.
+        let mut err = child.stderr.take().unwrap();
+        let mut seen = String::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut buf = [0u8; 256];
+        use std::io::Read;
+        while !seen.contains("listening on") && Instant::now() < deadline {
+            match err.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+        assert!(seen.contains("listening on"), "tcpdump did not start: {seen}");
+        std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+        Sniffer { child, file }
+    }
+
+    /// Stop and return (capture time, UDP payload) per packet.
+    pub fn finish(mut self) -> Vec<(Duration, Vec<u8>)> {
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = Command::new("kill").arg("-INT").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+        pcap::read_udp(&std::fs::read(&self.file).unwrap_or_default())
     }
 }

@@ -162,3 +162,36 @@ impl CallerAudio {
         std::fs::write(path, out).unwrap();
     }
 }
+
+/// Read a pcap (Ethernet or Linux cooked, IPv4/UDP) to (timestamp, UDP payload) per packet.
+pub fn read_udp(data: &[u8]) -> Vec<(std::time::Duration, Vec<u8>)> {
+    let mut out = Vec::new();
+    if data.len() < 24 {
+        return out;
+    }
+    let u32le = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    let nanos = u32le(&data[0..4]) == 0xa1b23c4d;
+    let link = u32le(&data[20..24]);
+    let l2 = match link {
+        1 => 14,   // Ethernet (Linux lo)
+        113 => 16, // Linux cooked
+        _ => panic!("unexpected link type {link}"),
+    };
+    let mut pos = 24;
+    while pos + 16 <= data.len() {
+        let (sec, frac, caplen) = (u32le(&data[pos..]), u32le(&data[pos + 4..]), u32le(&data[pos + 8..]) as usize);
+        let pkt = &data[pos + 16..(pos + 16 + caplen).min(data.len())];
+        pos += 16 + caplen;
+        let t = std::time::Duration::new(sec as u64, if nanos { frac } else { frac * 1000 });
+        if pkt.len() < l2 + 20 {
+            continue;
+        }
+        let ip = &pkt[l2..];
+        let ihl = (ip[0] & 0x0f) as usize * 4;
+        if ip[0] >> 4 != 4 || ip[9] != 17 || ip.len() < ihl + 8 {
+            continue;
+        }
+        out.push((t, ip[ihl + 8..].to_vec()));
+    }
+    out
+}
