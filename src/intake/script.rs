@@ -53,6 +53,13 @@ pub struct Answer {
     pub attempts: u32,
 }
 
+impl Answer {
+    /// An answer with only the common fields set.
+    fn new(kind: &'static str, status: &'static str, value: Option<String>, attempts: u32) -> Answer {
+        Answer { kind, status, value, label: None, from_caller_id: false, recording: None, speech_ms: None, attempts }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     NotStarted,
@@ -287,16 +294,7 @@ impl Script {
             }
             StepKind::Digits { .. } | StepKind::Menu { .. } if !self.keys.is_empty() => {
                 let kind = if matches!(step.kind, StepKind::Menu { .. }) { "menu" } else { "digits" };
-                let answer = Answer {
-                    kind,
-                    status: "partial",
-                    value: Some(self.keys.clone()),
-                    label: None,
-                    from_caller_id: false,
-                    recording: None,
-                    speech_ms: None,
-                    attempts: self.attempts,
-                };
+                let answer = Answer::new(kind, "partial", Some(self.keys.clone()), self.attempts);
                 self.answers.insert(name, answer);
             }
             _ => {}
@@ -492,19 +490,8 @@ impl Script {
             StepKind::Menu { options, .. } => {
                 match options.iter().find(|o| keys.starts_with(o.digit) && keys.len() == 1) {
                     Some(o) => {
-                        self.answers.insert(
-                            name,
-                            Answer {
-                                kind: "menu",
-                                status: "answered",
-                                value: Some(keys),
-                                label: Some(o.label.clone()),
-                                from_caller_id: false,
-                                recording: None,
-                                speech_ms: None,
-                                attempts: self.attempts,
-                            },
-                        );
+                        let answer = Answer::new("menu", "answered", Some(keys), self.attempts);
+                        self.answers.insert(name, Answer { label: Some(o.label.clone()), ..answer });
                         let next = o.next;
                         self.enter(now, next);
                     }
@@ -527,19 +514,8 @@ impl Script {
                 };
                 match value {
                     Some(value) => {
-                        self.answers.insert(
-                            name,
-                            Answer {
-                                kind: "digits",
-                                status: "answered",
-                                value: Some(value),
-                                label: None,
-                                from_caller_id: caller_id,
-                                recording: None,
-                                speech_ms: None,
-                                attempts: self.attempts,
-                            },
-                        );
+                        let answer = Answer::new("digits", "answered", Some(value), self.attempts);
+                        self.answers.insert(name, Answer { from_caller_id: caller_id, ..answer });
                         let next = self.step().map(|s| s.next).unwrap_or(usize::MAX);
                         self.enter(now, next);
                     }
@@ -566,14 +542,9 @@ impl Script {
         let file = format!("{}-{name}.wav", self.ctx.recording_prefix);
         self.actions.push_back(ScriptAction::SaveRecording { file: file.clone(), samples: a.samples });
         Answer {
-            kind: "voice",
-            status,
-            value: None,
-            label: None,
-            from_caller_id: false,
             recording: Some(file),
             speech_ms: Some(a.speech_ms),
-            attempts: self.attempts,
+            ..Answer::new("voice", status, None, self.attempts)
         }
     }
 
@@ -601,17 +572,7 @@ impl Script {
             return;
         }
         let value = Some(std::mem::take(&mut self.keys)).filter(|k| !k.is_empty());
-        let answer = Answer {
-            kind,
-            status: failure,
-            value,
-            label: None,
-            from_caller_id: false,
-            recording: None,
-            speech_ms: None,
-            attempts: self.attempts,
-        };
-        self.answers.insert(name, answer);
+        self.answers.insert(name, Answer::new(kind, failure, value, self.attempts));
         self.enter(now, fallback);
     }
 }
