@@ -530,6 +530,7 @@ impl Shared {
             transport: reply.transport(),
             max_duration: Duration::from_secs(self.cfg.call.max_duration_secs),
             rtp_seed: (rand::random(), rand::random(), rand::random()),
+            source_verified: budget.is_none(),
         };
         let from = invite.source;
         tracing::info!(%from, transport = reply.transport(), rtp = %setup.dialog.local_rtp, caller = %invite.from.raw, called = %invite.to.raw, "INVITE");

@@ -60,6 +60,8 @@ pub struct CallSetup {
     pub max_duration: Duration,
     /// RTP SSRC, first sequence number and first timestamp (random per RFC 3550).
     pub rtp_seed: (u32, u16, u32),
+    /// The source address is known to be real (see `Lead::source_verified`).
+    pub source_verified: bool,
 }
 
 pub struct Call {
@@ -83,7 +85,8 @@ pub struct Call {
 
 impl Call {
     pub fn new(now: Instant, invite: Request, setup: CallSetup, intake: Intake, prompts: Arc<PromptSet>) -> Call {
-        let lead = Lead::from_invite(setup.lead_id.clone(), &invite, setup.received_at, setup.transport);
+        let mut lead = Lead::from_invite(setup.lead_id.clone(), &invite, setup.received_at, setup.transport);
+        lead.source_verified = setup.source_verified;
         let caller_number =
             lead.caller.asserted.as_ref().and_then(|a| a.number.clone()).or_else(|| lead.caller.number.clone());
         let ctx = ScriptContext { recording_prefix: setup.lead_id.clone(), caller_number };
@@ -250,6 +253,8 @@ impl Call {
                 self.media = Some(m);
                 if let Some(l) = self.lead.as_mut() {
                     l.codec = Some(negotiated.law.encoding_name().to_string());
+                    // The ACK carried our tag: the caller receives what we send.
+                    l.source_verified = true;
                 }
                 self.progress(
                     "confirmed",
@@ -404,6 +409,7 @@ mod tests {
             transport: "UDP",
             max_duration: Duration::from_secs(600),
             rtp_seed: (7, 100, 1000),
+            source_verified: false,
         }
     }
 
@@ -484,6 +490,7 @@ mod tests {
         assert_eq!(payload, expected);
         let lead = &run.leads[0];
         assert_eq!(lead.outcome, "completed");
+        assert!(lead.source_verified, "the ACK proved the caller's address");
         assert_eq!(lead.ended_by, Some(EndedBy::Agent));
         assert_eq!(lead.answered_at.as_deref(), Some("1970-01-01T00:00:01.000Z"));
         assert_eq!(lead.ended_at.as_deref(), Some("1970-01-01T00:00:03.980Z"));

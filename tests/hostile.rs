@@ -291,6 +291,12 @@ fn an_unverified_caller_gets_no_more_bytes_than_it_sent_until_it_acknowledges() 
     let run = run_sipp(&dir, &sc, agent.addr(), false, &[("rtp_port", "40074".into())]);
     assert!(run.success, "{}\n{}", run.errors, agent.log());
     assert_eq!(run.received_count("SIP/2.0 180", "1 INVITE"), 1);
+    // The leads say which callers were shown to be real: a text-back must not go to a spoofed number.
+    let leads = agent.wait_leads(3, Duration::from_secs(10));
+    let spoofed = leads.iter().find(|l| l["call_id"] == "spoof-1").expect("the spoofed call's lead");
+    assert_eq!(spoofed["source_verified"], false);
+    assert_eq!(spoofed["outcome"], "no_ack");
+    assert!(leads.iter().filter(|l| l["call_id"] != "spoof-1").all(|l| l["source_verified"] == true), "{leads:?}");
 }
 
 fn invite_sc() -> String {

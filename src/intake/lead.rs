@@ -60,6 +60,10 @@ pub struct Lead {
     pub codec: Option<String>,
     /// Every key the caller pressed, in order (RFC 4733, SIP INFO or in-band).
     pub dtmf: String,
+    /// The caller's address was shown to be real (a listed or loopback source,
+    /// TCP, or it acknowledged our answer). A lead without it may come from a
+    /// spoofed INVITE: do not text back to it blindly.
+    pub source_verified: bool,
     /// The script's answers by step name (see `intake::script::Answer`).
     pub answers: std::collections::BTreeMap<String, crate::intake::script::Answer>,
     /// The whole call's recording (the caller's side), when enabled; relative to the recordings directory.
@@ -98,6 +102,7 @@ impl Lead {
             transport: transport.to_ascii_lowercase(),
             codec: None,
             dtmf: String::new(),
+            source_verified: false,
             answers: Default::default(),
             recording: None,
         }
