@@ -231,8 +231,31 @@ fn describe_lead(line: &str) -> String {
         .and_then(|d| d.as_u64())
         .map(|d| format!("{:.1}s", d as f64 / 1000.0))
         .unwrap_or("-".into());
+    // The answers, one word each: the keys or menu label, the length of a spoken answer, or what went wrong.
+    let answers: Vec<String> = v
+        .get("answers")
+        .and_then(|a| a.as_object())
+        .map(|a| {
+            a.iter()
+                .map(|(step, ans)| {
+                    let get = |k: &str| ans.get(k).and_then(|x| x.as_str());
+                    let what = match (get("status"), get("kind")) {
+                        (Some("answered"), Some("voice")) => format!(
+                            "{:.1}s spoken",
+                            ans.get("speech_ms").and_then(|x| x.as_u64()).unwrap_or(0) as f64 / 1000.0
+                        ),
+                        (Some("answered"), Some("menu")) => get("label").unwrap_or("-").to_string(),
+                        (Some("answered"), _) => get("value").unwrap_or("-").to_string(),
+                        (status, _) => status.unwrap_or("-").to_string(),
+                    };
+                    format!("{step}={what}")
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let answers = if answers.is_empty() { String::new() } else { format!("  [{}]", answers.join(", ")) };
     format!(
-        "{}  {} {}{}  {} ended by {}  {}",
+        "{}  {} {}{}  {} ended by {}  {}{answers}",
         s("/received_at"),
         s("/caller/number"),
         v.pointer("/caller/display_name").and_then(|x| x.as_str()).map(|n| format!("\"{n}\"")).unwrap_or_default(),

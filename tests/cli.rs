@@ -52,7 +52,7 @@ fn leads_tail_prints_the_last_leads_readably() {
     let dir = common::scratch_dir("cli-tail");
     let lead = |n: u32, outcome: &str| {
         format!(
-            r#"{{"schema_version":1,"id":"l{n}","call_id":"c{n}","caller":{{"number":"+1555000{n}","display_name":"Pat","uri":"sip:x@y","asserted":null}},"called":{{"number":null,"uri":"sip:z@y"}},"forwarded":{{"from_number":"+15557654321","reason":"no-answer","source":"diversion"}},"received_at":"2026-11-23T21:00:0{n}.000Z","answered_at":null,"ended_at":null,"duration_ms":1500,"ended_by":"caller","outcome":"{outcome}","transport":"udp","codec":null}}"#
+            r#"{{"schema_version":1,"id":"l{n}","call_id":"c{n}","caller":{{"number":"+1555000{n}","display_name":"Pat","uri":"sip:x@y","asserted":null}},"called":{{"number":null,"uri":"sip:z@y"}},"forwarded":{{"from_number":"+15557654321","reason":"no-answer","source":"diversion"}},"received_at":"2026-11-23T21:00:0{n}.000Z","answered_at":null,"ended_at":null,"duration_ms":1500,"ended_by":"caller","outcome":"{outcome}","transport":"udp","codec":null,"answers":{{"name":{{"kind":"voice","status":"answered","value":null,"recording":"l{n}-name.wav","speech_ms":930,"attempts":1}},"urgency":{{"kind":"menu","status":"answered","value":"1","label":"emergency","attempts":1}},"zip":{{"kind":"digits","status":"no_input","value":null,"attempts":3}}}}}}"#
         )
     };
     std::fs::write(
