@@ -1,15 +1,20 @@
 //! The runtime: the tokio glue around the Sans-IO cores. Read it in one
 //! sitting.
 //!
-//! * One dispatcher task reads every SIP message (UDP and TCP), validates it,
-//!   answers what needs no call (OPTIONS, errors, 481s) and routes the rest
-//!   by Call-ID to the call's task. It alone owns the call table, so no lock.
+//! * One dispatcher task reads every SIP message (UDP and TCP), passes it
+//!   through the [`Guard`] (limits, scanners, per-source rate), validates it,
+//!   answers what needs no call (OPTIONS, errors, 481s; bare and never bigger
+//!   than the request to an unverified source) and routes the rest by
+//!   Call-ID to the call's task. It alone owns the call table, so no lock.
 //! * One task per call owns its [`Call`], its RTP socket and one timer,
 //!   reset to the call's next deadline each time round the loop. Its events
 //!   (`call.missed`, `lead.completed`) are committed to the outbox.
 //! * One task per `[[register]]` account keeps it registered.
-//! * Shutdown: the watch channel flips; every call hangs up, accounts
-//!   unregister, and the dispatcher keeps routing their responses (bounded).
+//!   Until its caller's address is verified, a call's SIP output is capped by
+//!   the bytes the caller sent (no amplification).
+//! * Shutdown in two steps: `Draining` refuses new calls (503) and lets calls
+//!   run on; `Now` hangs them up. Then accounts unregister, while the
+//!   dispatcher keeps routing their responses (bounded).
 
 use crate::call::{Call, CallEvent, CallSetup, Intake, Transmit};
 use crate::config::{Config, RegisterConfig, VadKind, sip_target};

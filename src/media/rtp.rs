@@ -6,7 +6,9 @@
 //! packet count, not from when the last packet went out. When idle it sends
 //! silence, as a phone does, so timestamps and NAT bindings stay continuous.
 //! Symmetric RTP: the session latches onto the address the caller's RTP
-//! really comes from (RFC 4961 behaviour for callers behind NAT).
+//! really comes from (RFC 4961 behaviour for callers behind NAT), only on a
+//! negotiated payload type, and from then on ignores RTP from anywhere else
+//! until a re-INVITE moves the media.
 
 use crate::media::dtmf::{DtmfEvent, InBandDetector, Rfc4733Receiver};
 use crate::media::g711::Law;
