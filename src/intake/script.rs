@@ -201,7 +201,7 @@ impl Script {
     fn handle_frame(&mut self, now: Instant, frame: &[i16]) {
         let program = self.program.clone();
         let Some(step) = program.steps.get(self.index) else { return };
-        let (next, barge_in) = (step.next, step.kind.clone());
+        let (next, barge_in) = (step.next, &step.kind);
         let watch_barge_in =
             matches!(barge_in, StepKind::Play { barge_in } if barge_in.on_speech()) && self.phase == Phase::Prompting;
         if watch_barge_in && !self.endpointer.is_armed() {
@@ -365,19 +365,20 @@ impl Script {
         self.attempts = 1;
         self.keys.clear();
         self.deadline = None;
-        let Some(step) = self.step() else {
+        let program = self.program.clone();
+        let Some(step) = program.steps.get(index) else {
             self.finish_script();
             return;
         };
-        let (prompts, kind) = (step.prompts.clone(), step.kind.clone());
+        let (prompts, kind) = (step.prompts.clone(), &step.kind);
         match kind {
             StepKind::Hangup => {
                 self.finish_script();
                 return;
             }
             StepKind::Ask { listen, barge_in, .. } => {
-                if barge_in || self.endpointer.in_speech() {
-                    self.endpointer.arm(listen);
+                if *barge_in || self.endpointer.in_speech() {
+                    self.endpointer.arm(*listen);
                 } else {
                     self.endpointer.disarm();
                 }
@@ -423,7 +424,7 @@ impl Script {
         let program = self.program.clone();
         let Some(step) = program.steps.get(self.index) else { return };
         let next = step.next;
-        match step.kind.clone() {
+        match &step.kind {
             StepKind::Play { .. } => self.enter(now, next),
             StepKind::Goodbye | StepKind::Hangup => self.finish_script(),
             StepKind::Menu { timeouts, .. } | StepKind::Digits { timeouts, .. } => {
@@ -432,7 +433,7 @@ impl Script {
             }
             StepKind::Ask { listen, .. } => {
                 self.phase = Phase::Waiting;
-                self.endpointer.arm(listen);
+                self.endpointer.arm(*listen);
                 self.deadline = Some(now + listen.no_speech_timeout);
             }
         }
@@ -457,19 +458,19 @@ impl Script {
     fn key(&mut self, now: Instant, digit: char) {
         let program = self.program.clone();
         let Some(step) = program.steps.get(self.index) else { return };
-        match step.kind.clone() {
+        match &step.kind {
             StepKind::Menu { timeouts, .. } => {
                 self.keys.push(digit);
                 let _ = timeouts;
                 self.keys_done(now);
             }
             StepKind::Digits { max, terminator, timeouts, .. } => {
-                if Some(digit) == terminator {
+                if Some(digit) == *terminator {
                     self.keys_done(now);
                     return;
                 }
                 self.keys.push(digit);
-                if self.keys.len() >= max {
+                if self.keys.len() >= *max {
                     self.keys_done(now);
                 } else {
                     self.deadline = Some(now + timeouts.inter);
@@ -486,7 +487,7 @@ impl Script {
         let Some(step) = program.steps.get(self.index) else { return };
         let name = step.name.clone();
         let keys = std::mem::take(&mut self.keys);
-        match step.kind.clone() {
+        match &step.kind {
             StepKind::Menu { options, .. } => {
                 match options.iter().find(|o| keys.starts_with(o.digit) && keys.len() == 1) {
                     Some(o) => {
@@ -510,7 +511,7 @@ impl Script {
                 let value = if caller_id {
                     self.ctx.caller_number.clone().filter(|n| validator.accepts(n.trim_start_matches('+')))
                 } else {
-                    Some(keys.clone()).filter(|k| (min..=max).contains(&k.len()) && validator.accepts(k))
+                    Some(keys.clone()).filter(|k| (*min..=*max).contains(&k.len()) && validator.accepts(k))
                 };
                 match value {
                     Some(value) => {
