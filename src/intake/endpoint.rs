@@ -48,20 +48,14 @@ enum State {
 #[derive(Debug)]
 pub struct Endpointer {
     params: ListenParams,
+    /// The last `pre_roll` + onset of audio, for the start of an answer.
     history: VecDeque<i16>,
-    /// Whether each frame in `history` was speech (same order, one per frame).
-    history_speech: VecDeque<bool>,
     state: State,
 }
 
 impl Default for Endpointer {
     fn default() -> Self {
-        Endpointer {
-            params: ListenParams::default(),
-            history: VecDeque::new(),
-            history_speech: VecDeque::new(),
-            state: State::Off,
-        }
+        Endpointer { params: ListenParams::default(), history: VecDeque::new(), state: State::Off }
     }
 }
 
@@ -75,7 +69,6 @@ impl Endpointer {
         self.params = params;
         if !self.is_armed() {
             // Only speech from now on can start an answer; the history still serves as pre-roll.
-            self.history_speech.iter_mut().for_each(|s| *s = false);
             self.state = State::Waiting { onset: 0 };
         }
     }
@@ -97,12 +90,8 @@ impl Endpointer {
     pub fn handle_frame(&mut self, frame: &[i16], speech: bool) -> Option<EndpointEvent> {
         let keep = frames(self.params.pre_roll) + ONSET_FRAMES;
         self.history.extend(frame.iter().copied());
-        self.history_speech.push_back(speech);
-        while self.history_speech.len() > keep {
-            self.history_speech.pop_front();
-            let n = FRAME_SAMPLES.min(self.history.len());
-            self.history.drain(..n);
-        }
+        let excess = self.history.len().saturating_sub(keep * FRAME_SAMPLES);
+        self.history.drain(..excess);
         match &mut self.state {
             State::Off => None,
             State::Waiting { onset } => {
@@ -110,10 +99,8 @@ impl Endpointer {
                 if *onset < ONSET_FRAMES {
                     return None;
                 }
-                // The recording begins pre_roll before the first onset frame.
-                let available = self.history_speech.len();
-                let start = available.saturating_sub(ONSET_FRAMES + frames(self.params.pre_roll));
-                let samples: Vec<i16> = self.history.iter().skip(start * FRAME_SAMPLES).copied().collect();
+                // The history is exactly pre_roll before the first onset frame, and the onset.
+                let samples: Vec<i16> = self.history.iter().copied().collect();
                 let n = samples.len().div_ceil(FRAME_SAMPLES);
                 self.state = State::Speech {
                     samples,
