@@ -245,11 +245,9 @@ impl Shared {
             Incoming::Rejected(Rejection::Respond { code, why, bytes: response, dest, call_id }) => {
                 tracing::info!(%from, code, why, call_id = call_id.as_deref().unwrap_or("-"), "rejected request");
                 let dest = if reply.is_reliable() { from } else { dest };
-                // No amplification: a rejection bigger than the request from an unverified source is not sent.
-                if reply.is_reliable() || self.is_verified(from.ip()) || response.len() <= bytes.len() {
+                let verified = reply.is_reliable() || self.is_verified(from.ip());
+                if let Some(response) = affordable(verified, from, code, bytes.len(), response) {
                     reply.send(dest, response).await;
-                } else {
-                    tracing::debug!(%from, code, request_len = bytes.len(), answer_len = response.len(), "rejection withheld: larger than the request from an unverified source");
                 }
             }
             Incoming::Response(resp) => {
@@ -272,15 +270,12 @@ impl Shared {
                 let verified = reply.is_reliable() || self.is_verified(from.ip());
                 let request_len = bytes.len();
                 let respond = |code: u16, extra: &[(&str, String)]| {
-                    if verified {
-                        Some(build_response(&req.frame, &req.via_reply, code, Some("bs0"), extra, None))
+                    let b = if verified {
+                        build_response(&req.frame, &req.via_reply, code, Some("bs0"), extra, None)
                     } else {
-                        let b = build_bare_response(&req.frame, &req.via_reply, code, Some("bs0"), extra);
-                        if b.len() > request_len {
-                            tracing::debug!(%from, code, request_len, answer_len = b.len(), "answer withheld: larger than the request from an unverified source");
-                        }
-                        (b.len() <= request_len).then_some(b)
-                    }
+                        build_bare_response(&req.frame, &req.via_reply, code, Some("bs0"), extra)
+                    };
+                    affordable(verified, from, code, request_len, b)
                 };
                 let send = |b: Option<Vec<u8>>| async {
                     if let Some(b) = b {
@@ -657,6 +652,16 @@ impl Shared {
         }
         tracing::debug!("call task finished");
     }
+}
+
+/// No amplification: an answer to an unverified source is sent only if it is
+/// no bigger than the request it answers.
+fn affordable(verified: bool, from: SocketAddr, code: u16, request_len: usize, answer: Vec<u8>) -> Option<Vec<u8>> {
+    if verified || answer.len() <= request_len {
+        return Some(answer);
+    }
+    tracing::debug!(%from, code, request_len, answer_len = answer.len(), "answer withheld: larger than the request from an unverified source");
+    None
 }
 
 /// A fresh voice activity detector of the configured kind, for one call.
