@@ -606,7 +606,12 @@ impl Shared {
                             }
                         }
                         if let Some(stats) = call.media_stats() {
-                            tracing::info!(sent = stats.packets_sent, received = stats.packets_received, "RTP totals");
+                            tracing::info!(
+                                sent = stats.packets_sent,
+                                received = stats.packets_received,
+                                underruns = stats.underruns,
+                                "RTP totals"
+                            );
                         }
                         self.publish(Event::new(EventType::LeadCompleted, rfc3339(SystemTime::now()), &lead)).await;
                     }

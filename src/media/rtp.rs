@@ -39,6 +39,10 @@ pub struct MediaStats {
     pub packets_sent: u64,
     pub packets_received: u64,
     pub packets_ignored: u64,
+    /// Frames sent a whole frame (20 ms) or more after they were due, or
+    /// skipped after a stall: each one a gap the far end's jitter buffer may
+    /// not cover.
+    pub underruns: u64,
 }
 
 pub struct MediaSession {
@@ -198,9 +202,12 @@ impl MediaSession {
         if due > self.ticks + MAX_CATCH_UP {
             // Far behind (the process stalled): skip the lost time instead of bursting.
             let skipped = due - 1 - self.ticks;
+            self.stats.underruns += skipped;
             self.timestamp = self.timestamp.wrapping_add((skipped * FRAME_SAMPLES as u64) as u32);
             self.ticks = due - 1;
         }
+        // Every frame but the newest due one is late by a frame or more.
+        self.stats.underruns += due.saturating_sub(self.ticks + 1);
         while self.ticks < due {
             self.ticks += 1;
             self.tick();
@@ -372,5 +379,20 @@ mod tests {
         let pkts = drain(&mut m);
         assert!(pkts.len() <= MAX_CATCH_UP as usize + 1);
         assert_eq!(m.poll_timeout().unwrap(), t0 + FRAME * 101);
+        assert_eq!(m.stats.underruns, 100, "the 100 frames skipped are underruns");
+    }
+
+    #[test]
+    fn frames_sent_a_frame_late_count_as_underruns() {
+        let t0 = Instant::now();
+        let mut m = MediaSession::new(Law::Pcmu, Some(remote()), 1, 0, 0);
+        m.start(t0);
+        m.handle_timeout(t0 + Duration::from_millis(1));
+        m.handle_timeout(t0 + Duration::from_millis(39));
+        assert_eq!(m.stats.underruns, 0, "within a frame of schedule");
+        // Frames due at 40 and 60 ms go out at 85 ms (45 and 25 ms late); the one due at 80 ms is 5 ms late.
+        m.handle_timeout(t0 + Duration::from_millis(85));
+        assert_eq!(drain(&mut m).len(), 5);
+        assert_eq!(m.stats.underruns, 2);
     }
 }

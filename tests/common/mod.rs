@@ -120,6 +120,18 @@ impl AgentProc {
         agent
     }
 
+    /// Start with exactly `config` (no test base added): the load tool's way,
+    /// with its own RTP range `rtp_ports` and log level.
+    pub fn start_config(name: &str, config: &str, rtp_ports: (u16, u16)) -> AgentProc {
+        let dir = scratch_dir(name);
+        let port = free_port();
+        std::fs::write(dir.join("backstop.toml"), config).unwrap();
+        let child = Self::spawn(&dir, port);
+        let agent = AgentProc { child, port, dir, rtp_ports };
+        agent.wait_ready();
+        agent
+    }
+
     fn spawn(dir: &Path, port: u16) -> Child {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("agent.log")).unwrap();
         Command::new(env!("CARGO_BIN_EXE_backstop"))

@@ -1,0 +1,789 @@
+//! load: many concurrent answered calls from SIPp, against the agent (release
+//! build) and, in the same run, against SIPp's own UAS playing a pcap (the
+//! peer). Run it with `scripts/load` (see there for the options).
+//!
+//! Each call: SIPp's UAC sends an INVITE, ACKs the 200 and replays caller
+//! speech (with pauses) from a pcap; it hangs up once every call has been up
+//! together for `--hold` seconds, or accepts the far end's BYE as a normal end.
+//! The agent runs an ask step in a loop: it plays a question, listens with
+//! the VAD (also during the question, for barge-in), records the answer to a
+//! WAV, and asks again. The peer answers and plays a prompt pcap.
+//!
+//! Measured for each target, all on loopback:
+//! - CPU (user+sys from /proc/PID/stat, all threads) over the window where
+//!   every call is up, as % of one core per call; RSS and open fds each second;
+//! - INVITE → 200 OK per call, from a capture of the target's SIP port;
+//! - RTP pacing at the receiver: tcpdump on `lo` for `--capture` seconds in the
+//!   middle of the hold, |gap − 20 ms| between consecutive packets per stream;
+//! - failed calls (SIPp's count) and, for the agent, RTP send underruns.
+//!
+//! Every wait is bounded; SIPp runs with `-m`, `-l` and `-timeout`.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use backstop::media::g711::Law;
+use backstop::media::prompt::Prompt;
+use common::pcap::{CallerAudio, read_udp};
+use common::scenario::*;
+use common::*;
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug)]
+struct Opts {
+    calls: u64,
+    rate: u64,
+    hold: u64,
+    capture: u64,
+    peer: bool,
+    agent: bool,
+    /// The caller's audio: SIPp's `rtp_stream` (a few threads for all calls;
+    /// per-call ports and SSRCs) or `play_pcap_audio` (a thread per call).
+    pcap_caller: bool,
+    /// Fail (exit 1) unless the run is clean: 0 failed calls, 0 underruns, fds back to baseline.
+    check: bool,
+}
+
+fn opts() -> Opts {
+    let mut o = Opts {
+        calls: 1000,
+        rate: 100,
+        hold: 60,
+        capture: 10,
+        peer: true,
+        agent: true,
+        pcap_caller: false,
+        check: false,
+    };
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut num = |what: &str| -> u64 {
+            it.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{what} needs a number"))
+        };
+        match a.as_str() {
+            "--calls" => o.calls = num("--calls"),
+            "--rate" => o.rate = num("--rate"),
+            "--hold" => o.hold = num("--hold"),
+            "--capture" => o.capture = num("--capture"),
+            "--no-peer" => o.peer = false,
+            "--peer-only" => o.agent = false,
+            "--check" => o.check = true,
+            "--caller" => match it.next().map(String::as_str) {
+                Some("pcap") => o.pcap_caller = true,
+                Some("stream") => o.pcap_caller = false,
+                _ => panic!("--caller is pcap or stream"),
+            },
+            other => panic!("unknown option {other}; see scripts/load"),
+        }
+    }
+    assert!((1..=2000).contains(&o.calls), "--calls must be 1..=2000");
+    assert!((1..=200).contains(&o.rate), "--rate must be 1..=200");
+    assert!((5..=600).contains(&o.hold), "--hold must be 5..=600 s");
+    o.capture = o.capture.clamp(1, o.hold.saturating_sub(4).max(1));
+    o
+}
+
+/// One second's reading of a process.
+#[derive(Clone, Copy, Debug, Default)]
+struct Sample {
+    at: f64,
+    cpu_ticks: u64,
+    rss_kb: u64,
+    fds: usize,
+}
+
+fn clk_tck() -> f64 {
+    let out = Command::new("getconf").arg("CLK_TCK").output().ok();
+    out.and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok()).unwrap_or(100.0)
+}
+
+fn sample(pid: u32, at: f64) -> Option<Sample> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at field 3.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let cpu_ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    let rss_kb = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0)))
+        .unwrap_or(0);
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0);
+    Some(Sample { at, cpu_ticks, rss_kb, fds })
+}
+
+/// tcpdump on loopback into a file, stopped with SIGINT; reports kernel drops.
+struct Capture {
+    child: Child,
+    file: PathBuf,
+}
+
+impl Capture {
+    fn start(file: PathBuf, filter: &str, snaplen: u32, limit_secs: u64) -> Capture {
+        let mut child = Command::new("timeout")
+            .args([
+                &limit_secs.to_string(),
+                "tcpdump",
+                "-i",
+                "lo",
+                "-n",
+                "-B",
+                "65536",
+                "-s",
+                &snaplen.to_string(),
+                "-w",
+            ])
+            .arg(&file)
+            .arg(filter)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tcpdump must be installed (scripts/test.sh installs it)");
+        let mut err = child.stderr.take().unwrap();
+        let mut seen = String::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut buf = [0u8; 256];
+        while !seen.contains("listening on") && Instant::now() < deadline {
+            match err.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+        assert!(seen.contains("listening on"), "tcpdump did not start: {seen}");
+        child.stderr = Some(err);
+        Capture { child, file }
+    }
+
+    /// Stop; (packets, packets the kernel dropped).
+    fn finish(mut self) -> (Vec<(Duration, Vec<u8>)>, u64) {
+        let _ = Command::new("kill").arg("-INT").arg(self.child.id().to_string()).status();
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        let _ = self.child.wait();
+        let dropped = err
+            .lines()
+            .find(|l| l.contains("dropped by kernel"))
+            .and_then(|l| l.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0);
+        let packets = read_udp(&std::fs::read(&self.file).unwrap_or_default());
+        let _ = std::fs::remove_file(&self.file);
+        (packets, dropped)
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn sorted(mut v: Vec<f64>) -> Vec<f64> {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v
+}
+
+#[derive(Debug, Default)]
+struct Pacing {
+    streams: usize,
+    gaps: usize,
+    /// |gap − 20 ms| over all gaps, ms.
+    p50: f64,
+    p99: f64,
+    max: f64,
+    /// Per stream p99 of |gap − 20 ms|: the median stream's and the worst stream's, ms.
+    stream_p99_median: f64,
+    stream_p99_worst: f64,
+    streams_within_2ms: usize,
+    /// Sequence numbers missing from the capture between packets of a stream.
+    missing: u64,
+    dropped_by_kernel: u64,
+    /// Packets per second over the capture (first to last packet).
+    rate: f64,
+    /// SIPp sends every call's pcap from one port with one SSRC: its streams cannot be told apart.
+    separable: bool,
+}
+
+fn pacing(packets: &[(Duration, Vec<u8>)], dropped_by_kernel: u64, separable: bool) -> Pacing {
+    let rate = match (packets.first(), packets.last()) {
+        (Some(a), Some(b)) if b.0 > a.0 => packets.len() as f64 / (b.0 - a.0).as_secs_f64(),
+        _ => f64::NAN,
+    };
+    if !separable {
+        return Pacing { rate, dropped_by_kernel, ..Default::default() };
+    }
+    let mut by_ssrc: HashMap<u32, Vec<(Duration, u16)>> = HashMap::new();
+    for (t, p) in packets {
+        if p.len() >= 12 && p[0] >> 6 == 2 {
+            let ssrc = u32::from_be_bytes([p[8], p[9], p[10], p[11]]);
+            by_ssrc.entry(ssrc).or_default().push((*t, u16::from_be_bytes([p[2], p[3]])));
+        }
+    }
+    let mut all = Vec::new();
+    let mut per_stream = Vec::new();
+    let mut missing = 0u64;
+    for pkts in by_ssrc.values() {
+        let mut devs = Vec::new();
+        for w in pkts.windows(2) {
+            let step = w[1].1.wrapping_sub(w[0].1);
+            if step == 1 {
+                let gap = w[1].0.as_secs_f64() * 1e3 - w[0].0.as_secs_f64() * 1e3;
+                devs.push((gap - 20.0).abs());
+            } else if step < 1000 {
+                missing += step as u64 - 1;
+            }
+        }
+        if devs.len() >= 10 {
+            let d = sorted(devs);
+            per_stream.push(percentile(&d, 0.99));
+            all.extend(d);
+        }
+    }
+    let all = sorted(all);
+    let per_stream = sorted(per_stream);
+    Pacing {
+        streams: per_stream.len(),
+        gaps: all.len(),
+        p50: percentile(&all, 0.5),
+        p99: percentile(&all, 0.99),
+        max: all.last().copied().unwrap_or(f64::NAN),
+        stream_p99_median: percentile(&per_stream, 0.5),
+        stream_p99_worst: per_stream.last().copied().unwrap_or(f64::NAN),
+        streams_within_2ms: per_stream.iter().filter(|v| **v <= 2.0).count(),
+        missing,
+        dropped_by_kernel,
+        rate,
+        separable,
+    }
+}
+
+/// INVITE → first 200 OK (CSeq INVITE) per Call-ID, ms, from a capture of the SIP port.
+fn answer_times(packets: &[(Duration, Vec<u8>)]) -> Vec<f64> {
+    let mut invites: HashMap<String, Duration> = HashMap::new();
+    let mut answered: HashMap<String, Duration> = HashMap::new();
+    for (t, p) in packets {
+        let text = String::from_utf8_lossy(p);
+        let Some(call_id) = text.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            matches!(k.trim().to_ascii_lowercase().as_str(), "call-id" | "i").then(|| v.trim().to_string())
+        }) else {
+            continue;
+        };
+        let cseq_invite = text.lines().any(|l| l.to_ascii_lowercase().starts_with("cseq:") && l.contains("INVITE"));
+        if text.starts_with("INVITE ") {
+            invites.entry(call_id).or_insert(*t);
+        } else if text.starts_with("SIP/2.0 200") && cseq_invite {
+            answered.entry(call_id).or_insert(*t);
+        }
+    }
+    let v =
+        answered.iter().filter_map(|(id, t)| Some((t.checked_sub(*invites.get(id)?)?).as_secs_f64() * 1e3)).collect();
+    sorted(v)
+}
+
+#[derive(Debug, Default)]
+struct Outcome {
+    name: &'static str,
+    calls: u64,
+    successful: u64,
+    failed: u64,
+    sipp_exit: i32,
+    cpu_window_s: f64,
+    /// % of one core, whole process, over the window.
+    cpu_pct: f64,
+    uac_cpu_pct: f64,
+    rss_base_kb: u64,
+    rss_hold_kb: u64,
+    rss_after_kb: u64,
+    fds_base: usize,
+    fds_hold: usize,
+    fds_after: usize,
+    answer_ms: Vec<f64>,
+    pacing: Pacing,
+    underruns: Option<u64>,
+    leads: Option<usize>,
+    rtp_totals: Option<(u64, u64)>,
+}
+
+/// The caller: `audio` is a pcap (played with `play_pcap_audio`) or a raw
+/// μ-law file (streamed in a loop with `rtp_stream`).
+fn uac_scenario(audio: &Path, pcap: bool, hold_ms: u64) -> String {
+    let (offer, play) = if pcap {
+        (OFFER.replace("[rtp_port]", "[media_port]"), format!("play_pcap_audio=\"{}\"", audio.display()))
+    } else {
+        (OFFER.replace("[rtp_port]", "[rtpstream_audio_port]"), format!("rtp_stream=\"{},-1,0\"", audio.display()))
+    };
+    let wait = format!(
+        r#"
+  <nop><action><exec {play}/></action></nop>
+  <recv request="BYE" timeout="{hold_ms}" ontimeout="hangup"/>
+  <send next="end">
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <label id="hangup"/>
+"#
+    );
+    scenario("load-uac", &[&invite("", &offer), ANSWERED, &ack(1), &wait, CALLER_BYE, "  <label id=\"end\"/>\n"])
+}
+
+fn uas_scenario(pcap: &Path) -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<!DOCTYPE scenario SYSTEM "sipp.dtd">
+<scenario name="load-peer-uas">
+  <recv request="INVITE" crlf="true"/>
+  <send>
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]peer[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Contact: <sip:peer@[local_ip]:[local_port];transport=[transport]>
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+v=0
+o=peer 1 1 IN IP4 [local_ip]
+s=-
+c=IN IP4 [media_ip]
+t=0 0
+m=audio [media_port] RTP/AVP 0 101
+a=rtpmap:0 PCMU/8000
+a=rtpmap:101 telephone-event/8000
+a=sendrecv
+    ]]>
+  </send>
+  <recv request="ACK"/>
+  <nop><action><exec play_pcap_audio="{}"/></action></nop>
+  <recv request="BYE"/>
+  <send>
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+
+    ]]>
+  </send>
+</scenario>
+"#,
+        pcap.display()
+    )
+}
+
+/// `secs` of audio made of `parts` in turn, each followed by `gap_ms` of silence.
+fn timeline(parts: &[Vec<i16>], gap_ms: u64, secs: u64) -> CallerAudio {
+    let mut a = CallerAudio::new(101);
+    let mut i = 0;
+    while a.duration_ms() < secs * 1000 {
+        a.audio(&parts[i % parts.len()]).silence(gap_ms);
+        i += 1;
+    }
+    a
+}
+
+fn speech(dir: &str, name: &str) -> Vec<i16> {
+    Prompt::load(name, &manifest_dir().join(dir).join(format!("{name}.wav"))).unwrap().pcm
+}
+
+enum Target {
+    Agent(AgentProc),
+    /// SIPp's UAS, its SIP port and media port.
+    Peer(Child, u16, u16),
+}
+
+impl Target {
+    fn pid(&self) -> u32 {
+        match self {
+            Target::Agent(a) => a.pid(),
+            Target::Peer(c, ..) => c.id(),
+        }
+    }
+    fn sip_port(&self) -> u16 {
+        match self {
+            Target::Agent(a) => a.port,
+            Target::Peer(_, p, _) => *p,
+        }
+    }
+}
+
+fn start_agent(o: &Opts) -> Target {
+    let base = 40000u16;
+    let rtp = (base, base + (o.calls as u16) * 2 + 200);
+    let config = format!(
+        r#"[prompts]
+dir = "{prompts}"
+[rtp]
+port_min = {lo}
+port_max = {hi}
+[log]
+level = "info"
+[sip]
+answer_after_ms = 0
+max_calls = {max}
+[security]
+requests_per_second = 0
+
+# Ask, record, ask again: the VAD listens during the question (barge-in) and after it.
+[[step]]
+name = "need"
+kind = "ask"
+prompt = "need"
+next = "need"
+"#,
+        prompts = manifest_dir().join("prompts").display(),
+        lo = rtp.0,
+        hi = rtp.1,
+        max = o.calls + 50,
+    );
+    Target::Agent(AgentProc::start_config("load", &config, rtp))
+}
+
+fn start_peer(dir: &Path, o: &Opts, call_secs: u64) -> Target {
+    let prompts: Vec<Vec<i16>> = ["greeting", "need", "name"].iter().map(|n| speech("prompts", n)).collect();
+    let pcap = dir.join("peer-prompt.pcap");
+    timeline(&prompts, 300, call_secs + 5).write(&pcap);
+    let sf = dir.join("peer-uas.xml");
+    std::fs::write(&sf, uas_scenario(&pcap)).unwrap();
+    let port = free_port();
+    let mp = free_media_port();
+    let child = Command::new("sipp")
+        .arg("-sf")
+        .arg(&sf)
+        .args(["-i", "127.0.0.1", "-p", &port.to_string(), "-mp", &mp.to_string(), "-nostdin"])
+        .args(["-m", &o.calls.to_string(), "-timeout", &format!("{}s", call_secs * 2 + 120)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sipp must be installed");
+    std::thread::sleep(Duration::from_millis(500));
+    Target::Peer(child, port, mp)
+}
+
+/// SIPp's last statistics line: (successful, failed) calls.
+fn sipp_counts(stats: &Path) -> (u64, u64) {
+    let text = std::fs::read_to_string(stats).unwrap_or_default();
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let Some(header) = lines.next() else { return (0, 0) };
+    let Some(last) = text.lines().filter(|l| !l.trim().is_empty()).last() else { return (0, 0) };
+    let cols: Vec<&str> = header.split(';').collect();
+    let vals: Vec<&str> = last.split(';').collect();
+    let get = |name: &str| {
+        cols.iter().position(|c| *c == name).and_then(|i| vals.get(i)).and_then(|v| v.parse().ok()).unwrap_or(0)
+    };
+    (get("SuccessfulCall(C)"), get("FailedCall(C)"))
+}
+
+fn run(name: &'static str, o: &Opts, dir: &Path, caller_audio: &Path, call_secs: u64) -> Outcome {
+    let target = if name == "agent" { start_agent(o) } else { start_peer(dir, o, call_secs) };
+    let pid = target.pid();
+    let tck = clk_tck();
+    std::thread::sleep(Duration::from_secs(1));
+    let t0 = Instant::now();
+    let now = || t0.elapsed().as_secs_f64();
+    let base = sample(pid, now()).expect("target process");
+
+    let sip_cap = Capture::start(
+        dir.join(format!("{name}-sip.pcap")),
+        &format!("udp and port {}", target.sip_port()),
+        1500,
+        call_secs * 2 + 180,
+    );
+    let sf = dir.join("uac.xml");
+    std::fs::write(&sf, uac_scenario(caller_audio, o.pcap_caller, call_secs * 1000)).unwrap();
+    let stats = dir.join(format!("{name}-uac-stats.csv"));
+    let _ = std::fs::remove_file(&stats);
+    let uac_mp = free_media_port();
+    let mut uac = Command::new("sipp")
+        .arg(format!("127.0.0.1:{}", target.sip_port()))
+        .arg("-sf")
+        .arg(&sf)
+        .args(["-i", "127.0.0.1", "-p", &free_port().to_string(), "-mp", &uac_mp.to_string(), "-nostdin"])
+        .args(["-m", &o.calls.to_string(), "-l", &o.calls.to_string(), "-r", &o.rate.to_string()])
+        .args(["-timeout", &format!("{}s", call_secs * 2 + 120), "-timeout_error"])
+        .args(["-trace_stat", "-fd", "1", "-stf"])
+        .arg(&stats)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sipp must be installed");
+    let uac_pid = uac.id();
+
+    let ramp = o.calls as f64 / o.rate as f64;
+    // Every call is up from `ramp` (plus setup) until the first ends at `call_secs`.
+    let window = (ramp + 2.0, call_secs as f64 - 1.0);
+    let capture_at = (window.0 + window.1) / 2.0 - o.capture as f64 / 2.0;
+    let mut series = Vec::new();
+    let mut uac_series = Vec::new();
+    let mut rtp_cap = None;
+    let mut rtp_packets = None;
+    let deadline = Instant::now() + Duration::from_secs(call_secs * 2 + 150);
+    let status = loop {
+        if let Ok(Some(s)) = uac.try_wait() {
+            break s.code().unwrap_or(-1);
+        }
+        if Instant::now() > deadline {
+            let _ = uac.kill();
+            break -2;
+        }
+        std::thread::sleep(Duration::from_millis(1000 - (t0.elapsed().as_millis() % 1000) as u64));
+        if let Some(s) = sample(pid, now()) {
+            series.push(s);
+        }
+        if let Some(s) = sample(uac_pid, now()) {
+            uac_series.push(s);
+        }
+        let t = now();
+        if rtp_cap.is_none() && rtp_packets.is_none() && t >= capture_at {
+            let filter = match &target {
+                Target::Agent(a) => {
+                    format!("udp and src host 127.0.0.1 and src portrange {}-{}", a.rtp_ports.0, a.rtp_ports.1)
+                }
+                Target::Peer(_, _, mp) => format!("udp and src host 127.0.0.1 and src port {mp}"),
+            };
+            rtp_cap = Some((Capture::start(dir.join(format!("{name}-rtp.pcap")), &filter, 64, o.capture + 30), t));
+        }
+        if let Some((_, started)) = &rtp_cap
+            && t >= started + o.capture as f64
+        {
+            let (cap, _) = rtp_cap.take().unwrap();
+            rtp_packets = Some(cap.finish());
+        }
+    };
+    if let Some((cap, _)) = rtp_cap.take() {
+        rtp_packets = Some(cap.finish());
+    }
+    // Drain: the target tears calls down and writes leads, then fds should be back.
+    let mut after = sample(pid, now()).unwrap_or_default();
+    let settle = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < settle {
+        std::thread::sleep(Duration::from_millis(500));
+        after = sample(pid, now()).unwrap_or(after);
+        if after.fds <= base.fds {
+            break;
+        }
+    }
+    let (sip_packets, _) = sip_cap.finish();
+    let (successful, failed) = sipp_counts(&stats);
+
+    let in_window = |s: &&Sample| s.at >= window.0 && s.at <= window.1;
+    let cpu = |series: &[Sample]| {
+        let w: Vec<&Sample> = series.iter().filter(in_window).collect();
+        match (w.first(), w.last()) {
+            (Some(a), Some(b)) if b.at > a.at => {
+                ((b.cpu_ticks - a.cpu_ticks) as f64 / tck / (b.at - a.at) * 100.0, b.at - a.at)
+            }
+            _ => (f64::NAN, 0.0),
+        }
+    };
+    let (cpu_pct, cpu_window_s) = cpu(&series);
+    let hold: Vec<&Sample> = series.iter().filter(in_window).collect();
+    let rss_hold_kb = hold.iter().map(|s| s.rss_kb).max().unwrap_or(0);
+    let fds_hold = hold.iter().map(|s| s.fds).max().unwrap_or(0);
+    let (packets, dropped) = rtp_packets.unwrap_or_default();
+    let mut out = Outcome {
+        name,
+        calls: o.calls,
+        successful,
+        failed,
+        sipp_exit: status,
+        cpu_window_s,
+        cpu_pct,
+        uac_cpu_pct: cpu(&uac_series).0,
+        rss_base_kb: base.rss_kb,
+        rss_hold_kb,
+        rss_after_kb: after.rss_kb,
+        fds_base: base.fds,
+        fds_hold,
+        fds_after: after.fds,
+        answer_ms: answer_times(&sip_packets),
+        pacing: pacing(&packets, dropped, matches!(target, Target::Agent(_))),
+        ..Default::default()
+    };
+    match target {
+        Target::Agent(mut agent) => {
+            let log = agent.log();
+            let total = |key: &str| -> u64 {
+                log.lines()
+                    .filter(|l| l.contains("RTP totals"))
+                    .filter_map(|l| l.split(key).nth(1)?.split_whitespace().next()?.parse::<u64>().ok())
+                    .sum()
+            };
+            out.underruns = Some(total(" underruns="));
+            out.rtp_totals = Some((total(" sent="), total(" received=")));
+            let settle = Instant::now() + Duration::from_secs(20);
+            while agent.leads().len() < o.calls as usize && Instant::now() < settle {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            out.leads = Some(agent.leads().len());
+            let panicked = log.contains("panicked");
+            assert!(!panicked, "the agent panicked under load; log in {}", agent.dir.display());
+            agent.terminate();
+        }
+        Target::Peer(mut child, ..) => {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+    out
+}
+
+fn f(v: f64, digits: usize) -> String {
+    if v.is_nan() { "—".into() } else { format!("{v:.digits$}") }
+}
+
+fn report(o: &Opts, results: &[Outcome]) {
+    println!();
+    println!(
+        "load: {} calls at {} calls/s, held together {} s; RTP pacing captured for {} s mid-hold",
+        o.calls, o.rate, o.hold, o.capture
+    );
+    let mut head = "| |".to_string();
+    let mut sep = "|---|".to_string();
+    for r in results {
+        head += &format!(" {} |", r.name);
+        sep += "---|";
+    }
+    println!("{head}\n{sep}");
+    let row = |label: &str, cell: &dyn Fn(&Outcome) -> String| {
+        let mut line = format!("| {label} |");
+        for r in results {
+            line += &format!(" {} |", cell(r));
+        }
+        println!("{line}");
+    };
+    row("calls successful / failed (SIPp exit)", &|r| format!("{} / {} ({})", r.successful, r.failed, r.sipp_exit));
+    row("CPU, % of one core (window s)", &|r| format!("{} ({:.0} s)", f(r.cpu_pct, 1), r.cpu_window_s));
+    row("CPU per call, % of one core", &|r| f(r.cpu_pct / r.calls as f64, 4));
+    row("SIPp UAC CPU, % of one core", &|r| f(r.uac_cpu_pct, 1));
+    row("RSS base → held → after, MiB", &|r| {
+        format!(
+            "{:.1} → {:.1} → {:.1}",
+            r.rss_base_kb as f64 / 1024.0,
+            r.rss_hold_kb as f64 / 1024.0,
+            r.rss_after_kb as f64 / 1024.0
+        )
+    });
+    row("RSS per held call, KiB", &|r| f((r.rss_hold_kb as f64 - r.rss_base_kb as f64) / r.calls as f64, 1));
+    row("fds base → held → after", &|r| format!("{} → {} → {}", r.fds_base, r.fds_hold, r.fds_after));
+    row("INVITE→200 p50 / p99 / max, ms (n)", &|r| {
+        let a = &r.answer_ms;
+        format!(
+            "{} / {} / {} ({})",
+            f(percentile(a, 0.5), 2),
+            f(percentile(a, 0.99), 2),
+            f(a.last().copied().unwrap_or(f64::NAN), 2),
+            a.len()
+        )
+    });
+    row("RTP packets/s sent, captured (50 per call expected)", &|r| f(r.pacing.rate, 0));
+    row("RTP packets sent / received, agent's count", &|r| {
+        r.rtp_totals.map(|(s, rx)| format!("{s} / {rx}")).unwrap_or("—".into())
+    });
+    fn paced(cell: impl Fn(&Pacing) -> String) -> impl Fn(&Outcome) -> String {
+        move |r| if r.pacing.separable { cell(&r.pacing) } else { "n/a (one port and SSRC for all calls)".to_string() }
+    }
+    row("RTP streams / gaps captured", &paced(|p: &Pacing| format!("{} / {}", p.streams, p.gaps)));
+    row(
+        "abs(gap − 20 ms) p50 / p99 / max, ms",
+        &paced(|p: &Pacing| format!("{} / {} / {}", f(p.p50, 3), f(p.p99, 3), f(p.max, 3))),
+    );
+    row(
+        "per-stream p99: median / worst, ms",
+        &paced(|p: &Pacing| format!("{} / {}", f(p.stream_p99_median, 3), f(p.stream_p99_worst, 3))),
+    );
+    row("streams with p99 ≤ 2 ms", &paced(|p: &Pacing| format!("{} of {}", p.streams_within_2ms, p.streams)));
+    row("seq gaps in capture", &paced(|p: &Pacing| p.missing.to_string()));
+    row("tcpdump drops", &|r| r.pacing.dropped_by_kernel.to_string());
+    row("RTP send underruns", &|r| r.underruns.map(|u| u.to_string()).unwrap_or("—".into()));
+    row("leads written", &|r| r.leads.map(|u| u.to_string()).unwrap_or("—".into()));
+    if let [a, p] = results {
+        println!(
+            "\nagent CPU per call / peer CPU per call = {} (peer: SIPp's UAS answering and playing a pcap, no decoding, VAD or recording)",
+            f(a.cpu_pct / p.cpu_pct, 2)
+        );
+    }
+}
+
+fn main() {
+    let o = opts();
+    let dir = scratch_dir("load");
+    let ramp = o.calls.div_ceil(o.rate);
+    let call_secs = ramp + o.hold + 2;
+    // The caller: the two test answers with pauses, for the whole call.
+    let answers: Vec<Vec<i16>> = ["name", "need"].iter().map(|n| speech("tests/fixtures/speech", n)).collect();
+    let caller = if o.pcap_caller {
+        let f = dir.join("caller.pcap");
+        timeline(&answers, 2500, call_secs + 5).write(&f);
+        f
+    } else {
+        // One round of the answers and pauses, looped by rtp_stream.
+        let f = dir.join("caller.ulaw");
+        let mut raw = Vec::new();
+        for a in &answers {
+            raw.extend(a.iter().map(|s| Law::Pcmu.encode(*s)));
+            raw.extend(std::iter::repeat_n(Law::Pcmu.silence(), 8 * 2500));
+        }
+        std::fs::write(&f, raw).unwrap();
+        f
+    };
+    eprintln!("load: {} calls, {} calls/s, each {} s; scratch in {}", o.calls, o.rate, call_secs, dir.display());
+    let mut results = Vec::new();
+    if o.agent {
+        results.push(run("agent", &o, &dir, &caller, call_secs));
+    }
+    if o.peer {
+        results.push(run("peer", &o, &dir, &caller, call_secs));
+    }
+    report(&o, &results);
+    if o.check {
+        let mut bad = Vec::new();
+        for r in &results {
+            if r.failed > 0 || r.successful != r.calls || r.sipp_exit != 0 {
+                bad.push(format!(
+                    "{}: {} of {} calls succeeded, SIPp exit {}",
+                    r.name, r.successful, r.calls, r.sipp_exit
+                ));
+            }
+            if r.fds_after > r.fds_base {
+                bad.push(format!("{}: fds {} after the run, {} before", r.name, r.fds_after, r.fds_base));
+            }
+            if r.underruns.unwrap_or(0) > 0 {
+                bad.push(format!("{}: {} RTP send underruns", r.name, r.underruns.unwrap()));
+            }
+            if r.leads.is_some_and(|l| l as u64 != r.calls) {
+                bad.push(format!("{}: {} leads for {} calls", r.name, r.leads.unwrap(), r.calls));
+            }
+            if r.pacing.streams == 0 {
+                bad.push(format!("{}: no RTP captured", r.name));
+            }
+        }
+        if !bad.is_empty() {
+            eprintln!("load check failed:\n  {}", bad.join("\n  "));
+            std::process::exit(1);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
