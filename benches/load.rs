@@ -11,10 +11,11 @@
 //!
 //! Measured for each target, all on loopback:
 //! - CPU (user+sys from /proc/PID/stat, all threads) over the window where
-//!   every call is up, as % of one core per call; RSS and open fds each second;
+//!   every call is up and before the RTP capture (tcpdump's tap is charged to
+//!   the sender), as % of one core per call; RSS and open fds each second;
 //! - INVITE → 200 OK per call, from a capture of the target's SIP port;
 //! - RTP pacing at the receiver: tcpdump on `lo` for `--capture` seconds in the
-//!   middle of the hold, |gap − 20 ms| between consecutive packets per stream;
+//!   end of the hold, |gap − 20 ms| between consecutive packets per stream;
 //! - failed calls (SIPp's count) and, for the agent, RTP send underruns.
 //!
 //! Every wait is bounded; SIPp runs with `-m`, `-l` and `-timeout`.
@@ -534,7 +535,10 @@ fn run(name: &'static str, o: &Opts, dir: &Path, caller_audio: &Path, call_secs:
     let ramp = o.calls as f64 / o.rate as f64;
     // Every call is up from `ramp` (plus setup) until the first ends at `call_secs`.
     let window = (ramp + 2.0, call_secs as f64 - 1.0);
-    let capture_at = (window.0 + window.1) / 2.0 - o.capture as f64 / 2.0;
+    // The capture goes last: tcpdump's tap is charged to the sending process,
+    // so CPU is measured over the hold before it starts.
+    let capture_at = window.1 - o.capture as f64 - 1.0;
+    let cpu_window = (window.0, capture_at - 0.5);
     let mut series = Vec::new();
     let mut uac_series = Vec::new();
     let mut rtp_cap = None;
@@ -590,7 +594,7 @@ fn run(name: &'static str, o: &Opts, dir: &Path, caller_audio: &Path, call_secs:
 
     let in_window = |s: &&Sample| s.at >= window.0 && s.at <= window.1;
     let cpu = |series: &[Sample]| {
-        let w: Vec<&Sample> = series.iter().filter(in_window).collect();
+        let w: Vec<&Sample> = series.iter().filter(|s| s.at >= cpu_window.0 && s.at <= cpu_window.1).collect();
         match (w.first(), w.last()) {
             (Some(a), Some(b)) if b.at > a.at => {
                 ((b.cpu_ticks - a.cpu_ticks) as f64 / tck / (b.at - a.at) * 100.0, b.at - a.at)
@@ -657,7 +661,7 @@ fn f(v: f64, digits: usize) -> String {
 fn report(o: &Opts, results: &[Outcome]) {
     println!();
     println!(
-        "load: {} calls at {} calls/s, held together {} s; RTP pacing captured for {} s mid-hold",
+        "load: {} calls at {} calls/s, held together {} s; RTP pacing captured for the last {} s of the hold",
         o.calls, o.rate, o.hold, o.capture
     );
     let mut head = "| |".to_string();

@@ -61,6 +61,40 @@ struct Shared {
     verified_nets: Vec<ipnet::IpNet>,
     /// Addresses that have acknowledged one of our answers (bounded).
     verified: std::sync::Mutex<std::collections::HashSet<IpAddr>>,
+    /// Which millisecond of the 20 ms frame each call sends in.
+    phases: PhaseSlots,
+}
+
+/// Spreads the calls' packet clocks evenly over the 20 ms frame: each new
+/// call takes the least used millisecond. Calls that arrive together (a
+/// burst, or a load generator's batches) would otherwise all wake, build and
+/// send in the same millisecond, and the last of them would go out late.
+struct PhaseSlots {
+    reference: Instant,
+    used: std::sync::Mutex<[u32; 20]>,
+}
+
+impl PhaseSlots {
+    fn new() -> PhaseSlots {
+        PhaseSlots { reference: Instant::now(), used: std::sync::Mutex::new([0; 20]) }
+    }
+
+    /// The least used slot, held until the guard drops: `(reference, offset)`.
+    fn take(&self) -> (PhaseGuard<'_>, (Instant, Duration)) {
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = (0..used.len()).min_by_key(|i| used[*i]).unwrap_or(0);
+        used[slot] += 1;
+        (PhaseGuard(self, slot), (self.reference, Duration::from_millis(slot as u64)))
+    }
+}
+
+struct PhaseGuard<'a>(&'a PhaseSlots, usize);
+
+impl Drop for PhaseGuard<'_> {
+    fn drop(&mut self) {
+        let mut used = self.0.used.lock().unwrap_or_else(|e| e.into_inner());
+        used[self.1] = used[self.1].saturating_sub(1);
+    }
 }
 
 /// Addresses remembered as verified, at most; the set starts over beyond it.
@@ -117,6 +151,7 @@ impl Agent {
             registrar_ips: Default::default(),
             verified_nets,
             verified: Default::default(),
+            phases: PhaseSlots::new(),
         };
         Ok(Agent { udp: Arc::new(udp), tcp, shared: Arc::new(shared) })
     }
@@ -512,6 +547,7 @@ impl Shared {
         // we send it is paid for by what it sent (the INVITE and its retransmissions).
         let mut budget: Option<usize> = (!reply.is_reliable() && !self.is_verified(source_ip)).then_some(invite_len);
         let local_tag = format!("{:016x}", rand::random::<u64>());
+        let (_phase, pacing_phase) = self.phases.take();
         let setup = CallSetup {
             dialog: DialogConfig {
                 answer_after: Duration::from_millis(self.cfg.sip.answer_after_ms),
@@ -531,6 +567,7 @@ impl Shared {
             max_duration: Duration::from_secs(self.cfg.call.max_duration_secs),
             rtp_seed: (rand::random(), rand::random(), rand::random()),
             source_verified: budget.is_none(),
+            pacing_phase: Some(pacing_phase),
         };
         let from = invite.source;
         tracing::info!(%from, transport = reply.transport(), rtp = %setup.dialog.local_rtp, caller = %invite.from.raw, called = %invite.to.raw, "INVITE");
@@ -543,11 +580,23 @@ impl Shared {
         let mut writes: Vec<tokio::task::JoinHandle<Option<String>>> = Vec::new();
         let timer = tokio::time::sleep(Duration::from_secs(3600));
         tokio::pin!(timer);
+        let mut armed: Option<Instant> = None;
         let mut buf = vec![0u8; 2048];
         let mut shutting_down = *shutdown.borrow() == Shutdown::Now;
         if shutting_down {
             call.hangup(Instant::now(), "agent shutting down");
         }
+        // One future for the whole call, so that it stays registered with the
+        // watch instead of registering anew on every packet. Draining lets
+        // the call run on; only `Now` (or a vanished sender) ends it.
+        let stop = async move {
+            while shutdown.changed().await.is_ok() {
+                if *shutdown.borrow() == Shutdown::Now {
+                    return;
+                }
+            }
+        };
+        tokio::pin!(stop);
         loop {
             while let Some(t) = call.poll_transmit() {
                 match t {
@@ -565,9 +614,9 @@ impl Shared {
                         }
                         reply.send(s.dest, s.bytes).await
                     }
-                    Transmit::Rtp { dest, bytes } => {
-                        if let Err(e) = rtp.send_to(&bytes, dest).await {
-                            tracing::debug!(%dest, error = %e, "RTP send failed");
+                    Transmit::Rtp(p) => {
+                        if let Err(e) = rtp.send_to(p.bytes(), p.dest).await {
+                            tracing::debug!(dest = %p.dest, error = %e, "RTP send failed");
                         }
                     }
                 }
@@ -621,7 +670,11 @@ impl Shared {
                 break;
             }
             let deadline = call.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_secs(60));
-            timer.as_mut().reset(tokio::time::Instant::from_std(deadline));
+            if armed != Some(deadline) {
+                // Most packets leave the deadline as it was: no timer-wheel work then.
+                timer.as_mut().reset(tokio::time::Instant::from_std(deadline));
+                armed = Some(deadline);
+            }
             tokio::select! {
                 msg = inbox.recv() => match msg {
                     Some(CallInput::Request(r, len)) => {
@@ -645,13 +698,13 @@ impl Shared {
                         call.handle_rtp(Instant::now(), src, &buf[..n]);
                     }
                 }
-                _ = &mut timer => call.handle_timeout(Instant::now()),
-                r = shutdown.changed(), if !shutting_down => {
-                    // Draining lets the call run on; only `Now` (or a vanished sender) ends it.
-                    if r.is_err() || *shutdown.borrow() == Shutdown::Now {
-                        shutting_down = true;
-                        call.hangup(Instant::now(), "agent shutting down");
-                    }
+                _ = &mut timer => {
+                    armed = None;
+                    call.handle_timeout(Instant::now())
+                }
+                _ = &mut stop, if !shutting_down => {
+                    shutting_down = true;
+                    call.hangup(Instant::now(), "agent shutting down");
                 }
             }
         }

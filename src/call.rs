@@ -12,7 +12,8 @@ use crate::intake::program::Program;
 use crate::intake::script::{Script, ScriptAction, ScriptContext};
 use crate::media::dtmf::{DtmfEvent, DtmfMerger, parse_info};
 use crate::media::prompt::PromptSet;
-use crate::media::rtp::{MediaEvent, MediaSession, MediaStats};
+use crate::media::recorder::Audio;
+use crate::media::rtp::{MediaEvent, MediaSession, MediaStats, RtpPacket};
 use crate::media::vad::VoiceDetector;
 use crate::sip::dialog::{DialogConfig, DialogEvent, EndedBy, SipTransmit, UasDialog};
 use crate::sip::message::{Request, Response};
@@ -25,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transmit {
     Sip(SipTransmit),
-    Rtp { dest: SocketAddr, bytes: Vec<u8> },
+    Rtp(RtpPacket),
 }
 
 /// What the call reports to the runtime.
@@ -36,7 +37,7 @@ pub enum CallEvent {
     /// The call has just arrived: who is calling and why it was forwarded.
     Missed(Box<Lead>),
     /// Audio to write to `file` under the recordings directory, before the lead goes out.
-    Recording { file: String, samples: Vec<i16> },
+    Recording { file: String, samples: Audio },
     /// The finished lead: write it.
     Lead(Box<Lead>),
 }
@@ -62,6 +63,10 @@ pub struct CallSetup {
     pub rtp_seed: (u32, u16, u32),
     /// The source address is known to be real (see `Lead::source_verified`).
     pub source_verified: bool,
+    /// `(reference, offset)`: start the packet clock `offset` into a 20 ms
+    /// frame counted from `reference` (see [`MediaSession::start_in_phase`]);
+    /// `None` starts it at the ACK.
+    pub pacing_phase: Option<(Instant, Duration)>,
 }
 
 pub struct Call {
@@ -77,7 +82,7 @@ pub struct Call {
     interrupted: bool,
     dtmf: DtmfMerger,
     /// The whole call's caller audio, when recorded, and its cap in samples.
-    call_audio: Option<(Vec<i16>, usize)>,
+    call_audio: Option<(Audio, usize)>,
     deadline: Instant,
     transmits: VecDeque<Transmit>,
     events: VecDeque<CallEvent>,
@@ -91,7 +96,7 @@ impl Call {
             lead.caller.asserted.as_ref().and_then(|a| a.number.clone()).or_else(|| lead.caller.number.clone());
         let ctx = ScriptContext { recording_prefix: setup.lead_id.clone(), caller_number };
         let script = Script::new(intake.program, intake.vad, ctx);
-        let call_audio = intake.record_call.map(|d| (Vec::new(), (d.as_millis() as usize) * 8));
+        let call_audio = intake.record_call.map(|d| (Audio::new(None), (d.as_millis() as usize) * 8));
         let dialog = UasDialog::new(now, invite, setup.dialog.clone());
         let mut call = Call {
             dialog,
@@ -147,7 +152,8 @@ impl Call {
             if !audio.is_empty() {
                 self.script.handle_audio(now, audio);
                 if let Some((rec, cap)) = self.call_audio.as_mut() {
-                    rec.extend(audio.iter().take(cap.saturating_sub(rec.len())));
+                    let room = cap.saturating_sub(rec.len()).min(audio.len());
+                    rec.push(&audio[..room]);
                 }
             }
             // Only a digit or a script decision needs the machines run now; plain audio waits for the next tick.
@@ -228,8 +234,8 @@ impl Call {
             self.transmits.push_back(Transmit::Sip(t));
         }
         if let Some(m) = self.media.as_mut() {
-            while let Some((dest, bytes)) = m.poll_transmit() {
-                self.transmits.push_back(Transmit::Rtp { dest, bytes });
+            while let Some(p) = m.poll_transmit() {
+                self.transmits.push_back(Transmit::Rtp(p));
             }
         }
     }
@@ -249,7 +255,16 @@ impl Call {
                 let mut m = MediaSession::new(negotiated.law, remote_rtp, ssrc, seq, ts);
                 m.update(negotiated.law, remote_rtp, direction.reversed().sends());
                 m.set_telephone_event(negotiated.telephone_event);
-                m.start(now);
+                self.script.set_law(negotiated.law);
+                if let Some((rec, _)) = self.call_audio.as_mut()
+                    && rec.is_empty()
+                {
+                    *rec = Audio::new(Some(negotiated.law));
+                }
+                match self.setup.pacing_phase {
+                    Some((reference, offset)) => m.start_in_phase(now, reference, offset),
+                    None => m.start(now),
+                }
                 self.media = Some(m);
                 if let Some(l) = self.lead.as_mut() {
                     l.codec = Some(negotiated.law.encoding_name().to_string());
@@ -410,6 +425,7 @@ mod tests {
             max_duration: Duration::from_secs(600),
             rtp_seed: (7, 100, 1000),
             source_verified: false,
+            pacing_phase: None,
         }
     }
 
@@ -440,7 +456,7 @@ mod tests {
         loop {
             while let Some(t) = call.poll_transmit() {
                 match t {
-                    Transmit::Rtp { bytes, .. } => run.rtp.push(bytes),
+                    Transmit::Rtp(p) => run.rtp.push(p.bytes().to_vec()),
                     Transmit::Sip(s) => {
                         run.sip.push(String::from_utf8(s.bytes).unwrap().lines().next().unwrap().to_string())
                     }

@@ -11,6 +11,8 @@
 //! than `min_speech` (a cough, a click) is dropped and listening goes on.
 
 use crate::intake::program::ListenParams;
+use crate::media::g711::Law;
+use crate::media::recorder::Audio;
 use std::collections::VecDeque;
 
 pub const FRAME_SAMPLES: usize = 160;
@@ -31,7 +33,7 @@ pub enum EndpointEvent {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpokenAnswer {
-    pub samples: Vec<i16>,
+    pub samples: Audio,
     /// From the first to the last speech frame.
     pub speech_ms: u64,
     /// Why it ended: `silence`, `max_length`, `finished`.
@@ -42,7 +44,7 @@ pub struct SpokenAnswer {
 enum State {
     Off,
     Waiting { onset: usize },
-    Speech { samples: Vec<i16>, start_frame: usize, last_speech_frame: usize, frames: usize, speech_frames: usize },
+    Speech { samples: Audio, start_frame: usize, last_speech_frame: usize, frames: usize, speech_frames: usize },
 }
 
 #[derive(Debug)]
@@ -51,11 +53,13 @@ pub struct Endpointer {
     /// The last `pre_roll` + onset of audio, for the start of an answer.
     history: VecDeque<i16>,
     state: State,
+    /// The call's codec: answers are held as its G.711 bytes (see [`Audio`]).
+    law: Option<Law>,
 }
 
 impl Default for Endpointer {
     fn default() -> Self {
-        Endpointer { params: ListenParams::default(), history: VecDeque::new(), state: State::Off }
+        Endpointer { params: ListenParams::default(), history: VecDeque::new(), state: State::Off, law: None }
     }
 }
 
@@ -64,6 +68,11 @@ fn frames(d: std::time::Duration) -> usize {
 }
 
 impl Endpointer {
+    /// The codec of the audio from now on; answers are stored in it.
+    pub fn set_law(&mut self, law: Law) {
+        self.law = Some(law);
+    }
+
     /// Start listening for an answer with these settings.
     pub fn arm(&mut self, params: ListenParams) {
         self.params = params;
@@ -100,7 +109,9 @@ impl Endpointer {
                     return None;
                 }
                 // The history is exactly pre_roll before the first onset frame, and the onset.
-                let samples: Vec<i16> = self.history.iter().copied().collect();
+                let (a, b) = self.history.as_slices();
+                let mut samples = Audio::from_pcm(self.law, a);
+                samples.push(b);
                 let n = samples.len().div_ceil(FRAME_SAMPLES);
                 self.state = State::Speech {
                     samples,
@@ -112,7 +123,7 @@ impl Endpointer {
                 Some(EndpointEvent::SpeechStarted)
             }
             State::Speech { samples, last_speech_frame, frames: n, speech_frames, start_frame } => {
-                samples.extend_from_slice(frame);
+                samples.push(frame);
                 *n += 1;
                 if speech {
                     *last_speech_frame = *n - 1;
@@ -207,7 +218,7 @@ mod tests {
         assert_eq!(a.ended_by, "silence");
         assert_eq!(a.speech_ms, 70 * 20, "first to last speech frame, pause included");
         // First sample: 300 ms (15 frames) before the first speech frame 50.
-        assert_eq!(a.samples[0], 35);
+        assert_eq!(a.samples.to_pcm()[0], 35);
         assert_eq!(a.samples.len(), (120 + TAIL_FRAMES - 35) * FRAME_SAMPLES);
         assert!(!e.is_armed());
     }
@@ -239,6 +250,6 @@ mod tests {
         assert_eq!(evs, vec![(12, EndpointEvent::SpeechStarted)]);
         let a = e.finish().unwrap();
         assert_eq!(a.ended_by, "finished");
-        assert_eq!(a.samples[0], 0, "the pre-roll reaches back into the unarmed audio");
+        assert_eq!(a.samples.to_pcm()[0], 0, "the pre-roll reaches back into the unarmed audio");
     }
 }

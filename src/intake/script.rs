@@ -9,6 +9,8 @@
 //! The answers end up in the lead under each step's name.
 
 use crate::intake::endpoint::{EndpointEvent, Endpointer, FRAME_SAMPLES, SpokenAnswer};
+use crate::media::g711::Law;
+use crate::media::recorder::Audio;
 use crate::intake::program::{BargeIn, Program, Step, StepKind};
 use crate::media::vad::VoiceDetector;
 use serde::Serialize;
@@ -23,7 +25,7 @@ pub enum ScriptAction {
     /// Write this answer's audio to `file` (a name under the recordings directory).
     SaveRecording {
         file: String,
-        samples: Vec<i16>,
+        samples: Audio,
     },
     Hangup,
 }
@@ -183,6 +185,11 @@ impl Script {
     }
 
     /// Caller audio, decoded to 8 kHz linear; any length (re-framed to 20 ms here).
+    /// The call's codec, once known: answers are held in it (see [`Audio`]).
+    pub fn set_law(&mut self, law: Law) {
+        self.endpointer.set_law(law);
+    }
+
     pub fn handle_audio(&mut self, now: Instant, samples: &[i16]) {
         if self.state != State::Running || self.vad.is_none() {
             return;

@@ -52,14 +52,20 @@ impl Law {
 const ULAW_BIAS: i32 = 0x84;
 const ULAW_CLIP: i32 = 8159;
 
-fn segment(value: i32, table: &[i32]) -> usize {
-    table.iter().position(|&end| value <= end).unwrap_or(table.len())
+/// The segment of `value`: the first end in `ends` it does not exceed (8 if none).
+const fn segment(value: i32, ends: &[i32; 8]) -> usize {
+    let mut i = 0;
+    while i < 8 {
+        if value <= ends[i] {
+            return i;
+        }
+        i += 1;
+    }
+    8
 }
 
-/// Linear PCM16 to μ-law.
-pub fn ulaw_encode(sample: i16) -> u8 {
-    // The reference works on 14-bit input; round to nearest, as sox does.
-    let mut pcm = (sample as i32 + 2) >> 2;
+/// The Sun reference μ-law encoder on a 14-bit value.
+const fn ulaw_encode_14(mut pcm: i32) -> u8 {
     let mask: i32;
     if pcm < 0 {
         pcm = -pcm;
@@ -80,18 +86,8 @@ pub fn ulaw_encode(sample: i16) -> u8 {
     }
 }
 
-/// μ-law to linear PCM16.
-pub fn ulaw_decode(byte: u8) -> i16 {
-    let u = !byte as i32;
-    let mut t = ((u & 0x0F) << 3) + ULAW_BIAS;
-    t <<= (u & 0x70) >> 4;
-    (if u & 0x80 != 0 { ULAW_BIAS - t } else { t - ULAW_BIAS }) as i16
-}
-
-/// Linear PCM16 to A-law.
-pub fn alaw_encode(sample: i16) -> u8 {
-    // The reference works on 13-bit input; round to nearest, as sox does.
-    let mut pcm = (sample as i32 + 4) >> 3;
+/// The Sun reference A-law encoder on a 13-bit value.
+const fn alaw_encode_13(mut pcm: i32) -> u8 {
     let mask: i32;
     if pcm >= 0 {
         mask = 0xD5;
@@ -113,8 +109,14 @@ pub fn alaw_encode(sample: i16) -> u8 {
     }
 }
 
-/// A-law to linear PCM16.
-pub fn alaw_decode(byte: u8) -> i16 {
+const fn ulaw_decode_calc(byte: u8) -> i16 {
+    let u = !byte as i32;
+    let mut t = ((u & 0x0F) << 3) + ULAW_BIAS;
+    t <<= (u & 0x70) >> 4;
+    (if u & 0x80 != 0 { ULAW_BIAS - t } else { t - ULAW_BIAS }) as i16
+}
+
+const fn alaw_decode_calc(byte: u8) -> i16 {
     let a = (byte ^ 0x55) as i32;
     let mut t = (a & 0x0F) << 4;
     let seg = (a & 0x70) >> 4;
@@ -127,6 +129,67 @@ pub fn alaw_decode(byte: u8) -> i16 {
         }
     }
     (if a & 0x80 != 0 { t } else { -t }) as i16
+}
+
+// Lookup tables, computed at compile time from the reference functions above:
+// a per-sample table lookup instead of a segment search on the media path.
+// Rounded 16-bit input spans −8192..=8192 (14-bit) and −4096..=4096 (13-bit).
+static ULAW_ENCODE: [u8; 16385] = {
+    let mut t = [0u8; 16385];
+    let mut i = 0;
+    while i < 16385 {
+        t[i] = ulaw_encode_14(i as i32 - 8192);
+        i += 1;
+    }
+    t
+};
+static ALAW_ENCODE: [u8; 8193] = {
+    let mut t = [0u8; 8193];
+    let mut i = 0;
+    while i < 8193 {
+        t[i] = alaw_encode_13(i as i32 - 4096);
+        i += 1;
+    }
+    t
+};
+static ULAW_DECODE: [i16; 256] = {
+    let mut t = [0i16; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = ulaw_decode_calc(i as u8);
+        i += 1;
+    }
+    t
+};
+static ALAW_DECODE: [i16; 256] = {
+    let mut t = [0i16; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = alaw_decode_calc(i as u8);
+        i += 1;
+    }
+    t
+};
+
+/// Linear PCM16 to μ-law. The reference works on 14-bit input; this rounds
+/// to nearest, as sox does.
+pub fn ulaw_encode(sample: i16) -> u8 {
+    ULAW_ENCODE[(((sample as i32 + 2) >> 2) + 8192) as usize]
+}
+
+/// μ-law to linear PCM16.
+pub fn ulaw_decode(byte: u8) -> i16 {
+    ULAW_DECODE[byte as usize]
+}
+
+/// Linear PCM16 to A-law (13-bit reference input, rounded to nearest).
+pub fn alaw_encode(sample: i16) -> u8 {
+    ALAW_ENCODE[(((sample as i32 + 4) >> 3) + 4096) as usize]
+}
+
+/// A-law to linear PCM16.
+pub fn alaw_decode(byte: u8) -> i16 {
+    ALAW_DECODE[byte as usize]
 }
 
 #[cfg(test)]

@@ -18,8 +18,92 @@ pub enum RecordingFormat {
     Ulaw,
 }
 
-/// Encode `samples` (8 kHz mono) as a complete WAV file.
-pub fn wav_bytes(samples: &[i16], format: RecordingFormat) -> Vec<u8> {
+/// 8 kHz audio held for a recording. Audio that came off a G.711 call is
+/// kept as the call's own G.711 bytes: half the memory of 16-bit samples
+/// and lossless, because every sample is a decoded G.711 value (re-encoding
+/// one gives back its byte). Other audio (tests, or no codec known) is
+/// kept as 16-bit samples. It grows by at most a second at a time instead
+/// of doubling, so a held call never carries a half-empty second buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Audio {
+    G711(Law, Vec<u8>),
+    Linear(Vec<i16>),
+}
+
+/// Growth step: one second of audio.
+const GROWTH: usize = 8000;
+
+impl Audio {
+    pub fn new(law: Option<Law>) -> Audio {
+        match law {
+            Some(l) => Audio::G711(l, Vec::new()),
+            None => Audio::Linear(Vec::new()),
+        }
+    }
+
+    pub fn from_pcm(law: Option<Law>, samples: &[i16]) -> Audio {
+        let mut a = Audio::new(law);
+        a.push(samples);
+        a
+    }
+
+    pub fn push(&mut self, samples: &[i16]) {
+        fn room<T>(v: &mut Vec<T>, n: usize) {
+            if v.capacity() - v.len() < n {
+                v.reserve_exact(n.max(GROWTH));
+            }
+        }
+        match self {
+            Audio::G711(law, bytes) => {
+                room(bytes, samples.len());
+                bytes.extend(samples.iter().map(|s| law.encode(*s)));
+            }
+            Audio::Linear(v) => {
+                room(v, samples.len());
+                v.extend_from_slice(samples);
+            }
+        }
+    }
+
+    /// Samples held.
+    pub fn len(&self) -> usize {
+        match self {
+            Audio::G711(_, b) => b.len(),
+            Audio::Linear(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn truncate(&mut self, len: usize) {
+        match self {
+            Audio::G711(_, b) => b.truncate(len),
+            Audio::Linear(v) => v.truncate(len),
+        }
+    }
+
+    /// The samples, as the script heard them.
+    pub fn to_pcm(&self) -> Vec<i16> {
+        match self {
+            Audio::G711(law, b) => b.iter().map(|x| law.decode(*x)).collect(),
+            Audio::Linear(v) => v.clone(),
+        }
+    }
+
+    /// Bytes of memory held.
+    pub fn capacity_bytes(&self) -> usize {
+        match self {
+            Audio::G711(_, b) => b.capacity(),
+            Audio::Linear(v) => v.capacity() * 2,
+        }
+    }
+}
+
+/// Encode `audio` (8 kHz mono) as a complete WAV file.
+pub fn wav_bytes(audio: &Audio, format: RecordingFormat) -> Vec<u8> {
+    let samples = audio.to_pcm();
     match format {
         RecordingFormat::Pcm16 => {
             let spec = hound::WavSpec {
@@ -32,7 +116,7 @@ pub fn wav_bytes(samples: &[i16], format: RecordingFormat) -> Vec<u8> {
             {
                 let mut w = hound::WavWriter::new(&mut cursor, spec).expect("in-memory WAV header");
                 let mut i16w = w.get_i16_writer(samples.len() as u32);
-                for s in samples {
+                for s in &samples {
                     i16w.write_sample(*s);
                 }
                 i16w.flush().expect("in-memory WAV data");
@@ -41,7 +125,10 @@ pub fn wav_bytes(samples: &[i16], format: RecordingFormat) -> Vec<u8> {
             cursor.into_inner()
         }
         RecordingFormat::Ulaw => {
-            let data: Vec<u8> = samples.iter().map(|s| Law::Pcmu.encode(*s)).collect();
+            let data: Vec<u8> = match audio {
+                Audio::G711(Law::Pcmu, bytes) => bytes.clone(),
+                _ => samples.iter().map(|s| Law::Pcmu.encode(*s)).collect(),
+            };
             let mut out = Vec::with_capacity(58 + data.len() + 1);
             let pad = data.len() % 2;
             out.extend_from_slice(b"RIFF");
@@ -76,13 +163,13 @@ pub fn wav_bytes(samples: &[i16], format: RecordingFormat) -> Vec<u8> {
 
 /// Write a recording durably: to a temporary name, fsync, then rename, so
 /// a crash never leaves a half-written file under the name a lead points to.
-pub fn write_recording(path: &Path, samples: &[i16], format: RecordingFormat) -> std::io::Result<()> {
+pub fn write_recording(path: &Path, audio: &Audio, format: RecordingFormat) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
     let tmp = path.with_extension("wav.part");
     let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&wav_bytes(samples, format))?;
+    f.write_all(&wav_bytes(audio, format))?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)
 }
@@ -98,7 +185,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("backstop-rec-{}", std::process::id()));
         for format in [RecordingFormat::Pcm16, RecordingFormat::Ulaw] {
             let path = dir.join(format!("{format:?}.wav"));
-            write_recording(&path, &samples, format).unwrap();
+            write_recording(&path, &Audio::from_pcm(None, &samples), format).unwrap();
             let back = Prompt::load("r", &path).unwrap();
             assert_eq!(back.pcm.len(), samples.len(), "{format:?}");
             let expected: Vec<i16> = match format {
@@ -108,8 +195,33 @@ mod tests {
             assert_eq!(back.pcm, expected, "{format:?}");
         }
         // hound reads our μ-law header as a valid RIFF/WAVE (it rejects the format, not the framing).
-        let ulaw = wav_bytes(&samples[..3], RecordingFormat::Ulaw);
+        let ulaw = wav_bytes(&Audio::from_pcm(None, &samples[..3]), RecordingFormat::Ulaw);
         assert_eq!(u32::from_le_bytes(ulaw[4..8].try_into().unwrap()) as usize, ulaw.len() - 8);
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// G.711 storage gives back exactly what was pushed when that was G.711
+    /// audio, in half the bytes, and grows a second at a time.
+    #[test]
+    fn g711_storage_is_lossless_for_g711_audio_and_compact() {
+        for law in [Law::Pcmu, Law::Pcma] {
+            let heard: Vec<i16> = (0..=255u8).cycle().take(20_000).map(|b| law.decode(b)).collect();
+            let mut a = Audio::new(Some(law));
+            for frame in heard.chunks(160) {
+                a.push(frame);
+            }
+            assert_eq!(a.to_pcm(), heard, "{law:?}");
+            assert_eq!(a.len(), heard.len());
+            assert_eq!(a.capacity_bytes(), 24_000, "three one-second steps of one byte per sample");
+            let mut lin = Audio::new(None);
+            lin.push(&heard);
+            assert_eq!(lin.to_pcm(), heard);
+        }
+        // A μ-law recording of μ-law audio is written byte for byte.
+        let bytes: Vec<u8> = (0..=255u8).collect();
+        let pcm: Vec<i16> = bytes.iter().map(|b| Law::Pcmu.decode(*b)).collect();
+        let wav = wav_bytes(&Audio::from_pcm(Some(Law::Pcmu), &pcm), RecordingFormat::Ulaw);
+        let expected: Vec<u8> = pcm.iter().map(|s| Law::Pcmu.encode(*s)).collect();
+        assert_eq!(&wav[58..58 + 256], &expected[..]);
     }
 }

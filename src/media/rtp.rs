@@ -33,6 +33,29 @@ pub enum MediaEvent {
     Dtmf(DtmfEvent),
 }
 
+/// Bytes in one of our packets: the 12-byte header and 20 ms of G.711.
+pub const RTP_PACKET_MAX: usize = 12 + FRAME_SAMPLES;
+
+/// One outgoing packet, built in place: sending costs no allocation.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct RtpPacket {
+    pub dest: SocketAddr,
+    len: usize,
+    buf: [u8; RTP_PACKET_MAX],
+}
+
+impl RtpPacket {
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl std::fmt::Debug for RtpPacket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RtpPacket({} bytes to {})", self.len, self.dest)
+    }
+}
+
 /// Counters for the lead and the logs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MediaStats {
@@ -68,7 +91,7 @@ pub struct MediaSession {
     inband: InBandDetector,
     /// The last packet's audio, decoded (reused buffer).
     decoded: Vec<i16>,
-    transmits: VecDeque<(SocketAddr, Vec<u8>)>,
+    transmits: VecDeque<RtpPacket>,
     events: VecDeque<MediaEvent>,
     pub stats: MediaStats,
 }
@@ -105,6 +128,18 @@ impl MediaSession {
             self.epoch = Some(now);
             self.ticks = 0;
         }
+    }
+
+    /// Begin the packet clock at the first instant from `now` on that lies
+    /// `offset` past a frame boundary counted from `reference`. Spreading
+    /// calls over the 20 ms of a frame this way keeps their packets (and the
+    /// work behind them) from all falling due in the same millisecond.
+    pub fn start_in_phase(&mut self, now: Instant, reference: Instant, offset: Duration) {
+        let frame = FRAME.as_nanos();
+        let elapsed = now.saturating_duration_since(reference).as_nanos();
+        let at = elapsed - elapsed % frame + offset.as_nanos() % frame;
+        let at = if at >= elapsed { at } else { at + frame };
+        self.start(reference + Duration::from_nanos(at as u64));
     }
 
     /// Stop the packet clock; packets already produced are still handed out.
@@ -198,6 +233,9 @@ impl MediaSession {
 
     pub fn handle_timeout(&mut self, now: Instant) {
         let Some(epoch) = self.epoch else { return };
+        if now < epoch {
+            return;
+        }
         let due = (now.saturating_duration_since(epoch).as_micros() / FRAME.as_micros()) as u64 + 1;
         if due > self.ticks + MAX_CATCH_UP {
             // Far behind (the process stalled): skip the lost time instead of bursting.
@@ -235,6 +273,7 @@ impl MediaSession {
             None => &silence,
         };
         if let Some(remote) = self.remote {
+            let mut packet = RtpPacket { dest: remote, len: 0, buf: [0; RTP_PACKET_MAX] };
             let built = RtpPacketBuilder::new()
                 .payload_type(self.law.payload_type())
                 .ssrc(self.ssrc)
@@ -242,9 +281,10 @@ impl MediaSession {
                 .timestamp(ts)
                 .marked(self.marker)
                 .payload(payload)
-                .build();
-            if let Ok(bytes) = built {
-                self.transmits.push_back((remote, bytes));
+                .build_into(&mut packet.buf);
+            if let Ok(len) = built {
+                packet.len = len;
+                self.transmits.push_back(packet);
                 self.seq = self.seq.wrapping_add(1);
                 self.marker = false;
                 self.stats.packets_sent += 1;
@@ -260,7 +300,7 @@ impl MediaSession {
         self.epoch.map(|e| e + FRAME * self.ticks as u32)
     }
 
-    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+    pub fn poll_transmit(&mut self) -> Option<RtpPacket> {
         self.transmits.pop_front()
     }
 
@@ -282,7 +322,7 @@ mod tests {
     }
 
     fn drain(m: &mut MediaSession) -> Vec<(SocketAddr, Vec<u8>)> {
-        std::iter::from_fn(|| m.poll_transmit()).collect()
+        std::iter::from_fn(|| m.poll_transmit()).map(|p| (p.dest, p.bytes().to_vec())).collect()
     }
 
     #[test]
@@ -380,6 +420,25 @@ mod tests {
         assert!(pkts.len() <= MAX_CATCH_UP as usize + 1);
         assert_eq!(m.poll_timeout().unwrap(), t0 + FRAME * 101);
         assert_eq!(m.stats.underruns, 100, "the 100 frames skipped are underruns");
+    }
+
+    #[test]
+    fn a_phased_start_waits_for_its_slot_in_the_frame() {
+        let reference = Instant::now();
+        let mut m = MediaSession::new(Law::Pcmu, Some(remote()), 1, 0, 0);
+        // 47 ms after the reference, slot 5 ms: the next such instant is 65 ms.
+        let now = reference + Duration::from_millis(47);
+        m.start_in_phase(now, reference, Duration::from_millis(5));
+        assert_eq!(m.poll_timeout(), Some(reference + Duration::from_millis(65)));
+        m.handle_timeout(now + Duration::from_millis(10));
+        assert!(drain(&mut m).is_empty(), "nothing before the slot");
+        m.handle_timeout(reference + Duration::from_millis(65));
+        assert_eq!(drain(&mut m).len(), 1);
+        assert_eq!(m.stats.underruns, 0);
+        // Exactly on the slot starts at once.
+        let mut m = MediaSession::new(Law::Pcmu, Some(remote()), 1, 0, 0);
+        m.start_in_phase(reference + Duration::from_millis(45), reference, Duration::from_millis(5));
+        assert_eq!(m.poll_timeout(), Some(reference + Duration::from_millis(45)));
     }
 
     #[test]

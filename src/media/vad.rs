@@ -70,40 +70,82 @@ impl VoiceDetector for WebRtcVad {
 }
 
 /// `earshot` on audio upsampled to 16 kHz.
+///
+/// Digital silence is not run through the network: once [`SILENT_FRAMES_TO_IDLE`]
+/// earshot frames in a row peak at or below [`SILENT_PEAK`] (−66 dBFS; a G.711
+/// line carrying no sound, or a phone suppressing its silence), the detector is
+/// reset and further silent frames score 0 without a prediction. By then its
+/// 48 ms window and 3-frame context hold nothing but that silence, so the
+/// first sound after it is scored from the state a fresh stream starts in.
+/// Noise at −63 dBFS or louder is never skipped.
 pub struct EarshotVad {
     detector: Box<earshot::Detector>,
     threshold: f32,
-    /// 16 kHz samples waiting for a full 256-sample frame.
-    pending: Vec<i16>,
+    /// 16 kHz samples waiting for a full 256-sample frame: `pending[..filled]`.
+    pending: [i16; 256],
+    filled: usize,
     last_sample: i16,
     last_score: f32,
+    /// Silent earshot frames in a row.
+    silent_run: u32,
+    /// Predictions run and skipped (for the benches).
+    pub predictions: u64,
+    pub skipped: u64,
 }
+
+/// The loudest sample (16-bit scale) of a frame that counts as silence.
+pub const SILENT_PEAK: i16 = 16;
+/// Silent 16 ms frames after which predictions stop until sound returns.
+pub const SILENT_FRAMES_TO_IDLE: u32 = 4;
 
 impl EarshotVad {
     pub fn new(threshold: f32) -> EarshotVad {
         EarshotVad {
             detector: earshot::Detector::default_boxed(),
             threshold,
-            pending: Vec::with_capacity(512),
+            pending: [0; 256],
+            filled: 0,
             last_sample: 0,
             last_score: 0.0,
+            silent_run: 0,
+            predictions: 0,
+            skipped: 0,
         }
+    }
+
+    /// Score one full 16 kHz frame in `pending`.
+    fn score_pending(&mut self) -> f32 {
+        let silent = self.pending.iter().all(|s| s.unsigned_abs() <= SILENT_PEAK as u16);
+        self.silent_run = if silent { self.silent_run.saturating_add(1) } else { 0 };
+        if self.silent_run > SILENT_FRAMES_TO_IDLE {
+            self.skipped += 1;
+            return 0.0;
+        }
+        self.predictions += 1;
+        let score = self.detector.predict_i16(&self.pending);
+        if self.silent_run == SILENT_FRAMES_TO_IDLE {
+            self.detector.reset();
+        }
+        score
     }
 }
 
 impl VoiceDetector for EarshotVad {
     fn is_speech(&mut self, frame: &[i16]) -> bool {
+        let mut best: Option<f32> = None;
         // 8 → 16 kHz by linear interpolation (the band above 4 kHz is empty anyway).
         for &s in frame {
-            self.pending.push(((self.last_sample as i32 + s as i32) / 2) as i16);
-            self.pending.push(s);
+            let mid = ((self.last_sample as i32 + s as i32) / 2) as i16;
             self.last_sample = s;
-        }
-        let mut best: Option<f32> = None;
-        while self.pending.len() >= 256 {
-            let score = self.detector.predict_i16(&self.pending[..256]);
-            self.pending.drain(..256);
-            best = Some(best.map_or(score, |b: f32| b.max(score)));
+            for v in [mid, s] {
+                self.pending[self.filled] = v;
+                self.filled += 1;
+                if self.filled == self.pending.len() {
+                    self.filled = 0;
+                    let score = self.score_pending();
+                    best = Some(best.map_or(score, |b: f32| b.max(score)));
+                }
+            }
         }
         if let Some(b) = best {
             self.last_score = b;
@@ -152,6 +194,47 @@ mod tests {
             let on_silence = speech_fraction(vad.as_mut(), &vec![0i16; 16000]);
             assert!(on_silence < 0.05, "{}: {on_silence:.2} of silence heard as speech", vad.name());
         }
+    }
+
+    /// The silence gate: digital silence stops the predictions, quiet noise
+    /// does not, and speech after a long silence is heard as at a stream's start.
+    #[test]
+    fn earshot_skips_digital_silence_but_not_noise_or_speech() {
+        let s = speech();
+        let mut fresh = EarshotVad::new(0.5);
+        let fresh_flags: Vec<bool> = s.chunks_exact(160).map(|f| fresh.is_speech(f)).collect();
+
+        let mut vad = EarshotVad::new(0.5);
+        for f in s.chunks_exact(160).take(100) {
+            vad.is_speech(f);
+        }
+        let before = (vad.predictions, vad.skipped);
+        let heard: Vec<bool> = (0..100).map(|_| vad.is_speech(&[0; 160])).collect();
+        assert!(heard[10..].iter().all(|s| !s), "silence heard as speech: {heard:?}");
+        // 100 frames of 20 ms are 125 earshot frames: the first few predicted, the rest skipped.
+        let skipped = vad.skipped - before.1;
+        assert!(skipped >= 115, "only {skipped} of 125 silent frames skipped");
+        let after_silence: Vec<bool> = s.chunks_exact(160).map(|f| vad.is_speech(f)).collect();
+        let same = after_silence.iter().zip(&fresh_flags).filter(|(a, b)| a == b).count();
+        assert!(
+            same as f64 >= 0.98 * fresh_flags.len() as f64,
+            "after a long silence the speech is scored as by a fresh detector ({same} of {} frames agree)",
+            fresh_flags.len()
+        );
+
+        // White-ish noise at about −60 dBFS (peak 40) is never skipped.
+        let mut noisy = EarshotVad::new(0.5);
+        let mut x: u32 = 1;
+        let noise: Vec<i16> = (0..16000)
+            .map(|_| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                ((x >> 16) % 81) as i16 - 40
+            })
+            .collect();
+        for f in noise.chunks_exact(160) {
+            noisy.is_speech(f);
+        }
+        assert_eq!(noisy.skipped, 0);
     }
 
     #[test]
