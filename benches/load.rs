@@ -45,7 +45,11 @@ struct Opts {
     /// The caller's audio: SIPp's `rtp_stream` (a few threads for all calls;
     /// per-call ports and SSRCs) or `play_pcap_audio` (a thread per call).
     pcap_caller: bool,
-    /// Fail (exit 1) unless the run is clean: 0 failed calls, 0 underruns, fds back to baseline.
+    /// Churn instead: this many calls in all, at `rate`, each `hold` s long,
+    /// against the agent only, for memory and descriptors over many calls.
+    churn: Option<u64>,
+    /// Fail (exit 1) unless the run is sound: every call succeeded, one lead
+    /// each, fds back to baseline, RTP both ways (see `main`).
     check: bool,
 }
 
@@ -58,6 +62,7 @@ fn opts() -> Opts {
         peer: true,
         agent: true,
         pcap_caller: false,
+        churn: None,
         check: false,
     };
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
@@ -74,6 +79,7 @@ fn opts() -> Opts {
             "--no-peer" => o.peer = false,
             "--peer-only" => o.agent = false,
             "--check" => o.check = true,
+            "--churn" => o.churn = Some(num("--churn")),
             "--caller" => match it.next().map(String::as_str) {
                 Some("pcap") => o.pcap_caller = true,
                 Some("stream") => o.pcap_caller = false,
@@ -83,8 +89,9 @@ fn opts() -> Opts {
         }
     }
     assert!((1..=2000).contains(&o.calls), "--calls must be 1..=2000");
+    assert!(o.churn.is_none_or(|n| (1..=20_000).contains(&n)), "--churn must be 1..=20000");
     assert!((1..=200).contains(&o.rate), "--rate must be 1..=200");
-    assert!((5..=600).contains(&o.hold), "--hold must be 5..=600 s");
+    assert!((2..=600).contains(&o.hold), "--hold must be 2..=600 s");
     o.capture = o.capture.clamp(1, o.hold.saturating_sub(4).max(1));
     o
 }
@@ -312,6 +319,8 @@ struct Outcome {
     underruns: Option<u64>,
     leads: Option<usize>,
     rtp_totals: Option<(u64, u64)>,
+    pacer_failed: Option<u64>,
+    clean_exit: Option<bool>,
 }
 
 /// The caller: `audio` is a pcap (played with `play_pcap_audio`) or a raw
@@ -430,9 +439,24 @@ impl Target {
     }
 }
 
+/// The agent's RTP ports: 40000 up, two per call and some spare.
+fn agent_rtp_ports(o: &Opts) -> (u16, u16) {
+    (40000, 40000 + (o.calls as u16) * 2 + 200)
+}
+
+/// SIPp's `-mp`. Its `rtp_stream` binds `-mp` + 2 per call, so the caller's
+/// ports must start above the agent's range, or its streams would be taken
+/// for the agent's in the capture.
+fn caller_media_port(o: &Opts) -> u16 {
+    let from = agent_rtp_ports(o).1 + 1000;
+    (from..64000)
+        .step_by(2)
+        .find(|p| (*p..p + 4).all(|q| std::net::UdpSocket::bind(("127.0.0.1", q)).is_ok()))
+        .expect("a free media port for SIPp")
+}
+
 fn start_agent(o: &Opts) -> Target {
-    let base = 40000u16;
-    let rtp = (base, base + (o.calls as u16) * 2 + 200);
+    let rtp = agent_rtp_ports(o);
     let config = format!(
         r#"[prompts]
 dir = "{prompts}"
@@ -516,7 +540,7 @@ fn run(name: &'static str, o: &Opts, dir: &Path, caller_audio: &Path, call_secs:
     std::fs::write(&sf, uac_scenario(caller_audio, o.pcap_caller, call_secs * 1000)).unwrap();
     let stats = dir.join(format!("{name}-uac-stats.csv"));
     let _ = std::fs::remove_file(&stats);
-    let uac_mp = free_media_port();
+    let uac_mp = caller_media_port(o);
     let mut uac = Command::new("sipp")
         .arg(format!("127.0.0.1:{}", target.sip_port()))
         .arg("-sf")
@@ -628,23 +652,26 @@ fn run(name: &'static str, o: &Opts, dir: &Path, caller_audio: &Path, call_secs:
     };
     match target {
         Target::Agent(mut agent) => {
-            let log = agent.log();
-            let total = |key: &str| -> u64 {
-                log.lines()
-                    .filter(|l| l.contains("RTP totals"))
-                    .filter_map(|l| l.split(key).nth(1)?.split_whitespace().next()?.parse::<u64>().ok())
-                    .sum()
-            };
-            out.underruns = Some(total(" underruns="));
-            out.rtp_totals = Some((total(" sent="), total(" received=")));
             let settle = Instant::now() + Duration::from_secs(20);
             while agent.leads().len() < o.calls as usize && Instant::now() < settle {
                 std::thread::sleep(Duration::from_millis(200));
             }
             out.leads = Some(agent.leads().len());
+            // It logs its pacer's totals as it exits.
+            out.clean_exit = Some(agent.terminate());
+            let log = agent.log();
+            let total = |what: &str, key: &str| -> u64 {
+                log.lines()
+                    .filter(|l| l.contains(what))
+                    .filter_map(|l| l.split(key).nth(1)?.split_whitespace().next()?.parse::<u64>().ok())
+                    .sum()
+            };
+            // Late at the media clock (a frame built 20 ms or more late) or at the pacer (handed over after its slot).
+            out.underruns = Some(total("RTP totals", " underruns=") + total("RTP pacer totals", " late="));
+            out.rtp_totals = Some((total("RTP totals", " sent="), total("RTP totals", " received=")));
+            out.pacer_failed = Some(total("RTP pacer totals", " failed="));
             let panicked = log.contains("panicked");
             assert!(!panicked, "the agent panicked under load; log in {}", agent.dir.display());
-            agent.terminate();
         }
         Target::Peer(mut child, ..) => {
             let _ = child.kill();
@@ -722,13 +749,106 @@ fn report(o: &Opts, results: &[Outcome]) {
     row("seq gaps in capture", &paced(|p: &Pacing| p.missing.to_string()));
     row("tcpdump drops", &|r| r.pacing.dropped_by_kernel.to_string());
     row("RTP send underruns", &|r| r.underruns.map(|u| u.to_string()).unwrap_or("—".into()));
+    row("RTP sends refused by the socket", &|r| r.pacer_failed.map(|u| u.to_string()).unwrap_or("—".into()));
     row("leads written", &|r| r.leads.map(|u| u.to_string()).unwrap_or("—".into()));
+    row("clean exit on SIGTERM", &|r| r.clean_exit.map(|u| u.to_string()).unwrap_or("—".into()));
     if let [a, p] = results {
         println!(
             "\nagent CPU per call / peer CPU per call = {} (peer: SIPp's UAS answering and playing a pcap, no decoding, VAD or recording)",
             f(a.cpu_pct / p.cpu_pct, 2)
         );
     }
+}
+
+/// Many short calls: RSS and descriptors as calls complete, to show memory
+/// stays flat. Prints its own table; returns whether the run was sound.
+fn churn(o: &Opts, total: u64, dir: &Path, caller_audio: &Path) -> bool {
+    let concurrent = o.rate * o.hold + o.rate;
+    let mut agent_opts = o.clone();
+    agent_opts.calls = concurrent;
+    let Target::Agent(mut agent) = start_agent(&agent_opts) else { unreachable!() };
+    let pid = agent.pid();
+    std::thread::sleep(Duration::from_secs(1));
+    let t0 = Instant::now();
+    let base = sample(pid, 0.0).expect("agent process");
+    let sf = dir.join("churn.xml");
+    std::fs::write(&sf, uac_scenario(caller_audio, o.pcap_caller, o.hold * 1000)).unwrap();
+    let stats = dir.join("churn-stats.csv");
+    let secs = total.div_ceil(o.rate) + o.hold;
+    let mut uac = Command::new("sipp")
+        .arg(agent.addr().to_string())
+        .arg("-sf")
+        .arg(&sf)
+        .args([
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &free_port().to_string(),
+            "-mp",
+            &caller_media_port(&agent_opts).to_string(),
+            "-nostdin",
+        ])
+        .args(["-m", &total.to_string(), "-l", &concurrent.to_string(), "-r", &o.rate.to_string()])
+        .args(["-timeout", &format!("{}s", secs + 120), "-timeout_error", "-trace_stat", "-fd", "1", "-stf"])
+        .arg(&stats)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sipp must be installed");
+    let mut series = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(secs + 150);
+    let status = loop {
+        if let Ok(Some(s)) = uac.try_wait() {
+            break s.code().unwrap_or(-1);
+        }
+        if Instant::now() > deadline {
+            let _ = uac.kill();
+            break -2;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        if let Some(s) = sample(pid, t0.elapsed().as_secs_f64()) {
+            series.push(s);
+        }
+    };
+    let settle = Instant::now() + Duration::from_secs(30);
+    while agent.leads().len() < total as usize && Instant::now() < settle {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let after = sample(pid, t0.elapsed().as_secs_f64()).unwrap_or_default();
+    let (ok, failed) = sipp_counts(&stats);
+    let leads = agent.leads().len();
+    let clean = agent.terminate();
+    // Completed calls by time t: calls start at `rate`/s and last `hold` s.
+    let done_at = |t: f64| ((t - o.hold as f64) * o.rate as f64).clamp(0.0, total as f64) as u64;
+    println!(
+        "\nchurn: {total} calls at {} calls/s, {} s each (~{} up at once), against the agent",
+        o.rate,
+        o.hold,
+        o.rate * o.hold
+    );
+    println!("| t (s) | calls completed (approx.) | RSS (MiB) | open fds |\n|---|---|---|---|");
+    println!("| base | 0 | {:.1} | {} |", base.rss_kb as f64 / 1024.0, base.fds);
+    let step = (series.len() / 12).max(1);
+    for s in series.iter().step_by(step) {
+        println!("| {:.0} | {} | {:.1} | {} |", s.at, done_at(s.at), s.rss_kb as f64 / 1024.0, s.fds);
+    }
+    println!("| after drain | {total} | {:.1} | {} |", after.rss_kb as f64 / 1024.0, after.fds);
+    // Flatness: RSS once 10% of calls are done (steady state) against RSS at the end of the load.
+    let steady = series.iter().find(|s| done_at(s.at) >= total / 10).map(|s| s.rss_kb);
+    let end = series.iter().rev().find(|s| s.at <= secs as f64 - 1.0).map(|s| s.rss_kb);
+    if let (Some(a), Some(b)) = (steady, end) {
+        println!(
+            "RSS at {} calls completed {:.1} MiB, at {} completed {:.1} MiB: {:+.1}%",
+            total / 10,
+            a as f64 / 1024.0,
+            done_at(secs as f64 - 1.0),
+            b as f64 / 1024.0,
+            (b as f64 / a as f64 - 1.0) * 100.0
+        );
+    }
+    println!("calls successful / failed {ok} / {failed} (SIPp exit {status}); leads {leads}; clean exit {clean}");
+    status == 0 && failed == 0 && leads as u64 == total && after.fds <= base.fds && clean
 }
 
 fn main() {
@@ -753,6 +873,11 @@ fn main() {
         std::fs::write(&f, raw).unwrap();
         f
     };
+    if let Some(total) = o.churn {
+        let sound = churn(&o, total, &dir, &caller);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::process::exit(if sound || !o.check { 0 } else { 1 });
+    }
     eprintln!("load: {} calls, {} calls/s, each {} s; scratch in {}", o.calls, o.rate, call_secs, dir.display());
     let mut results = Vec::new();
     if o.agent {
@@ -774,8 +899,18 @@ fn main() {
             if r.fds_after > r.fds_base {
                 bad.push(format!("{}: fds {} after the run, {} before", r.name, r.fds_after, r.fds_base));
             }
-            if r.underruns.unwrap_or(0) > 0 {
-                bad.push(format!("{}: {} RTP send underruns", r.name, r.underruns.unwrap()));
+            // Media must flow both ways. Underruns are timing and are reported,
+            // not asserted, unless so many that the media path is broken.
+            if let Some((sent, received)) = r.rtp_totals {
+                if sent == 0 || (received as f64) < 0.9 * sent as f64 {
+                    bad.push(format!("{}: RTP sent {sent}, received {received}", r.name));
+                }
+                if r.underruns.unwrap_or(0) as f64 > 0.01 * sent as f64 {
+                    bad.push(format!("{}: {} RTP send underruns of {sent} packets", r.name, r.underruns.unwrap()));
+                }
+            }
+            if r.clean_exit == Some(false) || r.pacer_failed.unwrap_or(0) > 0 {
+                bad.push(format!("{}: exit clean {:?}, RTP sends refused {:?}", r.name, r.clean_exit, r.pacer_failed));
             }
             if r.leads.is_some_and(|l| l as u64 != r.calls) {
                 bad.push(format!("{}: {} leads for {} calls", r.name, r.leads.unwrap(), r.calls));

@@ -4,7 +4,7 @@
 #   Kamailio the registrar/proxy of the forward-on-no-answer tests;
 #   sox is the G.711 reference the codec test compares against;
 #   SIPVicious (svmap, svwar) scans the agent in the hostile-input tests;
-#   tcpdump times the agent's RTP on the wire in the intake test.
+#   tcpdump times the agent's RTP on the wire in the intake test and the load smoke.
 # Tests talk to loopback only. Run as root: apt-get on a fresh machine, and
 # SIPp's pcap replay of the callers' speech (play_pcap_audio) opens a raw socket.
 set -euo pipefail
@@ -26,4 +26,8 @@ fi
 
 cargo build --locked --all-targets
 cargo test --locked
+# A small run of the load tool (release build): 50 calls against the agent and
+# against SIPp's own UAS, checked for failed calls, leads, descriptors and RTP.
+# It prints the figures so that a regression shows; targets are not asserted.
+bash scripts/load --calls 50 --rate 25 --hold 10 --capture 4 --check
 echo "all tests passed"

@@ -7,8 +7,11 @@
 //!   than the request to an unverified source) and routes the rest by
 //!   Call-ID to the call's task. It alone owns the call table, so no lock.
 //! * One task per call owns its [`Call`], its RTP socket and one timer,
-//!   reset to the call's next deadline each time round the loop. Its events
-//!   (`call.missed`, `lead.completed`) are committed to the outbox.
+//!   re-armed when the call's next deadline moves. Its events
+//!   (`call.missed`, `lead.completed`) are committed to the outbox. Its RTP
+//!   goes to the [`Pacer`] thread, which sends each packet at its instant;
+//!   its packet clock starts in the least used millisecond of the 20 ms
+//!   frame ([`PhaseSlots`]), so calls do not all wake together.
 //! * One task per `[[register]]` account keeps it registered.
 //!   Until its caller's address is verified, a call's SIP output is capped by
 //!   the bytes the caller sent (no amplification).
@@ -23,6 +26,7 @@ use crate::intake::program::Program;
 use crate::media::prompt::PromptSet;
 use crate::media::recorder::write_recording;
 use crate::media::vad::{EarshotVad, VoiceDetector, WebRtcVad};
+use crate::pacer::Pacer;
 use crate::sink::delivery::Publisher;
 use crate::sink::event::{Event, EventType};
 use crate::sip::auth::Credentials;
@@ -36,6 +40,7 @@ use crate::sip::transport::{Inbound, ReplyPath, TcpLimits, serve_tcp, serve_udp}
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, watch};
@@ -63,6 +68,8 @@ struct Shared {
     verified: std::sync::Mutex<std::collections::HashSet<IpAddr>>,
     /// Which millisecond of the 20 ms frame each call sends in.
     phases: PhaseSlots,
+    /// Puts every call's RTP on the wire at its instant.
+    pacer: Pacer,
 }
 
 /// Spreads the calls' packet clocks evenly over the 20 ms frame: each new
@@ -141,6 +148,7 @@ impl Agent {
         let trusted = cfg.trusted_nets();
         let program = Arc::new(cfg.program().map_err(|e| anyhow::anyhow!("intake script: {e:?}"))?);
         let verified_nets = cfg.verified_nets();
+        let pacer = Pacer::start(cfg.rtp.realtime_pacer).context("starting the RTP pacer thread")?;
         let shared = Shared {
             cfg,
             prompts,
@@ -152,6 +160,7 @@ impl Agent {
             verified_nets,
             verified: Default::default(),
             phases: PhaseSlots::new(),
+            pacer,
         };
         Ok(Agent { udp: Arc::new(udp), tcp, shared: Arc::new(shared) })
     }
@@ -240,6 +249,13 @@ impl Agent {
         }
         udp_task.abort();
         tcp_task.abort();
+        let p = &self.shared.pacer.stats;
+        tracing::info!(
+            sent = p.sent.load(Ordering::Relaxed),
+            late = p.late.load(Ordering::Relaxed),
+            failed = p.failed.load(Ordering::Relaxed),
+            "RTP pacer totals"
+        );
         Ok(())
     }
 }
@@ -540,6 +556,7 @@ impl Shared {
         mut inbox: mpsc::UnboundedReceiver<CallInput>,
         mut shutdown: watch::Receiver<Shutdown>,
     ) {
+        let rtp = Arc::new(rtp);
         let local_ip = self.local_ip_for(invite.source);
         let rtp_port = rtp.local_addr().map(|a| a.port()).unwrap_or(0);
         let source_ip = invite.source.ip();
@@ -614,11 +631,7 @@ impl Shared {
                         }
                         reply.send(s.dest, s.bytes).await
                     }
-                    Transmit::Rtp(p) => {
-                        if let Err(e) = rtp.send_to(p.bytes(), p.dest).await {
-                            tracing::debug!(dest = %p.dest, error = %e, "RTP send failed");
-                        }
-                    }
+                    Transmit::Rtp(p) => self.pacer.send(&rtp, p),
                 }
             }
             while let Some(ev) = call.poll_event() {

@@ -5,7 +5,8 @@
 //! The protocol logic lives in Sans-IO cores driven by `handle_*(now, ..)`
 //! and drained with `poll_*()`: [`sip::dialog`], [`media::rtp`],
 //! [`intake::script`], composed per call in [`call`]. The tokio edge
-//! (sockets, timers, files) is [`agent`], [`sip::transport`] and [`sink`].
+//! (sockets, timers, files) is [`agent`], [`sip::transport`] and [`sink`];
+//! [`pacer`] is the thread that puts every call's RTP on the wire on time.
 
 pub mod agent;
 pub mod call;
@@ -13,6 +14,7 @@ pub mod config;
 pub mod fuzz;
 pub mod intake;
 pub mod media;
+pub mod pacer;
 pub mod sink;
 pub mod sip;
 

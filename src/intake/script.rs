@@ -9,9 +9,9 @@
 //! The answers end up in the lead under each step's name.
 
 use crate::intake::endpoint::{EndpointEvent, Endpointer, FRAME_SAMPLES, SpokenAnswer};
+use crate::intake::program::{BargeIn, Program, Step, StepKind};
 use crate::media::g711::Law;
 use crate::media::recorder::Audio;
-use crate::intake::program::{BargeIn, Program, Step, StepKind};
 use crate::media::vad::VoiceDetector;
 use serde::Serialize;
 use std::collections::{BTreeMap, VecDeque};

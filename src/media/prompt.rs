@@ -283,7 +283,10 @@ mod tests {
     #[test]
     fn odd_sample_rates_are_refused_with_a_clear_error() {
         // A G.711 WAV claiming 1 Hz would otherwise be "resampled" to 8000 times its size.
-        let mut wav = crate::media::recorder::wav_bytes(&crate::media::recorder::Audio::from_pcm(None, &[0i16; 400]), crate::media::recorder::RecordingFormat::Ulaw);
+        let mut wav = crate::media::recorder::wav_bytes(
+            &crate::media::recorder::Audio::from_pcm(None, &[0i16; 400]),
+            crate::media::recorder::RecordingFormat::Ulaw,
+        );
         wav[24..28].copy_from_slice(&1u32.to_le_bytes());
         let err = Prompt::from_bytes("p", "wav", &wav).unwrap_err();
         assert!(err.contains("sample rate 1 Hz"), "{err}");

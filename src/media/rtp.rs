@@ -40,6 +40,8 @@ pub const RTP_PACKET_MAX: usize = 12 + FRAME_SAMPLES;
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct RtpPacket {
     pub dest: SocketAddr,
+    /// When the frame is due on the wire, by the session's packet clock.
+    pub due: Instant,
     len: usize,
     buf: [u8; RTP_PACKET_MAX],
 }
@@ -247,13 +249,14 @@ impl MediaSession {
         // Every frame but the newest due one is late by a frame or more.
         self.stats.underruns += due.saturating_sub(self.ticks + 1);
         while self.ticks < due {
+            let at = epoch + FRAME * self.ticks as u32;
             self.ticks += 1;
-            self.tick();
+            self.tick(at);
         }
     }
 
     /// One 20 ms frame's worth of work.
-    fn tick(&mut self) {
+    fn tick(&mut self, due: Instant) {
         let ts = self.timestamp;
         self.timestamp = self.timestamp.wrapping_add(FRAME_SAMPLES as u32);
         if !self.sending {
@@ -273,7 +276,7 @@ impl MediaSession {
             None => &silence,
         };
         if let Some(remote) = self.remote {
-            let mut packet = RtpPacket { dest: remote, len: 0, buf: [0; RTP_PACKET_MAX] };
+            let mut packet = RtpPacket { dest: remote, due, len: 0, buf: [0; RTP_PACKET_MAX] };
             let built = RtpPacketBuilder::new()
                 .payload_type(self.law.payload_type())
                 .ssrc(self.ssrc)
