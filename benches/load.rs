@@ -25,7 +25,7 @@ mod common;
 
 use backstop::media::g711::Law;
 use backstop::media::prompt::Prompt;
-use common::pcap::{CallerAudio, read_udp};
+use common::pcap::{CallerAudio, read_udp_ports};
 use common::scenario::*;
 use common::*;
 use std::collections::HashMap;
@@ -167,8 +167,8 @@ impl Capture {
         Capture { child, file }
     }
 
-    /// Stop; (packets, packets the kernel dropped).
-    fn finish(mut self) -> (Vec<(Duration, Vec<u8>)>, u64) {
+    /// Stop; (packets with their source ports, packets the kernel dropped).
+    fn finish(mut self) -> (Vec<(Duration, u16, Vec<u8>)>, u64) {
         let _ = Command::new("kill").arg("-INT").arg(self.child.id().to_string()).status();
         let mut err = String::new();
         if let Some(mut e) = self.child.stderr.take() {
@@ -180,7 +180,7 @@ impl Capture {
             .find(|l| l.contains("dropped by kernel"))
             .and_then(|l| l.split_whitespace().next()?.parse().ok())
             .unwrap_or(0);
-        let packets = read_udp(&std::fs::read(&self.file).unwrap_or_default());
+        let packets = read_udp_ports(&std::fs::read(&self.file).unwrap_or_default());
         let _ = std::fs::remove_file(&self.file);
         (packets, dropped)
     }
@@ -320,6 +320,8 @@ struct Outcome {
     leads: Option<usize>,
     rtp_totals: Option<(u64, u64)>,
     pacer_failed: Option<u64>,
+    /// The callers' streams (SIPp's rtp_stream) in the same capture.
+    caller_pacing: Option<Pacing>,
     clean_exit: Option<bool>,
 }
 
@@ -614,6 +616,7 @@ fn run(name: &'static str, o: &Opts, dir: &Path, caller_audio: &Path, call_secs:
         }
     }
     let (sip_packets, _) = sip_cap.finish();
+    let sip_packets: Vec<(Duration, Vec<u8>)> = sip_packets.into_iter().map(|(t, _, p)| (t, p)).collect();
     let (successful, failed) = sipp_counts(&stats);
 
     let in_window = |s: &&Sample| s.at >= window.0 && s.at <= window.1;
@@ -631,6 +634,12 @@ fn run(name: &'static str, o: &Opts, dir: &Path, caller_audio: &Path, call_secs:
     let rss_hold_kb = hold.iter().map(|s| s.rss_kb).max().unwrap_or(0);
     let fds_hold = hold.iter().map(|s| s.fds).max().unwrap_or(0);
     let (packets, dropped) = rtp_packets.unwrap_or_default();
+    let (callers, packets): (Vec<_>, Vec<_>) =
+        packets.into_iter().partition(|(_, port, _)| *port >= uac_mp && *port <= uac_mp + 2 * o.calls as u16 + 8);
+    let strip = |v: Vec<(Duration, u16, Vec<u8>)>| -> Vec<(Duration, Vec<u8>)> {
+        v.into_iter().map(|(t, _, p)| (t, p)).collect()
+    };
+    let (callers, packets) = (strip(callers), strip(packets));
     let mut out = Outcome {
         name,
         calls: o.calls,
@@ -648,6 +657,7 @@ fn run(name: &'static str, o: &Opts, dir: &Path, caller_audio: &Path, call_secs:
         fds_after: after.fds,
         answer_ms: answer_times(&sip_packets),
         pacing: pacing(&packets, dropped, matches!(target, Target::Agent(_))),
+        caller_pacing: (!o.pcap_caller).then(|| pacing(&callers, 0, true)),
         ..Default::default()
     };
     match target {
@@ -747,6 +757,12 @@ fn report(o: &Opts, results: &[Outcome]) {
     );
     row("streams with p99 ≤ 2 ms", &paced(|p: &Pacing| format!("{} of {}", p.streams_within_2ms, p.streams)));
     row("seq gaps in capture", &paced(|p: &Pacing| p.missing.to_string()));
+    row("SIPp callers' RTP (rtp_stream) in the same capture: p99 / per-stream p99 median / worst, ms", &|r| {
+        r.caller_pacing
+            .as_ref()
+            .map(|p| format!("{} / {} / {}", f(p.p99, 3), f(p.stream_p99_median, 3), f(p.stream_p99_worst, 3)))
+            .unwrap_or("—".into())
+    });
     row("tcpdump drops", &|r| r.pacing.dropped_by_kernel.to_string());
     row("RTP send underruns", &|r| r.underruns.map(|u| u.to_string()).unwrap_or("—".into()));
     row("RTP sends refused by the socket", &|r| r.pacer_failed.map(|u| u.to_string()).unwrap_or("—".into()));

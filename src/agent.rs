@@ -148,7 +148,7 @@ impl Agent {
         let trusted = cfg.trusted_nets();
         let program = Arc::new(cfg.program().map_err(|e| anyhow::anyhow!("intake script: {e:?}"))?);
         let verified_nets = cfg.verified_nets();
-        let pacer = Pacer::start(cfg.rtp.realtime_pacer).context("starting the RTP pacer thread")?;
+        let pacer = Pacer::start().context("starting the RTP pacer thread")?;
         let shared = Shared {
             cfg,
             prompts,

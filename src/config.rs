@@ -312,9 +312,6 @@ pub struct RtpConfig {
     /// RTP ports are taken from this inclusive range (even ports).
     pub port_min: u16,
     pub port_max: u16,
-    /// Run the RTP pacer thread at real-time priority (SCHED_FIFO, else
-    /// nice −10) when the process may; it falls back to normal priority.
-    pub realtime_pacer: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -386,7 +383,7 @@ impl Default for SipConfig {
 
 impl Default for RtpConfig {
     fn default() -> Self {
-        RtpConfig { port_min: 20000, port_max: 29999, realtime_pacer: true }
+        RtpConfig { port_min: 20000, port_max: 29999 }
     }
 }
 

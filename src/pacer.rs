@@ -72,19 +72,15 @@ pub struct Pacer {
 }
 
 impl Pacer {
-    /// Start the thread, at real-time priority if `realtime` and allowed.
-    /// It ends when every handle has been dropped and its queue is empty.
-    pub fn start(realtime: bool) -> std::io::Result<Pacer> {
+    /// Start the thread. It ends when every handle has been dropped and its
+    /// queue is empty. It runs at normal priority: under the load tool, a
+    /// pacer at nice −10 or SCHED_FIFO delayed the call tasks (late packets,
+    /// up to 220 ms gaps with FIFO) and sent no more evenly.
+    pub fn start() -> std::io::Result<Pacer> {
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(PacerStats::default());
         let s = stats.clone();
-        std::thread::Builder::new().name("rtp-pacer".into()).spawn(move || {
-            if realtime {
-                let got = raise_priority();
-                tracing::info!(priority = got, "RTP pacer thread started");
-            }
-            run(rx, &s)
-        })?;
+        std::thread::Builder::new().name("rtp-pacer".into()).spawn(move || run(rx, &s))?;
         Ok(Pacer { tx, stats })
     }
 
@@ -93,23 +89,6 @@ impl Pacer {
         // Only fails once the thread is gone, at process exit.
         let _ = self.tx.send((socket.clone(), packet));
     }
-}
-
-/// SCHED_FIFO priority 10 for the calling thread, else nice −10, else
-/// nothing; says which. Either needs root or CAP_SYS_NICE.
-fn raise_priority() -> &'static str {
-    let param = libc::sched_param { sched_priority: 10 };
-    // SAFETY: plain system calls on the calling thread (0 = this thread) with a valid, initialised argument.
-    unsafe {
-        if libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) == 0 {
-            return "SCHED_FIFO 10";
-        }
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        if libc::setpriority(libc::PRIO_PROCESS, tid, -10) == 0 {
-            return "nice -10";
-        }
-    }
-    "normal (no permission to raise it)"
 }
 
 fn run(rx: mpsc::Receiver<(Arc<UdpSocket>, RtpPacket)>, stats: &PacerStats) {

@@ -165,6 +165,11 @@ impl CallerAudio {
 
 /// Read a pcap (Ethernet or Linux cooked, IPv4/UDP) to (timestamp, UDP payload) per packet.
 pub fn read_udp(data: &[u8]) -> Vec<(std::time::Duration, Vec<u8>)> {
+    read_udp_ports(data).into_iter().map(|(t, _, p)| (t, p)).collect()
+}
+
+/// As [`read_udp`], with each packet's UDP source port.
+pub fn read_udp_ports(data: &[u8]) -> Vec<(std::time::Duration, u16, Vec<u8>)> {
     let mut out = Vec::new();
     if data.len() < 24 {
         return out;
@@ -191,7 +196,7 @@ pub fn read_udp(data: &[u8]) -> Vec<(std::time::Duration, Vec<u8>)> {
         if ip[0] >> 4 != 4 || ip[9] != 17 || ip.len() < ihl + 8 {
             continue;
         }
-        out.push((t, ip[ihl + 8..].to_vec()));
+        out.push((t, u16::from_be_bytes([ip[ihl], ip[ihl + 1]]), ip[ihl + 8..].to_vec()));
     }
     out
 }
