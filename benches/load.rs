@@ -168,7 +168,7 @@ impl Capture {
     }
 
     /// Stop; (packets with their source ports, packets the kernel dropped).
-    fn finish(mut self) -> (Vec<(Duration, u16, Vec<u8>)>, u64) {
+    fn finish(mut self) -> (Vec<(Duration, (u16, u16), Vec<u8>)>, u64) {
         let _ = Command::new("kill").arg("-INT").arg(self.child.id().to_string()).status();
         let mut err = String::new();
         if let Some(mut e) = self.child.stderr.take() {
@@ -220,7 +220,8 @@ struct Pacing {
     separable: bool,
 }
 
-fn pacing(packets: &[(Duration, Vec<u8>)], dropped_by_kernel: u64, separable: bool) -> Pacing {
+/// Pacing per stream; a stream is the packets with the same `key` (a port).
+fn pacing(packets: &[(Duration, u16, Vec<u8>)], dropped_by_kernel: u64, separable: bool) -> Pacing {
     let rate = match (packets.first(), packets.last()) {
         (Some(a), Some(b)) if b.0 > a.0 => packets.len() as f64 / (b.0 - a.0).as_secs_f64(),
         _ => f64::NAN,
@@ -228,11 +229,10 @@ fn pacing(packets: &[(Duration, Vec<u8>)], dropped_by_kernel: u64, separable: bo
     if !separable {
         return Pacing { rate, dropped_by_kernel, ..Default::default() };
     }
-    let mut by_ssrc: HashMap<u32, Vec<(Duration, u16)>> = HashMap::new();
-    for (t, p) in packets {
+    let mut by_ssrc: HashMap<u16, Vec<(Duration, u16)>> = HashMap::new();
+    for (t, key, p) in packets {
         if p.len() >= 12 && p[0] >> 6 == 2 {
-            let ssrc = u32::from_be_bytes([p[8], p[9], p[10], p[11]]);
-            by_ssrc.entry(ssrc).or_default().push((*t, u16::from_be_bytes([p[2], p[3]])));
+            by_ssrc.entry(*key).or_default().push((*t, u16::from_be_bytes([p[2], p[3]])));
         }
     }
     let mut all = Vec::new();
@@ -587,11 +587,16 @@ fn run(name: &'static str, o: &Opts, dir: &Path, caller_audio: &Path, call_secs:
         }
         let t = now();
         if rtp_cap.is_none() && rtp_packets.is_none() && t >= capture_at {
+            // The target's RTP and, as a reference on the same machine, the
+            // callers' (SIPp's rtp_stream sends every call from its -mp port).
             let filter = match &target {
-                Target::Agent(a) => {
-                    format!("udp and src host 127.0.0.1 and src portrange {}-{}", a.rtp_ports.0, a.rtp_ports.1)
+                Target::Agent(a) => format!(
+                    "udp and src host 127.0.0.1 and (src portrange {}-{} or src port {uac_mp})",
+                    a.rtp_ports.0, a.rtp_ports.1
+                ),
+                Target::Peer(_, _, mp) => {
+                    format!("udp and src host 127.0.0.1 and (src port {mp} or src port {uac_mp})")
                 }
-                Target::Peer(_, _, mp) => format!("udp and src host 127.0.0.1 and src port {mp}"),
             };
             rtp_cap = Some((Capture::start(dir.join(format!("{name}-rtp.pcap")), &filter, 64, o.capture + 30), t));
         }
@@ -634,12 +639,11 @@ fn run(name: &'static str, o: &Opts, dir: &Path, caller_audio: &Path, call_secs:
     let rss_hold_kb = hold.iter().map(|s| s.rss_kb).max().unwrap_or(0);
     let fds_hold = hold.iter().map(|s| s.fds).max().unwrap_or(0);
     let (packets, dropped) = rtp_packets.unwrap_or_default();
-    let (callers, packets): (Vec<_>, Vec<_>) =
-        packets.into_iter().partition(|(_, port, _)| *port >= uac_mp && *port <= uac_mp + 2 * o.calls as u16 + 8);
-    let strip = |v: Vec<(Duration, u16, Vec<u8>)>| -> Vec<(Duration, Vec<u8>)> {
-        v.into_iter().map(|(t, _, p)| (t, p)).collect()
-    };
-    let (callers, packets) = (strip(callers), strip(packets));
+    // Our calls each send from their own port; SIPp's callers all send from
+    // one port (with one SSRC), each to the agent's port for its call.
+    let (callers, packets): (Vec<_>, Vec<_>) = packets.into_iter().partition(|(_, (src, _), _)| *src == uac_mp);
+    let callers: Vec<_> = callers.into_iter().map(|(t, (_, dst), p)| (t, dst, p)).collect();
+    let packets: Vec<_> = packets.into_iter().map(|(t, (src, _), p)| (t, src, p)).collect();
     let mut out = Outcome {
         name,
         calls: o.calls,
@@ -757,10 +761,10 @@ fn report(o: &Opts, results: &[Outcome]) {
     );
     row("streams with p99 ≤ 2 ms", &paced(|p: &Pacing| format!("{} of {}", p.streams_within_2ms, p.streams)));
     row("seq gaps in capture", &paced(|p: &Pacing| p.missing.to_string()));
-    row("SIPp callers' RTP (rtp_stream) in the same capture: p99 / per-stream p99 median / worst, ms", &|r| {
+    row("SIPp callers' RTP (rtp_stream), same capture: p50 / p99 / per-stream p99 median, ms", &|r| {
         r.caller_pacing
             .as_ref()
-            .map(|p| format!("{} / {} / {}", f(p.p99, 3), f(p.stream_p99_median, 3), f(p.stream_p99_worst, 3)))
+            .map(|p| format!("{} / {} / {}", f(p.p50, 3), f(p.p99, 3), f(p.stream_p99_median, 3)))
             .unwrap_or("—".into())
     });
     row("tcpdump drops", &|r| r.pacing.dropped_by_kernel.to_string());

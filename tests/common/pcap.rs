@@ -168,8 +168,8 @@ pub fn read_udp(data: &[u8]) -> Vec<(std::time::Duration, Vec<u8>)> {
     read_udp_ports(data).into_iter().map(|(t, _, p)| (t, p)).collect()
 }
 
-/// As [`read_udp`], with each packet's UDP source port.
-pub fn read_udp_ports(data: &[u8]) -> Vec<(std::time::Duration, u16, Vec<u8>)> {
+/// As [`read_udp`], with each packet's UDP (source, destination) ports.
+pub fn read_udp_ports(data: &[u8]) -> Vec<(std::time::Duration, (u16, u16), Vec<u8>)> {
     let mut out = Vec::new();
     if data.len() < 24 {
         return out;
@@ -196,7 +196,8 @@ pub fn read_udp_ports(data: &[u8]) -> Vec<(std::time::Duration, u16, Vec<u8>)> {
         if ip[0] >> 4 != 4 || ip[9] != 17 || ip.len() < ihl + 8 {
             continue;
         }
-        out.push((t, u16::from_be_bytes([ip[ihl], ip[ihl + 1]]), ip[ihl + 8..].to_vec()));
+        let port = |i: usize| u16::from_be_bytes([ip[ihl + i], ip[ihl + i + 1]]);
+        out.push((t, (port(0), port(2)), ip[ihl + 8..].to_vec()));
     }
     out
 }
