@@ -48,6 +48,9 @@ struct Opts {
     /// Churn instead: this many calls in all, at `rate`, each `hold` s long,
     /// against the agent only, for memory and descriptors over many calls.
     churn: Option<u64>,
+    /// Also capture the callers' RTP (SIPp's), as a pacing reference. It
+    /// doubles tcpdump's work, which itself delays packets on 2 cores.
+    caller_pacing: bool,
     /// Fail (exit 1) unless the run is sound: every call succeeded, one lead
     /// each, fds back to baseline, RTP both ways (see `main`).
     check: bool,
@@ -63,6 +66,7 @@ fn opts() -> Opts {
         agent: true,
         pcap_caller: false,
         churn: None,
+        caller_pacing: false,
         check: false,
     };
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
@@ -80,6 +84,7 @@ fn opts() -> Opts {
             "--peer-only" => o.agent = false,
             "--check" => o.check = true,
             "--churn" => o.churn = Some(num("--churn")),
+            "--caller-pacing" => o.caller_pacing = true,
             "--caller" => match it.next().map(String::as_str) {
                 Some("pcap") => o.pcap_caller = true,
                 Some("stream") => o.pcap_caller = false,
@@ -587,16 +592,15 @@ fn run(name: &'static str, o: &Opts, dir: &Path, caller_audio: &Path, call_secs:
         }
         let t = now();
         if rtp_cap.is_none() && rtp_packets.is_none() && t >= capture_at {
-            // The target's RTP and, as a reference on the same machine, the
-            // callers' (SIPp's rtp_stream sends every call from its -mp port).
+            // The target's RTP; with --caller-pacing also the callers' (SIPp's
+            // rtp_stream sends every call from its -mp port), as a reference.
+            let callers = if o.caller_pacing { format!(" or src port {uac_mp}") } else { String::new() };
             let filter = match &target {
                 Target::Agent(a) => format!(
-                    "udp and src host 127.0.0.1 and (src portrange {}-{} or src port {uac_mp})",
+                    "udp and src host 127.0.0.1 and (src portrange {}-{}{callers})",
                     a.rtp_ports.0, a.rtp_ports.1
                 ),
-                Target::Peer(_, _, mp) => {
-                    format!("udp and src host 127.0.0.1 and (src port {mp} or src port {uac_mp})")
-                }
+                Target::Peer(_, _, mp) => format!("udp and src host 127.0.0.1 and (src port {mp}{callers})"),
             };
             rtp_cap = Some((Capture::start(dir.join(format!("{name}-rtp.pcap")), &filter, 64, o.capture + 30), t));
         }
@@ -661,7 +665,7 @@ fn run(name: &'static str, o: &Opts, dir: &Path, caller_audio: &Path, call_secs:
         fds_after: after.fds,
         answer_ms: answer_times(&sip_packets),
         pacing: pacing(&packets, dropped, matches!(target, Target::Agent(_))),
-        caller_pacing: (!o.pcap_caller).then(|| pacing(&callers, 0, true)),
+        caller_pacing: (o.caller_pacing && !o.pcap_caller).then(|| pacing(&callers, 0, true)),
         ..Default::default()
     };
     match target {
