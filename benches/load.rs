@@ -138,37 +138,7 @@ struct Capture {
 
 impl Capture {
     fn start(file: PathBuf, filter: &str, snaplen: u32, limit_secs: u64) -> Capture {
-        let mut child = Command::new("timeout")
-            .args([
-                &limit_secs.to_string(),
-                "tcpdump",
-                "-i",
-                "lo",
-                "-n",
-                "-B",
-                "65536",
-                "-s",
-                &snaplen.to_string(),
-                "-w",
-            ])
-            .arg(&file)
-            .arg(filter)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("tcpdump must be installed (scripts/test.sh installs it)");
-        let mut err = child.stderr.take().unwrap();
-        let mut seen = String::new();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut buf = [0u8; 256];
-        while !seen.contains("listening on") && Instant::now() < deadline {
-            match err.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
-            }
-        }
-        assert!(seen.contains("listening on"), "tcpdump did not start: {seen}");
-        child.stderr = Some(err);
+        let child = start_tcpdump(&file, filter, snaplen, limit_secs);
         Capture { child, file }
     }
 
@@ -338,24 +308,10 @@ fn uac_scenario(audio: &Path, pcap: bool, hold_ms: u64) -> String {
     } else {
         (OFFER.replace("[rtp_port]", "[rtpstream_audio_port]"), format!("rtp_stream=\"{},-1,0\"", audio.display()))
     };
+    // The far end may hang up first (a normal end), else the caller does.
     let wait = format!(
-        r#"
-  <nop><action><exec {play}/></action></nop>
-  <recv request="BYE" timeout="{hold_ms}" ontimeout="hangup"/>
-  <send next="end">
-    <![CDATA[
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Content-Length: 0
-
-    ]]>
-  </send>
-  <label id="hangup"/>
-"#
+        "  <nop><action><exec {play}/></action></nop>\n  <recv request=\"BYE\" timeout=\"{hold_ms}\" ontimeout=\"hangup\"/>\n{}  <label id=\"hangup\"/>\n",
+        OK_TO_LAST.replace("<send>", "<send next=\"end\">")
     );
     scenario("load-uac", &[&invite("", &offer), ANSWERED, &ack(1), &wait, CALLER_BYE, "  <label id=\"end\"/>\n"])
 }
@@ -392,21 +348,10 @@ a=sendrecv
   <recv request="ACK"/>
   <nop><action><exec play_pcap_audio="{}"/></action></nop>
   <recv request="BYE"/>
-  <send>
-    <![CDATA[
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Content-Length: 0
-
-    ]]>
-  </send>
-</scenario>
+{}</scenario>
 "#,
-        pcap.display()
+        pcap.display(),
+        OK_TO_LAST
     )
 }
 
@@ -939,7 +884,7 @@ fn main() {
             if r.leads.is_some_and(|l| l as u64 != r.calls) {
                 bad.push(format!("{}: {} leads for {} calls", r.name, r.leads.unwrap(), r.calls));
             }
-            if r.pacing.streams == 0 {
+            if r.pacing.rate.is_nan() || r.pacing.rate <= 0.0 || (r.pacing.separable && r.pacing.streams == 0) {
                 bad.push(format!("{}: no RTP captured", r.name));
             }
         }

@@ -768,3 +768,30 @@ impl PortPool {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// New calls fill the least used millisecond of the frame, and a call
+    /// that ends frees its millisecond for the next.
+    #[test]
+    fn phase_slots_spread_calls_over_the_frame() {
+        let slots = PhaseSlots::new();
+        let taken: Vec<_> = (0..40).map(|_| slots.take()).collect();
+        let mut per_slot = [0; 20];
+        for (_, (reference, offset)) in &taken {
+            assert_eq!(*reference, slots.reference);
+            per_slot[offset.as_millis() as usize] += 1;
+        }
+        assert_eq!(per_slot, [2; 20], "40 calls, two in each millisecond");
+        let freed = taken[7].1.1;
+        drop(taken);
+        let next: Vec<_> = (0..20).map(|_| slots.take()).collect();
+        assert!(next.iter().all(|(_, (_, o))| o.as_millis() < 20));
+        let mut seen: Vec<u128> = next.iter().map(|(_, (_, o))| o.as_millis()).collect();
+        seen.sort();
+        assert_eq!(seen, (0..20).collect::<Vec<_>>(), "all freed: one per millisecond again");
+        assert!(freed < Duration::from_millis(20));
+    }
+}

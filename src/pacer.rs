@@ -95,29 +95,26 @@ fn run(rx: mpsc::Receiver<(Arc<UdpSocket>, RtpPacket)>, stats: &PacerStats) {
     let mut queue: BinaryHeap<Reverse<Paced>> = BinaryHeap::new();
     let mut order = 0u64;
     let mut open = true;
+    let mut enqueue = |queue: &mut BinaryHeap<Reverse<Paced>>, (socket, packet): (Arc<UdpSocket>, RtpPacket)| {
+        order += 1;
+        let at = packet.due + PLAYOUT_DELAY;
+        // This thread looks at the queue every millisecond: later than that, the call was late.
+        if at + POLL < Instant::now() {
+            stats.late.fetch_add(1, Ordering::Relaxed);
+        }
+        queue.push(Reverse(Paced { at, order, socket, packet }));
+    };
     while open || !queue.is_empty() {
         if queue.is_empty() {
             // No call is sending: sleep until one hands a packet over.
             match rx.recv() {
-                Ok((socket, packet)) => {
-                    order += 1;
-                    queue.push(Reverse(Paced { at: packet.due + PLAYOUT_DELAY, order, socket, packet }));
-                }
+                Ok(p) => enqueue(&mut queue, p),
                 Err(_) => break,
             }
         }
-        let now = Instant::now();
         loop {
             match rx.try_recv() {
-                Ok((socket, packet)) => {
-                    order += 1;
-                    let at = packet.due + PLAYOUT_DELAY;
-                    // This thread looks at the queue every millisecond: later than that, the call was late.
-                    if at + POLL < now {
-                        stats.late.fetch_add(1, Ordering::Relaxed);
-                    }
-                    queue.push(Reverse(Paced { at, order, socket, packet }));
-                }
+                Ok(p) => enqueue(&mut queue, p),
                 Err(mpsc::TryRecvError::Empty) => break,
                 Err(mpsc::TryRecvError::Disconnected) => {
                     open = false;
@@ -125,6 +122,7 @@ fn run(rx: mpsc::Receiver<(Arc<UdpSocket>, RtpPacket)>, stats: &PacerStats) {
                 }
             }
         }
+        let now = Instant::now();
         while let Some(Reverse(p)) = queue.peek() {
             if p.at > now {
                 break;
@@ -140,5 +138,52 @@ fn run(rx: mpsc::Receiver<(Arc<UdpSocket>, RtpPacket)>, stats: &PacerStats) {
         if !nap.is_zero() {
             std::thread::sleep(nap);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Packets go out in the order of their instants, never before
+    /// `due + PLAYOUT_DELAY`; one handed over long after its instant goes out
+    /// at once and is counted late.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sends_each_packet_at_its_instant_in_order_and_counts_late_ones() {
+        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let dest = rx.local_addr().unwrap();
+        let pacer = Pacer::start().unwrap();
+        let t0 = Instant::now();
+        let due = |k: u8| t0 + Duration::from_millis(10 + 20 * k as u64);
+        // Handed over in reverse order, all at once.
+        for k in (0..5u8).rev() {
+            pacer.send(&socket, RtpPacket::new(dest, due(k), &[k; 20]).unwrap());
+        }
+        let recv = |rx: std::net::UdpSocket, n: usize| {
+            tokio::task::spawn_blocking(move || {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 64];
+                for _ in 0..n {
+                    let (len, _) = rx.recv_from(&mut buf).unwrap();
+                    got.push((buf[0], len, Instant::now()));
+                }
+                (rx, got)
+            })
+        };
+        let (rx, mut got) = recv(rx, 5).await.unwrap();
+        // Long past its instant: out at once, and late.
+        pacer.send(&socket, RtpPacket::new(dest, t0, &[9; 20]).unwrap());
+        got.extend(recv(rx, 1).await.unwrap().1);
+        let order: Vec<u8> = got.iter().map(|g| g.0).collect();
+        assert_eq!(order, [0, 1, 2, 3, 4, 9]);
+        for (k, n, at) in &got[..5] {
+            assert_eq!(*n, 20);
+            assert!(*at >= due(*k) + PLAYOUT_DELAY, "packet {k} went out {:?} early", (due(*k) + PLAYOUT_DELAY) - *at);
+        }
+        assert_eq!(pacer.stats.late.load(Ordering::Relaxed), 1);
+        assert_eq!(pacer.stats.sent.load(Ordering::Relaxed), 6);
+        assert_eq!(pacer.stats.failed.load(Ordering::Relaxed), 0);
     }
 }

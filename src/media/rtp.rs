@@ -47,6 +47,13 @@ pub struct RtpPacket {
 }
 
 impl RtpPacket {
+    /// A packet of `bytes` (at most [`RTP_PACKET_MAX`]) for `dest`, due at `due`.
+    pub fn new(dest: SocketAddr, due: Instant, bytes: &[u8]) -> Option<RtpPacket> {
+        let mut buf = [0; RTP_PACKET_MAX];
+        buf.get_mut(..bytes.len())?.copy_from_slice(bytes);
+        Some(RtpPacket { dest, due, len: bytes.len(), buf })
+    }
+
     pub fn bytes(&self) -> &[u8] {
         &self.buf[..self.len]
     }

@@ -393,6 +393,47 @@ pub fn parse_rtp(b: &[u8]) -> Rtp {
     }
 }
 
+/// tcpdump on `lo` writing `file` (packet-buffered, a 64 MiB kernel buffer,
+/// killed after `limit_secs` at the latest); returns once it listens. Its
+/// stderr stays piped: it reports the kernel's drops there when it stops.
+pub fn start_tcpdump(file: &Path, filter: &str, snaplen: u32, limit_secs: u64) -> Child {
+    let mut child = Command::new("timeout")
+        .args([
+            &limit_secs.to_string(),
+            "tcpdump",
+            "-i",
+            "lo",
+            "-U",
+            "-n",
+            "-B",
+            "65536",
+            "-s",
+            &snaplen.to_string(),
+            "-w",
+        ])
+        .arg(file)
+        .arg(filter)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tcpdump must be installed (scripts/test.sh installs it)");
+    // tcpdump says "listening on" once the capture runs.
+    let mut err = child.stderr.take().unwrap();
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 256];
+    use std::io::Read;
+    while !seen.contains("listening on") && Instant::now() < deadline {
+        match err.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+        }
+    }
+    assert!(seen.contains("listening on"), "tcpdump did not start: {seen}");
+    child.stderr = Some(err);
+    child
+}
+
 /// tcpdump on loopback, for what the agent sends where no socket of ours can
 /// listen (e.g. its RTP to SIPp's media port). Needs root and tcpdump.
 pub struct Sniffer {
@@ -404,27 +445,9 @@ impl Sniffer {
     /// Capture UDP from 127.0.0.1 with a source port in `ports`; returns once tcpdump listens.
     pub fn start(dir: &Path, ports: (u16, u16)) -> Sniffer {
         let file = dir.join("sniff.pcap");
-        let mut child = Command::new("timeout")
-            .args(["300", "tcpdump", "-i", "lo", "-U", "-n", "-s", "512", "-w"])
-            .arg(&file)
-            .arg(format!("udp and src host 127.0.0.1 and src portrange {}-{}", ports.0, ports.1))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("tcpdump must be installed (scripts/test.sh installs it)");
-        // tcpdump says "listening on lo" once the capture runs.
+        let filter = format!("udp and src host 127.0.0.1 and src portrange {}-{}", ports.0, ports.1);
+        let mut child = start_tcpdump(&file, &filter, 512, 300);
         let mut err = child.stderr.take().unwrap();
-        let mut seen = String::new();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut buf = [0u8; 256];
-        use std::io::Read;
-        while !seen.contains("listening on") && Instant::now() < deadline {
-            match err.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
-            }
-        }
-        assert!(seen.contains("listening on"), "tcpdump did not start: {seen}");
         std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
         Sniffer { child, file }
     }

@@ -94,8 +94,11 @@ pub const CALLER_BYE: &str = r#"
   <recv response="200" crlf="true"/>
 "#;
 
-pub const AGENT_BYE: &str = r#"
-  <recv request="BYE" timeout="40000"/>
+/// The 200 OK to the request just received, mirroring its headers (a macro,
+/// so that the constants below can be built from it with `concat!`).
+macro_rules! ok_to_last {
+    () => {
+        r#"
   <send>
     <![CDATA[
       SIP/2.0 200 OK
@@ -108,7 +111,15 @@ pub const AGENT_BYE: &str = r#"
 
     ]]>
   </send>
-"#;
+"#
+    };
+}
+
+/// The 200 OK to the request just received (a BYE, say).
+pub const OK_TO_LAST: &str = ok_to_last!();
+
+/// Wait for the agent's BYE and answer it.
+pub const AGENT_BYE: &str = concat!("\n  <recv request=\"BYE\" timeout=\"40000\"/>", ok_to_last!());
 
 pub fn scenario(name: &str, parts: &[&str]) -> String {
     format!(
