@@ -156,7 +156,7 @@ mod tests {
         let dest = rx.local_addr().unwrap();
         let pacer = Pacer::start().unwrap();
         let t0 = Instant::now();
-        let due = |k: u8| t0 + Duration::from_millis(10 + 20 * k as u64);
+        let due = |k: u8| t0 + Duration::from_millis(60 + 20 * k as u64);
         // Handed over in reverse order, all at once.
         for k in (0..5u8).rev() {
             pacer.send(&socket, RtpPacket::new(dest, due(k), &[k; 20]).unwrap());
@@ -182,8 +182,13 @@ mod tests {
             assert_eq!(*n, 20);
             assert!(*at >= due(*k) + PLAYOUT_DELAY, "packet {k} went out {:?} early", (due(*k) + PLAYOUT_DELAY) - *at);
         }
-        assert_eq!(pacer.stats.late.load(Ordering::Relaxed), 1);
+        // The thread counts a send after the packet is out: wait (bounded) for it to get there.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while pacer.stats.sent.load(Ordering::Relaxed) < 6 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         assert_eq!(pacer.stats.sent.load(Ordering::Relaxed), 6);
+        assert_eq!(pacer.stats.late.load(Ordering::Relaxed), 1);
         assert_eq!(pacer.stats.failed.load(Ordering::Relaxed), 0);
     }
 }

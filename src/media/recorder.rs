@@ -1,7 +1,8 @@
 //! Recordings on disk: an answer's (or the whole call's) 8 kHz audio as a
 //! WAV file, 16-bit PCM (hound) or G.711 μ-law (WAVE_FORMAT_MULAW, written
-//! here: hound writes PCM only). This is the runtime's side of recording;
-//! the script decides what to keep and hands over the samples.
+//! here: hound writes PCM only), and [`Audio`], how a recording is held in
+//! memory until then (the call's G.711 bytes). This is the runtime's side of
+//! recording; the script decides what to keep and hands over the audio.
 
 use crate::media::g711::Law;
 use serde::Deserialize;

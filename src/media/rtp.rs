@@ -5,6 +5,11 @@
 //! never accumulates into drift: the next deadline is computed from the
 //! packet count, not from when the last packet went out. When idle it sends
 //! silence, as a phone does, so timestamps and NAT bindings stay continuous.
+//! Each packet carries the instant it is due ([`RtpPacket::due`]), so the
+//! runtime can put it on the wire on time even if it ran late; the clock can
+//! start at a chosen millisecond of the frame ([`MediaSession::start_in_phase`]).
+//! Frames built a whole frame late, or skipped after a stall, are counted as
+//! underruns. Packets are built in place: no allocation per packet.
 //! Symmetric RTP: the session latches onto the address the caller's RTP
 //! really comes from (RFC 4961 behaviour for callers behind NAT), only on a
 //! negotiated payload type, and from then on ignores RTP from anywhere else
