@@ -295,6 +295,8 @@ struct Outcome {
     leads: Option<usize>,
     rtp_totals: Option<(u64, u64)>,
     pacer_failed: Option<u64>,
+    /// (built late or skipped by the media clock, handed to the pacer late).
+    underruns_split: Option<(u64, u64)>,
     /// The callers' streams (SIPp's rtp_stream) in the same capture.
     caller_pacing: Option<Pacing>,
     clean_exit: Option<bool>,
@@ -630,7 +632,8 @@ fn run(name: &'static str, o: &Opts, dir: &Path, caller_audio: &Path, call_secs:
                     .sum()
             };
             // Late at the media clock (a frame built 20 ms or more late) or at the pacer (handed over after its slot).
-            out.underruns = Some(total("RTP totals", " underruns=") + total("RTP pacer totals", " late="));
+            out.underruns_split = Some((total("RTP totals", " underruns="), total("RTP pacer totals", " late=")));
+            out.underruns = out.underruns_split.map(|(m, p)| m + p);
             out.rtp_totals = Some((total("RTP totals", " sent="), total("RTP totals", " received=")));
             out.pacer_failed = Some(total("RTP pacer totals", " failed="));
             let panicked = log.contains("panicked");
@@ -717,7 +720,9 @@ fn report(o: &Opts, results: &[Outcome]) {
             .unwrap_or("—".into())
     });
     row("tcpdump drops", &|r| r.pacing.dropped_by_kernel.to_string());
-    row("RTP send underruns", &|r| r.underruns.map(|u| u.to_string()).unwrap_or("—".into()));
+    row("RTP send underruns (media clock late + pacer late)", &|r| {
+        r.underruns_split.map(|(m, p)| format!("{} ({m} + {p})", m + p)).unwrap_or("—".into())
+    });
     row("RTP sends refused by the socket", &|r| r.pacer_failed.map(|u| u.to_string()).unwrap_or("—".into()));
     row("leads written", &|r| r.leads.map(|u| u.to_string()).unwrap_or("—".into()));
     row("clean exit on SIGTERM", &|r| r.clean_exit.map(|u| u.to_string()).unwrap_or("—".into()));
