@@ -30,6 +30,7 @@ use common::scenario::*;
 use common::*;
 use std::collections::HashMap;
 use std::io::Read;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -291,12 +292,11 @@ struct Outcome {
     fds_after: usize,
     answer_ms: Vec<f64>,
     pacing: Pacing,
-    underruns: Option<u64>,
     leads: Option<usize>,
     rtp_totals: Option<(u64, u64)>,
     pacer_failed: Option<u64>,
     /// (built late or skipped by the media clock, handed to the pacer late).
-    underruns_split: Option<(u64, u64)>,
+    underruns: Option<(u64, u64)>,
     /// The callers' streams (SIPp's rtp_stream) in the same capture.
     caller_pacing: Option<Pacing>,
     clean_exit: Option<bool>,
@@ -475,6 +475,50 @@ fn sipp_counts(stats: &Path) -> (u64, u64) {
     (get("SuccessfulCall(C)"), get("FailedCall(C)"))
 }
 
+/// SIPp as the callers: `total` calls at `rate`/s, at most `concurrent` up
+/// at once, statistics to `stats`; bounded by `timeout_secs`.
+#[allow(clippy::too_many_arguments)]
+fn start_uac(
+    target: SocketAddr,
+    scenario: &Path,
+    media_port: u16,
+    total: u64,
+    concurrent: u64,
+    rate: u64,
+    timeout_secs: u64,
+    stats: &Path,
+) -> Child {
+    Command::new("sipp")
+        .arg(target.to_string())
+        .arg("-sf")
+        .arg(scenario)
+        .args(["-i", "127.0.0.1", "-p", &free_port().to_string(), "-mp", &media_port.to_string(), "-nostdin"])
+        .args(["-m", &total.to_string(), "-l", &concurrent.to_string(), "-r", &rate.to_string()])
+        .args(["-timeout", &format!("{timeout_secs}s"), "-timeout_error", "-trace_stat", "-fd", "1", "-stf"])
+        .arg(stats)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sipp must be installed")
+}
+
+/// Wait for SIPp to exit (killed at `deadline`), calling `tick` once a
+/// second, on whole seconds from `t0`; SIPp's exit status, or -2 if it had
+/// to be killed.
+fn wait_uac(uac: &mut Child, t0: Instant, deadline: Instant, mut tick: impl FnMut()) -> i32 {
+    loop {
+        if let Ok(Some(s)) = uac.try_wait() {
+            return s.code().unwrap_or(-1);
+        }
+        if Instant::now() > deadline {
+            let _ = uac.kill();
+            return -2;
+        }
+        std::thread::sleep(Duration::from_millis(1000 - (t0.elapsed().as_millis() % 1000) as u64));
+        tick();
+    }
+}
+
 fn run(name: &'static str, o: &Opts, dir: &Path, caller_audio: &Path, call_secs: u64) -> Outcome {
     let target = if name == "agent" { start_agent(o) } else { start_peer(dir, o, call_secs) };
     let pid = target.pid();
@@ -495,19 +539,8 @@ fn run(name: &'static str, o: &Opts, dir: &Path, caller_audio: &Path, call_secs:
     let stats = dir.join(format!("{name}-uac-stats.csv"));
     let _ = std::fs::remove_file(&stats);
     let uac_mp = caller_media_port(o);
-    let mut uac = Command::new("sipp")
-        .arg(format!("127.0.0.1:{}", target.sip_port()))
-        .arg("-sf")
-        .arg(&sf)
-        .args(["-i", "127.0.0.1", "-p", &free_port().to_string(), "-mp", &uac_mp.to_string(), "-nostdin"])
-        .args(["-m", &o.calls.to_string(), "-l", &o.calls.to_string(), "-r", &o.rate.to_string()])
-        .args(["-timeout", &format!("{}s", call_secs * 2 + 120), "-timeout_error"])
-        .args(["-trace_stat", "-fd", "1", "-stf"])
-        .arg(&stats)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("sipp must be installed");
+    let target_addr = SocketAddr::from(([127, 0, 0, 1], target.sip_port()));
+    let mut uac = start_uac(target_addr, &sf, uac_mp, o.calls, o.calls, o.rate, call_secs * 2 + 120, &stats);
     let uac_pid = uac.id();
 
     let ramp = o.calls as f64 / o.rate as f64;
@@ -522,15 +555,7 @@ fn run(name: &'static str, o: &Opts, dir: &Path, caller_audio: &Path, call_secs:
     let mut rtp_cap = None;
     let mut rtp_packets = None;
     let deadline = Instant::now() + Duration::from_secs(call_secs * 2 + 150);
-    let status = loop {
-        if let Ok(Some(s)) = uac.try_wait() {
-            break s.code().unwrap_or(-1);
-        }
-        if Instant::now() > deadline {
-            let _ = uac.kill();
-            break -2;
-        }
-        std::thread::sleep(Duration::from_millis(1000 - (t0.elapsed().as_millis() % 1000) as u64));
+    let status = wait_uac(&mut uac, t0, deadline, || {
         if let Some(s) = sample(pid, now()) {
             series.push(s);
         }
@@ -557,7 +582,7 @@ fn run(name: &'static str, o: &Opts, dir: &Path, caller_audio: &Path, call_secs:
             let (cap, _) = rtp_cap.take().unwrap();
             rtp_packets = Some(cap.finish());
         }
-    };
+    });
     if let Some((cap, _)) = rtp_cap.take() {
         rtp_packets = Some(cap.finish());
     }
@@ -632,8 +657,7 @@ fn run(name: &'static str, o: &Opts, dir: &Path, caller_audio: &Path, call_secs:
                     .sum()
             };
             // Late at the media clock (a frame built 20 ms or more late) or at the pacer (handed over after its slot).
-            out.underruns_split = Some((total("RTP totals", " underruns="), total("RTP pacer totals", " late=")));
-            out.underruns = out.underruns_split.map(|(m, p)| m + p);
+            out.underruns = Some((total("RTP totals", " underruns="), total("RTP pacer totals", " late=")));
             out.rtp_totals = Some((total("RTP totals", " sent="), total("RTP totals", " received=")));
             out.pacer_failed = Some(total("RTP pacer totals", " failed="));
             let panicked = log.contains("panicked");
@@ -721,7 +745,7 @@ fn report(o: &Opts, results: &[Outcome]) {
     });
     row("tcpdump drops", &|r| r.pacing.dropped_by_kernel.to_string());
     row("RTP send underruns (media clock late + pacer late)", &|r| {
-        r.underruns_split.map(|(m, p)| format!("{} ({m} + {p})", m + p)).unwrap_or("—".into())
+        r.underruns.map(|(m, p)| format!("{} ({m} + {p})", m + p)).unwrap_or("—".into())
     });
     row("RTP sends refused by the socket", &|r| r.pacer_failed.map(|u| u.to_string()).unwrap_or("—".into()));
     row("leads written", &|r| r.leads.map(|u| u.to_string()).unwrap_or("—".into()));
@@ -749,41 +773,15 @@ fn churn(o: &Opts, total: u64, dir: &Path, caller_audio: &Path) -> bool {
     std::fs::write(&sf, uac_scenario(caller_audio, o.pcap_caller, o.hold * 1000)).unwrap();
     let stats = dir.join("churn-stats.csv");
     let secs = total.div_ceil(o.rate) + o.hold;
-    let mut uac = Command::new("sipp")
-        .arg(agent.addr().to_string())
-        .arg("-sf")
-        .arg(&sf)
-        .args([
-            "-i",
-            "127.0.0.1",
-            "-p",
-            &free_port().to_string(),
-            "-mp",
-            &caller_media_port(&agent_opts).to_string(),
-            "-nostdin",
-        ])
-        .args(["-m", &total.to_string(), "-l", &concurrent.to_string(), "-r", &o.rate.to_string()])
-        .args(["-timeout", &format!("{}s", secs + 120), "-timeout_error", "-trace_stat", "-fd", "1", "-stf"])
-        .arg(&stats)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("sipp must be installed");
+    let mut uac =
+        start_uac(agent.addr(), &sf, caller_media_port(&agent_opts), total, concurrent, o.rate, secs + 120, &stats);
     let mut series = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(secs + 150);
-    let status = loop {
-        if let Ok(Some(s)) = uac.try_wait() {
-            break s.code().unwrap_or(-1);
-        }
-        if Instant::now() > deadline {
-            let _ = uac.kill();
-            break -2;
-        }
-        std::thread::sleep(Duration::from_secs(1));
+    let status = wait_uac(&mut uac, t0, deadline, || {
         if let Some(s) = sample(pid, t0.elapsed().as_secs_f64()) {
             series.push(s);
         }
-    };
+    });
     let settle = Instant::now() + Duration::from_secs(30);
     while agent.leads().len() < total as usize && Instant::now() < settle {
         std::thread::sleep(Duration::from_millis(200));
@@ -879,8 +877,9 @@ fn main() {
                 if sent == 0 || (received as f64) < 0.9 * sent as f64 {
                     bad.push(format!("{}: RTP sent {sent}, received {received}", r.name));
                 }
-                if r.underruns.unwrap_or(0) as f64 > 0.01 * sent as f64 {
-                    bad.push(format!("{}: {} RTP send underruns of {sent} packets", r.name, r.underruns.unwrap()));
+                let underruns = r.underruns.map_or(0, |(m, p)| m + p);
+                if underruns as f64 > 0.01 * sent as f64 {
+                    bad.push(format!("{}: {underruns} RTP send underruns of {sent} packets", r.name));
                 }
             }
             if r.clean_exit == Some(false) || r.pacer_failed.unwrap_or(0) > 0 {
