@@ -23,8 +23,7 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use backstop::media::g711::Law;
-use backstop::media::prompt::Prompt;
+use backstop_core::media::g711::Law;
 use common::pcap::{CallerAudio, read_udp_ports};
 use common::scenario::*;
 use common::*;
@@ -369,7 +368,7 @@ fn timeline(parts: &[Vec<i16>], gap_ms: u64, secs: u64) -> CallerAudio {
 }
 
 fn speech(dir: &str, name: &str) -> Vec<i16> {
-    Prompt::load(name, &manifest_dir().join(dir).join(format!("{name}.wav"))).unwrap().pcm
+    backstop::media_files::load_prompt(name, &manifest_dir().join(dir).join(format!("{name}.wav"))).unwrap().pcm
 }
 
 enum Target {

@@ -12,17 +12,17 @@
 //!   endpointer + recording); call/: one 20 ms round of a live call as the
 //!   load test runs it (a packet out, a packet in, the script).
 
-use backstop::call::{Call, CallSetup, Intake, Transmit};
-use backstop::intake::program::Program;
-use backstop::intake::script::{Script, ScriptContext};
-use backstop::media::dtmf::{InBandDetector, Rfc4733Receiver};
-use backstop::media::g711::Law;
-use backstop::media::prompt::{Prompt, PromptSet};
-use backstop::media::rtp::MediaSession;
-use backstop::media::vad::{EarshotVad, VoiceDetector, WebRtcVad};
-use backstop::sip::dialog::{DialogConfig, UasDialog};
-use backstop::sip::message::{Incoming, Request, build_response, read_message};
-use backstop::sip::sdp::{Direction, LocalSession, RemoteMedia};
+use backstop_core::call::{Call, CallSetup, Intake, Transmit};
+use backstop_core::intake::program::Program;
+use backstop_core::intake::script::{Script, ScriptContext};
+use backstop_core::media::dtmf::{InBandDetector, Rfc4733Receiver};
+use backstop_core::media::g711::Law;
+use backstop_core::media::prompt::{Prompt, PromptSet};
+use backstop_core::media::rtp::MediaSession;
+use backstop_core::media::vad::{EarshotVad, VoiceDetector, WebRtcVad};
+use backstop_core::sip::dialog::{DialogConfig, UasDialog};
+use backstop_core::sip::message::{Incoming, Request, build_response, read_message};
+use backstop_core::sip::sdp::{Direction, LocalSession, RemoteMedia};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
 use std::net::SocketAddr;
@@ -161,7 +161,7 @@ fn sdp(c: &mut Criterion) {
 
 fn speech() -> Vec<i16> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/speech/need.wav");
-    Prompt::load("need", &path).unwrap().pcm
+    backstop::media_files::load_prompt("need", &path).unwrap().pcm
 }
 
 fn rtp_packet(seq: u16, ts: u32, payload: &[u8]) -> Vec<u8> {
@@ -312,7 +312,7 @@ fn script(c: &mut Criterion) {
             let now = t0 + Duration::from_millis(20) * i;
             s.handle_audio(now, frames[i as usize % frames.len()]);
             while let Some(a) = s.poll_action() {
-                if let backstop::intake::script::ScriptAction::Play(_) = a {
+                if let backstop_core::intake::script::ScriptAction::Play(_) = a {
                     s.handle_prompt_finished(now, "need");
                 }
                 black_box(&a);

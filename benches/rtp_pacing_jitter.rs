@@ -10,7 +10,6 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use backstop::media::prompt::Prompt;
 use common::scenario::*;
 use common::*;
 use std::process::{Command, Stdio};
@@ -21,7 +20,7 @@ const SECONDS: usize = 30;
 fn main() {
     let dir = scratch_dir("pacing");
     // A 30 s prompt of real speech: the shipped greeting, repeated.
-    let greeting = Prompt::load("g", &manifest_dir().join("prompts/greeting.wav")).unwrap();
+    let greeting = backstop::media_files::load_prompt("g", &manifest_dir().join("prompts/greeting.wav")).unwrap();
     let mut pcm = Vec::new();
     while pcm.len() < 8000 * SECONDS {
         pcm.extend_from_slice(&greeting.pcm);

@@ -8,9 +8,8 @@
 //! detector's hangover shows up as false alarms. Compare rows with each
 //! other, not with published figures.
 
-use backstop::media::g711::Law;
-use backstop::media::prompt::Prompt;
-use backstop::media::vad::{EarshotVad, VoiceDetector, WebRtcVad};
+use backstop_core::media::g711::Law;
+use backstop_core::media::vad::{EarshotVad, VoiceDetector, WebRtcVad};
 use std::time::Instant;
 
 fn main() {
@@ -19,7 +18,7 @@ fn main() {
     let pauses = [0.6, 1.5, 0.8, 1.2, 0.7, 1.4, 1.0];
     for (name, pause) in ["greeting", "name", "need", "callback_number", "zip", "urgency", "goodbye"].iter().zip(pauses)
     {
-        let p = Prompt::load(name, &dir.join(format!("{name}.wav"))).unwrap();
+        let p = backstop::media_files::load_prompt(name, &dir.join(format!("{name}.wav"))).unwrap();
         clean.extend(std::iter::repeat_n(0.0, (8000.0 * pause) as usize));
         clean.extend(p.pcm.iter().map(|s| *s as f32 / 32768.0));
     }
@@ -122,12 +121,19 @@ fn main() {
 type Maker = Box<dyn Fn() -> Box<dyn VoiceDetector>>;
 
 fn endpointing(makers: &[(&str, Maker)], white: &[f32], low_passed: &[f32]) {
-    use backstop::intake::endpoint::{EndpointEvent, Endpointer};
-    use backstop::intake::program::ListenParams;
+    use backstop_core::intake::endpoint::{EndpointEvent, Endpointer};
+    use backstop_core::intake::program::ListenParams;
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/speech");
     let answers: Vec<Vec<f32>> = ["name.wav", "need.wav"]
         .iter()
-        .map(|f| Prompt::load(f, &dir.join(f)).unwrap().pcm.iter().map(|s| *s as f32 / 32768.0).collect())
+        .map(|f| {
+            backstop::media_files::load_prompt(f, &dir.join(f))
+                .unwrap()
+                .pcm
+                .iter()
+                .map(|s| *s as f32 / 32768.0)
+                .collect()
+        })
         .collect();
     let rms = |v: &[f32]| (v.iter().map(|x| x * x).sum::<f32>() / v.len() as f32).sqrt();
     type Noise<'a> = Option<(&'a [f32], f32)>;

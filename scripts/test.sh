@@ -24,8 +24,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-cargo build --locked --all-targets
-cargo test --locked
+cargo build --locked --workspace --all-targets --all-features
+cargo test --locked --workspace --all-features
 # A small run of the load tool (release build): 50 calls against the agent and
 # against SIPp's own UAS, checked for failed calls, leads, descriptors and RTP.
 # It prints the figures so that a regression shows; targets are not asserted.

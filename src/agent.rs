@@ -19,24 +19,24 @@
 //!   run on; `Now` hangs them up. Then accounts unregister, while the
 //!   dispatcher keeps routing their responses (bounded).
 
-use crate::call::{Call, CallEvent, CallSetup, Intake, Transmit};
 use crate::config::{Config, RegisterConfig, VadKind, sip_target};
-use crate::intake::lead::rfc3339;
-use crate::intake::program::Program;
-use crate::media::prompt::PromptSet;
-use crate::media::recorder::write_recording;
-use crate::media::vad::{EarshotVad, VoiceDetector, WebRtcVad};
+use crate::media_files::write_recording;
 use crate::pacer::Pacer;
 use crate::sink::delivery::Publisher;
 use crate::sink::event::{Event, EventType};
-use crate::sip::auth::Credentials;
-use crate::sip::dialog::DialogConfig;
-use crate::sip::guard::{Guard, Verdict};
-use crate::sip::message::{
+use crate::transport::{Inbound, ReplyPath, TcpLimits, serve_tcp, serve_udp};
+use backstop_core::call::{Call, CallEvent, CallSetup, Intake, Transmit};
+use backstop_core::intake::lead::rfc3339;
+use backstop_core::intake::program::Program;
+use backstop_core::media::prompt::PromptSet;
+use backstop_core::media::vad::{EarshotVad, VoiceDetector, WebRtcVad};
+use backstop_core::sip::auth::Credentials;
+use backstop_core::sip::dialog::DialogConfig;
+use backstop_core::sip::guard::{Guard, Verdict};
+use backstop_core::sip::message::{
     ALLOW, Incoming, Method, Rejection, Request, Response, SUPPORTED, build_bare_response, build_response, read_message,
 };
-use crate::sip::register::{AccountSetup, RegEvent, RegState, Registration};
-use crate::sip::transport::{Inbound, ReplyPath, TcpLimits, serve_tcp, serve_udp};
+use backstop_core::sip::register::{AccountSetup, RegEvent, RegState, Registration};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -503,6 +503,9 @@ impl Shared {
                         tracing::error!(retry_in_ms = retry_in.as_millis() as u64, "registration failed: {why}")
                     }
                     RegEvent::Unregistered => tracing::info!("unregistered"),
+                    RegEvent::ContactMoved { from, to } => {
+                        tracing::info!(%from, %to, "registrar sees us at another address; re-registering that contact")
+                    }
                 }
             }
             if reg.state() == RegState::Stopped {
@@ -637,6 +640,9 @@ impl Shared {
             while let Some(ev) = call.poll_event() {
                 match ev {
                     CallEvent::Progress(what, detail) => tracing::info!(event = what, "{detail}"),
+                    CallEvent::PromptMissing(name) => {
+                        tracing::error!(prompt = %name, "script asks for a prompt that is not loaded")
+                    }
                     CallEvent::Missed(lead) => {
                         self.publish(Event::new(EventType::CallMissed, rfc3339(SystemTime::now()), &lead)).await;
                     }

@@ -24,7 +24,7 @@ pub struct Config {
     pub recordings: RecordingsConfig,
     pub security: SecurityConfig,
     /// The intake script, in order. Absent: the shipped default script.
-    pub step: Vec<crate::intake::program::StepConfig>,
+    pub step: Vec<backstop_core::intake::program::StepConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -46,7 +46,7 @@ pub enum VadKind {
 #[serde(default, deny_unknown_fields)]
 pub struct RecordingsConfig {
     /// `pcm16` (8 kHz 16-bit) or `ulaw` (8 kHz G.711 μ-law, half the size).
-    pub format: crate::media::recorder::RecordingFormat,
+    pub format: backstop_core::media::recorder::RecordingFormat,
     /// Also record the caller's side of the whole call (`<lead id>-call.wav`).
     pub whole_call: bool,
     /// The whole-call recording stops growing after this many seconds.
@@ -83,7 +83,7 @@ pub struct SecurityConfig {
 impl Default for SecurityConfig {
     fn default() -> Self {
         SecurityConfig {
-            scanner_user_agents: crate::sip::guard::default_scanner_user_agents(),
+            scanner_user_agents: backstop_core::sip::guard::default_scanner_user_agents(),
             requests_per_second: 20.0,
             request_burst: 40.0,
             max_message_bytes: 16384,
@@ -97,8 +97,8 @@ impl Default for SecurityConfig {
 }
 
 impl SecurityConfig {
-    pub fn guard(&self) -> crate::sip::guard::GuardConfig {
-        crate::sip::guard::GuardConfig {
+    pub fn guard(&self) -> backstop_core::sip::guard::GuardConfig {
+        backstop_core::sip::guard::GuardConfig {
             max_message_bytes: self.max_message_bytes,
             max_headers: self.max_headers,
             max_header_line_bytes: self.max_header_line_bytes,
@@ -362,7 +362,7 @@ impl Default for Config {
             intake: Default::default(),
             recordings: Default::default(),
             security: Default::default(),
-            step: crate::intake::program::default_steps(),
+            step: backstop_core::intake::program::default_steps(),
         }
     }
 }
@@ -496,10 +496,10 @@ impl Config {
         if !(sec.requests_per_second >= 0.0 && sec.request_burst >= 1.0) {
             p.push(("security.request_burst".into(), "requests_per_second >= 0 and request_burst >= 1".into()));
         }
-        if !(1024..=crate::sip::message::MAX_MESSAGE).contains(&sec.max_message_bytes) {
+        if !(1024..=backstop_core::sip::message::MAX_MESSAGE).contains(&sec.max_message_bytes) {
             p.push((
                 "security.max_message_bytes".into(),
-                format!("between 1024 and {}", crate::sip::message::MAX_MESSAGE),
+                format!("between 1024 and {}", backstop_core::sip::message::MAX_MESSAGE),
             ));
         }
         if sec.max_headers < 10 || sec.max_header_line_bytes < 256 {
@@ -621,8 +621,8 @@ impl Config {
     }
 
     /// The intake script, compiled (validated by `parse`, so this cannot fail after it).
-    pub fn program(&self) -> Result<crate::intake::program::Program, Vec<(String, String)>> {
-        crate::intake::program::Program::compile(&self.step)
+    pub fn program(&self) -> Result<backstop_core::intake::program::Program, Vec<(String, String)>> {
+        backstop_core::intake::program::Program::compile(&self.step)
     }
 
     pub fn leads_path(&self) -> PathBuf {

@@ -5,13 +5,13 @@
 //! calls them on stable in CI, replaying the seed corpora, every crash ever
 //! found, and a bounded number of deterministic mutations.
 
-use crate::media::dtmf::{Rfc4733Receiver, parse_info};
-use crate::media::g711::Law;
-use crate::media::prompt::Prompt;
-use crate::media::rtp::MediaSession;
-use crate::sip::dialog::{DialogConfig, EndedBy, UasDialog};
-use crate::sip::message::{Incoming, Method, read_message, stream_message_len};
-use crate::sip::sdp::{Direction, LocalSession, RemoteMedia};
+use backstop_core::media::dtmf::{Rfc4733Receiver, parse_info};
+use backstop_core::media::g711::Law;
+use backstop_core::media::prompt::Prompt;
+use backstop_core::media::rtp::MediaSession;
+use backstop_core::sip::dialog::{DialogConfig, EndedBy, UasDialog};
+use backstop_core::sip::message::{Incoming, Method, read_message, stream_message_len};
+use backstop_core::sip::sdp::{Direction, LocalSession, RemoteMedia};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 

@@ -2,21 +2,19 @@
 //! calls nobody picked up; Backstop answers, plays the business's prompts and
 //! turns every call into a lead.
 //!
-//! The protocol logic lives in Sans-IO cores driven by `handle_*(now, ..)`
-//! and drained with `poll_*()`: [`sip::dialog`], [`media::rtp`],
-//! [`intake::script`], composed per call in [`call`]. The tokio edge
-//! (sockets, timers, files) is [`agent`], [`sip::transport`] and [`sink`];
-//! [`pacer`] is the thread that puts every call's RTP on the wire on time.
+//! This crate is the runtime around the Sans-IO cores of [`backstop_core`]
+//! (SIP, media, the intake script, the call): the tokio edge ([`agent`],
+//! [`transport`]), the [`pacer`] thread that puts every call's RTP on the
+//! wire on time, the typed [`config`], and the [`sink`]s where leads and
+//! events go.
 
 pub mod agent;
-pub mod call;
 pub mod config;
+#[cfg(feature = "fuzz")]
 pub mod fuzz;
-pub mod intake;
-pub mod media;
+pub mod media_files;
 pub mod pacer;
 pub mod sink;
-pub mod sip;
+pub mod transport;
 
-/// Our User-Agent / Server header value.
-pub const USER_AGENT: &str = concat!("Backstop/", env!("CARGO_PKG_VERSION"));
+pub use backstop_core::USER_AGENT;

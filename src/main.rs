@@ -3,11 +3,11 @@
 use anyhow::Context;
 use backstop::agent::{Agent, Shutdown};
 use backstop::config::Config;
-use backstop::media::prompt::{Prompt, PromptSet};
 use backstop::sink::delivery::{Delivery, Sink, Target, now_ms};
 use backstop::sink::event::EventType;
 use backstop::sink::outbox::{Outbox, SinkSpec};
 use backstop::sink::webhook::Webhook;
+use backstop_core::media::prompt::PromptSet;
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -105,13 +105,7 @@ fn config_or_exit(path: Option<&Path>, data_dir: Option<PathBuf>) -> Result<Conf
 /// Load every prompt the script can play; a missing or unreadable one is an error naming the step's prompt.
 fn load_prompts(cfg: &Config) -> anyhow::Result<PromptSet> {
     let program = cfg.program().map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    let mut set = PromptSet::default();
-    for name in program.prompts() {
-        let path = cfg.prompt_path(name);
-        let prompt = Prompt::load(name, &path).with_context(|| format!("prompt {name:?} ({})", path.display()))?;
-        set.insert(prompt);
-    }
-    Ok(set)
+    Ok(backstop::media_files::load_prompts(program.prompts(), |name| cfg.prompt_path(name))?)
 }
 
 fn main() -> std::process::ExitCode {

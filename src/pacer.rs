@@ -16,7 +16,7 @@
 //! packet queued it sleeps until one is. A packet handed over after its send instant has passed goes out
 //! at once and is counted as late.
 
-use crate::media::rtp::RtpPacket;
+use backstop_core::media::rtp::RtpPacket;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::Arc;

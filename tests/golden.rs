@@ -12,14 +12,14 @@
 //! `BLESS=1 cargo test --test golden` rewrites the files; a change there is
 //! a change of the public contract, to be made on purpose.
 
-use backstop::call::{Call, CallEvent, CallSetup, Intake, Transmit};
 use backstop::config::Config;
-use backstop::media::g711::Law;
-use backstop::media::prompt::{Prompt, PromptSet};
-use backstop::media::vad::EarshotVad;
 use backstop::sink::event::{Event, EventType};
-use backstop::sip::dialog::DialogConfig;
-use backstop::sip::message::{Incoming, read_message};
+use backstop_core::call::{Call, CallEvent, CallSetup, Intake, Transmit};
+use backstop_core::media::g711::Law;
+use backstop_core::media::prompt::{Prompt, PromptSet};
+use backstop_core::media::vad::EarshotVad;
+use backstop_core::sip::dialog::DialogConfig;
+use backstop_core::sip::message::{Incoming, read_message};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -33,7 +33,7 @@ fn manifest() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn invite() -> backstop::sip::message::Request {
+fn invite() -> backstop_core::sip::message::Request {
     let sdp = "v=0\r\no=caller 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
                m=audio 4000 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n\
                a=fmtp:101 0-15\r\n";
@@ -59,7 +59,7 @@ fn invite() -> backstop::sip::message::Request {
     }
 }
 
-fn ack() -> backstop::sip::message::Request {
+fn ack() -> backstop_core::sip::message::Request {
     let text = format!(
         "ACK sip:backstop@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bKgolden2;rport\r\n\
          Max-Forwards: 70\r\nFrom: \"Jane Doe\" <sip:+15551234567@carrier.example>;tag=caller1\r\n\
@@ -73,7 +73,7 @@ fn ack() -> backstop::sip::message::Request {
 }
 
 /// The caller's 200 OK to the agent's BYE, echoing its Via and CSeq.
-fn ok_to(bye: &str) -> backstop::sip::message::Response {
+fn ok_to(bye: &str) -> backstop_core::sip::message::Response {
     let field = |name: &str| {
         bye.lines().find_map(|l| l.strip_prefix(&format!("{name}: "))).unwrap_or_else(|| panic!("no {name}: {bye}"))
     };
@@ -189,8 +189,9 @@ fn run_call() -> Committed {
     let cfg = Config::default();
     let program = Arc::new(cfg.program().unwrap());
     let received_at = SystemTime::UNIX_EPOCH + Duration::from_secs(RECEIVED_AT_S);
-    let wall =
-        |t0: Instant, now: Instant| backstop::intake::lead::rfc3339(received_at + now.saturating_duration_since(t0));
+    let wall = |t0: Instant, now: Instant| {
+        backstop_core::intake::lead::rfc3339(received_at + now.saturating_duration_since(t0))
+    };
     let setup = CallSetup {
         dialog: DialogConfig {
             answer_after: Duration::from_millis(cfg.sip.answer_after_ms),
@@ -255,6 +256,7 @@ fn run_call() -> Committed {
                 }
                 CallEvent::Recording { file, samples } => committed.recordings.push((file, samples.len())),
                 CallEvent::Progress(..) => {}
+                CallEvent::PromptMissing(p) => panic!("prompt {p} is not loaded"),
             }
         }
         if let Some(bye) = bye {

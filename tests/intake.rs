@@ -5,8 +5,8 @@
 
 mod common;
 
-use backstop::media::g711::Law;
-use backstop::media::prompt::Prompt;
+use backstop_core::media::g711::Law;
+use backstop_core::media::prompt::Prompt;
 use common::pcap::CallerAudio;
 use common::scenario::*;
 use common::*;
@@ -21,7 +21,7 @@ fn pcap_offer() -> String {
 }
 
 fn speech(name: &str) -> Vec<i16> {
-    Prompt::load(name, &manifest_dir().join("tests/fixtures/speech").join(name)).unwrap().pcm
+    backstop::media_files::load_prompt(name, &manifest_dir().join("tests/fixtures/speech").join(name)).unwrap().pcm
 }
 
 /// What the agent receives: the samples after the μ-law round trip.
@@ -83,7 +83,9 @@ fn a_caller_completes_the_default_script_by_voice_and_keypad() {
     let agent = AgentProc::start_default_script("intake-full", "[sip]\nanswer_after_ms = 100\n");
     let dir = scratch_dir("sipp-intake-full");
     let (name, need) = (speech("name.wav"), speech("need.wav"));
-    let prompt = |p: &str| Prompt::load(p, &manifest_dir().join("prompts").join(format!("{p}.wav"))).unwrap();
+    let prompt = |p: &str| {
+        backstop::media_files::load_prompt(p, &manifest_dir().join("prompts").join(format!("{p}.wav"))).unwrap()
+    };
 
     // The caller's side, in ms from the start of the pcap (200 ms after the ACK).
     // Answers start well after each question ends at the agent's expected pace;
@@ -257,7 +259,9 @@ prompt = "goodbye"
     assert_eq!(answer["status"], "partial", "{lead}");
     let recordings = agent.dir.join("data/recordings");
     // μ-law WAVs, read back with the agent's own prompt loader.
-    let load = |file: &str| Prompt::load("r", &recordings.join(file)).unwrap_or_else(|e| panic!("{file}: {e}")).pcm;
+    let load = |file: &str| {
+        backstop::media_files::load_prompt("r", &recordings.join(file)).unwrap_or_else(|e| panic!("{file}: {e}")).pcm
+    };
     let partial = load(answer["recording"].as_str().unwrap());
     let sent = through_ulaw(&need);
     let start = partial.windows(160).position(|w| w == &sent[..160]).expect("the answer's first 20 ms");

@@ -4,8 +4,8 @@
 
 mod common;
 
-use backstop::media::g711::Law;
-use backstop::media::prompt::Prompt;
+use backstop_core::media::g711::Law;
+use backstop_core::media::prompt::Prompt;
 use common::scenario::*;
 use common::*;
 use std::time::Duration;
@@ -22,7 +22,7 @@ fn expect_ok(run: &SippRun, agent: &AgentProc) {
 }
 
 fn prompt(name: &str) -> Prompt {
-    Prompt::load(name, &manifest_dir().join(format!("prompts/{name}.wav"))).unwrap()
+    backstop::media_files::load_prompt(name, &manifest_dir().join(format!("prompts/{name}.wav"))).unwrap()
 }
 
 #[test]

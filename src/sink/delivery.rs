@@ -140,7 +140,7 @@ impl Delivery {
             let event = Event {
                 id: format!("evt_{}", uuid::Uuid::new_v4().simple()),
                 kind: EventType::LeadCompleted,
-                created_at: crate::intake::lead::rfc3339(SystemTime::now()),
+                created_at: backstop_core::intake::lead::rfc3339(SystemTime::now()),
                 lead,
             };
             tracing::warn!(
@@ -366,7 +366,7 @@ async fn housekeeping(db: Arc<Mutex<Outbox>>, max_pending: u64, keep: Duration, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::intake::lead::Lead;
+    use backstop_core::intake::lead::Lead;
 
     fn lead(call_id: &str) -> Lead {
         let text = format!(
@@ -374,8 +374,8 @@ mod tests {
              From: <sip:+15551230001@127.0.0.1>;tag=a\r\nTo: <sip:o@127.0.0.1>\r\nCall-ID: {call_id}\r\n\
              CSeq: 1 INVITE\r\nContact: <sip:c@127.0.0.1:5070>\r\nContent-Length: 0\r\n\r\n"
         );
-        let crate::sip::message::Incoming::Request(r) =
-            crate::sip::message::read_message(text.as_bytes(), "127.0.0.1:5070".parse().unwrap())
+        let backstop_core::sip::message::Incoming::Request(r) =
+            backstop_core::sip::message::read_message(text.as_bytes(), "127.0.0.1:5070".parse().unwrap())
         else {
             panic!("test INVITE rejected")
         };

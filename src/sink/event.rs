@@ -3,7 +3,7 @@
 //! Each has a stable id, which is also the `webhook-id` on every delivery
 //! attempt, so receivers can de-duplicate.
 
-use crate::intake::lead::Lead;
+use backstop_core::intake::lead::Lead;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -248,8 +248,8 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::intake::lead::Lead;
-    use crate::sip::message::{Incoming, read_message};
+    use backstop_core::intake::lead::Lead;
+    use backstop_core::sip::message::{Incoming, read_message};
 
     fn lead(call_id: &str) -> Lead {
         let msg = format!(

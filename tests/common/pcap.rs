@@ -6,7 +6,7 @@
 //! RTP headers and the timing, so one timeline scripts a whole call.
 #![allow(dead_code)]
 
-use backstop::media::g711::Law;
+use backstop_core::media::g711::Law;
 use std::path::Path;
 
 pub struct CallerAudio {

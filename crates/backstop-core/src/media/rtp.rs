@@ -36,6 +36,8 @@ pub enum MediaEvent {
     PromptFinished(String),
     /// A key press, from RFC 4733 telephone-events or in-band tones.
     Dtmf(DtmfEvent),
+    /// The caller's RTP comes from `from`, not where its SDP said (`sdp`): we answer there now.
+    Latched { from: SocketAddr, sdp: Option<SocketAddr> },
 }
 
 /// Bytes in one of our packets: the 12-byte header and 20 ms of G.711.
@@ -218,7 +220,7 @@ impl MediaSession {
         if !self.latched {
             self.latched = true;
             if self.remote != Some(from) {
-                tracing::debug!(%from, sdp = ?self.remote, "rtp latched onto source address");
+                self.events.push_back(MediaEvent::Latched { from, sdp: self.remote });
             }
             self.remote = Some(from);
         } else if self.remote != Some(from) {

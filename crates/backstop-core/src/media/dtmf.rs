@@ -323,12 +323,11 @@ mod tests {
     #[test]
     fn no_talk_off_on_speech() {
         // Every shipped prompt is real speech (espeak-ng): together about 28 s.
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("prompts");
         let mut total = 0;
         for name in ["greeting", "name", "need", "callback_number", "zip", "urgency", "goodbye"] {
-            let p = crate::media::prompt::Prompt::load(name, &dir.join(format!("{name}.wav"))).unwrap();
-            total += p.pcm.len();
-            assert_eq!(detect(&ulaw(p.pcm.clone())), "", "false digit in {name}");
+            let pcm = crate::fixtures::prompt(name);
+            total += pcm.len();
+            assert_eq!(detect(&ulaw(pcm)), "", "false digit in {name}");
         }
         assert!(total > 8000 * 20);
     }

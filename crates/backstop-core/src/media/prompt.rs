@@ -1,5 +1,6 @@
-//! Recorded prompts: loaded once at start, resampled to 8 kHz mono, and
-//! cached as ready-to-send 20 ms G.711 frames in both laws.
+//! Recorded prompts: decoded once at start (the runtime reads the files and
+//! hands the bytes here), resampled to 8 kHz mono, and cached as
+//! ready-to-send 20 ms G.711 frames in both laws.
 //!
 //! Accepted inputs: PCM WAV at any sample rate, mono or stereo, 8–32 bit or
 //! float (read by `hound`, resampled with `rubato`); μ-law and A-law WAV
@@ -8,7 +9,6 @@
 
 use crate::media::g711::Law;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Samples per 20 ms frame at 8 kHz.
@@ -24,12 +24,21 @@ pub struct Prompt {
     alaw: Vec<u8>,
 }
 
-#[derive(Debug, thiserror::Error)]
+/// Why a prompt file's bytes could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PromptError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("{path}: {why}")]
-    Format { path: PathBuf, why: String },
+    #[error("unknown prompt format {0:?} (wav, ulaw, alaw, sln)")]
+    UnknownFormat(String),
+    #[error("no audio samples")]
+    Empty,
+    #[error("sample rate {0} Hz is not a standard rate ({STANDARD_RATES:?})")]
+    OddRate(u32),
+    #[error("longer than {} minutes", MAX_PROMPT_SECS / 60)]
+    TooLong,
+    #[error("{0}")]
+    Wav(String),
+    #[error("resampling: {0}")]
+    Resample(String),
 }
 
 impl Prompt {
@@ -70,17 +79,8 @@ impl Prompt {
         self.frame_count() as u64 * 20
     }
 
-    /// Load a prompt file; the format is chosen by extension and WAV header.
-    pub fn load(name: &str, path: &Path) -> Result<Prompt, PromptError> {
-        let io = |source| PromptError::Io { path: path.to_path_buf(), source };
-        let fmt = |why: String| PromptError::Format { path: path.to_path_buf(), why };
-        let bytes = std::fs::read(path).map_err(io)?;
-        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
-        Prompt::from_bytes(name, &ext, &bytes).map_err(fmt)
-    }
-
     /// Decode a prompt file's bytes; `ext` (lower case) picks the format.
-    pub fn from_bytes(name: &str, ext: &str, bytes: &[u8]) -> Result<Prompt, String> {
+    pub fn from_bytes(name: &str, ext: &str, bytes: &[u8]) -> Result<Prompt, PromptError> {
         let (rate, samples) = match ext {
             "ulaw" | "mulaw" | "pcmu" | "ul" => (8000, bytes.iter().map(|b| Law::Pcmu.decode(*b)).collect()),
             "alaw" | "pcma" | "al" => (8000, bytes.iter().map(|b| Law::Pcma.decode(*b)).collect()),
@@ -92,16 +92,16 @@ impl Prompt {
             "sln44" => (44100, le_i16(bytes)),
             "sln48" => (48000, le_i16(bytes)),
             "wav" | "wave" => read_wav(bytes)?,
-            other => return Err(format!("unknown prompt format {other:?} (wav, ulaw, alaw, sln)")),
+            other => return Err(PromptError::UnknownFormat(other.to_string())),
         };
         if samples.is_empty() {
-            return Err("no audio samples".into());
+            return Err(PromptError::Empty);
         }
         if !STANDARD_RATES.contains(&rate) {
-            return Err(format!("sample rate {rate} Hz is not a standard rate ({STANDARD_RATES:?})"));
+            return Err(PromptError::OddRate(rate));
         }
         if samples.len() as u64 > MAX_PROMPT_SECS * rate as u64 {
-            return Err(format!("longer than {} minutes", MAX_PROMPT_SECS / 60));
+            return Err(PromptError::TooLong);
         }
         let pcm = if rate == 8000 { samples } else { resample_to_8k(&samples, rate)? };
         Ok(Prompt::from_pcm(name, pcm))
@@ -119,10 +119,15 @@ fn le_i16(bytes: &[u8]) -> Vec<i16> {
     bytes.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect()
 }
 
+/// A WAV file we cannot read, and why.
+fn wav(why: &str) -> PromptError {
+    PromptError::Wav(why.to_string())
+}
+
 /// Read a WAV file to (sample rate, mono samples).
-fn read_wav(bytes: &[u8]) -> Result<(u32, Vec<i16>), String> {
+fn read_wav(bytes: &[u8]) -> Result<(u32, Vec<i16>), PromptError> {
     if bytes.len() < 12 || &bytes[0..4] != b"RIFF" || &bytes[8..12] != b"WAVE" {
-        return Err("not a RIFF/WAVE file".into());
+        return Err(wav("not a RIFF/WAVE file"));
     }
     // Find the fmt chunk to see whether it is G.711, which hound cannot read.
     let mut pos = 12;
@@ -145,9 +150,9 @@ fn read_wav(bytes: &[u8]) -> Result<(u32, Vec<i16>), String> {
         }
         pos = body_start.saturating_add(len + (len & 1));
     }
-    let (tag, channels, rate, _bits) = format.ok_or("no fmt chunk")?;
+    let (tag, channels, rate, _bits) = format.ok_or_else(|| wav("no fmt chunk"))?;
     if channels == 0 || rate == 0 {
-        return Err("fmt chunk has no channels or sample rate".into());
+        return Err(wav("fmt chunk has no channels or sample rate"));
     }
     let law = match tag {
         6 => Some(Law::Pcma),
@@ -155,11 +160,11 @@ fn read_wav(bytes: &[u8]) -> Result<(u32, Vec<i16>), String> {
         _ => None,
     };
     if let Some(law) = law {
-        let data = data.ok_or("no data chunk")?;
+        let data = data.ok_or_else(|| wav("no data chunk"))?;
         let decoded: Vec<i16> = data.iter().map(|b| law.decode(*b)).collect();
         return Ok((rate, downmix(&decoded, channels as usize)));
     }
-    let reader = hound::WavReader::new(std::io::Cursor::new(bytes)).map_err(|e| e.to_string())?;
+    let reader = hound::WavReader::new(std::io::Cursor::new(bytes)).map_err(|e| wav(&e.to_string()))?;
     let spec = reader.spec();
     let samples: Vec<i16> = match spec.sample_format {
         hound::SampleFormat::Int => {
@@ -168,13 +173,13 @@ fn read_wav(bytes: &[u8]) -> Result<(u32, Vec<i16>), String> {
                 .into_samples::<i32>()
                 .map(|s| s.map(|v| if shift >= 0 { (v >> shift) as i16 } else { (v << -shift) as i16 }))
                 .collect::<Result<_, _>>()
-                .map_err(|e| e.to_string())?
+                .map_err(|e| wav(&e.to_string()))?
         }
         hound::SampleFormat::Float => reader
             .into_samples::<f32>()
             .map(|s| s.map(|v| (v.clamp(-1.0, 1.0) * 32767.0) as i16))
             .collect::<Result<_, _>>()
-            .map_err(|e| e.to_string())?,
+            .map_err(|e| wav(&e.to_string()))?,
     };
     Ok((spec.sample_rate, downmix(&samples, spec.channels as usize)))
 }
@@ -189,14 +194,16 @@ fn downmix(samples: &[i16], channels: usize) -> Vec<i16> {
         .collect()
 }
 
-fn resample_to_8k(samples: &[i16], rate: u32) -> Result<Vec<i16>, String> {
+fn resample_to_8k(samples: &[i16], rate: u32) -> Result<Vec<i16>, PromptError> {
+    let err = |e: String| PromptError::Resample(e);
     use rubato::audioadapter_buffers::owned::InterleavedOwned;
     use rubato::{Fft, FixedSync, Resampler};
     let input: Vec<f32> = samples.iter().map(|s| *s as f32 / 32768.0).collect();
     let len = input.len();
-    let buf = InterleavedOwned::new_from(input, 1, len).map_err(|e| format!("{e:?}"))?;
-    let mut resampler = Fft::<f32>::new(rate as usize, 8000, 1024, 1, FixedSync::Both).map_err(|e| e.to_string())?;
-    let out = resampler.process_all(&buf, len, None).map_err(|e| e.to_string())?;
+    let buf = InterleavedOwned::new_from(input, 1, len).map_err(|e| err(format!("{e:?}")))?;
+    let mut resampler =
+        Fft::<f32>::new(rate as usize, 8000, 1024, 1, FixedSync::Both).map_err(|e| err(e.to_string()))?;
+    let out = resampler.process_all(&buf, len, None).map_err(|e| err(e.to_string()))?;
     Ok(out.take_data().into_iter().map(|v| (v.clamp(-1.0, 1.0) * 32767.0).round() as i16).collect())
 }
 
@@ -232,18 +239,20 @@ mod tests {
             .collect()
     }
 
-    fn write_wav(path: &Path, rate: u32, channels: u16, samples: &[i16]) {
+    fn wav_file(rate: u32, channels: u16, samples: &[i16]) -> Vec<u8> {
         let spec = hound::WavSpec {
             channels,
             sample_rate: rate,
             bits_per_sample: 16,
             sample_format: hound::SampleFormat::Int,
         };
-        let mut w = hound::WavWriter::create(path, spec).unwrap();
+        let mut out = std::io::Cursor::new(Vec::new());
+        let mut w = hound::WavWriter::new(&mut out, spec).unwrap();
         for s in samples {
             w.write_sample(*s).unwrap();
         }
         w.finalize().unwrap();
+        out.into_inner()
     }
 
     #[test]
@@ -264,12 +273,8 @@ mod tests {
 
     #[test]
     fn loads_pcm_wav_at_other_rates_and_stereo() {
-        let dir = std::env::temp_dir().join(format!("backstop-prompt-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
         for (rate, ch) in [(8000, 1), (16000, 1), (44100, 2), (48000, 2), (22050, 1)] {
-            let path = dir.join(format!("t{rate}_{ch}.wav"));
-            write_wav(&path, rate, ch, &tone(rate, 1.0, ch));
-            let p = Prompt::load("t", &path).unwrap();
+            let p = Prompt::from_bytes("t", "wav", &wav_file(rate, ch, &tone(rate, 1.0, ch))).unwrap();
             // One second at 8 kHz is 50 frames; resampling may add or drop a few samples.
             assert!((49..=51).contains(&p.frame_count()), "{rate}/{ch}: {}", p.frame_count());
             // The 440 Hz tone survives: RMS close to 8000/sqrt(2).
@@ -277,7 +282,6 @@ mod tests {
             let rms = (mid.iter().map(|s| (*s as f64).powi(2)).sum::<f64>() / mid.len() as f64).sqrt();
             assert!((rms - 5657.0).abs() < 300.0, "{rate}/{ch}: rms {rms}");
         }
-        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]
@@ -289,7 +293,8 @@ mod tests {
         );
         wav[24..28].copy_from_slice(&1u32.to_le_bytes());
         let err = Prompt::from_bytes("p", "wav", &wav).unwrap_err();
-        assert!(err.contains("sample rate 1 Hz"), "{err}");
+        assert_eq!(err, PromptError::OddRate(1));
+        assert!(err.to_string().contains("sample rate 1 Hz"), "{err}");
         wav[24..28].copy_from_slice(&7919u32.to_le_bytes());
         assert!(Prompt::from_bytes("p", "wav", &wav).is_err());
         wav[24..28].copy_from_slice(&8000u32.to_le_bytes());
@@ -298,15 +303,10 @@ mod tests {
 
     #[test]
     fn loads_g711_wav_and_raw_files() {
-        let dir = std::env::temp_dir().join(format!("backstop-prompt-g711-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
         let pcm = tone(8000, 0.5, 1);
         let ulaw: Vec<u8> = pcm.iter().map(|s| Law::Pcmu.encode(*s)).collect();
         let alaw: Vec<u8> = pcm.iter().map(|s| Law::Pcma.encode(*s)).collect();
-        std::fs::write(dir.join("a.ulaw"), &ulaw).unwrap();
-        std::fs::write(dir.join("a.alaw"), &alaw).unwrap();
         let sln: Vec<u8> = pcm.iter().flat_map(|s| s.to_le_bytes()).collect();
-        std::fs::write(dir.join("a.sln"), &sln).unwrap();
         // A μ-law WAV (format tag 7).
         let mut wav = Vec::new();
         wav.extend_from_slice(b"RIFF");
@@ -323,18 +323,18 @@ mod tests {
         wav.extend_from_slice(b"data");
         wav.extend_from_slice(&(ulaw.len() as u32).to_le_bytes());
         wav.extend_from_slice(&ulaw);
-        std::fs::write(dir.join("u.wav"), &wav).unwrap();
-        for f in ["a.ulaw", "u.wav"] {
-            let p = Prompt::load("t", &dir.join(f)).unwrap();
-            assert_eq!(&p.encoded(Law::Pcmu)[..ulaw.len()], &ulaw[..], "{f}");
+        for (ext, bytes) in [("ulaw", &ulaw), ("wav", &wav)] {
+            let p = Prompt::from_bytes("t", ext, bytes).unwrap();
+            assert_eq!(&p.encoded(Law::Pcmu)[..ulaw.len()], &ulaw[..], "{ext}");
         }
-        let p = Prompt::load("t", &dir.join("a.alaw")).unwrap();
+        let p = Prompt::from_bytes("t", "alaw", &alaw).unwrap();
         assert_eq!(&p.encoded(Law::Pcma)[..alaw.len()], &alaw[..]);
-        let p = Prompt::load("t", &dir.join("a.sln")).unwrap();
+        let p = Prompt::from_bytes("t", "sln", &sln).unwrap();
         assert_eq!(p.pcm, pcm);
-        assert!(Prompt::load("t", &dir.join("missing.wav")).is_err());
-        std::fs::write(dir.join("bad.wav"), b"RIFFxxxxWAVE").unwrap();
-        assert!(Prompt::load("t", &dir.join("bad.wav")).is_err());
-        std::fs::remove_dir_all(&dir).ok();
+        assert_eq!(
+            Prompt::from_bytes("t", "wav", b"RIFFxxxxWAVE").unwrap_err(),
+            PromptError::Wav("no fmt chunk".into())
+        );
+        assert_eq!(Prompt::from_bytes("t", "mp3", &ulaw).unwrap_err(), PromptError::UnknownFormat("mp3".into()));
     }
 }

@@ -34,6 +34,8 @@ pub enum Transmit {
 pub enum CallEvent {
     /// Log-worthy progress, one line each.
     Progress(&'static str, String),
+    /// The script asked for a prompt that is not loaded (a config problem): skipped.
+    PromptMissing(String),
     /// The call has just arrived: who is calling and why it was forwarded.
     Missed(Box<Lead>),
     /// Audio to write to `file` under the recordings directory, before the lead goes out.
@@ -201,7 +203,7 @@ impl Call {
                             self.events.push_back(CallEvent::Progress("play", format!("playing prompt {name}")));
                         }
                         (None, _) => {
-                            tracing::error!(prompt = %name, "script asks for a prompt that is not loaded");
+                            self.events.push_back(CallEvent::PromptMissing(name.clone()));
                             self.script.handle_prompt_finished(now, &name);
                         }
                         (_, None) => {}
@@ -224,6 +226,9 @@ impl Call {
                 match ev {
                     MediaEvent::PromptFinished(name) => self.script.handle_prompt_finished(now, &name),
                     MediaEvent::Dtmf(d) => self.on_dtmf(now, d),
+                    MediaEvent::Latched { from, sdp } => {
+                        self.progress("latched", format!("RTP latched onto {from} (SDP said {sdp:?})"))
+                    }
                 }
             }
             if !progressed {

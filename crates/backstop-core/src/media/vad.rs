@@ -165,8 +165,7 @@ mod tests {
     use super::*;
 
     fn speech() -> Vec<i16> {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("prompts");
-        crate::media::prompt::Prompt::load("g", &dir.join("greeting.wav")).unwrap().pcm
+        crate::fixtures::prompt("greeting")
     }
 
     fn speech_fraction(vad: &mut dyn VoiceDetector, audio: &[i16]) -> f64 {

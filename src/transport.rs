@@ -2,7 +2,7 @@
 //! (framed by Content-Length) arrive on one channel as [`Inbound`]; a
 //! [`ReplyPath`] sends back the way a message came.
 
-use crate::sip::message::stream_message_len;
+use backstop_core::sip::message::stream_message_len;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -43,9 +43,20 @@ pub struct AccountSetup {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RegEvent {
-    Registered { expires: u32, contact: String },
-    Failed { why: String, retry_in: Duration },
+    Registered {
+        expires: u32,
+        contact: String,
+    },
+    Failed {
+        why: String,
+        retry_in: Duration,
+    },
     Unregistered,
+    /// The registrar sees us at another address (NAT): that contact is registered instead.
+    ContactMoved {
+        from: SocketAddr,
+        to: SocketAddr,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -277,7 +288,7 @@ impl Registration {
         if let Some(seen) = via_seen_address(resp)
             && seen != self.contact_addr
         {
-            tracing::info!(account = %self.cfg.name, from = %self.contact_addr, to = %seen, "registrar sees us at another address; re-registering that contact");
+            self.events.push_back(RegEvent::ContactMoved { from: self.contact_addr, to: seen });
             self.contact_addr = seen;
             self.send_register(now, p.expires);
             return;
@@ -604,7 +615,10 @@ mod tests {
         let again = last_sent(&mut r);
         assert!(again.contains("Contact: <sip:overflow@203.0.113.5:40000>"), "{again}");
         r.handle_response(t0, &response(&again, 200, "Expires: 3600\r\n"));
-        assert!(matches!(events(&mut r)[..], [RegEvent::Registered { .. }]));
+        let seen: SocketAddr = "203.0.113.5:40000".parse().unwrap();
+        assert!(
+            matches!(events(&mut r)[..], [RegEvent::ContactMoved { to, .. }, RegEvent::Registered { .. }] if to == seen)
+        );
         r.stop(t0);
         let bye = last_sent(&mut r);
         assert!(bye.contains("Expires: 0"));

@@ -1,13 +1,11 @@
-//! Recordings on disk: an answer's (or the whole call's) 8 kHz audio as a
-//! WAV file, 16-bit PCM (hound) or G.711 μ-law (WAVE_FORMAT_MULAW, written
-//! here: hound writes PCM only), and [`Audio`], how a recording is held in
-//! memory until then (the call's G.711 bytes). This is the runtime's side of
-//! recording; the script decides what to keep and hands over the audio.
+//! Recordings as bytes: an answer's (or the whole call's) 8 kHz audio
+//! encoded as a WAV file, 16-bit PCM (hound) or G.711 μ-law
+//! (WAVE_FORMAT_MULAW, written here: hound writes PCM only), and [`Audio`],
+//! how a recording is held in memory until then (the call's G.711 bytes).
+//! The script decides what to keep; the runtime writes the bytes to disk.
 
 use crate::media::g711::Law;
 use serde::Deserialize;
-use std::io::Write;
-use std::path::Path;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -162,19 +160,6 @@ pub fn wav_bytes(audio: &Audio, format: RecordingFormat) -> Vec<u8> {
     }
 }
 
-/// Write a recording durably: to a temporary name, fsync, then rename, so
-/// a crash never leaves a half-written file under the name a lead points to.
-pub fn write_recording(path: &Path, audio: &Audio, format: RecordingFormat) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("wav.part");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&wav_bytes(audio, format))?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,11 +168,8 @@ mod tests {
     #[test]
     fn both_formats_read_back_through_our_prompt_loader() {
         let samples: Vec<i16> = (0..8000).map(|i| ((i as f32 / 10.0).sin() * 8000.0) as i16).collect();
-        let dir = std::env::temp_dir().join(format!("backstop-rec-{}", std::process::id()));
         for format in [RecordingFormat::Pcm16, RecordingFormat::Ulaw] {
-            let path = dir.join(format!("{format:?}.wav"));
-            write_recording(&path, &Audio::from_pcm(None, &samples), format).unwrap();
-            let back = Prompt::load("r", &path).unwrap();
+            let back = Prompt::from_bytes("r", "wav", &wav_bytes(&Audio::from_pcm(None, &samples), format)).unwrap();
             assert_eq!(back.pcm.len(), samples.len(), "{format:?}");
             let expected: Vec<i16> = match format {
                 RecordingFormat::Pcm16 => samples.clone(),
@@ -198,7 +180,6 @@ mod tests {
         // hound reads our μ-law header as a valid RIFF/WAVE (it rejects the format, not the framing).
         let ulaw = wav_bytes(&Audio::from_pcm(None, &samples[..3]), RecordingFormat::Ulaw);
         assert_eq!(u32::from_le_bytes(ulaw[4..8].try_into().unwrap()) as usize, ulaw.len() - 8);
-        std::fs::remove_dir_all(&dir).ok();
     }
 
     /// G.711 storage gives back exactly what was pushed when that was G.711

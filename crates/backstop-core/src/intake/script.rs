@@ -943,8 +943,7 @@ mod tests {
     }
 
     fn speech(name: &str) -> Vec<i16> {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/speech").join(name);
-        let pcm = crate::media::prompt::Prompt::load(name, &path).unwrap().pcm;
+        let pcm = crate::fixtures::speech(name);
         // As it arrives in a call: through μ-law.
         pcm.iter().map(|s| crate::media::g711::Law::Pcmu.decode(crate::media::g711::Law::Pcmu.encode(*s))).collect()
     }
