@@ -59,11 +59,18 @@ pub struct RecordingsConfig {
 pub struct SecurityConfig {
     /// Requests whose User-Agent contains one of these (case-insensitive) are dropped unanswered.
     pub scanner_user_agents: Vec<String>,
-    /// Out-of-dialog requests (INVITE, OPTIONS, REGISTER...) per second per source
-    /// address, with this burst; beyond it they are dropped. Registrars and
-    /// `[sip] trusted_sources` are exempt. 0 = no limit.
+    /// Out-of-dialog requests other than new calls (OPTIONS, REGISTER,
+    /// SUBSCRIBE...) per second per source address, with this burst; beyond
+    /// it they are dropped. Registrars and `[sip] trusted_sources` are
+    /// exempt. 0 = no limit.
     pub requests_per_second: f64,
     pub request_burst: f64,
+    /// New calls (INVITEs without a To-tag) per second per source address,
+    /// with this burst: an allowance of their own, so that a flood of
+    /// OPTIONS or REGISTERs from an address never starves its calls, while
+    /// an INVITE scanner is still held back. Same exemptions. 0 = no limit.
+    pub invites_per_second: f64,
+    pub invite_burst: f64,
     /// Larger SIP messages (UDP or TCP) are dropped.
     pub max_message_bytes: usize,
     pub max_headers: usize,
@@ -86,6 +93,8 @@ impl Default for SecurityConfig {
             scanner_user_agents: backstop_core::sip::guard::default_scanner_user_agents(),
             requests_per_second: 20.0,
             request_burst: 40.0,
+            invites_per_second: 10.0,
+            invite_burst: 40.0,
             max_message_bytes: 16384,
             max_headers: 100,
             max_header_line_bytes: 4096,
@@ -104,6 +113,8 @@ impl SecurityConfig {
             max_header_line_bytes: self.max_header_line_bytes,
             requests_per_second: self.requests_per_second,
             request_burst: self.request_burst,
+            invites_per_second: self.invites_per_second,
+            invite_burst: self.invite_burst,
             scanner_user_agents: self.scanner_user_agents.iter().map(|s| s.to_ascii_lowercase()).collect(),
         }
     }
@@ -495,6 +506,9 @@ impl Config {
         let sec = &self.security;
         if !(sec.requests_per_second >= 0.0 && sec.request_burst >= 1.0) {
             p.push(("security.request_burst".into(), "requests_per_second >= 0 and request_burst >= 1".into()));
+        }
+        if !(sec.invites_per_second >= 0.0 && sec.invite_burst >= 1.0) {
+            p.push(("security.invite_burst".into(), "invites_per_second >= 0 and invite_burst >= 1".into()));
         }
         if !(1024..=backstop_core::sip::message::MAX_MESSAGE).contains(&sec.max_message_bytes) {
             p.push((

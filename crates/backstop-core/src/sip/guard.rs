@@ -13,9 +13,12 @@ pub struct GuardConfig {
     pub max_message_bytes: usize,
     pub max_headers: usize,
     pub max_header_line_bytes: usize,
-    /// Out-of-dialog requests per second per source address, and the burst allowed.
+    /// Out-of-dialog requests other than new calls, per second per source address, and the burst allowed.
     pub requests_per_second: f64,
     pub request_burst: f64,
+    /// New calls (INVITE without a To-tag) per second per source address, and the burst: their own allowance.
+    pub invites_per_second: f64,
+    pub invite_burst: f64,
     /// Lower-case substrings of User-Agent values to drop; empty: drop none.
     pub scanner_user_agents: Vec<String>,
 }
