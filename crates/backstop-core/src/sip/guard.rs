@@ -150,6 +150,8 @@ mod tests {
             max_header_line_bytes: 50,
             requests_per_second: 10.0,
             request_burst: 20.0,
+            invites_per_second: 10.0,
+            invite_burst: 20.0,
             scanner_user_agents: default_scanner_user_agents(),
         })
     }
