@@ -583,14 +583,13 @@ impl Shared {
             },
             lead_id: uuid::Uuid::new_v4().to_string(),
             received_at: SystemTime::now(),
-            transport: reply.transport(),
             max_duration: Duration::from_secs(self.cfg.call.max_duration_secs),
             rtp_seed: (rand::random(), rand::random(), rand::random()),
             source_verified: budget.is_none(),
             pacing_phase: Some(pacing_phase),
         };
         let from = invite.source;
-        tracing::info!(%from, transport = reply.transport(), rtp = %setup.dialog.local_rtp, caller = %invite.from.raw, called = %invite.to.raw, "INVITE");
+        tracing::info!(%from, transport = %reply.transport(), rtp = %setup.dialog.local_rtp, caller = %invite.from.raw, called = %invite.to.raw, "INVITE");
         let intake = Intake {
             program: self.program.clone(),
             vad: self.program.uses_voice().then(|| new_vad(self.cfg.intake.vad)),

@@ -27,7 +27,7 @@ fn dialog_config() -> DialogConfig {
         reliable: false,
         provisional: true,
         local_sip: "127.0.0.1:5060".parse().expect("literal"),
-        transport: "UDP",
+        transport: backstop_core::sip::Transport::Udp,
         local_rtp: "127.0.0.1:20000".parse().expect("literal"),
         local_tag: "fuzz".into(),
         seed: 1,

@@ -2,6 +2,7 @@
 //! (framed by Content-Length) arrive on one channel as [`Inbound`]; a
 //! [`ReplyPath`] sends back the way a message came.
 
+use backstop_core::sip::Transport;
 use backstop_core::sip::message::stream_message_len;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,10 +19,10 @@ pub enum ReplyPath {
 }
 
 impl ReplyPath {
-    pub fn transport(&self) -> &'static str {
+    pub fn transport(&self) -> Transport {
         match self {
-            ReplyPath::Udp(_) => "UDP",
-            ReplyPath::Tcp(_) => "TCP",
+            ReplyPath::Udp(_) => Transport::Udp,
+            ReplyPath::Tcp(_) => Transport::Tcp,
         }
     }
 

@@ -379,7 +379,7 @@ mod tests {
         else {
             panic!("test INVITE rejected")
         };
-        Lead::from_invite(format!("lead-{call_id}"), &r, SystemTime::now(), "UDP")
+        Lead::from_invite(format!("lead-{call_id}"), &r, SystemTime::now(), backstop_core::sip::Transport::Udp)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -257,7 +257,7 @@ mod tests {
              To: <sip:2@y>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
         );
         let Incoming::Request(r) = read_message(msg.as_bytes(), "127.0.0.1:5060".parse().unwrap()) else { panic!() };
-        Lead::from_invite("l".into(), &r, std::time::SystemTime::UNIX_EPOCH, "UDP")
+        Lead::from_invite("l".into(), &r, std::time::SystemTime::UNIX_EPOCH, backstop_core::sip::Transport::Udp)
     }
 
     fn sinks() -> Vec<SinkSpec> {

@@ -59,7 +59,6 @@ pub struct CallSetup {
     pub dialog: DialogConfig,
     pub lead_id: String,
     pub received_at: SystemTime,
-    pub transport: &'static str,
     pub max_duration: Duration,
     /// RTP SSRC, first sequence number and first timestamp (random per RFC 3550).
     pub rtp_seed: (u32, u16, u32),
@@ -92,7 +91,7 @@ pub struct Call {
 
 impl Call {
     pub fn new(now: Instant, invite: Request, setup: CallSetup, intake: Intake, prompts: Arc<PromptSet>) -> Call {
-        let mut lead = Lead::from_invite(setup.lead_id.clone(), &invite, setup.received_at, setup.transport);
+        let mut lead = Lead::from_invite(setup.lead_id.clone(), &invite, setup.received_at, setup.dialog.transport);
         lead.source_verified = setup.source_verified;
         let caller_number =
             lead.caller.asserted.as_ref().and_then(|a| a.number.clone()).or_else(|| lead.caller.number.clone());
@@ -383,6 +382,7 @@ mod tests {
     use super::*;
     use crate::media::g711::Law;
     use crate::media::prompt::Prompt;
+    use crate::sip::Transport;
     use crate::sip::message::{Incoming, read_message};
 
     const CALLER: &str = "127.0.0.1:5070";
@@ -419,14 +419,13 @@ mod tests {
                 reliable: false,
                 provisional: true,
                 local_sip: "127.0.0.1:5060".parse().unwrap(),
-                transport: "UDP",
+                transport: Transport::Udp,
                 local_rtp: "127.0.0.1:20000".parse().unwrap(),
                 local_tag: "local".into(),
                 seed: 1,
             },
             lead_id: "lead-1".into(),
             received_at: SystemTime::UNIX_EPOCH,
-            transport: "UDP",
             max_duration: Duration::from_secs(600),
             rtp_seed: (7, 100, 1000),
             source_verified: false,

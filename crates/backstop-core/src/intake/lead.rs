@@ -6,6 +6,7 @@
 //! cancelled while ringing: that is still a missed call to return.
 
 use crate::intake::forwarding::{Forwarded, forwarded};
+use crate::sip::Transport;
 use crate::sip::message::{NameAddr, Request, split_name_addrs};
 use serde::Serialize;
 use std::time::SystemTime;
@@ -55,7 +56,7 @@ pub struct Lead {
     pub ended_by: Option<crate::sip::dialog::EndedBy>,
     pub outcome: String,
     /// `udp` or `tcp`.
-    pub transport: String,
+    pub transport: Transport,
     /// The negotiated codec, once there was one.
     pub codec: Option<String>,
     /// Every key the caller pressed, in order (RFC 4733, SIP INFO or in-band).
@@ -77,7 +78,7 @@ pub fn rfc3339(t: SystemTime) -> String {
 
 impl Lead {
     /// The lead's caller/called/forwarded parts, from the INVITE.
-    pub fn from_invite(id: String, invite: &Request, received_at: SystemTime, transport: &str) -> Lead {
+    pub fn from_invite(id: String, invite: &Request, received_at: SystemTime, transport: Transport) -> Lead {
         let asserted = invite
             .frame
             .get("P-Asserted-Identity")
@@ -99,7 +100,7 @@ impl Lead {
             duration_ms: None,
             ended_by: None,
             outcome: "not_answered".into(),
-            transport: transport.to_ascii_lowercase(),
+            transport,
             codec: None,
             dtmf: String::new(),
             source_verified: false,
@@ -148,7 +149,7 @@ mod tests {
     #[test]
     fn caller_called_and_pai() {
         let r = invite("P-Asserted-Identity: \"Jane\" <sip:+15551234567@carrier.example>, <tel:+15551234567>\r\n");
-        let lead = Lead::from_invite("id".into(), &r, SystemTime::UNIX_EPOCH, "UDP");
+        let lead = Lead::from_invite("id".into(), &r, SystemTime::UNIX_EPOCH, Transport::Udp);
         assert_eq!(lead.caller.display_name.as_deref(), Some("Jane Doe"));
         assert_eq!(lead.called.number.as_deref(), Some("+15559870000"));
         assert_eq!(lead.caller.asserted.as_ref().unwrap().number.as_deref(), Some("+15551234567"));
@@ -165,7 +166,7 @@ mod tests {
         let msg = "INVITE sip:b@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bK1\r\nFrom: <sip:alice@x>;tag=1\r\n\
             To: <tel:+1-555-987-0000>\r\nCall-ID: n1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
         let Incoming::Request(r) = read_message(msg.as_bytes(), "127.0.0.1:5060".parse().unwrap()) else { panic!() };
-        let lead = Lead::from_invite("id".into(), &r, SystemTime::UNIX_EPOCH, "UDP");
+        let lead = Lead::from_invite("id".into(), &r, SystemTime::UNIX_EPOCH, Transport::Udp);
         assert_eq!(lead.caller.number, None);
         assert_eq!(lead.caller.uri, "sip:alice@x");
         assert_eq!(lead.called.number.as_deref(), Some("+15559870000"));

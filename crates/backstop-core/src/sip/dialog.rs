@@ -10,6 +10,7 @@
 //! Time is an input: `handle_*` take `now`, `poll_timeout` says when to call
 //! `handle_timeout` next. Nothing here reads a clock or touches a socket.
 
+use crate::sip::Transport;
 use crate::sip::message::{ALLOW, Method, NameAddr, Request, Response, build_response, split_name_addrs};
 use crate::sip::sdp::{Direction, LocalSession, Negotiated, RemoteMedia};
 use rsipstack::sip::{Headers, Method as SipMethod, Request as SipRequest, Uri, Version, headers::make_header};
@@ -31,8 +32,8 @@ pub struct DialogConfig {
     pub provisional: bool,
     /// The SIP address we are reachable at for this call (Via, Contact).
     pub local_sip: SocketAddr,
-    /// Transport name for Via/Contact: "UDP" or "TCP".
-    pub transport: &'static str,
+    /// The transport of the INVITE, for our Via and Contact.
+    pub transport: Transport,
     /// Our RTP address for this call (SDP).
     pub local_rtp: SocketAddr,
     /// Random values (tags, branch, SDP session id) supplied by the caller so the machine stays deterministic.
@@ -264,7 +265,7 @@ impl UasDialog {
     }
 
     fn contact(&self) -> String {
-        let t = if self.cfg.transport == "TCP" { ";transport=tcp" } else { "" };
+        let t = if self.cfg.transport == Transport::Tcp { ";transport=tcp" } else { "" };
         format!("<sip:backstop@{}{t}>", fmt_host_port(self.cfg.local_sip))
     }
 
@@ -321,7 +322,11 @@ impl UasDialog {
         let mut headers = Headers::default();
         headers.push(make_header(
             "Via",
-            format!("SIP/2.0/{} {};branch={branch};rport", self.cfg.transport, fmt_host_port(self.cfg.local_sip)),
+            format!(
+                "SIP/2.0/{} {};branch={branch};rport",
+                self.cfg.transport.via_name(),
+                fmt_host_port(self.cfg.local_sip)
+            ),
         ));
         headers.push(make_header("Max-Forwards", "70".into()));
         let mut from = self.invite.frame.get("To").unwrap_or_default().to_string();
@@ -689,7 +694,7 @@ mod tests {
             reliable,
             provisional: true,
             local_sip: "127.0.0.1:5060".parse().unwrap(),
-            transport: if reliable { "TCP" } else { "UDP" },
+            transport: if reliable { Transport::Tcp } else { Transport::Udp },
             local_rtp: "127.0.0.1:20000".parse().unwrap(),
             local_tag: "local".into(),
             seed: 42,
