@@ -121,7 +121,7 @@ fn main() {
 type Maker = Box<dyn Fn() -> Box<dyn VoiceDetector>>;
 
 fn endpointing(makers: &[(&str, Maker)], white: &[f32], low_passed: &[f32]) {
-    use backstop_core::intake::endpoint::{EndpointEvent, Endpointer};
+    use backstop_core::intake::endpoint::{EndpointEvent, Endpointer, SpeechEnd};
     use backstop_core::intake::program::ListenParams;
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/speech");
     let answers: Vec<Vec<f32>> = ["name.wav", "need.wav"]
@@ -176,7 +176,7 @@ fn endpointing(makers: &[(&str, Maker)], white: &[f32], low_passed: &[f32]) {
                         let true_ms = answer.len() as u64 / 8;
                         let end_ms = (lead_in + answer.len()) as u64 / 8;
                         let at_ms = (i as u64 + 1) * 20;
-                        if a.ended_by == "silence" && at_ms > end_ms {
+                        if a.ended_by == SpeechEnd::Silence && at_ms > end_ms {
                             found += 1;
                             err_ms += a.speech_ms.abs_diff(true_ms);
                             lat_sum += at_ms - end_ms;

@@ -7,7 +7,7 @@
 //! (`Instant`, `SystemTime`) fixed at creation, a test can drive a whole call
 //! faster than real time and still get exact timestamps.
 
-use crate::intake::lead::{Lead, rfc3339};
+use crate::intake::lead::{Lead, Outcome, rfc3339};
 use crate::intake::program::Program;
 use crate::intake::script::{Script, ScriptAction, ScriptContext};
 use crate::media::dtmf::{DtmfEvent, DtmfMerger, parse_info};
@@ -118,15 +118,11 @@ impl Call {
         call.progress("invite", "INVITE received, ringing".into());
         if let Some(lead) = &call.lead {
             let mut snapshot = lead.clone();
-            snapshot.outcome = "ringing".into();
+            snapshot.outcome = Outcome::Ringing;
             call.events.push_back(CallEvent::Missed(Box::new(snapshot)));
         }
         call.process(now);
         call
-    }
-
-    pub fn call_id(&self) -> &str {
-        self.dialog.call_id()
     }
 
     fn wall(&self, now: Instant) -> SystemTime {
@@ -309,11 +305,11 @@ impl Call {
                     m.stop();
                 }
                 let outcome = match by {
-                    EndedBy::Cancel => "hung_up_while_ringing".to_string(),
-                    EndedBy::Error if !self.answered => "rejected".to_string(),
-                    EndedBy::Timeout if !self.dialog.is_confirmed() && self.media.is_none() => "no_ack".to_string(),
+                    EndedBy::Cancel => Outcome::HungUpWhileRinging,
+                    EndedBy::Error if !self.answered => Outcome::Rejected,
+                    EndedBy::Timeout if !self.dialog.is_confirmed() && self.media.is_none() => Outcome::NoAck,
                     _ if self.interrupted && !self.script.completed() => {
-                        format!("interrupted_during_{}", self.script.current_step())
+                        Outcome::InterruptedDuring(self.script.current_step().to_string())
                     }
                     _ => self.script.outcome(),
                 };
@@ -509,7 +505,7 @@ mod tests {
         expected.extend_from_slice(p.get("goodbye").unwrap().encoded(Law::Pcmu));
         assert_eq!(payload, expected);
         let lead = &run.leads[0];
-        assert_eq!(lead.outcome, "completed");
+        assert_eq!(lead.outcome, Outcome::Completed);
         assert!(lead.source_verified, "the ACK proved the caller's address");
         assert_eq!(lead.ended_by, Some(EndedBy::Agent));
         assert_eq!(lead.answered_at.as_deref(), Some("1970-01-01T00:00:01.000Z"));
@@ -543,7 +539,7 @@ mod tests {
         call.handle_sip_request(now, req("ACK", 3, true, ""));
         drive(&mut call, &mut now, t0 + Duration::from_secs(20), &mut run);
         assert_eq!(run.rtp.len(), 150, "the rest of the greeting and the goodbye after resuming");
-        assert_eq!(run.leads[0].outcome, "completed");
+        assert_eq!(run.leads[0].outcome, Outcome::Completed);
     }
 
     fn rtp(pt: u8, seq: u16, ts: u32, payload: &[u8]) -> Vec<u8> {
@@ -632,7 +628,7 @@ mod tests {
         drive(&mut call, &mut now, t0 + Duration::from_millis(1500), &mut run);
         call.handle_sip_request(now, req("BYE", 2, true, ""));
         drive(&mut call, &mut now, t0 + Duration::from_millis(1600), &mut run);
-        assert_eq!(run.leads[0].outcome, "hung_up_during_greeting");
+        assert_eq!(run.leads[0].outcome, Outcome::HungUpDuring("greeting".into()));
         assert_eq!(run.leads[0].ended_by, Some(EndedBy::Caller));
         assert!(call.is_finished());
     }

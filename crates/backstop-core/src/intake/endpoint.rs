@@ -5,7 +5,7 @@
 //! It always keeps the last `pre_roll` of audio, so when speech is detected
 //! the recording starts that far back and the first syllable (which the VAD
 //! often flags a frame or two late) is never clipped. Speech starts after
-//! [`ONSET_FRAMES`] speech frames in a row; it ends after `end_silence` of
+//! three speech frames in a row (`ONSET_FRAMES`); it ends after `end_silence` of
 //! non-speech frames, at `max_speech`, or when [`Endpointer::finish`] is
 //! called (the caller hung up, or RTP stopped arriving). A burst shorter
 //! than `min_speech` (a cough, a click) is dropped and listening goes on.
@@ -16,9 +16,9 @@ use crate::media::recorder::Audio;
 use std::collections::VecDeque;
 
 pub const FRAME_SAMPLES: usize = 160;
-pub const FRAME_MS: u64 = 20;
+const FRAME_MS: u64 = 20;
 /// Speech frames in a row that count as the start of speech (60 ms).
-pub const ONSET_FRAMES: usize = 3;
+const ONSET_FRAMES: usize = 3;
 /// Audio kept after the last speech frame, so the last word is not cut.
 const TAIL_FRAMES: usize = 3;
 
@@ -36,8 +36,19 @@ pub struct SpokenAnswer {
     pub samples: Audio,
     /// From the first to the last speech frame.
     pub speech_ms: u64,
-    /// Why it ended: `silence`, `max_length`, `finished`.
-    pub ended_by: &'static str,
+    /// Why it ended.
+    pub ended_by: SpeechEnd,
+}
+
+/// Why a spoken answer ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpeechEnd {
+    /// `end_silence` of non-speech after the last speech frame.
+    Silence,
+    /// It reached `max_speech`.
+    MaxLength,
+    /// [`Endpointer::finish`]: the caller hung up, or their audio stopped.
+    Finished,
 }
 
 #[derive(Debug)]
@@ -132,7 +143,7 @@ impl Endpointer {
                 let silent = *n - 1 - *last_speech_frame;
                 let spoken_ms = (*n - *start_frame) as u64 * FRAME_MS;
                 if spoken_ms >= self.params.max_speech.as_millis() as u64 {
-                    return self.end("max_length");
+                    return self.end(SpeechEnd::MaxLength);
                 }
                 if silent >= frames(self.params.end_silence) {
                     if (*speech_frames as u64 * FRAME_MS) < self.params.min_speech.as_millis() as u64 {
@@ -140,7 +151,7 @@ impl Endpointer {
                         self.state = State::Waiting { onset: 0 };
                         return Some(EndpointEvent::Discarded);
                     }
-                    return self.end("silence");
+                    return self.end(SpeechEnd::Silence);
                 }
                 None
             }
@@ -149,13 +160,13 @@ impl Endpointer {
 
     /// End an answer in progress now (hang-up, RTP stopped); `None` if there is none.
     pub fn finish(&mut self) -> Option<SpokenAnswer> {
-        match self.end("finished") {
+        match self.end(SpeechEnd::Finished) {
             Some(EndpointEvent::Answer(a)) => Some(a),
             _ => None,
         }
     }
 
-    fn end(&mut self, why: &'static str) -> Option<EndpointEvent> {
+    fn end(&mut self, why: SpeechEnd) -> Option<EndpointEvent> {
         if !self.in_speech() {
             return None;
         }
@@ -215,7 +226,7 @@ mod tests {
         let (at, EndpointEvent::Answer(a)) = &evs[1] else { panic!("{evs:?}") };
         // Last speech frame 119; 1200 ms = 60 silent frames later.
         assert_eq!(*at, 179);
-        assert_eq!(a.ended_by, "silence");
+        assert_eq!(a.ended_by, SpeechEnd::Silence);
         assert_eq!(a.speech_ms, 70 * 20, "first to last speech frame, pause included");
         // First sample: 300 ms (15 frames) before the first speech frame 50.
         assert_eq!(a.samples.to_pcm()[0], 35);
@@ -235,7 +246,7 @@ mod tests {
         assert_eq!(evs[1], (64, EndpointEvent::Discarded));
         assert_eq!(evs[2], (77, EndpointEvent::SpeechStarted));
         let EndpointEvent::Answer(a) = &evs[3].1 else { panic!() };
-        assert_eq!(a.ended_by, "max_length");
+        assert_eq!(a.ended_by, SpeechEnd::MaxLength);
         assert_eq!(evs[3].0, 75 + 250 - 1);
     }
 
@@ -249,7 +260,7 @@ mod tests {
         let evs = feed(&mut e, 10, &run(4, 0));
         assert_eq!(evs, vec![(12, EndpointEvent::SpeechStarted)]);
         let a = e.finish().unwrap();
-        assert_eq!(a.ended_by, "finished");
+        assert_eq!(a.ended_by, SpeechEnd::Finished);
         assert_eq!(a.samples.to_pcm()[0], 0, "the pre-roll reaches back into the unarmed audio");
     }
 }

@@ -6,34 +6,50 @@
 //! the reason). Both become the same `forwarded` object in the lead.
 
 use crate::sip::message::{NameAddr, Request, split_name_addrs};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-/// One diversion: who the call was diverting away from, and why.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+/// One diversion: who the call was diverting away from, and why. Fields in
+/// alphabetical order, as on the wire (see `intake::lead`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Hop {
-    pub number: Option<String>,
-    pub uri: String,
-    pub reason: Option<String>,
     /// Diversion's `counter` (how many diversions this entry stands for).
     pub counter: Option<u32>,
     /// History-Info's index of the diverting entry.
     pub index: Option<String>,
+    pub number: Option<String>,
+    /// See [`Forwarded::reason`].
+    pub reason: Option<String>,
+    pub uri: String,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+/// Which header told us the call was forwarded: `diversion` or `history-info`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForwardingHeader {
+    /// RFC 5806 Diversion.
+    Diversion,
+    /// RFC 7044 History-Info.
+    HistoryInfo,
+}
+
+/// Fields in alphabetical order, as on the wire (see `intake::lead`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Forwarded {
+    /// Every diversion, oldest first.
+    #[serde(default)]
+    pub chain: Vec<Hop>,
+    /// How many times the call was diverted.
+    #[serde(default)]
+    pub counter: u32,
     /// The number the call was last forwarded from (the owner's line).
     pub from_number: Option<String>,
     /// The number the caller first dialled.
     pub original_called_number: Option<String>,
-    /// `no-answer`, `user-busy`, `unconditional`, `unavailable`, `deflection`, or the raw value.
+    /// `no-answer`, `user-busy`, `unconditional`, `unavailable`, `deflection`,
+    /// or the raw value: an open set the network chooses, so a string.
     pub reason: Option<String>,
-    /// How many times the call was diverted.
-    pub counter: u32,
-    /// Which header said so: `diversion` or `history-info`.
-    pub source: &'static str,
-    /// Every diversion, oldest first.
-    pub chain: Vec<Hop>,
+    /// Which header said so.
+    pub source: ForwardingHeader,
 }
 
 /// Map a cause code (RFC 4458) to the reason names Diversion uses.
@@ -108,7 +124,7 @@ pub fn forwarded(invite: &Request) -> Option<Forwarded> {
             original_called_number: chain[0].number.clone(),
             reason: last.reason.clone(),
             counter: chain.iter().map(|h| h.counter.unwrap_or(1)).sum(),
-            source: "diversion",
+            source: ForwardingHeader::Diversion,
             chain,
         });
     }
@@ -154,7 +170,7 @@ pub fn forwarded(invite: &Request) -> Option<Forwarded> {
         original_called_number: number(&entries[0]).0,
         reason: last.reason.clone(),
         counter: chain.len() as u32,
-        source: "history-info",
+        source: ForwardingHeader::HistoryInfo,
         chain,
     })
 }
@@ -187,7 +203,10 @@ mod tests {
         let f = forwarded(&invite("Diversion: <sip:+15557654321@pbx.example>;reason=no-answer;counter=1\r\n")).unwrap();
         assert_eq!(f.from_number.as_deref(), Some("+15557654321"));
         assert_eq!(f.original_called_number.as_deref(), Some("+15557654321"));
-        assert_eq!((f.reason.as_deref(), f.counter, f.source, f.chain.len()), (Some("no-answer"), 1, "diversion", 1));
+        assert_eq!(
+            (f.reason.as_deref(), f.counter, f.source, f.chain.len()),
+            (Some("no-answer"), 1, ForwardingHeader::Diversion, 1)
+        );
     }
 
     #[test]
@@ -215,7 +234,7 @@ mod tests {
              History-Info: <sip:overflow@127.0.0.1;cause=408>;index=1.2;mp=1\r\n",
         ))
         .unwrap();
-        assert_eq!(f.source, "history-info");
+        assert_eq!(f.source, ForwardingHeader::HistoryInfo);
         assert_eq!(f.from_number.as_deref(), Some("+15559870000"));
         assert_eq!(f.original_called_number.as_deref(), Some("+15559870000"));
         assert_eq!(f.reason.as_deref(), Some("no-answer"));

@@ -4,19 +4,33 @@
 //! the call came to us (Diversion, RFC 5806, or History-Info, RFC 7044), when,
 //! how it ended and how far the script got. Every call makes one, even one
 //! cancelled while ringing: that is still a missed call to return.
+//!
+//! The JSON is a public API: fields are added, never renamed, and
+//! `tests/golden.rs` pins it byte for byte. Two rules keep it so:
+//!
+//! * Fields are declared in alphabetical order, here and in every part
+//!   (`Caller`, `Forwarded`, `Answer`, ...): the keys have always gone out
+//!   sorted, and declaring them so keeps every serialization of a lead the
+//!   same, whether or not it passes through a `serde_json::Value`.
+//! * A field added later reads as its default when absent (`Option`, or
+//!   `#[serde(default)]`), so leads written before it still deserialize
+//!   (`backstop leads tail`, the outbox after an upgrade).
 
 use crate::intake::forwarding::{Forwarded, forwarded};
+use crate::intake::script::Answer;
 use crate::sip::Transport;
+use crate::sip::dialog::EndedBy;
 use crate::sip::message::{NameAddr, Request, split_name_addrs};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 pub const SCHEMA_VERSION: u32 = 1;
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Party {
-    pub number: Option<String>,
     pub display_name: Option<String>,
+    pub number: Option<String>,
     pub uri: String,
 }
 
@@ -26,49 +40,189 @@ impl Party {
     }
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Caller {
-    pub number: Option<String>,
-    pub display_name: Option<String>,
-    pub uri: String,
     /// The network-asserted identity (P-Asserted-Identity), when present.
     pub asserted: Option<Party>,
+    pub display_name: Option<String>,
+    pub number: Option<String>,
+    pub uri: String,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Called {
     pub number: Option<String>,
     pub uri: String,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+/// How the call went, the lead's `outcome`. On the wire it is one string:
+/// `ringing`, `not_answered`, `hung_up_while_ringing`, `rejected`, `no_ack`,
+/// `completed`, `hung_up_during_<step>`, `interrupted_during_<step>` or
+/// `interrupted`; its `Display` writes that string and `FromStr` reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Still ringing: the lead as `call.missed` carries it.
+    Ringing,
+    /// The call ended before the script started.
+    NotAnswered,
+    /// The caller cancelled while it rang.
+    HungUpWhileRinging,
+    /// We refused the call before answering (an error).
+    Rejected,
+    /// We answered and no ACK came.
+    NoAck,
+    /// The script ran to its end.
+    Completed,
+    /// The caller hung up during this step.
+    HungUpDuring(String),
+    /// We hung up during this step, before the script ended (shutdown, maximum duration).
+    InterruptedDuring(String),
+    /// The agent itself stopped mid-call (killed, crashed); its next start closed the lead.
+    Interrupted,
+}
+
+const HUNG_UP_DURING: &str = "hung_up_during_";
+const INTERRUPTED_DURING: &str = "interrupted_during_";
+
+impl Outcome {
+    /// The outcomes that carry no step, with their wire names.
+    const FIXED: [(Outcome, &'static str); 7] = [
+        (Outcome::Ringing, "ringing"),
+        (Outcome::NotAnswered, "not_answered"),
+        (Outcome::HungUpWhileRinging, "hung_up_while_ringing"),
+        (Outcome::Rejected, "rejected"),
+        (Outcome::NoAck, "no_ack"),
+        (Outcome::Completed, "completed"),
+        (Outcome::Interrupted, "interrupted"),
+    ];
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::HungUpDuring(step) => write!(f, "{HUNG_UP_DURING}{step}"),
+            Outcome::InterruptedDuring(step) => write!(f, "{INTERRUPTED_DURING}{step}"),
+            fixed => {
+                let name = Outcome::FIXED.iter().find(|(o, _)| o == fixed).map(|(_, n)| *n);
+                f.write_str(name.expect("every stepless outcome is in FIXED"))
+            }
+        }
+    }
+}
+
+/// A string that is not a lead outcome.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a lead outcome")]
+pub struct UnknownOutcome(pub String);
+
+impl std::str::FromStr for Outcome {
+    type Err = UnknownOutcome;
+
+    fn from_str(s: &str) -> Result<Outcome, UnknownOutcome> {
+        if let Some((o, _)) = Outcome::FIXED.iter().find(|(_, n)| *n == s) {
+            return Ok(o.clone());
+        }
+        let step = |prefix: &str| s.strip_prefix(prefix).filter(|step| !step.is_empty()).map(str::to_string);
+        step(HUNG_UP_DURING)
+            .map(Outcome::HungUpDuring)
+            .or_else(|| step(INTERRUPTED_DURING).map(Outcome::InterruptedDuring))
+            .ok_or_else(|| UnknownOutcome(s.to_string()))
+    }
+}
+
+impl Serialize for Outcome {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Outcome {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Outcome, D::Error> {
+        let s = std::borrow::Cow::<str>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Lead {
-    pub schema_version: u32,
-    pub id: String,
-    pub call_id: String,
-    pub caller: Caller,
-    pub called: Called,
-    pub forwarded: Option<Forwarded>,
-    pub received_at: String,
     pub answered_at: Option<String>,
-    pub ended_at: Option<String>,
-    pub duration_ms: Option<u64>,
-    pub ended_by: Option<crate::sip::dialog::EndedBy>,
-    pub outcome: String,
-    /// `udp` or `tcp`.
-    pub transport: Transport,
+    /// The script's answers by step name (see `intake::script::Answer`).
+    #[serde(default)]
+    pub answers: BTreeMap<String, Answer>,
+    pub call_id: String,
+    pub called: Called,
+    pub caller: Caller,
     /// The negotiated codec, once there was one.
     pub codec: Option<String>,
     /// Every key the caller pressed, in order (RFC 4733, SIP INFO or in-band).
+    #[serde(default)]
     pub dtmf: String,
+    pub duration_ms: Option<u64>,
+    pub ended_at: Option<String>,
+    #[serde(default, deserialize_with = "ended_by_wire::deserialize")]
+    pub ended_by: Option<EndedBy>,
+    pub forwarded: Option<Forwarded>,
+    pub id: String,
+    pub outcome: Outcome,
+    pub received_at: String,
+    /// The whole call's recording (the caller's side), when enabled; relative to the recordings directory.
+    pub recording: Option<String>,
+    pub schema_version: u32,
     /// The caller's address was shown to be real (a listed or loopback source,
     /// TCP, or it acknowledged our answer). A lead without it may come from a
     /// spoofed INVITE: do not text back to it blindly.
+    #[serde(default)]
     pub source_verified: bool,
-    /// The script's answers by step name (see `intake::script::Answer`).
-    pub answers: std::collections::BTreeMap<String, crate::intake::script::Answer>,
-    /// The whole call's recording (the caller's side), when enabled; relative to the recordings directory.
-    pub recording: Option<String>,
+    /// `udp` or `tcp`.
+    pub transport: Transport,
+}
+
+/// Reading `ended_by` back: [`EndedBy`] (owned by `sip::dialog`) derives
+/// only `Serialize`. This mirror takes the same lower-case names (a test
+/// round-trips every variant), and its two `From` matches stop the build if
+/// a variant is added on one side only.
+mod ended_by_wire {
+    use super::EndedBy;
+    use serde::{Deserialize, Deserializer};
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    enum Wire {
+        Caller,
+        Agent,
+        Timeout,
+        Cancel,
+        Error,
+    }
+
+    impl From<Wire> for EndedBy {
+        fn from(w: Wire) -> EndedBy {
+            match w {
+                Wire::Caller => EndedBy::Caller,
+                Wire::Agent => EndedBy::Agent,
+                Wire::Timeout => EndedBy::Timeout,
+                Wire::Cancel => EndedBy::Cancel,
+                Wire::Error => EndedBy::Error,
+            }
+        }
+    }
+
+    // Exhaustive over EndedBy: a variant added there stops the build here until the mirror has it.
+    impl From<EndedBy> for Wire {
+        fn from(b: EndedBy) -> Wire {
+            match b {
+                EndedBy::Caller => Wire::Caller,
+                EndedBy::Agent => Wire::Agent,
+                EndedBy::Timeout => Wire::Timeout,
+                EndedBy::Cancel => Wire::Cancel,
+                EndedBy::Error => Wire::Error,
+            }
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<EndedBy>, D::Error> {
+        Ok(Option::<Wire>::deserialize(d)?.map(EndedBy::from))
+    }
 }
 
 /// RFC 3339 UTC with milliseconds.
@@ -99,7 +253,7 @@ impl Lead {
             ended_at: None,
             duration_ms: None,
             ended_by: None,
-            outcome: "not_answered".into(),
+            outcome: Outcome::NotAnswered,
             transport,
             codec: None,
             dtmf: String::new(),
@@ -170,5 +324,161 @@ mod tests {
         assert_eq!(lead.caller.number, None);
         assert_eq!(lead.caller.uri, "sip:alice@x");
         assert_eq!(lead.called.number.as_deref(), Some("+15559870000"));
+    }
+
+    /// A lead with every field and part set: forwarded with a chain, an
+    /// asserted caller, answers of each kind and status.
+    fn full_lead(outcome: Outcome, ended_by: EndedBy) -> Lead {
+        use crate::intake::forwarding::{ForwardingHeader, Hop};
+        use crate::intake::script::{AnswerKind, AnswerStatus};
+        let answer = |kind, status, value: Option<&str>| Answer {
+            attempts: 2,
+            from_caller_id: false,
+            kind,
+            label: None,
+            recording: None,
+            speech_ms: None,
+            status,
+            value: value.map(Into::into),
+        };
+        let party = Party {
+            display_name: Some("Jane".into()),
+            number: Some("+15551234567".into()),
+            uri: "tel:+15551234567".into(),
+        };
+        Lead {
+            answered_at: Some("2026-11-29T12:00:01.000Z".into()),
+            answers: [
+                (
+                    "cb",
+                    Answer {
+                        from_caller_id: true,
+                        ..answer(AnswerKind::Digits, AnswerStatus::Answered, Some("+15551234567"))
+                    },
+                ),
+                (
+                    "menu",
+                    Answer {
+                        label: Some("emergency".into()),
+                        ..answer(AnswerKind::Menu, AnswerStatus::Answered, Some("1"))
+                    },
+                ),
+                (
+                    "name",
+                    Answer {
+                        recording: Some("l-name.wav".into()),
+                        speech_ms: Some(980),
+                        ..answer(AnswerKind::Voice, AnswerStatus::Partial, None)
+                    },
+                ),
+                ("zip", answer(AnswerKind::Digits, AnswerStatus::Invalid, Some("12"))),
+                ("need", answer(AnswerKind::Voice, AnswerStatus::NoInput, None)),
+            ]
+            .into_iter()
+            .map(|(k, a)| (k.to_string(), a))
+            .collect(),
+            call_id: "c1@127.0.0.1".into(),
+            called: Called { number: Some("+15559870000".into()), uri: "sip:+15559870000@pbx.example".into() },
+            caller: Caller {
+                asserted: Some(party),
+                display_name: Some("Jane Doe".into()),
+                number: None,
+                uri: "sip:jane@carrier.example".into(),
+            },
+            codec: Some("PCMA".into()),
+            dtmf: "1#".into(),
+            duration_ms: Some(29_020),
+            ended_at: Some("2026-11-29T12:00:29.020Z".into()),
+            ended_by: Some(ended_by),
+            forwarded: Some(Forwarded {
+                chain: vec![Hop {
+                    counter: None,
+                    index: Some("1".into()),
+                    number: None,
+                    reason: Some("no-answer".into()),
+                    uri: "sip:bob@pbx.example".into(),
+                }],
+                counter: 1,
+                from_number: None,
+                original_called_number: Some("+15559870000".into()),
+                reason: Some("no-answer".into()),
+                source: ForwardingHeader::HistoryInfo,
+            }),
+            id: "l1".into(),
+            outcome,
+            received_at: "2026-11-29T12:00:00.000Z".into(),
+            recording: Some("l1-call.wav".into()),
+            schema_version: SCHEMA_VERSION,
+            source_verified: true,
+            transport: Transport::Tcp,
+        }
+    }
+
+    /// Every outcome, with its wire string.
+    fn outcomes() -> Vec<(Outcome, &'static str)> {
+        let mut v: Vec<(Outcome, &str)> = Outcome::FIXED.to_vec();
+        v.push((Outcome::HungUpDuring("callback_number".into()), "hung_up_during_callback_number"));
+        v.push((Outcome::InterruptedDuring("greeting".into()), "interrupted_during_greeting"));
+        v.push((Outcome::InterruptedDuring("ringing".into()), "interrupted_during_ringing"));
+        v
+    }
+
+    #[test]
+    fn outcomes_are_written_and_read_as_todays_strings() {
+        let names: Vec<&str> = outcomes().iter().map(|(_, n)| *n).collect();
+        for expected in
+            ["ringing", "not_answered", "hung_up_while_ringing", "rejected", "no_ack", "completed", "interrupted"]
+        {
+            assert!(names.contains(&expected), "{expected}");
+        }
+        for (outcome, name) in outcomes() {
+            assert_eq!(outcome.to_string(), name);
+            assert_eq!(serde_json::to_value(&outcome).unwrap(), name);
+            assert_eq!(serde_json::from_value::<Outcome>(name.into()).unwrap(), outcome);
+            assert_eq!(name.parse::<Outcome>(), Ok(outcome));
+        }
+        for bad in ["", "hung_up_during_", "interrupted_during_", "Completed", "hung_up", "done"] {
+            assert_eq!(bad.parse::<Outcome>(), Err(UnknownOutcome(bad.into())));
+            assert!(serde_json::from_value::<Outcome>(bad.into()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_lead_serialized_then_deserialized_is_equal() {
+        let ended_by = [EndedBy::Caller, EndedBy::Agent, EndedBy::Timeout, EndedBy::Cancel, EndedBy::Error];
+        for ((outcome, _), by) in outcomes().into_iter().zip(ended_by.into_iter().cycle()) {
+            let lead = full_lead(outcome, by);
+            let text = serde_json::to_string(&lead).unwrap();
+            assert_eq!(serde_json::from_str::<Lead>(&text).unwrap(), lead, "{text}");
+        }
+        // As `call.missed` carries it: nothing known yet but who called.
+        let r = invite("");
+        let mut lead = Lead::from_invite("id".into(), &r, SystemTime::UNIX_EPOCH, Transport::Udp);
+        lead.outcome = Outcome::Ringing;
+        let back: Lead = serde_json::from_value(serde_json::to_value(&lead).unwrap()).unwrap();
+        assert_eq!(back, lead);
+    }
+
+    #[test]
+    fn the_json_keys_are_sorted_at_every_level() {
+        // serde_json's map (without `preserve_order`) is sorted: the reference order.
+        assert_eq!(serde_json::to_string(&serde_json::json!({"b": 1, "a": 2})).unwrap(), r#"{"a":2,"b":1}"#);
+        let lead = full_lead(Outcome::Completed, EndedBy::Agent);
+        let direct = serde_json::to_string(&lead).unwrap();
+        assert_eq!(direct, serde_json::to_string(&serde_json::to_value(&lead).unwrap()).unwrap());
+        assert!(direct.starts_with(r#"{"answered_at":"#), "{direct}");
+    }
+
+    #[test]
+    fn a_lead_written_before_later_fields_still_reads() {
+        // No dtmf, source_verified or recording; a forwarded without chain or counter; an answer without from_caller_id.
+        let old = r#"{"schema_version":1,"id":"l2","call_id":"c2","caller":{"number":"+15550002","display_name":"Pat","uri":"sip:x@y","asserted":null},"called":{"number":null,"uri":"sip:z@y"},"forwarded":{"from_number":"+15557654321","reason":"no-answer","source":"diversion"},"received_at":"2026-11-23T21:00:02.000Z","answered_at":null,"ended_at":null,"duration_ms":1500,"ended_by":"caller","outcome":"hung_up_during_greeting","transport":"udp","codec":null,"answers":{"zip":{"kind":"digits","status":"no_input","value":null,"attempts":3}}}"#;
+        let lead: Lead = serde_json::from_str(old).unwrap();
+        assert_eq!(lead.outcome, Outcome::HungUpDuring("greeting".into()));
+        assert_eq!(lead.ended_by, Some(EndedBy::Caller));
+        assert_eq!((lead.dtmf.as_str(), lead.source_verified, lead.recording.as_deref()), ("", false, None));
+        let f = lead.forwarded.unwrap();
+        assert_eq!((f.counter, f.chain.len(), f.original_called_number), (0, 0, None));
+        assert!(!lead.answers["zip"].from_caller_id);
     }
 }

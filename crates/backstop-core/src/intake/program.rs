@@ -234,6 +234,16 @@ pub struct Program {
     pub steps: Vec<Step>,
 }
 
+/// Why `[[step]]` tables in TOML text are not a program.
+#[derive(Debug, thiserror::Error)]
+pub enum ProgramError {
+    #[error("the steps are not valid TOML: {0}")]
+    Toml(#[from] toml::de::Error),
+    /// What [`Program::compile`] found, as (key, message).
+    #[error("{}", .0.iter().map(|(k, m)| format!("{k}: {m}")).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<(String, String)>),
+}
+
 fn is_key(c: char) -> bool {
     matches!(c, '0'..='9' | '*' | '#' | 'A'..='D')
 }
@@ -401,13 +411,13 @@ impl Program {
     }
 
     /// Compile `[[step]]` tables from TOML text (tests and tools; the agent reads them from its config).
-    pub fn from_toml(text: &str) -> Result<Program, String> {
+    pub fn from_toml(text: &str) -> Result<Program, ProgramError> {
         #[derive(Deserialize)]
         struct Steps {
             step: Vec<StepConfig>,
         }
-        let steps: Steps = toml::from_str(text).map_err(|e| e.to_string())?;
-        Program::compile(&steps.step).map_err(|e| format!("{e:?}"))
+        let steps: Steps = toml::from_str(text)?;
+        Program::compile(&steps.step).map_err(ProgramError::Invalid)
     }
 
     /// Every prompt the script can play, for loading at start-up.
@@ -526,5 +536,16 @@ mod tests {
         assert!(!Validator::Zip.accepts("9411"));
         let r = Validator::Regex(regex::Regex::new("^(?:[0-9]{4})$").unwrap());
         assert!(r.accepts("1234") && !r.accepts("12345"));
+    }
+
+    #[test]
+    fn from_toml_says_whether_the_text_or_a_step_is_wrong() {
+        let err = Program::from_toml("[[step]\nname = 1").unwrap_err();
+        assert!(matches!(err, ProgramError::Toml(_)), "{err:?}");
+        let err =
+            Program::from_toml("[[step]]\nname = \"a\"\nkind = \"play\"\nprompt = \"a\"\nnext = \"b\"\n").unwrap_err();
+        let ProgramError::Invalid(problems) = &err else { panic!("{err:?}") };
+        assert_eq!(problems, &[("step[0].next".to_string(), "no step is named \"b\"".to_string())]);
+        assert_eq!(err.to_string(), "step[0].next: no step is named \"b\"");
     }
 }

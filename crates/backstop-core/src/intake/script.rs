@@ -9,11 +9,12 @@
 //! The answers end up in the lead under each step's name.
 
 use crate::intake::endpoint::{EndpointEvent, Endpointer, FRAME_SAMPLES, SpokenAnswer};
+use crate::intake::lead::Outcome;
 use crate::intake::program::{BargeIn, Program, Step, StepKind};
 use crate::media::g711::Law;
 use crate::media::recorder::Audio;
 use crate::media::vad::VoiceDetector;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,34 +31,67 @@ pub enum ScriptAction {
     Hangup,
 }
 
-/// One answer, as it appears in the lead under `answers.<step>`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// What kind of step asked: `voice` (ask), `digits` or `menu`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnswerKind {
+    Voice,
+    Digits,
+    Menu,
+}
+
+/// How the question went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnswerStatus {
+    Answered,
+    /// Nothing came, after the last retry.
+    NoInput,
+    /// Something came but did not fit, after the last retry.
+    Invalid,
+    /// The caller hung up mid-answer: what was said or keyed so far.
+    Partial,
+}
+
+impl AnswerStatus {
+    /// As in the lead: `answered`, `no_input`, `invalid`, `partial`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AnswerStatus::Answered => "answered",
+            AnswerStatus::NoInput => "no_input",
+            AnswerStatus::Invalid => "invalid",
+            AnswerStatus::Partial => "partial",
+        }
+    }
+}
+
+/// One answer, as it appears in the lead under `answers.<step>`. Fields in
+/// alphabetical order, as on the wire (see `intake::lead`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Answer {
-    /// `voice`, `digits` or `menu`.
-    pub kind: &'static str,
-    /// `answered`; `no_input` or `invalid` after the last retry; `partial` when the caller hung up mid-answer.
-    pub status: &'static str,
-    /// The keys entered (digits, menu), or the caller's own number for the caller-ID option.
-    pub value: Option<String>,
-    /// menu: the chosen option's label.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub label: Option<String>,
-    /// digits: the caller chose "the number I am calling from".
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub from_caller_id: bool,
-    /// voice: the WAV file, relative to the recordings directory.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub recording: Option<String>,
-    /// voice: from the first to the last speech frame.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub speech_ms: Option<u64>,
     /// How many times the question was asked.
     pub attempts: u32,
+    /// digits: the caller chose "the number I am calling from".
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub from_caller_id: bool,
+    pub kind: AnswerKind,
+    /// menu: the chosen option's label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// voice: the WAV file, relative to the recordings directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recording: Option<String>,
+    /// voice: from the first to the last speech frame.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speech_ms: Option<u64>,
+    pub status: AnswerStatus,
+    /// The keys entered (digits, menu), or the caller's own number for the caller-ID option.
+    pub value: Option<String>,
 }
 
 impl Answer {
     /// An answer with only the common fields set.
-    fn new(kind: &'static str, status: &'static str, value: Option<String>, attempts: u32) -> Answer {
+    fn new(kind: AnswerKind, status: AnswerStatus, value: Option<String>, attempts: u32) -> Answer {
         Answer { kind, status, value, label: None, from_caller_id: false, recording: None, speech_ms: None, attempts }
     }
 }
@@ -184,12 +218,12 @@ impl Script {
         }
     }
 
-    /// Caller audio, decoded to 8 kHz linear; any length (re-framed to 20 ms here).
     /// The call's codec, once known: answers are held in it (see [`Audio`]).
     pub fn set_law(&mut self, law: Law) {
         self.endpointer.set_law(law);
     }
 
+    /// Caller audio, decoded to 8 kHz linear; any length (re-framed to 20 ms here).
     pub fn handle_audio(&mut self, now: Instant, samples: &[i16]) {
         if self.state != State::Running || self.vad.is_none() {
             return;
@@ -268,10 +302,10 @@ impl Script {
                     self.voice_answer(now, a);
                 }
             }
-            (StepKind::Ask { .. }, Phase::Waiting) => self.retry_or(now, "no_input"),
+            (StepKind::Ask { .. }, Phase::Waiting) => self.retry_or(now, AnswerStatus::NoInput),
             (StepKind::Menu { .. } | StepKind::Digits { .. }, Phase::Waiting) => {
                 if self.keys.is_empty() {
-                    self.retry_or(now, "no_input")
+                    self.retry_or(now, AnswerStatus::NoInput)
                 } else {
                     self.keys_done(now)
                 }
@@ -295,13 +329,14 @@ impl Script {
         match step.kind {
             StepKind::Ask { .. } => {
                 if let Some(a) = self.endpointer.finish() {
-                    let answer = self.save_voice(&name, a, "partial");
+                    let answer = self.save_voice(&name, a, AnswerStatus::Partial);
                     self.answers.insert(name, answer);
                 }
             }
             StepKind::Digits { .. } | StepKind::Menu { .. } if !self.keys.is_empty() => {
-                let kind = if matches!(step.kind, StepKind::Menu { .. }) { "menu" } else { "digits" };
-                let answer = Answer::new(kind, "partial", Some(self.keys.clone()), self.attempts);
+                let kind =
+                    if matches!(step.kind, StepKind::Menu { .. }) { AnswerKind::Menu } else { AnswerKind::Digits };
+                let answer = Answer::new(kind, AnswerStatus::Partial, Some(self.keys.clone()), self.attempts);
                 self.answers.insert(name, answer);
             }
             _ => {}
@@ -338,17 +373,17 @@ impl Script {
         }
     }
 
-    /// The lead's outcome: `completed`, `not_answered` (the script never ran),
-    /// or `hung_up_during_<step>`.
-    pub fn outcome(&self) -> String {
+    /// The lead's outcome as far as the script knows: completed, not answered
+    /// (the script never ran), or hung up during a step.
+    pub fn outcome(&self) -> Outcome {
         if self.completed() {
-            return "completed".into();
+            return Outcome::Completed;
         }
         match (self.state, self.step()) {
-            (State::NotStarted, _) => "not_answered".into(),
-            (_, Some(s)) if matches!(s.kind, StepKind::Hangup) => "completed".into(),
-            (_, Some(s)) => format!("hung_up_during_{}", s.name),
-            _ => "completed".into(),
+            (State::NotStarted, _) => Outcome::NotAnswered,
+            (_, Some(s)) if matches!(s.kind, StepKind::Hangup) => Outcome::Completed,
+            (_, Some(s)) => Outcome::HungUpDuring(s.name.clone()),
+            _ => Outcome::Completed,
         }
     }
 
@@ -498,20 +533,20 @@ impl Script {
             StepKind::Menu { options, .. } => {
                 match options.iter().find(|o| keys.starts_with(o.digit) && keys.len() == 1) {
                     Some(o) => {
-                        let answer = Answer::new("menu", "answered", Some(keys), self.attempts);
+                        let answer = Answer::new(AnswerKind::Menu, AnswerStatus::Answered, Some(keys), self.attempts);
                         self.answers.insert(name, Answer { label: Some(o.label.clone()), ..answer });
                         let next = o.next;
                         self.enter(now, next);
                     }
                     None => {
                         self.keys = keys;
-                        self.retry_or(now, "invalid");
+                        self.retry_or(now, AnswerStatus::Invalid);
                     }
                 }
             }
             StepKind::Digits { min, max, validator, caller_id_key, .. } => {
                 if keys.is_empty() {
-                    self.retry_or(now, "no_input");
+                    self.retry_or(now, AnswerStatus::NoInput);
                     return;
                 }
                 let caller_id = caller_id_key.is_some_and(|k| keys.len() == 1 && keys.starts_with(k));
@@ -522,14 +557,15 @@ impl Script {
                 };
                 match value {
                     Some(value) => {
-                        let answer = Answer::new("digits", "answered", Some(value), self.attempts);
+                        let answer =
+                            Answer::new(AnswerKind::Digits, AnswerStatus::Answered, Some(value), self.attempts);
                         self.answers.insert(name, Answer { from_caller_id: caller_id, ..answer });
                         let next = self.step().map(|s| s.next).unwrap_or(usize::MAX);
                         self.enter(now, next);
                     }
                     None => {
                         self.keys = keys;
-                        self.retry_or(now, "invalid");
+                        self.retry_or(now, AnswerStatus::Invalid);
                     }
                 }
             }
@@ -541,29 +577,29 @@ impl Script {
         let program = self.program.clone();
         let Some(step) = program.steps.get(self.index) else { return };
         let (name, next) = (step.name.clone(), step.next);
-        let answer = self.save_voice(&name, a, "answered");
+        let answer = self.save_voice(&name, a, AnswerStatus::Answered);
         self.answers.insert(name, answer);
         self.enter(now, next);
     }
 
-    fn save_voice(&mut self, name: &str, a: SpokenAnswer, status: &'static str) -> Answer {
+    fn save_voice(&mut self, name: &str, a: SpokenAnswer, status: AnswerStatus) -> Answer {
         let file = format!("{}-{name}.wav", self.ctx.recording_prefix);
         self.actions.push_back(ScriptAction::SaveRecording { file: file.clone(), samples: a.samples });
         Answer {
             recording: Some(file),
             speech_ms: Some(a.speech_ms),
-            ..Answer::new("voice", status, None, self.attempts)
+            ..Answer::new(AnswerKind::Voice, status, None, self.attempts)
         }
     }
 
     /// No answer or a bad one: ask again, or record the failure and move on.
-    fn retry_or(&mut self, now: Instant, failure: &'static str) {
+    fn retry_or(&mut self, now: Instant, failure: AnswerStatus) {
         let program = self.program.clone();
         let Some(step) = program.steps.get(self.index) else { return };
         let (retries, kind, fallback) = match &step.kind {
-            StepKind::Menu { retries, default, .. } => (*retries, "menu", *default),
-            StepKind::Digits { retries, .. } => (*retries, "digits", step.next),
-            StepKind::Ask { retries, .. } => (*retries, "voice", step.next),
+            StepKind::Menu { retries, default, .. } => (*retries, AnswerKind::Menu, *default),
+            StepKind::Digits { retries, .. } => (*retries, AnswerKind::Digits, step.next),
+            StepKind::Ask { retries, .. } => (*retries, AnswerKind::Voice, step.next),
             _ => return,
         };
         let name = step.name.clone();
@@ -726,7 +762,7 @@ mod tests {
         // Greeting 3 s, "name" prompt until 4 s; the caller says a name from 4.5 to 5.5 s.
         sim.run(7_000, |ms| (4_500..5_500).contains(&ms));
         let name = sim.answer("name");
-        assert_eq!((name.kind, name.status, name.attempts), ("voice", "answered", 1));
+        assert_eq!((name.kind, name.status, name.attempts), (AnswerKind::Voice, AnswerStatus::Answered, 1));
         assert_eq!(name.recording.as_deref(), Some("L-name.wav"));
         assert!((1_000..=1_100).contains(&name.speech_ms.unwrap()), "{name:?}");
         // The answer ended 1.2 s after the last speech frame; "need" started right then.
@@ -756,7 +792,7 @@ mod tests {
         sim.run(sim.ms + 2_000, |_| false);
         assert_eq!(sim.plays(), ["greeting", "name", "need", "callback_number", "zip", "urgency", "goodbye"]);
         assert!(sim.hung_up);
-        assert_eq!(sim.s.outcome(), "completed");
+        assert_eq!(sim.s.outcome(), Outcome::Completed);
     }
 
     #[test]
@@ -764,7 +800,7 @@ mod tests {
         let mut sim = Sim::new(default_program(), None);
         sim.run(30_000, |_| false);
         let name = sim.answer("name");
-        assert_eq!((name.status, name.attempts, name.recording.clone()), ("no_input", 2, None));
+        assert_eq!((name.status, name.attempts, name.recording.clone()), (AnswerStatus::NoInput, 2, None));
         // name, (5 s) sorry + name, (5 s) need ...
         assert_eq!(sim.plays()[..5], ["greeting", "name", "sorry", "name", "need"]);
         let at = |p: &str, n: usize| sim.log.iter().filter(|(_, l)| *l == format!("play {p}")).nth(n).unwrap().0;
@@ -777,7 +813,7 @@ mod tests {
         // 100 ms of noise at 4.5 s, then a real answer at 7 s.
         sim.run(10_000, |ms| (4_500..4_600).contains(&ms) || (7_000..7_800).contains(&ms));
         let name = sim.answer("name");
-        assert_eq!(name.status, "answered");
+        assert_eq!(name.status, AnswerStatus::Answered);
         assert!((760..=820).contains(&name.speech_ms.unwrap()), "{name:?}");
     }
 
@@ -804,7 +840,7 @@ mod tests {
         sim.run(sim.ms + 3_000, |_| false);
         sim.keys("5551234567#");
         let a = sim.answer("cb");
-        assert_eq!((a.status, a.value.as_deref(), a.attempts), ("answered", Some("5551234567"), 3));
+        assert_eq!((a.status, a.value.as_deref(), a.attempts), (AnswerStatus::Answered, Some("5551234567"), 3));
         assert_eq!(sim.plays(), ["cb", "sorry", "cb", "sorry", "cb"]);
         assert!(sim.hung_up, "the end of the script hangs up");
     }
@@ -837,7 +873,7 @@ mod tests {
         assert_eq!(sim.plays(), ["zip", "zip"]);
         sim.run(sim.ms + 8_000, |_| false); // no input on the retry
         let zip = sim.answer("zip");
-        assert_eq!((zip.status, zip.attempts), ("no_input", 2));
+        assert_eq!((zip.status, zip.attempts), (AnswerStatus::NoInput, 2));
         sim.keys("987"); // max length 3 without a terminator
         assert_eq!(sim.answer("pin").value.as_deref(), Some("987"));
     }
@@ -882,7 +918,7 @@ mod tests {
         let mut sim = Sim::new(program, None);
         sim.run(60_000, |_| false);
         assert_eq!(sim.plays(), ["menu", "sorry", "menu", "sorry", "menu", "fallback"]);
-        assert_eq!((sim.answer("menu").status, sim.answer("menu").attempts), ("no_input", 3));
+        assert_eq!((sim.answer("menu").status, sim.answer("menu").attempts), (AnswerStatus::NoInput, 3));
         assert!(sim.hung_up);
     }
 
@@ -899,7 +935,7 @@ mod tests {
         let t = sim.ms;
         sim.run(t + 3_000, |ms| (t..t + 800).contains(&ms));
         assert!(sim.log.iter().any(|(at, l)| l == "stop" && *at >= t && *at <= t + 100), "{:?}", sim.log);
-        assert_eq!(sim.answer("name").status, "answered");
+        assert_eq!(sim.answer("name").status, AnswerStatus::Answered);
         assert_eq!(sim.plays().last(), Some(&"need"));
     }
 
@@ -912,9 +948,9 @@ mod tests {
         sim.s.handle_call_ended(now);
         sim.drain();
         let name = sim.answer("name");
-        assert_eq!((name.status, name.recording.as_deref()), ("partial", Some("L-name.wav")));
+        assert_eq!((name.status, name.recording.as_deref()), (AnswerStatus::Partial, Some("L-name.wav")));
         assert_eq!(sim.saved.len(), 1);
-        assert_eq!(sim.s.outcome(), "hung_up_during_name");
+        assert_eq!(sim.s.outcome(), Outcome::HungUpDuring("name".into()));
         // Keys typed so far are kept too.
         let mut sim = Sim::new(default_program(), None);
         sim.run(1_000, |_| false);
@@ -925,8 +961,8 @@ mod tests {
         let now = sim.now();
         sim.s.handle_call_ended(now);
         assert_eq!(sim.answer("callback_number").value.as_deref(), Some("555"));
-        assert_eq!(sim.answer("callback_number").status, "partial");
-        assert_eq!(sim.s.outcome(), "hung_up_during_callback_number");
+        assert_eq!(sim.answer("callback_number").status, AnswerStatus::Partial);
+        assert_eq!(sim.s.outcome(), Outcome::HungUpDuring("callback_number".into()));
     }
 
     #[test]
@@ -938,7 +974,7 @@ mod tests {
         assert_eq!(deadline, sim.now() + Duration::from_millis(1_700));
         sim.s.handle_timeout(deadline);
         sim.drain();
-        assert_eq!(sim.answer("name").status, "answered");
+        assert_eq!(sim.answer("name").status, AnswerStatus::Answered);
         assert_eq!(sim.plays().last(), Some(&"need"));
     }
 
@@ -997,7 +1033,7 @@ mod tests {
                 let label = format!("{label}, {}", vad.name());
                 let (answers, saved, after) = ask_with_real_vad(vad, &audio);
                 let a = &answers["need"];
-                assert_eq!(a.status, "answered", "{label}");
+                assert_eq!(a.status, AnswerStatus::Answered, "{label}");
                 let got = a.speech_ms.unwrap();
                 assert!(got.abs_diff(speech_ms) <= 300, "{label}: speech_ms {got} for {speech_ms} ms of speech");
                 // The recording holds the whole utterance, its first sample included.
