@@ -553,7 +553,7 @@ impl Config {
             match w.resolved_secret() {
                 Ok(Some(s)) => {
                     if let Err(e) = crate::sink::webhook::decode_secret(&s) {
-                        p.push((key("secret"), e));
+                        p.push((key("secret"), e.to_string()));
                     }
                 }
                 Ok(None) => {}

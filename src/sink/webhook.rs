@@ -12,18 +12,29 @@ use std::time::Duration;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
+/// Why a webhook cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("secret is not base64 after whsec_: {0}")]
+    SecretNotBase64(#[from] base64::DecodeError),
+    #[error("secret is empty")]
+    SecretEmpty,
+    #[error("building the HTTP client: {0}")]
+    HttpClient(#[from] reqwest::Error),
+}
+
 /// Decode a `whsec_...` secret (the prefix is optional) to its key bytes.
-pub fn decode_secret(secret: &str) -> Result<Vec<u8>, String> {
+pub fn decode_secret(secret: &str) -> Result<Vec<u8>, WebhookError> {
     let raw = secret.strip_prefix("whsec_").unwrap_or(secret);
-    let key = B64.decode(raw.trim()).map_err(|e| format!("secret is not base64 after whsec_: {e}"))?;
+    let key = B64.decode(raw.trim())?;
     if key.is_empty() {
-        return Err("secret is empty".into());
+        return Err(WebhookError::SecretEmpty);
     }
     Ok(key)
 }
 
 /// The `webhook-signature` header value.
-pub fn sign(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
+fn sign(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
     let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes any key length");
     mac.update(id.as_bytes());
     mac.update(b".");
@@ -61,7 +72,7 @@ impl Webhook {
         bearer: Option<String>,
         connect_timeout: Duration,
         timeout: Duration,
-    ) -> Result<Webhook, String> {
+    ) -> Result<Webhook, WebhookError> {
         install_crypto_provider();
         let key = secret.map(decode_secret).transpose()?;
         let client = reqwest::Client::builder()
@@ -69,8 +80,7 @@ impl Webhook {
             .timeout(timeout)
             .user_agent(crate::USER_AGENT)
             .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| format!("building the HTTP client: {e}"))?;
+            .build()?;
         Ok(Webhook { url, key, headers, bearer, client })
     }
 
@@ -116,7 +126,7 @@ impl Webhook {
 
 /// reqwest with `rustls-no-provider` panics at `Client::build()` unless a
 /// crypto provider is installed first.
-pub fn install_crypto_provider() {
+fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
@@ -140,6 +150,8 @@ mod tests {
         assert!(!verify(&key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265331, br#"{"test": 2432232314}"#, &sig));
         assert!(decode_secret("whsec_!!!").is_err());
         assert!(decode_secret("whsec_").is_err());
+        assert!(matches!(decode_secret("whsec_!!!"), Err(WebhookError::SecretNotBase64(_))));
+        assert!(matches!(decode_secret("whsec_"), Err(WebhookError::SecretEmpty)));
     }
 
     #[test]
