@@ -1,4 +1,7 @@
-//! The `backstop` command: `run` the agent, or `check` a config.
+//! The `backstop` command: `run` the agent, `check` a config, inspect or
+//! nudge the delivery `outbox`, or read the last `leads`. This is the
+//! binary's edge: errors become one `anyhow` chain with context, printed
+//! once, and a non-zero exit.
 
 use anyhow::Context;
 use backstop::agent::{Agent, Shutdown};
@@ -7,6 +10,8 @@ use backstop::sink::delivery::{Delivery, Sink, Target, now_ms};
 use backstop::sink::event::EventType;
 use backstop::sink::outbox::{Outbox, SinkSpec};
 use backstop::sink::webhook::Webhook;
+use backstop_core::intake::lead::Lead;
+use backstop_core::intake::script::{AnswerKind, AnswerStatus};
 use backstop_core::media::prompt::PromptSet;
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -214,48 +219,41 @@ fn outbox_command(cfg: &Config, action: OutboxAction) -> anyhow::Result<()> {
 
 /// One human line for a lead: when, who, why forwarded, how it ended.
 fn describe_lead(line: &str) -> String {
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { return format!("(unreadable) {line}") };
-    let s = |p: &str| v.pointer(p).and_then(|x| x.as_str()).unwrap_or("-").to_string();
-    let fwd = match v.get("forwarded") {
-        Some(f) if !f.is_null() => format!(" fwd from {} ({})", s("/forwarded/from_number"), s("/forwarded/reason")),
-        _ => String::new(),
+    let Ok(lead) = serde_json::from_str::<Lead>(line) else { return format!("(unreadable) {line}") };
+    let or_dash = |s: Option<&str>| s.unwrap_or("-").to_string();
+    let fwd = match &lead.forwarded {
+        Some(f) => format!(" fwd from {} ({})", or_dash(f.from_number.as_deref()), or_dash(f.reason.as_deref())),
+        None => String::new(),
     };
-    let secs = v
-        .get("duration_ms")
-        .and_then(|d| d.as_u64())
-        .map(|d| format!("{:.1}s", d as f64 / 1000.0))
-        .unwrap_or("-".into());
+    let secs = lead.duration_ms.map(|d| format!("{:.1}s", d as f64 / 1000.0)).unwrap_or("-".into());
     // The answers, one word each: the keys or menu label, the length of a spoken answer, or what went wrong.
-    let answers: Vec<String> = v
-        .get("answers")
-        .and_then(|a| a.as_object())
-        .map(|a| {
-            a.iter()
-                .map(|(step, ans)| {
-                    let get = |k: &str| ans.get(k).and_then(|x| x.as_str());
-                    let what = match (get("status"), get("kind")) {
-                        (Some("answered"), Some("voice")) => format!(
-                            "{:.1}s spoken",
-                            ans.get("speech_ms").and_then(|x| x.as_u64()).unwrap_or(0) as f64 / 1000.0
-                        ),
-                        (Some("answered"), Some("menu")) => get("label").unwrap_or("-").to_string(),
-                        (Some("answered"), _) => get("value").unwrap_or("-").to_string(),
-                        (status, _) => status.unwrap_or("-").to_string(),
-                    };
-                    format!("{step}={what}")
-                })
-                .collect()
+    let answers: Vec<String> = lead
+        .answers
+        .iter()
+        .map(|(step, a)| {
+            let what = match (a.status, a.kind) {
+                (AnswerStatus::Answered, AnswerKind::Voice) => {
+                    format!("{:.1}s spoken", a.speech_ms.unwrap_or(0) as f64 / 1000.0)
+                }
+                (AnswerStatus::Answered, AnswerKind::Menu) => or_dash(a.label.as_deref()),
+                (AnswerStatus::Answered, AnswerKind::Digits) => or_dash(a.value.as_deref()),
+                (status, _) => status.as_str().to_string(),
+            };
+            format!("{step}={what}")
         })
-        .unwrap_or_default();
+        .collect();
     let answers = if answers.is_empty() { String::new() } else { format!("  [{}]", answers.join(", ")) };
+    // `ended_by` as the lead spells it.
+    let ended_by =
+        lead.ended_by.and_then(|b| serde_json::to_value(b).ok()).and_then(|v| v.as_str().map(str::to_string));
     format!(
         "{}  {} {}{}  {} ended by {}  {}{answers}",
-        s("/received_at"),
-        s("/caller/number"),
-        v.pointer("/caller/display_name").and_then(|x| x.as_str()).map(|n| format!("\"{n}\"")).unwrap_or_default(),
+        lead.received_at,
+        or_dash(lead.caller.number.as_deref()),
+        lead.caller.display_name.as_ref().map(|n| format!("\"{n}\"")).unwrap_or_default(),
         fwd,
-        s("/outcome"),
-        s("/ended_by"),
+        lead.outcome,
+        or_dash(ended_by.as_deref()),
         secs
     )
 }
@@ -285,7 +283,7 @@ fn sinks(cfg: &Config) -> anyhow::Result<Vec<Sink>> {
             Duration::from_millis(w.connect_timeout_ms),
             Duration::from_millis(w.timeout_ms),
         )
-        .map_err(anyhow::Error::msg)?;
+        .with_context(|| format!("webhook {}", w.url))?;
         out.push(Sink {
             spec: SinkSpec { name: format!("webhook:{}", w.url), events: w.event_types() },
             target: Target::Webhook(hook),
@@ -319,7 +317,7 @@ fn run(cfg: Config) -> anyhow::Result<()> {
     tracing::info!(outbox = %outbox_path.display(), leads = %cfg.leads_path().display(), webhooks = cfg.webhook.len(), "lead delivery ready");
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let result = rt.block_on(async {
-        let recovered = delivery.recover().await.map_err(anyhow::Error::msg)?;
+        let recovered = delivery.recover().await.context("recovering the outbox")?;
         if recovered > 0 {
             tracing::warn!(calls = recovered, "closed the leads of calls cut off by the last stop");
         }

@@ -15,6 +15,8 @@
 use backstop::config::Config;
 use backstop::sink::event::{Event, EventType};
 use backstop_core::call::{Call, CallEvent, CallSetup, Intake, Transmit};
+use backstop_core::intake::lead::Outcome;
+use backstop_core::intake::script::AnswerStatus;
 use backstop_core::media::g711::Law;
 use backstop_core::media::prompt::{Prompt, PromptSet};
 use backstop_core::media::vad::EarshotVad;
@@ -321,7 +323,7 @@ fn the_default_script_call_commits_the_golden_lead_and_events() {
     let recordings: String = c.recordings.iter().map(|(f, n)| format!("{f} {n}\n")).collect();
     check("recordings.txt", &recordings);
     let lead = &c.events[1].lead;
-    assert_eq!(lead["outcome"], "completed", "{lead}");
-    assert_eq!(lead["answers"]["name"]["status"], "answered", "{lead}");
-    assert_eq!(lead["answers"]["urgency"]["label"], "emergency", "{lead}");
+    assert_eq!(lead.outcome, Outcome::Completed, "{lead:?}");
+    assert_eq!(lead.answers["name"].status, AnswerStatus::Answered, "{lead:?}");
+    assert_eq!(lead.answers["urgency"].label.as_deref(), Some("emergency"), "{lead:?}");
 }

@@ -10,6 +10,8 @@ use crate::sink::file::LeadFile;
 use crate::sink::outbox::{Due, Outbox, SinkSpec};
 use crate::sink::retry::{Attempt, Verdict, backoff, classify};
 use crate::sink::webhook::Webhook;
+use backstop_core::intake::lead::{Outcome, rfc3339};
+use backstop_core::sip::dialog::EndedBy;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -54,10 +56,28 @@ type Held = Arc<Mutex<std::collections::VecDeque<Event>>>;
 /// Events held in memory at most; beyond it the oldest is logged whole and let go.
 const MAX_HELD: usize = 10_000;
 
+/// Why an event could not be committed, or the outbox not recovered.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    /// The outbox refused the event (a full disk, say). It is held in memory,
+    /// after any held before it, and the retry task commits them in order.
+    #[error("{source}; {held} event(s) held in memory, retried every 2 s")]
+    Held { source: rusqlite::Error, held: usize },
+    #[error("the outbox: {0}")]
+    Outbox(#[from] rusqlite::Error),
+    /// The blocking task that touches the outbox did not finish (it panicked).
+    #[error("the outbox task: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
 /// Commit held events in order, stopping at the first that fails.
-fn flush_held(db: &mut Outbox, specs: &[SinkSpec], held: &mut std::collections::VecDeque<Event>) -> Result<(), String> {
+fn flush_held(
+    db: &mut Outbox,
+    specs: &[SinkSpec],
+    held: &mut std::collections::VecDeque<Event>,
+) -> rusqlite::Result<()> {
     while let Some(ev) = held.front() {
-        db.append(ev, specs, now_ms()).map_err(|e| e.to_string())?;
+        db.append(ev, specs, now_ms())?;
         held.pop_front();
     }
     Ok(())
@@ -67,7 +87,7 @@ impl Publisher {
     /// Commit the event durably (after any held before it), then wake the
     /// workers. When the outbox cannot take it (disk full, say), the event is
     /// held in memory and committed later by the retry task; the error says so.
-    pub async fn publish(&self, event: Event) -> Result<(), String> {
+    pub async fn publish(&self, event: Event) -> Result<(), DeliveryError> {
         let db = self.db.clone();
         let specs = self.specs.clone();
         let held = self.held.clone();
@@ -80,11 +100,9 @@ impl Publisher {
             {
                 tracing::error!(event = %serde_json::to_string(&lost).unwrap_or_default(), "too many events held in memory; this one is only in the log");
             }
-            flush_held(&mut db, &specs, &mut held)
-                .map_err(|e| format!("{e}; {} event(s) held in memory, retried every 2 s", held.len()))
+            flush_held(&mut db, &specs, &mut held).map_err(|source| DeliveryError::Held { source, held: held.len() })
         })
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
         for w in self.wake.iter() {
             w.notify_one();
         }
@@ -125,31 +143,27 @@ impl Delivery {
     }
 
     /// After a restart: make pending deliveries due now, and close the leads of
-    /// calls the previous process died in the middle of (outcome `interrupted`).
-    pub async fn recover(&self) -> Result<usize, String> {
+    /// calls the previous process died in the middle of (outcome `interrupted`,
+    /// ended by `error`), from the lead their `call.missed` carried.
+    pub async fn recover(&self) -> Result<usize, DeliveryError> {
         let cut = {
             let db = self.db.lock().unwrap_or_else(|p| p.into_inner());
-            db.retry_now(None, false, now_ms()).map_err(|e| e.to_string())?;
-            db.unfinished_calls().map_err(|e| e.to_string())?
+            db.retry_now(None, false, now_ms())?;
+            db.unfinished_calls()?
         };
         let publisher = self.publisher();
-        for missed in &cut {
-            let mut lead = missed.lead.clone();
-            lead["outcome"] = "interrupted".into();
-            lead["ended_by"] = "error".into();
-            let event = Event {
-                id: format!("evt_{}", uuid::Uuid::new_v4().simple()),
-                kind: EventType::LeadCompleted,
-                created_at: backstop_core::intake::lead::rfc3339(SystemTime::now()),
-                lead,
-            };
+        let n = cut.len();
+        for missed in cut {
+            let mut lead = missed.lead;
+            lead.outcome = Outcome::Interrupted;
+            lead.ended_by = Some(EndedBy::Error);
             tracing::warn!(
-                call_id = missed.call_id(),
+                call_id = %lead.call_id,
                 "call was cut off by a restart; its lead is closed as interrupted"
             );
-            publisher.publish(event).await?;
+            publisher.publish(Event::new(EventType::LeadCompleted, rfc3339(SystemTime::now()), &lead)).await?;
         }
-        Ok(cut.len())
+        Ok(n)
     }
 
     /// Start one worker per sink, plus housekeeping. Workers stop when `shutdown` flips.
@@ -246,12 +260,7 @@ async fn deliver(target: &Target, d: &Due) -> Attempt {
             let leads = matches!(target, Target::LeadsFile(_));
             let r = tokio::task::spawn_blocking(move || {
                 let mut file = LeadFile::open(&path)?;
-                if leads {
-                    let id = event.lead["id"].as_str().unwrap_or_default().to_string();
-                    file.append_once(&id, &event.lead)
-                } else {
-                    file.append_once(&event.id, &serde_json::to_value(&event).expect("serialise"))
-                }
+                if leads { file.append_once(&event.lead.id, &event.lead) } else { file.append_once(&event.id, &event) }
             })
             .await;
             match r {
@@ -406,19 +415,20 @@ mod tests {
         let publisher = delivery.publisher();
         // Publish until the outbox is full (a fresh page may take a few first).
         let mut published = Vec::new();
-        let mut err = String::new();
+        let mut err = None;
         for i in 0..200 {
             let call_id = format!("c{i}");
             let r = publisher.publish(Event::new(EventType::LeadCompleted, "t".into(), &lead(&call_id))).await;
             published.push(call_id);
             if let Err(e) = r {
-                err = e;
+                err = Some(e);
                 break;
             }
         }
-        assert!(err.contains("1 event(s) held in memory"), "the outbox never filled: {err:?}");
+        assert!(matches!(err, Some(DeliveryError::Held { held: 1, .. })), "the outbox never filled: {err:?}");
+        assert!(err.unwrap().to_string().contains("1 event(s) held in memory"));
         let r = publisher.publish(Event::new(EventType::LeadCompleted, "t".into(), &lead("last"))).await;
-        assert!(r.unwrap_err().contains("2 event(s) held"));
+        assert!(matches!(r, Err(DeliveryError::Held { held: 2, .. })), "{r:?}");
         published.push("last".into());
         tokio::time::sleep(Duration::from_millis(2500)).await;
         // Space again: the retry task commits the held ones, in order, and the file sink writes them all.

@@ -2,6 +2,12 @@
 //! INVITE arrives, and `lead.completed` when the call ends, however it ends.
 //! Each has a stable id, which is also the `webhook-id` on every delivery
 //! attempt, so receivers can de-duplicate.
+//!
+//! The event carries the [`Lead`] itself, typed: the outbox stores the
+//! event's JSON and reads it back as this same type (a restart closing a
+//! cut-off call, the per-call ordering by `call_id`), so what goes on the wire
+//! and what Backstop reads back are one contract. The lead's own module says
+//! how its JSON stays stable.
 
 use backstop_core::intake::lead::Lead;
 use serde::{Deserialize, Serialize};
@@ -38,20 +44,15 @@ pub struct Event {
     #[serde(rename = "type")]
     pub kind: EventType,
     pub created_at: String,
-    pub lead: serde_json::Value,
+    pub lead: Lead,
 }
 
 impl Event {
     pub fn new(kind: EventType, created_at: String, lead: &Lead) -> Event {
-        Event {
-            id: format!("evt_{}", uuid::Uuid::new_v4().simple()),
-            kind,
-            created_at,
-            lead: serde_json::to_value(lead).expect("a lead always serialises"),
-        }
+        Event { id: format!("evt_{}", uuid::Uuid::new_v4().simple()), kind, created_at, lead: lead.clone() }
     }
 
     pub fn call_id(&self) -> &str {
-        self.lead["call_id"].as_str().unwrap_or("")
+        &self.lead.call_id
     }
 }

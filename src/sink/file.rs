@@ -7,13 +7,12 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// How far back from the end a re-delivery looks for an earlier copy.
 const TAIL: u64 = 256 * 1024;
 
 pub struct LeadFile {
-    path: PathBuf,
     file: File,
 }
 
@@ -24,16 +23,12 @@ impl LeadFile {
             std::fs::create_dir_all(dir)?;
         }
         let file = OpenOptions::new().create(true).append(true).read(true).open(path)?;
-        Ok(LeadFile { path: path.to_path_buf(), file })
+        Ok(LeadFile { file })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Append `value` as one line and fsync, unless a line with `"id":"<id>"`
-    /// is already in the file's tail.
-    pub fn append_once(&mut self, id: &str, value: &serde_json::Value) -> std::io::Result<()> {
+    /// Append `value` as one line of JSON and fsync, unless a line with
+    /// `"id":"<id>"` is already in the file's tail.
+    pub fn append_once(&mut self, id: &str, value: &impl serde::Serialize) -> std::io::Result<()> {
         if !id.is_empty() && self.tail_contains(&format!("\"id\":\"{id}\""))? {
             return Ok(());
         }

@@ -204,18 +204,23 @@ impl Outbox {
     }
 
     /// Calls that have a `call.missed` but no `lead.completed`: the agent died
-    /// while they were in progress. Returns their `call.missed` events.
+    /// while they were in progress. Returns their `call.missed` events, whose
+    /// leads say who called; one that cannot be read back is logged and left out.
     pub fn unfinished_calls(&self) -> rusqlite::Result<Vec<Event>> {
         let mut stmt = self.conn.prepare(
-            "SELECT body FROM events m WHERE m.kind = 'call.missed' AND NOT EXISTS (
+            "SELECT seq, body FROM events m WHERE m.kind = 'call.missed' AND NOT EXISTS (
                 SELECT 1 FROM events c WHERE c.call_id = m.call_id AND c.kind = 'lead.completed' AND c.seq > m.seq)
              ORDER BY m.seq",
         )?;
-        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
         let mut out = Vec::new();
-        for body in rows {
-            if let Ok(e) = serde_json::from_str::<Event>(&body?) {
-                out.push(e);
+        for row in rows {
+            let (seq, body) = row?;
+            match serde_json::from_str::<Event>(&body) {
+                Ok(e) => out.push(e),
+                Err(e) => {
+                    tracing::error!(seq, error = %e, "unreadable call.missed in the outbox; its call is not closed")
+                }
             }
         }
         Ok(out)
