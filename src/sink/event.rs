@@ -16,6 +16,11 @@ use serde::{Deserialize, Serialize};
 pub enum EventType {
     #[serde(rename = "call.missed")]
     CallMissed,
+    /// Reserved for a lead that changes after its call (a transcript
+    /// arriving): nothing publishes it yet, so it is not in [`EventType::ALL`]
+    /// and no sink takes it by default. A webhook that lists it is accepted
+    /// (it will get it once it exists) and warned about at start and by
+    /// `backstop check`.
     #[serde(rename = "lead.updated")]
     LeadUpdated,
     #[serde(rename = "lead.completed")]
@@ -23,7 +28,8 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 3] = [EventType::CallMissed, EventType::LeadUpdated, EventType::LeadCompleted];
+    /// Every event Backstop publishes: what a sink takes unless it lists its own.
+    pub const ALL: [EventType; 2] = [EventType::CallMissed, EventType::LeadCompleted];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -33,8 +39,14 @@ impl EventType {
         }
     }
 
+    /// An event name as a config writes it, including the reserved `lead.updated`.
     pub fn parse(s: &str) -> Option<EventType> {
-        EventType::ALL.into_iter().find(|t| t.as_str() == s)
+        [EventType::CallMissed, EventType::LeadUpdated, EventType::LeadCompleted].into_iter().find(|t| t.as_str() == s)
+    }
+
+    /// Whether Backstop publishes this event yet (see [`EventType::LeadUpdated`]).
+    pub fn is_published(self) -> bool {
+        EventType::ALL.contains(&self)
     }
 }
 
@@ -54,5 +66,21 @@ impl Event {
 
     pub fn call_id(&self) -> &str {
         &self.lead.call_id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_names_round_trip_and_lead_updated_is_reserved() {
+        for t in [EventType::CallMissed, EventType::LeadUpdated, EventType::LeadCompleted] {
+            assert_eq!(EventType::parse(t.as_str()), Some(t));
+            assert_eq!(serde_json::to_value(t).unwrap(), t.as_str());
+        }
+        assert_eq!(EventType::parse("lead.created"), None);
+        assert!(!EventType::LeadUpdated.is_published());
+        assert!(EventType::ALL.iter().all(|t| t.is_published()));
     }
 }
