@@ -32,7 +32,7 @@ use backstop_core::media::prompt::PromptSet;
 use backstop_core::media::vad::{EarshotVad, VoiceDetector, WebRtcVad};
 use backstop_core::sip::auth::Credentials;
 use backstop_core::sip::dialog::DialogConfig;
-use backstop_core::sip::guard::{Guard, Verdict};
+use backstop_core::sip::guard::{Guard, Opening, Verdict};
 use backstop_core::sip::message::{
     ALLOW, Incoming, Method, Rejection, Request, Response, SUPPORTED, build_bare_response, build_response, read_message,
 };
@@ -277,12 +277,17 @@ impl Shared {
             _ => false,
         };
         if out_of_dialog {
-            let ua = match &incoming {
-                Incoming::Request(r) => r.frame.get("User-Agent"),
-                _ => None,
+            // New calls have an allowance of their own: a flood of anything else never starves them.
+            let (opening, ua) = match &incoming {
+                Incoming::Request(r) if r.method == Method::Invite && r.to.tag.is_none() => {
+                    (Opening::NewCall, r.frame.get("User-Agent"))
+                }
+                Incoming::Request(r) => (Opening::Other, r.frame.get("User-Agent")),
+                _ => (Opening::Other, None),
             };
             let now = Instant::now();
-            if let Verdict::Drop(why) = table.guard.check_request(now, from.ip(), ua, self.is_listed(from.ip())) {
+            let trusted = self.is_listed(from.ip());
+            if let Verdict::Drop(why) = table.guard.check_request(now, from.ip(), opening, ua, trusted) {
                 if table.guard.should_log(now, from.ip()) {
                     tracing::warn!(%from, why, user_agent = ua.unwrap_or("-"), dropped = table.guard.dropped, "request dropped (logged once per 10 s per source)");
                 }
