@@ -1,5 +1,6 @@
 //! SIP: framing and validation of messages, the top Via, SDP offer/answer,
 //! the UAS dialog state machine, registration and the admission policy.
+pub mod admission;
 pub mod auth;
 pub mod dialog;
 pub mod guard;
