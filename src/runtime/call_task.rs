@@ -1,0 +1,215 @@
+//! One task per call: owns its [`Call`], its RTP socket and one timer,
+//! re-armed only when the call's next deadline moves. SIP goes back the
+//! way the INVITE came, within the call's [`Budget`] until the caller is
+//! verified (no amplification); RTP goes to the pacer thread; events are
+//! committed to the outbox, and recordings written before the lead that
+//! names them.
+
+use super::Shared;
+use super::dispatch::{CallInput, Notice};
+use super::shutdown::Shutdown;
+use crate::config::VadKind;
+use crate::media_files::write_recording;
+use crate::sink::event::{Event, EventType};
+use crate::transport::ReplyPath;
+use backstop_core::call::{Call, CallEvent, CallSetup, Intake, Transmit};
+use backstop_core::intake::lead::{Lead, rfc3339};
+use backstop_core::media::vad::{EarshotVad, VoiceDetector, WebRtcVad};
+use backstop_core::sip::admission::Budget;
+use backstop_core::sip::dialog::DialogConfig;
+use backstop_core::sip::message::Request;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+pub(super) struct CallTask {
+    pub shared: Arc<Shared>,
+    pub invite: Request,
+    /// What may go to the caller until it is verified (from admission).
+    pub budget: Budget,
+    pub reply: ReplyPath,
+    pub rtp: UdpSocket,
+    pub inbox: mpsc::UnboundedReceiver<CallInput>,
+    pub notices: mpsc::UnboundedSender<Notice>,
+    pub shutdown: watch::Receiver<Shutdown>,
+}
+
+impl CallTask {
+    pub(super) async fn run(self) {
+        let CallTask { shared, invite, mut budget, reply, rtp, mut inbox, notices, mut shutdown } = self;
+        let rtp = Arc::new(rtp);
+        let local_ip = shared.local_ip_for(invite.source);
+        let rtp_port = rtp.local_addr().map(|a| a.port()).unwrap_or(0);
+        let source_ip = invite.source.ip();
+        let local_tag = format!("{:016x}", rand::random::<u64>());
+        let (_phase, pacing_phase) = shared.phases.take();
+        let cfg = &shared.cfg;
+        let setup = CallSetup {
+            dialog: DialogConfig {
+                answer_after: Duration::from_millis(cfg.sip.answer_after_ms),
+                t1: cfg.t1(),
+                t2: cfg.t2(),
+                reliable: reply.is_reliable(),
+                // No 100/180 to a caller that may be spoofed: the 200 alone must fit what it sent.
+                provisional: budget.is_verified(),
+                local_sip: SocketAddr::new(local_ip, shared.local_sip.port()),
+                transport: reply.transport(),
+                local_rtp: SocketAddr::new(local_ip, rtp_port),
+                local_tag: local_tag.clone(),
+                seed: rand::random::<u64>(),
+            },
+            lead_id: uuid::Uuid::new_v4().to_string(),
+            received_at: SystemTime::now(),
+            max_duration: Duration::from_secs(cfg.call.max_duration_secs),
+            rtp_seed: (rand::random(), rand::random(), rand::random()),
+            source_verified: budget.is_verified(),
+            pacing_phase: Some(pacing_phase),
+        };
+        let from = invite.source;
+        tracing::info!(%from, transport = %reply.transport(), rtp = %setup.dialog.local_rtp, caller = %invite.from.raw, called = %invite.to.raw, "INVITE");
+        let intake = Intake {
+            program: shared.program.clone(),
+            vad: shared.program.uses_voice().then(|| new_vad(cfg.intake.vad)),
+            record_call: cfg.recordings.whole_call.then(|| Duration::from_secs(cfg.recordings.max_call_secs)),
+        };
+        let mut call = Call::new(Instant::now(), invite, setup, intake, shared.prompts.clone());
+        let mut writes: Vec<JoinHandle<Option<String>>> = Vec::new();
+        let timer = tokio::time::sleep(Duration::from_secs(3600));
+        tokio::pin!(timer);
+        let mut armed: Option<Instant> = None;
+        let mut buf = vec![0u8; 2048];
+        let mut shutting_down = *shutdown.borrow() == Shutdown::Now;
+        if shutting_down {
+            call.hangup(Instant::now(), "agent shutting down");
+        }
+        // One future for the whole call, so that it stays registered with the
+        // watch instead of registering anew on every packet. Draining lets
+        // the call run on; only `Now` (or a vanished sender) ends it.
+        let stop = async move {
+            while shutdown.changed().await.is_ok() {
+                if *shutdown.borrow() == Shutdown::Now {
+                    return;
+                }
+            }
+        };
+        tokio::pin!(stop);
+        loop {
+            while let Some(t) = call.poll_transmit() {
+                match t {
+                    Transmit::Sip(s) => {
+                        if !budget.spend(s.bytes.len()) {
+                            tracing::debug!(
+                                len = s.bytes.len(),
+                                budget = budget.left(),
+                                "SIP message withheld from an unverified source (no amplification)"
+                            );
+                            continue;
+                        }
+                        reply.send(s.dest, s.bytes).await
+                    }
+                    Transmit::Rtp(p) => shared.pacer.send(&rtp, p),
+                }
+            }
+            while let Some(ev) = call.poll_event() {
+                match ev {
+                    CallEvent::Progress(what, detail) => tracing::info!(event = what, "{detail}"),
+                    CallEvent::PromptMissing(name) => {
+                        tracing::error!(prompt = %name, "script asks for a prompt that is not loaded")
+                    }
+                    CallEvent::Missed(lead) => {
+                        shared.publish(Event::new(EventType::CallMissed, rfc3339(SystemTime::now()), &lead)).await;
+                    }
+                    CallEvent::Recording { file, samples } => {
+                        let path = cfg.recordings_dir().join(&file);
+                        let format = cfg.recordings.format;
+                        writes.push(tokio::task::spawn_blocking(move || {
+                            match write_recording(&path, &samples, format) {
+                                Ok(()) => None,
+                                Err(e) => {
+                                    tracing::error!(path = %path.display(), error = %e, "could not write a recording");
+                                    Some(file)
+                                }
+                            }
+                        }));
+                    }
+                    CallEvent::Lead(mut lead) => {
+                        // The lead may point at its recordings only once they are on disk.
+                        forget_failed_recordings(&mut lead, writes.drain(..)).await;
+                        if let Some(stats) = call.media_stats() {
+                            tracing::info!(
+                                sent = stats.packets_sent,
+                                received = stats.packets_received,
+                                underruns = stats.underruns,
+                                "RTP totals"
+                            );
+                        }
+                        shared.publish(Event::new(EventType::LeadCompleted, rfc3339(SystemTime::now()), &lead)).await;
+                    }
+                }
+            }
+            if call.is_finished() {
+                break;
+            }
+            let deadline = call.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_secs(60));
+            if armed != Some(deadline) {
+                // Most packets leave the deadline as it was: no timer-wheel work then.
+                timer.as_mut().reset(tokio::time::Instant::from_std(deadline));
+                armed = Some(deadline);
+            }
+            tokio::select! {
+                msg = inbox.recv() => match msg {
+                    Some(CallInput::Request(r, len)) => {
+                        // The caller pays for more with each retransmission, and is verified by its ACK.
+                        if budget.receive(&r, len, &local_tag) {
+                            let _ = notices.send(Notice::Verified(source_ip));
+                        }
+                        call.handle_sip_request(Instant::now(), *r)
+                    }
+                    Some(CallInput::Response(r)) => call.handle_sip_response(Instant::now(), *r),
+                    None => break,
+                },
+                r = rtp.recv_from(&mut buf) => {
+                    if let Ok((n, src)) = r {
+                        call.handle_rtp(Instant::now(), src, &buf[..n]);
+                    }
+                }
+                _ = &mut timer => {
+                    armed = None;
+                    call.handle_timeout(Instant::now())
+                }
+                _ = &mut stop, if !shutting_down => {
+                    shutting_down = true;
+                    call.hangup(Instant::now(), "agent shutting down");
+                }
+            }
+        }
+        tracing::debug!("call task finished");
+    }
+}
+
+/// Wait for the recordings to be written; those that failed are not named in the lead.
+async fn forget_failed_recordings(lead: &mut Lead, writes: impl Iterator<Item = JoinHandle<Option<String>>>) {
+    for w in writes {
+        if let Ok(Some(failed)) = w.await {
+            for a in lead.answers.values_mut() {
+                if a.recording.as_deref() == Some(failed.as_str()) {
+                    a.recording = None;
+                }
+            }
+            if lead.recording.as_deref() == Some(failed.as_str()) {
+                lead.recording = None;
+            }
+        }
+    }
+}
+
+/// A fresh voice activity detector of the configured kind, for one call.
+fn new_vad(kind: VadKind) -> Box<dyn VoiceDetector> {
+    match kind {
+        VadKind::Webrtc => Box::new(WebRtcVad::new(2)),
+        VadKind::Earshot => Box::new(EarshotVad::new(0.5)),
+    }
+}
