@@ -1,7 +1,9 @@
 //! Hostile traffic against the agent as a real process: SIPVicious
 //! (`svmap`, `svwar`) scanning it, an OPTIONS flood from one address while a
-//! real caller calls from another, oversized and over-long messages, and
-//! TCP connection limits. All on loopback; every loop is bounded.
+//! real caller calls from another (and from the same one), oversized and
+//! over-long messages, unframeable TCP streams, and TCP connection limits.
+//! All on loopback; every loop is bounded. The policy itself is unit-tested
+//! without sockets in `backstop_core::sip::admission`.
 
 mod common;
 
@@ -10,7 +12,45 @@ use common::*;
 use std::io::{Read, Write};
 use std::net::{TcpStream, UdpSocket};
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// The floods take one test at a time: two at once on a two-core machine
+/// would measure the machine, not the agent.
+static FLOODING: Mutex<()> = Mutex::new(());
+
+/// SIPp sending `OPTIONS_PING`s from `ip` (`-m count`, `-r rate`, bounded by
+/// `-timeout`); returns SIPp's statistics file when it is done.
+fn options_flood(agent: std::net::SocketAddr, ip: &str, count: u32, rate: u32) -> std::thread::JoinHandle<String> {
+    let dir = scratch_dir("sipp-flood");
+    let sf = dir.join("flood.xml");
+    std::fs::write(&sf, scenario("flood", &[OPTIONS_PING])).unwrap();
+    let port = free_port();
+    let ip = ip.to_string();
+    std::thread::spawn(move || {
+        Command::new("sipp")
+            .arg(agent.to_string())
+            .arg("-sf")
+            .arg(&sf)
+            .args(["-m", &count.to_string(), "-r", &rate.to_string(), "-l", "400", "-i", &ip, "-p", &port.to_string()])
+            .args(["-nostdin", "-timeout", "30s", "-trace_stat", "-stf"])
+            .arg(sf.with_extension("csv"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        std::fs::read_to_string(sf.with_extension("csv")).unwrap_or_default()
+    })
+}
+
+/// From SIPp's last statistics line: (OPTIONS sent, OPTIONS answered 200).
+fn flood_totals(stats: &str) -> (u64, u64) {
+    let header: Vec<&str> = stats.lines().next().unwrap_or("").split(';').collect();
+    let last: Vec<&str> = stats.lines().last().unwrap_or("").split(';').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).and_then(|i| last.get(i)?.parse::<u64>().ok());
+    let answered = col("SuccessfulCall(C)").expect("SIPp statistics");
+    (answered + col("FailedCall(C)").unwrap_or(0), answered)
+}
 
 /// Run a SIPVicious tool against the agent; returns its output (stdout + stderr).
 fn sipvicious(tool: &str, args: &[&str], agent: &AgentProc) -> String {
@@ -95,6 +135,7 @@ const OPTIONS_PING: &str = r#"
 
 #[test]
 fn a_flood_from_one_address_is_dropped_while_a_caller_gets_through() {
+    let _one_flood = FLOODING.lock().unwrap_or_else(|e| e.into_inner());
     let agent = AgentProc::start("flood", "[sip]\nanswer_after_ms = 100\n");
     let dir = scratch_dir("sipp-flood");
     // 4000 OPTIONS at 800/s from 127.0.0.2 (bounded: -m and -timeout).
@@ -141,6 +182,33 @@ fn a_flood_from_one_address_is_dropped_while_a_caller_gets_through() {
         "drops are logged per 10 s, not per packet"
     );
     assert_eq!(agent.leads().len(), 1);
+}
+
+/// The user's bug: an OPTIONS flood (1500/s) from 127.0.0.1 made a real call
+/// from 127.0.0.1 on another port fail, its INVITEs sharing the flooded
+/// per-address allowance. New calls have their own now.
+#[test]
+fn an_options_flood_from_the_callers_own_address_leaves_its_calls_through() {
+    let _one_flood = FLOODING.lock().unwrap_or_else(|e| e.into_inner());
+    // Shipped limits: 20 requests/s (burst 40), 10 new calls/s (burst 40).
+    let agent = AgentProc::start("flood-same-address", "[sip]\nanswer_after_ms = 100\n");
+    // 9000 OPTIONS at 1500/s (6 s) from 127.0.0.1, bounded by -m and -timeout.
+    let flood = options_flood(agent.addr(), "127.0.0.1", 9000, 1500);
+    std::thread::sleep(Duration::from_millis(1000));
+    let dir = scratch_dir("sipp-flood-same-caller");
+    let sc = scenario("caller", &[&invite("", OFFER), ANSWERED, &ack(1), &pause(500), CALLER_BYE]);
+    let started = Instant::now();
+    let run = run_sipp(&dir, &sc, agent.addr(), false, &[("rtp_port", "40076".into())]);
+    let took = started.elapsed();
+    assert!(!flood.is_finished(), "the flood ended before the call: the test proves nothing");
+    assert!(run.success, "the call from the flooded address failed: {}\n{}", run.errors, agent.log());
+    assert!(took < Duration::from_secs(5), "the call took {took:?}");
+    let (total, answered) = flood_totals(&flood.join().unwrap());
+    eprintln!("flood from the caller's address: {total} OPTIONS sent, {answered} answered; the call took {took:?}");
+    assert!(total >= 7000, "the flood did not run: {total}");
+    // Burst 40 + 20/s over ~6 s, with slack; the rest dropped.
+    assert!(answered <= 220, "{answered} of {total} flood requests were answered");
+    assert_eq!(agent.wait_leads(1, Duration::from_secs(10)).len(), 1);
 }
 
 fn options(me: std::net::SocketAddr, extra_headers: &str, body: &str) -> String {
@@ -202,6 +270,63 @@ fn tcp_connections_are_bounded_and_idle_ones_closed() {
     let mut buf = [0u8; 2048];
     let n = s.read(&mut buf).unwrap();
     assert!(buf[..n].starts_with(b"SIP/2.0 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+}
+
+/// A Content-Length no stream can hold (`u64::MAX`, or more than any
+/// integer) closes that TCP connection; the agent goes on serving the
+/// others, and the connection's slot comes back.
+#[test]
+fn a_huge_content_length_over_tcp_closes_only_that_connection() {
+    let agent = AgentProc::start("tcp-huge-length", "[security]\nmax_tcp_connections = 2\n");
+    let options_over_tcp = |s: &mut TcpStream, content_length: &str| {
+        let me = s.local_addr().unwrap();
+        let msg = options(me, "", "")
+            .replace("SIP/2.0/UDP", "SIP/2.0/TCP")
+            .replace("Call-ID: big-1", &format!("Call-ID: tcp-{}", me.port()))
+            .replace("Content-Length: 0", &format!("Content-Length: {content_length}"));
+        s.write_all(msg.as_bytes()).unwrap();
+    };
+    let answered = |s: &mut TcpStream| {
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut buf = [0u8; 2048];
+        matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"SIP/2.0 200"))
+    };
+    let closed = |s: &mut TcpStream| {
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut buf = [0u8; 2048];
+        // Closed, or told 400 first and then closed: either way no 200 and an end.
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return !got.starts_with(b"SIP/2.0 200"),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        false
+    };
+    // A neighbour connected all along.
+    let mut neighbour = TcpStream::connect(agent.addr()).unwrap();
+    for huge in ["18446744073709551615", "99999999999999999999999999999", "18446744073709551616"] {
+        let mut s = TcpStream::connect(agent.addr()).unwrap();
+        options_over_tcp(&mut s, huge);
+        assert!(closed(&mut s), "Content-Length {huge}: the connection was kept open\n{}", agent.log());
+        // The neighbour's OPTIONS is still answered.
+        options_over_tcp(&mut neighbour, "0");
+        assert!(answered(&mut neighbour), "Content-Length {huge}: the neighbour got no answer\n{}", agent.log());
+    }
+    // The closed connections gave their slots back: a second client gets in and is answered.
+    let mut second = TcpStream::connect(agent.addr()).unwrap();
+    options_over_tcp(&mut second, "0");
+    assert!(answered(&mut second), "a new client got no answer\n{}", agent.log());
+    // And UDP was never affected.
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    assert!(answered_udp(&sock, &agent));
+}
+
+fn answered_udp(sock: &UdpSocket, agent: &AgentProc) -> bool {
+    answered(sock, agent, &options(sock.local_addr().unwrap(), "", ""))
 }
 
 #[test]
