@@ -423,6 +423,7 @@ answer_after_ms = 0
 max_calls = {max}
 [security]
 requests_per_second = 0
+invites_per_second = 0
 
 # Ask, record, ask again: the VAD listens during the question (barge-in) and after it.
 [[step]]
