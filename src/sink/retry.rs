@@ -1,12 +1,17 @@
 //! Retry policy for deliveries, as pure functions: what an attempt's result
 //! means (delivered, retry, dead) and how long to wait before the next one.
 //!
-//! Backoff doubles from 1 s, capped at the sink's maximum interval (default
-//! 60 s: a lead is worth most in its first minutes, so we never back off for
-//! hours), with ±20 % jitter; a `Retry-After` from the receiver is honoured
+//! Backoff is the core's [`Backoff`], the one registration uses too:
+//! doubling from 1 s, capped at the sink's maximum interval (default 60 s:
+//! a lead is worth most in its first minutes, so we never back off for
+//! hours), with ±20 % jitter. A `Retry-After` from the receiver is honoured
 //! up to that cap. After the maximum age the event is dead-lettered.
 
+use backstop_core::backoff::Backoff;
 use std::time::Duration;
+
+/// The wait after the first failed attempt.
+const FIRST_RETRY: Duration = Duration::from_secs(1);
 
 /// What one delivery attempt came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,13 +44,10 @@ pub fn classify(a: &Attempt) -> Verdict {
 /// The wait after `attempts` failed attempts (1 = the first failure).
 /// `jitter` is a uniform random number in [0, 1).
 pub fn backoff(attempts: u32, max_interval: Duration, retry_after: Option<Duration>, jitter: f64) -> Duration {
-    if let Some(ra) = retry_after {
-        return ra.min(max_interval);
+    match retry_after {
+        Some(ra) => ra.min(max_interval),
+        None => Backoff { first: FIRST_RETRY, max: max_interval }.wait(attempts, jitter),
     }
-    let base = Duration::from_secs(1).saturating_mul(1u32 << attempts.saturating_sub(1).min(20));
-    let base = base.min(max_interval);
-    let factor = 0.8 + 0.4 * jitter.clamp(0.0, 1.0);
-    base.mul_f64(factor).min(max_interval)
 }
 
 #[cfg(test)]

@@ -12,7 +12,9 @@
 //!   activity detection, the prompt decoder and the recording encoder.
 //! * [`intake`]: the script a call follows and the lead it produces.
 //! * [`call`]: one call, the dialog, media and script wired together.
+//! * [`backoff`]: the wait before retrying, for registration and delivery.
 
+pub mod backoff;
 pub mod call;
 #[cfg(test)]
 pub(crate) mod fixtures;

@@ -7,8 +7,10 @@
 //! NAT, keeps the binding alive with CRLF, backs off exponentially with
 //! jitter on failure (Retry-After honoured, so a 403 never spins), and
 //! unregisters (Expires: 0) when stopped. Time is an input; nothing here
-//! reads a clock or touches a socket.
+//! reads a clock or touches a socket. The wait after a failure is the
+//! shared `backoff`.
 
+use crate::backoff::Backoff;
 use crate::sip::auth::{Challenge, Credentials};
 use crate::sip::dialog::{SipTransmit, fmt_host_port};
 use crate::sip::message::Response;
@@ -304,11 +306,14 @@ impl Registration {
         self.events.push_back(RegEvent::Registered { expires: granted, contact: self.contact() });
     }
 
+    /// Wait and register again: backing off, and never sooner than the
+    /// registrar's Retry-After (even past `retry_max`: a 403 must not spin).
     fn fail(&mut self, now: Instant, why: String, retry_after: Option<Duration>) {
         self.failures += 1;
-        let exp = self.cfg.retry_base.saturating_mul(1 << (self.failures - 1).min(16));
-        let jitter = 0.8 + 0.4 * ((self.cfg.seed.rotate_left(self.failures) % 1000) as f64 / 1000.0);
-        let mut wait = exp.min(self.cfg.retry_max).mul_f64(jitter).min(self.cfg.retry_max);
+        let backoff = Backoff { first: self.cfg.retry_base, max: self.cfg.retry_max };
+        // Jitter from the seed: accounts differ, and a test sees the same waits every run.
+        let jitter = (self.cfg.seed.rotate_left(self.failures) % 1000) as f64 / 1000.0;
+        let mut wait = backoff.wait(self.failures, jitter);
         if let Some(ra) = retry_after {
             wait = wait.max(ra);
         }
