@@ -9,11 +9,17 @@
 //!
 //! Time is an input: `handle_*` take `now`, `poll_timeout` says when to call
 //! `handle_timeout` next. Nothing here reads a clock or touches a socket.
+//! The resending is `retransmit`'s, and our requests are written by the
+//! message builder from what the dialog knows ([`UasDialog`]'s `request`).
 
-use crate::sip::Transport;
-use crate::sip::message::{ALLOW, Method, NameAddr, Request, Response, build_response, split_name_addrs};
+pub use crate::sip::SipTransmit;
+use crate::sip::message::{
+    ALLOW, Method, OutgoingRequest, Request, Response, branch, build_response, split_name_addrs, with_tag,
+};
+use crate::sip::retransmit::Retransmit;
 use crate::sip::sdp::{Direction, LocalSession, Negotiated, RemoteMedia};
-use rsipstack::sip::{Headers, Method as SipMethod, Request as SipRequest, Uri, Version, headers::make_header};
+use crate::sip::{Transport, host_port};
+use rsipstack::sip::{Method as SipMethod, Uri};
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
@@ -25,7 +31,8 @@ pub struct DialogConfig {
     pub answer_after: Duration,
     pub t1: Duration,
     pub t2: Duration,
-    /// True on TCP: no retransmissions (the transport is reliable).
+    /// True on TCP: nothing is retransmitted but the 2xx, which is resent
+    /// end to end (a later hop may be UDP).
     pub reliable: bool,
     /// Send 100 and 180 while ringing. Off for a source that has not shown it
     /// can receive (it may be spoofed): the 200 alone must fit what it sent.
@@ -67,13 +74,6 @@ pub enum DialogEvent {
     Ended { by: EndedBy, detail: String },
 }
 
-/// A SIP message to send: to `dest` on UDP, or on the call's connection on TCP.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SipTransmit {
-    pub dest: SocketAddr,
-    pub bytes: Vec<u8>,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// INVITE received; ringing until `answer_at`.
@@ -89,42 +89,12 @@ enum State {
     Terminated,
 }
 
-/// A response we retransmit until acknowledged.
+/// A message resent until its transaction is answered, with the CSeq the
+/// answer carries: the ACK to a response to an INVITE, the response to our BYE.
 #[derive(Debug, Clone)]
-struct Retransmit {
-    /// Resent on reliable transports too: true for 2xx, which the UAS core
-    /// retransmits end to end (§13.3.1.4) because a later hop may be UDP.
-    end_to_end: bool,
-    bytes: Vec<u8>,
-    dest: SocketAddr,
-    next: Instant,
-    interval: Duration,
-    give_up: Instant,
-    /// CSeq of the INVITE the response answers (the ACK carries the same).
+struct Unanswered {
     cseq: u32,
-}
-
-impl Retransmit {
-    /// First resend after T1; give up after 64×T1.
-    fn new(bytes: Vec<u8>, dest: SocketAddr, now: Instant, t1: Duration, cseq: u32, end_to_end: bool) -> Retransmit {
-        Retransmit { end_to_end, bytes, dest, next: now + t1, interval: t1, give_up: now + t1 * 64, cseq }
-    }
-
-    /// At `now`: true once the give-up time (64×T1) has passed; otherwise resend
-    /// when due (never on a reliable transport), doubling the interval up to T2.
-    fn gave_up(&mut self, now: Instant, t2: Duration, reliable: bool, out: &mut VecDeque<SipTransmit>) -> bool {
-        if now >= self.give_up {
-            return true;
-        }
-        if now >= self.next {
-            if !reliable || self.end_to_end {
-                out.push_back(SipTransmit { dest: self.dest, bytes: self.bytes.clone() });
-            }
-            self.interval = (self.interval * 2).min(t2);
-            self.next = now + self.interval;
-        }
-        false
-    }
+    retransmit: Retransmit,
 }
 
 /// The UAS dialog for one incoming INVITE.
@@ -137,10 +107,10 @@ pub struct UasDialog {
     /// Last response sent to the initial INVITE, resent on a retransmission.
     last_invite_response: Option<Vec<u8>>,
     answer_at: Option<Instant>,
-    pending_2xx: Option<Retransmit>,
-    pending_non2xx: Option<Retransmit>,
+    pending_2xx: Option<Unanswered>,
+    pending_non2xx: Option<Unanswered>,
     /// Our BYE and its Timer E/F.
-    bye: Option<Retransmit>,
+    bye: Option<Unanswered>,
     local: LocalSession,
     /// The offer from the INVITE; `None` on a late offer.
     offer: Option<RemoteMedia>,
@@ -213,16 +183,8 @@ impl UasDialog {
         &self.invite.call_id
     }
 
-    pub fn invite(&self) -> &Request {
-        &self.invite
-    }
-
     pub fn is_terminated(&self) -> bool {
         self.state == State::Terminated
-    }
-
-    pub fn ended_by(&self) -> Option<EndedBy> {
-        self.ended
     }
 
     pub fn is_confirmed(&self) -> bool {
@@ -230,9 +192,7 @@ impl UasDialog {
     }
 
     fn reject_initial(mut self, now: Instant, code: u16, why: &str) -> UasDialog {
-        let bytes = self.respond_invite(code, true, &[("Warning", format!("399 backstop \"{why}\""))], None);
-        self.send_invite_response(bytes.clone());
-        self.start_non2xx(now, bytes);
+        self.reject_invite(now, code, &[("Warning", format!("399 backstop \"{why}\""))]);
         self.end(EndedBy::Error, format!("rejected {code}: {why}"));
         self
     }
@@ -266,7 +226,15 @@ impl UasDialog {
 
     fn contact(&self) -> String {
         let t = if self.cfg.transport == Transport::Tcp { ";transport=tcp" } else { "" };
-        format!("<sip:backstop@{}{t}>", fmt_host_port(self.cfg.local_sip))
+        format!("<sip:backstop@{}{t}>", host_port(self.cfg.local_sip))
+    }
+
+    /// Start resending `bytes` to `dest` until the transaction with `cseq` is
+    /// answered; on a reliable transport only an `end_to_end` one (a 2xx) is resent.
+    fn unanswered(&self, now: Instant, bytes: Vec<u8>, dest: SocketAddr, cseq: u32, end_to_end: bool) -> Unanswered {
+        let resend = !self.cfg.reliable || end_to_end;
+        let message = SipTransmit { dest, bytes };
+        Unanswered { cseq, retransmit: Retransmit::new(message, now, self.cfg.t1, self.cfg.t2, resend) }
     }
 
     fn end(&mut self, by: EndedBy, detail: String) {
@@ -276,11 +244,14 @@ impl UasDialog {
         }
     }
 
-    fn start_non2xx(&mut self, now: Instant, bytes: Vec<u8>) {
+    /// Answer the INVITE with a final non-2xx, resent until its ACK.
+    fn reject_invite(&mut self, now: Instant, code: u16, extra: &[(&str, String)]) {
+        let bytes = self.respond_invite(code, true, extra, None);
+        self.send_invite_response(bytes.clone());
         self.state = State::Rejected;
         self.answer_at = None;
         // Timer G/H; on TCP we only wait for the ACK (Timer H) without resending.
-        self.pending_non2xx = Some(Retransmit::new(bytes, self.reply_dest, now, self.cfg.t1, self.invite.cseq, false));
+        self.pending_non2xx = Some(self.unanswered(now, bytes, self.reply_dest, self.invite.cseq, false));
     }
 
     /// Answer now (normally called by the ring timer).
@@ -292,7 +263,7 @@ impl UasDialog {
         };
         let bytes = self.respond_invite(200, true, &[], Some(&sdp));
         self.send_invite_response(bytes.clone());
-        self.pending_2xx = Some(Retransmit::new(bytes, self.reply_dest, now, self.cfg.t1, self.invite.cseq, true));
+        self.pending_2xx = Some(self.unanswered(now, bytes, self.reply_dest, self.invite.cseq, true));
         self.state = State::Accepted;
         self.events.push_back(DialogEvent::Answered);
     }
@@ -302,9 +273,7 @@ impl UasDialog {
     pub fn hangup(&mut self, now: Instant, by: EndedBy, detail: &str) {
         match self.state {
             State::Ringing => {
-                let bytes = self.respond_invite(480, true, &[], None);
-                self.send_invite_response(bytes.clone());
-                self.start_non2xx(now, bytes);
+                self.reject_invite(now, 480, &[]);
                 self.end(by, detail.to_string());
             }
             State::Accepted | State::Confirmed => {
@@ -316,43 +285,33 @@ impl UasDialog {
         }
     }
 
-    fn send_bye(&mut self, now: Instant) {
+    /// A new request inside this dialog (RFC 3261 §12.2.1.1): the next CSeq,
+    /// our tag in From, the caller's in To, to the remote target through the
+    /// route set. BYE today; a REFER or NOTIFY adds its headers and body.
+    fn request(&mut self, method: SipMethod) -> OutgoingRequest {
         self.local_cseq += 1;
-        let branch = format!("z9hG4bK{:x}{}", self.cfg.seed, self.local_cseq);
-        let mut headers = Headers::default();
-        headers.push(make_header(
-            "Via",
-            format!(
-                "SIP/2.0/{} {};branch={branch};rport",
-                self.cfg.transport.via_name(),
-                fmt_host_port(self.cfg.local_sip)
-            ),
-        ));
-        headers.push(make_header("Max-Forwards", "70".into()));
-        let mut from = self.invite.frame.get("To").unwrap_or_default().to_string();
-        if NameAddr::parse(&from).is_some_and(|t| t.tag.is_none()) {
-            from.push_str(";tag=");
-            from.push_str(&self.cfg.local_tag);
-        }
-        headers.push(make_header("From", from));
-        headers.push(make_header("To", self.invite.frame.get("From").unwrap_or_default().to_string()));
-        headers.push(make_header("Call-ID", self.invite.call_id.clone()));
-        headers.push(make_header("CSeq", format!("{} BYE", self.local_cseq)));
-        for route in &self.route_set {
-            headers.push(make_header("Route", route.clone()));
-        }
-        headers.push(make_header("User-Agent", crate::USER_AGENT.into()));
-        headers.push(make_header("Content-Length", "0".into()));
-        let req = SipRequest {
-            method: SipMethod::Bye,
+        OutgoingRequest {
+            method,
             uri: self.remote_target.clone(),
-            version: Version::V2,
-            headers,
-            body: Vec::new(),
-        };
-        let bytes = req.to_bytes();
+            transport: self.cfg.transport,
+            sent_by: self.cfg.local_sip,
+            branch: branch(self.cfg.seed, self.local_cseq),
+            from: with_tag(self.invite.frame.get("To").unwrap_or_default(), &self.cfg.local_tag),
+            to: self.invite.frame.get("From").unwrap_or_default().to_string(),
+            call_id: self.invite.call_id.clone(),
+            cseq: self.local_cseq,
+            route: self.route_set.clone(),
+            contact: None,
+            headers: Vec::new(),
+            body: None,
+        }
+    }
+
+    fn send_bye(&mut self, now: Instant) {
+        let bye = self.request(SipMethod::Bye);
+        let bytes = bye.to_bytes();
         self.transmits.push_back(SipTransmit { dest: self.request_dest, bytes: bytes.clone() });
-        self.bye = Some(Retransmit::new(bytes, self.request_dest, now, self.cfg.t1, self.local_cseq, false));
+        self.bye = Some(self.unanswered(now, bytes, self.request_dest, bye.cseq, false));
         self.state = State::Terminating;
     }
 
@@ -368,6 +327,22 @@ impl UasDialog {
         let body = sdp.map(|b| ("application/sdp", b.as_bytes()));
         let bytes = build_response(&req.frame, &req.via_reply, code, Some(self.cfg.local_tag.as_str()), extra, body);
         SipTransmit { dest, bytes }
+    }
+
+    /// Send a response without a body.
+    fn reply(&mut self, req: &Request, dest: SocketAddr, code: u16, extra: &[(&str, String)]) {
+        let t = self.reply_to(req, dest, code, extra, None);
+        self.transmits.push_back(t);
+    }
+
+    /// A request that belongs to this dialog carries our To-tag (§12.2.2);
+    /// one that does not matches no dialog here: answered 481, and true.
+    fn refused_outside_dialog(&mut self, req: &Request, dest: SocketAddr) -> bool {
+        let outside = req.to.tag.as_deref() != Some(self.cfg.local_tag.as_str());
+        if outside {
+            self.reply(req, dest, 481, &[]);
+        }
+        outside
     }
 
     /// A request for this call (same Call-ID) arrived.
@@ -388,28 +363,21 @@ impl UasDialog {
             Method::Invite => self.handle_reinvite(now, req, dest),
             Method::Ack => self.handle_ack(now, req),
             Method::Cancel => {
-                if req.cseq != self.invite.cseq || req.via.branch != self.invite.via.branch {
-                    let t = self.reply_to(&req, dest, 481, &[], None);
-                    self.transmits.push_back(t);
+                if !same_txn {
+                    self.reply(&req, dest, 481, &[]);
                     return;
                 }
-                let t = self.reply_to(&req, dest, 200, &[], None);
-                self.transmits.push_back(t);
+                self.reply(&req, dest, 200, &[]);
                 if self.state == State::Ringing {
-                    let bytes = self.respond_invite(487, true, &[], None);
-                    self.send_invite_response(bytes.clone());
-                    self.start_non2xx(now, bytes);
+                    self.reject_invite(now, 487, &[]);
                     self.end(EndedBy::Cancel, "caller cancelled before answer".into());
                 }
             }
             Method::Bye => {
-                if req.to.tag.as_deref() != Some(self.cfg.local_tag.as_str()) {
-                    let t = self.reply_to(&req, dest, 481, &[], None);
-                    self.transmits.push_back(t);
+                if self.refused_outside_dialog(&req, dest) {
                     return;
                 }
-                let t = self.reply_to(&req, dest, 200, &[], None);
-                self.transmits.push_back(t);
+                self.reply(&req, dest, 200, &[]);
                 self.remote_cseq = self.remote_cseq.max(req.cseq);
                 self.pending_2xx = None;
                 self.bye = None;
@@ -417,30 +385,17 @@ impl UasDialog {
                 self.state = State::Terminated;
             }
             Method::Options => {
-                let t = self.reply_to(
-                    &req,
-                    dest,
-                    200,
-                    &[("Allow", ALLOW.into()), ("Accept", "application/sdp".into())],
-                    None,
-                );
-                self.transmits.push_back(t);
+                self.reply(&req, dest, 200, &[("Allow", ALLOW.into()), ("Accept", "application/sdp".into())]);
             }
             Method::Info => {
-                if req.to.tag.as_deref() != Some(self.cfg.local_tag.as_str()) {
-                    let t = self.reply_to(&req, dest, 481, &[], None);
-                    self.transmits.push_back(t);
+                if self.refused_outside_dialog(&req, dest) {
                     return;
                 }
-                let t = self.reply_to(&req, dest, 200, &[], None);
-                self.transmits.push_back(t);
+                self.reply(&req, dest, 200, &[]);
                 let content_type = req.frame.get("Content-Type").unwrap_or("").to_string();
                 self.events.push_back(DialogEvent::Info { content_type, body: req.frame.body });
             }
-            Method::NotAllowed(_) => {
-                let t = self.reply_to(&req, dest, 405, &[("Allow", ALLOW.into())], None);
-                self.transmits.push_back(t);
-            }
+            Method::NotAllowed(_) => self.reply(&req, dest, 405, &[("Allow", ALLOW.into())]),
         }
     }
 
@@ -488,14 +443,11 @@ impl UasDialog {
     }
 
     fn handle_reinvite(&mut self, now: Instant, req: Request, dest: SocketAddr) {
-        if req.to.tag.as_deref() != Some(self.cfg.local_tag.as_str()) {
-            let t = self.reply_to(&req, dest, 481, &[], None);
-            self.transmits.push_back(t);
+        if self.refused_outside_dialog(&req, dest) {
             return;
         }
         if self.state != State::Confirmed {
-            let t = self.reply_to(&req, dest, 491, &[], None);
-            self.transmits.push_back(t);
+            self.reply(&req, dest, 491, &[]);
             return;
         }
         if req.cseq <= self.remote_cseq {
@@ -503,13 +455,12 @@ impl UasDialog {
             if let Some(p) = &self.pending_2xx
                 && p.cseq == req.cseq
             {
-                self.transmits.push_back(SipTransmit { dest, bytes: p.bytes.clone() });
+                self.transmits.push_back(SipTransmit { dest, bytes: p.retransmit.message.bytes.clone() });
             }
             return;
         }
         if self.pending_2xx.is_some() {
-            let t = self.reply_to(&req, dest, 491, &[], None);
-            self.transmits.push_back(t);
+            self.reply(&req, dest, 491, &[]);
             return;
         }
         self.remote_cseq = req.cseq;
@@ -536,8 +487,7 @@ impl UasDialog {
                 }
                 None => {
                     self.local.version -= 1;
-                    let t = self.reply_to(&req, dest, 488, &[], None);
-                    self.transmits.push_back(t);
+                    self.reply(&req, dest, 488, &[]);
                     return;
                 }
             }
@@ -545,7 +495,7 @@ impl UasDialog {
         let mut extra = vec![("Contact", self.contact()), ("Allow", ALLOW.into())];
         extra.extend(req.frame.get_all("Record-Route").map(|rr| ("Record-Route", rr.to_string())));
         let t = self.reply_to(&req, dest, 200, &extra, Some(&sdp));
-        self.pending_2xx = Some(Retransmit::new(t.bytes.clone(), dest, now, self.cfg.t1, req.cseq, true));
+        self.pending_2xx = Some(self.unanswered(now, t.bytes.clone(), dest, req.cseq, true));
         self.transmits.push_back(t);
         if let Some(ev) = changed {
             self.events.push_back(ev);
@@ -573,20 +523,19 @@ impl UasDialog {
         {
             self.answer(now);
         }
-        let (reliable, t2) = (self.cfg.reliable, self.cfg.t2);
         let out = &mut self.transmits;
-        if self.pending_2xx.as_mut().is_some_and(|p| p.gave_up(now, t2, reliable, out)) {
+        if self.pending_2xx.as_mut().is_some_and(|p| p.retransmit.gave_up(now, out)) {
             self.pending_2xx = None;
             self.send_bye(now);
             self.end(EndedBy::Timeout, "no ACK for 2xx within 64*T1".into());
         }
         let out = &mut self.transmits;
-        if self.pending_non2xx.as_mut().is_some_and(|p| p.gave_up(now, t2, reliable, out)) {
+        if self.pending_non2xx.as_mut().is_some_and(|p| p.retransmit.gave_up(now, out)) {
             self.pending_non2xx = None;
             self.state = State::Terminated;
         }
         let out = &mut self.transmits;
-        if self.bye.as_mut().is_some_and(|p| p.gave_up(now, t2, reliable, out)) {
+        if self.bye.as_mut().is_some_and(|p| p.retransmit.gave_up(now, out)) {
             self.bye = None;
             self.state = State::Terminated;
         }
@@ -595,7 +544,7 @@ impl UasDialog {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut t: Option<Instant> = self.answer_at;
         for p in [&self.pending_2xx, &self.pending_non2xx, &self.bye].into_iter().flatten() {
-            let at = if self.cfg.reliable && !p.end_to_end { p.give_up } else { p.next.min(p.give_up) };
+            let at = p.retransmit.deadline();
             t = Some(t.map_or(at, |x| x.min(at)));
         }
         t
@@ -639,13 +588,6 @@ fn request_dest(route_set: &[String], target: &Uri, source: SocketAddr, reliable
     match host.trim_matches(['[', ']']).parse::<IpAddr>() {
         Ok(ip) => SocketAddr::new(ip, port),
         Err(_) => source,
-    }
-}
-
-pub fn fmt_host_port(addr: SocketAddr) -> String {
-    match addr {
-        SocketAddr::V4(a) => a.to_string(),
-        SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
     }
 }
 
@@ -849,6 +791,17 @@ mod tests {
         d.handle_request(t0, request("BYE", 2, "z9hG4bKbye", Some("someone-else"), ""));
         assert_eq!(sent(&mut d), ["481"]);
         assert!(!d.is_terminated());
+    }
+
+    #[test]
+    fn info_and_reinvite_without_our_tag_are_481_too() {
+        let t0 = Instant::now();
+        let mut d = answered(t0, false, OFFER);
+        d.handle_request(t0, request("INFO", 2, "z9hG4bKinfo", Some("someone-else"), ""));
+        // Before the ACK a re-INVITE of ours would be 491; one from outside the dialog is 481 first.
+        d.handle_request(t0, request("INVITE", 3, "z9hG4bKre", Some("someone-else"), OFFER));
+        assert_eq!(sent(&mut d), ["481", "481"]);
+        assert!(events(&mut d).is_empty());
     }
 
     #[test]

@@ -7,15 +7,17 @@
 //! NAT, keeps the binding alive with CRLF, backs off exponentially with
 //! jitter on failure (Retry-After honoured, so a 403 never spins), and
 //! unregisters (Expires: 0) when stopped. Time is an input; nothing here
-//! reads a clock or touches a socket. The wait after a failure is the
-//! shared `backoff`.
+//! reads a clock or touches a socket. The REGISTER is written by the
+//! message builder, resent by `retransmit`, and the wait after a failure is
+//! the shared `backoff`.
 
 use crate::backoff::Backoff;
 use crate::sip::auth::{Challenge, Credentials};
-use crate::sip::dialog::{SipTransmit, fmt_host_port};
-use crate::sip::message::Response;
+use crate::sip::message::{ALLOW, OutgoingRequest, Response, branch, split_name_addrs};
+use crate::sip::retransmit::Retransmit;
 use crate::sip::via::Via;
-use rsipstack::sip::{Headers, Method, Request as SipRequest, Uri, Version, headers::make_header};
+use crate::sip::{SipTransmit, Transport, host_port};
+use rsipstack::sip::{Method, Uri};
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
@@ -71,12 +73,10 @@ pub enum RegState {
     Stopped,
 }
 
+/// The REGISTER in flight, resent until answered.
 struct Pending {
-    bytes: Vec<u8>,
+    retransmit: Retransmit,
     cseq: u32,
-    next: Instant,
-    interval: Duration,
-    give_up: Instant,
     expires: u32,
     /// The request carried credentials for this nonce.
     authed_nonce: Option<String>,
@@ -134,16 +134,13 @@ impl Registration {
         }
     }
 
-    pub fn call_id(&self) -> &str {
-        &self.call_id
-    }
-
     pub fn state(&self) -> RegState {
         self.state
     }
 
-    pub fn contact(&self) -> String {
-        format!("<sip:{}@{}>", self.cfg.username, fmt_host_port(self.contact_addr))
+    /// The Contact we register: our address as the registrar sees it.
+    fn contact(&self) -> String {
+        format!("<sip:{}@{}>", self.cfg.username, host_port(self.contact_addr))
     }
 
     pub fn start(&mut self, now: Instant) {
@@ -175,49 +172,35 @@ impl Registration {
         self.cseq += 1;
         let uri = self.request_uri();
         let aor = format!("sip:{}@{}", self.cfg.username, self.cfg.domain);
-        let mut headers = Headers::default();
-        headers.push(make_header(
-            "Via",
-            format!(
-                "SIP/2.0/UDP {};branch=z9hG4bK{:x}{};rport",
-                fmt_host_port(self.cfg.local),
-                self.cfg.seed,
-                self.cseq
-            ),
-        ));
-        headers.push(make_header("Max-Forwards", "70".into()));
-        headers.push(make_header("From", format!("<{aor}>;tag={}", self.from_tag)));
-        headers.push(make_header("To", format!("<{aor}>")));
-        headers.push(make_header("Call-ID", self.call_id.clone()));
-        headers.push(make_header("CSeq", format!("{} REGISTER", self.cseq)));
-        headers.push(make_header("Contact", self.contact()));
-        headers.push(make_header("Expires", expires.to_string()));
-        headers.push(make_header("Allow", crate::sip::message::ALLOW.into()));
-        headers.push(make_header("User-Agent", crate::USER_AGENT.into()));
+        let mut headers = vec![("Expires", expires.to_string()), ("Allow", ALLOW.to_string())];
         let mut authed_nonce = None;
         if let Some((ch, proxy)) = &self.challenge {
             self.nonce_count += 1;
             let cnonce = format!("{:x}{:x}", self.cfg.seed, self.nonce_count);
             let value = ch.authorization(&self.cfg.credentials, "REGISTER", &uri, b"", self.nonce_count, &cnonce);
-            headers.push(make_header(if *proxy { "Proxy-Authorization" } else { "Authorization" }, value));
+            headers.push((if *proxy { "Proxy-Authorization" } else { "Authorization" }, value));
             authed_nonce = Some(ch.nonce.clone());
         }
-        headers.push(make_header("Content-Length", "0".into()));
-        let req = SipRequest {
+        let register = OutgoingRequest {
             method: Method::Register,
             uri: Uri::from_str(&uri).unwrap_or_else(|_| Uri::from_str("sip:invalid").expect("literal")),
-            version: Version::V2,
-            headers,
-            body: Vec::new(),
-        };
-        let bytes = req.to_bytes();
-        self.transmits.push_back(SipTransmit { dest: self.cfg.dest, bytes: bytes.clone() });
-        self.pending = Some(Pending {
-            bytes,
+            transport: Transport::Udp,
+            sent_by: self.cfg.local,
+            branch: branch(self.cfg.seed, self.cseq),
+            from: format!("<{aor}>;tag={}", self.from_tag),
+            to: format!("<{aor}>"),
+            call_id: self.call_id.clone(),
             cseq: self.cseq,
-            next: now + self.cfg.t1,
-            interval: self.cfg.t1,
-            give_up: now + self.cfg.t1 * 64,
+            route: Vec::new(),
+            contact: Some(self.contact()),
+            headers,
+            body: None,
+        };
+        let message = SipTransmit { dest: self.cfg.dest, bytes: register.to_bytes() };
+        self.transmits.push_back(message.clone());
+        self.pending = Some(Pending {
+            retransmit: Retransmit::new(message, now, self.cfg.t1, self.cfg.t2, true),
+            cseq: self.cseq,
             expires,
             authed_nonce,
             answers_challenge,
@@ -325,21 +308,16 @@ impl Registration {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
-        let t2 = self.cfg.t2;
-        if let Some(p) = self.pending.as_mut() {
-            if now >= p.give_up {
-                let unregistering = p.expires == 0;
-                self.pending = None;
-                if unregistering {
-                    self.state = RegState::Stopped;
-                    self.events.push_back(RegEvent::Unregistered);
-                } else {
-                    self.fail(now, "no response from the registrar (timeout)".into(), None);
-                }
-            } else if now >= p.next {
-                self.transmits.push_back(SipTransmit { dest: self.cfg.dest, bytes: p.bytes.clone() });
-                p.interval = (p.interval * 2).min(t2);
-                p.next = now + p.interval;
+        if let Some(p) = self.pending.as_mut()
+            && p.retransmit.gave_up(now, &mut self.transmits)
+        {
+            let unregistering = p.expires == 0;
+            self.pending = None;
+            if unregistering {
+                self.state = RegState::Stopped;
+                self.events.push_back(RegEvent::Unregistered);
+            } else {
+                self.fail(now, "no response from the registrar (timeout)".into(), None);
             }
         }
         if self.retry_at.is_some_and(|t| now >= t) {
@@ -359,7 +337,7 @@ impl Registration {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let pending = self.pending.as_ref().map(|p| p.next.min(p.give_up));
+        let pending = self.pending.as_ref().map(|p| p.retransmit.deadline());
         [pending, self.retry_at, self.refresh_at, self.keepalive_at].into_iter().flatten().min()
     }
 
@@ -385,8 +363,8 @@ fn via_seen_address(resp: &Response) -> Option<SocketAddr> {
 
 /// The expiry granted for our contact: its `expires` param, else the Expires header.
 fn granted_expires(resp: &Response, contact: &SocketAddr) -> Option<u32> {
-    let ours = fmt_host_port(*contact);
-    for c in resp.frame.get_all("Contact").flat_map(crate::sip::message::split_name_addrs) {
+    let ours = host_port(*contact);
+    for c in resp.frame.get_all("Contact").flat_map(split_name_addrs) {
         if c.contains(&ours) {
             let after = c.rsplit_once('>').map(|(_, p)| p).unwrap_or("");
             for param in after.split(';') {

@@ -1,7 +1,7 @@
 //! SIP wire messages, in three steps: `frame` finds a message and its
 //! header fields, `validate` checks a request as RFC 3261 asks before
 //! anything acts on it (and reads a response to ours), and `build` writes
-//! our responses. `name_addr` reads the
+//! our responses and the requests we originate. `name_addr` reads the
 //! From/To/Contact values all three deal in.
 //!
 //! rsipstack's parser is lenient (it accepts a Content-Length larger than the
@@ -21,8 +21,10 @@ mod frame;
 mod name_addr;
 mod validate;
 
-pub use build::{build_bare_response, build_response};
+pub(crate) use build::branch;
+pub use build::{OutgoingRequest, build_bare_response, build_response};
 pub use frame::{Field, Frame, FrameError, StartLine, stream_message_len};
+pub(crate) use name_addr::with_tag;
 pub use name_addr::{NameAddr, split_name_addrs};
 
 use crate::sip::via::Via;
