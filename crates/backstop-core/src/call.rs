@@ -380,6 +380,7 @@ mod tests {
     use crate::media::prompt::Prompt;
     use crate::sip::Transport;
     use crate::sip::message::{Incoming, read_message};
+    use crate::sip::testing;
 
     const CALLER: &str = "127.0.0.1:5070";
 
@@ -388,18 +389,7 @@ mod tests {
     }
 
     fn req(method: &str, cseq: u32, to_tag: bool, body: &str) -> Request {
-        let to = if to_tag { ";tag=local" } else { "" };
-        let ct = if body.is_empty() { "" } else { "Content-Type: application/sdp\r\n" };
-        let text = format!(
-            "{method} sip:owner@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bK{method}{cseq}\r\n\
-             From: <sip:+15551230001@127.0.0.1>;tag=caller\r\nTo: <sip:+15559990000@127.0.0.1>{to}\r\nCall-ID: c1\r\n\
-             CSeq: {cseq} {method}\r\nContact: <sip:caller@{CALLER}>\r\n{ct}Content-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        match msg(&text) {
-            Incoming::Request(r) => *r,
-            other => panic!("{other:?}"),
-        }
+        testing::request(method, cseq).to_tag(to_tag.then_some("local")).sdp(body).read()
     }
 
     fn offer(extra: &str) -> String {
@@ -575,16 +565,7 @@ mod tests {
         // The same press reported again over INFO is a duplicate; "2" over INFO is new.
         let info = |cseq: u32, digit: &str| {
             let body = format!("Signal={digit}\r\nDuration=160\r\n");
-            let text = format!(
-                "INFO sip:owner@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bKinfo{cseq}\r\n\
-                 From: <sip:+15551230001@127.0.0.1>;tag=caller\r\nTo: <sip:+15559990000@127.0.0.1>;tag=local\r\nCall-ID: c1\r\n\
-                 CSeq: {cseq} INFO\r\nContent-Type: application/dtmf-relay\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            );
-            match msg(&text) {
-                Incoming::Request(r) => *r,
-                other => panic!("{other:?}"),
-            }
+            testing::request("INFO", cseq).to_tag(Some("local")).body("application/dtmf-relay", &body).read()
         };
         call.handle_sip_request(now, info(2, "4"));
         now += Duration::from_millis(500);

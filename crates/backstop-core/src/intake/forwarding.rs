@@ -178,18 +178,10 @@ pub fn forwarded(invite: &Request) -> Option<Forwarded> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sip::message::{Incoming, read_message};
+    use crate::sip::testing;
 
     fn invite(extra: &str) -> Request {
-        let msg = format!(
-            "INVITE sip:overflow@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK1\r\n\
-             From: <sip:+15551230001@carrier.example>;tag=9\r\nTo: <sip:+15559870000@pbx.example>\r\n\
-             Call-ID: fwd-1\r\nCSeq: 1 INVITE\r\n{extra}Content-Length: 0\r\n\r\n"
-        );
-        match read_message(msg.as_bytes(), "127.0.0.1:5070".parse().unwrap()) {
-            Incoming::Request(r) => *r,
-            other => panic!("{other:?}"),
-        }
+        testing::invite().headers(extra).read()
     }
 
     #[test]

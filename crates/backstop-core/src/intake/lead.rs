@@ -287,17 +287,14 @@ pub fn number_of(n: &NameAddr) -> Option<String> {
 mod tests {
     use super::*;
     use crate::sip::message::{Incoming, read_message};
+    use crate::sip::testing;
 
     fn invite(extra: &str) -> Request {
-        let msg = format!(
-            "INVITE sip:backstop@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK1\r\n\
-             From: \"Jane Doe\" <sip:+1 (555) 123-4567@carrier.example>;tag=9\r\nTo: <sip:+15559870000@pbx.example>\r\n\
-             Call-ID: lead-1\r\nCSeq: 1 INVITE\r\n{extra}Content-Length: 0\r\n\r\n"
-        );
-        match read_message(msg.as_bytes(), "127.0.0.1:5070".parse().unwrap()) {
-            Incoming::Request(r) => *r,
-            other => panic!("{other:?}"),
-        }
+        testing::invite()
+            .from("\"Jane Doe\" <sip:+1 (555) 123-4567@carrier.example>;tag=9")
+            .to("<sip:+15559870000@pbx.example>")
+            .headers(extra)
+            .read()
     }
 
     #[test]

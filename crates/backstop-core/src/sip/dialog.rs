@@ -594,38 +594,19 @@ fn request_dest(route_set: &[String], target: &Uri, source: SocketAddr, reliable
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sip::message::{Incoming, read_message};
+    use crate::sip::testing;
 
-    const CALLER: &str = "127.0.0.1:5070";
     const OFFER: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 8 0 101\r\na=rtpmap:101 telephone-event/8000\r\n";
 
     fn request(method: &str, cseq: u32, branch: &str, to_tag: Option<&str>, body: &str) -> Request {
-        let to = match to_tag {
-            Some(t) => format!("<sip:owner@127.0.0.1>;tag={t}"),
-            None => "<sip:owner@127.0.0.1>".into(),
-        };
-        let ct = if body.is_empty() { String::new() } else { "Content-Type: application/sdp\r\n".into() };
-        let msg = format!(
-            "{method} sip:owner@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch={branch}\r\n\
-             From: <sip:+15551230001@127.0.0.1>;tag=caller\r\nTo: {to}\r\nCall-ID: d1\r\nCSeq: {cseq} {method}\r\n\
-             Contact: <sip:caller@{CALLER}>\r\nMax-Forwards: 70\r\n{ct}Content-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        match read_message(msg.as_bytes(), CALLER.parse().unwrap()) {
-            Incoming::Request(r) => *r,
-            other => panic!("{other:?}"),
-        }
+        testing::request(method, cseq).branch(branch).to_tag(to_tag).sdp(body).read()
     }
 
     fn response(code: u16, cseq: u32, method: &str) -> Response {
-        let msg = format!(
+        testing::response(&format!(
             "SIP/2.0 {code} X\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKx\r\nFrom: <sip:a@b>;tag=local\r\n\
-             To: <sip:c@d>;tag=caller\r\nCall-ID: d1\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n"
-        );
-        match read_message(msg.as_bytes(), CALLER.parse().unwrap()) {
-            Incoming::Response(r) => *r,
-            other => panic!("{other:?}"),
-        }
+             To: <sip:c@d>;tag=caller\r\nCall-ID: c1\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n"
+        ))
     }
 
     fn cfg(reliable: bool) -> DialogConfig {
@@ -802,6 +783,35 @@ mod tests {
         d.handle_request(t0, request("INVITE", 3, "z9hG4bKre", Some("someone-else"), OFFER));
         assert_eq!(sent(&mut d), ["481", "481"]);
         assert!(events(&mut d).is_empty());
+    }
+
+    #[test]
+    fn our_bye_follows_the_route_set_with_the_dialog_identity() {
+        let t0 = Instant::now();
+        let invite = testing::invite()
+            .branch("z9hG4bKinv")
+            .to("<sip:owner@127.0.0.1>")
+            .headers("Record-Route: <sip:p1@10.0.0.1;lr>, <sip:p2@10.0.0.2;lr>\r\n")
+            .sdp(OFFER)
+            .read();
+        let mut d = UasDialog::new(t0, invite, cfg(false));
+        d.handle_timeout(t0 + Duration::from_secs(1));
+        sent(&mut d);
+        d.hangup(t0 + Duration::from_secs(1), EndedBy::Agent, "done");
+        let bye = d.poll_transmit().unwrap();
+        // Loose routing: to the first route, with the remote target (the caller's Contact) as Request-URI.
+        assert_eq!(bye.dest, "10.0.0.1:5060".parse().unwrap());
+        assert_eq!(
+            String::from_utf8(bye.bytes).unwrap(),
+            format!(
+                "BYE sip:caller@127.0.0.1:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK2a2;rport\r\n\
+                 Max-Forwards: 70\r\nFrom: <sip:owner@127.0.0.1>;tag=local\r\n\
+                 To: <sip:+15551230001@127.0.0.1>;tag=caller\r\nCall-ID: c1\r\nCSeq: 2 BYE\r\n\
+                 Route: <sip:p1@10.0.0.1;lr>\r\nRoute: <sip:p2@10.0.0.2;lr>\r\nUser-Agent: {}\r\n\
+                 Content-Length: 0\r\n\r\n",
+                crate::USER_AGENT
+            )
+        );
     }
 
     #[test]

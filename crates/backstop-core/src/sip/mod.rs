@@ -11,6 +11,8 @@ pub mod message;
 pub mod register;
 pub mod retransmit;
 pub mod sdp;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod via;
 
 use serde::{Deserialize, Serialize};
