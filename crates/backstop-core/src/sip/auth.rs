@@ -43,6 +43,15 @@ pub enum Qop {
     AuthInt,
 }
 
+impl Qop {
+    fn name(self) -> &'static str {
+        match self {
+            Qop::Auth => "auth",
+            Qop::AuthInt => "auth-int",
+        }
+    }
+}
+
 /// A parsed Digest challenge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Challenge {
@@ -143,7 +152,7 @@ impl Challenge {
     }
 
     /// The `response` value (RFC 7616 §3.4.1).
-    pub fn response(&self, c: &Credentials, method: &str, uri: &str, body: &[u8], nc: u32, cnonce: &str) -> String {
+    fn response(&self, c: &Credentials, method: &str, uri: &str, body: &[u8], nc: u32, cnonce: &str) -> String {
         let h = |s: &str| self.algorithm.hash(s.as_bytes());
         let mut ha1 = h(&format!("{}:{}:{}", c.username, self.realm, c.password));
         if self.session {
@@ -154,10 +163,7 @@ impl Challenge {
             _ => h(&format!("{method}:{uri}")),
         };
         match self.qop {
-            Some(q) => {
-                let qop = if q == Qop::Auth { "auth" } else { "auth-int" };
-                h(&format!("{ha1}:{}:{nc:08x}:{cnonce}:{qop}:{ha2}", self.nonce))
-            }
+            Some(q) => h(&format!("{ha1}:{}:{nc:08x}:{cnonce}:{}:{ha2}", self.nonce, q.name())),
             None => h(&format!("{ha1}:{}:{ha2}", self.nonce)),
         }
     }
@@ -182,8 +188,7 @@ impl Challenge {
             if self.session { "-sess" } else { "" }
         );
         if let Some(q) = self.qop {
-            let qop = if q == Qop::Auth { "auth" } else { "auth-int" };
-            v.push_str(&format!(", qop={qop}, nc={nc:08x}, cnonce=\"{cnonce}\""));
+            v.push_str(&format!(", qop={}, nc={nc:08x}, cnonce=\"{cnonce}\"", q.name()));
         }
         if let Some(o) = &self.opaque {
             v.push_str(&format!(", opaque=\"{o}\""));

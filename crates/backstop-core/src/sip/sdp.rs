@@ -160,6 +160,12 @@ impl RemoteMedia {
         Some(Negotiated { law, telephone_event: self.telephone_event_pt() })
     }
 
+    /// Read the peer's answer to our late offer: the first of our codecs it
+    /// kept, by the same rule as [`RemoteMedia::choose`].
+    pub fn accept_answer(&self) -> Option<Negotiated> {
+        self.choose()
+    }
+
     fn telephone_event_pt(&self) -> Option<u8> {
         self.formats
             .iter()
@@ -202,7 +208,7 @@ fn parse_connection(value: &str) -> Option<IpAddr> {
 }
 
 /// Payload type we offer for telephone-event on a late-offer call.
-pub const OFFER_TELEPHONE_EVENT_PT: u8 = 101;
+const OFFER_TELEPHONE_EVENT_PT: u8 = 101;
 
 /// Our side of the session: where we receive RTP, and the `o=` version.
 #[derive(Debug, Clone)]
@@ -247,15 +253,6 @@ impl LocalSession {
         s.push_str(&format!("a=rtpmap:{te} telephone-event/8000\r\na=fmtp:{te} 0-16\r\n"));
         s.push_str("a=ptime:20\r\na=sendrecv\r\n");
         s
-    }
-}
-
-impl RemoteMedia {
-    /// Read the peer's answer to our late offer: the first of our codecs it kept.
-    pub fn accept_answer(&self) -> Option<Negotiated> {
-        let law = self.formats.iter().find_map(law_of)?;
-        let te = self.telephone_event_pt();
-        Some(Negotiated { law, telephone_event: te })
     }
 }
 
