@@ -9,6 +9,7 @@
 //! wire on time, the typed [`config`], and the [`sink`]s where leads and
 //! events go.
 
+pub mod cli;
 pub mod config;
 #[cfg(feature = "fuzz")]
 pub mod fuzz;

@@ -196,9 +196,9 @@ fn run_call() -> Committed {
     };
     let setup = CallSetup {
         dialog: DialogConfig {
-            answer_after: Duration::from_millis(cfg.sip.answer_after_ms),
-            t1: cfg.t1(),
-            t2: cfg.t2(),
+            answer_after: cfg.sip.answer_after,
+            t1: cfg.sip.t1,
+            t2: cfg.sip.t2,
             reliable: false,
             provisional: true,
             local_sip: "127.0.0.1:5060".parse().unwrap(),
@@ -209,7 +209,7 @@ fn run_call() -> Committed {
         },
         lead_id: "0b9e3f6c-5f4a-4a8e-9d1e-2f7c1a6b4d10".into(),
         received_at,
-        max_duration: Duration::from_secs(cfg.call.max_duration_secs),
+        max_duration: cfg.call.max_duration,
         rtp_seed: (0x1234_5678, 100, 1000),
         source_verified: false,
         pacing_phase: None,
@@ -217,7 +217,7 @@ fn run_call() -> Committed {
     let intake = Intake {
         program: program.clone(),
         vad: Some(Box::new(EarshotVad::new(0.5))),
-        record_call: Some(Duration::from_secs(cfg.recordings.max_call_secs)),
+        record_call: Some(cfg.recordings.max_call),
     };
     let t0 = Instant::now();
     let mut call = Call::new(t0, invite(), setup, intake, shipped_prompts(&cfg));
@@ -232,7 +232,7 @@ fn run_call() -> Committed {
     caller.noise_until(40_000);
 
     let mut committed = Committed { events: Vec::new(), recordings: Vec::new() };
-    let acked_at = t0 + Duration::from_millis(cfg.sip.answer_after_ms) + Duration::from_millis(20);
+    let acked_at = t0 + cfg.sip.answer_after + Duration::from_millis(20);
     let mut acked = false;
     let mut next_packet = 0;
     let mut now = t0;

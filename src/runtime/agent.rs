@@ -17,7 +17,6 @@ use backstop_core::sip::register::Registration;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
@@ -33,7 +32,7 @@ impl Agent {
     /// Bind SIP on UDP and TCP at the configured address (same port).
     pub async fn bind(cfg: Config, prompts: Arc<PromptSet>, events: Publisher) -> anyhow::Result<Agent> {
         use anyhow::Context;
-        let listen = cfg.listen();
+        let listen = cfg.sip.listen;
         let udp = UdpSocket::bind(listen).await.with_context(|| format!("binding SIP UDP on {listen}"))?;
         let local_sip = udp.local_addr()?;
         let tcp = TcpListener::bind(local_sip).await.with_context(|| format!("binding SIP TCP on {local_sip}"))?;
@@ -54,10 +53,7 @@ impl Agent {
         let cfg = &self.shared.cfg;
         let (in_tx, mut inbound) = mpsc::channel::<Inbound>(1024);
         let udp_task = tokio::spawn(serve_udp(self.udp.clone(), in_tx.clone()));
-        let tcp_limits = TcpLimits {
-            max_connections: cfg.security.max_tcp_connections,
-            idle: Duration::from_secs(cfg.security.tcp_idle_secs),
-        };
+        let tcp_limits = TcpLimits { max_connections: cfg.security.max_tcp_connections, idle: cfg.security.tcp_idle };
         let tcp_task = tokio::spawn(serve_tcp(self.tcp, in_tx, tcp_limits));
         let (notice_tx, mut notices) = mpsc::unbounded_channel::<Notice>();
         let admission = Admission::new(admission_config(cfg));
@@ -118,14 +114,14 @@ impl Agent {
 
 /// The admission policy from the config: limits, trust, verified sources.
 fn admission_config(cfg: &Config) -> AdmissionConfig {
-    let networks = |nets: Vec<ipnet::IpNet>| -> Vec<Network> {
+    let networks = |nets: &[ipnet::IpNet]| -> Vec<Network> {
         nets.iter().filter_map(|n| Network::new(n.addr(), n.prefix_len())).collect()
     };
     AdmissionConfig {
         guard: cfg.security.guard(),
         trust_enforced: cfg.trust_enforced(),
-        trusted: networks(cfg.trusted_nets()),
-        verified: networks(cfg.verified_nets()),
+        trusted: networks(&cfg.sip.trusted_sources),
+        verified: networks(&cfg.security.verified_sources),
         max_calls: cfg.sip.max_calls,
     }
 }

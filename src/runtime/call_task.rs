@@ -49,9 +49,9 @@ impl CallTask {
         let cfg = &shared.cfg;
         let setup = CallSetup {
             dialog: DialogConfig {
-                answer_after: Duration::from_millis(cfg.sip.answer_after_ms),
-                t1: cfg.t1(),
-                t2: cfg.t2(),
+                answer_after: cfg.sip.answer_after,
+                t1: cfg.sip.t1,
+                t2: cfg.sip.t2,
                 reliable: reply.is_reliable(),
                 // No 100/180 to a caller that may be spoofed: the 200 alone must fit what it sent.
                 provisional: budget.is_verified(),
@@ -63,7 +63,7 @@ impl CallTask {
             },
             lead_id: uuid::Uuid::new_v4().to_string(),
             received_at: SystemTime::now(),
-            max_duration: Duration::from_secs(cfg.call.max_duration_secs),
+            max_duration: cfg.call.max_duration,
             rtp_seed: (rand::random(), rand::random(), rand::random()),
             source_verified: budget.is_verified(),
             pacing_phase: Some(pacing_phase),
@@ -73,7 +73,7 @@ impl CallTask {
         let intake = Intake {
             program: shared.program.clone(),
             vad: shared.program.uses_voice().then(|| new_vad(cfg.intake.vad)),
-            record_call: cfg.recordings.whole_call.then(|| Duration::from_secs(cfg.recordings.max_call_secs)),
+            record_call: cfg.recordings.whole_call.then_some(cfg.recordings.max_call),
         };
         let mut call = Call::new(Instant::now(), invite, setup, intake, shared.prompts.clone());
         let mut writes: Vec<JoinHandle<Option<String>>> = Vec::new();

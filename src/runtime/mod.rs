@@ -77,7 +77,7 @@ impl Shared {
     /// The address a peer can reach us at: `advertise`, the listen IP, or the
     /// local address the kernel routes to that peer from.
     fn local_ip_for(&self, peer: SocketAddr) -> IpAddr {
-        if let Some(ip) = self.cfg.advertise() {
+        if let Some(ip) = self.cfg.sip.advertise {
             return ip;
         }
         if !self.local_sip.ip().is_unspecified() {

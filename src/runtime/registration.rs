@@ -6,7 +6,7 @@
 
 use super::Shared;
 use super::dispatch::Notice;
-use crate::config::{RegisterConfig, sip_target};
+use crate::config::RegisterConfig;
 use backstop_core::sip::auth::Credentials;
 use backstop_core::sip::message::Response;
 use backstop_core::sip::register::{AccountSetup, RegEvent, RegState, Registration};
@@ -32,12 +32,8 @@ impl RegistrationTask {
     /// Keep the account registered until shutdown, then unregister.
     pub(super) async fn run(self) {
         let RegistrationTask { shared, account, seed, udp, mut inbox, notices, mut shutdown } = self;
-        let target = account.outbound_proxy.as_deref().unwrap_or(&account.registrar);
-        let (host, port, _) = match sip_target(target) {
-            Ok(t) => t,
-            Err(e) => return tracing::error!("{e}"),
-        };
-        let retry = Duration::from_secs(account.retry_interval_s);
+        let (host, port) = (account.next_hop().host.clone(), account.next_hop().port);
+        let retry = account.retry_interval;
         // Resolve the registrar; DNS may be down at start, so keep trying.
         let dest = loop {
             match tokio::net::lookup_host((host.as_str(), port)).await.map(|mut a| a.next()) {
@@ -65,11 +61,11 @@ impl RegistrationTask {
             expires: account.expires,
             dest,
             local: SocketAddr::new(shared.local_ip_for(dest), shared.local_sip.port()),
-            t1: shared.cfg.t1(),
-            t2: shared.cfg.t2(),
+            t1: shared.cfg.sip.t1,
+            t2: shared.cfg.sip.t2,
             retry_base: retry,
-            retry_max: Duration::from_secs(account.max_retry_interval_s),
-            keepalive: (account.keepalive_s > 0).then(|| Duration::from_secs(account.keepalive_s)),
+            retry_max: account.max_retry_interval,
+            keepalive: account.keepalive,
             seed,
         };
         let mut reg = Registration::new(setup);

@@ -1,0 +1,103 @@
+//! Reading what the agent left on disk, for a person at a terminal:
+//! `leads tail` (one line per lead, read through the typed [`Lead`]),
+//! `outbox status` and `outbox retry`, and the note `check` and `run` give
+//! for a webhook that lists an event this version does not send.
+
+use crate::config::Config;
+use crate::sink::delivery::now_ms;
+use crate::sink::event::EventType;
+use crate::sink::outbox::Outbox;
+use anyhow::Context;
+use backstop_core::intake::lead::Lead;
+use backstop_core::intake::script::{AnswerKind, AnswerStatus};
+
+/// The outbox of this data dir, which must exist: inspecting never creates one.
+fn open_outbox(cfg: &Config) -> anyhow::Result<Outbox> {
+    let path = cfg.outbox_path();
+    anyhow::ensure!(path.exists(), "no outbox at {} (has the agent run with this data dir?)", path.display());
+    Outbox::open(&path).with_context(|| format!("opening {}", path.display()))
+}
+
+/// Pending, dead and delivered events per sink, and the oldest pending, one line per sink.
+pub fn outbox_status(cfg: &Config) -> anyhow::Result<Vec<String>> {
+    let rows = open_outbox(cfg)?.status(now_ms())?;
+    if rows.is_empty() {
+        return Ok(vec!["outbox is empty".into()]);
+    }
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let oldest =
+                r.oldest_pending_ms.map(|ms| format!("{:.1} s", ms as f64 / 1000.0)).unwrap_or_else(|| "-".into());
+            format!(
+                "{:<48} pending {:>6}  dead {:>6}  delivered {:>6}  oldest pending {oldest}",
+                r.sink, r.pending, r.dead, r.delivered
+            )
+        })
+        .collect())
+}
+
+/// Make pending deliveries due now (and dead ones too, with `dead`); how many.
+pub fn outbox_retry(cfg: &Config, dead: bool) -> anyhow::Result<usize> {
+    Ok(open_outbox(cfg)?.retry_now(None, dead, now_ms())?)
+}
+
+/// One human line for a lead: when, who, why forwarded, how it ended.
+pub fn describe_lead(line: &str) -> String {
+    let Ok(lead) = serde_json::from_str::<Lead>(line) else { return format!("(unreadable) {line}") };
+    let or_dash = |s: Option<&str>| s.unwrap_or("-").to_string();
+    let fwd = match &lead.forwarded {
+        Some(f) => format!(" fwd from {} ({})", or_dash(f.from_number.as_deref()), or_dash(f.reason.as_deref())),
+        None => String::new(),
+    };
+    let secs = lead.duration_ms.map(|d| format!("{:.1}s", d as f64 / 1000.0)).unwrap_or("-".into());
+    // The answers, one word each: the keys or menu label, the length of a spoken answer, or what went wrong.
+    let answers: Vec<String> = lead
+        .answers
+        .iter()
+        .map(|(step, a)| {
+            let what = match (a.status, a.kind) {
+                (AnswerStatus::Answered, AnswerKind::Voice) => {
+                    format!("{:.1}s spoken", a.speech_ms.unwrap_or(0) as f64 / 1000.0)
+                }
+                (AnswerStatus::Answered, AnswerKind::Menu) => or_dash(a.label.as_deref()),
+                (AnswerStatus::Answered, AnswerKind::Digits) => or_dash(a.value.as_deref()),
+                (status, _) => status.as_str().to_string(),
+            };
+            format!("{step}={what}")
+        })
+        .collect();
+    let answers = if answers.is_empty() { String::new() } else { format!("  [{}]", answers.join(", ")) };
+    // `ended_by` as the lead spells it.
+    let ended_by =
+        lead.ended_by.and_then(|b| serde_json::to_value(b).ok()).and_then(|v| v.as_str().map(str::to_string));
+    format!(
+        "{}  {} {}{}  {} ended by {}  {}{answers}",
+        lead.received_at,
+        or_dash(lead.caller.number.as_deref()),
+        lead.caller.display_name.as_ref().map(|n| format!("\"{n}\"")).unwrap_or_default(),
+        fwd,
+        lead.outcome,
+        or_dash(ended_by.as_deref()),
+        secs
+    )
+}
+
+/// A line for each event a webhook lists that this version does not publish
+/// (`lead.updated`, reserved for transcripts): such a config is accepted, so
+/// that it keeps working when the event arrives, and the user is told.
+pub fn unpublished_events(url: &str, events: &[EventType]) -> Vec<String> {
+    let published: Vec<&str> = events.iter().filter(|t| t.is_published()).map(|t| t.as_str()).collect();
+    let gets = if published.is_empty() { "nothing for now".to_string() } else { published.join(" and ") };
+    events
+        .iter()
+        .filter(|t| !t.is_published())
+        .map(|t| {
+            format!(
+                "webhook {url}: {} is not sent by this version (a later one sends it when a transcript arrives); \
+                 this webhook gets {gets}",
+                t.as_str()
+            )
+        })
+        .collect()
+}

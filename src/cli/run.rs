@@ -1,0 +1,137 @@
+//! `backstop run`: the lead delivery (outbox and its sinks) first, so that
+//! no event can be published before it has somewhere durable to go; then
+//! the SIP runtime; then the two-step shutdown on SIGTERM/SIGINT (refuse new
+//! calls and let calls finish for the grace period, a second signal or the
+//! end of the grace ends them), and the last leads flushed to disk.
+
+use super::inspect::unpublished_events;
+use super::script_prompts;
+use crate::agent::{Agent, Shutdown};
+use crate::config::Config;
+use crate::sink::delivery::{Delivery, Sink, Target};
+use crate::sink::event::EventType;
+use crate::sink::outbox::{Outbox, SinkSpec};
+use crate::sink::webhook::Webhook;
+use anyhow::Context;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Logs to stdout at `[log] level` (or `RUST_LOG`), coloured on a terminal.
+pub fn init_logging(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
+    use std::io::IsTerminal;
+    let ansi = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi).init();
+}
+
+/// The sinks the config asks for, with stable names (the outbox keys on them).
+fn sinks(cfg: &Config) -> anyhow::Result<Vec<Sink>> {
+    let mut out = Vec::new();
+    let local = |name: &str, events: Vec<EventType>, target| Sink {
+        spec: SinkSpec { name: name.into(), events },
+        target,
+        max_interval: Duration::from_secs(5),
+        max_age: Duration::from_secs(365 * 24 * 3600),
+    };
+    if cfg.leads_file.enabled {
+        out.push(local("file:leads.jsonl", vec![EventType::LeadCompleted], Target::LeadsFile(cfg.leads_path())));
+    }
+    if cfg.leads_file.events {
+        out.push(local("file:events.jsonl", EventType::ALL.to_vec(), Target::EventsFile(cfg.events_path())));
+    }
+    for w in &cfg.webhook {
+        let secret = w.resolved_secret().with_context(|| format!("webhook {}", w.url))?;
+        for note in unpublished_events(w.url.as_str(), &w.event_types()) {
+            tracing::warn!("{note}");
+        }
+        let hook = Webhook::new(
+            w.url.to_string(),
+            secret.as_deref(),
+            w.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            w.bearer_token.clone(),
+            w.connect_timeout,
+            w.timeout,
+        )
+        .with_context(|| format!("webhook {}", w.url))?;
+        out.push(Sink {
+            spec: SinkSpec { name: format!("webhook:{}", w.url), events: w.event_types() },
+            target: Target::Webhook(hook),
+            max_interval: w.max_retry_interval,
+            max_age: w.max_age,
+        });
+    }
+    Ok(out)
+}
+
+/// Run the agent until a signal, then shut down in order.
+pub fn run(cfg: Config) -> anyhow::Result<()> {
+    let prompts = Arc::new(script_prompts(&cfg)?);
+    std::fs::create_dir_all(cfg.recordings_dir())
+        .with_context(|| format!("creating {}", cfg.recordings_dir().display()))?;
+    let outbox_path = cfg.outbox_path();
+    let outbox = Outbox::open(&outbox_path).with_context(|| format!("opening the outbox {}", outbox_path.display()))?;
+    let delivery = Delivery::new(outbox, sinks(&cfg)?, cfg.outbox.max_pending, cfg.outbox.keep_delivered);
+    tracing::info!(outbox = %outbox_path.display(), leads = %cfg.leads_path().display(), webhooks = cfg.webhook.len(), "lead delivery ready");
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let result = rt.block_on(async {
+        let recovered = delivery.recover().await.context("recovering the outbox")?;
+        if recovered > 0 {
+            tracing::warn!(calls = recovered, "closed the leads of calls cut off by the last stop");
+        }
+        let (workers_stop, workers_rx) = tokio::sync::watch::channel(false);
+        let workers = delivery.spawn(workers_rx);
+        let grace = cfg.call.shutdown_grace;
+        let agent = Agent::bind(cfg, prompts, delivery.publisher()).await?;
+        let (tx, rx) = tokio::sync::watch::channel(Shutdown::Running);
+        tokio::spawn(async move {
+            let mut signals = Signals::new();
+            signals.next().await;
+            tracing::info!(
+                grace_secs = grace.as_secs(),
+                "signal received: refusing new calls; calls in progress may finish (a second signal ends them now)"
+            );
+            let _ = tx.send(Shutdown::Draining);
+            tokio::select! {
+                _ = signals.next() => tracing::info!("second signal: ending calls now"),
+                _ = tokio::time::sleep(grace) => tracing::info!("shutdown grace period over: ending calls"),
+            }
+            let _ = tx.send(Shutdown::Now);
+            // Keep the sender alive: a dropped sender would read as "now" anyway.
+            std::future::pending::<()>().await;
+        });
+        let result = agent.run(rx).await;
+        // The last leads reach leads.jsonl before we exit; webhooks resume at the next start.
+        delivery.drain_files(Duration::from_secs(3)).await;
+        let _ = workers_stop.send(true);
+        for w in workers {
+            let _ = tokio::time::timeout(Duration::from_secs(2), w).await;
+        }
+        result
+    });
+    rt.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+/// SIGTERM and SIGINT (Ctrl-C), as one stream.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Signals {
+        use tokio::signal::unix::{SignalKind, signal};
+        Signals {
+            term: signal(SignalKind::terminate()).expect("SIGTERM handler"),
+            int: signal(SignalKind::interrupt()).expect("SIGINT handler"),
+        }
+    }
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}
