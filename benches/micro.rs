@@ -65,7 +65,6 @@ fn dialog_config() -> DialogConfig {
         answer_after: Duration::ZERO,
         t1: Duration::from_millis(500),
         t2: Duration::from_millis(4000),
-        reliable: false,
         provisional: true,
         local_sip: "127.0.0.1:5060".parse().unwrap(),
         transport: backstop_core::sip::Transport::Udp,

@@ -31,7 +31,10 @@ fn sample(pid: u32) -> (usize, u64) {
 
 fn main() {
     let secs: u64 = std::env::var("SOAK_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(600);
-    let agent = AgentProc::start("soak", "[sip]\nanswer_after_ms = 100\n[security]\nrequests_per_second = 0\n");
+    let agent = AgentProc::start(
+        "soak",
+        "[sip]\nanswer_after_ms = 100\n[security]\nrequests_per_second = 0\ninvites_per_second = 0\n",
+    );
     let dir = scratch_dir("soak");
     // Where the agent's RTP goes: read and discard, counting.
     let sink = UdpSocket::bind("127.0.0.1:0").unwrap();

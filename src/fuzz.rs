@@ -24,7 +24,6 @@ fn dialog_config() -> DialogConfig {
         answer_after: Duration::from_millis(100),
         t1: Duration::from_millis(500),
         t2: Duration::from_millis(4000),
-        reliable: false,
         provisional: true,
         local_sip: "127.0.0.1:5060".parse().expect("literal"),
         transport: backstop_core::sip::Transport::Udp,

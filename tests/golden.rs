@@ -199,7 +199,6 @@ fn run_call() -> Committed {
             answer_after: cfg.sip.answer_after,
             t1: cfg.sip.t1,
             t2: cfg.sip.t2,
-            reliable: false,
             provisional: true,
             local_sip: "127.0.0.1:5060".parse().unwrap(),
             transport: backstop_core::sip::Transport::Udp,

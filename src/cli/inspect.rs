@@ -10,6 +10,7 @@ use crate::sink::outbox::Outbox;
 use anyhow::Context;
 use backstop_core::intake::lead::Lead;
 use backstop_core::intake::script::{AnswerKind, AnswerStatus};
+use backstop_core::sip::dialog::EndedBy;
 
 /// The outbox of this data dir, which must exist: inspecting never creates one.
 fn open_outbox(cfg: &Config) -> anyhow::Result<Outbox> {
@@ -68,9 +69,6 @@ pub fn describe_lead(line: &str) -> String {
         })
         .collect();
     let answers = if answers.is_empty() { String::new() } else { format!("  [{}]", answers.join(", ")) };
-    // `ended_by` as the lead spells it.
-    let ended_by =
-        lead.ended_by.and_then(|b| serde_json::to_value(b).ok()).and_then(|v| v.as_str().map(str::to_string));
     format!(
         "{}  {} {}{}  {} ended by {}  {}{answers}",
         lead.received_at,
@@ -78,7 +76,7 @@ pub fn describe_lead(line: &str) -> String {
         lead.caller.display_name.as_ref().map(|n| format!("\"{n}\"")).unwrap_or_default(),
         fwd,
         lead.outcome,
-        or_dash(ended_by.as_deref()),
+        or_dash(lead.ended_by.map(EndedBy::as_str)),
         secs
     )
 }

@@ -52,7 +52,6 @@ impl CallTask {
                 answer_after: cfg.sip.answer_after,
                 t1: cfg.sip.t1,
                 t2: cfg.sip.t2,
-                reliable: reply.is_reliable(),
                 // No 100/180 to a caller that may be spoofed: the 200 alone must fit what it sent.
                 provisional: budget.is_verified(),
                 local_sip: SocketAddr::new(local_ip, shared.local_sip.port()),

@@ -402,7 +402,6 @@ mod tests {
                 answer_after: Duration::from_millis(1000),
                 t1: Duration::from_millis(500),
                 t2: Duration::from_millis(4000),
-                reliable: false,
                 provisional: true,
                 local_sip: "127.0.0.1:5060".parse().unwrap(),
                 transport: Transport::Udp,

@@ -159,7 +159,7 @@ pub struct Lead {
     pub dtmf: String,
     pub duration_ms: Option<u64>,
     pub ended_at: Option<String>,
-    #[serde(default, deserialize_with = "ended_by_wire::deserialize")]
+    #[serde(default)]
     pub ended_by: Option<EndedBy>,
     pub forwarded: Option<Forwarded>,
     pub id: String,
@@ -175,54 +175,6 @@ pub struct Lead {
     pub source_verified: bool,
     /// `udp` or `tcp`.
     pub transport: Transport,
-}
-
-/// Reading `ended_by` back: [`EndedBy`] (owned by `sip::dialog`) derives
-/// only `Serialize`. This mirror takes the same lower-case names (a test
-/// round-trips every variant), and its two `From` matches stop the build if
-/// a variant is added on one side only.
-mod ended_by_wire {
-    use super::EndedBy;
-    use serde::{Deserialize, Deserializer};
-
-    #[derive(Deserialize)]
-    #[serde(rename_all = "lowercase")]
-    enum Wire {
-        Caller,
-        Agent,
-        Timeout,
-        Cancel,
-        Error,
-    }
-
-    impl From<Wire> for EndedBy {
-        fn from(w: Wire) -> EndedBy {
-            match w {
-                Wire::Caller => EndedBy::Caller,
-                Wire::Agent => EndedBy::Agent,
-                Wire::Timeout => EndedBy::Timeout,
-                Wire::Cancel => EndedBy::Cancel,
-                Wire::Error => EndedBy::Error,
-            }
-        }
-    }
-
-    // Exhaustive over EndedBy: a variant added there stops the build here until the mirror has it.
-    impl From<EndedBy> for Wire {
-        fn from(b: EndedBy) -> Wire {
-            match b {
-                EndedBy::Caller => Wire::Caller,
-                EndedBy::Agent => Wire::Agent,
-                EndedBy::Timeout => Wire::Timeout,
-                EndedBy::Cancel => Wire::Cancel,
-                EndedBy::Error => Wire::Error,
-            }
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<EndedBy>, D::Error> {
-        Ok(Option::<Wire>::deserialize(d)?.map(EndedBy::from))
-    }
 }
 
 /// RFC 3339 UTC with milliseconds.

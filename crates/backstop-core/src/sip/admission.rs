@@ -894,7 +894,6 @@ mod tests {
             answer_after: Duration::from_millis(100),
             t1: Duration::from_millis(100),
             t2: Duration::from_millis(4000),
-            reliable: false,
             provisional: budget.is_verified(),
             local_sip: addr("192.0.2.1:5060"),
             transport: Transport::Udp,

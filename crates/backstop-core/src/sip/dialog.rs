@@ -31,15 +31,14 @@ pub struct DialogConfig {
     pub answer_after: Duration,
     pub t1: Duration,
     pub t2: Duration,
-    /// True on TCP: nothing is retransmitted but the 2xx, which is resent
-    /// end to end (a later hop may be UDP).
-    pub reliable: bool,
     /// Send 100 and 180 while ringing. Off for a source that has not shown it
     /// can receive (it may be spoofed): the 200 alone must fit what it sent.
     pub provisional: bool,
     /// The SIP address we are reachable at for this call (Via, Contact).
     pub local_sip: SocketAddr,
-    /// The transport of the INVITE, for our Via and Contact.
+    /// The transport of the INVITE, for our Via and Contact. On a reliable
+    /// one (TCP) nothing is retransmitted but the 2xx, which is resent end
+    /// to end (a later hop may be UDP).
     pub transport: Transport,
     /// Our RTP address for this call (SDP).
     pub local_rtp: SocketAddr,
@@ -49,7 +48,7 @@ pub struct DialogConfig {
 }
 
 /// Why the dialog ended; becomes the lead's `ended_by`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EndedBy {
     Caller,
@@ -57,6 +56,19 @@ pub enum EndedBy {
     Timeout,
     Cancel,
     Error,
+}
+
+impl EndedBy {
+    /// As the lead spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndedBy::Caller => "caller",
+            EndedBy::Agent => "agent",
+            EndedBy::Timeout => "timeout",
+            EndedBy::Cancel => "cancel",
+            EndedBy::Error => "error",
+        }
+    }
 }
 
 /// What the dialog tells the call.
@@ -130,10 +142,10 @@ impl UasDialog {
     /// Start a dialog for a new INVITE: sends 100 and 180 (or 488 for an
     /// unusable offer) and schedules the answer.
     pub fn new(now: Instant, invite: Request, cfg: DialogConfig) -> UasDialog {
-        let reply_dest = reply_dest(&invite, cfg.reliable);
+        let reply_dest = reply_dest(&invite, cfg.transport.is_reliable());
         let remote_target = invite.contact.as_ref().map(|c| c.uri.clone()).unwrap_or_else(|| invite.from.uri.clone());
         let route_set: Vec<String> = invite.frame.get_all("Record-Route").flat_map(split_name_addrs).collect();
-        let request_dest = request_dest(&route_set, &remote_target, invite.source, cfg.reliable);
+        let request_dest = request_dest(&route_set, &remote_target, invite.source, cfg.transport.is_reliable());
         let local = LocalSession { session_id: cfg.seed & 0xFFFF_FFFF, version: 1, rtp_addr: cfg.local_rtp };
         let mut d = UasDialog {
             state: State::Ringing,
@@ -232,7 +244,7 @@ impl UasDialog {
     /// Start resending `bytes` to `dest` until the transaction with `cseq` is
     /// answered; on a reliable transport only an `end_to_end` one (a 2xx) is resent.
     fn unanswered(&self, now: Instant, bytes: Vec<u8>, dest: SocketAddr, cseq: u32, end_to_end: bool) -> Unanswered {
-        let resend = !self.cfg.reliable || end_to_end;
+        let resend = !self.cfg.transport.is_reliable() || end_to_end;
         let message = SipTransmit { dest, bytes };
         Unanswered { cseq, retransmit: Retransmit::new(message, now, self.cfg.t1, self.cfg.t2, resend) }
     }
@@ -347,7 +359,7 @@ impl UasDialog {
 
     /// A request for this call (same Call-ID) arrived.
     pub fn handle_request(&mut self, now: Instant, req: Request) {
-        let dest = reply_dest(&req, self.cfg.reliable);
+        let dest = reply_dest(&req, self.cfg.transport.is_reliable());
         let same_txn = req.cseq == self.invite.cseq && req.via.branch == self.invite.via.branch;
         match req.method {
             Method::Invite if same_txn && req.to.tag.is_none() => {
@@ -614,7 +626,6 @@ mod tests {
             answer_after: Duration::from_millis(1000),
             t1: Duration::from_millis(500),
             t2: Duration::from_millis(4000),
-            reliable,
             provisional: true,
             local_sip: "127.0.0.1:5060".parse().unwrap(),
             transport: if reliable { Transport::Tcp } else { Transport::Udp },
@@ -858,5 +869,15 @@ mod tests {
         // A stale (older CSeq) re-INVITE changes nothing.
         d.handle_request(t0, request("INVITE", 1, "z9hG4bKold", Some("local"), OFFER));
         assert!(sent(&mut d).is_empty());
+    }
+
+    #[test]
+    fn ended_by_reads_back_what_it_writes() {
+        for by in [EndedBy::Caller, EndedBy::Agent, EndedBy::Timeout, EndedBy::Cancel, EndedBy::Error] {
+            let json = serde_json::to_string(&by).unwrap();
+            assert_eq!(json, format!("\"{}\"", by.as_str()));
+            assert_eq!(serde_json::from_str::<EndedBy>(&json).unwrap(), by);
+        }
+        assert!(serde_json::from_str::<EndedBy>("\"Caller\"").is_err());
     }
 }
