@@ -1,15 +1,14 @@
 //! Delivery: the tokio side of the outbox. [`Publisher::publish`] commits an
-//! event (on the blocking pool: SQLite fsyncs) and wakes the sink workers;
-//! one worker per sink takes due events, delivers them concurrently (one per
-//! call at a time, so a call's events stay in order) and records each
-//! result. The SQLite connection sits behind a mutex: it is touched a few
-//! times per call, never from the media path.
+//! event (on the blocking pool: SQLite fsyncs) and wakes the sink workers
+//! (`sink::worker`); [`Delivery`] sets the sinks up, closes the leads of
+//! calls a restart cut off, starts the workers and, at shutdown, waits for
+//! the files to catch up. The SQLite connection sits behind a mutex: it is
+//! touched a few times per call, never from the media path.
 
 use crate::sink::event::{Event, EventType};
-use crate::sink::file::LeadFile;
-use crate::sink::outbox::{Due, Outbox, SinkSpec};
-use crate::sink::retry::{Attempt, Verdict, backoff, classify};
+use crate::sink::outbox::{Outbox, SinkSpec};
 use crate::sink::webhook::Webhook;
+use crate::sink::worker::{housekeeping, retry_held, worker};
 use backstop_core::intake::lead::{Outcome, rfc3339};
 use backstop_core::sip::dialog::EndedBy;
 use std::path::PathBuf;
@@ -43,10 +42,10 @@ pub struct Sink {
 /// Shared handle for committing events.
 #[derive(Clone)]
 pub struct Publisher {
-    db: Arc<Mutex<Outbox>>,
-    specs: Arc<Vec<SinkSpec>>,
-    wake: Arc<Vec<Arc<Notify>>>,
-    held: Held,
+    pub(super) db: Arc<Mutex<Outbox>>,
+    pub(super) specs: Arc<Vec<SinkSpec>>,
+    pub(super) wake: Arc<Vec<Arc<Notify>>>,
+    pub(super) held: Held,
 }
 
 /// Events the outbox could not take (disk full): kept in memory, in order,
@@ -71,7 +70,7 @@ pub enum DeliveryError {
 }
 
 /// Commit held events in order, stopping at the first that fails.
-fn flush_held(
+pub(super) fn flush_held(
     db: &mut Outbox,
     specs: &[SinkSpec],
     held: &mut std::collections::VecDeque<Event>,
@@ -197,177 +196,6 @@ impl Delivery {
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-        }
-    }
-}
-
-async fn blocking<T: Send + 'static>(db: &Arc<Mutex<Outbox>>, f: impl FnOnce(&Outbox) -> T + Send + 'static) -> T {
-    let db = db.clone();
-    tokio::task::spawn_blocking(move || f(&db.lock().unwrap_or_else(|p| p.into_inner()))).await.expect("outbox task")
-}
-
-async fn worker(db: Arc<Mutex<Outbox>>, sink: Sink, wake: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
-    let name = sink.spec.name.clone();
-    tracing::info!(sink = %name, "delivery worker started");
-    loop {
-        if *shutdown.borrow() {
-            return;
-        }
-        let n = name.clone();
-        let due = match blocking(&db, move |o| o.due(&n, now_ms(), 64)).await {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::error!(sink = %name, error = %e, "outbox read failed");
-                Vec::new()
-            }
-        };
-        if due.is_empty() {
-            let n = name.clone();
-            let next = blocking(&db, move |o| o.next_due_ms(&n)).await.ok().flatten();
-            let wait = next
-                .map(|t| Duration::from_millis((t - now_ms()).clamp(0, 5_000) as u64))
-                .unwrap_or(Duration::from_secs(5));
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = wake.notified() => {}
-                _ = shutdown.changed() => {}
-            }
-            continue;
-        }
-        let mut set = tokio::task::JoinSet::new();
-        for d in due {
-            let target = sink.target.clone();
-            set.spawn(async move {
-                let attempt = deliver(&target, &d).await;
-                (d, attempt)
-            });
-        }
-        while let Some(joined) = set.join_next().await {
-            let Ok((d, attempt)) = joined else { continue };
-            record(&db, &sink, d, attempt).await;
-        }
-    }
-}
-
-async fn deliver(target: &Target, d: &Due) -> Attempt {
-    match target {
-        Target::Webhook(w) => {
-            let body = serde_json::to_vec(&d.event).expect("events serialise");
-            w.deliver(&d.event.id, &body, now_ms() / 1000).await
-        }
-        Target::LeadsFile(path) | Target::EventsFile(path) => {
-            let (path, event) = (path.clone(), d.event.clone());
-            let leads = matches!(target, Target::LeadsFile(_));
-            let r = tokio::task::spawn_blocking(move || {
-                let mut file = LeadFile::open(&path)?;
-                if leads { file.append_once(&event.lead.id, &event.lead) } else { file.append_once(&event.id, &event) }
-            })
-            .await;
-            match r {
-                Ok(Ok(())) => Attempt::Status { code: 200, retry_after: None },
-                Ok(Err(e)) => Attempt::Transport(format!("writing {}: {e}", target_name(target))),
-                Err(e) => Attempt::Transport(e.to_string()),
-            }
-        }
-    }
-}
-
-fn target_name(t: &Target) -> String {
-    match t {
-        Target::LeadsFile(p) | Target::EventsFile(p) => p.display().to_string(),
-        Target::Webhook(w) => w.url.clone(),
-    }
-}
-
-async fn record(db: &Arc<Mutex<Outbox>>, sink: &Sink, d: Due, attempt: Attempt) {
-    let name = sink.spec.name.clone();
-    let now = now_ms();
-    let (seq, id, call_id, kind) = (d.seq, d.event.id.clone(), d.event.call_id().to_string(), d.event.kind.as_str());
-    let verdict = match classify(&attempt) {
-        Verdict::Retry { why, .. } if now - d.created_ms > sink.max_age.as_millis() as i64 => {
-            Verdict::Dead { why: format!("{why}; gave up after {} h", sink.max_age.as_secs() / 3600) }
-        }
-        v => v,
-    };
-    let result = match verdict {
-        Verdict::Delivered => {
-            tracing::info!(sink = %name, event = %id, kind, call_id = %call_id, attempts = d.attempts + 1, latency_ms = now - d.created_ms, "delivered");
-            blocking(db, move |o| o.mark_done(&name, seq, now)).await
-        }
-        Verdict::Retry { after, why } => {
-            let wait = backoff(d.attempts + 1, sink.max_interval, after, rand::random::<f64>());
-            tracing::warn!(sink = %name, event = %id, kind, call_id = %call_id, attempt = d.attempts + 1, retry_in_ms = wait.as_millis() as u64, why, "delivery failed; will retry");
-            blocking(db, move |o| o.mark_retry(&name, seq, now + wait.as_millis() as i64, &why)).await
-        }
-        Verdict::Dead { why } => {
-            tracing::error!(sink = %name, event = %id, kind, call_id = %call_id, why, "delivery failed permanently: event dead-lettered (backstop outbox retry --dead)");
-            blocking(db, move |o| o.mark_dead(&name, seq, &why)).await
-        }
-    };
-    if let Err(e) = result {
-        tracing::error!(sink = %sink.spec.name, event = %d.event.id, error = %e, "could not record the delivery result; it will be retried");
-    }
-}
-
-/// Every 2 s, commit the events held in memory; at shutdown, one last try,
-/// and whatever still cannot be committed is written whole to the log.
-async fn retry_held(publisher: Publisher, mut shutdown: watch::Receiver<bool>) {
-    loop {
-        let stop = tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(2)) => false,
-            _ = shutdown.changed() => true,
-        };
-        let p = publisher.clone();
-        let (result, left) = tokio::task::spawn_blocking(move || {
-            // Same lock order as `publish`: the outbox, then the held events.
-            let mut db = p.db.lock().unwrap_or_else(|e| e.into_inner());
-            let mut held = p.held.lock().unwrap_or_else(|e| e.into_inner());
-            if held.is_empty() {
-                return (Ok(()), Vec::new());
-            }
-            let r = flush_held(&mut db, &p.specs, &mut held);
-            (r, if stop { held.drain(..).collect() } else { Vec::new() })
-        })
-        .await
-        .unwrap_or((Ok(()), Vec::new()));
-        match result {
-            Ok(()) => {
-                for w in publisher.wake.iter() {
-                    w.notify_one();
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "the outbox still cannot take the held events"),
-        }
-        for ev in left {
-            tracing::error!(event = %serde_json::to_string(&ev).unwrap_or_default(), "shutting down with an event the outbox could not take; it is only in this log");
-        }
-        if stop || *shutdown.borrow() {
-            return;
-        }
-    }
-}
-
-async fn housekeeping(db: Arc<Mutex<Outbox>>, max_pending: u64, keep: Duration, mut shutdown: watch::Receiver<bool>) {
-    loop {
-        let keep_ms = keep.as_millis() as i64;
-        let (pending, pruned) = blocking(&db, move |o| (o.pending_total(), o.prune(now_ms(), keep_ms))).await;
-        if let Ok(p) = pending
-            && p * 10 >= max_pending * 8
-        {
-            tracing::warn!(
-                pending = p,
-                max_pending,
-                "the outbox is filling up: deliveries are failing (see backstop outbox status)"
-            );
-        }
-        if let Ok(n) = pruned
-            && n > 0
-        {
-            tracing::debug!(pruned = n, "old delivered events removed from the outbox");
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(300)) => {}
-            _ = shutdown.changed() => { if *shutdown.borrow() { return; } }
         }
     }
 }

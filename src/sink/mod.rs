@@ -6,3 +6,4 @@ pub mod file;
 pub mod outbox;
 pub mod retry;
 pub mod webhook;
+mod worker;
