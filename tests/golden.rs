@@ -6,8 +6,8 @@
 //! ZIP and urgency as RFC 4733 events, and the agent says goodbye and hangs
 //! up. What the agent would commit is compared with `tests/golden/`: the
 //! `call.missed` and `lead.completed` events as a webhook receives them
-//! (the event id masked: it is random), the leads.jsonl line, and the
-//! recordings the call asked to write.
+//! (the event id masked: it is random), the leads.jsonl and events.jsonl
+//! lines, and the recordings the call asked to write.
 //!
 //! `BLESS=1 cargo test --test golden` rewrites the files; a change there is
 //! a change of the public contract, to be made on purpose.
@@ -303,7 +303,7 @@ fn check(name: &str, actual: &str) {
     );
 }
 
-/// The event as a webhook body (and an events.jsonl line), its random id masked.
+/// The event as a webhook body, its random id masked.
 fn masked(event: &Event) -> String {
     let json = serde_json::to_string(event).unwrap();
     json.replacen(&format!("\"id\":\"{}\"", event.id), "\"id\":\"evt_MASKED\"", 1) + "\n"
@@ -319,6 +319,16 @@ fn the_default_script_call_commits_the_golden_lead_and_events() {
     check("lead.completed.json", &masked(&c.events[1]));
     // The leads.jsonl line is the lead object of the completed event, alone.
     check("leads.jsonl", &(serde_json::to_string(&c.events[1].lead).unwrap() + "\n"));
+    // events.jsonl: each event with its keys sorted (the id masked as above).
+    let events_file: String = c
+        .events
+        .iter()
+        .map(|e| {
+            let line = serde_json::to_string(&e.file_line()).unwrap();
+            line.replacen(&format!("\"id\":\"{}\"", e.id), "\"id\":\"evt_MASKED\"", 1) + "\n"
+        })
+        .collect();
+    check("events.jsonl", &events_file);
     let recordings: String = c.recordings.iter().map(|(f, n)| format!("{f} {n}\n")).collect();
     check("recordings.txt", &recordings);
     let lead = &c.events[1].lead;

@@ -39,11 +39,6 @@ impl EventType {
         }
     }
 
-    /// An event name as a config writes it, including the reserved `lead.updated`.
-    pub fn parse(s: &str) -> Option<EventType> {
-        [EventType::CallMissed, EventType::LeadUpdated, EventType::LeadCompleted].into_iter().find(|t| t.as_str() == s)
-    }
-
     /// Whether Backstop publishes this event yet (see [`EventType::LeadUpdated`]).
     pub fn is_published(self) -> bool {
         EventType::ALL.contains(&self)
@@ -67,6 +62,12 @@ impl Event {
     pub fn call_id(&self) -> &str {
         &self.lead.call_id
     }
+
+    /// The event as a line of `events.jsonl`: its keys sorted, as that file
+    /// has always written them (a webhook's body keeps the declared order).
+    pub fn file_line(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("an event always serialises")
+    }
 }
 
 #[cfg(test)]
@@ -76,10 +77,10 @@ mod tests {
     #[test]
     fn event_names_round_trip_and_lead_updated_is_reserved() {
         for t in [EventType::CallMissed, EventType::LeadUpdated, EventType::LeadCompleted] {
-            assert_eq!(EventType::parse(t.as_str()), Some(t));
+            assert_eq!(serde_json::from_value::<EventType>(t.as_str().into()).unwrap(), t);
             assert_eq!(serde_json::to_value(t).unwrap(), t.as_str());
         }
-        assert_eq!(EventType::parse("lead.created"), None);
+        assert!(serde_json::from_value::<EventType>("lead.created".into()).is_err());
         assert!(!EventType::LeadUpdated.is_published());
         assert!(EventType::ALL.iter().all(|t| t.is_published()));
     }

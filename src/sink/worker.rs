@@ -72,7 +72,11 @@ async fn deliver(target: &Target, d: &Due) -> Attempt {
             let leads = matches!(target, Target::LeadsFile(_));
             let r = tokio::task::spawn_blocking(move || {
                 let mut file = LeadFile::open(&path)?;
-                if leads { file.append_once(&event.lead.id, &event.lead) } else { file.append_once(&event.id, &event) }
+                if leads {
+                    file.append_once(&event.lead.id, &event.lead)
+                } else {
+                    file.append_once(&event.id, &event.file_line())
+                }
             })
             .await;
             match r {

@@ -36,7 +36,8 @@ impl Backoff {
         let doublings = failures.saturating_sub(1);
         let exponential = self.first.saturating_mul(2u32.saturating_pow(doublings)).min(self.max);
         let factor = 0.8 + 0.4 * jitter.clamp(0.0, 1.0);
-        exponential.mul_f64(factor).min(self.max)
+        // Checked: a cap near Duration::MAX times 1.2 does not fit.
+        Duration::try_from_secs_f64(exponential.as_secs_f64() * factor).unwrap_or(self.max).min(self.max)
     }
 }
 

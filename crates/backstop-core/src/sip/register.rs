@@ -23,6 +23,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+/// The longest a registrar's Retry-After holds a retry back.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
+
 /// One account, resolved and ready.
 #[derive(Debug, Clone)]
 pub struct AccountSetup {
@@ -298,7 +301,8 @@ impl Registration {
         let jitter = (self.cfg.seed.rotate_left(self.failures) % 1000) as f64 / 1000.0;
         let mut wait = backoff.wait(self.failures, jitter);
         if let Some(ra) = retry_after {
-            wait = wait.max(ra);
+            // A floor, but a sane one: a Retry-After of years (or of u64::MAX) is a day.
+            wait = wait.max(ra.min(MAX_RETRY_AFTER));
         }
         self.state = RegState::WaitingToRetry;
         self.refresh_at = None;
