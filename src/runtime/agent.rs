@@ -12,7 +12,7 @@ use crate::pacer::Pacer;
 use crate::sink::delivery::Publisher;
 use crate::transport::{Inbound, TcpLimits, serve_tcp, serve_udp};
 use backstop_core::media::prompt::PromptSet;
-use backstop_core::sip::admission::{Admission, AdmissionConfig, Network};
+use backstop_core::sip::admission::{Admission, AdmissionConfig};
 use backstop_core::sip::register::Registration;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -114,14 +114,11 @@ impl Agent {
 
 /// The admission policy from the config: limits, trust, verified sources.
 fn admission_config(cfg: &Config) -> AdmissionConfig {
-    let networks = |nets: &[ipnet::IpNet]| -> Vec<Network> {
-        nets.iter().filter_map(|n| Network::new(n.addr(), n.prefix_len())).collect()
-    };
     AdmissionConfig {
         guard: cfg.security.guard(),
         trust_enforced: cfg.trust_enforced(),
-        trusted: networks(&cfg.sip.trusted_sources),
-        verified: networks(&cfg.security.verified_sources),
+        trusted: cfg.sip.trusted_sources.clone(),
+        verified: cfg.security.verified_sources.clone(),
         max_calls: cfg.sip.max_calls,
     }
 }
