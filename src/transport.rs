@@ -31,10 +31,6 @@ impl ReplyPath {
         }
     }
 
-    pub fn is_reliable(&self) -> bool {
-        matches!(self, ReplyPath::Tcp(_))
-    }
-
     /// Send; errors are logged, never fatal (the transaction layer retries or times out).
     pub async fn send(&self, dest: SocketAddr, bytes: Vec<u8>) {
         match self {
@@ -288,8 +284,10 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, mut rx) = mpsc::channel(16);
+        // Room for more than this test opens: a connection refused for want of a
+        // slot would look closed too, and prove nothing about framing.
         let server =
-            tokio::spawn(serve_tcp(listener, tx, TcpLimits { max_connections: 2, idle: Duration::from_secs(30) }));
+            tokio::spawn(serve_tcp(listener, tx, TcpLimits { max_connections: 8, idle: Duration::from_secs(30) }));
         let neighbour = open_all(addr, &mut rx, 1).await;
         for len in ["99999999999999999999999999", "18446744073709551615", "-1"] {
             let mut s = TcpStream::connect(addr).await.unwrap();
@@ -301,9 +299,9 @@ mod tests {
             assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "Content-Length {len}: not closed");
             assert!(rx.try_recv().is_err(), "Content-Length {len}: a message was framed");
         }
-        // The neighbour is still connected, and its slot and the other still work.
+        // The neighbour is still connected, and the slots came back.
         drop(neighbour);
-        open_all(addr, &mut rx, 2).await;
+        open_all(addr, &mut rx, 8).await;
         server.abort();
     }
 }

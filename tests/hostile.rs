@@ -277,7 +277,9 @@ fn tcp_connections_are_bounded_and_idle_ones_closed() {
 /// others, and the connection's slot comes back.
 #[test]
 fn a_huge_content_length_over_tcp_closes_only_that_connection() {
-    let agent = AgentProc::start("tcp-huge-length", "[security]\nmax_tcp_connections = 2\n");
+    // Room for more connections than the test opens: one refused for want of a
+    // slot would look closed too, and prove nothing about framing.
+    let agent = AgentProc::start("tcp-huge-length", "[security]\nmax_tcp_connections = 8\n");
     let options_over_tcp = |s: &mut TcpStream, content_length: &str| {
         let me = s.local_addr().unwrap();
         let msg = options(me, "", "")
@@ -315,6 +317,9 @@ fn a_huge_content_length_over_tcp_closes_only_that_connection() {
         options_over_tcp(&mut neighbour, "0");
         assert!(answered(&mut neighbour), "Content-Length {huge}: the neighbour got no answer\n{}", agent.log());
     }
+    // Each was closed because its stream could not be framed.
+    let log = agent.log();
+    assert_eq!(log.matches("cannot frame the TCP stream").count(), 3, "{log}");
     // The closed connections gave their slots back: a second client gets in and is answered.
     let mut second = TcpStream::connect(agent.addr()).unwrap();
     options_over_tcp(&mut second, "0");

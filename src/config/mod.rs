@@ -9,7 +9,7 @@ mod delivery;
 mod locate;
 mod sip;
 mod validate;
-pub mod value;
+mod value;
 
 use backstop_core::intake::program::{Program, StepConfig};
 use backstop_core::media::recorder::RecordingFormat;

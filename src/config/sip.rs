@@ -203,7 +203,7 @@ impl Default for SecurityConfig {
             scanner_user_agents: backstop_core::sip::guard::default_scanner_user_agents(),
             requests_per_second: 20.0,
             request_burst: 40.0,
-            invites_per_second: 10.0,
+            invites_per_second: 20.0,
             invite_burst: 40.0,
             max_message_bytes: 16384,
             max_headers: 100,

@@ -14,6 +14,13 @@ use std::time::Duration;
 /// At most this many values are dropped and the file read again.
 const MAX_TYPE_ERRORS: usize = 32;
 
+/// Upper bounds on durations: far beyond any sensible setting, and far below
+/// what would overflow a deadline computed from them.
+const MINUTE: Duration = Duration::from_secs(60);
+const DAY: Duration = Duration::from_secs(24 * 3600);
+const WEEK: Duration = Duration::from_secs(7 * 24 * 3600);
+const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+
 pub(super) fn parse(text: &str, file: Option<&Path>) -> Result<Config, Vec<ConfigError>> {
     let error = |key: Option<String>, line: Option<usize>, message: String| ConfigError {
         file: file.map(Into::into),
@@ -34,6 +41,7 @@ pub(super) fn parse(text: &str, file: Option<&Path>) -> Result<Config, Vec<Confi
     };
     let mut errors = Vec::new();
     let mut dropped: Vec<String> = Vec::new();
+    let mut renumber = Renumber::default();
     let cfg = loop {
         match Config::deserialize(toml::de::Deserializer::from(doc.root())) {
             Ok(cfg) => break cfg,
@@ -46,11 +54,15 @@ pub(super) fn parse(text: &str, file: Option<&Path>) -> Result<Config, Vec<Confi
                     key.as_ref().is_some_and(|k| dropped.iter().any(|d| d.starts_with(&format!("{k}."))))
                         && e.message().starts_with("missing field");
                 if !follows_a_drop {
-                    errors.push(error(key.clone(), at.map(|o| doc.line_at(o)), e.message().to_string()));
+                    let named = key.as_deref().map(|k| renumber.original(k));
+                    errors.push(error(named, at.map(|o| doc.line_at(o)), e.message().to_string()));
                 }
                 // Read the rest without the value, to report its problems too.
                 match key {
-                    Some(k) if errors.len() < MAX_TYPE_ERRORS && doc.remove(&k) => dropped.push(k),
+                    Some(k) if errors.len() < MAX_TYPE_ERRORS && doc.remove(&k) => {
+                        renumber.dropped(&k);
+                        dropped.push(k)
+                    }
                     _ => return Err(errors),
                 }
             }
@@ -58,11 +70,60 @@ pub(super) fn parse(text: &str, file: Option<&Path>) -> Result<Config, Vec<Confi
     };
     errors.extend(cfg.problems().into_iter().map(|(key, message)| {
         let line = doc.line_of(&key);
-        error(Some(key), line, message)
+        error(Some(renumber.original(&key)), line, message)
     }));
     // As a reader meets them: down the file, then what is not written in it.
     errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
     if errors.is_empty() { Ok(cfg) } else { Err(errors) }
+}
+
+/// The entries of `[[tables]]` dropped for a bad required value: the later
+/// ones move up in what is read, so a key is named by its entry's place in
+/// the file, as the user wrote it.
+#[derive(Default)]
+struct Renumber {
+    /// (array, original index of each entry dropped from it).
+    dropped: Vec<(String, usize)>,
+}
+
+impl Renumber {
+    /// `key` (as read now) was an entry of an array of tables, and is gone.
+    fn dropped(&mut self, key: &str) {
+        if let Some((array, index)) = split_entry(key) {
+            let original = self.original_index(array, index);
+            self.dropped.push((array.to_string(), original));
+        }
+    }
+
+    fn original_index(&self, array: &str, now: usize) -> usize {
+        let mut gone: Vec<usize> = self.dropped.iter().filter(|(a, _)| a == array).map(|(_, i)| *i).collect();
+        gone.sort_unstable();
+        let mut original = now;
+        for g in gone {
+            if g <= original {
+                original += 1;
+            }
+        }
+        original
+    }
+
+    /// A key as read now, named as the file writes it.
+    fn original(&self, key: &str) -> String {
+        let (head, rest) = key.split_once('.').map_or((key, None), |(h, r)| (h, Some(r)));
+        match split_entry(head) {
+            Some((array, now)) => {
+                let named = format!("{array}[{}]", self.original_index(array, now));
+                rest.map_or(named.clone(), |r| format!("{named}.{r}"))
+            }
+            None => key.to_string(),
+        }
+    }
+}
+
+/// `webhook[2]` → ("webhook", 2).
+fn split_entry(key: &str) -> Option<(&str, usize)> {
+    let (array, index) = key.strip_suffix(']')?.split_once('[')?;
+    Some((array, index.parse().ok()?))
 }
 
 impl Config {
@@ -70,8 +131,8 @@ impl Config {
     fn problems(&self) -> Vec<(String, String)> {
         let mut p: Vec<(String, String)> = Vec::new();
         let sip = &self.sip;
-        if sip.t1.is_zero() || sip.t2 < sip.t1 {
-            p.push(("sip.t2_ms".into(), "T1 must be > 0 and T2 >= T1".into()));
+        if sip.t1.is_zero() || sip.t2 < sip.t1 || sip.t2 > MINUTE {
+            p.push(("sip.t2_ms".into(), "T1 must be > 0 and T1 <= T2 <= 60000".into()));
         }
         if sip.answer_after > Duration::from_secs(60) {
             p.push(("sip.answer_after_ms".into(), "must be at most 60000 (a minute of ringing)".into()));
@@ -108,8 +169,14 @@ impl Config {
         if self.call.shutdown_grace > Duration::from_secs(3600) {
             p.push(("call.shutdown_grace_secs".into(), "at most 3600".into()));
         }
-        if self.call.max_duration.is_zero() {
-            p.push(("call.max_duration_secs".into(), "must be at least 1".into()));
+        if self.call.max_duration.is_zero() || self.call.max_duration > DAY {
+            p.push(("call.max_duration_secs".into(), "must be between 1 and 86400".into()));
+        }
+        if sec.tcp_idle > WEEK {
+            p.push(("security.tcp_idle_secs".into(), "at most 604800 (a week)".into()));
+        }
+        if self.outbox.keep_delivered > YEAR {
+            p.push(("outbox.keep_delivered_hours".into(), "at most 8760 (a year)".into()));
         }
         for (i, w) in self.webhook.iter().enumerate() {
             let key = |k: &str| format!("webhook[{i}].{k}");
@@ -132,16 +199,28 @@ impl Config {
             {
                 p.push((key("timeout_ms"), "timeouts, max_retry_interval_s and max_age_hours must be > 0".into()));
             }
+            if w.timeout > MINUTE * 10 || w.connect_timeout > MINUTE * 10 {
+                p.push((key("timeout_ms"), "timeouts must be at most 600000 (ten minutes)".into()));
+            }
+            if w.max_retry_interval > DAY {
+                p.push((key("max_retry_interval_s"), "at most 86400 (a day)".into()));
+            }
+            if w.max_age > YEAR {
+                p.push((key("max_age_hours"), "at most 8760 (a year)".into()));
+            }
             if self.webhook[..i].iter().any(|o| o.url == w.url) {
                 p.push((key("url"), format!("{} is configured twice", w.url)));
             }
         }
         for (i, r) in self.register.iter().enumerate() {
             let key = |k: &str| format!("register[{i}].{k}");
-            if r.registrar.transport != TargetTransport::Udp {
+            // REGISTERs go to the outbound proxy when there is one.
+            let (hop_key, hop) =
+                if r.outbound_proxy.is_some() { ("outbound_proxy", r.next_hop()) } else { ("registrar", &r.registrar) };
+            if hop.transport != TargetTransport::Udp {
                 p.push((
-                    key("registrar"),
-                    format!("transport={} is not supported for registration yet (UDP only)", r.registrar.transport),
+                    key(hop_key),
+                    format!("transport={} is not supported for registration yet (UDP only)", hop.transport),
                 ));
             }
             if r.username.is_empty() || r.username.contains(['@', ' ', ':']) {
@@ -155,6 +234,12 @@ impl Config {
             }
             if r.retry_interval.is_zero() || r.max_retry_interval < r.retry_interval {
                 p.push((key("retry_interval_s"), "must be > 0 and <= max_retry_interval_s".into()));
+            }
+            if r.max_retry_interval > DAY {
+                p.push((key("max_retry_interval_s"), "at most 86400 (a day)".into()));
+            }
+            if r.keepalive.is_some_and(|k| k > DAY) {
+                p.push((key("keepalive_s"), "at most 86400 (a day)".into()));
             }
         }
         if let Err(errs) = self.program() {
@@ -281,5 +366,31 @@ mod tests {
         let errs = Config::parse(text, None).unwrap_err();
         let keys: Vec<(&str, Option<usize>)> = errs.iter().map(|e| (e.key.as_str(), e.line)).collect();
         assert_eq!(keys, [("register[0].registrar", Some(2)), ("rtp.port_min", Some(6))]);
+    }
+
+    /// An entry dropped for a bad required value does not shift the names of
+    /// the entries after it.
+    #[test]
+    fn entries_after_a_dropped_one_keep_their_names() {
+        let text = "[[register]]\nregistrar = \"mailto:x\"\nusername = \"u\"\npassword = \"p\"\n\n\
+                    [[register]]\nregistrar = \"sip:pbx\"\nusername = \"a@b\"\npassword = \"p\"\n";
+        let errs = Config::parse(text, None).unwrap_err();
+        let keys: Vec<(&str, Option<usize>)> = errs.iter().map(|e| (e.key.as_str(), e.line)).collect();
+        assert_eq!(keys, [("register[0].registrar", Some(2)), ("register[1].username", Some(8))]);
+        let mut r = Renumber::default();
+        r.dropped("step[1]");
+        r.dropped("step[1]");
+        assert_eq!(r.original("step[1].name"), "step[3].name", "two dropped, later ones named as written");
+        assert_eq!(r.original("step[0]"), "step[0]");
+        assert_eq!(r.original("sip.listen"), "sip.listen");
+    }
+
+    #[test]
+    fn durations_beyond_reason_are_refused() {
+        let text = "[call]\nmax_duration_secs = 18446744073709551615\n[[register]]\nregistrar = \"sip:pbx\"\n\
+                    outbound_proxy = \"sip:proxy;transport=tcp\"\nusername = \"u\"\npassword = \"p\"\nmax_retry_interval_s = 9999999\n";
+        let errs = Config::parse(text, None).unwrap_err();
+        let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["call.max_duration_secs", "register[0].outbound_proxy", "register[0].max_retry_interval_s"]);
     }
 }

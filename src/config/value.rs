@@ -53,7 +53,7 @@ pub mod nets {
 }
 
 /// A CIDR range, or a single address as a /32 or /128.
-pub fn parse_net(text: &str) -> Result<IpNet, String> {
+fn parse_net(text: &str) -> Result<IpNet, String> {
     text.parse::<IpNet>()
         .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
         .map_err(|_| format!("{text:?} is not an address or CIDR range"))

@@ -175,7 +175,8 @@ async fn answer_with(answer: Answer, from: SocketAddr, reply: &ReplyPath) {
             // The same answer whatever the method or user: nothing to enumerate.
             tracing::warn!(%from, ?method, %call_id, %caller, "request from an untrusted address refused (403)")
         }
-        Reason::Draining | Reason::Full => tracing::info!(%from, ?reason, "new call refused (503)"),
+        // Debug: a flood of INVITEs while draining or full must not flood the log.
+        Reason::Draining | Reason::Full => tracing::debug!(%from, ?reason, "new call refused (503)"),
         Reason::NotAllowed(method) => tracing::info!(%from, %method, "method not allowed"),
         Reason::NoRtpPort | Reason::Options | Reason::NoCall => {}
     }

@@ -121,12 +121,20 @@ impl Outbox {
             Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, u32>(2)?, r.get::<_, i64>(3)?))
         })?;
         let mut out = Vec::new();
+        let mut unreadable = Vec::new();
         for row in rows {
             let (seq, body, attempts, created_ms) = row?;
             match serde_json::from_str::<Event>(&body) {
                 Ok(event) => out.push(Due { seq, event, attempts, created_ms }),
-                Err(e) => tracing::error!(seq, error = %e, "unreadable event in the outbox; skipped"),
+                Err(e) => unreadable.push((seq, e)),
             }
+        }
+        // Left pending, it would be read and skipped on every poll, and hold
+        // back its call's later events: dead-letter it, with why (after an
+        // upgrade that reads it, `outbox retry --dead` sends it).
+        for (seq, e) in unreadable {
+            tracing::error!(seq, sink, error = %e, "unreadable event in the outbox; dead-lettered");
+            self.mark_dead(sink, seq, &format!("unreadable by this version: {e}"))?;
         }
         Ok(out)
     }
@@ -341,5 +349,23 @@ mod tests {
         assert_eq!(ob.status(0).unwrap().iter().map(|s| s.delivered).sum::<u64>(), 0);
         // The interrupted call's call.missed is gone only once delivered; "done" left no trace to revive.
         assert!(ob.unfinished_calls().unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_unreadable_event_is_dead_lettered_and_does_not_hold_back_its_call() {
+        let mut ob = Outbox::open(&temp()).unwrap();
+        ob.append(&Event::new(EventType::CallMissed, "t".into(), &lead("c1")), &sinks(), 1000).unwrap();
+        ob.append(&Event::new(EventType::LeadCompleted, "t".into(), &lead("c1")), &sinks(), 1001).unwrap();
+        // The first event's body as a later version might have written it.
+        ob.conn
+            .execute("UPDATE events SET body = '{\"id\":\"x\",\"type\":\"call.missed\"}' WHERE seq = 1", [])
+            .unwrap();
+        assert!(ob.due("hook", 2000, 10).unwrap().is_empty(), "the unreadable one is not handed out");
+        let due = ob.due("hook", 2000, 10).unwrap();
+        assert_eq!(due.len(), 1, "the call's next event is no longer held back");
+        assert_eq!(due[0].event.kind, EventType::LeadCompleted);
+        let status = ob.status(2000).unwrap();
+        let hook = status.iter().find(|r| r.sink == "hook").unwrap();
+        assert_eq!(hook.dead, 1);
     }
 }
