@@ -16,8 +16,8 @@
 //!   `#[serde(default)]`), so leads written before it still deserialize
 //!   (`backstop leads tail`, the outbox after an upgrade).
 
+use crate::intake::answer::Answer;
 use crate::intake::forwarding::{Forwarded, forwarded};
-use crate::intake::script::Answer;
 use crate::sip::Transport;
 use crate::sip::dialog::EndedBy;
 use crate::sip::message::{NameAddr, Request, split_name_addrs};
@@ -146,7 +146,7 @@ impl<'de> Deserialize<'de> for Outcome {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Lead {
     pub answered_at: Option<String>,
-    /// The script's answers by step name (see `intake::script::Answer`).
+    /// The script's answers by step name (see `intake::answer::Answer`).
     #[serde(default)]
     pub answers: BTreeMap<String, Answer>,
     pub call_id: String,
@@ -278,8 +278,8 @@ mod tests {
     /// A lead with every field and part set: forwarded with a chain, an
     /// asserted caller, answers of each kind and status.
     fn full_lead(outcome: Outcome, ended_by: EndedBy) -> Lead {
+        use crate::intake::answer::{AnswerKind, AnswerStatus};
         use crate::intake::forwarding::{ForwardingHeader, Hop};
-        use crate::intake::script::{AnswerKind, AnswerStatus};
         let answer = |kind, status, value: Option<&str>| Answer {
             attempts: 2,
             from_caller_id: false,

@@ -1,4 +1,5 @@
 //! The caller-facing conversation: the script a call follows and the lead it produces.
+pub mod answer;
 pub mod endpoint;
 pub mod forwarding;
 pub mod lead;

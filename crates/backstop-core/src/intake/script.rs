@@ -6,15 +6,16 @@
 //! save a recording, hang up) and `poll_timeout`. It never sees SIP, RTP, a
 //! clock or a file, so a whole script runs in a test faster than real time.
 //!
-//! The answers end up in the lead under each step's name.
+//! The answers ([`Answer`], in `intake::answer`) end up in the lead under
+//! each step's name.
 
+pub use crate::intake::answer::{Answer, AnswerKind, AnswerStatus};
 use crate::intake::endpoint::{EndpointEvent, Endpointer, FRAME_SAMPLES, SpokenAnswer};
 use crate::intake::lead::Outcome;
 use crate::intake::program::{BargeIn, Program, Step, StepKind};
 use crate::media::g711::Law;
 use crate::media::recorder::Audio;
 use crate::media::vad::VoiceDetector;
-use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,71 +30,6 @@ pub enum ScriptAction {
         samples: Audio,
     },
     Hangup,
-}
-
-/// What kind of step asked: `voice` (ask), `digits` or `menu`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AnswerKind {
-    Voice,
-    Digits,
-    Menu,
-}
-
-/// How the question went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AnswerStatus {
-    Answered,
-    /// Nothing came, after the last retry.
-    NoInput,
-    /// Something came but did not fit, after the last retry.
-    Invalid,
-    /// The caller hung up mid-answer: what was said or keyed so far.
-    Partial,
-}
-
-impl AnswerStatus {
-    /// As in the lead: `answered`, `no_input`, `invalid`, `partial`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AnswerStatus::Answered => "answered",
-            AnswerStatus::NoInput => "no_input",
-            AnswerStatus::Invalid => "invalid",
-            AnswerStatus::Partial => "partial",
-        }
-    }
-}
-
-/// One answer, as it appears in the lead under `answers.<step>`. Fields in
-/// alphabetical order, as on the wire (see `intake::lead`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Answer {
-    /// How many times the question was asked.
-    pub attempts: u32,
-    /// digits: the caller chose "the number I am calling from".
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub from_caller_id: bool,
-    pub kind: AnswerKind,
-    /// menu: the chosen option's label.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub label: Option<String>,
-    /// voice: the WAV file, relative to the recordings directory.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub recording: Option<String>,
-    /// voice: from the first to the last speech frame.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub speech_ms: Option<u64>,
-    pub status: AnswerStatus,
-    /// The keys entered (digits, menu), or the caller's own number for the caller-ID option.
-    pub value: Option<String>,
-}
-
-impl Answer {
-    /// An answer with only the common fields set.
-    fn new(kind: AnswerKind, status: AnswerStatus, value: Option<String>, attempts: u32) -> Answer {
-        Answer { kind, status, value, label: None, from_caller_id: false, recording: None, speech_ms: None, attempts }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
