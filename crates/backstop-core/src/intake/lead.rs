@@ -85,28 +85,39 @@ const HUNG_UP_DURING: &str = "hung_up_during_";
 const INTERRUPTED_DURING: &str = "interrupted_during_";
 
 impl Outcome {
-    /// The outcomes that carry no step, with their wire names.
-    const FIXED: [(Outcome, &'static str); 7] = [
-        (Outcome::Ringing, "ringing"),
-        (Outcome::NotAnswered, "not_answered"),
-        (Outcome::HungUpWhileRinging, "hung_up_while_ringing"),
-        (Outcome::Rejected, "rejected"),
-        (Outcome::NoAck, "no_ack"),
-        (Outcome::Completed, "completed"),
-        (Outcome::Interrupted, "interrupted"),
+    /// The outcomes that carry no step: what `FromStr` reads by name.
+    const FIXED: [Outcome; 7] = [
+        Outcome::Ringing,
+        Outcome::NotAnswered,
+        Outcome::HungUpWhileRinging,
+        Outcome::Rejected,
+        Outcome::NoAck,
+        Outcome::Completed,
+        Outcome::Interrupted,
     ];
+
+    /// The wire string in two parts, a name and the step (empty when it
+    /// carries none): the only spelling of the names, and an exhaustive
+    /// match, so a new outcome cannot go unnamed.
+    fn parts(&self) -> (&'static str, &str) {
+        match self {
+            Outcome::Ringing => ("ringing", ""),
+            Outcome::NotAnswered => ("not_answered", ""),
+            Outcome::HungUpWhileRinging => ("hung_up_while_ringing", ""),
+            Outcome::Rejected => ("rejected", ""),
+            Outcome::NoAck => ("no_ack", ""),
+            Outcome::Completed => ("completed", ""),
+            Outcome::Interrupted => ("interrupted", ""),
+            Outcome::HungUpDuring(step) => (HUNG_UP_DURING, step),
+            Outcome::InterruptedDuring(step) => (INTERRUPTED_DURING, step),
+        }
+    }
 }
 
 impl std::fmt::Display for Outcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Outcome::HungUpDuring(step) => write!(f, "{HUNG_UP_DURING}{step}"),
-            Outcome::InterruptedDuring(step) => write!(f, "{INTERRUPTED_DURING}{step}"),
-            fixed => {
-                let name = Outcome::FIXED.iter().find(|(o, _)| o == fixed).map(|(_, n)| *n);
-                f.write_str(name.expect("every stepless outcome is in FIXED"))
-            }
-        }
+        let (name, step) = self.parts();
+        write!(f, "{name}{step}")
     }
 }
 
@@ -119,7 +130,7 @@ impl std::str::FromStr for Outcome {
     type Err = UnknownOutcome;
 
     fn from_str(s: &str) -> Result<Outcome, UnknownOutcome> {
-        if let Some((o, _)) = Outcome::FIXED.iter().find(|(_, n)| *n == s) {
+        if let Some(o) = Outcome::FIXED.iter().find(|o| o.parts() == (s, "")) {
             return Ok(o.clone());
         }
         let step = |prefix: &str| s.strip_prefix(prefix).filter(|step| !step.is_empty()).map(str::to_string);
@@ -365,7 +376,7 @@ mod tests {
 
     /// Every outcome, with its wire string.
     fn outcomes() -> Vec<(Outcome, &'static str)> {
-        let mut v: Vec<(Outcome, &str)> = Outcome::FIXED.to_vec();
+        let mut v: Vec<(Outcome, &str)> = Outcome::FIXED.iter().map(|o| (o.clone(), o.parts().0)).collect();
         v.push((Outcome::HungUpDuring("callback_number".into()), "hung_up_during_callback_number"));
         v.push((Outcome::InterruptedDuring("greeting".into()), "interrupted_during_greeting"));
         v.push((Outcome::InterruptedDuring("ringing".into()), "interrupted_during_ringing"));
