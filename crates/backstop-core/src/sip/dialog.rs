@@ -191,10 +191,6 @@ impl UasDialog {
         d
     }
 
-    pub fn call_id(&self) -> &str {
-        &self.invite.call_id
-    }
-
     pub fn is_terminated(&self) -> bool {
         self.state == State::Terminated
     }
