@@ -255,7 +255,7 @@ fn run_call() -> Committed {
                     committed.events.push(Event::new(EventType::LeadCompleted, wall(t0, now), &lead))
                 }
                 CallEvent::Recording { file, samples } => committed.recordings.push((file, samples.len())),
-                CallEvent::Progress(..) => {}
+                CallEvent::Progress(..) | CallEvent::Detail(..) => {}
                 CallEvent::PromptMissing(p) => panic!("prompt {p} is not loaded"),
             }
         }

@@ -115,6 +115,7 @@ impl CallTask {
             while let Some(ev) = call.poll_event() {
                 match ev {
                     CallEvent::Progress(what, detail) => tracing::info!(event = what, "{detail}"),
+                    CallEvent::Detail(what, detail) => tracing::debug!(event = what, "{detail}"),
                     CallEvent::PromptMissing(name) => {
                         tracing::error!(prompt = %name, "script asks for a prompt that is not loaded")
                     }

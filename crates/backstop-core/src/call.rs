@@ -32,8 +32,11 @@ pub enum Transmit {
 /// What the call reports to the runtime.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CallEvent {
-    /// Log-worthy progress, one line each.
+    /// Log-worthy progress, one line each (the runtime logs it at info).
     Progress(&'static str, String),
+    /// For the debug log: what is routine on many calls (RTP latching onto a
+    /// NAT'd caller's address), worth a line only when looking closely.
+    Detail(&'static str, String),
     /// The script asked for a prompt that is not loaded (a config problem): skipped.
     PromptMissing(String),
     /// The call has just arrived: who is calling and why it was forwarded.
@@ -221,9 +224,9 @@ impl Call {
                 match ev {
                     MediaEvent::PromptFinished(name) => self.script.handle_prompt_finished(now, &name),
                     MediaEvent::Dtmf(d) => self.on_dtmf(now, d),
-                    MediaEvent::Latched { from, sdp } => {
-                        self.progress("latched", format!("RTP latched onto {from} (SDP said {sdp:?})"))
-                    }
+                    MediaEvent::Latched { from, sdp } => self
+                        .events
+                        .push_back(CallEvent::Detail("latched", format!("RTP latched onto {from} (SDP said {sdp:?})"))),
                 }
             }
             if !progressed {
@@ -599,6 +602,21 @@ mod tests {
         let until = now + Duration::from_millis(100);
         drive(&mut call, &mut now, until, &mut run);
         assert_eq!(run.leads[0].dtmf, "9");
+    }
+
+    #[test]
+    fn latching_onto_a_natd_caller_is_a_detail_not_progress() {
+        let t0 = Instant::now();
+        let (mut call, now, _) = confirmed_call(t0);
+        while call.poll_event().is_some() {}
+        // The SDP said port 4000; the caller's NAT sends from another.
+        let natd: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        call.handle_rtp(now, natd, &rtp(0, 1, 160, &[0xff; 160]));
+        let events: Vec<CallEvent> = std::iter::from_fn(|| call.poll_event()).collect();
+        assert!(
+            matches!(&events[..], [CallEvent::Detail("latched", d)] if d.contains("127.0.0.1:40000")),
+            "{events:?}"
+        );
     }
 
     #[test]
