@@ -12,16 +12,18 @@
 //! `BLESS=1 cargo test --test golden` rewrites the files; a change there is
 //! a change of the public contract, to be made on purpose.
 
+mod common;
+
 use backstop::config::Config;
 use backstop::sink::event::{Event, EventType};
 use backstop_core::call::{Call, CallEvent, CallSetup, Intake, Transmit};
 use backstop_core::intake::lead::Outcome;
 use backstop_core::intake::script::AnswerStatus;
-use backstop_core::media::g711::Law;
 use backstop_core::media::prompt::{Prompt, PromptSet};
 use backstop_core::media::vad::EarshotVad;
 use backstop_core::sip::dialog::DialogConfig;
 use backstop_core::sip::message::{Incoming, read_message};
+use common::pcap::CallerAudio;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -93,80 +95,6 @@ fn ok_to(bye: &str) -> backstop_core::sip::message::Response {
     }
 }
 
-/// The caller's RTP, as (ms after the ACK, packet).
-struct Timeline {
-    packets: Vec<(u64, Vec<u8>)>,
-    seq: u16,
-    ts: u32,
-    slot: u64,
-    noise: u32,
-}
-
-impl Timeline {
-    fn new() -> Timeline {
-        Timeline { packets: Vec::new(), seq: 1000, ts: 80_000, slot: 0, noise: 12345 }
-    }
-
-    fn push(&mut self, pt: u8, marker: bool, ts: u32, payload: &[u8], extra_us: u64) {
-        let mut p = vec![0x80, pt | if marker { 0x80 } else { 0 }];
-        p.extend_from_slice(&self.seq.to_be_bytes());
-        p.extend_from_slice(&ts.to_be_bytes());
-        p.extend_from_slice(&0x0bad_cafeu32.to_be_bytes());
-        p.extend_from_slice(payload);
-        self.seq = self.seq.wrapping_add(1);
-        self.packets.push((self.slot * 20 + extra_us / 1000, p));
-    }
-
-    fn audio(&mut self, pcm: &[i16]) -> &mut Self {
-        for chunk in pcm.chunks(160) {
-            let mut frame: Vec<u8> = chunk.iter().map(|s| Law::Pcmu.encode(*s)).collect();
-            frame.resize(160, 0xFF);
-            let ts = self.ts;
-            self.push(0, false, ts, &frame, 0);
-            self.ts = self.ts.wrapping_add(160);
-            self.slot += 1;
-        }
-        self
-    }
-
-    /// Line noise at about −50 dBFS (a deterministic generator), until `ms`.
-    fn noise_until(&mut self, ms: u64) -> &mut Self {
-        let n = (ms.saturating_sub(self.slot * 20) * 8) as usize;
-        let pcm: Vec<i16> = (0..n)
-            .map(|_| {
-                self.noise = self.noise.wrapping_mul(1_103_515_245).wrapping_add(12345);
-                ((self.noise >> 16) as i16 as i32 * 100 / 32768) as i16
-            })
-            .collect();
-        self.audio(&pcm)
-    }
-
-    fn digits(&mut self, keys: &str) -> &mut Self {
-        for digit in keys.chars() {
-            let code = match digit {
-                '0'..='9' => digit as u8 - b'0',
-                '*' => 10,
-                _ => 11,
-            };
-            let start_ts = self.ts;
-            for i in 0..5u64 {
-                let end = i == 4;
-                let duration = ((i + 1) * 160) as u16;
-                let mut payload = vec![code, if end { 0x80 | 10 } else { 10 }];
-                payload.extend_from_slice(&duration.to_be_bytes());
-                for c in 0..if end { 3 } else { 1 } {
-                    self.push(101, i == 0, start_ts, &payload, c * 1000);
-                }
-                self.ts = self.ts.wrapping_add(160);
-                self.slot += 1;
-            }
-            let until = self.slot * 20 + 60;
-            self.noise_until(until);
-        }
-        self
-    }
-}
-
 fn speech(name: &str) -> Vec<i16> {
     let path = manifest().join("tests/fixtures/speech").join(name);
     Prompt::from_bytes(name, "wav", &std::fs::read(&path).unwrap()).unwrap().pcm
@@ -222,13 +150,14 @@ fn run_call() -> Committed {
     let mut call = Call::new(t0, invite(), setup, intake, shipped_prompts(&cfg));
 
     // The caller, in ms after the ACK: as the SIPp intake test paces it.
-    let mut caller = Timeline::new();
-    caller.noise_until(9_000).audio(&speech("name.wav"));
-    caller.noise_until(14_400).audio(&speech("need.wav"));
-    caller.noise_until(20_200).digits("5551234567#");
-    caller.noise_until(22_700).digits("94110");
-    caller.noise_until(24_200).digits("1");
-    caller.noise_until(40_000);
+    let mut caller = CallerAudio::new(101).with_line_noise(12345);
+    caller.silence_until(9_000).audio(&speech("name.wav"));
+    caller.silence_until(14_400).audio(&speech("need.wav"));
+    caller.silence_until(20_200).digits("5551234567#");
+    caller.silence_until(22_700).digits("94110");
+    caller.silence_until(24_200).digits("1");
+    caller.silence_until(40_000);
+    let packets = caller.packets();
 
     let mut committed = Committed { events: Vec::new(), recordings: Vec::new() };
     let acked_at = t0 + cfg.sip.answer_after + Duration::from_millis(20);
@@ -266,18 +195,18 @@ fn run_call() -> Committed {
         let mut next = call.poll_timeout().unwrap_or(end).min(end);
         if !acked {
             next = next.min(acked_at);
-        } else if let Some((ms, _)) = caller.packets.get(next_packet) {
-            next = next.min(acked_at + Duration::from_millis(*ms));
+        } else if let Some((us, _)) = packets.get(next_packet) {
+            next = next.min(acked_at + Duration::from_micros(*us));
         }
         now = next.max(now);
         if !acked && now >= acked_at {
             acked = true;
             call.handle_sip_request(now, ack());
         } else if acked
-            && next_packet < caller.packets.len()
-            && now >= acked_at + Duration::from_millis(caller.packets[next_packet].0)
+            && next_packet < packets.len()
+            && now >= acked_at + Duration::from_micros(packets[next_packet].0)
         {
-            let (_, p) = &caller.packets[next_packet];
+            let (_, p) = &packets[next_packet];
             call.handle_rtp(now, CALLER_RTP.parse().unwrap(), p);
             next_packet += 1;
         } else {

@@ -17,12 +17,26 @@ pub struct CallerAudio {
     /// The 20 ms slot the next packet goes in.
     slot: u64,
     event_pt: u8,
+    /// With line noise: the state of its generator (see [`CallerAudio::with_line_noise`]).
+    noise: Option<u32>,
 }
 
 impl CallerAudio {
     /// `event_pt`: the telephone-event payload type offered in the scenario's SDP.
     pub fn new(event_pt: u8) -> CallerAudio {
-        CallerAudio { packets: Vec::new(), seq: 1000, ts: 80_000, slot: 0, event_pt }
+        CallerAudio { packets: Vec::new(), seq: 1000, ts: 80_000, slot: 0, event_pt, noise: None }
+    }
+
+    /// Quiet frames carry line noise at about −50 dBFS, as a real phone's
+    /// do, instead of digital silence; `seed` makes it the same every run.
+    pub fn with_line_noise(mut self, seed: u32) -> CallerAudio {
+        self.noise = Some(seed);
+        self
+    }
+
+    /// The packets so far: (µs from the start, RTP packet).
+    pub fn packets(&self) -> &[(u64, Vec<u8>)] {
+        &self.packets
     }
 
     /// Now, in ms from the start of the timeline.
@@ -53,9 +67,20 @@ impl CallerAudio {
         self
     }
 
-    /// Silence frames (a phone keeps sending RTP while the caller is quiet).
+    /// Silence frames (a phone keeps sending RTP while the caller is quiet),
+    /// or line noise when asked for.
     pub fn silence(&mut self, ms: u64) -> &mut Self {
-        self.audio(&vec![0i16; (ms * 8) as usize])
+        let n = (ms * 8) as usize;
+        let pcm: Vec<i16> = match self.noise.as_mut() {
+            None => vec![0; n],
+            Some(state) => (0..n)
+                .map(|_| {
+                    *state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                    ((*state >> 16) as i16 as i32 * 100 / 32768) as i16
+                })
+                .collect(),
+        };
+        self.audio(&pcm)
     }
 
     /// Silence until `ms` from the start.
