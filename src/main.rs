@@ -4,7 +4,7 @@
 //! edge, where errors become one `anyhow` chain with context, printed once,
 //! and a non-zero exit.
 
-use backstop::cli::{inspect, load_config, run, script_prompts};
+use backstop::cli::{inspect, load_config, load_script, run};
 use backstop::config::Config;
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
@@ -108,8 +108,8 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            match script_prompts(&cfg) {
-                Ok(set) => {
+            match load_script(&cfg) {
+                Ok((_, set)) => {
                     let mut names: Vec<&str> = set.names().collect();
                     names.sort();
                     println!("config OK; listen {}; prompts {}", cfg.sip.listen, names.join(", "));

@@ -7,6 +7,7 @@ pub mod run;
 
 use crate::config::{Config, ConfigErrors};
 use crate::media_files::{PromptFileError, load_prompts};
+use backstop_core::intake::program::Program;
 use backstop_core::media::prompt::PromptSet;
 use std::path::{Path, PathBuf};
 
@@ -22,10 +23,10 @@ pub fn load_config(path: Option<&Path>, data_dir: Option<PathBuf>) -> Result<Con
     Ok(cfg)
 }
 
-/// Every prompt the script can play; a missing or unreadable one is an
-/// error naming the prompt and its file.
-pub fn script_prompts(cfg: &Config) -> anyhow::Result<PromptSet> {
+/// The intake script, compiled once, and every prompt it can play; a
+/// missing or unreadable prompt is an error naming it and its file.
+pub fn load_script(cfg: &Config) -> anyhow::Result<(Program, PromptSet)> {
     let program = cfg.program().map_err(|e| anyhow::anyhow!("intake script: {e:?}"))?;
     let set: Result<PromptSet, PromptFileError> = load_prompts(program.prompts(), |name| cfg.prompt_path(name));
-    Ok(set?)
+    Ok((program, set?))
 }

@@ -5,7 +5,7 @@
 //! end of the grace ends them), and the last leads flushed to disk.
 
 use super::inspect::unpublished_events;
-use super::script_prompts;
+use super::load_script;
 use crate::agent::{Agent, Shutdown};
 use crate::config::Config;
 use crate::sink::delivery::{Delivery, Sink, Target};
@@ -66,7 +66,8 @@ fn sinks(cfg: &Config) -> anyhow::Result<Vec<Sink>> {
 
 /// Run the agent until a signal, then shut down in order.
 pub fn run(cfg: Config) -> anyhow::Result<()> {
-    let prompts = Arc::new(script_prompts(&cfg)?);
+    let (program, prompts) = load_script(&cfg)?;
+    let (program, prompts) = (Arc::new(program), Arc::new(prompts));
     std::fs::create_dir_all(cfg.recordings_dir())
         .with_context(|| format!("creating {}", cfg.recordings_dir().display()))?;
     let outbox_path = cfg.outbox_path();
@@ -82,7 +83,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         let (workers_stop, workers_rx) = tokio::sync::watch::channel(false);
         let workers = delivery.spawn(workers_rx);
         let grace = cfg.call.shutdown_grace;
-        let agent = Agent::bind(cfg, prompts, delivery.publisher()).await?;
+        let agent = Agent::bind(cfg, program, prompts, delivery.publisher()).await?;
         let (tx, rx) = tokio::sync::watch::channel(Shutdown::Running);
         tokio::spawn(async move {
             let mut signals = Signals::new();
