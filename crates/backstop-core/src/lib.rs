@@ -20,6 +20,7 @@ pub mod call;
 pub(crate) mod fixtures;
 pub mod intake;
 pub mod media;
+pub mod route;
 pub mod sip;
 
 /// Our User-Agent / Server header value.
