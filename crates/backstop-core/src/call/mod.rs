@@ -7,6 +7,8 @@
 //! (`Instant`, `SystemTime`) fixed at creation, a test can drive a whole call
 //! faster than real time and still get exact timestamps.
 
+pub mod transfer;
+
 use crate::intake::lead::{Lead, Outcome, rfc3339};
 use crate::intake::program::Program;
 use crate::intake::script::{Script, ScriptAction, ScriptContext};
