@@ -20,3 +20,8 @@ say zip "Please enter your five digit zip code."
 say urgency "For an emergency, press 1. This week, 2. Just a quote, 3."
 say sorry "Sorry, I did not get that."
 say goodbye "Thank you. Someone will call you back shortly. Goodbye."
+# For the day/night example (config/examples/plumber.toml): the night
+# greeting with the emergency option, and the two sides of a transfer.
+say closed "Thanks for calling. We are closed right now. If this is an emergency, press 1. Otherwise, stay on the line and we will take your details."
+say connecting "Connecting you to our on-call technician now."
+say transfer_failed "We could not reach the technician. We will call you back within fifteen minutes. Please leave your details."
