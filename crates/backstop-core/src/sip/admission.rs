@@ -368,7 +368,10 @@ impl Admission {
             }
             Method::Ack => return Decision::Drop(Dropped::StrayAck { call_id: req.call_id.clone() }),
             Method::NotAllowed(m) => answer(405, Reason::NotAllowed(m.clone()), &[("Allow", ALLOW.into())]),
-            _ => answer(481, Reason::NoCall, &[]),
+            // In-dialog requests (a re-INVITE, a NOTIFY or REFER too) for a call we do not have.
+            Method::Invite | Method::Bye | Method::Cancel | Method::Info | Method::Refer | Method::Notify => {
+                answer(481, Reason::NoCall, &[])
+            }
         };
         Decision::Answer(answered)
     }
@@ -779,6 +782,12 @@ mod tests {
         assert_eq!((bye.code, bye.reason), (481, Reason::NoCall));
         let reinvite = answer(adm.admit(t0, udp(&invite(me, "a3", 2, "INVITE", Some("gone")), me), &table));
         assert_eq!(reinvite.code, 481);
+        for method in ["NOTIFY", "REFER"] {
+            let extra = if method == "NOTIFY" { "Event: refer;id=2\r\nSubscription-State: active\r\n" } else { "" };
+            let line = format!("{method} sip:b@y SIP/2.0");
+            let a = answer(adm.admit(t0, udp(&request(&line, method, me, "a7", extra), me), &table));
+            assert_eq!((a.code, a.reason), (481, Reason::NoCall), "{method}");
+        }
         let ack = adm.admit(t0, udp(&invite(me, "a4", 1, "ACK", Some("bs0")), me), &table);
         assert!(matches!(ack, Decision::Drop(Dropped::StrayAck { .. })), "{ack:?}");
         // Answers go where the Via says (rport: the source); over TCP, back on the connection.

@@ -7,6 +7,15 @@
 //! BYE either way with Timer E/F retransmission of ours, re-INVITE for hold
 //! and address changes, and late offers (SDP in the ACK).
 //!
+//! It is also the transferor of a blind transfer (RFC 3515): [`UasDialog::refer`]
+//! sends a REFER through the route set like our BYE, resent on Timer E
+//! until answered, and the NOTIFYs of its implicit subscription are
+//! answered 200 (481 when they are not ours; `refer` judges them). What
+//! happens to it comes out as [`DialogEvent::Refer`], named by the REFER's
+//! CSeq. One REFER transaction at a time; deciding what the news means
+//! (transferred, failed, the next target) is the call's. The caller may not
+//! transfer us: its REFER is answered 405.
+//!
 //! Time is an input: `handle_*` take `now`, `poll_timeout` says when to call
 //! `handle_timeout` next. Nothing here reads a clock or touches a socket.
 //! The resending is `retransmit`'s, and our requests are written by the
@@ -16,6 +25,7 @@ pub use crate::sip::SipTransmit;
 use crate::sip::message::{
     ALLOW, Method, OutgoingRequest, Request, Response, branch, build_response, split_name_addrs, with_tag,
 };
+use crate::sip::refer::{NotifyVerdict, ReferSubscriptions};
 use crate::sip::retransmit::Retransmit;
 use crate::sip::sdp::{Direction, LocalSession, Negotiated, RemoteMedia};
 use crate::sip::{Transport, host_port};
@@ -82,8 +92,40 @@ pub enum DialogEvent {
     MediaChanged { negotiated: Negotiated, remote_rtp: Option<SocketAddr>, direction: Direction },
     /// An in-dialog INFO (already answered 200).
     Info { content_type: String, body: Vec<u8> },
+    /// News of the REFER with CSeq `id` (see [`UasDialog::refer`]). None
+    /// once the dialog has ended.
+    Refer { id: u32, event: ReferEvent },
     /// The dialog is over; `detail` says why for the log.
     Ended { by: EndedBy, detail: String },
+}
+
+/// What happened to a REFER we sent (its implicit subscription is
+/// identified by the REFER's CSeq, the `id` of `Event: refer;id=N`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReferEvent {
+    /// The REFER was answered 2xx (202 Accepted). A NOTIFY that overtakes the
+    /// 202 counts as one: `Accepted { code: 202 }` comes first.
+    Accepted { code: u16 },
+    /// The REFER was answered 3xx-6xx, or no final answer came (Timer F: code
+    /// 408), or the peer answered 481.
+    Rejected { code: u16 },
+    /// A NOTIFY with a message/sipfrag status line (already answered 200).
+    /// `terminated` = its Subscription-State is terminated.
+    Notify { code: u16, terminated: bool },
+    /// A NOTIFY terminated the subscription without a readable sipfrag
+    /// status line (already answered 200): the outcome is unknown.
+    Terminated,
+}
+
+/// Why [`UasDialog::refer`] sent nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReferError {
+    #[error("the call is not up")]
+    NotConfirmed,
+    #[error("a transfer is already in progress")]
+    Busy,
+    #[error("not a sip:, sips: or tel: URI: {0:?}")]
+    BadTarget(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +165,10 @@ pub struct UasDialog {
     pending_non2xx: Option<Unanswered>,
     /// Our BYE and its Timer E/F.
     bye: Option<Unanswered>,
+    /// Our REFER until its final response, and its Timer E/F.
+    refer: Option<Unanswered>,
+    /// The implicit subscriptions of the REFERs sent.
+    subscriptions: ReferSubscriptions,
     local: LocalSession,
     /// The offer from the INVITE; `None` on a late offer.
     offer: Option<RemoteMedia>,
@@ -132,7 +178,10 @@ pub struct UasDialog {
     /// Where requests we originate go.
     request_dest: SocketAddr,
     local_cseq: u32,
-    remote_cseq: u32,
+    /// CSeq of the caller's latest INVITE, to tell a retransmitted re-INVITE
+    /// from a new one. Its BYE, INFO and NOTIFYs share the CSeq space but are
+    /// not ordered against it: a re-INVITE overtaken by a later NOTIFY is new.
+    invite_cseq: u32,
     events: VecDeque<DialogEvent>,
     transmits: VecDeque<SipTransmit>,
     ended: Option<EndedBy>,
@@ -155,6 +204,8 @@ impl UasDialog {
             pending_2xx: None,
             pending_non2xx: None,
             bye: None,
+            refer: None,
+            subscriptions: ReferSubscriptions::default(),
             local,
             offer: None,
             negotiated: None,
@@ -162,7 +213,7 @@ impl UasDialog {
             route_set,
             request_dest,
             local_cseq: (cfg.seed >> 40) as u32 % 10_000 + 1,
-            remote_cseq: invite.cseq,
+            invite_cseq: invite.cseq,
             events: VecDeque::new(),
             transmits: VecDeque::new(),
             ended: None,
@@ -286,6 +337,7 @@ impl UasDialog {
             }
             State::Accepted | State::Confirmed => {
                 self.pending_2xx = None;
+                // After whatever is queued, such as the 200 to a final NOTIFY (RFC 5589 §6.1).
                 self.send_bye(now);
                 self.end(by, detail.to_string());
             }
@@ -293,9 +345,18 @@ impl UasDialog {
         }
     }
 
+    /// Refuse the call while it still rings: 603 Decline, resent until its
+    /// ACK (a junk caller). Once answered, or already refused, nothing.
+    pub fn decline(&mut self, now: Instant, detail: &str) {
+        if self.state == State::Ringing {
+            self.reject_invite(now, 603, &[]);
+            self.end(EndedBy::Agent, detail.to_string());
+        }
+    }
+
     /// A new request inside this dialog (RFC 3261 §12.2.1.1): the next CSeq,
     /// our tag in From, the caller's in To, to the remote target through the
-    /// route set. BYE today; a REFER or NOTIFY adds its headers and body.
+    /// route set. A REFER adds its Contact and headers.
     fn request(&mut self, method: SipMethod) -> OutgoingRequest {
         self.local_cseq += 1;
         OutgoingRequest {
@@ -320,7 +381,80 @@ impl UasDialog {
         let bytes = bye.to_bytes();
         self.transmits.push_back(SipTransmit { dest: self.request_dest, bytes: bytes.clone() });
         self.bye = Some(self.unanswered(now, bytes, self.request_dest, bye.cseq, false));
+        self.refer = None;
         self.state = State::Terminating;
+    }
+
+    /// Send a REFER for `refer_to` (a sip:, sips: or tel: URI from config) in
+    /// this dialog, with Referred-By our identity (the INVITE's To URI),
+    /// retransmitted on Timer E until answered (not on TCP). Returns its
+    /// CSeq, the subscription id that [`DialogEvent::Refer`] carries.
+    ///
+    /// Only once the call is confirmed, and one REFER transaction at a time
+    /// (`Busy` until the last one is answered or times out, even if its
+    /// per-target wait is over: a second REFER while the peer may still act on
+    /// the first could transfer the caller twice). A new one may go out while
+    /// an older subscription is still open.
+    pub fn refer(&mut self, now: Instant, refer_to: &str) -> Result<u32, ReferError> {
+        if self.state != State::Confirmed {
+            return Err(ReferError::NotConfirmed);
+        }
+        if self.refer.is_some() {
+            return Err(ReferError::Busy);
+        }
+        let target = refer_to_value(refer_to).ok_or_else(|| ReferError::BadTarget(refer_to.to_string()))?;
+        let mut req = self.request(SipMethod::Refer);
+        req.contact = Some(self.contact());
+        req.headers = vec![("Refer-To", target), ("Referred-By", format!("<{}>", self.invite.to.uri))];
+        let bytes = req.to_bytes();
+        self.transmits.push_back(SipTransmit { dest: self.request_dest, bytes: bytes.clone() });
+        self.refer = Some(self.unanswered(now, bytes, self.request_dest, req.cseq, false));
+        self.subscriptions.open(req.cseq);
+        Ok(req.cseq)
+    }
+
+    /// Tell the call about REFER `id`, unless the dialog is over.
+    fn report(&mut self, id: u32, event: ReferEvent) {
+        if self.ended.is_none() {
+            self.events.push_back(DialogEvent::Refer { id, event });
+        }
+    }
+
+    /// The final response to our REFER `cseq` (or Timer F's 408).
+    fn refer_answered(&mut self, cseq: u32, code: u16) {
+        if self.refer.as_ref().is_none_or(|r| r.cseq != cseq) {
+            return;
+        }
+        self.refer = None;
+        if (200..300).contains(&code) {
+            self.report(cseq, ReferEvent::Accepted { code });
+        } else {
+            self.subscriptions.forget(cseq);
+            self.report(cseq, ReferEvent::Rejected { code });
+        }
+    }
+
+    /// A NOTIFY: 200 for a subscription of ours, 481 otherwise (RFC 6665 §4.1.3).
+    fn handle_notify(&mut self, req: Request, dest: SocketAddr) {
+        if self.refused_outside_dialog(&req, dest) {
+            return;
+        }
+        let (event, state) = (req.frame.get("Event"), req.frame.get("Subscription-State"));
+        match self.subscriptions.notify(event, state, req.cseq, &req.frame.body) {
+            NotifyVerdict::Unknown => self.reply(&req, dest, 481, &[]),
+            NotifyVerdict::Known { id, event } => {
+                // NOTIFY is a target refresh request (RFC 6665 §4.1.3): its 2xx carries our Contact.
+                self.reply(&req, dest, 200, &[("Contact", self.contact())]);
+                // A NOTIFY that overtook the 202 (UDP): the REFER was accepted.
+                if self.refer.as_ref().is_some_and(|r| r.cseq == id) {
+                    self.refer = None;
+                    self.report(id, ReferEvent::Accepted { code: 202 });
+                }
+                if let Some(event) = event {
+                    self.report(id, event);
+                }
+            }
+        }
     }
 
     /// A response to an in-dialog request, with our tag and an optional SDP body.
@@ -386,9 +520,9 @@ impl UasDialog {
                     return;
                 }
                 self.reply(&req, dest, 200, &[]);
-                self.remote_cseq = self.remote_cseq.max(req.cseq);
                 self.pending_2xx = None;
                 self.bye = None;
+                self.refer = None;
                 self.end(EndedBy::Caller, "caller sent BYE".into());
                 self.state = State::Terminated;
             }
@@ -403,7 +537,10 @@ impl UasDialog {
                 let content_type = req.frame.get("Content-Type").unwrap_or("").to_string();
                 self.events.push_back(DialogEvent::Info { content_type, body: req.frame.body });
             }
-            Method::NotAllowed(_) => self.reply(&req, dest, 405, &[("Allow", ALLOW.into())]),
+            Method::Notify => self.handle_notify(req, dest),
+            // We do not let the caller transfer our leg: 405, and Allow says what we do take
+            // (rather than 403, which reads as "not you, not now": REFER is never accepted here).
+            Method::Refer | Method::NotAllowed(_) => self.reply(&req, dest, 405, &[("Allow", ALLOW.into())]),
         }
     }
 
@@ -458,7 +595,7 @@ impl UasDialog {
             self.reply(&req, dest, 491, &[]);
             return;
         }
-        if req.cseq <= self.remote_cseq {
+        if req.cseq <= self.invite_cseq {
             // A retransmitted re-INVITE: the pending 2xx covers it.
             if let Some(p) = &self.pending_2xx
                 && p.cseq == req.cseq
@@ -471,7 +608,7 @@ impl UasDialog {
             self.reply(&req, dest, 491, &[]);
             return;
         }
-        self.remote_cseq = req.cseq;
+        self.invite_cseq = req.cseq;
         if let Some(c) = &req.contact {
             self.remote_target = c.uri.clone();
         }
@@ -510,16 +647,22 @@ impl UasDialog {
         }
     }
 
-    /// A response for this call: only responses to our BYE matter.
+    /// A response for this call: the final ones to our BYE and REFER matter.
     pub fn handle_response(&mut self, _now: Instant, resp: Response) {
-        if resp.cseq_method != "BYE" || resp.code < 200 {
+        if resp.code < 200 {
             return;
         }
-        if let Some(bye) = &self.bye
-            && bye.cseq == resp.cseq
-        {
-            self.bye = None;
-            self.state = State::Terminated;
+        match resp.cseq_method.as_str() {
+            "BYE" => {
+                if let Some(bye) = &self.bye
+                    && bye.cseq == resp.cseq
+                {
+                    self.bye = None;
+                    self.state = State::Terminated;
+                }
+            }
+            "REFER" => self.refer_answered(resp.cseq, resp.code),
+            _ => {}
         }
     }
 
@@ -547,11 +690,19 @@ impl UasDialog {
             self.bye = None;
             self.state = State::Terminated;
         }
+        let out = &mut self.transmits;
+        if let Some(p) = self.refer.as_mut()
+            && p.retransmit.gave_up(now, out)
+        {
+            // Timer F: no final answer is a 408 (RFC 3261 §8.1.3.1).
+            let cseq = p.cseq;
+            self.refer_answered(cseq, 408);
+        }
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut t: Option<Instant> = self.answer_at;
-        for p in [&self.pending_2xx, &self.pending_non2xx, &self.bye].into_iter().flatten() {
+        for p in [&self.pending_2xx, &self.pending_non2xx, &self.bye, &self.refer].into_iter().flatten() {
             let at = p.retransmit.deadline();
             t = Some(t.map_or(at, |x| x.min(at)));
         }
@@ -570,6 +721,18 @@ impl UasDialog {
     pub fn poll_event(&mut self) -> Option<DialogEvent> {
         self.events.pop_front()
     }
+}
+
+/// A Refer-To value: the URI in angle brackets (required for a tel: URI or
+/// one with parameters or headers), or `None` if it is not a sip:, sips: or
+/// tel: URI that can be written in one header without breaking it.
+fn refer_to_value(uri: &str) -> Option<String> {
+    let uri = uri.trim();
+    let uri = uri.strip_prefix('<').and_then(|u| u.strip_suffix('>')).unwrap_or(uri);
+    let (scheme, rest) = uri.split_once(':')?;
+    let scheme_ok = ["sip", "sips", "tel"].iter().any(|s| s.eq_ignore_ascii_case(scheme));
+    let clean = !rest.is_empty() && !uri.chars().any(|c| c.is_whitespace() || c.is_control() || "<>\"".contains(c));
+    (scheme_ok && clean).then(|| format!("<{uri}>"))
 }
 
 /// Where responses to `req` go.
@@ -865,6 +1028,345 @@ mod tests {
         // A stale (older CSeq) re-INVITE changes nothing.
         d.handle_request(t0, request("INVITE", 1, "z9hG4bKold", Some("local"), OFFER));
         assert!(sent(&mut d).is_empty());
+    }
+
+    /// A call answered and acknowledged, its events drained.
+    fn confirmed(t0: Instant, reliable: bool) -> UasDialog {
+        let mut d = answered(t0, reliable, OFFER);
+        d.handle_request(t0 + Duration::from_millis(1010), request("ACK", 1, "z9hG4bKack", Some("local"), ""));
+        assert!(matches!(events(&mut d)[..], [DialogEvent::Confirmed { .. }]));
+        d
+    }
+
+    /// A NOTIFY from the caller in our dialog.
+    fn notify(cseq: u32, event: &str, state: &str, sipfrag: &str) -> Request {
+        testing::request("NOTIFY", cseq)
+            .to_tag(Some("local"))
+            .headers(&format!("Event: {event}\r\nSubscription-State: {state}\r\n"))
+            .body("message/sipfrag;version=2.0", sipfrag)
+            .read()
+    }
+
+    fn refer_event(id: u32, event: ReferEvent) -> DialogEvent {
+        DialogEvent::Refer { id, event }
+    }
+
+    fn texts(d: &mut UasDialog) -> Vec<String> {
+        std::iter::from_fn(|| d.poll_transmit()).map(|t| String::from_utf8(t.bytes).unwrap()).collect()
+    }
+
+    #[test]
+    fn refer_follows_the_route_set_with_refer_to_and_referred_by() {
+        let t0 = Instant::now();
+        let invite = testing::invite()
+            .branch("z9hG4bKinv")
+            .to("<sip:owner@127.0.0.1>")
+            .headers("Record-Route: <sip:p1@10.0.0.1;lr>, <sip:p2@10.0.0.2;lr>\r\n")
+            .sdp(OFFER)
+            .read();
+        let mut d = UasDialog::new(t0, invite, cfg(false));
+        d.handle_timeout(t0 + Duration::from_secs(1));
+        d.handle_request(t0 + Duration::from_secs(1), request("ACK", 1, "z9hG4bKack", Some("local"), ""));
+        sent(&mut d);
+        events(&mut d);
+        let t = t0 + Duration::from_secs(5);
+        assert_eq!(d.refer(t, "sip:oncall@10.0.0.7"), Ok(2));
+        let refer = d.poll_transmit().unwrap();
+        // Like our BYE: to the first route, the remote target as Request-URI. No Event header: REFER implies it.
+        assert_eq!(refer.dest, "10.0.0.1:5060".parse().unwrap());
+        assert_eq!(
+            String::from_utf8(refer.bytes).unwrap(),
+            format!(
+                "REFER sip:caller@127.0.0.1:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK2a2;rport\r\n\
+                 Max-Forwards: 70\r\nFrom: <sip:owner@127.0.0.1>;tag=local\r\n\
+                 To: <sip:+15551230001@127.0.0.1>;tag=caller\r\nCall-ID: c1\r\nCSeq: 2 REFER\r\n\
+                 Route: <sip:p1@10.0.0.1;lr>\r\nRoute: <sip:p2@10.0.0.2;lr>\r\n\
+                 Contact: <sip:backstop@127.0.0.1:5060>\r\n\
+                 Refer-To: <sip:oncall@10.0.0.7>\r\nReferred-By: <sip:owner@127.0.0.1>\r\n\
+                 User-Agent: {}\r\nContent-Length: 0\r\n\r\n",
+                crate::USER_AGENT
+            )
+        );
+        assert_eq!(d.refer(t, "tel:+15551230000"), Err(ReferError::Busy), "one REFER transaction at a time");
+        d.handle_response(t, response(202, 2, "REFER"));
+        assert_eq!(events(&mut d), [refer_event(2, ReferEvent::Accepted { code: 202 })]);
+        // The next one may go while the first subscription is open; a tel: URI goes in angle brackets.
+        assert_eq!(d.refer(t, "tel:+15551230000"), Ok(3));
+        let text = texts(&mut d).remove(0);
+        assert!(text.contains("CSeq: 3 REFER\r\n") && text.contains("\r\nRefer-To: <tel:+15551230000>\r\n"), "{text}");
+        d.hangup(t, EndedBy::Agent, "done");
+        let text = texts(&mut d).remove(0);
+        assert!(text.starts_with("BYE ") && text.contains("CSeq: 4 BYE\r\n"), "{text}");
+    }
+
+    #[test]
+    fn refer_is_resent_on_udp_until_answered_and_not_on_tcp_where_timer_f_still_runs() {
+        let t0 = Instant::now();
+        let t = t0 + Duration::from_secs(5);
+        let mut d = confirmed(t0, false);
+        let id = d.refer(t, "sip:oncall@10.0.0.7").unwrap();
+        assert_eq!(sent(&mut d), ["REFER"]);
+        assert_eq!(d.poll_timeout(), Some(t + Duration::from_millis(500)));
+        d.handle_timeout(t + Duration::from_millis(500));
+        assert_eq!(sent(&mut d), ["REFER"]);
+        d.handle_response(t, response(100, id, "REFER"));
+        d.handle_timeout(t + Duration::from_millis(1500));
+        assert_eq!(sent(&mut d), ["REFER"], "a provisional answer is not the final one");
+        // A response to another request is not the REFER's.
+        d.handle_response(t, response(202, id, "BYE"));
+        d.handle_response(t, response(202, id + 1, "REFER"));
+        assert!(events(&mut d).is_empty());
+        d.handle_response(t, response(202, id, "REFER"));
+        assert_eq!(events(&mut d), [refer_event(id, ReferEvent::Accepted { code: 202 })]);
+        assert_eq!(d.poll_timeout(), None);
+        // A retransmitted 202 is nothing new.
+        d.handle_response(t, response(202, id, "REFER"));
+        assert!(events(&mut d).is_empty());
+
+        let mut d = confirmed(t0, true);
+        let id = d.refer(t, "sip:oncall@10.0.0.7").unwrap();
+        assert_eq!(sent(&mut d), ["REFER"]);
+        assert_eq!(d.poll_timeout(), Some(t + Duration::from_secs(32)), "only Timer F on TCP");
+        d.handle_timeout(t + Duration::from_secs(32));
+        assert!(sent(&mut d).is_empty());
+        assert_eq!(events(&mut d), [refer_event(id, ReferEvent::Rejected { code: 408 })]);
+        assert!(d.is_confirmed(), "an unanswered REFER leaves the call up");
+        // Its subscription is gone, and another REFER may go.
+        d.handle_request(t, notify(2, &format!("refer;id={id}"), "active", "SIP/2.0 100 Trying\r\n"));
+        assert_eq!(sent(&mut d), ["481"]);
+        assert_eq!(d.refer(t, "sip:backup@10.0.0.8"), Ok(id + 1));
+    }
+
+    #[test]
+    fn a_transfer_202_notify_100_notify_200_then_our_bye_after_the_last_200() {
+        let t0 = Instant::now();
+        let t = t0 + Duration::from_secs(5);
+        let mut d = confirmed(t0, false);
+        let id = d.refer(t, "sip:oncall@10.0.0.7").unwrap();
+        sent(&mut d);
+        d.handle_response(t, response(202, id, "REFER"));
+        d.handle_request(t, notify(2, &format!("refer;id={id}"), "active;expires=60", "SIP/2.0 100 Trying\r\n"));
+        let ok = texts(&mut d).remove(0);
+        assert!(ok.starts_with("SIP/2.0 200 OK\r\n"), "{ok}");
+        assert!(ok.contains("To: <sip:+15559990000@127.0.0.1>;tag=local\r\n"), "{ok}");
+        assert!(ok.contains("CSeq: 2 NOTIFY\r\n") && ok.contains("Contact: <sip:backstop@127.0.0.1:5060>\r\n"), "{ok}");
+        d.handle_request(t, notify(3, "refer", "terminated;reason=noresource", "SIP/2.0 200 OK\r\n"));
+        assert_eq!(
+            events(&mut d),
+            [
+                refer_event(id, ReferEvent::Accepted { code: 202 }),
+                refer_event(id, ReferEvent::Notify { code: 100, terminated: false }),
+                refer_event(id, ReferEvent::Notify { code: 200, terminated: true }),
+            ]
+        );
+        // The call hangs up on that news: the BYE goes after the 200 to the NOTIFY.
+        d.hangup(t, EndedBy::Agent, "transferred");
+        assert_eq!(sent(&mut d), ["200", "BYE"]);
+        // A late retransmission of the final NOTIFY is still answered, and reports nothing.
+        d.handle_request(t, notify(3, "refer", "terminated;reason=noresource", "SIP/2.0 200 OK\r\n"));
+        assert_eq!(sent(&mut d), ["200"]);
+        assert!(matches!(events(&mut d)[..], [DialogEvent::Ended { by: EndedBy::Agent, .. }]));
+        d.handle_response(t, response(200, id + 1, "BYE"));
+        assert!(d.is_terminated());
+    }
+
+    #[test]
+    fn a_failed_transfer_leaves_the_call_up() {
+        let t0 = Instant::now();
+        let t = t0 + Duration::from_secs(5);
+        let mut d = confirmed(t0, false);
+        // 202, then the referred INVITE got 486.
+        let id = d.refer(t, "sip:oncall@10.0.0.7").unwrap();
+        d.handle_response(t, response(202, id, "REFER"));
+        d.handle_request(
+            t,
+            notify(2, &format!("refer;id={id}"), "terminated;reason=noresource", "SIP/2.0 486 Busy Here"),
+        );
+        assert_eq!(sent(&mut d), ["REFER", "200"]);
+        assert_eq!(
+            events(&mut d),
+            [
+                refer_event(id, ReferEvent::Accepted { code: 202 }),
+                refer_event(id, ReferEvent::Notify { code: 486, terminated: true }),
+            ]
+        );
+        assert!(d.is_confirmed());
+        // The REFER itself refused: no subscription, its NOTIFYs are 481.
+        let id = d.refer(t, "sip:backup@10.0.0.8").unwrap();
+        d.handle_response(t, response(405, id, "REFER"));
+        assert_eq!(events(&mut d), [refer_event(id, ReferEvent::Rejected { code: 405 })]);
+        d.handle_request(t, notify(3, &format!("refer;id={id}"), "active", "SIP/2.0 100 Trying"));
+        assert_eq!(sent(&mut d), ["REFER", "481"]);
+        // 202 and then no NOTIFY at all: the dialog keeps no timer for it (the call's walker does).
+        let id = d.refer(t, "sip:third@10.0.0.9").unwrap();
+        d.handle_response(t, response(202, id, "REFER"));
+        assert_eq!(events(&mut d), [refer_event(id, ReferEvent::Accepted { code: 202 })]);
+        assert_eq!(d.poll_timeout(), None);
+        assert!(d.is_confirmed());
+    }
+
+    #[test]
+    fn a_notify_that_overtakes_the_202_accepts_the_refer() {
+        let t0 = Instant::now();
+        let t = t0 + Duration::from_secs(5);
+        let mut d = confirmed(t0, false);
+        let id = d.refer(t, "sip:oncall@10.0.0.7").unwrap();
+        d.handle_request(t, notify(2, &format!("refer;id={id}"), "active", "SIP/2.0 100 Trying"));
+        assert_eq!(sent(&mut d), ["REFER", "200"]);
+        assert_eq!(
+            events(&mut d),
+            [
+                refer_event(id, ReferEvent::Accepted { code: 202 }),
+                refer_event(id, ReferEvent::Notify { code: 100, terminated: false }),
+            ]
+        );
+        // The REFER is no longer resent, and the 202 that comes late is no news.
+        assert_eq!(d.poll_timeout(), None);
+        d.handle_timeout(t + Duration::from_millis(500));
+        assert!(sent(&mut d).is_empty());
+        d.handle_response(t, response(202, id, "REFER"));
+        assert!(events(&mut d).is_empty());
+    }
+
+    #[test]
+    fn notifies_that_are_not_ours_get_481_and_unreadable_ones_200() {
+        let t0 = Instant::now();
+        let t = t0 + Duration::from_secs(5);
+        let mut d = confirmed(t0, false);
+        d.handle_request(t, notify(2, "refer", "active", "SIP/2.0 100 Trying"));
+        assert_eq!(sent(&mut d), ["481"], "no REFER yet");
+        let id = d.refer(t, "sip:oncall@10.0.0.7").unwrap();
+        sent(&mut d);
+        d.handle_request(t, notify(3, "refer;id=999", "active", "SIP/2.0 100 Trying"));
+        d.handle_request(t, notify(4, &format!("presence;id={id}"), "active", "SIP/2.0 100 Trying"));
+        let outside = testing::request("NOTIFY", 5)
+            .to_tag(Some("someone-else"))
+            .headers(&format!("Event: refer;id={id}\r\nSubscription-State: active\r\n"))
+            .body("message/sipfrag", "SIP/2.0 100 Trying")
+            .read();
+        d.handle_request(t, outside);
+        assert_eq!(sent(&mut d), ["481", "481", "481"]);
+        assert!(events(&mut d).is_empty());
+        // Ours, but its body says nothing readable: 200, and the subscription goes on.
+        d.handle_request(t, notify(6, &format!("refer;id={id}"), "active", "Trying, sort of"));
+        assert_eq!(sent(&mut d), ["200"]);
+        assert_eq!(events(&mut d), [refer_event(id, ReferEvent::Accepted { code: 202 })]);
+        // Ending it without a status says so.
+        d.handle_request(t, notify(7, &format!("refer;id={id}"), "terminated;reason=timeout", ""));
+        assert_eq!(sent(&mut d), ["200"]);
+        assert_eq!(events(&mut d), [refer_event(id, ReferEvent::Terminated)]);
+        // The caller may not transfer us.
+        let refer = testing::request("REFER", 8).to_tag(Some("local")).headers("Refer-To: <sip:x@y>\r\n").read();
+        d.handle_request(t, refer);
+        let text = texts(&mut d).remove(0);
+        assert!(text.starts_with("SIP/2.0 405 "), "{text}");
+        assert!(text.contains("Allow: INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, NOTIFY\r\n"), "{text}");
+        assert!(d.is_confirmed());
+    }
+
+    #[test]
+    fn the_caller_hanging_up_mid_transfer_ends_it_cleanly() {
+        let t0 = Instant::now();
+        let t = t0 + Duration::from_secs(5);
+        let mut d = confirmed(t0, false);
+        let id = d.refer(t, "sip:oncall@10.0.0.7").unwrap();
+        sent(&mut d);
+        d.handle_request(t, request("BYE", 2, "z9hG4bKbye", Some("local"), ""));
+        assert_eq!(sent(&mut d), ["200"]);
+        assert!(matches!(events(&mut d)[..], [DialogEvent::Ended { by: EndedBy::Caller, .. }]));
+        assert!(d.is_terminated());
+        // No more REFERs, and what comes late is no news.
+        assert_eq!(d.poll_timeout(), None);
+        d.handle_timeout(t + Duration::from_millis(500));
+        assert!(sent(&mut d).is_empty());
+        d.handle_response(t, response(202, id, "REFER"));
+        d.handle_request(t, notify(3, &format!("refer;id={id}"), "terminated", "SIP/2.0 200 OK"));
+        assert_eq!(sent(&mut d), ["200"]);
+        assert!(events(&mut d).is_empty());
+        assert_eq!(d.refer(t, "sip:backup@10.0.0.8"), Err(ReferError::NotConfirmed));
+
+        // Our own hang-up while a REFER is unanswered stops it too.
+        let mut d = confirmed(t0, false);
+        d.refer(t, "sip:oncall@10.0.0.7").unwrap();
+        d.hangup(t, EndedBy::Timeout, "maximum call duration reached");
+        assert_eq!(sent(&mut d), ["REFER", "BYE"]);
+        d.handle_timeout(t + Duration::from_millis(500));
+        assert_eq!(sent(&mut d), ["BYE"]);
+    }
+
+    #[test]
+    fn refer_needs_a_confirmed_call_and_a_usable_target() {
+        let t0 = Instant::now();
+        let mut d = UasDialog::new(t0, request("INVITE", 1, "z9hG4bKinv", None, OFFER), cfg(false));
+        assert_eq!(d.refer(t0, "sip:oncall@10.0.0.7"), Err(ReferError::NotConfirmed), "ringing");
+        let mut d = answered(t0, false, OFFER);
+        assert_eq!(d.refer(t0, "sip:oncall@10.0.0.7"), Err(ReferError::NotConfirmed), "no ACK yet");
+        let mut d = confirmed(t0, false);
+        for bad in ["", "oncall", "mailto:a@b", "sip:", "sip:a@b>\r\nX: y", "sip:a b@c", "<sip:a@b"] {
+            assert_eq!(d.refer(t0, bad), Err(ReferError::BadTarget(bad.into())), "{bad:?}");
+        }
+        assert!(sent(&mut d).is_empty());
+        assert_eq!(d.refer(t0, " <sips:oncall@pbx.example;transport=tls> "), Ok(2));
+        assert!(texts(&mut d)[0].contains("\r\nRefer-To: <sips:oncall@pbx.example;transport=tls>\r\n"));
+        assert_eq!(ReferError::Busy.to_string(), "a transfer is already in progress");
+    }
+
+    #[test]
+    fn notifies_share_the_cseq_space_without_disturbing_reinvites() {
+        let t0 = Instant::now();
+        let t = t0 + Duration::from_secs(5);
+        let mut d = confirmed(t0, false);
+        let id = d.refer(t, "sip:oncall@10.0.0.7").unwrap();
+        d.handle_response(t, response(202, id, "REFER"));
+        sent(&mut d);
+        events(&mut d);
+        // NOTIFY 3, then a re-INVITE 4: a new re-INVITE.
+        d.handle_request(t, notify(3, "refer", "active", "SIP/2.0 100 Trying"));
+        let hold = OFFER.to_string() + "a=sendonly\r\n";
+        d.handle_request(t, request("INVITE", 4, "z9hG4bKre4", Some("local"), &hold));
+        assert_eq!(sent(&mut d), ["200", "200"]);
+        let ev = events(&mut d);
+        assert!(matches!(ev[1], DialogEvent::MediaChanged { direction: Direction::SendOnly, .. }), "{ev:?}");
+        // Its retransmission is still absorbed into the pending 2xx.
+        d.handle_request(t, request("INVITE", 4, "z9hG4bKre4", Some("local"), &hold));
+        assert_eq!(sent(&mut d), ["200"]);
+        d.handle_request(t, request("ACK", 4, "z9hG4bKack4", Some("local"), ""));
+        events(&mut d);
+        // A re-INVITE 5 overtaken by NOTIFY 6 is still new.
+        d.handle_request(t, notify(6, "refer", "active", "SIP/2.0 180 Ringing"));
+        d.handle_request(t, request("INVITE", 5, "z9hG4bKre5", Some("local"), OFFER));
+        assert_eq!(sent(&mut d), ["200", "200"]);
+        let ev = events(&mut d);
+        assert!(matches!(ev[1], DialogEvent::MediaChanged { direction: Direction::SendRecv, .. }), "{ev:?}");
+        // And a stale one (below the last re-INVITE) is still ignored.
+        d.handle_request(t, request("INVITE", 4, "z9hG4bKre4", Some("local"), &hold));
+        assert_eq!(sent(&mut d), [] as [&str; 0], "re-INVITE 4 is over");
+        d.handle_request(t, request("INVITE", 5, "z9hG4bKre5", Some("local"), OFFER));
+        assert_eq!(sent(&mut d), ["200"], "re-INVITE 5 is still waiting for its ACK");
+        d.handle_request(t, request("ACK", 5, "z9hG4bKack5", Some("local"), ""));
+        events(&mut d);
+        d.handle_request(t, request("INVITE", 2, "z9hG4bKold", Some("local"), &hold));
+        assert!(sent(&mut d).is_empty());
+        assert!(events(&mut d).is_empty());
+    }
+
+    #[test]
+    fn decline_refuses_a_ringing_call_with_603_until_its_ack() {
+        let t0 = Instant::now();
+        let mut d = UasDialog::new(t0, request("INVITE", 1, "z9hG4bKinv", None, OFFER), cfg(false));
+        assert_eq!(sent(&mut d), ["100", "180"]);
+        d.decline(t0, "junk caller");
+        assert_eq!(sent(&mut d), ["603"]);
+        assert_eq!(events(&mut d), [DialogEvent::Ended { by: EndedBy::Agent, detail: "junk caller".into() }]);
+        // Never answered; the 603 is resent (Timer G) until the ACK.
+        d.handle_timeout(t0 + Duration::from_millis(1000));
+        assert_eq!(sent(&mut d), ["603"]);
+        d.handle_request(t0, request("ACK", 1, "z9hG4bKinv", Some("local"), ""));
+        assert!(d.is_terminated());
+        // Too late once answered.
+        let mut d = answered(t0, false, OFFER);
+        d.decline(t0, "junk caller");
+        assert!(sent(&mut d).is_empty() && events(&mut d).is_empty());
     }
 
     #[test]

@@ -67,6 +67,8 @@ impl RequestText {
     }
 
     /// The To tag: ours for a request inside the dialog, `None` outside it.
+    /// (A builder step named after the header, not a conversion.)
+    #[allow(clippy::wrong_self_convention)]
     pub(crate) fn to_tag(mut self, tag: Option<&str>) -> Self {
         self.to_tag = tag.map(str::to_string);
         self

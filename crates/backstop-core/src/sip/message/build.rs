@@ -1,8 +1,8 @@
 //! Building what we send: responses, which mirror the request's dialog
 //! headers (§8.2.6), and the requests we originate ([`OutgoingRequest`]:
-//! BYE and REGISTER, and the in-dialog REFER and NOTIFY to come, which are
-//! the same shape). Both are serialised with rsipstack, and both end the
-//! same way: our product name, then the body's type and length.
+//! REGISTER, and BYE and REFER in a call's dialog, all the same shape).
+//! Both are serialised with rsipstack, and both end the same way: our
+//! product name, then the body's type and length.
 
 use super::frame::Frame;
 use super::name_addr::with_tag;
@@ -104,9 +104,8 @@ pub(crate) fn branch(seed: u64, cseq: u32) -> String {
     format!("z9hG4bK{seed:x}{cseq}")
 }
 
-/// A request we originate, whole: BYE and REGISTER today; REFER and NOTIFY
-/// are in-dialog requests of the same shape (Route set, extra headers, a
-/// body). Written as
+/// A request we originate, whole: REGISTER, and the in-dialog BYE and
+/// REFER (Route set, Contact, extra headers; a body if any). Written as
 ///
 /// ```text
 /// METHOD uri SIP/2.0
@@ -163,8 +162,7 @@ impl OutgoingRequest {
         }
         let body = self.body.as_ref().map(|(ct, b)| (ct.as_str(), b.as_slice()));
         let body = finish(&mut headers, Some("User-Agent"), body);
-        SipRequest { method: self.method.clone(), uri: self.uri.clone(), version: Version::V2, headers, body }
-            .to_bytes()
+        SipRequest { method: self.method, uri: self.uri.clone(), version: Version::V2, headers, body }.to_bytes()
     }
 }
 
@@ -254,8 +252,9 @@ mod tests {
             text.ends_with("Content-Type: message/sipfrag;version=2.0\r\nContent-Length: 16\r\n\r\nSIP/2.0 200 OK\r\n"),
             "{text}"
         );
-        // What we send passes our own validation (NOTIFY is a method we do not act on: 405 later, not 501).
+        // What we send passes our own validation, as the NOTIFY it is.
         let Incoming::Request(r) = read_message(&bytes, "127.0.0.1:5060".parse().unwrap()) else { panic!("{text}") };
+        assert_eq!(r.method, crate::sip::message::Method::Notify);
         assert_eq!((r.cseq, r.call_id.as_str(), r.frame.body.as_slice()), (7, "d1", sipfrag.as_slice()));
         assert_eq!(r.via.branch.as_deref(), Some("z9hG4bKab7"));
         assert_eq!(r.to.tag.as_deref(), Some("theirs"));

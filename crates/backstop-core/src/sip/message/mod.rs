@@ -43,13 +43,19 @@ pub enum Method {
     Cancel,
     Options,
     Info,
+    /// Answered 405 in a dialog: we send REFERs (transfers) but do not take them.
+    Refer,
+    /// The notifications of the implicit subscription of a REFER we sent (RFC 3515).
+    Notify,
     /// A method SIP defines that we do not implement (REGISTER, MESSAGE, ...): 405.
     NotAllowed(String),
 }
 
-/// Methods we list in Allow.
-pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO";
-/// Extensions we support (Require/Supported); none yet.
+/// Methods we list in Allow: what we accept. Not REFER: we send it, but a
+/// caller may not transfer our leg of the call.
+pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, NOTIFY";
+/// Extensions we support (Require/Supported); none yet (not `norefersub`:
+/// our REFERs always want their NOTIFYs).
 pub const SUPPORTED: &str = "";
 
 /// A request that passed validation, with the fields we act on parsed.

@@ -133,6 +133,8 @@ pub(super) fn validate_request(frame: Frame, source: SocketAddr) -> Result<Reque
         "CANCEL" => Method::Cancel,
         "OPTIONS" => Method::Options,
         "INFO" => Method::Info,
+        "REFER" => Method::Refer,
+        "NOTIFY" => Method::Notify,
         other => match SipMethod::from_str(other) {
             Ok(_) => Method::NotAllowed(other.to_string()),
             Err(_) => return Err(reject(501, format!("unknown method {other}"), vec![("Allow", ALLOW.into())])),
