@@ -20,6 +20,8 @@ use backstop_core::media::g711::Law;
 use backstop_core::media::prompt::{Prompt, PromptSet};
 use backstop_core::media::rtp::MediaSession;
 use backstop_core::media::vad::{EarshotVad, VoiceDetector, WebRtcVad};
+use backstop_core::route::junk::{JunkConfig, JunkRules};
+use backstop_core::route::line::Line;
 use backstop_core::sip::dialog::{DialogConfig, UasDialog};
 use backstop_core::sip::message::{Incoming, Request, build_response, read_message};
 use backstop_core::sip::sdp::{Direction, LocalSession, RemoteMedia};
@@ -297,7 +299,7 @@ fn prompts() -> Arc<PromptSet> {
 
 fn script(c: &mut Criterion) {
     let program = Arc::new(Program::from_toml(LOAD_SCRIPT).unwrap());
-    let ctx = || ScriptContext { recording_prefix: "lead".into(), caller_number: None };
+    let ctx = || ScriptContext::new("lead".into(), None);
     let pcm = speech();
     let frames: Vec<&[i16]> = pcm.chunks_exact(160).collect();
     let t0 = Instant::now();
@@ -332,8 +334,17 @@ fn call(c: &mut Criterion) {
         pacing_phase: None,
     };
     let t0 = Instant::now();
-    let intake = Intake { program, vad: Some(Box::new(EarshotVad::new(0.5))), record_call: None };
-    let mut call = Call::new(t0, parse(request_text("INVITE", 1, false, OFFER).as_bytes()), setup, intake, prompts());
+    let line = Line {
+        name: "default".into(),
+        matcher: Default::default(),
+        program,
+        prompts: prompts(),
+        schedule: None,
+        // The load script listens for ever: no silence limit.
+        junk: Arc::new(JunkRules::compile(&JunkConfig { silent_after_secs: 0, ..Default::default() }).unwrap()),
+    };
+    let intake = Intake { line: Arc::new(line), vad: Some(Box::new(EarshotVad::new(0.5))), record_call: None };
+    let mut call = Call::new(t0, parse(request_text("INVITE", 1, false, OFFER).as_bytes()), setup, intake);
     call.handle_timeout(t0);
     call.handle_sip_request(t0, parse(request_text("ACK", 1, true, "").as_bytes()));
     while call.poll_transmit().is_some() {}

@@ -4,8 +4,9 @@
 //! edge, where errors become one `anyhow` chain with context, printed once,
 //! and a non-zero exit.
 
-use backstop::cli::{inspect, load_config, load_script, run};
+use backstop::cli::{inspect, load_config, load_lines, run};
 use backstop::config::Config;
+use backstop_core::route::line::Finding;
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -108,17 +109,35 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            match load_script(&cfg) {
-                Ok((_, set)) => {
-                    let mut names: Vec<&str> = set.names().collect();
-                    names.sort();
-                    println!("config OK; listen {}; prompts {}", cfg.sip.listen, names.join(", "));
-                    for w in &cfg.webhook {
+            match load_lines(&cfg) {
+                Ok(lines) => {
+                    println!("config OK; listen {}", cfg.sip.listen);
+                    for line in lines.all() {
+                        let mut names: Vec<&str> = line.prompts.names().collect();
+                        names.sort();
+                        let hours = line.schedule.as_ref().map_or("no schedule".to_string(), |s| {
+                            format!("{} now", s.state_at(std::time::SystemTime::now()).as_str())
+                        });
+                        println!(
+                            "line {}: {} steps, {hours}; prompts {}",
+                            line.name,
+                            line.program.steps.len(),
+                            names.join(", ")
+                        );
+                    }
+                    for w in cfg.webhook.iter().chain(cfg.line.iter().flat_map(|l| &l.webhook)) {
                         for note in inspect::unpublished_events(w.url.as_str(), &w.event_types()) {
                             eprintln!("note: {note}");
                         }
                     }
-                    ExitCode::SUCCESS
+                    // A line no call can reach is a mistake; an overlap may be meant (the earlier line wins).
+                    let mut unusable = false;
+                    for finding in cfg.line_findings() {
+                        let serious = !matches!(finding, Finding::Overlap { .. });
+                        unusable |= serious;
+                        eprintln!("{}: {finding}", if serious { "error" } else { "warning" });
+                    }
+                    if unusable { ExitCode::FAILURE } else { ExitCode::SUCCESS }
                 }
                 Err(e) => {
                     eprintln!("{e:#}");

@@ -19,13 +19,12 @@ use backstop::sink::event::{Event, EventType};
 use backstop_core::call::{Call, CallEvent, CallSetup, Intake, Transmit};
 use backstop_core::intake::lead::Outcome;
 use backstop_core::intake::script::AnswerStatus;
-use backstop_core::media::prompt::{Prompt, PromptSet};
+use backstop_core::media::prompt::Prompt;
 use backstop_core::media::vad::EarshotVad;
 use backstop_core::sip::dialog::DialogConfig;
 use backstop_core::sip::message::{Incoming, read_message};
 use common::pcap::CallerAudio;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 const CALLER: &str = "127.0.0.1:5070";
@@ -100,15 +99,6 @@ fn speech(name: &str) -> Vec<i16> {
     Prompt::from_bytes(name, "wav", &std::fs::read(&path).unwrap()).unwrap().pcm
 }
 
-fn shipped_prompts(cfg: &Config) -> Arc<PromptSet> {
-    let mut set = PromptSet::default();
-    for name in cfg.program().unwrap().prompts() {
-        let path = manifest().join("prompts").join(format!("{name}.wav"));
-        set.insert(Prompt::from_bytes(name, "wav", &std::fs::read(&path).unwrap()).unwrap());
-    }
-    Arc::new(set)
-}
-
 /// What one default-script call commits: the events and the recordings asked for.
 struct Committed {
     events: Vec<Event>,
@@ -117,7 +107,6 @@ struct Committed {
 
 fn run_call() -> Committed {
     let cfg = Config::default();
-    let program = Arc::new(cfg.program().unwrap());
     let received_at = SystemTime::UNIX_EPOCH + Duration::from_secs(RECEIVED_AT_S);
     let wall = |t0: Instant, now: Instant| {
         backstop_core::intake::lead::rfc3339(received_at + now.saturating_duration_since(t0))
@@ -141,13 +130,12 @@ fn run_call() -> Committed {
         source_verified: false,
         pacing_phase: None,
     };
-    let intake = Intake {
-        program: program.clone(),
-        vad: Some(Box::new(EarshotVad::new(0.5))),
-        record_call: Some(cfg.recordings.max_call),
-    };
+    // The default line as the agent builds it from the shipped config: its
+    // script, the shipped prompts, no schedule, the default junk rules.
+    let line = backstop::cli::load_lines(&cfg).unwrap().default_line().clone();
+    let intake = Intake { line, vad: Some(Box::new(EarshotVad::new(0.5))), record_call: Some(cfg.recordings.max_call) };
     let t0 = Instant::now();
-    let mut call = Call::new(t0, invite(), setup, intake, shipped_prompts(&cfg));
+    let mut call = Call::new(t0, invite(), setup, intake);
 
     // The caller, in ms after the ACK: as the SIPp intake test paces it.
     let mut caller = CallerAudio::new(101).with_line_noise(12345);
@@ -186,6 +174,7 @@ fn run_call() -> Committed {
                 CallEvent::Recording { file, samples } => committed.recordings.push((file, samples.len())),
                 CallEvent::Progress(..) | CallEvent::Detail(..) => {}
                 CallEvent::PromptMissing(p) => panic!("prompt {p} is not loaded"),
+                CallEvent::Transferred(_) => panic!("the default script transfers no one"),
             }
         }
         if let Some(bye) = bye {

@@ -5,11 +5,14 @@
 pub mod inspect;
 pub mod run;
 
-use crate::config::{Config, ConfigErrors};
-use crate::media_files::{PromptFileError, load_prompts};
+use crate::config::{Config, ConfigErrors, compile_schedule};
+use crate::media_files::load_prompts;
+use anyhow::Context;
 use backstop_core::intake::program::Program;
-use backstop_core::media::prompt::PromptSet;
+use backstop_core::route::junk::JunkRules;
+use backstop_core::route::line::{Line, Lines};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The config file (or the defaults without one), with `--data-dir` applied.
 pub fn load_config(path: Option<&Path>, data_dir: Option<PathBuf>) -> Result<Config, ConfigErrors> {
@@ -23,10 +26,28 @@ pub fn load_config(path: Option<&Path>, data_dir: Option<PathBuf>) -> Result<Con
     Ok(cfg)
 }
 
-/// The intake script, compiled once, and every prompt it can play; a
-/// missing or unreadable prompt is an error naming it and its file.
-pub fn load_script(cfg: &Config) -> anyhow::Result<(Program, PromptSet)> {
-    let program = cfg.program().map_err(|e| anyhow::anyhow!("intake script: {e:?}"))?;
-    let set: Result<PromptSet, PromptFileError> = load_prompts(program.prompts(), |name| cfg.prompt_path(name));
-    Ok((program, set?))
+/// Every line as the agent runs it: its script compiled once, every prompt
+/// it can play (a missing or unreadable prompt is an error naming the line,
+/// the prompt and its file), its schedule with the time zone looked up, and
+/// its junk rules. `parse` validated all of it, so only files can fail here.
+pub fn load_lines(cfg: &Config) -> anyhow::Result<Lines> {
+    let mut lines = Vec::new();
+    for plan in cfg.line_plans() {
+        let name = plan.name;
+        let program = Program::compile(plan.steps).map_err(|e| anyhow::anyhow!("line {name}: intake script: {e:?}"))?;
+        let prompts = load_prompts(program.prompts(), |p| Config::prompt_path_in(plan.prompts_dir, p))
+            .with_context(|| format!("line {name}"))?;
+        let schedule = compile_schedule(plan.schedule).map_err(|e| anyhow::anyhow!("line {name}: schedule: {e:?}"))?;
+        let junk = JunkRules::compile(plan.junk).map_err(|e| anyhow::anyhow!("line {name}: junk: {e:?}"))?;
+        lines.push(Line {
+            name: name.to_string(),
+            matcher: plan.matcher,
+            program: Arc::new(program),
+            prompts: Arc::new(prompts),
+            schedule: schedule.map(Arc::new),
+            junk: Arc::new(junk),
+        });
+    }
+    let default = lines.pop().expect("line_plans ends with the default line");
+    Ok(Lines::new(lines.into_iter().map(Arc::new).collect(), default))
 }

@@ -5,15 +5,14 @@
 //! end of the grace ends them), and the last leads flushed to disk.
 
 use super::inspect::unpublished_events;
-use super::load_script;
+use super::load_lines;
 use crate::agent::{Agent, Shutdown};
 use crate::config::Config;
 use crate::sink::delivery::{Delivery, Sink, Target};
 use crate::sink::event::EventType;
-use crate::sink::outbox::{Outbox, SinkSpec};
+use crate::sink::outbox::{LineFilter, Outbox, SinkSpec};
 use crate::sink::webhook::Webhook;
 use anyhow::Context;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Logs to stdout at `[log] level` (or `RUST_LOG`), coloured on a terminal.
@@ -29,7 +28,7 @@ pub fn init_logging(cfg: &Config) {
 fn sinks(cfg: &Config) -> anyhow::Result<Vec<Sink>> {
     let mut out = Vec::new();
     let local = |name: &str, events: Vec<EventType>, target| Sink {
-        spec: SinkSpec { name: name.into(), events },
+        spec: SinkSpec { name: name.into(), events, lines: LineFilter::All },
         target,
         max_interval: Duration::from_secs(5),
         max_age: Duration::from_secs(365 * 24 * 3600),
@@ -40,7 +39,14 @@ fn sinks(cfg: &Config) -> anyhow::Result<Vec<Sink>> {
     if cfg.leads_file.events {
         out.push(local("file:events.jsonl", EventType::ALL.to_vec(), Target::EventsFile(cfg.events_path())));
     }
-    for w in &cfg.webhook {
+    // A line with webhooks of its own sends its leads there only; the
+    // top-level webhooks take every other line's.
+    let own: Vec<String> = cfg.line.iter().filter(|l| !l.webhook.is_empty()).map(|l| l.name.clone()).collect();
+    let top = cfg.webhook.iter().map(|w| (w, LineFilter::Except(own.clone()), format!("webhook:{}", w.url)));
+    let per_line = cfg.line.iter().flat_map(|l| {
+        l.webhook.iter().map(|w| (w, LineFilter::Only(l.name.clone()), format!("webhook:{}:{}", l.name, w.url)))
+    });
+    for (w, lines, name) in top.chain(per_line) {
         let secret = w.resolved_secret().with_context(|| format!("webhook {}", w.url))?;
         for note in unpublished_events(w.url.as_str(), &w.event_types()) {
             tracing::warn!("{note}");
@@ -55,7 +61,7 @@ fn sinks(cfg: &Config) -> anyhow::Result<Vec<Sink>> {
         )
         .with_context(|| format!("webhook {}", w.url))?;
         out.push(Sink {
-            spec: SinkSpec { name: format!("webhook:{}", w.url), events: w.event_types() },
+            spec: SinkSpec { name, events: w.event_types(), lines },
             target: Target::Webhook(hook),
             max_interval: w.max_retry_interval,
             max_age: w.max_age,
@@ -66,14 +72,17 @@ fn sinks(cfg: &Config) -> anyhow::Result<Vec<Sink>> {
 
 /// Run the agent until a signal, then shut down in order.
 pub fn run(cfg: Config) -> anyhow::Result<()> {
-    let (program, prompts) = load_script(&cfg)?;
-    let (program, prompts) = (Arc::new(program), Arc::new(prompts));
+    let lines = load_lines(&cfg)?;
+    for finding in cfg.line_findings() {
+        tracing::warn!("{finding}");
+    }
     std::fs::create_dir_all(cfg.recordings_dir())
         .with_context(|| format!("creating {}", cfg.recordings_dir().display()))?;
     let outbox_path = cfg.outbox_path();
     let outbox = Outbox::open(&outbox_path).with_context(|| format!("opening the outbox {}", outbox_path.display()))?;
     let delivery = Delivery::new(outbox, sinks(&cfg)?, cfg.outbox.max_pending, cfg.outbox.keep_delivered);
-    tracing::info!(outbox = %outbox_path.display(), leads = %cfg.leads_path().display(), webhooks = cfg.webhook.len(), "lead delivery ready");
+    let webhooks = cfg.webhook.len() + cfg.line.iter().map(|l| l.webhook.len()).sum::<usize>();
+    tracing::info!(outbox = %outbox_path.display(), leads = %cfg.leads_path().display(), webhooks, lines = cfg.line.len(), "lead delivery ready");
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let result = rt.block_on(async {
         let recovered = delivery.recover().await.context("recovering the outbox")?;
@@ -83,7 +92,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         let (workers_stop, workers_rx) = tokio::sync::watch::channel(false);
         let workers = delivery.spawn(workers_rx);
         let grace = cfg.call.shutdown_grace;
-        let agent = Agent::bind(cfg, program, prompts, delivery.publisher()).await?;
+        let agent = Agent::bind(cfg, lines, delivery.publisher()).await?;
         let (tx, rx) = tokio::sync::watch::channel(Shutdown::Running);
         tokio::spawn(async move {
             let mut signals = Signals::new();

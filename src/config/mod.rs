@@ -7,13 +7,17 @@
 
 mod delivery;
 mod locate;
+mod routing;
 mod sip;
 mod validate;
 mod value;
 
 use backstop_core::intake::program::{Program, StepConfig};
 use backstop_core::media::recorder::RecordingFormat;
+use backstop_core::route::junk::JunkConfig;
+use backstop_core::route::schedule::ScheduleConfig;
 pub use delivery::{LeadsFileConfig, OutboxConfig, WebhookConfig};
+pub use routing::{LineConfig, LinePlan, compile_schedule};
 use serde::Deserialize;
 pub use sip::{CallConfig, RegisterConfig, RtpConfig, SecurityConfig, SipConfig};
 use std::path::{Path, PathBuf};
@@ -38,6 +42,12 @@ pub struct Config {
     pub security: SecurityConfig,
     /// The intake script, in order. Absent: the shipped default script.
     pub step: Vec<StepConfig>,
+    /// Business hours of the default line, and of lines without their own.
+    pub schedule: ScheduleConfig,
+    /// Junk rules of the default line, and of lines without their own.
+    pub junk: JunkConfig,
+    /// The lines this agent answers for, tried in order.
+    pub line: Vec<LineConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -119,6 +129,9 @@ impl Default for Config {
             recordings: Default::default(),
             security: Default::default(),
             step: backstop_core::intake::program::default_steps(),
+            schedule: Default::default(),
+            junk: Default::default(),
+            line: Vec::new(),
         }
     }
 }
@@ -203,12 +216,18 @@ impl Config {
 
     /// The file a prompt name refers to.
     pub fn prompt_path(&self, name: &str) -> PathBuf {
-        let p = Path::new(name);
-        let p = if p.extension().is_some() { p.to_path_buf() } else { p.with_extension("wav") };
-        if p.is_absolute() { p } else { self.prompts.dir.join(p) }
+        Config::prompt_path_in(&self.prompts.dir, name)
     }
 
-    /// The intake script, compiled (validated by `parse`, so this cannot fail after it).
+    /// The file a prompt name refers to in a prompts directory: `name.wav`,
+    /// or the name itself when it has an extension.
+    pub fn prompt_path_in(dir: &Path, name: &str) -> PathBuf {
+        let p = Path::new(name);
+        let p = if p.extension().is_some() { p.to_path_buf() } else { p.with_extension("wav") };
+        if p.is_absolute() { p } else { dir.join(p) }
+    }
+
+    /// The default line's intake script, compiled (validated by `parse`, so this cannot fail after it).
     pub fn program(&self) -> Result<Program, Vec<(String, String)>> {
         Program::compile(&self.step)
     }

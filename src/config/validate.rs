@@ -178,39 +178,9 @@ impl Config {
         if self.outbox.keep_delivered > YEAR {
             p.push(("outbox.keep_delivered_hours".into(), "at most 8760 (a year)".into()));
         }
-        for (i, w) in self.webhook.iter().enumerate() {
-            let key = |k: &str| format!("webhook[{i}].{k}");
-            if !w.url.is_http() {
-                p.push((key("url"), ValueError::NotHttpUrl(w.url.to_string()).to_string()));
-            }
-            match w.resolved_secret() {
-                Ok(Some(s)) => {
-                    if let Err(e) = crate::sink::webhook::decode_secret(&s) {
-                        p.push((key("secret"), e.to_string()));
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => p.push((key("secret_env"), e.to_string())),
-            }
-            if w.timeout.is_zero()
-                || w.connect_timeout.is_zero()
-                || w.max_retry_interval.is_zero()
-                || w.max_age.is_zero()
-            {
-                p.push((key("timeout_ms"), "timeouts, max_retry_interval_s and max_age_hours must be > 0".into()));
-            }
-            if w.timeout > MINUTE * 10 || w.connect_timeout > MINUTE * 10 {
-                p.push((key("timeout_ms"), "timeouts must be at most 600000 (ten minutes)".into()));
-            }
-            if w.max_retry_interval > DAY {
-                p.push((key("max_retry_interval_s"), "at most 86400 (a day)".into()));
-            }
-            if w.max_age > YEAR {
-                p.push((key("max_age_hours"), "at most 8760 (a year)".into()));
-            }
-            if self.webhook[..i].iter().any(|o| o.url == w.url) {
-                p.push((key("url"), format!("{} is configured twice", w.url)));
-            }
+        p.extend(webhook_problems("webhook", &self.webhook));
+        for (i, l) in self.line.iter().enumerate() {
+            p.extend(webhook_problems(&format!("line[{i}].webhook"), &l.webhook));
         }
         for (i, r) in self.register.iter().enumerate() {
             let key = |k: &str| format!("register[{i}].{k}");
@@ -242,9 +212,7 @@ impl Config {
                 p.push((key("keepalive_s"), "at most 86400 (a day)".into()));
             }
         }
-        if let Err(errs) = self.program() {
-            p.extend(errs);
-        }
+        p.extend(self.routing_problems());
         if self.recordings.max_call.is_zero() || self.recordings.max_call > Duration::from_secs(4 * 3600) {
             p.push(("recordings.max_call_secs".into(), "must be between 1 and 14400".into()));
         }
@@ -253,6 +221,42 @@ impl Config {
         }
         p
     }
+}
+
+/// The checks of one list of `[[webhook]]`s (top level, or a line's).
+fn webhook_problems(array: &str, hooks: &[super::WebhookConfig]) -> Vec<(String, String)> {
+    let mut p = Vec::new();
+    for (i, w) in hooks.iter().enumerate() {
+        let key = |k: &str| format!("{array}[{i}].{k}");
+        if !w.url.is_http() {
+            p.push((key("url"), ValueError::NotHttpUrl(w.url.to_string()).to_string()));
+        }
+        match w.resolved_secret() {
+            Ok(Some(s)) => {
+                if let Err(e) = crate::sink::webhook::decode_secret(&s) {
+                    p.push((key("secret"), e.to_string()));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => p.push((key("secret_env"), e.to_string())),
+        }
+        if w.timeout.is_zero() || w.connect_timeout.is_zero() || w.max_retry_interval.is_zero() || w.max_age.is_zero() {
+            p.push((key("timeout_ms"), "timeouts, max_retry_interval_s and max_age_hours must be > 0".into()));
+        }
+        if w.timeout > MINUTE * 10 || w.connect_timeout > MINUTE * 10 {
+            p.push((key("timeout_ms"), "timeouts must be at most 600000 (ten minutes)".into()));
+        }
+        if w.max_retry_interval > DAY {
+            p.push((key("max_retry_interval_s"), "at most 86400 (a day)".into()));
+        }
+        if w.max_age > YEAR {
+            p.push((key("max_age_hours"), "at most 8760 (a year)".into()));
+        }
+        if hooks[..i].iter().any(|o| o.url == w.url) {
+            p.push((key("url"), format!("{} is configured twice", w.url)));
+        }
+    }
+    p
 }
 
 #[cfg(test)]

@@ -11,8 +11,7 @@ use crate::config::Config;
 use crate::pacer::Pacer;
 use crate::sink::delivery::Publisher;
 use crate::transport::{Inbound, TcpLimits, serve_tcp, serve_udp};
-use backstop_core::intake::program::Program;
-use backstop_core::media::prompt::PromptSet;
+use backstop_core::route::line::Lines;
 use backstop_core::sip::admission::{Admission, AdmissionConfig};
 use backstop_core::sip::register::Registration;
 use std::net::SocketAddr;
@@ -31,20 +30,15 @@ pub struct Agent {
 
 impl Agent {
     /// Bind SIP on UDP and TCP at the configured address (same port); every
-    /// call runs `program` with `prompts`.
-    pub async fn bind(
-        cfg: Config,
-        program: Arc<Program>,
-        prompts: Arc<PromptSet>,
-        events: Publisher,
-    ) -> anyhow::Result<Agent> {
+    /// call runs what its line in `lines` says.
+    pub async fn bind(cfg: Config, lines: Lines, events: Publisher) -> anyhow::Result<Agent> {
         use anyhow::Context;
         let listen = cfg.sip.listen;
         let udp = UdpSocket::bind(listen).await.with_context(|| format!("binding SIP UDP on {listen}"))?;
         let local_sip = udp.local_addr()?;
         let tcp = TcpListener::bind(local_sip).await.with_context(|| format!("binding SIP TCP on {local_sip}"))?;
         let pacer = Pacer::start().context("starting the RTP pacer thread")?;
-        let shared = Shared { cfg, prompts, program, events, local_sip, phases: PhaseSlots::new(), pacer };
+        let shared = Shared { cfg, lines, events, local_sip, phases: PhaseSlots::new(), pacer };
         Ok(Agent { udp: Arc::new(udp), tcp, shared: Arc::new(shared) })
     }
 

@@ -15,6 +15,7 @@ use crate::transport::ReplyPath;
 use backstop_core::call::{Call, CallEvent, CallSetup, Intake, Transmit};
 use backstop_core::intake::lead::{Lead, rfc3339};
 use backstop_core::media::vad::{EarshotVad, VoiceDetector, WebRtcVad};
+use backstop_core::route::line::CallFacts;
 use backstop_core::sip::admission::Budget;
 use backstop_core::sip::dialog::DialogConfig;
 use backstop_core::sip::message::Request;
@@ -69,12 +70,15 @@ impl CallTask {
         };
         let from = invite.source;
         tracing::info!(%from, transport = %reply.transport(), rtp = %setup.dialog.local_rtp, caller = %invite.from.raw, called = %invite.to.raw, "INVITE");
+        let mut facts = CallFacts::from_invite(&invite);
+        facts.account = account_of(cfg, &invite);
+        let line = shared.lines.route(&facts).clone();
         let intake = Intake {
-            program: shared.program.clone(),
-            vad: shared.program.uses_voice().then(|| new_vad(cfg.intake.vad)),
+            vad: line.program.uses_voice().then(|| new_vad(cfg.intake.vad)),
+            line,
             record_call: cfg.recordings.whole_call.then_some(cfg.recordings.max_call),
         };
-        let mut call = Call::new(Instant::now(), invite, setup, intake, shared.prompts.clone());
+        let mut call = Call::new(Instant::now(), invite, setup, intake);
         let mut writes: Vec<JoinHandle<Option<String>>> = Vec::new();
         let timer = tokio::time::sleep(Duration::from_secs(3600));
         tokio::pin!(timer);
@@ -121,6 +125,10 @@ impl CallTask {
                     }
                     CallEvent::Missed(lead) => {
                         shared.publish(Event::new(EventType::CallMissed, rfc3339(SystemTime::now()), &lead)).await;
+                    }
+                    CallEvent::Transferred(lead) => {
+                        let event = Event::new(EventType::CallTransferred, rfc3339(SystemTime::now()), &lead);
+                        shared.publish(event).await;
                     }
                     CallEvent::Recording { file, samples } => {
                         let path = cfg.recordings_dir().join(&file);
@@ -204,6 +212,13 @@ async fn forget_failed_recordings(lead: &mut Lead, writes: impl Iterator<Item = 
             }
         }
     }
+}
+
+/// The `[[register]]` account a call came through, `username@domain`: the
+/// one whose Contact (`sip:username@us`) the INVITE's Request-URI names.
+fn account_of(cfg: &crate::config::Config, invite: &Request) -> Option<String> {
+    let user = invite.uri.auth.as_ref().map(|a| a.user.as_str())?;
+    cfg.register.iter().find(|r| r.username == user).map(|r| format!("{}@{}", r.username, r.domain()))
 }
 
 /// A fresh voice activity detector of the configured kind, for one call.

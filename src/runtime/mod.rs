@@ -40,17 +40,15 @@ use crate::config::Config;
 use crate::pacer::Pacer;
 use crate::sink::delivery::Publisher;
 use crate::sink::event::Event;
-use backstop_core::intake::program::Program;
-use backstop_core::media::prompt::PromptSet;
+use backstop_core::route::line::Lines;
 use phases::PhaseSlots;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
 
 /// What every call and registration task reads, shared by all.
 struct Shared {
     cfg: Config,
-    prompts: Arc<PromptSet>,
-    program: Arc<Program>,
+    /// What each line runs; a call takes the one its INVITE routes to.
+    lines: Lines,
     events: Publisher,
     local_sip: SocketAddr,
     /// Which millisecond of the 20 ms frame each call sends in.

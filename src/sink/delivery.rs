@@ -226,7 +226,11 @@ mod tests {
         let leads = dir.join("leads.jsonl");
         let outbox = Outbox::open(&dir.join("outbox.db")).unwrap();
         let sink = Sink {
-            spec: SinkSpec { name: "file:leads.jsonl".into(), events: vec![EventType::LeadCompleted] },
+            spec: SinkSpec {
+                name: "file:leads.jsonl".into(),
+                events: vec![EventType::LeadCompleted],
+                lines: Default::default(),
+            },
             target: Target::LeadsFile(leads.clone()),
             max_interval: Duration::from_secs(1),
             max_age: Duration::from_secs(3600),

@@ -1,5 +1,7 @@
 //! The events Backstop publishes about a call: `call.missed` the moment the
-//! INVITE arrives, and `lead.completed` when the call ends, however it ends.
+//! INVITE arrives (not for a junk caller), `call.transferred` when a
+//! `transfer` step hands the caller over, and `lead.completed` when the call
+//! ends, however it ends.
 //! Each has a stable id, which is also the `webhook-id` on every delivery
 //! attempt, so receivers can de-duplicate.
 //!
@@ -25,17 +27,21 @@ pub enum EventType {
     LeadUpdated,
     #[serde(rename = "lead.completed")]
     LeadCompleted,
+    /// A `transfer` step handed the caller to the on-call tech.
+    #[serde(rename = "call.transferred")]
+    CallTransferred,
 }
 
 impl EventType {
     /// Every event Backstop publishes: what a sink takes unless it lists its own.
-    pub const ALL: [EventType; 2] = [EventType::CallMissed, EventType::LeadCompleted];
+    pub const ALL: [EventType; 3] = [EventType::CallMissed, EventType::CallTransferred, EventType::LeadCompleted];
 
     pub fn as_str(self) -> &'static str {
         match self {
             EventType::CallMissed => "call.missed",
             EventType::LeadUpdated => "lead.updated",
             EventType::LeadCompleted => "lead.completed",
+            EventType::CallTransferred => "call.transferred",
         }
     }
 
@@ -63,6 +69,11 @@ impl Event {
         &self.lead.call_id
     }
 
+    /// The line the call was for: a sink may take only some lines' events.
+    pub fn line(&self) -> &str {
+        &self.lead.line
+    }
+
     /// The event as a line of `events.jsonl`: its keys sorted, as that file
     /// has always written them (a webhook's body keeps the declared order).
     pub fn file_line(&self) -> serde_json::Value {
@@ -76,7 +87,7 @@ mod tests {
 
     #[test]
     fn event_names_round_trip_and_lead_updated_is_reserved() {
-        for t in [EventType::CallMissed, EventType::LeadUpdated, EventType::LeadCompleted] {
+        for t in [EventType::CallMissed, EventType::LeadUpdated, EventType::LeadCompleted, EventType::CallTransferred] {
             assert_eq!(serde_json::from_value::<EventType>(t.as_str().into()).unwrap(), t);
             assert_eq!(serde_json::to_value(t).unwrap(), t.as_str());
         }

@@ -17,6 +17,36 @@ use std::path::Path;
 pub struct SinkSpec {
     pub name: String,
     pub events: Vec<EventType>,
+    /// Which lines' events it takes.
+    pub lines: LineFilter,
+}
+
+/// The lines a sink serves: a line's own webhooks take only its events, and
+/// the top-level ones every other line's, so one business's leads never
+/// reach another's endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum LineFilter {
+    #[default]
+    All,
+    Only(String),
+    Except(Vec<String>),
+}
+
+impl LineFilter {
+    pub fn admits(&self, line: &str) -> bool {
+        match self {
+            LineFilter::All => true,
+            LineFilter::Only(l) => l == line,
+            LineFilter::Except(ls) => !ls.iter().any(|l| l == line),
+        }
+    }
+}
+
+impl SinkSpec {
+    /// Whether this sink delivers `event`.
+    pub fn takes(&self, event: &Event) -> bool {
+        self.events.contains(&event.kind) && self.lines.admits(event.line())
+    }
 }
 
 /// One delivery that is due.
@@ -97,7 +127,7 @@ impl Outbox {
             params![event.id, event.kind.as_str(), event.call_id(), now_ms, body],
         )?;
         let seq = tx.last_insert_rowid();
-        for sink in sinks.iter().filter(|s| s.events.contains(&event.kind)) {
+        for sink in sinks.iter().filter(|s| s.takes(event)) {
             tx.execute(
                 "INSERT INTO deliveries (seq, sink, state, next_ms) VALUES (?1, ?2, 'pending', ?3)",
                 params![seq, sink.name, now_ms],
@@ -275,8 +305,8 @@ mod tests {
 
     fn sinks() -> Vec<SinkSpec> {
         vec![
-            SinkSpec { name: "file".into(), events: vec![EventType::LeadCompleted] },
-            SinkSpec { name: "hook".into(), events: EventType::ALL.to_vec() },
+            SinkSpec { name: "file".into(), events: vec![EventType::LeadCompleted], lines: LineFilter::All },
+            SinkSpec { name: "hook".into(), events: EventType::ALL.to_vec(), lines: LineFilter::All },
         ]
     }
 

@@ -1,5 +1,9 @@
 //! One call, Sans-IO: the SIP dialog, the RTP session and the script wired
-//! together, producing the lead when the dialog ends.
+//! together, producing the lead when the dialog ends. The call's line
+//! decides what runs: its script and prompts, its schedule (for `when`
+//! steps and the lead), and its junk rules (603, a goodbye, or a flag, and
+//! the silence limit). A `transfer` step is carried out by
+//! [`transfer::TransferRun`] over the dialog's REFER.
 //!
 //! The runtime feeds it SIP messages, RTP datagrams and timeouts with the
 //! current `Instant`, and sends whatever `poll_transmit` returns. Because
@@ -10,19 +14,21 @@
 pub mod transfer;
 
 use crate::intake::lead::{Lead, Outcome, rfc3339};
-use crate::intake::program::Program;
 use crate::intake::script::{Script, ScriptAction, ScriptContext};
 use crate::media::dtmf::{DtmfEvent, DtmfMerger, parse_info};
 use crate::media::prompt::PromptSet;
 use crate::media::recorder::Audio;
 use crate::media::rtp::{MediaEvent, MediaSession, MediaStats, RtpPacket};
 use crate::media::vad::VoiceDetector;
+use crate::route::junk::{CallerFacts, JunkAction, JunkReason};
+use crate::route::line::Line;
 use crate::sip::dialog::{DialogConfig, DialogEvent, EndedBy, SipTransmit, UasDialog};
 use crate::sip::message::{Request, Response};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
+use transfer::{TransferAction, TransferRun};
 
 /// Something for the runtime to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,16 +48,20 @@ pub enum CallEvent {
     /// The script asked for a prompt that is not loaded (a config problem): skipped.
     PromptMissing(String),
     /// The call has just arrived: who is calling and why it was forwarded.
+    /// Not for a junk caller: nothing may text a blocklisted or spoofed number back.
     Missed(Box<Lead>),
+    /// A `transfer` step handed the caller over: the lead so far, with its `transfer`.
+    Transferred(Box<Lead>),
     /// Audio to write to `file` under the recordings directory, before the lead goes out.
     Recording { file: String, samples: Audio },
     /// The finished lead: write it.
     Lead(Box<Lead>),
 }
 
-/// The intake side of a call: the script to run and how to listen.
+/// The intake side of a call: the line it is for and how to listen.
 pub struct Intake {
-    pub program: Arc<Program>,
+    /// The script, prompts, schedule and junk rules the call runs with.
+    pub line: Arc<Line>,
     /// Needed when the program listens for speech.
     pub vad: Option<Box<dyn VoiceDetector>>,
     /// Keep the caller's side of the whole call, up to this many seconds (`None`: off).
@@ -81,6 +91,10 @@ pub struct Call {
     script: Script,
     prompts: Arc<PromptSet>,
     lead: Option<Lead>,
+    /// What the line's junk rules said at the INVITE (`None`: clean).
+    junk_action: Option<JunkAction>,
+    /// The transfer a `transfer` step started, while it runs and after.
+    transfer: Option<TransferRun>,
     base: (Instant, SystemTime),
     setup: CallSetup,
     answered: bool,
@@ -95,13 +109,25 @@ pub struct Call {
 }
 
 impl Call {
-    pub fn new(now: Instant, invite: Request, setup: CallSetup, intake: Intake, prompts: Arc<PromptSet>) -> Call {
+    pub fn new(now: Instant, invite: Request, setup: CallSetup, intake: Intake) -> Call {
+        let line = intake.line;
         let mut lead = Lead::from_invite(setup.lead_id.clone(), &invite, setup.received_at, setup.dialog.transport);
         lead.source_verified = setup.source_verified;
+        lead.line = line.name.clone();
+        lead.schedule = line.schedule.as_ref().map(|s| s.state_at(setup.received_at));
+        let verdict = line.junk.judge(&CallerFacts::from_invite(&invite));
+        lead.junk = verdict.junk;
         let caller_number =
             lead.caller.asserted.as_ref().and_then(|a| a.number.clone()).or_else(|| lead.caller.number.clone());
-        let ctx = ScriptContext { recording_prefix: setup.lead_id.clone(), caller_number };
-        let script = Script::new(intake.program, intake.vad, ctx);
+        let ctx = ScriptContext {
+            recording_prefix: setup.lead_id.clone(),
+            caller_number,
+            schedule: lead.schedule,
+            silent_after: line.junk.silent_after,
+            goodbye_prompt: line.junk.goodbye_prompt.clone(),
+        };
+        let script = Script::new(line.program.clone(), intake.vad, ctx);
+        let prompts = line.prompts.clone();
         let call_audio = intake.record_call.map(|d| (Audio::new(None), (d.as_millis() as usize) * 8));
         let dialog = UasDialog::new(now, invite, setup.dialog.clone());
         let mut call = Call {
@@ -110,6 +136,8 @@ impl Call {
             script,
             prompts,
             lead: Some(lead),
+            junk_action: verdict.action,
+            transfer: None,
             base: (now, setup.received_at),
             deadline: now + setup.max_duration,
             setup,
@@ -120,11 +148,18 @@ impl Call {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         };
-        call.progress("invite", "INVITE received, ringing".into());
-        if let Some(lead) = &call.lead {
+        call.progress("invite", format!("INVITE received on line {}, ringing", line.name));
+        if let Some(lead) = call.lead.as_ref().filter(|l| !l.junk.is_junk) {
             let mut snapshot = lead.clone();
             snapshot.outcome = Outcome::Ringing;
             call.events.push_back(CallEvent::Missed(Box::new(snapshot)));
+        }
+        if let Some(lead) = call.lead.as_ref().filter(|l| l.junk.is_junk) {
+            let detail = format!("junk caller {:?}: {:?}", lead.junk.reasons, call.junk_action);
+            call.progress("junk", detail);
+        }
+        if call.junk_action == Some(JunkAction::Reject) {
+            call.dialog.decline(now, "junk caller");
         }
         call.process(now);
         call
@@ -176,6 +211,9 @@ impl Call {
             m.handle_timeout(now);
         }
         self.script.handle_timeout(now);
+        if let Some(t) = self.transfer.as_mut() {
+            t.handle_timeout(now);
+        }
         self.process(now);
     }
 
@@ -218,8 +256,16 @@ impl Call {
                         self.progress("answer", format!("voice answer {file}, {} ms of audio", samples.len() / 8));
                         self.events.push_back(CallEvent::Recording { file, samples });
                     }
+                    ScriptAction::Transfer { targets, timeout } => {
+                        self.progress("transfer", format!("transferring to {}", targets.join(", ")));
+                        self.transfer = Some(TransferRun::new(now, targets, timeout));
+                    }
                     ScriptAction::Hangup => self.dialog.hangup(now, EndedBy::Agent, "script finished"),
                 }
+            }
+            while let Some(action) = self.transfer.as_mut().and_then(|t| t.poll_action()) {
+                progressed = true;
+                self.on_transfer_action(now, action);
             }
             while let Some(ev) = self.media.as_mut().and_then(|m| m.poll_event()) {
                 progressed = true;
@@ -241,6 +287,36 @@ impl Call {
         if let Some(m) = self.media.as_mut() {
             while let Some(p) = m.poll_transmit() {
                 self.transmits.push_back(Transmit::Rtp(p));
+            }
+        }
+    }
+
+    fn on_transfer_action(&mut self, now: Instant, action: TransferAction) {
+        match action {
+            TransferAction::Refer(target) => {
+                let sent = self.dialog.refer(now, &target);
+                self.progress("refer", format!("REFER to {target}: {sent:?}"));
+                if let Some(t) = self.transfer.as_mut() {
+                    t.referred(now, sent);
+                }
+            }
+            TransferAction::Transferred => {
+                self.progress("transferred", "the target took the call; hanging up our leg".into());
+                self.script.handle_transfer_done(now, true);
+                if let Some(mut snapshot) = self.lead.clone() {
+                    snapshot.transfer = self.transfer.as_ref().and_then(|t| t.report());
+                    snapshot.outcome = Outcome::Transferred;
+                    self.events.push_back(CallEvent::Transferred(Box::new(snapshot)));
+                }
+                if let Some(m) = self.media.as_mut() {
+                    m.stop_playback();
+                }
+                // After the 200 to the final NOTIFY, which the dialog has queued already (RFC 5589 §6.1).
+                self.dialog.hangup(now, EndedBy::Agent, "transferred");
+            }
+            TransferAction::Failed => {
+                self.progress("transfer_failed", "no target took the call; the script goes on".into());
+                self.script.handle_transfer_done(now, false);
             }
         }
     }
@@ -280,7 +356,17 @@ impl Call {
                     "confirmed",
                     format!("ACK received; media {} to {remote_rtp:?}", negotiated.law.encoding_name()),
                 );
-                self.script.handle_answered(now);
+                if self.junk_action == Some(JunkAction::Goodbye) {
+                    self.script.decline(now);
+                } else {
+                    self.script.handle_answered(now);
+                }
+            }
+            DialogEvent::Refer { id, event } => {
+                self.progress("notify", format!("transfer news for REFER {id}: {event:?}"));
+                if let Some(t) = self.transfer.as_mut() {
+                    t.handle_refer_event(now, id, event);
+                }
             }
             DialogEvent::MediaChanged { negotiated, remote_rtp, direction } => {
                 if let Some(m) = self.media.as_mut() {
@@ -294,6 +380,9 @@ impl Call {
                 None => self.progress("info", format!("INFO {content_type} (not a digit)")),
             },
             DialogEvent::Ended { by, detail } => {
+                if let Some(t) = self.transfer.as_mut().filter(|t| !t.is_done()) {
+                    t.handle_hangup();
+                }
                 self.script.handle_call_ended(now);
                 // Answers cut short by the hang-up still get their recordings, before the lead.
                 while let Some(a) = self.script.poll_action() {
@@ -310,6 +399,7 @@ impl Call {
                     m.stop();
                 }
                 let outcome = match by {
+                    _ if self.junk_action == Some(JunkAction::Reject) => Outcome::Declined,
                     EndedBy::Cancel => Outcome::HungUpWhileRinging,
                     EndedBy::Error if !self.answered => Outcome::Rejected,
                     EndedBy::Timeout if !self.dialog.is_confirmed() && self.media.is_none() => Outcome::NoAck,
@@ -326,6 +416,11 @@ impl Call {
                     lead.outcome = outcome;
                     lead.answers = self.script.answers().clone();
                     lead.recording = whole_call;
+                    lead.transfer = self.transfer.as_ref().and_then(|t| t.report());
+                    if self.script.silent() {
+                        lead.junk.is_junk = true;
+                        lead.junk.reasons.push(JunkReason::Silent);
+                    }
                     self.progress("ended", format!("call ended by {by:?}: {detail}; outcome {}", lead.outcome));
                     self.events.push_back(CallEvent::Lead(Box::new(lead)));
                 }
@@ -365,6 +460,9 @@ impl Call {
         if let Some(st) = self.script.poll_timeout() {
             t = Some(t.map_or(st, |x| x.min(st)));
         }
+        if let Some(tt) = self.transfer.as_ref().and_then(|tr| tr.poll_timeout()) {
+            t = Some(t.map_or(tt, |x| x.min(tt)));
+        }
         t
     }
 
@@ -381,8 +479,11 @@ impl Call {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::call::transfer::TransferStatus;
+    use crate::intake::program::Program;
     use crate::media::g711::Law;
     use crate::media::prompt::Prompt;
+    use crate::route::junk::{JunkConfig, JunkRules};
     use crate::sip::Transport;
     use crate::sip::message::{Incoming, read_message};
     use crate::sip::testing;
@@ -429,7 +530,19 @@ mod tests {
              [[step]]\nname = \"goodbye\"\nkind = \"goodbye\"\nprompt = \"goodbye\"\n",
         )
         .unwrap();
-        Intake { program: Arc::new(program), vad: None, record_call: None }
+        intake(program, JunkConfig { silent_after_secs: 0, ..Default::default() })
+    }
+
+    fn intake(program: Program, junk: JunkConfig) -> Intake {
+        let line = Line {
+            name: "default".into(),
+            matcher: Default::default(),
+            program: Arc::new(program),
+            prompts: prompts(),
+            schedule: None,
+            junk: Arc::new(JunkRules::compile(&junk).unwrap()),
+        };
+        Intake { line: Arc::new(line), vad: None, record_call: None }
     }
 
     fn prompts() -> Arc<PromptSet> {
@@ -443,6 +556,15 @@ mod tests {
         rtp: Vec<Vec<u8>>,
         sip: Vec<String>,
         leads: Vec<Lead>,
+        /// Whole SIP messages sent, and the events other than leads.
+        sent: Vec<String>,
+        events: Vec<CallEvent>,
+    }
+
+    impl Run {
+        fn new() -> Run {
+            Run { rtp: vec![], sip: vec![], leads: vec![], sent: vec![], events: vec![] }
+        }
     }
 
     /// Drive the call by its own deadlines until `until`, collecting output.
@@ -452,13 +574,16 @@ mod tests {
                 match t {
                     Transmit::Rtp(p) => run.rtp.push(p.bytes().to_vec()),
                     Transmit::Sip(s) => {
-                        run.sip.push(String::from_utf8(s.bytes).unwrap().lines().next().unwrap().to_string())
+                        let text = String::from_utf8(s.bytes).unwrap();
+                        run.sip.push(text.lines().next().unwrap().to_string());
+                        run.sent.push(text);
                     }
                 }
             }
             while let Some(ev) = call.poll_event() {
-                if let CallEvent::Lead(l) = ev {
-                    run.leads.push(*l);
+                match ev {
+                    CallEvent::Lead(l) => run.leads.push(*l),
+                    other => run.events.push(other),
                 }
             }
             match call.poll_timeout() {
@@ -477,8 +602,8 @@ mod tests {
     /// A call answered after its 1 s ring and acknowledged at `t0 + 1 s`.
     fn confirmed_call(t0: Instant) -> (Call, Instant, Run) {
         let mut now = t0;
-        let mut run = Run { rtp: vec![], sip: vec![], leads: vec![] };
-        let mut call = Call::new(now, req("INVITE", 1, false, &offer("")), setup(), plain_intake(), prompts());
+        let mut run = Run::new();
+        let mut call = Call::new(now, req("INVITE", 1, false, &offer("")), setup(), plain_intake());
         drive(&mut call, &mut now, t0 + Duration::from_millis(1000), &mut run);
         call.handle_sip_request(now, req("ACK", 1, true, ""));
         (call, now, run)
@@ -552,8 +677,8 @@ mod tests {
         let t0 = Instant::now();
         let offer = "v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 4000 RTP/AVP 0 96\r\na=rtpmap:96 telephone-event/8000\r\n";
         let mut now = t0;
-        let mut run = Run { rtp: vec![], sip: vec![], leads: vec![] };
-        let mut call = Call::new(now, req("INVITE", 1, false, offer), setup(), plain_intake(), prompts());
+        let mut run = Run::new();
+        let mut call = Call::new(now, req("INVITE", 1, false, offer), setup(), plain_intake());
         drive(&mut call, &mut now, t0 + Duration::from_millis(1000), &mut run);
         call.handle_sip_request(now, req("ACK", 1, true, ""));
         let from: SocketAddr = "127.0.0.1:4000".parse().unwrap();
@@ -619,6 +744,169 @@ mod tests {
             matches!(&events[..], [CallEvent::Detail("latched", d)] if d.contains("127.0.0.1:40000")),
             "{events:?}"
         );
+    }
+
+    fn missed_events(run: &Run) -> usize {
+        run.events.iter().filter(|e| matches!(e, CallEvent::Missed(_))).count()
+    }
+
+    #[test]
+    fn a_blocklisted_caller_gets_603_a_junk_lead_and_no_missed_event() {
+        let t0 = Instant::now();
+        let (mut now, mut run) = (t0, Run::new());
+        let program =
+            Program::from_toml("[[step]]\nname = \"greeting\"\nkind = \"play\"\nprompt = \"greeting\"\n").unwrap();
+        let junk = JunkConfig { block: vec!["+1 555 123 0001".into()], ..Default::default() };
+        let mut call = Call::new(now, req("INVITE", 1, false, &offer("")), setup(), intake(program, junk));
+        drive(&mut call, &mut now, t0 + Duration::from_millis(10), &mut run);
+        assert_eq!(run.sip.last().map(String::as_str), Some("SIP/2.0 603 Decline"), "{:?}", run.sip);
+        call.handle_sip_request(now, req("ACK", 1, false, ""));
+        drive(&mut call, &mut now, t0 + Duration::from_secs(5), &mut run);
+        assert_eq!(missed_events(&run), 0, "nothing may text a blocklisted number back");
+        let lead = &run.leads[0];
+        assert_eq!(lead.outcome, Outcome::Declined);
+        assert!(lead.junk.is_junk);
+        assert_eq!(lead.junk.reasons, [JunkReason::Blocklisted]);
+        assert!(run.rtp.is_empty());
+        assert!(call.is_finished());
+    }
+
+    #[test]
+    fn a_flagged_caller_runs_the_script_and_a_goodbye_one_hears_only_goodbye() {
+        for (action, plays, outcome) in
+            [(JunkAction::Flag, 150, Outcome::Completed), (JunkAction::Goodbye, 50, Outcome::Declined)]
+        {
+            let t0 = Instant::now();
+            let (mut now, mut run) = (t0, Run::new());
+            let junk = JunkConfig { block: vec!["15551230001".into()], action, ..Default::default() };
+            let program = Program::from_toml(
+                "[[step]]\nname = \"greeting\"\nkind = \"play\"\nprompt = \"greeting\"\n\
+                 [[step]]\nname = \"goodbye\"\nkind = \"goodbye\"\nprompt = \"goodbye\"\n",
+            )
+            .unwrap();
+            let mut call = Call::new(now, req("INVITE", 1, false, &offer("")), setup(), intake(program, junk));
+            drive(&mut call, &mut now, t0 + Duration::from_millis(1000), &mut run);
+            call.handle_sip_request(now, req("ACK", 1, true, ""));
+            drive(&mut call, &mut now, t0 + Duration::from_secs(10), &mut run);
+            assert_eq!(run.rtp.len(), plays, "{action:?}");
+            assert_eq!(missed_events(&run), 0);
+            assert_eq!((run.leads[0].outcome.clone(), run.leads[0].junk.is_junk), (outcome, true));
+        }
+    }
+
+    /// A call whose script greets, then transfers to two targets, and says goodbye when neither takes it.
+    fn transfer_call(t0: Instant) -> (Call, Instant, Run) {
+        let program = Program::from_toml(
+            "[[step]]\nname = \"greeting\"\nkind = \"play\"\nprompt = \"greeting\"\n\
+             [[step]]\nname = \"oncall\"\nkind = \"transfer\"\ntargets = [\"sip:tech@10.0.0.9\", \"tel:+15551112222\"]\n\
+             timeout_ms = 5000\non_failure = \"sorry\"\n\
+             [[step]]\nname = \"sorry\"\nkind = \"goodbye\"\nprompt = \"goodbye\"\n",
+        )
+        .unwrap();
+        let (mut now, mut run) = (t0, Run::new());
+        let junk = JunkConfig { silent_after_secs: 0, ..Default::default() };
+        let mut call = Call::new(now, req("INVITE", 1, false, &offer("")), setup(), intake(program, junk));
+        drive(&mut call, &mut now, t0 + Duration::from_millis(1000), &mut run);
+        call.handle_sip_request(now, req("ACK", 1, true, ""));
+        // The 2 s greeting, then the REFER.
+        drive(&mut call, &mut now, t0 + Duration::from_millis(3100), &mut run);
+        (call, now, run)
+    }
+
+    /// The CSeq number of the last request with this method that we sent.
+    fn sent_cseq(run: &Run, method: &str) -> u32 {
+        let msg = run
+            .sent
+            .iter()
+            .rev()
+            .find(|m| m.starts_with(method))
+            .unwrap_or_else(|| panic!("no {method}: {:?}", run.sip));
+        let line = msg.lines().find(|l| l.starts_with("CSeq:")).unwrap();
+        line[5..].trim().split(' ').next().unwrap().parse().unwrap()
+    }
+
+    fn answer_refer(call: &mut Call, now: Instant, run: &Run, code: u16) {
+        let text = format!(
+            "SIP/2.0 {code} X\r\nVia: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bKx\r\nFrom: <sip:a@b>;tag=local\r\nTo: <sip:c@d>;tag=caller\r\nCall-ID: c1\r\nCSeq: {} REFER\r\nContent-Length: 0\r\n\r\n",
+            sent_cseq(run, "REFER")
+        );
+        let Incoming::Response(r) = msg(&text) else { panic!() };
+        call.handle_sip_response(now, *r);
+    }
+
+    fn notify(cseq: u32, sipfrag: &str, state: &str) -> Request {
+        testing::request("NOTIFY", cseq)
+            .to_tag(Some("local"))
+            .headers(&format!("Event: refer\r\nSubscription-State: {state}\r\n"))
+            .body("message/sipfrag", sipfrag)
+            .read()
+    }
+
+    #[test]
+    fn a_transfer_that_works_ends_our_leg_with_bye_after_the_final_notify() {
+        let t0 = Instant::now();
+        let (mut call, mut now, mut run) = transfer_call(t0);
+        assert!(run.sip.last().unwrap().starts_with("REFER sip:caller@127.0.0.1:5070"), "{:?}", run.sip);
+        let refer = run.sent.last().unwrap().clone();
+        assert!(refer.contains("Refer-To: <sip:tech@10.0.0.9>"), "{refer}");
+        assert!(refer.contains("Referred-By: "), "{refer}");
+        answer_refer(&mut call, now, &run, 202);
+        call.handle_sip_request(now, notify(2, "SIP/2.0 100 Trying\r\n", "active;expires=60"));
+        call.handle_sip_request(now, notify(3, "SIP/2.0 200 OK\r\n", "terminated;reason=noresource"));
+        let until = now + Duration::from_millis(100);
+        drive(&mut call, &mut now, until, &mut run);
+        let tail: Vec<&str> = run.sip.iter().rev().take(3).rev().map(String::as_str).collect();
+        assert_eq!(tail[0], "SIP/2.0 200 OK");
+        assert_eq!(tail[1], "SIP/2.0 200 OK");
+        assert!(tail[2].starts_with("BYE "), "the BYE only after the 200 to the final NOTIFY: {:?}", run.sip);
+        assert!(run.events.iter().any(|e| matches!(e, CallEvent::Transferred(l) if l.outcome == Outcome::Transferred)));
+        let lead = &run.leads[0];
+        assert_eq!(lead.outcome, Outcome::Transferred);
+        let t = lead.transfer.as_ref().unwrap();
+        assert_eq!(
+            (t.status, t.sip_code, t.target.as_str()),
+            (TransferStatus::Transferred, Some(200), "sip:tech@10.0.0.9")
+        );
+    }
+
+    #[test]
+    fn a_failed_transfer_tries_the_next_target_then_goes_on_with_audio() {
+        let t0 = Instant::now();
+        let (mut call, mut now, mut run) = transfer_call(t0);
+        // The first target: 202, then a busy NOTIFY. The second: REFER refused.
+        answer_refer(&mut call, now, &run, 202);
+        call.handle_sip_request(now, notify(2, "SIP/2.0 486 Busy Here\r\n", "terminated;reason=noresource"));
+        let until = now + Duration::from_millis(50);
+        drive(&mut call, &mut now, until, &mut run);
+        let second = run.sent.last().unwrap().clone();
+        assert!(second.starts_with("REFER ") && second.contains("Refer-To: <tel:+15551112222>"), "{second}");
+        let rtp_before = run.rtp.len();
+        answer_refer(&mut call, now, &run, 405);
+        let until = now + Duration::from_secs(5);
+        drive(&mut call, &mut now, until, &mut run);
+        assert_eq!(run.rtp.len() - rtp_before, 50, "on_failure's goodbye plays to the caller");
+        assert!(run.sip.last().unwrap().starts_with("BYE "), "after the goodbye, not on the failure");
+        let lead = &run.leads[0];
+        assert_eq!(lead.outcome, Outcome::Completed);
+        let t = lead.transfer.as_ref().unwrap();
+        let attempts: Vec<(TransferStatus, Option<u16>)> = t.attempts.iter().map(|a| (a.status, a.sip_code)).collect();
+        assert_eq!(attempts, [(TransferStatus::Failed, Some(486)), (TransferStatus::Rejected, Some(405))]);
+        assert_eq!(t.status, TransferStatus::Rejected);
+    }
+
+    #[test]
+    fn a_caller_hanging_up_mid_transfer_ends_it_cleanly() {
+        let t0 = Instant::now();
+        let (mut call, mut now, mut run) = transfer_call(t0);
+        answer_refer(&mut call, now, &run, 202);
+        call.handle_sip_request(now, req("BYE", 5, true, ""));
+        let until = now + Duration::from_secs(30);
+        drive(&mut call, &mut now, until, &mut run);
+        let lead = &run.leads[0];
+        assert_eq!(lead.outcome, Outcome::HungUpDuring("oncall".into()));
+        assert_eq!(lead.transfer.as_ref().unwrap().status, TransferStatus::HungUp);
+        assert!(!run.sip.iter().any(|l| l.starts_with("BYE")), "no BYE of ours: {:?}", run.sip);
+        assert!(call.is_finished());
     }
 
     #[test]

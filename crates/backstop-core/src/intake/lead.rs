@@ -16,10 +16,14 @@
 //!   `#[serde(default)]`), so leads written before it still deserialize
 //!   (`backstop leads tail`, the outbox after an upgrade).
 
+use crate::call::transfer::Transfer;
 use crate::intake::answer::Answer;
 use crate::intake::forwarding::{Forwarded, forwarded};
+use crate::route::junk::Junk;
+use crate::route::schedule::ScheduleState;
 use crate::sip::Transport;
 use crate::sip::dialog::EndedBy;
+use crate::sip::identity::{Attestation, Verstat, claimed_attestation, verstat, without_user_params};
 use crate::sip::message::{NameAddr, Request, split_name_addrs};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -36,7 +40,9 @@ pub struct Party {
 
 impl Party {
     fn from_name_addr(n: &NameAddr) -> Party {
-        Party { number: number_of(n), display_name: n.display_name.clone(), uri: n.uri.to_string() }
+        // Carriers put `;verstat=` in the user part, which the URI parser misreads: drop it first.
+        let number = number_of(&without_user_params(n));
+        Party { number, display_name: n.display_name.clone(), uri: n.uri.to_string() }
     }
 }
 
@@ -44,9 +50,18 @@ impl Party {
 pub struct Caller {
     /// The network-asserted identity (P-Asserted-Identity), when present.
     pub asserted: Option<Party>,
+    /// STIR/SHAKEN: the attestation the Identity header's PASSporT claims
+    /// (A, B or C). Claimed, not verified: nothing fetches the certificate.
+    #[serde(default)]
+    pub attestation: Option<Attestation>,
     pub display_name: Option<String>,
     pub number: Option<String>,
     pub uri: String,
+    /// STIR/SHAKEN: the terminating network's verification result, the
+    /// `verstat` parameter (`TN-Validation-Passed`, `TN-Validation-Failed`,
+    /// `No-TN-Validation`) of P-Asserted-Identity or From.
+    #[serde(default)]
+    pub verstat: Option<Verstat>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -79,6 +94,12 @@ pub enum Outcome {
     InterruptedDuring(String),
     /// The agent itself stopped mid-call (killed, crashed); its next start closed the lead.
     Interrupted,
+    /// A `transfer` step handed the caller to a target (REFER, then a 2xx NOTIFY).
+    Transferred,
+    /// Judged junk and sent away: 603 Decline, or a short goodbye and BYE.
+    Declined,
+    /// No speech and no key for `[junk] silent_after_secs`: a goodbye, then BYE.
+    Silent,
 }
 
 const HUNG_UP_DURING: &str = "hung_up_during_";
@@ -86,7 +107,7 @@ const INTERRUPTED_DURING: &str = "interrupted_during_";
 
 impl Outcome {
     /// The outcomes that carry no step: what `FromStr` reads by name.
-    const FIXED: [Outcome; 7] = [
+    const FIXED: [Outcome; 10] = [
         Outcome::Ringing,
         Outcome::NotAnswered,
         Outcome::HungUpWhileRinging,
@@ -94,6 +115,9 @@ impl Outcome {
         Outcome::NoAck,
         Outcome::Completed,
         Outcome::Interrupted,
+        Outcome::Transferred,
+        Outcome::Declined,
+        Outcome::Silent,
     ];
 
     /// The wire string in two parts, a name and the step (empty when it
@@ -108,6 +132,9 @@ impl Outcome {
             Outcome::NoAck => ("no_ack", ""),
             Outcome::Completed => ("completed", ""),
             Outcome::Interrupted => ("interrupted", ""),
+            Outcome::Transferred => ("transferred", ""),
+            Outcome::Declined => ("declined", ""),
+            Outcome::Silent => ("silent", ""),
             Outcome::HungUpDuring(step) => (HUNG_UP_DURING, step),
             Outcome::InterruptedDuring(step) => (INTERRUPTED_DURING, step),
         }
@@ -174,18 +201,39 @@ pub struct Lead {
     pub ended_by: Option<EndedBy>,
     pub forwarded: Option<Forwarded>,
     pub id: String,
+    /// Whether the caller is junk, and why (`[junk]`): a blocklisted,
+    /// withheld or failed-verification number, or a silent line.
+    #[serde(default)]
+    pub junk: Junk,
+    /// The `[[line]]` the call was for: `default` when none matched (or none are configured).
+    #[serde(default = "default_line")]
+    pub line: String,
     pub outcome: Outcome,
     pub received_at: String,
     /// The whole call's recording (the caller's side), when enabled; relative to the recordings directory.
     pub recording: Option<String>,
+    /// The line's business hours when the call arrived: `open`, `closed` or
+    /// `holiday`; absent when the line has no `[schedule]`.
+    #[serde(default)]
+    pub schedule: Option<ScheduleState>,
     pub schema_version: u32,
     /// The caller's address was shown to be real (a listed or loopback source,
     /// TCP, or it acknowledged our answer). A lead without it may come from a
     /// spoofed INVITE: do not text back to it blindly.
     #[serde(default)]
     pub source_verified: bool,
+    /// What a `transfer` step did: each target tried and how it went.
+    #[serde(default)]
+    pub transfer: Option<Transfer>,
     /// `udp` or `tcp`.
     pub transport: Transport,
+}
+
+/// The name of the line a call gets when no `[[line]]` matches it.
+pub const DEFAULT_LINE: &str = "default";
+
+fn default_line() -> String {
+    DEFAULT_LINE.to_string()
 }
 
 /// RFC 3339 UTC with milliseconds.
@@ -208,7 +256,14 @@ impl Lead {
             schema_version: SCHEMA_VERSION,
             id,
             call_id: invite.call_id.clone(),
-            caller: Caller { number: from.number, display_name: from.display_name, uri: from.uri, asserted },
+            caller: Caller {
+                number: from.number,
+                display_name: from.display_name,
+                uri: from.uri,
+                asserted,
+                attestation: claimed_attestation(invite),
+                verstat: verstat(invite),
+            },
             called: Called { number: to.number, uri: to.uri },
             forwarded: forwarded(invite),
             received_at: rfc3339(received_at),
@@ -223,6 +278,10 @@ impl Lead {
             source_verified: false,
             answers: Default::default(),
             recording: None,
+            junk: Junk::default(),
+            line: default_line(),
+            schedule: None,
+            transfer: None,
         }
     }
 }
@@ -289,8 +348,10 @@ mod tests {
     /// A lead with every field and part set: forwarded with a chain, an
     /// asserted caller, answers of each kind and status.
     fn full_lead(outcome: Outcome, ended_by: EndedBy) -> Lead {
+        use crate::call::transfer::{TransferAttempt, TransferStatus};
         use crate::intake::answer::{AnswerKind, AnswerStatus};
         use crate::intake::forwarding::{ForwardingHeader, Hop};
+        use crate::route::junk::JunkReason;
         let answer = |kind, status, value: Option<&str>| Answer {
             attempts: 2,
             from_caller_id: false,
@@ -341,9 +402,11 @@ mod tests {
             called: Called { number: Some("+15559870000".into()), uri: "sip:+15559870000@pbx.example".into() },
             caller: Caller {
                 asserted: Some(party),
+                attestation: Some(Attestation::B),
                 display_name: Some("Jane Doe".into()),
                 number: None,
                 uri: "sip:jane@carrier.example".into(),
+                verstat: Some(Verstat::Failed),
             },
             codec: Some("PCMA".into()),
             dtmf: "1#".into(),
@@ -365,11 +428,27 @@ mod tests {
                 source: ForwardingHeader::HistoryInfo,
             }),
             id: "l1".into(),
+            junk: Junk { is_junk: true, reasons: vec![JunkReason::VerstatFailed, JunkReason::Silent] },
+            line: "acme-plumbing".into(),
             outcome,
             received_at: "2026-11-29T12:00:00.000Z".into(),
             recording: Some("l1-call.wav".into()),
+            schedule: Some(ScheduleState::Holiday),
             schema_version: SCHEMA_VERSION,
             source_verified: true,
+            transfer: Some(Transfer {
+                attempts: vec![
+                    TransferAttempt { sip_code: Some(486), status: TransferStatus::Failed, target: "sip:a@x".into() },
+                    TransferAttempt {
+                        sip_code: Some(200),
+                        status: TransferStatus::Transferred,
+                        target: "tel:+1".into(),
+                    },
+                ],
+                sip_code: Some(200),
+                status: TransferStatus::Transferred,
+                target: "tel:+1".into(),
+            }),
             transport: Transport::Tcp,
         }
     }
@@ -440,5 +519,9 @@ mod tests {
         let f = lead.forwarded.unwrap();
         assert_eq!((f.counter, f.chain.len(), f.original_called_number), (0, 0, None));
         assert!(!lead.answers["zip"].from_caller_id);
+        // Before routing: no line, schedule, junk, transfer or STIR/SHAKEN facts.
+        assert_eq!((lead.line.as_str(), lead.schedule, lead.transfer), (DEFAULT_LINE, None, None));
+        assert_eq!(lead.junk, Junk::default());
+        assert_eq!((lead.caller.verstat, lead.caller.attestation), (None, None));
     }
 }

@@ -1,7 +1,9 @@
 //! The intake script as configured: `[[step]]` tables in the TOML, checked
 //! and compiled into a [`Program`] that every call runs (shared, read-only).
 //!
-//! Step kinds: `play`, `menu`, `digits`, `ask`, `goodbye`, `hangup`. Branch
+//! Step kinds: `play`, `menu`, `digits`, `ask`, `goodbye`, `hangup`, and the
+//! routing ones: `when` (branch on the line's business hours) and
+//! `transfer` (hand the caller to the on-call tech by REFER). Branch
 //! targets are step names, resolved to indices here so a typo is a config
 //! error with its key, not a surprise in the middle of a call.
 
@@ -78,6 +80,24 @@ pub struct StepConfig {
     /// ask: VAD aggressiveness 0–3 (3 = least likely to call noise speech).
     #[serde(default)]
     pub vad_aggressiveness: Option<u8>,
+    /// when: the step while the line is open.
+    #[serde(default)]
+    pub open: Option<String>,
+    /// when: the step while it is closed.
+    #[serde(default)]
+    pub closed: Option<String>,
+    /// when: the step on a holiday (default: `closed`).
+    #[serde(default)]
+    pub holiday: Option<String>,
+    /// transfer: SIP or tel URIs to REFER the caller to, tried in order.
+    #[serde(default)]
+    pub targets: Vec<String>,
+    /// transfer: how long each target has, from the REFER to a final NOTIFY.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// transfer: the step when no target took the call (default: `next`).
+    #[serde(default)]
+    pub on_failure: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -99,6 +119,8 @@ pub enum StepKindName {
     Ask,
     Goodbye,
     Hangup,
+    When,
+    Transfer,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -217,6 +239,19 @@ pub enum StepKind {
     },
     Goodbye,
     Hangup,
+    /// Go on at the step for the line's schedule state when the call arrived.
+    When {
+        open: usize,
+        closed: usize,
+        holiday: usize,
+    },
+    /// Play the prompts (if any), then REFER the caller to each target in
+    /// turn; `on_failure` when none took the call.
+    Transfer {
+        targets: Vec<String>,
+        timeout: Duration,
+        on_failure: usize,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -242,6 +277,53 @@ pub enum ProgramError {
     /// What [`Program::compile`] found, as (key, message).
     #[error("{}", .0.iter().map(|(k, m)| format!("{k}: {m}")).collect::<Vec<_>>().join("; "))]
     Invalid(Vec<(String, String)>),
+}
+
+/// A transfer walks at most this many targets (an on-call rotation).
+pub const MAX_TRANSFER_TARGETS: usize = 5;
+
+/// A transfer target is a SIP or tel URI written in the config (never
+/// caller input): it goes into Refer-To as `<uri>`, so it must not carry
+/// what would break out of the angle brackets or the header.
+fn check_target(t: &str) -> Result<(), &'static str> {
+    let scheme = t.split(':').next().unwrap_or("").to_ascii_lowercase();
+    if !matches!(scheme.as_str(), "sip" | "sips" | "tel") || t.len() <= scheme.len() + 1 {
+        return Err("use a sip:, sips: or tel: URI");
+    }
+    if t.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | '"' | ',')) {
+        return Err("no spaces, quotes, commas or angle brackets");
+    }
+    if scheme != "tel" && !t.contains('@') && t[scheme.len() + 1..].is_empty() {
+        return Err("a SIP URI needs a host");
+    }
+    Ok(())
+}
+
+/// `when` steps that branch only to `when` steps in a circle would spin
+/// forever without playing anything: (key, message) for each such circle.
+fn when_loops(steps: &[Step]) -> Vec<(String, String)> {
+    let mut p = Vec::new();
+    for start in 0..steps.len() {
+        let mut seen = vec![start];
+        let mut frontier = vec![start];
+        while let Some(i) = frontier.pop() {
+            let Some(StepKind::When { open, closed, holiday }) = steps.get(i).map(|s| &s.kind) else { continue };
+            for &n in [open, closed, holiday] {
+                if n == start {
+                    p.push((
+                        format!("step[{start}]"),
+                        format!("when steps branch in a circle back to {:?}", steps[start].name),
+                    ));
+                    return p;
+                }
+                if !seen.contains(&n) {
+                    seen.push(n);
+                    frontier.push(n);
+                }
+            }
+        }
+    }
+    p
 }
 
 fn is_key(c: char) -> bool {
@@ -285,7 +367,7 @@ impl Program {
             let next = resolve(&mut p, "next", &c.next, following);
             let mut prompts: Vec<String> = c.prompt.iter().cloned().collect();
             prompts.extend(c.prompts.iter().cloned());
-            let needs_prompt = !matches!(c.kind, StepKindName::Hangup);
+            let needs_prompt = !matches!(c.kind, StepKindName::Hangup | StepKindName::When | StepKindName::Transfer);
             if needs_prompt && prompts.is_empty() {
                 p.push((key("prompt"), format!("a {:?} step needs a prompt", c.kind).to_lowercase()));
             }
@@ -303,8 +385,41 @@ impl Program {
             if retries > 5 {
                 p.push((key("retries"), "at most 5".into()));
             }
+            if c.kind == StepKindName::When && !prompts.is_empty() {
+                p.push((key("prompt"), "a when step plays nothing: it only branches".into()));
+            }
             let kind = match c.kind {
                 StepKindName::Play => StepKind::Play { barge_in: c.barge_in.unwrap_or_default() },
+                StepKindName::When => {
+                    let mut branch = |k: &str, target: &Option<String>| {
+                        if target.is_none() {
+                            p.push((key(k), format!("a when step needs {k} = \"step\"")));
+                        }
+                        resolve(&mut p, k, target, next)
+                    };
+                    let (open, closed) = (branch("open", &c.open), branch("closed", &c.closed));
+                    let holiday = resolve(&mut p, "holiday", &c.holiday, closed);
+                    StepKind::When { open, closed, holiday }
+                }
+                StepKindName::Transfer => {
+                    if c.targets.is_empty() {
+                        p.push((key("targets"), "a transfer step needs at least one target".into()));
+                    }
+                    if c.targets.len() > MAX_TRANSFER_TARGETS {
+                        p.push((key("targets"), format!("at most {MAX_TRANSFER_TARGETS} targets")));
+                    }
+                    for (j, t) in c.targets.iter().enumerate() {
+                        if let Err(why) = check_target(t) {
+                            p.push((format!("step[{i}].targets[{j}]"), format!("{t:?}: {why}")));
+                        }
+                    }
+                    let timeout = Duration::from_millis(c.timeout_ms.unwrap_or(20_000));
+                    if timeout < Duration::from_secs(1) || timeout > Duration::from_secs(120) {
+                        p.push((key("timeout_ms"), "must be between 1000 and 120000".into()));
+                    }
+                    let on_failure = resolve(&mut p, "on_failure", &c.on_failure, next);
+                    StepKind::Transfer { targets: c.targets.clone(), timeout, on_failure }
+                }
                 StepKindName::Goodbye => StepKind::Goodbye,
                 StepKindName::Hangup => StepKind::Hangup,
                 StepKindName::Menu => {
@@ -407,7 +522,26 @@ impl Program {
             };
             steps.push(Step { name: c.name.clone(), prompts, retry_prompt: c.retry_prompt.clone(), next, kind });
         }
+        if p.is_empty() {
+            p.extend(when_loops(&steps));
+        }
         if p.is_empty() { Ok(Program { steps }) } else { Err(p) }
+    }
+
+    /// Some step branches on the schedule: the line needs one.
+    pub fn uses_schedule(&self) -> bool {
+        self.steps.iter().any(|s| matches!(s.kind, StepKind::When { .. }))
+    }
+
+    /// The transfer targets the script may REFER callers to.
+    pub fn transfer_targets(&self) -> impl Iterator<Item = &str> {
+        self.steps
+            .iter()
+            .flat_map(|s| match &s.kind {
+                StepKind::Transfer { targets, .. } => targets.as_slice(),
+                _ => &[],
+            })
+            .map(String::as_str)
     }
 
     /// Compile `[[step]]` tables from TOML text (tests and tools; the agent reads them from its config).
@@ -466,6 +600,12 @@ pub fn default_steps() -> Vec<StepConfig> {
         pre_roll_ms: None,
         no_speech_timeout_ms: None,
         vad_aggressiveness: None,
+        open: None,
+        closed: None,
+        holiday: None,
+        targets: vec![],
+        timeout_ms: None,
+        on_failure: None,
     };
     let option = |label: &str| MenuOptionConfig { label: label.into(), next: None };
     vec![
@@ -506,6 +646,49 @@ mod tests {
         assert_eq!(names, ["greeting", "name", "need", "callback_number", "zip", "urgency", "goodbye"]);
         assert_eq!(p.prompts(), ["callback_number", "goodbye", "greeting", "name", "need", "sorry", "urgency", "zip"]);
         assert!(p.uses_voice());
+    }
+
+    #[test]
+    fn when_and_transfer_steps_compile_to_their_branches() {
+        let p = Program::from_toml(
+            "[[step]]\nname = \"hours\"\nkind = \"when\"\nopen = \"day\"\nclosed = \"night\"\n\
+             [[step]]\nname = \"day\"\nkind = \"play\"\nprompt = \"greeting\"\nnext = \"bye\"\n\
+             [[step]]\nname = \"night\"\nkind = \"transfer\"\ntargets = [\"sip:oncall@10.0.0.1\", \"tel:+15551230000\"]\non_failure = \"bye\"\n\
+             [[step]]\nname = \"bye\"\nkind = \"goodbye\"\nprompt = \"goodbye\"\n",
+        )
+        .unwrap();
+        assert!(matches!(p.steps[0].kind, StepKind::When { open: 1, closed: 2, holiday: 2 }));
+        let StepKind::Transfer { targets, timeout, on_failure } = &p.steps[2].kind else { panic!() };
+        assert_eq!((targets.len(), *timeout, *on_failure), (2, Duration::from_secs(20), 3));
+        assert!(p.uses_schedule());
+        assert_eq!(p.transfer_targets().collect::<Vec<_>>(), ["sip:oncall@10.0.0.1", "tel:+15551230000"]);
+        assert!(p.steps[2].prompts.is_empty(), "the prompt before a transfer is optional");
+    }
+
+    #[test]
+    fn bad_when_and_transfer_steps_are_reported() {
+        let err = |toml: &str| match Program::from_toml(toml) {
+            Err(ProgramError::Invalid(e)) => e,
+            other => panic!("{other:?}"),
+        };
+        let e = err("[[step]]\nname = \"h\"\nkind = \"when\"\nopen = \"h2\"\nprompt = \"x\"\n\
+                     [[step]]\nname = \"h2\"\nkind = \"when\"\nopen = \"h\"\nclosed = \"h\"\n");
+        let keys: Vec<&str> = e.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["step[0].prompt", "step[0].closed"], "{e:?}");
+        let e = err("[[step]]\nname = \"h\"\nkind = \"when\"\nopen = \"h2\"\nclosed = \"h2\"\n\
+                     [[step]]\nname = \"h2\"\nkind = \"when\"\nopen = \"h\"\nclosed = \"h\"\n");
+        assert_eq!(e[0].0, "step[0]", "a circle of when steps: {e:?}");
+        let e = err(
+            "[[step]]\nname = \"t\"\nkind = \"transfer\"\ntargets = [\"http://x\", \"sip:a@b>x\", \"sip:ok@h\"]\ntimeout_ms = 10\non_failure = \"nope\"\n",
+        );
+        let keys: Vec<&str> = e.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["step[0].targets[0]", "step[0].targets[1]", "step[0].timeout_ms", "step[0].on_failure"],
+            "{e:?}"
+        );
+        let e = err("[[step]]\nname = \"t\"\nkind = \"transfer\"\n");
+        assert_eq!(e[0].0, "step[0].targets");
     }
 
     #[test]

@@ -16,6 +16,7 @@ use crate::intake::program::{BargeIn, Program, Step, StepKind};
 use crate::media::g711::Law;
 use crate::media::recorder::Audio;
 use crate::media::vad::VoiceDetector;
+use crate::route::schedule::ScheduleState;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,7 +30,22 @@ pub enum ScriptAction {
         file: String,
         samples: Audio,
     },
+    /// A `transfer` step: REFER the caller to these targets in turn, each
+    /// given `timeout`; answer with [`Script::handle_transfer_done`].
+    Transfer {
+        targets: Vec<String>,
+        timeout: Duration,
+    },
     Hangup,
+}
+
+/// Why the script is saying goodbye on its own, outside the steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Closing {
+    /// No speech and no key for the silence limit.
+    Silent,
+    /// A junk caller sent away with a short goodbye.
+    Declined,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +72,26 @@ pub struct ScriptContext {
     pub recording_prefix: String,
     /// The number the caller is calling from, for the caller-ID option.
     pub caller_number: Option<String>,
+    /// The line's schedule state when the call arrived, for `when` steps
+    /// (none: the line has no schedule, and `when` takes `open`).
+    pub schedule: Option<ScheduleState>,
+    /// End a call with no speech and no key for this long (`[junk] silent_after_secs`).
+    pub silent_after: Option<Duration>,
+    /// Played to silent callers and junk callers sent away (`[junk] goodbye_prompt`).
+    pub goodbye_prompt: String,
+}
+
+impl ScriptContext {
+    /// Facts for a call with no schedule and no silence limit.
+    pub fn new(recording_prefix: String, caller_number: Option<String>) -> ScriptContext {
+        ScriptContext {
+            recording_prefix,
+            caller_number,
+            schedule: None,
+            silent_after: None,
+            goodbye_prompt: "goodbye".into(),
+        }
+    }
 }
 
 pub struct Script {
@@ -78,6 +114,12 @@ pub struct Script {
     frame: Vec<i16>,
     answers: BTreeMap<String, Answer>,
     actions: VecDeque<ScriptAction>,
+    /// The last speech heard or key pressed (or the answer): the silence clock.
+    last_activity: Option<Instant>,
+    closing: Option<Closing>,
+    /// A transfer step is waiting for its outcome.
+    transferring: bool,
+    transferred: bool,
 }
 
 impl Script {
@@ -101,6 +143,10 @@ impl Script {
             frame: Vec::with_capacity(FRAME_SAMPLES),
             answers: BTreeMap::new(),
             actions: VecDeque::new(),
+            last_activity: None,
+            closing: None,
+            transferring: false,
+            transferred: false,
         }
     }
 
@@ -112,7 +158,38 @@ impl Script {
     pub fn handle_answered(&mut self, now: Instant) {
         if self.state == State::NotStarted {
             self.state = State::Running;
+            self.last_activity = Some(now);
             self.enter(now, 0);
+        }
+    }
+
+    /// The call was answered only to send a junk caller away: the goodbye
+    /// prompt, then hang up; the steps never run.
+    pub fn decline(&mut self, now: Instant) {
+        if self.state == State::NotStarted {
+            self.state = State::Running;
+            self.close(now, Closing::Declined);
+        }
+    }
+
+    /// What the `transfer` step's REFERs came to: the caller was handed
+    /// over (the call ends, and the script with it), or no target took the
+    /// call and the script goes on at the step's `on_failure`.
+    pub fn handle_transfer_done(&mut self, now: Instant, transferred: bool) {
+        if self.state != State::Running || !self.transferring {
+            return;
+        }
+        self.transferring = false;
+        self.last_activity = Some(now);
+        if transferred {
+            self.transferred = true;
+            self.state = State::Done;
+            self.deadline = None;
+            return;
+        }
+        if let Some(StepKind::Transfer { on_failure, .. }) = self.step().map(|s| &s.kind) {
+            let next = *on_failure;
+            self.enter(now, next);
         }
     }
 
@@ -131,9 +208,10 @@ impl Script {
 
     /// A key press (already de-duplicated across RFC 4733, INFO and in-band).
     pub fn handle_dtmf(&mut self, now: Instant, digit: char) {
-        if self.state != State::Running {
+        if self.state != State::Running || self.closing.is_some() || self.transferring {
             return;
         }
+        self.last_activity = Some(now);
         let program = self.program.clone();
         let Some(step) = program.steps.get(self.index) else { return };
         match step.kind {
@@ -161,7 +239,7 @@ impl Script {
 
     /// Caller audio, decoded to 8 kHz linear; any length (re-framed to 20 ms here).
     pub fn handle_audio(&mut self, now: Instant, samples: &[i16]) {
-        if self.state != State::Running || self.vad.is_none() {
+        if self.state != State::Running || self.vad.is_none() || self.closing.is_some() || self.transferring {
             return;
         }
         for s in samples {
@@ -188,6 +266,7 @@ impl Script {
         let speech = self.endpointer.is_armed() && self.vad.as_mut().is_some_and(|v| v.is_speech(frame));
         if speech {
             self.last_speech_at = Some(now);
+            self.last_activity = Some(now);
         }
         // A play step with speech barge-in watches for speech without recording.
         if watch_barge_in {
@@ -224,6 +303,10 @@ impl Script {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.state == State::Running && self.silence_deadline().is_some_and(|d| now >= d) {
+            self.close(now, Closing::Silent);
+            return;
+        }
         let Some(deadline) = self.deadline else { return };
         if now < deadline || self.state != State::Running {
             return;
@@ -288,7 +371,24 @@ impl Script {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.deadline
+        match (self.deadline, self.silence_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// When the caller will have been silent too long: only while the steps
+    /// run and wait on the caller (not while saying goodbye or transferring).
+    fn silence_deadline(&self) -> Option<Instant> {
+        if self.state != State::Running || self.closing.is_some() || self.transferring {
+            return None;
+        }
+        Some(self.last_activity? + self.ctx.silent_after?)
+    }
+
+    /// The script hung up on a caller who said and pressed nothing.
+    pub fn silent(&self) -> bool {
+        self.closing == Some(Closing::Silent)
     }
 
     pub fn answers(&self) -> &BTreeMap<String, Answer> {
@@ -312,6 +412,12 @@ impl Script {
     /// The lead's outcome as far as the script knows: completed, not answered
     /// (the script never ran), or hung up during a step.
     pub fn outcome(&self) -> Outcome {
+        match self.closing {
+            Some(Closing::Silent) => return Outcome::Silent,
+            Some(Closing::Declined) => return Outcome::Declined,
+            None if self.transferred => return Outcome::Transferred,
+            None => {}
+        }
         if self.completed() {
             return Outcome::Completed;
         }
@@ -352,6 +458,16 @@ impl Script {
         match kind {
             StepKind::Hangup => {
                 self.finish_script();
+                return;
+            }
+            StepKind::When { open, closed, holiday } => {
+                let next = match self.ctx.schedule {
+                    None | Some(ScheduleState::Open) => *open,
+                    Some(ScheduleState::Closed) => *closed,
+                    Some(ScheduleState::Holiday) => *holiday,
+                };
+                // Compilation refuses circles of `when` steps, so this recursion ends.
+                self.enter(now, next);
                 return;
             }
             StepKind::Ask { listen, barge_in, .. } => {
@@ -399,12 +515,22 @@ impl Script {
     }
 
     fn prompts_done(&mut self, now: Instant) {
+        if self.closing.is_some() {
+            self.finish_script();
+            return;
+        }
         let program = self.program.clone();
         let Some(step) = program.steps.get(self.index) else { return };
         let next = step.next;
         match &step.kind {
             StepKind::Play { .. } => self.enter(now, next),
             StepKind::Goodbye | StepKind::Hangup => self.finish_script(),
+            StepKind::When { .. } => {}
+            StepKind::Transfer { targets, timeout, .. } => {
+                self.phase = Phase::Waiting;
+                self.transferring = true;
+                self.actions.push_back(ScriptAction::Transfer { targets: targets.clone(), timeout: *timeout });
+            }
             StepKind::Menu { timeouts, .. } | StepKind::Digits { timeouts, .. } => {
                 self.phase = Phase::Waiting;
                 self.deadline = Some(now + if self.keys.is_empty() { timeouts.first } else { timeouts.inter });
@@ -415,6 +541,16 @@ impl Script {
                 self.deadline = Some(now + listen.no_speech_timeout);
             }
         }
+    }
+
+    /// Say goodbye outside the steps (silence, a junk caller), then hang up.
+    fn close(&mut self, now: Instant, why: Closing) {
+        self.stop_prompts();
+        self.endpointer.disarm();
+        self.deadline = None;
+        self.closing = Some(why);
+        let prompt = self.ctx.goodbye_prompt.clone();
+        self.start_prompts(now, vec![prompt]);
     }
 
     fn finish_script(&mut self) {
@@ -592,7 +728,10 @@ mod tests {
         }
 
         fn with_vad(program: Program, caller: Option<&str>, vad: Box<dyn VoiceDetector>) -> Sim {
-            let ctx = ScriptContext { recording_prefix: "L".into(), caller_number: caller.map(Into::into) };
+            Sim::with_ctx(program, ScriptContext::new("L".into(), caller.map(Into::into)), vad)
+        }
+
+        fn with_ctx(program: Program, ctx: ScriptContext, vad: Box<dyn VoiceDetector>) -> Sim {
             let mut sim = Sim {
                 s: Script::new(Arc::new(program), Some(vad), ctx),
                 t0: Instant::now(),
@@ -627,6 +766,9 @@ mod tests {
                     ScriptAction::SaveRecording { file, samples } => {
                         self.log.push((self.ms, format!("save {file}")));
                         self.saved.push((file, samples.len()));
+                    }
+                    ScriptAction::Transfer { targets, timeout } => {
+                        self.log.push((self.ms, format!("transfer {} {}", targets.join(","), timeout.as_millis())));
                     }
                     ScriptAction::Hangup => {
                         self.log.push((self.ms, "hangup".into()));
@@ -690,6 +832,125 @@ mod tests {
 
     fn default_program() -> Program {
         Program::compile(&default_steps()).unwrap()
+    }
+
+    /// A plumber's day/night script: by day "all our techs are busy"; by
+    /// night "we're closed, press 1 for an emergency", and 1 transfers.
+    fn day_night() -> Program {
+        Program::from_toml(
+            r#"
+            [[step]]
+            name = "hours"
+            kind = "when"
+            open = "busy"
+            closed = "closed"
+            [[step]]
+            name = "busy"
+            kind = "play"
+            prompt = "greeting"
+            next = "bye"
+            [[step]]
+            name = "closed"
+            kind = "menu"
+            prompt = "urgency"
+            options."1" = { label = "emergency", next = "oncall" }
+            default = "bye"
+            [[step]]
+            name = "oncall"
+            kind = "transfer"
+            prompt = "connecting"
+            targets = ["sip:oncall@10.0.0.7", "sip:backup@10.0.0.8"]
+            timeout_ms = 15000
+            on_failure = "sorry"
+            [[step]]
+            name = "sorry"
+            kind = "goodbye"
+            prompt = "sorry"
+            [[step]]
+            name = "bye"
+            kind = "goodbye"
+            prompt = "goodbye"
+            "#,
+        )
+        .unwrap()
+    }
+
+    fn routed(program: Program, schedule: Option<ScheduleState>, silent_after: Option<u64>) -> Sim {
+        let mut ctx = ScriptContext::new("L".into(), None);
+        ctx.schedule = schedule;
+        ctx.silent_after = silent_after.map(Duration::from_secs);
+        Sim::with_ctx(program, ctx, Box::new(EnergyVad))
+    }
+
+    #[test]
+    fn a_when_step_branches_on_the_schedule_state() {
+        for (state, first) in [
+            (Some(ScheduleState::Open), "greeting"),
+            (None, "greeting"),
+            (Some(ScheduleState::Closed), "urgency"),
+            (Some(ScheduleState::Holiday), "urgency"),
+        ] {
+            let sim = routed(day_night(), state, None);
+            assert_eq!(sim.plays(), [first], "{state:?}");
+        }
+    }
+
+    #[test]
+    fn a_transfer_that_fails_goes_on_at_on_failure_and_one_that_works_ends_the_script() {
+        for transferred in [false, true] {
+            let mut sim = routed(day_night(), Some(ScheduleState::Closed), None);
+            sim.keys("1");
+            sim.run(sim.ms + 1500, |_| false);
+            let log: Vec<&str> = sim.log.iter().map(|(_, l)| l.as_str()).collect();
+            assert!(log.contains(&"transfer sip:oncall@10.0.0.7,sip:backup@10.0.0.8 15000"), "{log:?}");
+            assert_eq!(sim.plays(), ["urgency", "connecting"]);
+            // Keys and silence mean nothing while the transfer runs.
+            sim.keys("2");
+            sim.run(sim.ms + 60_000, |_| false);
+            assert!(!sim.hung_up);
+            let now = sim.now();
+            sim.s.handle_transfer_done(now, transferred);
+            sim.drain();
+            sim.run(sim.ms + 3000, |_| false);
+            if transferred {
+                assert_eq!(sim.plays(), ["urgency", "connecting"]);
+                assert!(!sim.hung_up, "the call hangs up on the transfer, not the script");
+                assert_eq!(sim.s.outcome(), Outcome::Transferred);
+            } else {
+                assert_eq!(sim.plays(), ["urgency", "connecting", "sorry"]);
+                assert!(sim.hung_up);
+                assert_eq!(sim.s.outcome(), Outcome::Completed);
+            }
+        }
+    }
+
+    #[test]
+    fn a_silent_caller_hears_goodbye_after_the_limit_and_a_speaking_one_does_not() {
+        let mut silent = routed(default_program(), None, Some(30));
+        silent.run(40_000, |_| false);
+        assert!(silent.hung_up && silent.s.silent());
+        assert_eq!(silent.s.outcome(), Outcome::Silent);
+        let (at, last) = silent.log.iter().rev().find(|(_, l)| l.starts_with("play")).unwrap();
+        assert_eq!((*at, last.as_str()), (30_000, "play goodbye"), "{:?}", silent.log);
+        // A caller who answers the name question at 4.5 s restarts the clock there.
+        let mut talker = routed(default_program(), None, Some(30));
+        talker.run(34_000, |ms| (4500..5500).contains(&ms));
+        assert!(!talker.hung_up, "{:?}", talker.log);
+        assert_eq!(talker.answer("name").status, AnswerStatus::Answered);
+    }
+
+    #[test]
+    fn a_declined_junk_caller_hears_only_the_goodbye() {
+        let mut ctx = ScriptContext::new("L".into(), None);
+        ctx.goodbye_prompt = "junk_bye".into();
+        let mut s = Script::new(Arc::new(default_program()), None, ctx);
+        let t0 = Instant::now();
+        s.decline(t0);
+        assert_eq!(s.poll_action(), Some(ScriptAction::Play("junk_bye".into())));
+        s.handle_prompt_finished(t0 + Duration::from_secs(1), "junk_bye");
+        assert_eq!(s.poll_action(), Some(ScriptAction::Hangup));
+        assert_eq!(s.outcome(), Outcome::Declined);
+        assert!(s.answers().is_empty());
     }
 
     #[test]
