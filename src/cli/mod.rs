@@ -35,7 +35,12 @@ pub fn load_lines(cfg: &Config) -> anyhow::Result<Lines> {
     for plan in cfg.line_plans() {
         let name = plan.name;
         let program = Program::compile(plan.steps).map_err(|e| anyhow::anyhow!("line {name}: intake script: {e:?}"))?;
-        let prompts = load_prompts(program.prompts(), |p| Config::prompt_path_in(plan.prompts_dir, p))
+        // The script's prompts, and the goodbye for silent and junk callers.
+        let mut wanted = program.prompts();
+        wanted.push(plan.junk.goodbye_prompt.as_str());
+        wanted.sort_unstable();
+        wanted.dedup();
+        let prompts = load_prompts(wanted, |p| Config::prompt_path_in(plan.prompts_dir, p))
             .with_context(|| format!("line {name}"))?;
         let schedule = compile_schedule(plan.schedule).map_err(|e| anyhow::anyhow!("line {name}: schedule: {e:?}"))?;
         let junk = JunkRules::compile(plan.junk).map_err(|e| anyhow::anyhow!("line {name}: junk: {e:?}"))?;

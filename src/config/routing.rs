@@ -266,6 +266,18 @@ match.original_called = ["+15550100200"]
     }
 
     #[test]
+    fn the_goodbye_for_junk_and_silent_callers_is_loaded_with_the_script() {
+        let text = "[prompts]\ndir = \"prompts\"\n[junk]\ngoodbye_prompt = \"closed\"\n\
+                    [[step]]\nname = \"g\"\nkind = \"goodbye\"\nprompt = \"greeting\"\n";
+        let lines = crate::cli::load_lines(&Config::parse(text, None).unwrap()).unwrap();
+        let line = lines.default_line();
+        assert!(line.prompts.get("closed").is_some() && line.prompts.get("greeting").is_some());
+        let missing = text.replace("\"closed\"", "\"no_such_prompt\"");
+        let err = crate::cli::load_lines(&Config::parse(&missing, None).unwrap()).unwrap_err();
+        assert!(format!("{err:#}").contains("no_such_prompt"), "{err:#}");
+    }
+
+    #[test]
     fn the_plumber_example_is_valid_and_loads() {
         let cfg = Config::parse(include_str!("../../config/examples/plumber.toml"), None).unwrap();
         let lines = crate::cli::load_lines(&cfg).unwrap();
