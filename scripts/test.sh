@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The one test command: installs what the tests need, then runs every test.
 #   SIPp (Debian package sip-tester) is the real peer of the interop tests,
-#   Kamailio the registrar/proxy of the forward-on-no-answer tests;
+#   Kamailio the registrar/proxy of the forward-on-no-answer tests (and the
+#   Record-Route proxy of a transfer test); baresip the UA that carries out
+#   the agent's REFER in the transfer tests;
 #   sox is the G.711 reference the codec test compares against;
 #   SIPVicious (svmap, svwar) scans the agent in the hostile-input tests;
 #   tcpdump times the agent's RTP on the wire in the intake test and the load smoke.
@@ -16,6 +18,7 @@ command -v sox >/dev/null 2>&1 || missing+=(sox)
 command -v svwar >/dev/null 2>&1 || missing+=(sipvicious)
 command -v tcpdump >/dev/null 2>&1 || missing+=(tcpdump)
 command -v kamailio >/dev/null 2>&1 || [ -x /usr/sbin/kamailio ] || missing+=(kamailio)
+command -v baresip >/dev/null 2>&1 || missing+=(baresip)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   sudo=""
