@@ -300,17 +300,30 @@ fn push_keys(cmd: &mut Command, keys: &[(&str, String)]) {
     }
 }
 
+/// SIPp gave up at start because a port it was given was taken meanwhile
+/// (free_port checks a port free, but another process may bind it before SIPp does).
+fn lost_a_port(out: &SippOut) -> bool {
+    out.msgs.is_empty() && (out.errors.contains("Unable to bind") || out.errors.contains("Address already in use"))
+}
+
 /// Run the caller scenario `file` (in tests/transfer/) against `remote`, to the end.
 fn run_caller(name: &str, file: &str, remote: SocketAddr, tcp: bool, keys: &[(&str, String)]) -> SippOut {
-    let dir = scratch_dir(name);
-    let mut cmd = sipp_command(&dir, free_port());
-    cmd.arg(remote.to_string()).arg("-sf").arg(peer_file(file)).stderr(Stdio::piped());
-    if tcp {
-        cmd.args(["-t", "t1"]);
+    for _ in 0..3 {
+        let dir = scratch_dir(name);
+        let mut cmd = sipp_command(&dir, free_port());
+        cmd.arg(remote.to_string()).arg("-sf").arg(peer_file(file)).stderr(Stdio::piped());
+        if tcp {
+            cmd.args(["-t", "t1"]);
+        }
+        push_keys(&mut cmd, keys);
+        let out = cmd.output().expect("sipp must be installed (scripts/test.sh installs sip-tester)");
+        let run = SippOut::from_dir(&dir, Some(out.status), String::from_utf8_lossy(&out.stderr).into_owned());
+        if !lost_a_port(&run) {
+            return run;
+        }
+        eprintln!("{name}: SIPp lost a port at start, again with others: {}", run.errors.trim());
     }
-    push_keys(&mut cmd, keys);
-    let out = cmd.output().expect("sipp must be installed (scripts/test.sh installs sip-tester)");
-    SippOut::from_dir(&dir, Some(out.status), String::from_utf8_lossy(&out.stderr).into_owned())
+    panic!("{name}: SIPp could not bind its ports three times running");
 }
 
 /// A SIPp UAS in the background (the transfer target, or the stand-in agent); killed on drop.
@@ -323,15 +336,25 @@ struct SippUas {
 impl SippUas {
     /// `scenario`: SIPp arguments naming it, e.g. ["-sn", "uas"].
     fn start(name: &str, scenario: &[&str], keys: &[(&str, String)]) -> SippUas {
-        let dir = scratch_dir(name);
-        let port = free_port();
-        let mut cmd = sipp_command(&dir, port);
-        cmd.args(scenario).stderr(Stdio::null());
-        push_keys(&mut cmd, keys);
-        let child = cmd.spawn().expect("sipp must be installed");
-        // SIPp binds its socket within milliseconds; give it a little more.
-        std::thread::sleep(Duration::from_millis(400));
-        SippUas { child: Some(child), dir, port }
+        for _ in 0..3 {
+            let dir = scratch_dir(name);
+            let port = free_port();
+            let mut cmd = sipp_command(&dir, port);
+            cmd.args(scenario).stderr(Stdio::null());
+            push_keys(&mut cmd, keys);
+            let mut child = cmd.spawn().expect("sipp must be installed");
+            // SIPp binds its sockets within milliseconds, or gives up (a port
+            // taken meanwhile by another process): then again with others.
+            std::thread::sleep(Duration::from_millis(400));
+            match child.try_wait() {
+                Ok(None) => return SippUas { child: Some(child), dir, port },
+                _ => eprintln!(
+                    "{name}: SIPp exited at start, again with other ports: {}",
+                    std::fs::read_to_string(dir.join("errors.log")).unwrap_or_default().trim()
+                ),
+            }
+        }
+        panic!("{name}: SIPp could not start three times running");
     }
 
     fn addr(&self) -> SocketAddr {
@@ -836,6 +859,27 @@ struct Baresip {
 
 impl Baresip {
     fn start(name: &str, dial: &str) -> Baresip {
+        for _ in 0..3 {
+            let mut b = Self::spawn(name, dial);
+            // Ready within a second or two, or it gave up (its SIP port taken meanwhile).
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                if b.log().contains("baresip is ready.") {
+                    return b;
+                }
+                let exited = b.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+                if exited || Instant::now() > deadline {
+                    eprintln!("{name}: baresip did not start, again with other ports:\n{}", b.log());
+                    b.stop();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        panic!("{name}: baresip could not start three times running");
+    }
+
+    fn spawn(name: &str, dial: &str) -> Baresip {
         let dir = scratch_dir(name);
         write_tone(&dir.join("voice.wav"), 30);
         let rtp = free_media_port();
