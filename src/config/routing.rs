@@ -122,36 +122,39 @@ impl Config {
                 p.push((key("name"), format!("{:?} is used by two lines", l.name)));
             }
         }
-        let mut seen_steps = Vec::new();
+        // Each distinct table is compiled once; the schedule check runs for every line.
+        let mut programs: Vec<(String, Option<Program>)> = Vec::new();
         let mut seen_schedules = Vec::new();
         let mut seen_junk = Vec::new();
         for plan in self.line_plans() {
-            let program = if seen_steps.contains(&plan.steps_key) {
-                None
-            } else {
-                seen_steps.push(plan.steps_key.clone());
-                match Program::compile(plan.steps) {
+            if !programs.iter().any(|(k, _)| *k == plan.steps_key) {
+                let program = match Program::compile(plan.steps) {
                     Ok(program) => Some(program),
                     Err(errs) => {
                         p.extend(errs.into_iter().map(|(k, m)| (prefixed(&plan.steps_key, "step", &k), m)));
                         None
                     }
-                }
-            };
+                };
+                programs.push((plan.steps_key.clone(), program));
+            }
             if !seen_schedules.contains(&plan.schedule_key) {
                 seen_schedules.push(plan.schedule_key.clone());
                 if let Err(errs) = compile_schedule(plan.schedule) {
                     p.extend(errs.into_iter().map(|(k, m)| (format!("{}.{k}", plan.schedule_key), m)));
                 }
             }
+            let program = programs.iter().find(|(k, _)| *k == plan.steps_key).and_then(|(_, p)| p.as_ref());
             if program.is_some_and(|prog| prog.uses_schedule()) && plan.schedule.time_zone.is_none() {
                 let at = if plan.key.is_empty() { "the default line".to_string() } else { plan.key.clone() };
-                p.push((
+                let problem = (
                     plan.steps_key.clone(),
                     format!(
                         "the script has a `when` step, but {at} has no schedule (set [schedule] time_zone and hours)"
                     ),
-                ));
+                );
+                if !p.contains(&problem) {
+                    p.push(problem);
+                }
             }
             if !seen_junk.contains(&plan.junk_key) {
                 seen_junk.push(plan.junk_key.clone());
@@ -275,6 +278,16 @@ match.original_called = ["+15550100200"]
         let missing = text.replace("\"closed\"", "\"no_such_prompt\"");
         let err = crate::cli::load_lines(&Config::parse(&missing, None).unwrap()).unwrap_err();
         assert!(format!("{err:#}").contains("no_such_prompt"), "{err:#}");
+    }
+
+    #[test]
+    fn a_when_step_shared_by_a_line_with_a_schedule_and_one_without_is_reported() {
+        // The top-level script branches on the hours; acme has hours, the default line none.
+        let text = "[[step]]\nname = \"h\"\nkind = \"when\"\nopen = \"b\"\nclosed = \"b\"\n[[step]]\nname = \"b\"\nkind = \"hangup\"\n\
+                    [[line]]\nname = \"acme\"\nmatch.called = [\"1\"]\n[line.schedule]\ntime_zone = \"UTC\"\nhours.mon = [\"09:00-17:00\"]\n";
+        let errs = Config::parse(text, None).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].message.contains("the default line has no schedule"), "{}", errs[0].message);
     }
 
     #[test]

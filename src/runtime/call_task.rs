@@ -74,7 +74,8 @@ impl CallTask {
         facts.account = account_of(cfg, &invite);
         let line = shared.lines.route(&facts).clone();
         let intake = Intake {
-            vad: line.program.uses_voice().then(|| new_vad(cfg.intake.vad)),
+            // Speech answers, and speech that keeps the silence limit from ending the call.
+            vad: (line.program.uses_voice() || line.junk.silent_after.is_some()).then(|| new_vad(cfg.intake.vad)),
             line,
             record_call: cfg.recordings.whole_call.then_some(cfg.recordings.max_call),
         };
@@ -216,9 +217,17 @@ async fn forget_failed_recordings(lead: &mut Lead, writes: impl Iterator<Item = 
 
 /// The `[[register]]` account a call came through, `username@domain`: the
 /// one whose Contact (`sip:username@us`) the INVITE's Request-URI names.
+/// Accounts with the same username at several registrars are told apart by
+/// the domain of the INVITE's To (the AOR the registrar forwarded).
 fn account_of(cfg: &crate::config::Config, invite: &Request) -> Option<String> {
     let user = invite.uri.auth.as_ref().map(|a| a.user.as_str())?;
-    cfg.register.iter().find(|r| r.username == user).map(|r| format!("{}@{}", r.username, r.domain()))
+    let named: Vec<_> = cfg.register.iter().filter(|r| r.username == user).collect();
+    let to_host = invite.to.uri.host_with_port.host.to_string();
+    let account = match named.as_slice() {
+        [one] => *one,
+        several => *several.iter().find(|r| r.domain().eq_ignore_ascii_case(&to_host))?,
+    };
+    Some(format!("{}@{}", account.username, account.domain()))
 }
 
 /// A fresh voice activity detector of the configured kind, for one call.

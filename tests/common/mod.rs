@@ -31,12 +31,17 @@ pub fn scratch_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// The agents' RTP ranges ([`AgentProc::start_default_script`] gives each
+/// its own slice): ports handed to SIPp, captures and receivers stay out of
+/// them, or an agent's call could take one between our check and its bind.
+const AGENT_RTP_PORTS: std::ops::Range<u16> = 30000..39000;
+
 /// A loopback port free on both UDP and TCP (and the next port too, for SIPp's media).
 pub fn free_port() -> u16 {
     for _ in 0..200 {
         let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
         let port = udp.local_addr().unwrap().port();
-        if port > 65000 || port % 2 == 1 {
+        if port > 65000 || port % 2 == 1 || AGENT_RTP_PORTS.contains(&port) {
             continue;
         }
         let ok = TcpListener::bind(("127.0.0.1", port)).is_ok()
@@ -59,7 +64,7 @@ pub fn free_media_port() -> u16 {
         let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
         let port = udp.local_addr().unwrap().port();
         drop(udp);
-        if port > 65000 || port % 2 == 1 {
+        if port > 65000 || port % 2 == 1 || AGENT_RTP_PORTS.contains(&port) {
             continue;
         }
         let ok = (port..port + 4).all(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok());
@@ -345,8 +350,14 @@ pub struct RtpCapture {
 
 impl RtpCapture {
     pub fn start() -> RtpCapture {
-        let port = free_port();
-        let sock = UdpSocket::bind(("127.0.0.1", port)).unwrap();
+        // A port checked free can be taken before we bind it (another test's bind to
+        // port 0 gets the one just released): take the next one then.
+        let (port, sock) = (0..20)
+            .find_map(|_| {
+                let port = free_port();
+                UdpSocket::bind(("127.0.0.1", port)).ok().map(|s| (port, s))
+            })
+            .expect("a free port for the RTP capture");
         sock.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();

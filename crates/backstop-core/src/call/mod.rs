@@ -28,7 +28,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use transfer::{TransferAction, TransferRun};
+use transfer::{Transfer, TransferAction, TransferAttempt, TransferRun};
 
 /// Something for the runtime to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +95,8 @@ pub struct Call {
     junk_action: Option<JunkAction>,
     /// The transfer a `transfer` step started, while it runs and after.
     transfer: Option<TransferRun>,
+    /// The attempts of earlier transfer steps of this call (a "try again" branch).
+    earlier_attempts: Vec<TransferAttempt>,
     base: (Instant, SystemTime),
     setup: CallSetup,
     answered: bool,
@@ -138,6 +140,7 @@ impl Call {
             lead: Some(lead),
             junk_action: verdict.action,
             transfer: None,
+            earlier_attempts: Vec::new(),
             base: (now, setup.received_at),
             deadline: now + setup.max_duration,
             setup,
@@ -258,6 +261,9 @@ impl Call {
                     }
                     ScriptAction::Transfer { targets, timeout } => {
                         self.progress("transfer", format!("transferring to {}", targets.join(", ")));
+                        if let Some(done) = self.transfer.take() {
+                            self.earlier_attempts.extend(done.report().map(|t| t.attempts).unwrap_or_default());
+                        }
                         self.transfer = Some(TransferRun::new(now, targets, timeout));
                     }
                     ScriptAction::Hangup => self.dialog.hangup(now, EndedBy::Agent, "script finished"),
@@ -304,7 +310,7 @@ impl Call {
                 self.progress("transferred", "the target took the call; hanging up our leg".into());
                 self.script.handle_transfer_done(now, true);
                 if let Some(mut snapshot) = self.lead.clone() {
-                    snapshot.transfer = self.transfer.as_ref().and_then(|t| t.report());
+                    snapshot.transfer = self.transfer_report();
                     snapshot.outcome = Outcome::Transferred;
                     self.events.push_back(CallEvent::Transferred(Box::new(snapshot)));
                 }
@@ -416,7 +422,7 @@ impl Call {
                     lead.outcome = outcome;
                     lead.answers = self.script.answers().clone();
                     lead.recording = whole_call;
-                    lead.transfer = self.transfer.as_ref().and_then(|t| t.report());
+                    lead.transfer = self.transfer_report();
                     if self.script.silent() {
                         lead.junk.is_junk = true;
                         lead.junk.reasons.push(JunkReason::Silent);
@@ -426,6 +432,13 @@ impl Call {
                 }
             }
         }
+    }
+
+    /// The lead's `transfer`: every attempt of every transfer step of the call.
+    fn transfer_report(&self) -> Option<Transfer> {
+        let mut attempts = self.earlier_attempts.clone();
+        attempts.extend(self.transfer.as_ref().and_then(|t| t.report()).map(|t| t.attempts).unwrap_or_default());
+        Transfer::of(attempts)
     }
 
     /// A key press from any of the three sources, counted once.

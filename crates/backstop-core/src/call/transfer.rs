@@ -21,8 +21,18 @@
 //!
 //! A failed target is never a reason to hang up: the next one is tried, and
 //! after the last the step's `on_failure` runs ([`TransferAction::Failed`]).
-//! News of an earlier attempt's REFER (its subscription may go on after its
-//! timeout) is ignored.
+//!
+//! Two things reach past the current target:
+//! * The dialog has one REFER transaction at a time. A target whose REFER
+//!   was never answered (not even 202) times out while the REFER is still
+//!   being resent; the next target's REFER then waits (`Busy`) until the
+//!   old one is answered or given up (Timer F), instead of being counted
+//!   as refused: a peer that drops REFERs still gets the whole waterfall.
+//! * A target that timed out may still take the call: its subscription
+//!   goes on. A 2xx NOTIFY for any REFER of the run, even after the run
+//!   failed over to `on_failure`, means the caller is with that target:
+//!   the attempt becomes `Transferred` and the call hangs up its leg.
+//!   Other news of an earlier attempt is ignored.
 //!
 //! [`DialogEvent::Refer`]: crate::sip::dialog::DialogEvent::Refer
 
@@ -81,6 +91,8 @@ struct Current {
     deadline: Option<Instant>,
     /// The last SIP status heard for this attempt.
     last_code: Option<u16>,
+    /// The dialog was busy with an earlier REFER: send this one once that is answered.
+    waiting: bool,
 }
 
 /// One run of a `transfer` step over its targets.
@@ -91,8 +103,14 @@ pub struct TransferRun {
     per_target: Duration,
     current: Option<Current>,
     attempts: Vec<TransferAttempt>,
+    /// The REFER id of each ended attempt that had one (index into `attempts`).
+    ids: Vec<(u32, usize)>,
     actions: VecDeque<TransferAction>,
     done: bool,
+    /// A late 2xx has already handed the caller over.
+    late_success: bool,
+    /// The caller hung up: nothing counts any more.
+    hung_up: bool,
 }
 
 impl TransferRun {
@@ -104,8 +122,11 @@ impl TransferRun {
             per_target,
             current: None,
             attempts: Vec::new(),
+            ids: Vec::new(),
             actions: VecDeque::new(),
             done: false,
+            late_success: false,
+            hung_up: false,
         };
         run.next_target();
         run
@@ -116,7 +137,7 @@ impl TransferRun {
         match self.queue.pop_front() {
             Some(target) => {
                 self.actions.push_back(TransferAction::Refer(target.clone()));
-                self.current = Some(Current { target, id: None, deadline: None, last_code: None });
+                self.current = Some(Current { target, id: None, deadline: None, last_code: None, waiting: false });
             }
             None => {
                 self.done = true;
@@ -128,6 +149,9 @@ impl TransferRun {
     /// End the current attempt with `status` and `sip_code`.
     fn finish(&mut self, status: TransferStatus, sip_code: Option<u16>) {
         if let Some(c) = self.current.take() {
+            if let Some(id) = c.id {
+                self.ids.push((id, self.attempts.len()));
+            }
             self.attempts.push(TransferAttempt { sip_code, status, target: c.target });
         }
     }
@@ -147,8 +171,11 @@ impl TransferRun {
         match id {
             Ok(id) => {
                 c.id = Some(id);
+                c.waiting = false;
                 c.deadline = Some(now + self.per_target);
             }
+            // An earlier REFER is still unanswered: send this one when it is.
+            Err(ReferError::Busy) => c.waiting = true,
             Err(_) => {
                 self.finish(TransferStatus::Rejected, None);
                 self.next_target();
@@ -159,7 +186,14 @@ impl TransferRun {
     /// News of the REFER `id` from the dialog; other ids than the current
     /// attempt's are stale and ignored.
     pub fn handle_refer_event(&mut self, _now: Instant, id: u32, event: ReferEvent) {
-        let Some(c) = self.current.as_mut().filter(|c| c.id == Some(id)) else { return };
+        if self.hung_up {
+            return;
+        }
+        if self.current.as_ref().is_none_or(|c| c.id != Some(id)) {
+            self.earlier_news(id, event);
+            return;
+        }
+        let Some(c) = self.current.as_mut() else { return };
         match event {
             ReferEvent::Accepted { code } => c.last_code = Some(code),
             ReferEvent::Rejected { code } => {
@@ -181,6 +215,34 @@ impl TransferRun {
         }
     }
 
+    /// News of a REFER other than the current attempt's: its transaction
+    /// ending frees the dialog for a REFER that waits; its 2xx NOTIFY means
+    /// the caller went to that target after all.
+    fn earlier_news(&mut self, id: u32, event: ReferEvent) {
+        match event {
+            ReferEvent::Accepted { .. } | ReferEvent::Rejected { .. } => {
+                if let Some(c) = self.current.as_mut().filter(|c| c.waiting && c.id.is_none()) {
+                    c.waiting = false;
+                    self.actions.push_back(TransferAction::Refer(c.target.clone()));
+                }
+            }
+            ReferEvent::Notify { code, .. } if (200..300).contains(&code) && !self.late_success => {
+                let Some(&(_, index)) = self.ids.iter().find(|(i, _)| *i == id) else { return };
+                self.late_success = true;
+                // Whoever was being tried now is not the one who took the call.
+                let last = self.current.as_ref().and_then(|c| c.last_code);
+                self.finish(TransferStatus::Failed, last);
+                self.attempts[index].status = TransferStatus::Transferred;
+                self.attempts[index].sip_code = Some(code);
+                self.queue.clear();
+                self.done = true;
+                self.actions.retain(|a| !matches!(a, TransferAction::Refer(_)));
+                self.actions.push_back(TransferAction::Transferred);
+            }
+            _ => {}
+        }
+    }
+
     /// The current target's time is up (from its REFER going out to a final NOTIFY).
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.current.as_ref().and_then(|c| c.deadline).is_some_and(|d| now >= d) {
@@ -192,8 +254,10 @@ impl TransferRun {
     /// is `HungUp` and the run is over, with nothing more to do.
     pub fn handle_hangup(&mut self) {
         if self.done {
+            self.hung_up = true;
             return;
         }
+        self.hung_up = true;
         let code = self.current.as_ref().and_then(|c| c.last_code);
         self.finish(TransferStatus::HungUp, code);
         self.queue.clear();
@@ -218,13 +282,21 @@ impl TransferRun {
     /// The lead's `transfer` so far: the attempts that have ended (`None`
     /// before the first one has).
     pub fn report(&self) -> Option<Transfer> {
-        let last = self.attempts.last()?;
-        Some(Transfer {
-            attempts: self.attempts.clone(),
-            sip_code: last.sip_code,
-            status: last.status,
-            target: last.target.clone(),
-        })
+        Transfer::of(self.attempts.clone())
+    }
+
+    /// Whether a target took the call.
+    pub fn transferred(&self) -> bool {
+        self.attempts.iter().any(|a| a.status == TransferStatus::Transferred)
+    }
+}
+
+impl Transfer {
+    /// The lead's `transfer` for these attempts: the one that took the call,
+    /// else the last (`None` without any).
+    pub fn of(attempts: Vec<TransferAttempt>) -> Option<Transfer> {
+        let outcome = attempts.iter().find(|a| a.status == TransferStatus::Transferred).or(attempts.last())?.clone();
+        Some(Transfer { attempts, sip_code: outcome.sip_code, status: outcome.status, target: outcome.target })
     }
 }
 
@@ -322,7 +394,7 @@ mod tests {
         r.handle_refer_event(t2, 5, notify(180, true));
         assert_eq!(actions(&mut r), [refer("sip:e@x")]);
         // e: the REFER could not be sent at all.
-        r.referred(t2, Err(ReferError::Busy));
+        r.referred(t2, Err(ReferError::NotConfirmed));
         assert_eq!(actions(&mut r), [TransferAction::Failed]);
         assert!(r.is_done());
         assert_eq!(
@@ -374,7 +446,7 @@ mod tests {
     }
 
     #[test]
-    fn news_of_an_earlier_refer_is_ignored() {
+    fn news_of_an_earlier_refer_is_ignored_but_its_late_success_counts() {
         let (mut r, t0) = run(&["sip:a@x", "sip:b@x"]);
         actions(&mut r);
         r.referred(t0, Ok(2));
@@ -382,20 +454,36 @@ mod tests {
         r.handle_timeout(t0 + WAIT);
         assert_eq!(actions(&mut r), [refer("sip:b@x")]);
         r.referred(t0 + WAIT, Ok(3));
-        // The timed-out target's subscription goes on; its news is not the current attempt's.
-        r.handle_refer_event(t0 + WAIT, 2, notify(200, true));
+        // The timed-out target's subscription goes on; its failures are not the current attempt's.
+        r.handle_refer_event(t0 + WAIT, 2, notify(180, false));
         r.handle_refer_event(t0 + WAIT, 2, ReferEvent::Rejected { code: 408 });
-        r.handle_refer_event(t0 + WAIT, 99, notify(486, true));
+        r.handle_refer_event(t0 + WAIT, 99, notify(200, true));
         assert!(actions(&mut r).is_empty() && !r.is_done());
-        r.handle_refer_event(t0 + WAIT, 3, notify(503, true));
-        assert_eq!(actions(&mut r), [TransferAction::Failed]);
+        r.handle_refer_event(t0 + WAIT, 3, notify(180, false));
+        // a answered after all: the caller is with a, whoever else rang.
+        r.handle_refer_event(t0 + WAIT, 2, notify(200, true));
+        assert_eq!(actions(&mut r), [TransferAction::Transferred]);
+        assert!(r.is_done() && r.transferred());
         assert_eq!(
             statuses(&r),
             [
-                attempt("sip:a@x", TransferStatus::Timeout, Some(202)),
-                attempt("sip:b@x", TransferStatus::Failed, Some(503)),
+                attempt("sip:a@x", TransferStatus::Transferred, Some(200)),
+                attempt("sip:b@x", TransferStatus::Failed, Some(180)),
             ]
         );
+        let report = r.report().unwrap();
+        assert_eq!((report.status, report.target.as_str()), (TransferStatus::Transferred, "sip:a@x"));
+        // Even after every target failed and on_failure runs.
+        let (mut r, t0) = run(&["sip:a@x"]);
+        actions(&mut r);
+        r.referred(t0, Ok(2));
+        r.handle_refer_event(t0, 2, ReferEvent::Accepted { code: 202 });
+        r.handle_timeout(t0 + WAIT);
+        assert_eq!(actions(&mut r), [TransferAction::Failed]);
+        r.handle_refer_event(t0 + WAIT, 2, notify(200, true));
+        assert_eq!(actions(&mut r), [TransferAction::Transferred]);
+        r.handle_refer_event(t0 + WAIT, 2, notify(200, true));
+        assert!(actions(&mut r).is_empty(), "once");
         // Before its REFER is out, an attempt takes no news, and a second `referred` is ignored.
         let (mut r, t0) = run(&["sip:a@x"]);
         r.handle_refer_event(t0, 2, notify(200, true));
@@ -403,6 +491,35 @@ mod tests {
         r.referred(t0, Err(ReferError::NotConfirmed));
         assert!(!r.is_done());
         assert_eq!(r.poll_timeout(), Some(t0 + WAIT));
+    }
+
+    #[test]
+    fn a_refer_the_dialog_is_busy_for_goes_out_when_the_old_one_is_answered() {
+        // a's REFER is never answered (not even 202): a times out, b must wait for the dialog.
+        let (mut r, t0) = run(&["sip:a@x", "sip:b@x"]);
+        actions(&mut r);
+        r.referred(t0, Ok(2));
+        r.handle_timeout(t0 + WAIT);
+        assert_eq!(actions(&mut r), [refer("sip:b@x")]);
+        r.referred(t0 + WAIT, Err(ReferError::Busy));
+        assert!(actions(&mut r).is_empty() && !r.is_done(), "b waits, not refused");
+        assert_eq!(r.poll_timeout(), None, "its time starts with its REFER");
+        // Timer F gives a's REFER up: b's REFER goes out now.
+        let t1 = t0 + Duration::from_secs(32);
+        r.handle_refer_event(t1, 2, ReferEvent::Rejected { code: 408 });
+        assert_eq!(actions(&mut r), [refer("sip:b@x")]);
+        r.referred(t1, Ok(3));
+        assert_eq!(r.poll_timeout(), Some(t1 + WAIT));
+        r.handle_refer_event(t1, 3, ReferEvent::Accepted { code: 202 });
+        r.handle_refer_event(t1, 3, notify(200, true));
+        assert_eq!(actions(&mut r), [TransferAction::Transferred]);
+        assert_eq!(
+            statuses(&r),
+            [
+                attempt("sip:a@x", TransferStatus::Timeout, None),
+                attempt("sip:b@x", TransferStatus::Transferred, Some(200))
+            ]
+        );
     }
 
     #[test]

@@ -299,22 +299,33 @@ fn check_target(t: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// `when` steps that branch only to `when` steps in a circle would spin
-/// forever without playing anything: (key, message) for each such circle.
+/// Where a step goes on without playing anything: a `when` step's branches,
+/// and a prompt-less `transfer` step's `on_failure`.
+fn silent_exits(step: &Step) -> Vec<usize> {
+    match &step.kind {
+        StepKind::When { open, closed, holiday } => vec![*open, *closed, *holiday],
+        StepKind::Transfer { on_failure, .. } if step.prompts.is_empty() => vec![*on_failure],
+        _ => Vec::new(),
+    }
+}
+
+/// Steps that lead back to themselves without playing anything would spin
+/// forever (`when` steps in a circle), or REFER as fast as the caller's phone
+/// refuses (a prompt-less transfer whose `on_failure` is itself): (key,
+/// message) for the first such circle.
 fn when_loops(steps: &[Step]) -> Vec<(String, String)> {
-    let mut p = Vec::new();
     for start in 0..steps.len() {
         let mut seen = vec![start];
         let mut frontier = vec![start];
         while let Some(i) = frontier.pop() {
-            let Some(StepKind::When { open, closed, holiday }) = steps.get(i).map(|s| &s.kind) else { continue };
-            for &n in [open, closed, holiday] {
+            let Some(step) = steps.get(i) else { continue };
+            for n in silent_exits(step) {
                 if n == start {
-                    p.push((
+                    let name = &steps[start].name;
+                    return vec![(
                         format!("step[{start}]"),
-                        format!("when steps branch in a circle back to {:?}", steps[start].name),
-                    ));
-                    return p;
+                        format!("steps lead back to {name:?} without playing anything"),
+                    )];
                 }
                 if !seen.contains(&n) {
                     seen.push(n);
@@ -323,7 +334,7 @@ fn when_loops(steps: &[Step]) -> Vec<(String, String)> {
             }
         }
     }
-    p
+    Vec::new()
 }
 
 fn is_key(c: char) -> bool {
@@ -678,6 +689,10 @@ mod tests {
         let e = err("[[step]]\nname = \"h\"\nkind = \"when\"\nopen = \"h2\"\nclosed = \"h2\"\n\
                      [[step]]\nname = \"h2\"\nkind = \"when\"\nopen = \"h\"\nclosed = \"h\"\n");
         assert_eq!(e[0].0, "step[0]", "a circle of when steps: {e:?}");
+        let e = err("[[step]]\nname = \"t\"\nkind = \"transfer\"\ntargets = [\"sip:a@b\"]\non_failure = \"t\"\n");
+        assert_eq!(e[0].0, "step[0]", "a transfer that retries itself with nothing played: {e:?}");
+        Program::from_toml("[[step]]\nname = \"t\"\nkind = \"transfer\"\nprompt = \"connecting\"\ntargets = [\"sip:a@b\"]\non_failure = \"t\"\n")
+            .expect("with a prompt each round, retrying is allowed");
         let e = err(
             "[[step]]\nname = \"t\"\nkind = \"transfer\"\ntargets = [\"http://x\", \"sip:a@b>x\", \"sip:ok@h\"]\ntimeout_ms = 10\non_failure = \"nope\"\n",
         );

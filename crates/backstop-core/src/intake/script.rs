@@ -114,8 +114,11 @@ pub struct Script {
     frame: Vec<i16>,
     answers: BTreeMap<String, Answer>,
     actions: VecDeque<ScriptAction>,
-    /// The last speech heard or key pressed (or the answer): the silence clock.
-    last_activity: Option<Instant>,
+    /// The silence clock: how long the caller has been waited on (prompts
+    /// playing do not count) since the last speech or key, and when that
+    /// was last brought up to date.
+    quiet: Duration,
+    quiet_mark: Option<Instant>,
     closing: Option<Closing>,
     /// A transfer step is waiting for its outcome.
     transferring: bool,
@@ -143,7 +146,8 @@ impl Script {
             frame: Vec::with_capacity(FRAME_SAMPLES),
             answers: BTreeMap::new(),
             actions: VecDeque::new(),
-            last_activity: None,
+            quiet: Duration::ZERO,
+            quiet_mark: None,
             closing: None,
             transferring: false,
             transferred: false,
@@ -158,7 +162,7 @@ impl Script {
     pub fn handle_answered(&mut self, now: Instant) {
         if self.state == State::NotStarted {
             self.state = State::Running;
-            self.last_activity = Some(now);
+            self.quiet_mark = Some(now);
             self.enter(now, 0);
         }
     }
@@ -175,18 +179,28 @@ impl Script {
     /// What the `transfer` step's REFERs came to: the caller was handed
     /// over (the call ends, and the script with it), or no target took the
     /// call and the script goes on at the step's `on_failure`.
+    /// A target that took the call late (after the script went on to
+    /// `on_failure`) ends the script all the same.
     pub fn handle_transfer_done(&mut self, now: Instant, transferred: bool) {
-        if self.state != State::Running || !self.transferring {
+        if self.state != State::Running {
             return;
         }
-        self.transferring = false;
-        self.last_activity = Some(now);
+        self.tick(now);
         if transferred {
+            self.stop_prompts();
+            self.endpointer.disarm();
+            self.closing = None;
+            self.transferring = false;
             self.transferred = true;
             self.state = State::Done;
             self.deadline = None;
             return;
         }
+        if !self.transferring {
+            return;
+        }
+        self.transferring = false;
+        self.quiet = Duration::ZERO;
         if let Some(StepKind::Transfer { on_failure, .. }) = self.step().map(|s| &s.kind) {
             let next = *on_failure;
             self.enter(now, next);
@@ -198,6 +212,7 @@ impl Script {
         if self.state != State::Running || self.playing.as_deref() != Some(prompt) {
             return;
         }
+        self.tick(now);
         self.playing = None;
         if let Some(next) = self.queue.pop_front() {
             self.play(next);
@@ -211,7 +226,8 @@ impl Script {
         if self.state != State::Running || self.closing.is_some() || self.transferring {
             return;
         }
-        self.last_activity = Some(now);
+        self.tick(now);
+        self.quiet = Duration::ZERO;
         let program = self.program.clone();
         let Some(step) = program.steps.get(self.index) else { return };
         match step.kind {
@@ -254,6 +270,7 @@ impl Script {
     }
 
     fn handle_frame(&mut self, now: Instant, frame: &[i16]) {
+        self.tick(now);
         let program = self.program.clone();
         let Some(step) = program.steps.get(self.index) else { return };
         let (next, barge_in) = (step.next, &step.kind);
@@ -262,11 +279,14 @@ impl Script {
         if watch_barge_in && !self.endpointer.is_armed() {
             self.endpointer.arm(Default::default());
         }
-        // The detector runs only while someone listens; otherwise the frame is just pre-roll.
-        let speech = self.endpointer.is_armed() && self.vad.as_mut().is_some_and(|v| v.is_speech(frame));
+        // The detector runs only while someone listens (an answer, or the
+        // silence clock while we wait on the caller); otherwise the frame is just pre-roll.
+        let listening = self.endpointer.is_armed() || (self.silence_counts() && self.phase == Phase::Waiting);
+        let speech = listening && self.vad.as_mut().is_some_and(|v| v.is_speech(frame));
         if speech {
             self.last_speech_at = Some(now);
-            self.last_activity = Some(now);
+            self.tick(now);
+            self.quiet = Duration::ZERO;
         }
         // A play step with speech barge-in watches for speech without recording.
         if watch_barge_in {
@@ -303,7 +323,8 @@ impl Script {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
-        if self.state == State::Running && self.silence_deadline().is_some_and(|d| now >= d) {
+        self.tick(now);
+        if self.silence_counts() && self.ctx.silent_after.is_some_and(|limit| self.quiet >= limit) {
             self.close(now, Closing::Silent);
             return;
         }
@@ -377,13 +398,34 @@ impl Script {
         }
     }
 
-    /// When the caller will have been silent too long: only while the steps
-    /// run and wait on the caller (not while saying goodbye or transferring).
+    /// Whether the silence clock runs now: the steps run and wait on the
+    /// caller (not while a prompt plays, nor while saying goodbye or transferring).
+    fn silence_counts(&self) -> bool {
+        self.state == State::Running
+            && self.ctx.silent_after.is_some()
+            && self.closing.is_none()
+            && !self.transferring
+            && self.phase != Phase::Prompting
+    }
+
+    /// Bring the silence clock up to `now`: the time since the last update
+    /// counts if the script was waiting on the caller all along (the phase
+    /// only changes inside a `handle_*` call, each of which ticks first).
+    fn tick(&mut self, now: Instant) {
+        if let Some(mark) = self.quiet_mark
+            && self.silence_counts()
+        {
+            self.quiet += now.saturating_duration_since(mark);
+        }
+        self.quiet_mark = Some(now);
+    }
+
+    /// When the caller will have been silent too long, if the clock runs.
     fn silence_deadline(&self) -> Option<Instant> {
-        if self.state != State::Running || self.closing.is_some() || self.transferring {
+        if !self.silence_counts() {
             return None;
         }
-        Some(self.last_activity? + self.ctx.silent_after?)
+        Some(self.quiet_mark? + self.ctx.silent_after?.saturating_sub(self.quiet))
     }
 
     /// The script hung up on a caller who said and pressed nothing.
@@ -927,16 +969,37 @@ mod tests {
     #[test]
     fn a_silent_caller_hears_goodbye_after_the_limit_and_a_speaking_one_does_not() {
         let mut silent = routed(default_program(), None, Some(30));
-        silent.run(40_000, |_| false);
+        silent.run(90_000, |_| false);
         assert!(silent.hung_up && silent.s.silent());
         assert_eq!(silent.s.outcome(), Outcome::Silent);
+        // Only the time spent waiting on the caller counts, and no prompt is cut short:
+        // name and need are asked twice (4 x 5 s), then the callback number's first wait
+        // is 6 s and its second reaches 30 s after 4 s more.
+        assert!(!silent.log.iter().any(|(_, l)| l == "stop"), "{:?}", silent.log);
         let (at, last) = silent.log.iter().rev().find(|(_, l)| l.starts_with("play")).unwrap();
-        assert_eq!((*at, last.as_str()), (30_000, "play goodbye"), "{:?}", silent.log);
+        assert_eq!(last, "play goodbye");
+        let prompts_before: u64 = silent
+            .log
+            .iter()
+            .filter(|(t, l)| l.starts_with("play") && t < at)
+            .map(|(_, l)| if l == "play greeting" { 3000 } else { 1000 })
+            .sum();
+        assert_eq!(*at, 30_000 + prompts_before, "{:?}", silent.log);
         // A caller who answers the name question at 4.5 s restarts the clock there.
         let mut talker = routed(default_program(), None, Some(30));
         talker.run(34_000, |ms| (4500..5500).contains(&ms));
         assert!(!talker.hung_up, "{:?}", talker.log);
         assert_eq!(talker.answer("name").status, AnswerStatus::Answered);
+    }
+
+    #[test]
+    fn the_silence_limit_never_cuts_a_prompt_short() {
+        // A 1 s limit and a 3 s greeting: the greeting plays whole; the limit runs in the name step's wait.
+        let mut sim = routed(default_program(), None, Some(1));
+        sim.run(10_000, |_| false);
+        let log: Vec<(u64, &str)> = sim.log.iter().map(|(t, l)| (*t, l.as_str())).collect();
+        assert_eq!(log[..3], [(0, "play greeting"), (3000, "play name"), (5000, "play goodbye")], "{log:?}");
+        assert!(sim.s.silent());
     }
 
     #[test]

@@ -23,8 +23,10 @@ use std::sync::Arc;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LineMatch {
-    /// The number called: the Request-URI's user part, else the To's.
-    /// Compared digits only, so `+1 (555) 010-0100` and `15550100100` match.
+    /// The number called: the Request-URI's user part when a line claims
+    /// it, else the To's. Compared digits only, a North American number with
+    /// or without its leading 1: `+1 (555) 010-0100`, `15550100100` and
+    /// `5550100100` are one number.
     pub called: Vec<String>,
     /// The number first called, before forwarding (Diversion or History-Info).
     pub original_called: Vec<String>,
@@ -37,32 +39,48 @@ impl LineMatch {
         self.called.is_empty() && self.original_called.is_empty() && self.account.is_empty()
     }
 
-    fn matches(&self, call: &CallFacts) -> bool {
-        let number = |wanted: &[String], got: &Option<String>| {
-            got.as_deref().map(digits).is_some_and(|g| !g.is_empty() && wanted.iter().any(|w| digits(w) == g))
+    /// Whether the call is this line's, `called` being the number it was called on.
+    fn matches(&self, called: Option<&str>, call: &CallFacts) -> bool {
+        let number = |wanted: &[String], got: Option<&str>| {
+            got.map(digits).is_some_and(|g| !g.is_empty() && wanted.iter().any(|w| digits(w) == g))
         };
-        number(&self.called, &call.called)
-            || number(&self.original_called, &call.original_called)
+        number(&self.called, called)
+            || number(&self.original_called, call.original_called.as_deref())
             || call.account.as_deref().is_some_and(|a| self.account.iter().any(|w| w.eq_ignore_ascii_case(a)))
     }
 
-    /// Every value as a comparable key: (what, normalized value).
-    fn keys(&self) -> impl Iterator<Item = (&'static str, String)> + '_ {
-        let called = self.called.iter().map(|v| ("called", digits(v)));
-        let original = self.original_called.iter().map(|v| ("original_called", digits(v)));
-        called.chain(original).chain(self.account.iter().map(|v| ("account", v.to_ascii_lowercase())))
+    fn claims_called(&self, called: &str) -> bool {
+        let c = digits(called);
+        !c.is_empty() && self.called.iter().any(|w| digits(w) == c)
+    }
+
+    /// Every value as a comparable key: (what, normalized value, as written).
+    fn keys(&self) -> impl Iterator<Item = (&'static str, String, &str)> + '_ {
+        let called = self.called.iter().map(|v| ("called", digits(v), v.as_str()));
+        let original = self.original_called.iter().map(|v| ("original_called", digits(v), v.as_str()));
+        let account = self.account.iter().map(|v| ("account", v.to_ascii_lowercase(), v.as_str()));
+        called.chain(original).chain(account)
     }
 }
 
-/// A number's digits, the only part compared.
+/// A number's digits, the only part compared, without the North American
+/// country code: `+1 555 010 0100` and `555-010-0100` are the same line.
 fn digits(s: &str) -> String {
-    s.chars().filter(char::is_ascii_digit).collect()
+    let d: String = s.chars().filter(char::is_ascii_digit).collect();
+    match d.strip_prefix('1') {
+        Some(national) if d.len() == 11 => national.to_string(),
+        _ => d,
+    }
 }
 
 /// What a call says about where it was meant to go.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CallFacts {
+    /// The Request-URI's number.
     pub called: Option<String>,
+    /// The To's number: the called number when no line claims the Request-URI's
+    /// (through a registration, the Request-URI names the account, which may be numeric).
+    pub called_to: Option<String>,
     pub original_called: Option<String>,
     /// `username@domain` of the account it came through, when the runtime knows it.
     pub account: Option<String>,
@@ -73,10 +91,9 @@ impl CallFacts {
     /// is the runtime's to add (it knows what it registered).
     pub fn from_invite(invite: &Request) -> CallFacts {
         let ruri_user = NameAddr { raw: String::new(), display_name: None, uri: invite.uri.clone(), tag: None };
-        let called = number_of(&ruri_user).or_else(|| number_of(&invite.to));
         let original_called =
             crate::intake::forwarding::forwarded(invite).and_then(|f| f.original_called_number.or(f.from_number));
-        CallFacts { called, original_called, account: None }
+        CallFacts { called: number_of(&ruri_user), called_to: number_of(&invite.to), original_called, account: None }
     }
 }
 
@@ -109,9 +126,12 @@ impl Lines {
         Lines { lines, default: Arc::new(Line { name: DEFAULT_LINE.into(), ..default }) }
     }
 
-    /// The first line whose match claims the call, else the default.
+    /// The first line whose match claims the call, else the default. The
+    /// called number is the Request-URI's when some line claims it, else the To's.
     pub fn route(&self, call: &CallFacts) -> &Arc<Line> {
-        self.lines.iter().find(|l| l.matcher.matches(call)).unwrap_or(&self.default)
+        let ruri = call.called.as_deref().filter(|n| self.lines.iter().any(|l| l.matcher.claims_called(n)));
+        let called = ruri.or(call.called_to.as_deref());
+        self.lines.iter().find(|l| l.matcher.matches(called, call)).unwrap_or(&self.default)
     }
 
     pub fn default_line(&self) -> &Arc<Line> {
@@ -174,13 +194,13 @@ pub fn findings(lines: &[(&str, &LineMatch)], accounts: &[String]) -> Vec<Findin
             }
         }
         let mut reachable = false;
-        for (what, value) in m.keys() {
+        for (what, value, written) in m.keys() {
             match claimed.iter().find(|(w, v, _)| *w == what && *v == value) {
                 Some((_, _, earlier)) => out.push(Finding::Overlap {
                     line: line.clone(),
                     earlier: earlier.to_string(),
                     what,
-                    value: value.clone(),
+                    value: written.to_string(),
                 }),
                 None => {
                     let known = what != "account" || accounts.iter().any(|x| x.eq_ignore_ascii_case(&value));
@@ -245,6 +265,10 @@ mod tests {
         assert_eq!(lines().route(&CallFacts::from_invite(&to)).name, "acme");
         let neither = invite("sip:backstop@10.0.0.1", "<sip:+15559990000@pbx.example>", "");
         assert_eq!(lines().route(&CallFacts::from_invite(&neither)).name, DEFAULT_LINE);
+        // Through a registration whose username is numeric, the Request-URI names the
+        // account, which no line claims: the number dialled is the To's.
+        let numeric_account = invite("sip:17775551234@10.0.0.1", "<sip:5550100100@pbx.example>", "");
+        assert_eq!(lines().route(&CallFacts::from_invite(&numeric_account)).name, "acme", "NANP without the 1");
     }
 
     #[test]
@@ -274,7 +298,12 @@ mod tests {
         assert_eq!(
             f,
             vec![
-                Finding::Overlap { line: "b".into(), earlier: "a".into(), what: "called", value: "15550100100".into() },
+                Finding::Overlap {
+                    line: "b".into(),
+                    earlier: "a".into(),
+                    what: "called",
+                    value: "1-555-010-0100".into()
+                },
                 Finding::Overlap { line: "c".into(), earlier: "b".into(), what: "called", value: "15550100999".into() },
                 Finding::Unreachable { line: "c".into() },
                 Finding::NoMatch { line: "d".into() },

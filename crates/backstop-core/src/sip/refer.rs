@@ -6,8 +6,8 @@
 //! from the message/sipfrag body's status line.
 //!
 //! A subscription is named by its REFER's CSeq, which the notifier echoes as
-//! `Event: refer;id=<CSeq>`; a NOTIFY without an id belongs to the newest
-//! REFER. Leniency where it costs nothing and strictness where it would
+//! `Event: refer;id=<CSeq>`; a NOTIFY without an id belongs to the first
+//! REFER (RFC 3515 §2.4.6), read as the oldest one still open. Leniency where it costs nothing and strictness where it would
 //! mislead:
 //! * The sipfrag status line may lack its reason phrase, be surrounded by
 //!   whitespace, or be followed by headers; the Content-Type is not checked
@@ -84,8 +84,6 @@ pub enum NotifyVerdict {
 #[derive(Debug, Clone)]
 struct Subscription {
     id: u32,
-    /// CSeq of the last NOTIFY taken; an equal or lower one is old news.
-    last_cseq: Option<u32>,
     terminated: bool,
 }
 
@@ -94,8 +92,10 @@ struct Subscription {
 pub struct ReferSubscriptions {
     /// Oldest first.
     subs: VecDeque<Subscription>,
-    /// The id of the newest REFER sent, for NOTIFYs without an id.
-    newest: Option<u32>,
+    /// CSeq of the last NOTIFY taken, of any subscription: the caller's
+    /// CSeq grows with each request in the dialog, so an equal or lower one
+    /// is a retransmission or old news.
+    last_cseq: Option<u32>,
 }
 
 impl ReferSubscriptions {
@@ -104,8 +104,7 @@ impl ReferSubscriptions {
         if self.subs.len() >= MAX_SUBSCRIPTIONS {
             self.subs.pop_front();
         }
-        self.subs.push_back(Subscription { id, last_cseq: None, terminated: false });
-        self.newest = Some(id);
+        self.subs.push_back(Subscription { id, terminated: false });
     }
 
     /// The REFER `id` was refused or never answered: it has no subscription.
@@ -116,12 +115,16 @@ impl ReferSubscriptions {
     /// Judge a NOTIFY by its `Event` and `Subscription-State` values, CSeq and body.
     pub fn notify(&mut self, event: Option<&str>, state: Option<&str>, cseq: u32, body: &[u8]) -> NotifyVerdict {
         let Some(id) = event.and_then(refer_event_id) else { return NotifyVerdict::Unknown };
-        let Some(id) = id.or(self.newest) else { return NotifyVerdict::Unknown };
+        // Without an id, a NOTIFY is for the first REFER (RFC 3515 §2.4.6): the
+        // oldest subscription still open (UAs that leave the id out of every
+        // NOTIFY then still reach the one REFER they act on at a time).
+        let oldest_open = self.subs.iter().find(|s| !s.terminated).or(self.subs.front()).map(|s| s.id);
+        let Some(id) = id.or(oldest_open) else { return NotifyVerdict::Unknown };
         let Some(sub) = self.subs.iter_mut().find(|s| s.id == id) else { return NotifyVerdict::Unknown };
-        if sub.terminated || sub.last_cseq.is_some_and(|last| cseq <= last) {
+        if sub.terminated || self.last_cseq.is_some_and(|last| cseq <= last) {
             return NotifyVerdict::Known { id, event: None };
         }
-        sub.last_cseq = Some(cseq);
+        self.last_cseq = Some(cseq);
         let terminated = state.is_some_and(is_terminated);
         sub.terminated = terminated;
         let event = match sipfrag_status(body) {
@@ -204,7 +207,7 @@ mod tests {
         assert_eq!(notify(&mut subs, "refer", "active", 2, "SIP/2.0 100 Trying"), NotifyVerdict::Unknown);
         subs.open(5);
         assert_eq!(notify(&mut subs, "refer;id=5", "active;expires=60", 2, "SIP/2.0 100 Trying"), known(5, 100, false));
-        // Without an id: the newest REFER.
+        // Without an id: the first REFER's.
         assert_eq!(notify(&mut subs, "refer", "active", 3, "SIP/2.0 180 Ringing"), known(5, 180, false));
         // A retransmission, and one overtaken by a later NOTIFY: 200, nothing to report.
         let quiet = NotifyVerdict::Known { id: 5, event: None };
@@ -224,16 +227,21 @@ mod tests {
     }
 
     #[test]
-    fn a_newer_refer_takes_bare_notifies_and_old_ones_still_report() {
+    fn bare_notifies_go_to_the_oldest_open_refer_and_ids_to_their_own() {
         let mut subs = ReferSubscriptions::default();
         subs.open(2);
         subs.open(3);
-        assert_eq!(notify(&mut subs, "refer", "active", 2, "SIP/2.0 100 Trying"), known(3, 100, false));
-        // The older subscription still reports: whoever asked can tell its id is stale.
-        assert_eq!(notify(&mut subs, "refer;id=2", "terminated", 3, "SIP/2.0 486 Busy Here"), known(2, 486, true));
+        // RFC 3515 §2.4.6: no id means the first REFER, even when a later one was sent.
+        assert_eq!(notify(&mut subs, "refer", "active", 2, "SIP/2.0 100 Trying"), known(2, 100, false));
+        assert_eq!(notify(&mut subs, "refer;id=3", "active", 3, "SIP/2.0 180 Ringing"), known(3, 180, false));
+        assert_eq!(notify(&mut subs, "refer", "terminated", 4, "SIP/2.0 486 Busy Here"), known(2, 486, true));
+        // The first is over: bare NOTIFYs now belong to the next one still open...
+        assert_eq!(notify(&mut subs, "refer", "active", 5, "SIP/2.0 183 Session Progress"), known(3, 183, false));
+        // ... and a retransmission of the first's last NOTIFY is old news, not the second's.
+        let quiet = NotifyVerdict::Known { id: 3, event: None };
+        assert_eq!(notify(&mut subs, "refer", "terminated", 4, "SIP/2.0 486 Busy Here"), quiet);
         subs.forget(3);
-        assert_eq!(notify(&mut subs, "refer", "active", 4, "SIP/2.0 180 Ringing"), NotifyVerdict::Unknown);
-        assert_eq!(notify(&mut subs, "refer;id=3", "active", 5, "SIP/2.0 180 Ringing"), NotifyVerdict::Unknown);
+        assert_eq!(notify(&mut subs, "refer;id=3", "active", 6, "SIP/2.0 180 Ringing"), NotifyVerdict::Unknown);
     }
 
     #[test]
