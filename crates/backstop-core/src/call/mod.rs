@@ -908,6 +908,33 @@ mod tests {
     }
 
     #[test]
+    fn a_target_that_answers_late_still_takes_the_call_and_our_leg_ends() {
+        let t0 = Instant::now();
+        let (mut call, mut now, mut run) = transfer_call(t0);
+        // The first target: 202, ringing past its 5 s; the second refuses; on_failure starts.
+        answer_refer(&mut call, now, &run, 202);
+        call.handle_sip_request(now, notify(2, "SIP/2.0 180 Ringing\r\n", "active;expires=60"));
+        let until = now + Duration::from_millis(5100);
+        drive(&mut call, &mut now, until, &mut run);
+        answer_refer(&mut call, now, &run, 405);
+        let until = now + Duration::from_millis(300);
+        drive(&mut call, &mut now, until, &mut run);
+        assert!(!run.sip.last().unwrap().starts_with("BYE"), "the goodbye plays: {:?}", run.sip);
+        // Then the first target answers: the caller is with it.
+        call.handle_sip_request(now, notify(3, "SIP/2.0 200 OK\r\n", "terminated;reason=noresource"));
+        let until = now + Duration::from_millis(100);
+        drive(&mut call, &mut now, until, &mut run);
+        assert!(run.sip.last().unwrap().starts_with("BYE "), "{:?}", run.sip);
+        let lead = &run.leads[0];
+        assert_eq!(lead.outcome, Outcome::Transferred);
+        let t = lead.transfer.as_ref().unwrap();
+        assert_eq!((t.status, t.target.as_str()), (TransferStatus::Transferred, "sip:tech@10.0.0.9"));
+        let attempts: Vec<TransferStatus> = t.attempts.iter().map(|a| a.status).collect();
+        assert_eq!(attempts, [TransferStatus::Transferred, TransferStatus::Rejected]);
+        assert_eq!(run.events.iter().filter(|e| matches!(e, CallEvent::Transferred(_))).count(), 1);
+    }
+
+    #[test]
     fn a_caller_hanging_up_mid_transfer_ends_it_cleanly() {
         let t0 = Instant::now();
         let (mut call, mut now, mut run) = transfer_call(t0);
