@@ -6,6 +6,7 @@
 
 mod common;
 
+use backstop_core::media::g711::Law;
 use common::scenario::*;
 use common::*;
 use std::net::UdpSocket;
@@ -246,13 +247,25 @@ fn caller() -> String {
     scenario("caller", &[&invite, answered, &ack, &pause(1000), &bye])
 }
 
-#[test]
-fn unanswered_call_is_forwarded_by_kamailio_and_answered_by_backstop() {
-    let k = Kamailio::start("kam-forward");
+/// One forward-on-no-answer call behind Kamailio, as it happened.
+struct Forwarded {
+    kamailio: Kamailio,
+    agent: AgentProc,
+    /// The RTP that reached the caller.
+    packets: Vec<Captured>,
+}
+
+/// Backstop (its config `agent_extra` around the overflow account) registers
+/// with Kamailio; the owner's phone registers and rings unanswered; a SIPp
+/// caller calls the owner, and after fr_inv_timer Kamailio forwards the call
+/// to Backstop's registered contact, which answers. Scratch names start with
+/// `name`.
+fn forwarded_call(name: &str, agent_extra: &str) -> Forwarded {
+    let k = Kamailio::start(&format!("{name}-forward"));
     // Backstop registers as the overflow account.
     let agent = AgentProc::start(
-        "kam-agent",
-        &format!("[sip]\nanswer_after_ms = 100\n{}", backstop_account(&k, "overflowpw", "expires = 60\n")),
+        &format!("{name}-agent"),
+        &format!("[sip]\nanswer_after_ms = 100\n{}", backstop_account(&k, "overflowpw", agent_extra)),
     );
     let text = wait_log(
         "Backstop's registration",
@@ -270,7 +283,7 @@ fn unanswered_call_is_forwarded_by_kamailio_and_answered_by_backstop() {
 
     // The owner's phone listens; the owner registers it.
     let owner_port = free_port();
-    let phone_dir = scratch_dir("kam-phone");
+    let phone_dir = scratch_dir(&format!("{name}-phone"));
     std::fs::write(phone_dir.join("phone.xml"), OWNER_PHONE).unwrap();
     let mut phone = Command::new("sipp")
         .arg("-sf")
@@ -296,7 +309,7 @@ fn unanswered_call_is_forwarded_by_kamailio_and_answered_by_backstop() {
         .spawn()
         .expect("sipp");
     let reg = run_sipp(
-        &scratch_dir("kam-owner-reg"),
+        &scratch_dir(&format!("{name}-owner-reg")),
         OWNER_REGISTER,
         k.addr(),
         false,
@@ -305,7 +318,7 @@ fn unanswered_call_is_forwarded_by_kamailio_and_answered_by_backstop() {
     assert!(reg.success, "owner registration failed: {}\n{}", reg.errors, k.log());
 
     // The caller calls the owner; nobody answers for 3 s; Backstop does.
-    let dir = scratch_dir("kam-caller");
+    let dir = scratch_dir(&format!("{name}-caller"));
     let rtp = RtpCapture::start();
     let started = Instant::now();
     let run = run_sipp(&dir, &caller(), k.addr(), false, &[("rtp_port", rtp.port.to_string())]);
@@ -325,6 +338,12 @@ fn unanswered_call_is_forwarded_by_kamailio_and_answered_by_backstop() {
         "the owner's phone saw no ring/CANCEL: {}",
         std::fs::read_to_string(phone_dir.join("errors.log")).unwrap_or_default()
     );
+    Forwarded { kamailio: k, agent, packets }
+}
+
+#[test]
+fn unanswered_call_is_forwarded_by_kamailio_and_answered_by_backstop() {
+    let Forwarded { kamailio: k, agent, packets } = forwarded_call("kam", "expires = 60\n");
     assert!(packets.len() >= 40, "{} RTP packets reached the caller", packets.len());
 
     let lead = &agent.wait_leads(1, Duration::from_secs(5))[0];
@@ -340,6 +359,41 @@ fn unanswered_call_is_forwarded_by_kamailio_and_answered_by_backstop() {
         "REGISTER exchange seen by Kamailio:\n{}",
         k.log().lines().filter(|l| l.contains("REGISTER")).collect::<Vec<_>>().join("\n")
     );
+}
+
+/// A call that reaches Backstop through its registration (Request-URI
+/// `sip:overflow@<its contact>`, To still the owner's `sip:1001@127.0.0.1`)
+/// goes to the line matching that account, `overflow@127.0.0.1` (no
+/// `domain` set: the registrar's host), and runs that line's own script.
+/// A later line matching the call's called number (the To's 1001) is not
+/// hit: the account line comes first and claims the call.
+#[test]
+fn forwarded_call_goes_to_the_line_of_its_registered_account() {
+    let lines = "expires = 60\n\
+        [[line]]\nname = \"via-account\"\nmatch.account = [\"overflow@127.0.0.1\"]\n\
+        [[line.step]]\nname = \"bye\"\nkind = \"goodbye\"\nprompt = \"goodbye\"\n\
+        [[line]]\nname = \"by-number\"\nmatch.called = [\"1001\"]\n";
+    let Forwarded { kamailio: k, agent, packets } = forwarded_call("kam-account", lines);
+    // The caller (hanging up after 1 s) heard the start of the line's own
+    // goodbye, not the top-level script's greeting.
+    let heard: Vec<u8> = packets.iter().flat_map(|(_, _, b)| parse_rtp(b).payload).collect();
+    let goodbye = backstop::media_files::load_prompt("goodbye", &manifest_dir().join("prompts/goodbye.wav"))
+        .unwrap()
+        .encoded(Law::Pcmu)
+        .to_vec();
+    assert!(heard.len() >= 40 * 160, "{} ms of audio reached the caller", heard.len() / 8);
+    assert!(goodbye.starts_with(&heard), "the {} ms heard are not the start of goodbye.wav", heard.len() / 8);
+
+    let leads = agent.wait_leads(1, Duration::from_secs(5));
+    assert_eq!(leads.len(), 1, "{leads:#?}");
+    let lead = &leads[0];
+    let invite = agent.log().lines().filter(|l| l.contains("INVITE")).collect::<Vec<_>>().join("\n");
+    assert_eq!(lead["line"], "via-account", "{lead:#}\nagent's INVITE lines:\n{invite}\nkamailio:\n{}", k.log());
+    // The call is the forwarded one, with the called number the by-number line would take.
+    assert_eq!(lead["called"]["number"], "1001", "{lead:#}");
+    assert_eq!(lead["forwarded"]["original_called_number"], "1001", "{lead:#}");
+    assert_eq!(lead["caller"]["number"], "+15551230001", "{lead:#}");
+    assert_eq!(lead["ended_by"], "caller", "{lead:#}");
 }
 
 /// RFC 3339 timestamps at the start of the agent's log lines that contain `needle`.
