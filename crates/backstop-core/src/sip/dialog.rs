@@ -955,9 +955,8 @@ mod tests {
         assert!(events(&mut d).is_empty());
     }
 
-    #[test]
-    fn our_bye_follows_the_route_set_with_the_dialog_identity() {
-        let t0 = Instant::now();
+    /// A dialog whose INVITE came through two Record-Route proxies, answered at `t0 + 1 s`.
+    fn behind_two_proxies(t0: Instant) -> UasDialog {
         let invite = testing::invite()
             .branch("z9hG4bKinv")
             .to("<sip:owner@127.0.0.1>")
@@ -966,6 +965,13 @@ mod tests {
             .read();
         let mut d = UasDialog::new(t0, invite, cfg(false));
         d.handle_timeout(t0 + Duration::from_secs(1));
+        d
+    }
+
+    #[test]
+    fn our_bye_follows_the_route_set_with_the_dialog_identity() {
+        let t0 = Instant::now();
+        let mut d = behind_two_proxies(t0);
         sent(&mut d);
         d.hangup(t0 + Duration::from_secs(1), EndedBy::Agent, "done");
         let bye = d.poll_transmit().unwrap();
@@ -1058,14 +1064,7 @@ mod tests {
     #[test]
     fn refer_follows_the_route_set_with_refer_to_and_referred_by() {
         let t0 = Instant::now();
-        let invite = testing::invite()
-            .branch("z9hG4bKinv")
-            .to("<sip:owner@127.0.0.1>")
-            .headers("Record-Route: <sip:p1@10.0.0.1;lr>, <sip:p2@10.0.0.2;lr>\r\n")
-            .sdp(OFFER)
-            .read();
-        let mut d = UasDialog::new(t0, invite, cfg(false));
-        d.handle_timeout(t0 + Duration::from_secs(1));
+        let mut d = behind_two_proxies(t0);
         d.handle_request(t0 + Duration::from_secs(1), request("ACK", 1, "z9hG4bKack", Some("local"), ""));
         sent(&mut d);
         events(&mut d);
