@@ -43,9 +43,13 @@ impl LineFilter {
 }
 
 impl SinkSpec {
-    /// Whether this sink delivers `event`.
+    /// Whether this sink delivers `event`. A junk call's `call.missed` goes
+    /// to no sink: it is kept only as the record that the call began (a
+    /// restart closes the lead from it), so nothing texts a blocklisted or
+    /// spoofed number back.
     pub fn takes(&self, event: &Event) -> bool {
-        self.events.contains(&event.kind) && self.lines.admits(event.line())
+        let junk_missed = event.kind == EventType::CallMissed && event.lead.junk.is_junk;
+        self.events.contains(&event.kind) && self.lines.admits(event.line()) && !junk_missed
     }
 }
 
@@ -356,6 +360,20 @@ mod tests {
         assert_eq!((hook.pending, hook.dead, hook.delivered, hook.oldest_pending_ms), (1, 1, 1, Some(6000)));
         assert_eq!(ob.retry_now(Some("hook"), true, 6000).unwrap(), 2);
         assert_eq!(ob.due("hook", 6000, 10).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_junk_calls_missed_event_is_kept_for_recovery_but_delivered_nowhere() {
+        let mut ob = Outbox::open(&temp()).unwrap();
+        let mut junk = lead("junk");
+        junk.junk.is_junk = true;
+        ob.append(&Event::new(EventType::CallMissed, "t".into(), &junk), &sinks(), 0).unwrap();
+        ob.append(&Event::new(EventType::CallMissed, "t".into(), &lead("clean")), &sinks(), 0).unwrap();
+        let due: Vec<String> = ob.due("hook", 0, 10).unwrap().iter().map(|d| d.event.call_id().to_string()).collect();
+        assert_eq!(due, ["clean"]);
+        // Cut off mid-call, it is still closed at the next start.
+        let cut: Vec<String> = ob.unfinished_calls().unwrap().iter().map(|e| e.call_id().to_string()).collect();
+        assert_eq!(cut, ["junk", "clean"]);
     }
 
     #[test]

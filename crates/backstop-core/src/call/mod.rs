@@ -48,7 +48,9 @@ pub enum CallEvent {
     /// The script asked for a prompt that is not loaded (a config problem): skipped.
     PromptMissing(String),
     /// The call has just arrived: who is calling and why it was forwarded.
-    /// Not for a junk caller: nothing may text a blocklisted or spoofed number back.
+    /// Also for a junk caller (`lead.junk.is_junk`): the runtime keeps it as
+    /// the record that the call began (a restart closes the lead from it) but
+    /// delivers it nowhere, so nothing texts a blocklisted or spoofed number back.
     Missed(Box<Lead>),
     /// A `transfer` step handed the caller over: the lead so far, with its `transfer`.
     Transferred(Box<Lead>),
@@ -152,7 +154,7 @@ impl Call {
             events: VecDeque::new(),
         };
         call.progress("invite", format!("INVITE received on line {}, ringing", line.name));
-        if let Some(lead) = call.lead.as_ref().filter(|l| !l.junk.is_junk) {
+        if let Some(lead) = &call.lead {
             let mut snapshot = lead.clone();
             snapshot.outcome = Outcome::Ringing;
             call.events.push_back(CallEvent::Missed(Box::new(snapshot)));
@@ -759,8 +761,12 @@ mod tests {
         );
     }
 
-    fn missed_events(run: &Run) -> usize {
-        run.events.iter().filter(|e| matches!(e, CallEvent::Missed(_))).count()
+    /// The `call.missed` leads the call reported, junk or not.
+    fn missed_junk(run: &Run) -> Vec<bool> {
+        run.events
+            .iter()
+            .filter_map(|e| if let CallEvent::Missed(l) = e { Some(l.junk.is_junk) } else { None })
+            .collect()
     }
 
     #[test]
@@ -775,7 +781,7 @@ mod tests {
         assert_eq!(run.sip.last().map(String::as_str), Some("SIP/2.0 603 Decline"), "{:?}", run.sip);
         call.handle_sip_request(now, req("ACK", 1, false, ""));
         drive(&mut call, &mut now, t0 + Duration::from_secs(5), &mut run);
-        assert_eq!(missed_events(&run), 0, "nothing may text a blocklisted number back");
+        assert_eq!(missed_junk(&run), [true], "kept, marked junk: the runtime delivers it nowhere");
         let lead = &run.leads[0];
         assert_eq!(lead.outcome, Outcome::Declined);
         assert!(lead.junk.is_junk);
@@ -802,7 +808,7 @@ mod tests {
             call.handle_sip_request(now, req("ACK", 1, true, ""));
             drive(&mut call, &mut now, t0 + Duration::from_secs(10), &mut run);
             assert_eq!(run.rtp.len(), plays, "{action:?}");
-            assert_eq!(missed_events(&run), 0);
+            assert_eq!(missed_junk(&run), [true]);
             assert_eq!((run.leads[0].outcome.clone(), run.leads[0].junk.is_junk), (outcome, true));
         }
     }
