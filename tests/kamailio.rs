@@ -7,120 +7,32 @@
 mod common;
 
 use backstop_core::media::g711::Law;
+use common::kamailio::Kamailio;
 use common::scenario::*;
 use common::*;
-use std::net::UdpSocket;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-struct Kamailio {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-    runs: u32,
-}
-
-impl Kamailio {
-    fn start(name: &str) -> Kamailio {
-        let dir = scratch_dir(name);
-        std::fs::create_dir_all(dir.join("db")).unwrap();
-        std::fs::write(
-            dir.join("db/version"),
-            "id(int,auto) table_name(string) table_version(int) \n0:version:1\n1:subscriber:7\n",
-        )
-        .unwrap();
-        std::fs::write(
-            dir.join("db/subscriber"),
-            "id(int,auto) username(string) domain(string) password(string) ha1(string) ha1b(string) \n\
-             1:1001:127.0.0.1:ownerpw:null:null\n2:overflow:127.0.0.1:overflowpw:null:null\n",
-        )
-        .unwrap();
-        let port = free_port();
-        let cfg = std::fs::read_to_string(manifest_dir().join("tests/kamailio/kamailio.cfg"))
-            .unwrap()
-            .replace("@PORT@", &port.to_string())
-            .replace("@DBDIR@", &dir.join("db").display().to_string());
-        std::fs::write(dir.join("kamailio.cfg"), cfg).unwrap();
-        let child = Self::spawn(&dir, 0);
-        let k = Kamailio { child, port, dir, runs: 1 };
-        k.wait_ready();
-        k
-    }
-
-    fn spawn(dir: &std::path::Path, run: u32) -> Child {
-        let rundir = dir.join(format!("run{run}"));
-        std::fs::create_dir_all(&rundir).unwrap();
-        let log = std::fs::File::create(dir.join(format!("kamailio{run}.log"))).unwrap();
-        let bin = if std::path::Path::new("/usr/sbin/kamailio").exists() { "/usr/sbin/kamailio" } else { "kamailio" };
-        Command::new(bin)
-            .args(["-DD", "-E", "-f"])
-            .arg(dir.join("kamailio.cfg"))
-            .arg("-Y")
-            .arg(&rundir)
-            .arg("-w")
-            .arg(&rundir)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("kamailio must be installed (the README's test command installs it)")
-    }
-
-    fn addr(&self) -> std::net::SocketAddr {
-        ([127, 0, 0, 1], self.port).into()
-    }
-
-    fn wait_ready(&self) {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let mut buf = [0u8; 4096];
-        while Instant::now() < deadline {
-            let msg = options_request(sock.local_addr().unwrap(), "kamailio-ready")
-                .replace("backstop@127.0.0.1", &format!("127.0.0.1:{}", self.port));
-            let _ = sock.send_to(msg.as_bytes(), self.addr());
-            if let Ok((n, _)) = sock.recv_from(&mut buf)
-                && buf[..n].starts_with(b"SIP/2.0 200")
-            {
-                return;
-            }
-        }
-        panic!("kamailio did not come up:\n{}", self.log());
-    }
-
-    /// The log of the current run.
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join(format!("kamailio{}.log", self.runs - 1))).unwrap_or_default()
-    }
-
-    /// Stop Kamailio and the workers it forked: SIGTERM to the main process,
-    /// which takes its children down with it (SIGKILL would orphan them).
-    fn stop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn restart(&mut self) {
-        self.stop();
-        self.child = Self::spawn(&self.dir, self.runs);
-        self.runs += 1;
-        self.wait_ready();
-    }
-}
-
-impl Drop for Kamailio {
-    fn drop(&mut self) {
-        self.stop();
-    }
+/// Kamailio with tests/kamailio/kamailio.cfg: registrar (a text-file
+/// database in its directory holding the two accounts) and proxy.
+fn start_kamailio(name: &str) -> Kamailio {
+    let dir = scratch_dir(name);
+    std::fs::create_dir_all(dir.join("db")).unwrap();
+    std::fs::write(
+        dir.join("db/version"),
+        "id(int,auto) table_name(string) table_version(int) \n0:version:1\n1:subscriber:7\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("db/subscriber"),
+        "id(int,auto) username(string) domain(string) password(string) ha1(string) ha1b(string) \n\
+         1:1001:127.0.0.1:ownerpw:null:null\n2:overflow:127.0.0.1:overflowpw:null:null\n",
+    )
+    .unwrap();
+    let cfg = std::fs::read_to_string(manifest_dir().join("tests/kamailio/kamailio.cfg"))
+        .unwrap()
+        .replace("@DBDIR@", &dir.join("db").display().to_string());
+    Kamailio::start(&dir, &cfg)
 }
 
 fn backstop_account(k: &Kamailio, password: &str, extra: &str) -> String {
@@ -261,7 +173,7 @@ struct Forwarded {
 /// to Backstop's registered contact, which answers. Scratch names start with
 /// `name`.
 fn forwarded_call(name: &str, agent_extra: &str) -> Forwarded {
-    let k = Kamailio::start(&format!("{name}-forward"));
+    let k = start_kamailio(&format!("{name}-forward"));
     // Backstop registers as the overflow account.
     let agent = AgentProc::start(
         &format!("{name}-agent"),
@@ -406,7 +318,7 @@ fn times_of(log: &str, needle: &str) -> Vec<std::time::SystemTime> {
 
 #[test]
 fn wrong_password_is_reported_and_backs_off() {
-    let k = Kamailio::start("kam-badpw");
+    let k = start_kamailio("kam-badpw");
     let agent = AgentProc::start(
         "kam-badpw-agent",
         &backstop_account(&k, "not-the-password", "retry_interval_s = 1\nmax_retry_interval_s = 8\n"),
@@ -430,7 +342,7 @@ fn wrong_password_is_reported_and_backs_off() {
 
 #[test]
 fn kamailio_restart_is_followed_by_a_fresh_registration() {
-    let mut k = Kamailio::start("kam-restart");
+    let mut k = start_kamailio("kam-restart");
     let mut agent = AgentProc::start("kam-restart-agent", &backstop_account(&k, "overflowpw", "expires = 10\n"));
     wait_log("first registration", Duration::from_secs(10), || agent.log(), |l| l.contains("registered expires=10"));
     let before = agent.log().matches("registered expires=10").count();

@@ -29,9 +29,10 @@
 mod common;
 
 use backstop_core::media::g711::Law;
+use common::kamailio::Kamailio;
 use common::*;
 use serde_json::Value;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
@@ -523,6 +524,24 @@ fn expect_ok(out: &SippOut, agent: &AgentProc) {
     );
 }
 
+/// The agent `name` with `config`, called by a SIPp caller running
+/// `scenario` (over TCP if `tcp`) with its RTP port `rtp_port`; the caller's
+/// run must have succeeded. Returns the agent, the caller's trace and the
+/// Request-URI it called.
+fn call_agent(name: &str, config: &str, scenario: &str, tcp: bool, rtp_port: String) -> (AgentProc, SippOut, String) {
+    let agent = AgentProc::start(name, config);
+    let called = ruri(agent.addr());
+    let out = run_caller(
+        &format!("{name}-caller"),
+        scenario,
+        agent.addr(),
+        tcp,
+        &[("ruri", called.clone()), ("rtp_port", rtp_port)],
+    );
+    expect_ok(&out, &agent);
+    (agent, out, called)
+}
+
 fn lead_of(agent: &AgentProc) -> Value {
     let lead = agent.wait_leads(1, Duration::from_secs(15)).remove(0);
     println!("transfer: {}", lead["transfer"]);
@@ -611,19 +630,16 @@ fn save_capture(file: &str, text: &str) {
 
 #[test]
 fn notify_200_transfers_and_the_bye_follows_the_final_notify() {
-    let agent = AgentProc::start("xfer-ok", &agent_config(&[ONCALL], None, Some("connecting")));
     let tap = Tap::start();
-    let called = ruri(agent.addr());
-    let out = run_caller(
-        "xfer-ok-caller",
+    let (agent, out, called) = call_agent(
+        "xfer-ok",
+        &agent_config(&[ONCALL], None, Some("connecting")),
         "caller_transferred.xml",
-        agent.addr(),
         false,
-        &[("ruri", called.clone()), ("rtp_port", tap.port())],
+        tap.port(),
     );
     std::thread::sleep(Duration::from_millis(200));
     let packets = tap.finish();
-    expect_ok(&out, &agent);
 
     let refers = check_refers(&out, &called, &[ONCALL]);
     let (refer_at, refer) = refers[0];
@@ -665,16 +681,8 @@ fn notify_200_transfers_and_the_bye_follows_the_final_notify() {
 
 #[test]
 fn notify_200_transfers_over_tcp() {
-    let agent = AgentProc::start("xfer-tcp", &agent_config(&[ONCALL], None, None));
-    let called = ruri(agent.addr());
-    let out = run_caller(
-        "xfer-tcp-caller",
-        "caller_transferred.xml",
-        agent.addr(),
-        true,
-        &[("ruri", called.clone()), ("rtp_port", "40100".into())],
-    );
-    expect_ok(&out, &agent);
+    let (agent, out, called) =
+        call_agent("xfer-tcp", &agent_config(&[ONCALL], None, None), "caller_transferred.xml", true, "40100".into());
     let refers = check_refers(&out, &called, &[ONCALL]);
     assert_eq!(refers[0].1.transport, "TCP");
     assert!(refers[0].1.header("Via").starts_with("SIP/2.0/TCP"), "{}", refers[0].1.text);
@@ -686,33 +694,49 @@ fn notify_200_transfers_over_tcp() {
     wait_event(&agent, "call.transferred", Duration::from_secs(10));
 }
 
-#[test]
-fn notify_486_fails_and_the_call_goes_on_to_on_failure_with_audio() {
-    let agent = AgentProc::start("xfer-busy", &agent_config(&[ONCALL], None, None));
+/// A transfer to [`ONCALL`] that fails in the way the caller's `scenario`
+/// scripts: the call goes on to `on_failure`, and the caller hears the "sorry"
+/// prompt after the failure (no sooner than `failed_at` gives, within
+/// `slack_ms`) and before the agent's BYE. The lead records the transfer as
+/// `status` with `code`, the call as completed by the agent, and no
+/// call.transferred event goes out. Returns the agent and the caller's trace.
+fn failed_transfer_goes_on(
+    name: &str,
+    scenario: &str,
+    config: &str,
+    failed_at: impl Fn(&SippOut) -> SystemTime,
+    slack_ms: i64,
+    (status, code): (&str, Option<u64>),
+) -> (AgentProc, SippOut) {
     let tap = Tap::start();
-    let called = ruri(agent.addr());
-    let out = run_caller(
-        "xfer-busy-caller",
-        "caller_busy.xml",
-        agent.addr(),
-        false,
-        &[("ruri", called.clone()), ("rtp_port", tap.port())],
-    );
+    let (agent, out, called) = call_agent(name, config, scenario, false, tap.port());
     std::thread::sleep(Duration::from_millis(200));
     let packets = tap.finish();
-    expect_ok(&out, &agent);
     check_refers(&out, &called, &[ONCALL]);
-    assert_notifies_answered(&out);
-    let (_, failed) = out.find("NOTIFY 486", |m| m.sent && m.is_request("NOTIFY") && m.body().contains("486"));
+    let failed = failed_at(&out);
     let (_, bye) = out.find("agent's BYE", |m| !m.sent && m.is_request("BYE"));
-    assert_prompt_after(&packets, "sorry", failed.at, bye.at, 50);
+    assert_prompt_after(&packets, "sorry", failed, bye.at, slack_ms);
 
     let lead = lead_of(&agent);
-    assert_transfer(&lead, "failed", Some(486), ONCALL, &[(ONCALL, "failed", Some(486))]);
+    assert_transfer(&lead, status, code, ONCALL, &[(ONCALL, status, code)]);
     assert_eq!(lead["outcome"], "completed");
     assert_eq!(lead["ended_by"], "agent");
     assert!(agent.log().contains("playing prompt sorry"), "{}", agent.log());
     assert_no_transferred_event(&agent);
+    (agent, out)
+}
+
+#[test]
+fn notify_486_fails_and_the_call_goes_on_to_on_failure_with_audio() {
+    let (_agent, out) = failed_transfer_goes_on(
+        "xfer-busy",
+        "caller_busy.xml",
+        &agent_config(&[ONCALL], None, None),
+        |out| out.find("NOTIFY 486", |m| m.sent && m.is_request("NOTIFY") && m.body().contains("486")).1.at,
+        50,
+        ("failed", Some(486)),
+    );
+    assert_notifies_answered(&out);
     save_capture(
         "failed-486.txt",
         &exchange_text("Failed: REFER, 202, NOTIFY 100, NOTIFY 486, on_failure prompt, BYE (UDP)", &out, "agent"),
@@ -721,30 +745,14 @@ fn notify_486_fails_and_the_call_goes_on_to_on_failure_with_audio() {
 
 #[test]
 fn refer_answered_405_is_rejected_and_the_call_goes_on() {
-    let agent = AgentProc::start("xfer-405", &agent_config(&[ONCALL], None, None));
-    let tap = Tap::start();
-    let called = ruri(agent.addr());
-    let out = run_caller(
-        "xfer-405-caller",
+    let (_agent, out) = failed_transfer_goes_on(
+        "xfer-405",
         "caller_refer_405.xml",
-        agent.addr(),
-        false,
-        &[("ruri", called.clone()), ("rtp_port", tap.port())],
+        &agent_config(&[ONCALL], None, None),
+        |out| out.find("the 405", |m| m.sent && m.start_line().starts_with("SIP/2.0 405")).1.at,
+        50,
+        ("rejected", Some(405)),
     );
-    std::thread::sleep(Duration::from_millis(200));
-    let packets = tap.finish();
-    expect_ok(&out, &agent);
-    check_refers(&out, &called, &[ONCALL]);
-    let (_, refused) = out.find("the 405", |m| m.sent && m.start_line().starts_with("SIP/2.0 405"));
-    let (_, bye) = out.find("agent's BYE", |m| !m.sent && m.is_request("BYE"));
-    assert_prompt_after(&packets, "sorry", refused.at, bye.at, 50);
-
-    let lead = lead_of(&agent);
-    assert_transfer(&lead, "rejected", Some(405), ONCALL, &[(ONCALL, "rejected", Some(405))]);
-    assert_eq!(lead["outcome"], "completed");
-    assert_eq!(lead["ended_by"], "agent");
-    assert!(agent.log().contains("playing prompt sorry"));
-    assert_no_transferred_event(&agent);
     save_capture(
         "rejected-405.txt",
         &exchange_text("Rejected: REFER answered 405, on_failure prompt, BYE (UDP)", &out, "agent"),
@@ -753,30 +761,15 @@ fn refer_answered_405_is_rejected_and_the_call_goes_on() {
 
 #[test]
 fn refer_accepted_but_never_notified_times_out_and_the_call_goes_on() {
-    let agent = AgentProc::start("xfer-timeout", &agent_config(&[ONCALL], Some(2000), None));
-    let tap = Tap::start();
-    let called = ruri(agent.addr());
-    let out = run_caller(
-        "xfer-timeout-caller",
+    let (_agent, out) = failed_transfer_goes_on(
+        "xfer-timeout",
         "caller_no_notify.xml",
-        agent.addr(),
-        false,
-        &[("ruri", called.clone()), ("rtp_port", tap.port())],
+        &agent_config(&[ONCALL], Some(2000), None),
+        // timeout_ms runs from the REFER: the failure prompt no sooner than 2 s after it.
+        |out| out.find("the REFER", |m| !m.sent && m.is_request("REFER")).1.at + Duration::from_millis(2000),
+        100,
+        ("timeout", None),
     );
-    std::thread::sleep(Duration::from_millis(200));
-    let packets = tap.finish();
-    expect_ok(&out, &agent);
-    let refers = check_refers(&out, &called, &[ONCALL]);
-    let (_, bye) = out.find("agent's BYE", |m| !m.sent && m.is_request("BYE"));
-    // timeout_ms runs from the REFER: the failure prompt no sooner than 2 s after it.
-    let timed_out = refers[0].1.at + Duration::from_millis(2000);
-    assert_prompt_after(&packets, "sorry", timed_out, bye.at, 100);
-
-    let lead = lead_of(&agent);
-    assert_transfer(&lead, "timeout", None, ONCALL, &[(ONCALL, "timeout", None)]);
-    assert_eq!(lead["outcome"], "completed");
-    assert_eq!(lead["ended_by"], "agent");
-    assert_no_transferred_event(&agent);
     save_capture(
         "timeout.txt",
         &exchange_text(
@@ -789,16 +782,13 @@ fn refer_accepted_but_never_notified_times_out_and_the_call_goes_on() {
 
 #[test]
 fn first_target_rejected_then_second_transferred() {
-    let agent = AgentProc::start("xfer-two", &agent_config(&[BACKUP_TEL, ONCALL], None, None));
-    let called = ruri(agent.addr());
-    let out = run_caller(
-        "xfer-two-caller",
+    let (agent, out, called) = call_agent(
+        "xfer-two",
+        &agent_config(&[BACKUP_TEL, ONCALL], None, None),
         "caller_reject_then_transfer.xml",
-        agent.addr(),
         false,
-        &[("ruri", called.clone()), ("rtp_port", "40102".into())],
+        "40102".into(),
     );
-    expect_ok(&out, &agent);
     let refers = check_refers(&out, &called, &[BACKUP_TEL, ONCALL]);
     assert_ne!(refers[0].1.header("Via"), refers[1].1.header("Via"), "the second REFER is a new transaction");
     assert_notifies_answered(&out);
@@ -816,16 +806,8 @@ fn first_target_rejected_then_second_transferred() {
 
 #[test]
 fn caller_hanging_up_mid_transfer_ends_it_cleanly() {
-    let agent = AgentProc::start("xfer-hangup", &agent_config(&[ONCALL], None, None));
-    let called = ruri(agent.addr());
-    let out = run_caller(
-        "xfer-hangup-caller",
-        "caller_hangs_up.xml",
-        agent.addr(),
-        false,
-        &[("ruri", called.clone()), ("rtp_port", "40104".into())],
-    );
-    expect_ok(&out, &agent);
+    let (agent, out, called) =
+        call_agent("xfer-hangup", &agent_config(&[ONCALL], None, None), "caller_hangs_up.xml", false, "40104".into());
     check_refers(&out, &called, &[ONCALL]);
     assert!(out.received().all(|(_, m)| !m.is_request("BYE")), "the agent sent a BYE of its own:\n{}", out.outline());
     let lead = lead_of(&agent);
@@ -974,84 +956,16 @@ fn baresip_carries_out_the_transfer() {
 // ---------------------------------------------------------------------------
 // Kamailio as a Record-Route proxy between the caller and the agent.
 
-struct Kamailio {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl Kamailio {
-    fn start(name: &str) -> Kamailio {
-        let dir = scratch_dir(name);
-        let port = free_port();
-        let cfg = std::fs::read_to_string(peer_file("kamailio.cfg")).unwrap().replace("@PORT@", &port.to_string());
-        std::fs::write(dir.join("kamailio.cfg"), cfg).unwrap();
-        std::fs::create_dir_all(dir.join("run")).unwrap();
-        let log = std::fs::File::create(dir.join("kamailio.log")).unwrap();
-        let bin = if Path::new("/usr/sbin/kamailio").exists() { "/usr/sbin/kamailio" } else { "kamailio" };
-        let child = Command::new(bin)
-            .args(["-DD", "-E", "-f"])
-            .arg(dir.join("kamailio.cfg"))
-            .arg("-Y")
-            .arg(dir.join("run"))
-            .arg("-w")
-            .arg(dir.join("run"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("kamailio must be installed (scripts/test.sh installs it)");
-        let k = Kamailio { child, port, dir };
-        k.wait_ready();
-        k
-    }
-
-    fn addr(&self) -> SocketAddr {
-        ([127, 0, 0, 1], self.port).into()
-    }
-
-    fn wait_ready(&self) {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let mut buf = [0u8; 4096];
-        while Instant::now() < deadline {
-            let msg = options_request(sock.local_addr().unwrap(), "kamailio-ready")
-                .replace("backstop@127.0.0.1", &format!("127.0.0.1:{}", self.port));
-            let _ = sock.send_to(msg.as_bytes(), self.addr());
-            if let Ok((n, _)) = sock.recv_from(&mut buf)
-                && buf[..n].starts_with(b"SIP/2.0 200")
-            {
-                return;
-            }
-        }
-        panic!("kamailio did not come up:\n{}", self.log());
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("kamailio.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Kamailio {
-    /// SIGTERM to the main process takes its forked workers down with it.
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Kamailio with tests/transfer/kamailio.cfg: a Record-Route proxy with a
+/// single UDP worker, so that it relays messages in the order they came (the
+/// config says why that matters).
+fn start_kamailio(name: &str) -> Kamailio {
+    Kamailio::start(&scratch_dir(name), &std::fs::read_to_string(peer_file("kamailio.cfg")).unwrap())
 }
 
 #[test]
 fn transfer_through_a_record_route_proxy() {
-    let k = Kamailio::start("xfer-kam");
+    let k = start_kamailio("xfer-kam");
     let agent = AgentProc::start("xfer-kam-agent", &agent_config(&[ONCALL], None, None));
     let called = ruri(agent.addr());
     // The caller sends everything to Kamailio; the Request-URI names the agent.

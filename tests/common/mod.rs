@@ -3,6 +3,7 @@
 //! loopback, every wait is bounded, and dropping a helper kills its process.
 #![allow(dead_code)]
 
+pub mod kamailio;
 pub mod pcap;
 pub mod receiver;
 pub mod scenario;
