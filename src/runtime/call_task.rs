@@ -225,7 +225,8 @@ fn account_of(cfg: &crate::config::Config, invite: &Request) -> Option<String> {
     let to_host = invite.to.uri.host_with_port.host.to_string();
     let account = match named.as_slice() {
         [one] => *one,
-        several => *several.iter().find(|r| r.domain().eq_ignore_ascii_case(&to_host))?,
+        // The To's domain tells them apart; failing that, the first (as when it was the only one).
+        several => *several.iter().find(|r| r.domain().eq_ignore_ascii_case(&to_host)).or(several.first())?,
     };
     Some(format!("{}@{}", account.username, account.domain()))
 }

@@ -28,7 +28,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use transfer::{Transfer, TransferAction, TransferAttempt, TransferRun};
+use transfer::{Transfer, TransferAction, TransferRun};
 
 /// Something for the runtime to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,10 +95,9 @@ pub struct Call {
     lead: Option<Lead>,
     /// What the line's junk rules said at the INVITE (`None`: clean).
     junk_action: Option<JunkAction>,
-    /// The transfer a `transfer` step started, while it runs and after.
-    transfer: Option<TransferRun>,
-    /// The attempts of earlier transfer steps of this call (a "try again" branch).
-    earlier_attempts: Vec<TransferAttempt>,
+    /// The run of each `transfer` step so far, the current one last: an
+    /// earlier step's target may still take the call (a late 2xx NOTIFY).
+    transfers: Vec<TransferRun>,
     base: (Instant, SystemTime),
     setup: CallSetup,
     answered: bool,
@@ -141,8 +140,7 @@ impl Call {
             prompts,
             lead: Some(lead),
             junk_action: verdict.action,
-            transfer: None,
-            earlier_attempts: Vec::new(),
+            transfers: Vec::new(),
             base: (now, setup.received_at),
             deadline: now + setup.max_duration,
             setup,
@@ -216,7 +214,7 @@ impl Call {
             m.handle_timeout(now);
         }
         self.script.handle_timeout(now);
-        if let Some(t) = self.transfer.as_mut() {
+        for t in &mut self.transfers {
             t.handle_timeout(now);
         }
         self.process(now);
@@ -263,15 +261,12 @@ impl Call {
                     }
                     ScriptAction::Transfer { targets, timeout } => {
                         self.progress("transfer", format!("transferring to {}", targets.join(", ")));
-                        if let Some(done) = self.transfer.take() {
-                            self.earlier_attempts.extend(done.report().map(|t| t.attempts).unwrap_or_default());
-                        }
-                        self.transfer = Some(TransferRun::new(now, targets, timeout));
+                        self.transfers.push(TransferRun::new(now, targets, timeout));
                     }
                     ScriptAction::Hangup => self.dialog.hangup(now, EndedBy::Agent, "script finished"),
                 }
             }
-            while let Some(action) = self.transfer.as_mut().and_then(|t| t.poll_action()) {
+            while let Some(action) = self.transfers.iter_mut().find_map(|t| t.poll_action()) {
                 progressed = true;
                 self.on_transfer_action(now, action);
             }
@@ -304,12 +299,15 @@ impl Call {
             TransferAction::Refer(target) => {
                 let sent = self.dialog.refer(now, &target);
                 self.progress("refer", format!("REFER to {target}: {sent:?}"));
-                if let Some(t) = self.transfer.as_mut() {
+                if let Some(t) = self.transfers.last_mut() {
                     t.referred(now, sent);
                 }
             }
             TransferAction::Transferred => {
                 self.progress("transferred", "the target took the call; hanging up our leg".into());
+                for t in &mut self.transfers {
+                    t.supersede();
+                }
                 self.script.handle_transfer_done(now, true);
                 if let Some(mut snapshot) = self.lead.clone() {
                     snapshot.transfer = self.transfer_report();
@@ -372,8 +370,8 @@ impl Call {
             }
             DialogEvent::Refer { id, event } => {
                 self.progress("notify", format!("transfer news for REFER {id}: {event:?}"));
-                if let Some(t) = self.transfer.as_mut() {
-                    t.handle_refer_event(now, id, event);
+                for t in &mut self.transfers {
+                    t.handle_refer_event(now, id, event.clone());
                 }
             }
             DialogEvent::MediaChanged { negotiated, remote_rtp, direction } => {
@@ -388,7 +386,7 @@ impl Call {
                 None => self.progress("info", format!("INFO {content_type} (not a digit)")),
             },
             DialogEvent::Ended { by, detail } => {
-                if let Some(t) = self.transfer.as_mut().filter(|t| !t.is_done()) {
+                for t in self.transfers.iter_mut().filter(|t| !t.is_done()) {
                     t.handle_hangup();
                 }
                 self.script.handle_call_ended(now);
@@ -438,8 +436,7 @@ impl Call {
 
     /// The lead's `transfer`: every attempt of every transfer step of the call.
     fn transfer_report(&self) -> Option<Transfer> {
-        let mut attempts = self.earlier_attempts.clone();
-        attempts.extend(self.transfer.as_ref().and_then(|t| t.report()).map(|t| t.attempts).unwrap_or_default());
+        let attempts = self.transfers.iter().filter_map(|t| t.report()).flat_map(|t| t.attempts).collect();
         Transfer::of(attempts)
     }
 
@@ -475,7 +472,7 @@ impl Call {
         if let Some(st) = self.script.poll_timeout() {
             t = Some(t.map_or(st, |x| x.min(st)));
         }
-        if let Some(tt) = self.transfer.as_ref().and_then(|tr| tr.poll_timeout()) {
+        for tt in self.transfers.iter().filter_map(|tr| tr.poll_timeout()) {
             t = Some(t.map_or(tt, |x| x.min(tt)));
         }
         t
@@ -938,6 +935,51 @@ mod tests {
         let attempts: Vec<TransferStatus> = t.attempts.iter().map(|a| a.status).collect();
         assert_eq!(attempts, [TransferStatus::Transferred, TransferStatus::Rejected]);
         assert_eq!(run.events.iter().filter(|e| matches!(e, CallEvent::Transferred(_))).count(), 1);
+    }
+
+    #[test]
+    fn an_earlier_transfer_steps_target_answering_late_still_takes_the_call() {
+        // First step: tech, 1 s. Its failure plays the greeting and tries the backup in a second step.
+        let program = Program::from_toml(
+            "[[step]]\nname = \"first\"\nkind = \"transfer\"\ntargets = [\"sip:tech@10.0.0.9\"]\ntimeout_ms = 1000\non_failure = \"wait\"\n\
+             [[step]]\nname = \"wait\"\nkind = \"play\"\nprompt = \"greeting\"\n\
+             [[step]]\nname = \"second\"\nkind = \"transfer\"\ntargets = [\"sip:backup@10.0.0.8\"]\ntimeout_ms = 20000\n",
+        )
+        .unwrap();
+        let t0 = Instant::now();
+        let (mut now, mut run) = (t0, Run::new());
+        let junk = JunkConfig { silent_after_secs: 0, ..Default::default() };
+        let mut call = Call::new(now, req("INVITE", 1, false, &offer("")), setup(), intake(program, junk));
+        drive(&mut call, &mut now, t0 + Duration::from_millis(1000), &mut run);
+        call.handle_sip_request(now, req("ACK", 1, true, ""));
+        let until = now + Duration::from_millis(10);
+        drive(&mut call, &mut now, until, &mut run);
+        let first = sent_cseq(&run, "REFER");
+        answer_refer(&mut call, now, &run, 202);
+        // Its second passes, the greeting plays, the second step REFERs the backup.
+        let until = now + Duration::from_millis(3200);
+        drive(&mut call, &mut now, until, &mut run);
+        assert_ne!(sent_cseq(&run, "REFER"), first, "{:?}", run.sip);
+        answer_refer(&mut call, now, &run, 202);
+        // Now the tech answers: the first REFER's subscription says 200.
+        let late = testing::request("NOTIFY", 7)
+            .to_tag(Some("local"))
+            .headers(&format!("Event: refer;id={first}\r\nSubscription-State: terminated\r\n"))
+            .body("message/sipfrag", "SIP/2.0 200 OK\r\n")
+            .read();
+        call.handle_sip_request(now, late);
+        let until = now + Duration::from_millis(100);
+        drive(&mut call, &mut now, until, &mut run);
+        assert!(run.sip.last().unwrap().starts_with("BYE "), "{:?}", run.sip);
+        let lead = &run.leads[0];
+        assert_eq!(lead.outcome, Outcome::Transferred);
+        let t = lead.transfer.as_ref().unwrap();
+        assert_eq!((t.status, t.target.as_str()), (TransferStatus::Transferred, "sip:tech@10.0.0.9"));
+        let attempts: Vec<(&str, TransferStatus)> = t.attempts.iter().map(|a| (a.target.as_str(), a.status)).collect();
+        assert_eq!(
+            attempts,
+            [("sip:tech@10.0.0.9", TransferStatus::Transferred), ("sip:backup@10.0.0.8", TransferStatus::Failed)]
+        );
     }
 
     #[test]

@@ -229,18 +229,32 @@ impl TransferRun {
             ReferEvent::Notify { code, .. } if (200..300).contains(&code) && !self.late_success => {
                 let Some(&(_, index)) = self.ids.iter().find(|(i, _)| *i == id) else { return };
                 self.late_success = true;
-                // Whoever was being tried now is not the one who took the call.
-                let last = self.current.as_ref().and_then(|c| c.last_code);
-                self.finish(TransferStatus::Failed, last);
+                self.supersede();
                 self.attempts[index].status = TransferStatus::Transferred;
                 self.attempts[index].sip_code = Some(code);
-                self.queue.clear();
-                self.done = true;
-                self.actions.retain(|a| !matches!(a, TransferAction::Refer(_)));
                 self.actions.push_back(TransferAction::Transferred);
             }
             _ => {}
         }
+    }
+
+    /// Another target took the call (a late 2xx, of this run or an earlier
+    /// transfer step's): the run is over. The target being tried is recorded
+    /// as failed if its REFER went out, and forgotten if it never did.
+    pub fn supersede(&mut self) {
+        if self.done {
+            return;
+        }
+        match self.current.as_ref() {
+            Some(c) if c.id.is_some() => {
+                let last = c.last_code;
+                self.finish(TransferStatus::Failed, last);
+            }
+            _ => self.current = None,
+        }
+        self.queue.clear();
+        self.actions.clear();
+        self.done = true;
     }
 
     /// The current target's time is up (from its REFER going out to a final NOTIFY).
@@ -520,6 +534,22 @@ mod tests {
                 attempt("sip:b@x", TransferStatus::Transferred, Some(200))
             ]
         );
+    }
+
+    #[test]
+    fn a_target_whose_refer_never_went_out_is_not_recorded_when_an_earlier_one_takes_the_call() {
+        let (mut r, t0) = run(&["sip:a@x", "sip:b@x"]);
+        actions(&mut r);
+        r.referred(t0, Ok(2));
+        r.handle_timeout(t0 + WAIT);
+        assert_eq!(actions(&mut r), [refer("sip:b@x")]);
+        r.referred(t0 + WAIT, Err(ReferError::Busy));
+        // a's NOTIFY 200 overtakes its 202: the dialog reports both; b never got a REFER.
+        r.handle_refer_event(t0 + WAIT, 2, ReferEvent::Accepted { code: 202 });
+        r.handle_refer_event(t0 + WAIT, 2, notify(200, true));
+        let acts = actions(&mut r);
+        assert_eq!(acts.last(), Some(&TransferAction::Transferred), "{acts:?}");
+        assert_eq!(statuses(&r), [attempt("sip:a@x", TransferStatus::Transferred, Some(200))]);
     }
 
     #[test]

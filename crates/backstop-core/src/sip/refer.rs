@@ -84,18 +84,23 @@ pub enum NotifyVerdict {
 #[derive(Debug, Clone)]
 struct Subscription {
     id: u32,
+    /// CSeq of the last NOTIFY taken for it; an equal or lower one is old news.
+    last_cseq: Option<u32>,
     terminated: bool,
 }
+
+/// How many NOTIFY CSeqs are remembered to spot retransmissions.
+const SEEN_CSEQS: usize = 32;
 
 /// The implicit subscriptions of the REFERs sent in one dialog.
 #[derive(Debug, Clone, Default)]
 pub struct ReferSubscriptions {
     /// Oldest first.
     subs: VecDeque<Subscription>,
-    /// CSeq of the last NOTIFY taken, of any subscription: the caller's
-    /// CSeq grows with each request in the dialog, so an equal or lower one
-    /// is a retransmission or old news.
-    last_cseq: Option<u32>,
+    /// The CSeqs of the NOTIFYs taken lately, of any subscription: one seen
+    /// again is a retransmission, whichever subscription a bare `Event:
+    /// refer` would now point at.
+    seen: VecDeque<u32>,
 }
 
 impl ReferSubscriptions {
@@ -104,7 +109,7 @@ impl ReferSubscriptions {
         if self.subs.len() >= MAX_SUBSCRIPTIONS {
             self.subs.pop_front();
         }
-        self.subs.push_back(Subscription { id, terminated: false });
+        self.subs.push_back(Subscription { id, last_cseq: None, terminated: false });
     }
 
     /// The REFER `id` was refused or never answered: it has no subscription.
@@ -121,10 +126,15 @@ impl ReferSubscriptions {
         let oldest_open = self.subs.iter().find(|s| !s.terminated).or(self.subs.front()).map(|s| s.id);
         let Some(id) = id.or(oldest_open) else { return NotifyVerdict::Unknown };
         let Some(sub) = self.subs.iter_mut().find(|s| s.id == id) else { return NotifyVerdict::Unknown };
-        if sub.terminated || self.last_cseq.is_some_and(|last| cseq <= last) {
+        let repeated = self.seen.contains(&cseq);
+        if sub.terminated || repeated || sub.last_cseq.is_some_and(|last| cseq <= last) {
             return NotifyVerdict::Known { id, event: None };
         }
-        self.last_cseq = Some(cseq);
+        sub.last_cseq = Some(cseq);
+        if self.seen.len() >= SEEN_CSEQS {
+            self.seen.pop_front();
+        }
+        self.seen.push_back(cseq);
         let terminated = state.is_some_and(is_terminated);
         sub.terminated = terminated;
         let event = match sipfrag_status(body) {
@@ -240,6 +250,18 @@ mod tests {
         // ... and a retransmission of the first's last NOTIFY is old news, not the second's.
         let quiet = NotifyVerdict::Known { id: 3, event: None };
         assert_eq!(notify(&mut subs, "refer", "terminated", 4, "SIP/2.0 486 Busy Here"), quiet);
+        // NOTIFYs of two subscriptions may overlap (RFC 6665 orders them per
+        // subscription only): a lost one resent after the other's later one still counts.
+        let mut two = ReferSubscriptions::default();
+        two.open(7);
+        two.open(8);
+        assert_eq!(notify(&mut two, "refer;id=8", "active", 20, "SIP/2.0 180 Ringing"), known(8, 180, false));
+        assert_eq!(notify(&mut two, "refer;id=7", "active", 22, "SIP/2.0 183 Progress"), known(7, 183, false));
+        assert_eq!(notify(&mut two, "refer;id=8", "terminated", 21, "SIP/2.0 200 OK"), known(8, 200, true));
+        assert_eq!(
+            notify(&mut two, "refer;id=8", "terminated", 21, "SIP/2.0 200 OK"),
+            NotifyVerdict::Known { id: 8, event: None }
+        );
         subs.forget(3);
         assert_eq!(notify(&mut subs, "refer;id=3", "active", 6, "SIP/2.0 180 Ringing"), NotifyVerdict::Unknown);
     }
