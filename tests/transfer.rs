@@ -1062,3 +1062,119 @@ fn peers_work_against_a_stand_in_agent() {
     baresip.stop();
     assert_target_called(target.finish(Duration::from_secs(10)), &target_uri, "stand-in");
 }
+
+/// SIP over one TCP connection, read by Content-Length, with a deadline.
+struct SipConn {
+    stream: std::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+impl SipConn {
+    fn open(agent: SocketAddr) -> SipConn {
+        let stream = std::net::TcpStream::connect(agent).unwrap();
+        stream.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        SipConn { stream, buf: Vec::new() }
+    }
+
+    fn port(&self) -> u16 {
+        self.stream.local_addr().unwrap().port()
+    }
+
+    fn send(&mut self, text: &str) {
+        use std::io::Write;
+        self.stream.write_all(text.as_bytes()).unwrap();
+    }
+
+    /// The next message whose first line starts with `start`, others skipped.
+    fn expect(&mut self, start: &str, limit: Duration) -> String {
+        use std::io::Read;
+        let deadline = Instant::now() + limit;
+        let mut seen = Vec::new();
+        while Instant::now() < deadline {
+            while let Some(msg) = self.take() {
+                if msg.starts_with(start) {
+                    return msg;
+                }
+                seen.push(msg.lines().next().unwrap_or("").to_string());
+            }
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(_) => {}
+            }
+        }
+        panic!("no {start:?} within {limit:?}; got {seen:?}");
+    }
+
+    /// One whole message from the buffer, if there is one.
+    fn take(&mut self) -> Option<String> {
+        let text = String::from_utf8_lossy(&self.buf).to_string();
+        let head_end = text.find("\r\n\r\n")? + 4;
+        let len: usize = header(&text[..head_end], "Content-Length").and_then(|v| v.parse().ok()).unwrap_or(0);
+        if self.buf.len() < head_end + len {
+            return None;
+        }
+        let msg = String::from_utf8_lossy(&self.buf[..head_end + len]).to_string();
+        self.buf.drain(..head_end + len);
+        Some(msg)
+    }
+}
+
+fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
+    msg.lines()
+        .find_map(|l| l.split_once(':').filter(|(n, _)| n.trim().eq_ignore_ascii_case(name)).map(|(_, v)| v.trim()))
+}
+
+#[test]
+fn a_notify_on_a_new_tcp_connection_is_answered_on_that_connection() {
+    let agent = AgentProc::start("xfer-tcp-conn", &agent_config(&[ONCALL], None, None));
+    let mut a = SipConn::open(agent.addr());
+    let (port, sip) = (a.port(), agent.addr());
+    let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 9 RTP/AVP 0\r\n";
+    a.send(&format!(
+        "INVITE sip:{CALLED}@{sip};transport=tcp SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:{port};branch=z9hG4bKtcpinv\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:+15551230001@127.0.0.1>;tag=tcpcaller\r\nTo: <sip:{CALLED}@{sip}>\r\n\
+         Call-ID: tcp-conn-1\r\nCSeq: 1 INVITE\r\nContact: <sip:caller@127.0.0.1:{port};transport=tcp>\r\n\
+         Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    ));
+    let ok = a.expect("SIP/2.0 200", Duration::from_secs(5));
+    let to = header(&ok, "To").unwrap().to_string();
+    a.send(&format!(
+        "ACK sip:backstop@{sip};transport=tcp SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:{port};branch=z9hG4bKtcpack\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:+15551230001@127.0.0.1>;tag=tcpcaller\r\nTo: {to}\r\nCall-ID: tcp-conn-1\r\n\
+         CSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
+    ));
+    // The REFER comes on the INVITE's connection; the 202 goes back on it.
+    let refer = a.expect("REFER ", Duration::from_secs(15));
+    let id = header(&refer, "CSeq").unwrap().split(' ').next().unwrap().to_string();
+    let mirrored: String = ["Via", "From", "To", "Call-ID", "CSeq"]
+        .iter()
+        .map(|h| format!("{h}: {}\r\n", header(&refer, h).unwrap()))
+        .collect();
+    a.send(&format!("SIP/2.0 202 Accepted\r\n{mirrored}Content-Length: 0\r\n\r\n"));
+    // The NOTIFY comes on a connection of its own: its 200 must come back on that one.
+    let mut b = SipConn::open(agent.addr());
+    let body = "SIP/2.0 200 OK\r\n";
+    b.send(&format!(
+        "NOTIFY sip:backstop@{sip};transport=tcp SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:{};branch=z9hG4bKtcpnotify\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:+15551230001@127.0.0.1>;tag=tcpcaller\r\nTo: {to}\r\nCall-ID: tcp-conn-1\r\n\
+         CSeq: 2 NOTIFY\r\nEvent: refer;id={id}\r\nSubscription-State: terminated;reason=noresource\r\n\
+         Content-Type: message/sipfrag\r\nContent-Length: {}\r\n\r\n{body}",
+        b.port(),
+        body.len()
+    ));
+    let answer = b.expect("SIP/2.0 ", Duration::from_secs(5));
+    assert!(answer.starts_with("SIP/2.0 200") && answer.contains("CSeq: 2 NOTIFY"), "{answer}");
+    // Our leg ends by BYE, on the dialog's way: the INVITE's connection.
+    let bye = a.expect("BYE ", Duration::from_secs(5));
+    let mirrored: String = ["Via", "From", "To", "Call-ID", "CSeq"]
+        .iter()
+        .map(|h| format!("{h}: {}\r\n", header(&bye, h).unwrap()))
+        .collect();
+    a.send(&format!("SIP/2.0 200 OK\r\n{mirrored}Content-Length: 0\r\n\r\n"));
+    let lead = lead_of(&agent);
+    assert_transfer(&lead, "transferred", Some(200), ONCALL, &[(ONCALL, "transferred", Some(200))]);
+    assert_eq!(lead["transport"], "tcp");
+}

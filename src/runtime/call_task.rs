@@ -85,6 +85,8 @@ impl CallTask {
         tokio::pin!(timer);
         let mut armed: Option<Instant> = None;
         let mut buf = vec![0u8; 2048];
+        // The TCP connections the caller's side used lately, by its address (the INVITE's is `reply`).
+        let mut peer_paths: Vec<(SocketAddr, ReplyPath)> = Vec::new();
         let mut shutting_down = *shutdown.borrow() == Shutdown::Now;
         if shutting_down {
             call.hangup(Instant::now(), "agent shutting down");
@@ -112,7 +114,8 @@ impl CallTask {
                             );
                             continue;
                         }
-                        reply.send(s.dest, s.bytes).await
+                        let path = peer_paths.iter().find(|(a, _)| *a == s.dest).map_or(&reply, |(_, p)| p);
+                        path.send(s.dest, s.bytes).await
                     }
                     Transmit::Rtp(p) => shared.pacer.send(&rtp, p),
                 }
@@ -170,7 +173,12 @@ impl CallTask {
             }
             tokio::select! {
                 msg = inbox.recv() => match msg {
-                    Some(CallInput::Request(r, len)) => {
+                    Some(CallInput::Request(r, len, path)) => {
+                        // A TCP peer may send a request (a NOTIFY) on a connection of
+                        // its own: what answers it goes back there.
+                        if matches!(path, ReplyPath::Tcp(_)) {
+                            remember_path(&mut peer_paths, r.source, path);
+                        }
                         // The caller pays for more with each retransmission, and is verified by its ACK.
                         if budget.receive(&r, len, &local_tag) {
                             let _ = notices.send(Notice::Verified(source_ip));
@@ -197,6 +205,15 @@ impl CallTask {
         }
         tracing::debug!("call task finished");
     }
+}
+
+/// Keep the way back to `peer`, the newest few only (a call sees one or two connections).
+fn remember_path(paths: &mut Vec<(SocketAddr, ReplyPath)>, peer: SocketAddr, path: ReplyPath) {
+    paths.retain(|(a, _)| *a != peer);
+    if paths.len() >= 4 {
+        paths.remove(0);
+    }
+    paths.push((peer, path));
 }
 
 /// Wait for the recordings to be written; those that failed are not named in the lead.

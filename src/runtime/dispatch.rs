@@ -23,8 +23,9 @@ use tracing::Instrument;
 
 /// What the dispatcher hands a call task.
 pub(super) enum CallInput {
-    /// An in-dialog request and its size on the wire.
-    Request(Box<Request>, usize),
+    /// An in-dialog request, its size on the wire, and the way it came (a
+    /// TCP peer may open a new connection for it).
+    Request(Box<Request>, usize, ReplyPath),
     Response(Box<Response>),
 }
 
@@ -113,7 +114,7 @@ impl Dispatcher {
         match self.admission.admit(Instant::now(), arrival, &self.table) {
             Decision::ToCall { request, len } => {
                 if let Some(tx) = self.table.calls.get(&request.call_id) {
-                    let _ = tx.send(CallInput::Request(request, len));
+                    let _ = tx.send(CallInput::Request(request, len, reply.clone()));
                 }
             }
             Decision::CallResponse(resp) => {
