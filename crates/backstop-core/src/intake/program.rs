@@ -7,6 +7,7 @@
 //! targets are step names, resolved to indices here so a typo is a config
 //! error with its key, not a surprise in the middle of a call.
 
+use crate::sip::refer::is_refer_target;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -282,23 +283,6 @@ pub enum ProgramError {
 /// A transfer walks at most this many targets (an on-call rotation).
 pub const MAX_TRANSFER_TARGETS: usize = 5;
 
-/// A transfer target is a SIP or tel URI written in the config (never
-/// caller input): it goes into Refer-To as `<uri>`, so it must not carry
-/// what would break out of the angle brackets or the header.
-fn check_target(t: &str) -> Result<(), &'static str> {
-    let scheme = t.split(':').next().unwrap_or("").to_ascii_lowercase();
-    if !matches!(scheme.as_str(), "sip" | "sips" | "tel") || t.len() <= scheme.len() + 1 {
-        return Err("use a sip:, sips: or tel: URI");
-    }
-    if t.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | '"' | ',')) {
-        return Err("no spaces, quotes, commas or angle brackets");
-    }
-    if scheme != "tel" && !t.contains('@') && t[scheme.len() + 1..].is_empty() {
-        return Err("a SIP URI needs a host");
-    }
-    Ok(())
-}
-
 /// Where a step goes on without playing anything: a `when` step's branches,
 /// and a prompt-less `transfer` step's `on_failure`.
 fn silent_exits(step: &Step) -> Vec<usize> {
@@ -420,7 +404,9 @@ impl Program {
                         p.push((key("targets"), format!("at most {MAX_TRANSFER_TARGETS} targets")));
                     }
                     for (j, t) in c.targets.iter().enumerate() {
-                        if let Err(why) = check_target(t) {
+                        // The config's targets (never caller input) go into Refer-To as `<uri>`.
+                        if !is_refer_target(t) {
+                            let why = "use a sip:, sips: or tel: URI without spaces, quotes, commas or angle brackets";
                             p.push((format!("step[{i}].targets[{j}]"), format!("{t:?}: {why}")));
                         }
                     }

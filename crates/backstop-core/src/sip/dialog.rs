@@ -25,7 +25,7 @@ pub use crate::sip::SipTransmit;
 use crate::sip::message::{
     ALLOW, Method, OutgoingRequest, Request, Response, branch, build_response, split_name_addrs, with_tag,
 };
-use crate::sip::refer::{NotifyVerdict, ReferSubscriptions};
+use crate::sip::refer::{NotifyVerdict, ReferSubscriptions, is_refer_target};
 use crate::sip::retransmit::Retransmit;
 use crate::sip::sdp::{Direction, LocalSession, Negotiated, RemoteMedia};
 use crate::sip::{Transport, host_port};
@@ -729,10 +729,7 @@ impl UasDialog {
 fn refer_to_value(uri: &str) -> Option<String> {
     let uri = uri.trim();
     let uri = uri.strip_prefix('<').and_then(|u| u.strip_suffix('>')).unwrap_or(uri);
-    let (scheme, rest) = uri.split_once(':')?;
-    let scheme_ok = ["sip", "sips", "tel"].iter().any(|s| s.eq_ignore_ascii_case(scheme));
-    let clean = !rest.is_empty() && !uri.chars().any(|c| c.is_whitespace() || c.is_control() || "<>\"".contains(c));
-    (scheme_ok && clean).then(|| format!("<{uri}>"))
+    is_refer_target(uri).then(|| format!("<{uri}>"))
 }
 
 /// Where responses to `req` go.

@@ -65,6 +65,18 @@ pub fn refer_event_id(value: &str) -> Option<Option<u32>> {
     Some(None)
 }
 
+/// Whether `uri` is a transfer target we can REFER to: a sip:, sips: or
+/// tel: URI with something after the scheme, and nothing that would break
+/// out of `Refer-To: <uri>` or the header (whitespace, control characters,
+/// quotes, commas, angle brackets). The one rule for the config's `targets`
+/// and for the REFER itself, so a target the config accepts always goes out.
+pub fn is_refer_target(uri: &str) -> bool {
+    let Some((scheme, rest)) = uri.split_once(':') else { return false };
+    let scheme_ok = ["sip", "sips", "tel"].iter().any(|s| s.eq_ignore_ascii_case(scheme));
+    let clean = !uri.chars().any(|c| c.is_whitespace() || c.is_control() || "<>\",".contains(c));
+    scheme_ok && !rest.is_empty() && clean
+}
+
 /// Whether a `Subscription-State` value (`active;expires=60`,
 /// `terminated;reason=noresource`) ends the subscription. A missing header
 /// or another state (active, pending, an extension) does not.
@@ -149,6 +161,27 @@ impl ReferSubscriptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refer_targets_are_sip_sips_or_tel_uris_that_fit_in_the_header() {
+        for ok in ["sip:oncall@10.0.0.7", "SIPS:a@b;transport=tls", "tel:+15551230000", "sip:pbx.example"] {
+            assert!(is_refer_target(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "oncall",
+            "sip:",
+            "mailto:a@b",
+            "http://x",
+            "sip:a b@c",
+            "sip:a@b>x",
+            "<sip:a@b>",
+            "sip:a@b,sip:c@d",
+            "tel:\"1\"",
+        ] {
+            assert!(!is_refer_target(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn sipfrag_status_lines_are_read_leniently() {
