@@ -118,7 +118,10 @@ impl Call {
         lead.source_verified = setup.source_verified;
         lead.line = line.name.clone();
         lead.schedule = line.schedule.as_ref().map(|s| s.state_at(setup.received_at));
-        let verdict = line.junk.judge(&CallerFacts::from_invite(&invite));
+        let facts = CallerFacts::from_invite(&invite);
+        lead.caller.verstat = facts.verstat;
+        lead.caller.attestation = facts.attestation;
+        let verdict = line.junk.judge(&facts);
         lead.junk = verdict.junk;
         let caller_number =
             lead.caller.asserted.as_ref().and_then(|a| a.number.clone()).or_else(|| lead.caller.number.clone());
@@ -497,6 +500,7 @@ mod tests {
     use crate::media::prompt::Prompt;
     use crate::route::junk::{JunkConfig, JunkRules};
     use crate::sip::Transport;
+    use crate::sip::identity::Verstat;
     use crate::sip::message::{Incoming, read_message};
     use crate::sip::testing;
 
@@ -785,6 +789,24 @@ mod tests {
         assert_eq!(lead.junk.reasons, [JunkReason::Blocklisted]);
         assert!(run.rtp.is_empty());
         assert!(call.is_finished());
+    }
+
+    #[test]
+    fn the_lead_carries_the_stir_shaken_facts_the_junk_rules_judged() {
+        let t0 = Instant::now();
+        let (mut now, mut run) = (t0, Run::new());
+        let invite = testing::invite()
+            .headers("P-Asserted-Identity: <sip:+15551230001;verstat=TN-Validation-Failed@127.0.0.1;user=phone>\r\n")
+            .sdp(&offer(""))
+            .read();
+        let program = Program::from_toml("[[step]]\nname = \"h\"\nkind = \"hangup\"\n").unwrap();
+        let mut call = Call::new(now, invite, setup(), intake(program, JunkConfig::default()));
+        drive(&mut call, &mut now, t0 + Duration::from_millis(1000), &mut run);
+        call.handle_sip_request(now, req("ACK", 1, true, ""));
+        drive(&mut call, &mut now, t0 + Duration::from_secs(2), &mut run);
+        let lead = &run.leads[0];
+        assert_eq!((lead.caller.verstat, lead.caller.attestation), (Some(Verstat::Failed), None));
+        assert_eq!(lead.junk.reasons, [JunkReason::VerstatFailed]);
     }
 
     #[test]

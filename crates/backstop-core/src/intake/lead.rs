@@ -23,7 +23,7 @@ use crate::route::junk::Junk;
 use crate::route::schedule::ScheduleState;
 use crate::sip::Transport;
 use crate::sip::dialog::EndedBy;
-use crate::sip::identity::{Attestation, Verstat, claimed_attestation, verstat, without_user_params};
+use crate::sip::identity::{Attestation, Verstat, without_user_params};
 use crate::sip::message::{NameAddr, Request, split_name_addrs};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -261,8 +261,9 @@ impl Lead {
                 display_name: from.display_name,
                 uri: from.uri,
                 asserted,
-                attestation: claimed_attestation(invite),
-                verstat: verstat(invite),
+                // STIR/SHAKEN is read once per call, with the junk rules' facts (`route::junk`).
+                attestation: None,
+                verstat: None,
             },
             called: Called { number: to.number, uri: to.uri },
             forwarded: forwarded(invite),
