@@ -507,15 +507,21 @@ mod tests {
         assert_eq!(r.poll_timeout(), Some(t0 + WAIT));
     }
 
-    #[test]
-    fn a_refer_the_dialog_is_busy_for_goes_out_when_the_old_one_is_answered() {
-        // a's REFER is never answered (not even 202): a times out, b must wait for the dialog.
+    /// a's REFER (id 2) is never answered, not even 202: a times out, and
+    /// b's REFER finds the dialog busy with it.
+    fn b_waiting_behind_an_unanswered_a() -> (TransferRun, Instant) {
         let (mut r, t0) = run(&["sip:a@x", "sip:b@x"]);
         actions(&mut r);
         r.referred(t0, Ok(2));
         r.handle_timeout(t0 + WAIT);
         assert_eq!(actions(&mut r), [refer("sip:b@x")]);
         r.referred(t0 + WAIT, Err(ReferError::Busy));
+        (r, t0)
+    }
+
+    #[test]
+    fn a_refer_the_dialog_is_busy_for_goes_out_when_the_old_one_is_answered() {
+        let (mut r, t0) = b_waiting_behind_an_unanswered_a();
         assert!(actions(&mut r).is_empty() && !r.is_done(), "b waits, not refused");
         assert_eq!(r.poll_timeout(), None, "its time starts with its REFER");
         // Timer F gives a's REFER up: b's REFER goes out now.
@@ -538,12 +544,7 @@ mod tests {
 
     #[test]
     fn a_target_whose_refer_never_went_out_is_not_recorded_when_an_earlier_one_takes_the_call() {
-        let (mut r, t0) = run(&["sip:a@x", "sip:b@x"]);
-        actions(&mut r);
-        r.referred(t0, Ok(2));
-        r.handle_timeout(t0 + WAIT);
-        assert_eq!(actions(&mut r), [refer("sip:b@x")]);
-        r.referred(t0 + WAIT, Err(ReferError::Busy));
+        let (mut r, t0) = b_waiting_behind_an_unanswered_a();
         // a's NOTIFY 200 overtakes its 202: the dialog reports both; b never got a REFER.
         r.handle_refer_event(t0 + WAIT, 2, ReferEvent::Accepted { code: 202 });
         r.handle_refer_event(t0 + WAIT, 2, notify(200, true));
