@@ -17,6 +17,7 @@ pub mod media_files;
 pub mod pacer;
 pub mod runtime;
 pub mod sink;
+pub mod transcribe;
 pub mod transport;
 
 /// The agent as `main` names it: [`runtime::Agent`] and [`runtime::Shutdown`].

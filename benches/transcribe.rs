@@ -1,0 +1,2 @@
+//! The transcription bench (see benches/transcribe/README.md once written).
+fn main() {}

@@ -1,0 +1,1 @@
+//! Word error rate, for the transcription bench and tests.

@@ -1,0 +1,1 @@
+//! whisper.cpp through `whisper-rs`: ggml models.
