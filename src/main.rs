@@ -125,13 +125,23 @@ fn main() -> ExitCode {
                             names.join(", ")
                         );
                     }
-                    for w in cfg.webhook.iter().chain(cfg.line.iter().flat_map(|l| &l.webhook)) {
-                        for note in inspect::unpublished_events(w.url.as_str(), &w.event_types()) {
-                            eprintln!("note: {note}");
+                    let mut unusable = false;
+                    if let Some(t) = &cfg.transcribe {
+                        match backstop::transcribe::load_model(t) {
+                            Ok(m) => println!(
+                                "transcribe: {} {}, {} thread(s), leads wait up to {} s",
+                                m.engine(),
+                                m.name(),
+                                t.threads,
+                                t.wait.as_secs()
+                            ),
+                            Err(e) => {
+                                eprintln!("error: transcribe: {e}");
+                                unusable = true;
+                            }
                         }
                     }
                     // A line no call can reach is a mistake; an overlap may be meant (the earlier line wins).
-                    let mut unusable = false;
                     for finding in cfg.line_findings() {
                         let serious = !matches!(finding, Finding::Overlap { .. });
                         unusable |= serious;
@@ -168,7 +178,7 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            match backstop::sink::file::tail_lines(&cfg.leads_path(), n) {
+            match backstop::sink::file::latest_leads(&cfg.leads_path(), n) {
                 Ok(lines) => {
                     for l in lines {
                         println!("{}", inspect::describe_lead(&l));

@@ -1,11 +1,9 @@
 //! Reading what the agent left on disk, for a person at a terminal:
 //! `leads tail` (one line per lead, read through the typed [`Lead`]),
-//! `outbox status` and `outbox retry`, and the note `check` and `run` give
-//! for a webhook that lists an event this version does not send.
+//! `outbox status` and `outbox retry`.
 
 use crate::config::Config;
 use crate::sink::delivery::now_ms;
-use crate::sink::event::EventType;
 use crate::sink::outbox::Outbox;
 use anyhow::Context;
 use backstop_core::intake::lead::Lead;
@@ -58,6 +56,9 @@ pub fn describe_lead(line: &str) -> String {
         .iter()
         .map(|(step, a)| {
             let what = match (a.status, a.kind) {
+                (AnswerStatus::Answered | AnswerStatus::Partial, AnswerKind::Voice) if a.transcript.is_some() => {
+                    format!("{:?}", a.transcript.as_ref().map_or("", |t| t.text.trim()))
+                }
                 (AnswerStatus::Answered, AnswerKind::Voice) => {
                     format!("{:.1}s spoken", a.speech_ms.unwrap_or(0) as f64 / 1000.0)
                 }
@@ -69,8 +70,9 @@ pub fn describe_lead(line: &str) -> String {
         })
         .collect();
     let answers = if answers.is_empty() { String::new() } else { format!("  [{}]", answers.join(", ")) };
+    let summary = if lead.summary.is_empty() { String::new() } else { format!("\n    {}", lead.summary) };
     format!(
-        "{}  {} {}{}  {} ended by {}  {}{answers}",
+        "{}  {} {}{}  {} ended by {}  {}{answers}{summary}",
         lead.received_at,
         or_dash(lead.caller.number.as_deref()),
         lead.caller.display_name.as_ref().map(|n| format!("\"{n}\"")).unwrap_or_default(),
@@ -79,23 +81,4 @@ pub fn describe_lead(line: &str) -> String {
         or_dash(lead.ended_by.map(EndedBy::as_str)),
         secs
     )
-}
-
-/// A line for each event a webhook lists that this version does not publish
-/// (`lead.updated`, reserved for transcripts): such a config is accepted, so
-/// that it keeps working when the event arrives, and the user is told.
-pub fn unpublished_events(url: &str, events: &[EventType]) -> Vec<String> {
-    let published: Vec<&str> = events.iter().filter(|t| t.is_published()).map(|t| t.as_str()).collect();
-    let gets = if published.is_empty() { "nothing for now".to_string() } else { published.join(" and ") };
-    events
-        .iter()
-        .filter(|t| !t.is_published())
-        .map(|t| {
-            format!(
-                "webhook {url}: {} is not sent by this version (a later one sends it when a transcript arrives); \
-                 this webhook gets {gets}",
-                t.as_str()
-            )
-        })
-        .collect()
 }

@@ -4,7 +4,6 @@
 //! calls and let calls finish for the grace period, a second signal or the
 //! end of the grace ends them), and the last leads flushed to disk.
 
-use super::inspect::unpublished_events;
 use super::load_lines;
 use crate::agent::{Agent, Shutdown};
 use crate::config::Config;
@@ -12,7 +11,11 @@ use crate::sink::delivery::{Delivery, Sink, Target};
 use crate::sink::event::EventType;
 use crate::sink::outbox::{LineFilter, Outbox, SinkSpec};
 use crate::sink::webhook::Webhook;
+use crate::transcribe::load_model;
+use crate::transcribe::service::{LeadFinish, Service, release_held};
 use anyhow::Context;
+use backstop_core::intake::summary::{DEFAULT_URGENT_WORDS, UrgentWords};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Logs to stdout at `[log] level` (or `RUST_LOG`), coloured on a terminal.
@@ -34,7 +37,11 @@ fn sinks(cfg: &Config) -> anyhow::Result<Vec<Sink>> {
         max_age: Duration::from_secs(365 * 24 * 3600),
     };
     if cfg.leads_file.enabled {
-        out.push(local("file:leads.jsonl", vec![EventType::LeadCompleted], Target::LeadsFile(cfg.leads_path())));
+        out.push(local(
+            "file:leads.jsonl",
+            vec![EventType::LeadCompleted, EventType::LeadUpdated],
+            Target::LeadsFile(cfg.leads_path()),
+        ));
     }
     if cfg.leads_file.events {
         out.push(local("file:events.jsonl", EventType::ALL.to_vec(), Target::EventsFile(cfg.events_path())));
@@ -48,9 +55,6 @@ fn sinks(cfg: &Config) -> anyhow::Result<Vec<Sink>> {
     });
     for (w, lines, name) in top.chain(per_line) {
         let secret = w.resolved_secret().with_context(|| format!("webhook {}", w.url))?;
-        for note in unpublished_events(w.url.as_str(), &w.event_types()) {
-            tracing::warn!("{note}");
-        }
         let hook = Webhook::new(
             w.url.to_string(),
             secret.as_deref(),
@@ -72,7 +76,12 @@ fn sinks(cfg: &Config) -> anyhow::Result<Vec<Sink>> {
 
 /// Run the agent until a signal, then shut down in order.
 pub fn run(cfg: Config) -> anyhow::Result<()> {
-    let lines = load_lines(&cfg)?;
+    let lines = Arc::new(load_lines(&cfg)?);
+    // A missing or corrupt model stops the start, before any call is taken.
+    let model = match &cfg.transcribe {
+        Some(t) => Some(load_model(t).context("[transcribe]")?),
+        None => None,
+    };
     for finding in cfg.line_findings() {
         tracing::warn!("{finding}");
     }
@@ -90,9 +99,38 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             tracing::warn!(calls = recovered, "closed the leads of calls cut off by the last stop");
         }
         let (workers_stop, workers_rx) = tokio::sync::watch::channel(false);
-        let workers = delivery.spawn(workers_rx);
+        let workers = delivery.spawn(workers_rx.clone());
+        let finish = LeadFinish {
+            lines: lines.clone(),
+            urgent: match &cfg.transcribe {
+                Some(t) => UrgentWords::new(&t.urgent_words),
+                None => UrgentWords::new(DEFAULT_URGENT_WORDS),
+            },
+        };
+        let service = match (&cfg.transcribe, model) {
+            (Some(t), Some(model)) => {
+                let service = Service::start(
+                    model,
+                    t.threads,
+                    t.wait,
+                    delivery.outbox(),
+                    cfg.recordings_dir(),
+                    delivery.publisher(),
+                    finish,
+                    workers_rx,
+                )
+                .context("[transcribe]")?;
+                tracing::info!(threads = t.threads, model = %t.model.display(), wait_secs = t.wait.as_secs(), "transcription ready");
+                Some(service)
+            }
+            _ => {
+                release_held(delivery.outbox(), delivery.publisher(), finish).await;
+                None
+            }
+        };
         let grace = cfg.call.shutdown_grace;
-        let agent = Agent::bind(cfg, lines, delivery.publisher()).await?;
+        let transcriber = service.as_ref().map(|s| s.transcriber.clone());
+        let agent = Agent::bind(cfg, lines, delivery.publisher(), transcriber).await?;
         let (tx, rx) = tokio::sync::watch::channel(Shutdown::Running);
         tokio::spawn(async move {
             let mut signals = Signals::new();
@@ -111,6 +149,9 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             std::future::pending::<()>().await;
         });
         let result = agent.run(rx).await;
+        if let Some(s) = service {
+            s.stop();
+        }
         // The last leads reach leads.jsonl before we exit; webhooks resume at the next start.
         delivery.drain_files(Duration::from_secs(3)).await;
         let _ = workers_stop.send(true);

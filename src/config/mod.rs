@@ -9,6 +9,7 @@ mod delivery;
 mod locate;
 mod routing;
 mod sip;
+mod transcribe;
 mod validate;
 mod value;
 
@@ -19,6 +20,7 @@ use backstop_core::route::schedule::ScheduleConfig;
 pub use delivery::{LeadsFileConfig, OutboxConfig, WebhookConfig};
 pub use routing::{LineConfig, LinePlan, compile_schedule};
 use serde::Deserialize;
+pub use transcribe::{EngineKind, TranscribeConfig};
 pub use sip::{CallConfig, RegisterConfig, RtpConfig, SecurityConfig, SipConfig};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -48,6 +50,8 @@ pub struct Config {
     pub junk: JunkConfig,
     /// The lines this agent answers for, tried in order.
     pub line: Vec<LineConfig>,
+    /// Transcripts of the voice answers; absent: none.
+    pub transcribe: Option<TranscribeConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -132,6 +136,7 @@ impl Default for Config {
             schedule: Default::default(),
             junk: Default::default(),
             line: Vec::new(),
+            transcribe: None,
         }
     }
 }

@@ -213,6 +213,7 @@ impl Config {
             }
         }
         p.extend(self.routing_problems());
+        p.extend(self.transcribe.iter().flat_map(|t| t.problems()));
         if self.recordings.max_call.is_zero() || self.recordings.max_call > Duration::from_secs(4 * 3600) {
             p.push(("recordings.max_call_secs".into(), "must be between 1 and 14400".into()));
         }

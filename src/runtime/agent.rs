@@ -10,6 +10,7 @@ use super::shutdown::{Shutdown, WindDown};
 use crate::config::Config;
 use crate::pacer::Pacer;
 use crate::sink::delivery::Publisher;
+use crate::transcribe::service::Transcriber;
 use crate::transport::{Inbound, TcpLimits, serve_tcp, serve_udp};
 use backstop_core::route::line::Lines;
 use backstop_core::sip::admission::{Admission, AdmissionConfig};
@@ -31,14 +32,19 @@ pub struct Agent {
 impl Agent {
     /// Bind SIP on UDP and TCP at the configured address (same port); every
     /// call runs what its line in `lines` says.
-    pub async fn bind(cfg: Config, lines: Lines, events: Publisher) -> anyhow::Result<Agent> {
+    pub async fn bind(
+        cfg: Config,
+        lines: Arc<Lines>,
+        events: Publisher,
+        transcriber: Option<Transcriber>,
+    ) -> anyhow::Result<Agent> {
         use anyhow::Context;
         let listen = cfg.sip.listen;
         let udp = UdpSocket::bind(listen).await.with_context(|| format!("binding SIP UDP on {listen}"))?;
         let local_sip = udp.local_addr()?;
         let tcp = TcpListener::bind(local_sip).await.with_context(|| format!("binding SIP TCP on {local_sip}"))?;
         let pacer = Pacer::start().context("starting the RTP pacer thread")?;
-        let shared = Shared { cfg, lines, events, local_sip, phases: PhaseSlots::new(), pacer };
+        let shared = Shared { cfg, lines, events, transcriber, local_sip, phases: PhaseSlots::new(), pacer };
         Ok(Agent { udp: Arc::new(udp), tcp, shared: Arc::new(shared) })
     }
 

@@ -79,6 +79,7 @@ impl CallTask {
             line,
             record_call: cfg.recordings.whole_call.then_some(cfg.recordings.max_call),
         };
+        let lead_id = setup.lead_id.clone();
         let mut call = Call::new(Instant::now(), invite, setup, intake);
         let mut writes: Vec<JoinHandle<Option<String>>> = Vec::new();
         let timer = tokio::time::sleep(Duration::from_secs(3600));
@@ -134,12 +135,19 @@ impl CallTask {
                         let event = Event::new(EventType::CallTransferred, rfc3339(SystemTime::now()), &lead);
                         shared.publish(event).await;
                     }
-                    CallEvent::Recording { file, samples } => {
+                    CallEvent::Recording { file, samples, answer } => {
                         let path = cfg.recordings_dir().join(&file);
                         let format = cfg.recordings.format;
+                        // A voice answer is queued for its transcript as soon as it is on disk.
+                        let transcribe = answer.zip(shared.transcriber.clone()).map(|(step, t)| (step, t, lead_id.clone()));
                         writes.push(tokio::task::spawn_blocking(move || {
                             match write_recording(&path, &samples, format) {
-                                Ok(()) => None,
+                                Ok(()) => {
+                                    if let Some((step, t, lead_id)) = transcribe {
+                                        t.enqueue_blocking(&lead_id, &step, &file);
+                                    }
+                                    None
+                                }
                                 Err(e) => {
                                     tracing::error!(path = %path.display(), error = %e, "could not write a recording");
                                     Some(file)
@@ -158,7 +166,14 @@ impl CallTask {
                                 "RTP totals"
                             );
                         }
-                        shared.publish(Event::new(EventType::LeadCompleted, rfc3339(SystemTime::now()), &lead)).await;
+                        // With transcription on, the lead waits for its transcripts (`transcribe::service`).
+                        let held = match &shared.transcriber {
+                            Some(t) => t.hold(&lead).await,
+                            None => false,
+                        };
+                        if !held {
+                            shared.publish(Event::new(EventType::LeadCompleted, rfc3339(SystemTime::now()), &lead)).await;
+                        }
                     }
                 }
             }

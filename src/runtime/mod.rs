@@ -40,6 +40,8 @@ use crate::config::Config;
 use crate::pacer::Pacer;
 use crate::sink::delivery::Publisher;
 use crate::sink::event::Event;
+use crate::transcribe::service::Transcriber;
+use std::sync::Arc;
 use backstop_core::route::line::Lines;
 use phases::PhaseSlots;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -48,8 +50,10 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 struct Shared {
     cfg: Config,
     /// What each line runs; a call takes the one its INVITE routes to.
-    lines: Lines,
+    lines: Arc<Lines>,
     events: Publisher,
+    /// Queues voice answers and holds leads for their transcripts, when `[transcribe]` is on.
+    transcriber: Option<Transcriber>,
     local_sip: SocketAddr,
     /// Which millisecond of the 20 ms frame each call sends in.
     phases: PhaseSlots,

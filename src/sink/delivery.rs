@@ -132,6 +132,11 @@ impl Delivery {
         }
     }
 
+    /// The outbox database, shared with the transcription queue.
+    pub fn outbox(&self) -> Arc<Mutex<Outbox>> {
+        self.db.clone()
+    }
+
     pub fn publisher(&self) -> Publisher {
         Publisher {
             db: self.db.clone(),

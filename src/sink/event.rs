@@ -18,11 +18,8 @@ use serde::{Deserialize, Serialize};
 pub enum EventType {
     #[serde(rename = "call.missed")]
     CallMissed,
-    /// Reserved for a lead that changes after its call (a transcript
-    /// arriving): nothing publishes it yet, so it is not in [`EventType::ALL`]
-    /// and no sink takes it by default. A webhook that lists it is accepted
-    /// (it will get it once it exists) and warned about at start and by
-    /// `backstop check`.
+    /// The lead changed after its `lead.completed`: transcripts came in
+    /// after `[transcribe] wait_secs`. It carries the whole lead.
     #[serde(rename = "lead.updated")]
     LeadUpdated,
     #[serde(rename = "lead.completed")]
@@ -34,7 +31,8 @@ pub enum EventType {
 
 impl EventType {
     /// Every event Backstop publishes: what a sink takes unless it lists its own.
-    pub const ALL: [EventType; 3] = [EventType::CallMissed, EventType::CallTransferred, EventType::LeadCompleted];
+    pub const ALL: [EventType; 4] =
+        [EventType::CallMissed, EventType::CallTransferred, EventType::LeadCompleted, EventType::LeadUpdated];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -45,10 +43,6 @@ impl EventType {
         }
     }
 
-    /// Whether Backstop publishes this event yet (see [`EventType::LeadUpdated`]).
-    pub fn is_published(self) -> bool {
-        EventType::ALL.contains(&self)
-    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -63,6 +57,16 @@ pub struct Event {
 impl Event {
     pub fn new(kind: EventType, created_at: String, lead: &Lead) -> Event {
         Event { id: format!("evt_{}", uuid::Uuid::new_v4().simple()), kind, created_at, lead: lead.clone() }
+    }
+
+    /// An event whose id is made from `key` (and its kind and lead), so that
+    /// publishing it again after a restart is the same event: the outbox
+    /// keeps one (`Outbox::append`). The id has the same shape as a random one.
+    pub fn keyed(kind: EventType, key: &str, created_at: String, lead: &Lead) -> Event {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(format!("{}\n{}\n{key}", kind.as_str(), lead.id));
+        let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+        Event { id: format!("evt_{hex}"), kind, created_at, lead: lead.clone() }
     }
 
     pub fn call_id(&self) -> &str {
@@ -86,13 +90,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn event_names_round_trip_and_lead_updated_is_reserved() {
-        for t in [EventType::CallMissed, EventType::LeadUpdated, EventType::LeadCompleted, EventType::CallTransferred] {
+    fn event_names_round_trip() {
+        for t in EventType::ALL {
             assert_eq!(serde_json::from_value::<EventType>(t.as_str().into()).unwrap(), t);
             assert_eq!(serde_json::to_value(t).unwrap(), t.as_str());
         }
         assert!(serde_json::from_value::<EventType>("lead.created".into()).is_err());
-        assert!(!EventType::LeadUpdated.is_published());
-        assert!(EventType::ALL.iter().all(|t| t.is_published()));
     }
 }

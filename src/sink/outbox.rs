@@ -108,6 +108,8 @@ impl Outbox {
             CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (sink, state, next_ms);
             CREATE INDEX IF NOT EXISTS events_call ON events (call_id, seq);",
         )?;
+        // The transcription queue lives beside the events: one file, one fsync story.
+        conn.execute_batch(crate::transcribe::queue::SCHEMA)?;
         Ok(Outbox { conn })
     }
 
@@ -122,14 +124,26 @@ impl Outbox {
         self.conn.query_row("PRAGMA page_count", [], |r| r.get::<_, i64>(0)).map(|n| n as u64)
     }
 
-    /// Commit an event and a pending delivery for every sink that takes its type.
+    /// The database, for the transcription queue that shares it (`transcribe::queue`).
+    pub(crate) fn conn(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+
+    /// Commit an event and a pending delivery for every sink that takes its
+    /// type. An event whose id is already in the outbox is not added again:
+    /// events published after a restart carry ids made from what they are
+    /// about (`Event::keyed`), so publishing one twice sends it once.
     pub fn append(&mut self, event: &Event, sinks: &[SinkSpec], now_ms: i64) -> rusqlite::Result<()> {
         let body = serde_json::to_string(event).expect("events serialise");
         let tx = self.conn.transaction()?;
-        tx.execute(
-            "INSERT INTO events (id, kind, call_id, created_ms, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+        let added = tx.execute(
+            "INSERT INTO events (id, kind, call_id, created_ms, body) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (id) DO NOTHING",
             params![event.id, event.kind.as_str(), event.call_id(), now_ms, body],
         )?;
+        if added == 0 {
+            return tx.commit();
+        }
         let seq = tx.last_insert_rowid();
         for sink in sinks.iter().filter(|s| s.takes(event)) {
             tx.execute(
@@ -248,10 +262,13 @@ impl Outbox {
     /// Calls that have a `call.missed` but no `lead.completed`: the agent died
     /// while they were in progress. Returns their `call.missed` events, whose
     /// leads say who called; one that cannot be read back is logged and left out.
+    /// A call whose lead waits for its transcripts (`transcribe::queue`) ended:
+    /// its lead goes out from there.
     pub fn unfinished_calls(&self) -> rusqlite::Result<Vec<Event>> {
         let mut stmt = self.conn.prepare(
             "SELECT seq, body FROM events m WHERE m.kind = 'call.missed' AND NOT EXISTS (
                 SELECT 1 FROM events c WHERE c.call_id = m.call_id AND c.kind = 'lead.completed' AND c.seq > m.seq)
+               AND NOT EXISTS (SELECT 1 FROM transcribe_leads t WHERE t.call_id = m.call_id)
              ORDER BY m.seq",
         )?;
         let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;

@@ -73,7 +73,7 @@ async fn deliver(target: &Target, d: &Due) -> Attempt {
             let r = tokio::task::spawn_blocking(move || {
                 let mut file = LeadFile::open(&path)?;
                 if leads {
-                    file.append_once(&event.lead.id, &event.lead)
+                    file.append_line_once(&event.lead)
                 } else {
                     file.append_once(&event.id, &event.file_line())
                 }

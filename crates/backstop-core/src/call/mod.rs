@@ -15,6 +15,7 @@ pub mod transfer;
 
 use crate::intake::lead::{Lead, Outcome, rfc3339};
 use crate::intake::script::{Script, ScriptAction, ScriptContext};
+use crate::intake::summary::summary;
 use crate::media::dtmf::{DtmfEvent, DtmfMerger, parse_info};
 use crate::media::prompt::PromptSet;
 use crate::media::recorder::Audio;
@@ -55,7 +56,12 @@ pub enum CallEvent {
     /// A `transfer` step handed the caller over: the lead so far, with its `transfer`.
     Transferred(Box<Lead>),
     /// Audio to write to `file` under the recordings directory, before the lead goes out.
-    Recording { file: String, samples: Audio },
+    Recording {
+        file: String,
+        samples: Audio,
+        /// The `ask` step whose answer it is; `None` for the whole call's recording.
+        answer: Option<String>,
+    },
     /// The finished lead: write it.
     Lead(Box<Lead>),
 }
@@ -158,6 +164,7 @@ impl Call {
         if let Some(lead) = &call.lead {
             let mut snapshot = lead.clone();
             snapshot.outcome = Outcome::Ringing;
+            snapshot.summary = summary(&snapshot, &line.program);
             call.events.push_back(CallEvent::Missed(Box::new(snapshot)));
         }
         if let Some(lead) = call.lead.as_ref().filter(|l| l.junk.is_junk) {
@@ -258,9 +265,9 @@ impl Call {
                         }
                         self.progress("barge_in", format!("prompt stopped in step {}", self.script.current_step()));
                     }
-                    ScriptAction::SaveRecording { file, samples } => {
+                    ScriptAction::SaveRecording { file, samples, step } => {
                         self.progress("answer", format!("voice answer {file}, {} ms of audio", samples.len() / 8));
-                        self.events.push_back(CallEvent::Recording { file, samples });
+                        self.events.push_back(CallEvent::Recording { file, samples, answer: Some(step) });
                     }
                     ScriptAction::Transfer { targets, timeout } => {
                         self.progress("transfer", format!("transferring to {}", targets.join(", ")));
@@ -315,6 +322,8 @@ impl Call {
                 if let Some(mut snapshot) = self.lead.clone() {
                     snapshot.transfer = self.transfer_report();
                     snapshot.outcome = Outcome::Transferred;
+                    snapshot.answers = self.script.answers().clone();
+                    snapshot.summary = summary(&snapshot, self.script.program());
                     self.events.push_back(CallEvent::Transferred(Box::new(snapshot)));
                 }
                 if let Some(m) = self.media.as_mut() {
@@ -395,13 +404,13 @@ impl Call {
                 self.script.handle_call_ended(now);
                 // Answers cut short by the hang-up still get their recordings, before the lead.
                 while let Some(a) = self.script.poll_action() {
-                    if let ScriptAction::SaveRecording { file, samples } = a {
-                        self.events.push_back(CallEvent::Recording { file, samples });
+                    if let ScriptAction::SaveRecording { file, samples, step } = a {
+                        self.events.push_back(CallEvent::Recording { file, samples, answer: Some(step) });
                     }
                 }
                 let whole_call = self.call_audio.take().filter(|(rec, _)| !rec.is_empty()).map(|(rec, _)| {
                     let file = format!("{}-call.wav", self.setup.lead_id);
-                    self.events.push_back(CallEvent::Recording { file: file.clone(), samples: rec });
+                    self.events.push_back(CallEvent::Recording { file: file.clone(), samples: rec, answer: None });
                     file
                 });
                 if let Some(m) = self.media.as_mut() {
@@ -430,6 +439,7 @@ impl Call {
                         lead.junk.is_junk = true;
                         lead.junk.reasons.push(JunkReason::Silent);
                     }
+                    lead.summary = summary(&lead, self.script.program());
                     self.progress("ended", format!("call ended by {by:?}: {detail}; outcome {}", lead.outcome));
                     self.events.push_back(CallEvent::Lead(Box::new(lead)));
                 }

@@ -5,6 +5,7 @@
 //! and the webhooks read them. The wire names are serde's; `as_str` spells
 //! the same, and a test holds the two together.
 
+use crate::intake::transcript::Transcript;
 use serde::{Deserialize, Serialize};
 
 /// What kind of step asked: `voice` (ask), `digits` or `menu`.
@@ -43,7 +44,7 @@ impl AnswerStatus {
 
 /// One answer, as it appears in the lead under `answers.<step>`. Fields in
 /// alphabetical order, as on the wire (see `intake::lead`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Answer {
     /// How many times the question was asked.
     pub attempts: u32,
@@ -61,6 +62,10 @@ pub struct Answer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub speech_ms: Option<u64>,
     pub status: AnswerStatus,
+    /// voice: what the transcription engine heard in the recording, once it
+    /// has (`[transcribe]`); absent while it waits in the queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transcript: Option<Transcript>,
     /// The keys entered (digits, menu), or the caller's own number for the caller-ID option.
     pub value: Option<String>,
 }
@@ -68,7 +73,17 @@ pub struct Answer {
 impl Answer {
     /// An answer with only the common fields set.
     pub(crate) fn new(kind: AnswerKind, status: AnswerStatus, value: Option<String>, attempts: u32) -> Answer {
-        Answer { kind, status, value, label: None, from_caller_id: false, recording: None, speech_ms: None, attempts }
+        Answer {
+            kind,
+            status,
+            value,
+            label: None,
+            from_caller_id: false,
+            recording: None,
+            speech_ms: None,
+            attempts,
+            transcript: None,
+        }
     }
 }
 

@@ -222,11 +222,28 @@ pub struct Lead {
     /// spoofed INVITE: do not text back to it blindly.
     #[serde(default)]
     pub source_verified: bool,
+    /// The lead in one line, for a notification: what the caller said (once
+    /// transcribed), chose and keyed, and the number to call back
+    /// (`intake::summary`).
+    #[serde(default)]
+    pub summary: String,
+    /// Voice answers still waiting for their transcripts: a `lead.updated`
+    /// with them follows. Absent when none wait.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub transcripts_pending: u32,
     /// What a `transfer` step did: each target tried and how it went.
     #[serde(default)]
     pub transfer: Option<Transfer>,
     /// `udp` or `tcp`.
     pub transport: Transport,
+    /// The `[transcribe] urgent_words` heard in the transcripts ("flood",
+    /// "no heat"), in the configured order.
+    #[serde(default)]
+    pub urgent_words: Vec<String>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The name of the line a call gets when no `[[line]]` matches it.
@@ -283,6 +300,9 @@ impl Lead {
             line: default_line(),
             schedule: None,
             transfer: None,
+            summary: String::new(),
+            transcripts_pending: 0,
+            urgent_words: Vec::new(),
         }
     }
 }
@@ -361,6 +381,7 @@ mod tests {
             recording: None,
             speech_ms: None,
             status,
+            transcript: None,
             value: value.map(Into::into),
         };
         let party = Party {
@@ -390,6 +411,14 @@ mod tests {
                     Answer {
                         recording: Some("l-name.wav".into()),
                         speech_ms: Some(980),
+                        transcript: Some(crate::intake::transcript::Transcript {
+                            confidence: Some(0.5),
+                            delay_ms: 1200,
+                            engine: "whisper.cpp".into(),
+                            model: "ggml-tiny.en".into(),
+                            ms: 400,
+                            text: "Jane Doe".into(),
+                        }),
                         ..answer(AnswerKind::Voice, AnswerStatus::Partial, None)
                     },
                 ),
@@ -437,6 +466,8 @@ mod tests {
             schedule: Some(ScheduleState::Holiday),
             schema_version: SCHEMA_VERSION,
             source_verified: true,
+            summary: "JUNK · Jane Doe · EMERGENCY · 12 · call back +15551234567".into(),
+            transcripts_pending: 1,
             transfer: Some(Transfer {
                 attempts: vec![
                     TransferAttempt { sip_code: Some(486), status: TransferStatus::Failed, target: "sip:a@x".into() },
@@ -451,6 +482,7 @@ mod tests {
                 target: "tel:+1".into(),
             }),
             transport: Transport::Tcp,
+            urgent_words: vec!["flood".into()],
         }
     }
 

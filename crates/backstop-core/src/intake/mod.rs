@@ -5,3 +5,5 @@ pub mod forwarding;
 pub mod lead;
 pub mod program;
 pub mod script;
+pub mod summary;
+pub mod transcript;

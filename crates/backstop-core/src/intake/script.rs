@@ -29,6 +29,8 @@ pub enum ScriptAction {
     SaveRecording {
         file: String,
         samples: Audio,
+        /// The `ask` step it answers.
+        step: String,
     },
     /// A `transfer` step: REFER the caller to these targets in turn, each
     /// given `timeout`; answer with [`Script::handle_transfer_done`].
@@ -433,6 +435,11 @@ impl Script {
         self.closing == Some(Closing::Silent)
     }
 
+    /// The script it runs.
+    pub fn program(&self) -> &Program {
+        &self.program
+    }
+
     pub fn answers(&self) -> &BTreeMap<String, Answer> {
         &self.answers
     }
@@ -698,7 +705,11 @@ impl Script {
 
     fn save_voice(&mut self, name: &str, a: SpokenAnswer, status: AnswerStatus) -> Answer {
         let file = format!("{}-{name}.wav", self.ctx.recording_prefix);
-        self.actions.push_back(ScriptAction::SaveRecording { file: file.clone(), samples: a.samples });
+        self.actions.push_back(ScriptAction::SaveRecording {
+            file: file.clone(),
+            samples: a.samples,
+            step: name.to_string(),
+        });
         Answer {
             recording: Some(file),
             speech_ms: Some(a.speech_ms),
@@ -805,7 +816,7 @@ mod tests {
                         self.log.push((self.ms, "stop".into()));
                         self.playing = None;
                     }
-                    ScriptAction::SaveRecording { file, samples } => {
+                    ScriptAction::SaveRecording { file, samples, .. } => {
                         self.log.push((self.ms, format!("save {file}")));
                         self.saved.push((file, samples.len()));
                     }

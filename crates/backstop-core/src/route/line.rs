@@ -138,6 +138,11 @@ impl Lines {
         &self.default
     }
 
+    /// The line of this name, as a lead names it; the default for any other name.
+    pub fn named(&self, name: &str) -> &Arc<Line> {
+        self.lines.iter().find(|l| l.name == name).unwrap_or(&self.default)
+    }
+
     /// Every line, the default last.
     pub fn all(&self) -> impl Iterator<Item = &Arc<Line>> {
         self.lines.iter().chain(std::iter::once(&self.default))

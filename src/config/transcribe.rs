@@ -1,0 +1,82 @@
+//! `[transcribe]`: the offline speech-to-text of voice answers. Absent, no
+//! answer is transcribed and no model is needed.
+
+use super::value;
+use backstop_core::intake::summary::DEFAULT_URGENT_WORDS;
+use serde::Deserialize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The engines Backstop knows.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum EngineKind {
+    /// whisper.cpp with a ggml model (`scripts/get-model.sh`); needs a build
+    /// with `--features whisper`.
+    #[default]
+    Whisper,
+}
+
+impl EngineKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineKind::Whisper => "whisper",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TranscribeConfig {
+    pub engine: EngineKind,
+    /// The model file (a ggml `.bin` for whisper), as `scripts/get-model.sh` prints it.
+    pub model: PathBuf,
+    /// Transcription threads, each at the lowest CPU priority: they only
+    /// use what calls leave.
+    pub threads: u32,
+    /// `lead.completed` waits this long for the call's transcripts; later
+    /// ones come as `lead.updated`. 0: never wait.
+    #[serde(rename = "wait_secs", with = "value::secs")]
+    pub wait: Duration,
+    /// Words and phrases that make a lead urgent when a transcript has them.
+    pub urgent_words: Vec<String>,
+    /// Cut whisper's 30 s window to the answer's length: about twice as
+    /// fast on short answers, at some cost in accuracy (see the bench).
+    pub fit_audio_ctx: bool,
+}
+
+impl Default for TranscribeConfig {
+    fn default() -> Self {
+        TranscribeConfig {
+            engine: EngineKind::Whisper,
+            model: PathBuf::new(),
+            threads: 1,
+            wait: Duration::from_secs(20),
+            urgent_words: DEFAULT_URGENT_WORDS.iter().map(|w| w.to_string()).collect(),
+            fit_audio_ctx: true,
+        }
+    }
+}
+
+impl TranscribeConfig {
+    /// Checks on the typed values: (dotted key, message).
+    pub(super) fn problems(&self) -> Vec<(String, String)> {
+        let mut p = Vec::new();
+        if self.model.as_os_str().is_empty() {
+            p.push((
+                "transcribe.model".into(),
+                "is required: the model file (`scripts/get-model.sh` fetches one and prints its path)".into(),
+            ));
+        }
+        if !(1..=16).contains(&self.threads) {
+            p.push(("transcribe.threads".into(), "must be between 1 and 16".into()));
+        }
+        if self.wait > Duration::from_secs(600) {
+            p.push(("transcribe.wait_secs".into(), "at most 600".into()));
+        }
+        if self.urgent_words.iter().any(|w| w.trim().is_empty()) {
+            p.push(("transcribe.urgent_words".into(), "an urgent word is empty".into()));
+        }
+        p
+    }
+}
