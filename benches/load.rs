@@ -54,6 +54,10 @@ struct Opts {
     /// Fail (exit 1) unless the run is sound: every call succeeded, one lead
     /// each, fds back to baseline, RTP both ways (see `main`).
     check: bool,
+    /// Transcribe every answer with this model (`[transcribe]`, `wait_secs = 0`),
+    /// to see that transcription takes nothing from the media, and how late
+    /// transcripts come. Needs a build with `--features whisper`.
+    transcribe: Option<PathBuf>,
 }
 
 fn opts() -> Opts {
@@ -68,6 +72,7 @@ fn opts() -> Opts {
         churn: None,
         caller_pacing: false,
         check: false,
+        transcribe: None,
     };
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     let mut it = args.iter();
@@ -85,6 +90,7 @@ fn opts() -> Opts {
             "--check" => o.check = true,
             "--churn" => o.churn = Some(num("--churn")),
             "--caller-pacing" => o.caller_pacing = true,
+            "--transcribe" => o.transcribe = Some(it.next().expect("--transcribe needs a model file").into()),
             "--caller" => match it.next().map(String::as_str) {
                 Some("pcap") => o.pcap_caller = true,
                 Some("stream") => o.pcap_caller = false,
@@ -298,6 +304,9 @@ struct Outcome {
     underruns: Option<(u64, u64)>,
     /// The callers' streams (SIPp's rtp_stream) in the same capture.
     caller_pacing: Option<Pacing>,
+    /// With `--transcribe`: answers transcribed, their delay (queued to ready,
+    /// ms: sorted), and how many were still queued when the agent stopped.
+    transcripts: Option<(Vec<f64>, i64)>,
     clean_exit: Option<bool>,
 }
 
@@ -431,11 +440,16 @@ name = "need"
 kind = "ask"
 prompt = "need"
 next = "need"
-"#,
+{transcribe}"#,
         prompts = manifest_dir().join("prompts").display(),
         lo = rtp.0,
         hi = rtp.1,
         max = o.calls + 50,
+        transcribe = o
+            .transcribe
+            .as_ref()
+            .map(|m| format!("[transcribe]\nmodel = \"{}\"\nwait_secs = 0\n", m.display()))
+            .unwrap_or_default(),
     );
     Target::Agent(AgentProc::start_config("load", &config, rtp))
 }
@@ -643,10 +657,14 @@ fn run(name: &'static str, o: &Opts, dir: &Path, caller_audio: &Path, call_secs:
     match target {
         Target::Agent(mut agent) => {
             let settle = Instant::now() + Duration::from_secs(20);
-            while agent.leads().len() < o.calls as usize && Instant::now() < settle {
+            // An updated lead (a transcript after lead.completed) is a line of its own: count leads by id.
+            let leads = |agent: &AgentProc| {
+                agent.leads().iter().map(|l| l["id"].to_string()).collect::<std::collections::HashSet<_>>().len()
+            };
+            while leads(&agent) < o.calls as usize && Instant::now() < settle {
                 std::thread::sleep(Duration::from_millis(200));
             }
-            out.leads = Some(agent.leads().len());
+            out.leads = Some(leads(&agent));
             // It logs its pacer's totals as it exits.
             out.clean_exit = Some(agent.terminate());
             let log = agent.log();
@@ -656,6 +674,9 @@ fn run(name: &'static str, o: &Opts, dir: &Path, caller_audio: &Path, call_secs:
                     .filter_map(|l| l.split(key).nth(1)?.split_whitespace().next()?.parse::<u64>().ok())
                     .sum()
             };
+            if o.transcribe.is_some() {
+                out.transcripts = Some(transcripts(&log, &agent.dir.join("data/outbox.db")));
+            }
             // Late at the media clock (a frame built 20 ms or more late) or at the pacer (handed over after its slot).
             out.underruns = Some((total("RTP totals", " underruns="), total("RTP pacer totals", " late=")));
             out.rtp_totals = Some((total("RTP totals", " sent="), total("RTP totals", " received=")));
@@ -749,6 +770,17 @@ fn report(o: &Opts, results: &[Outcome]) {
     });
     row("RTP sends refused by the socket", &|r| r.pacer_failed.map(|u| u.to_string()).unwrap_or("—".into()));
     row("leads written", &|r| r.leads.map(|u| u.to_string()).unwrap_or("—".into()));
+    if o.transcribe.is_some() {
+        row("transcripts done / still queued at exit", &|r| {
+            r.transcripts.as_ref().map(|(d, q)| format!("{} / {q}", d.len())).unwrap_or("—".into())
+        });
+        row("transcript delay, queued to ready: p50 / p90 / max, s", &|r| {
+            r.transcripts
+                .as_ref()
+                .map(|(d, _)| format!("{} / {} / {}", f(percentile(d, 0.5) / 1e3, 1), f(percentile(d, 0.9) / 1e3, 1), f(percentile(d, 1.0) / 1e3, 1)))
+                .unwrap_or("—".into())
+        });
+    }
     row("clean exit on SIGTERM", &|r| r.clean_exit.map(|u| u.to_string()).unwrap_or("—".into()));
     if let [a, p] = results {
         println!(
@@ -821,6 +853,22 @@ fn churn(o: &Opts, total: u64, dir: &Path, caller_audio: &Path) -> bool {
     }
     println!("calls successful / failed {ok} / {failed} (SIPp exit {status}); leads {leads}; clean exit {clean}");
     status == 0 && failed == 0 && leads as u64 == total && after.fds <= base.fds && clean
+}
+
+/// The transcripts the agent logged (their `delay_ms`, sorted), and the
+/// answers still queued in its outbox database after it stopped.
+fn transcripts(log: &str, outbox: &Path) -> (Vec<f64>, i64) {
+    let delays = log
+        .lines()
+        .filter(|l| l.contains("transcribed"))
+        .filter_map(|l| l.split(" delay_ms=").nth(1)?.split_whitespace().next()?.parse::<f64>().ok())
+        .collect();
+    let queued = rusqlite::Connection::open(outbox)
+        .and_then(|db| {
+            db.query_row("SELECT COUNT(*) FROM transcribe_jobs WHERE state IN ('queued', 'running')", [], |r| r.get(0))
+        })
+        .unwrap_or(-1);
+    (sorted(delays), queued)
 }
 
 fn main() {

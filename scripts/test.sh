@@ -6,7 +6,9 @@
 #   the agent's REFER in the transfer tests;
 #   sox is the G.711 reference the codec test compares against;
 #   SIPVicious (svmap, svwar) scans the agent in the hostile-input tests;
-#   tcpdump times the agent's RTP on the wire in the intake test and the load smoke.
+#   tcpdump times the agent's RTP on the wire in the intake test and the load smoke;
+#   cmake, clang and libclang-dev build whisper.cpp (the `whisper` feature), and
+#   scripts/get-model.sh fetches and checks the model the transcription tests use.
 # Tests talk to loopback only. Run as root: apt-get on a fresh machine, and
 # SIPp's pcap replay of the callers' speech (play_pcap_audio) opens a raw socket.
 set -euo pipefail
@@ -19,6 +21,9 @@ command -v svwar >/dev/null 2>&1 || missing+=(sipvicious)
 command -v tcpdump >/dev/null 2>&1 || missing+=(tcpdump)
 command -v kamailio >/dev/null 2>&1 || [ -x /usr/sbin/kamailio ] || missing+=(kamailio)
 command -v baresip >/dev/null 2>&1 || missing+=(baresip)
+command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+command -v clang >/dev/null 2>&1 || missing+=(clang)
+dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   sudo=""
@@ -26,6 +31,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+
+# The transcription tests' model: fetched, checked against its published checksum, cached.
+BACKSTOP_TEST_MODEL="$(scripts/get-model.sh | tail -n 1)"
+export BACKSTOP_TEST_MODEL
+echo "transcription test model: $BACKSTOP_TEST_MODEL"
 
 cargo build --locked --workspace --all-targets --all-features
 cargo test --locked --workspace --all-features

@@ -171,7 +171,7 @@ fn run_call() -> Committed {
                 CallEvent::Lead(lead) => {
                     committed.events.push(Event::new(EventType::LeadCompleted, wall(t0, now), &lead))
                 }
-                CallEvent::Recording { file, samples } => committed.recordings.push((file, samples.len())),
+                CallEvent::Recording { file, samples, .. } => committed.recordings.push((file, samples.len())),
                 CallEvent::Progress(..) | CallEvent::Detail(..) => {}
                 CallEvent::PromptMissing(p) => panic!("prompt {p} is not loaded"),
                 CallEvent::Transferred(_) => panic!("the default script transfers no one"),

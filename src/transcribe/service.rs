@@ -140,9 +140,10 @@ impl Service {
     ) -> Result<Service, TranscribeError> {
         {
             let mut db = db.lock().unwrap_or_else(|p| p.into_inner());
-            match queue::recover(db.conn()) {
-                Ok((requeued, dropped)) if requeued + dropped > 0 => {
-                    tracing::info!(requeued, dropped, "transcription queue recovered after a restart")
+            let recovered = queue::recover(db.conn()).and_then(|r| Ok((r, queue::queued(db.conn())?)));
+            match recovered {
+                Ok(((requeued, dropped), queued)) if queued + dropped as u64 > 0 => {
+                    tracing::info!(queued, requeued, dropped, "transcription queue recovered after a restart")
                 }
                 Ok(_) => {}
                 Err(e) => tracing::error!(error = %e, "could not recover the transcription queue"),
