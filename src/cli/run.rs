@@ -99,7 +99,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             tracing::warn!(calls = recovered, "closed the leads of calls cut off by the last stop");
         }
         let (workers_stop, workers_rx) = tokio::sync::watch::channel(false);
-        let workers = delivery.spawn(workers_rx.clone());
+        let workers = delivery.spawn(workers_rx);
         let finish = LeadFinish {
             lines: lines.clone(),
             urgent: match &cfg.transcribe {
@@ -117,7 +117,6 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                     cfg.recordings_dir(),
                     delivery.publisher(),
                     finish,
-                    workers_rx,
                 )
                 .context("[transcribe]")?;
                 tracing::info!(threads = t.threads, model = %t.model.display(), wait_secs = t.wait.as_secs(), "transcription ready");
@@ -150,7 +149,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         });
         let result = agent.run(rx).await;
         if let Some(s) = service {
-            s.stop();
+            s.stop().await;
         }
         // The last leads reach leads.jsonl before we exit; webhooks resume at the next start.
         delivery.drain_files(Duration::from_secs(3)).await;

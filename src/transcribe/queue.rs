@@ -180,18 +180,37 @@ pub struct Ready {
 }
 
 /// The held leads that should go out now, and when the next one falls due.
+/// Only those are read: with many calls held, a look costs little.
 pub fn ready(conn: &Connection, now_ms: i64) -> rusqlite::Result<(Vec<Ready>, Option<i64>)> {
-    let mut leads = conn.prepare_cached("SELECT lead_id, body, due_ms, completed, updates FROM transcribe_leads")?;
+    // Leads all of whose jobs went out in an event, and their jobs: done with.
+    conn.execute(
+        "DELETE FROM transcribe_jobs WHERE lead_id IN (SELECT lead_id FROM transcribe_leads l WHERE l.completed = 1
+           AND NOT EXISTS (SELECT 1 FROM transcribe_jobs j WHERE j.lead_id = l.lead_id
+             AND (j.state IN ('queued', 'running') OR (j.state = 'done' AND j.published = 0))))",
+        [],
+    )?;
+    conn.execute(
+        "DELETE FROM transcribe_leads WHERE completed = 1
+           AND NOT EXISTS (SELECT 1 FROM transcribe_jobs j WHERE j.lead_id = transcribe_leads.lead_id)",
+        [],
+    )?;
+    let mut leads = conn.prepare_cached(
+        "SELECT l.lead_id, l.body, l.completed, l.updates FROM transcribe_leads l
+         WHERE (l.completed = 0 AND (l.due_ms <= ?1 OR NOT EXISTS (SELECT 1 FROM transcribe_jobs j
+                  WHERE j.lead_id = l.lead_id AND j.state IN ('queued', 'running'))))
+            OR (l.completed = 1 AND EXISTS (SELECT 1 FROM transcribe_jobs j
+                  WHERE j.lead_id = l.lead_id AND j.state = 'done' AND j.published = 0))",
+    )?;
     let mut jobs = conn.prepare_cached("SELECT id, step, state, result, published FROM transcribe_jobs WHERE lead_id = ?1")?;
-    let held: Vec<(String, String, i64, bool, u32)> =
-        leads.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?.collect::<Result<_, _>>()?;
+    let due: Vec<(String, String, bool, u32)> =
+        leads.query_map(params![now_ms], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?.collect::<Result<_, _>>()?;
     let mut out = Vec::new();
-    let mut next_due: Option<i64> = None;
-    for (lead_id, body, due_ms, completed, updates) in held {
+    for (lead_id, body, completed, updates) in due {
         let mut lead: Lead = match serde_json::from_str(&body) {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(lead_id, error = %e, "unreadable held lead; dropped");
+                conn.execute("DELETE FROM transcribe_jobs WHERE lead_id = ?1", params![lead_id])?;
                 conn.execute("DELETE FROM transcribe_leads WHERE lead_id = ?1", params![lead_id])?;
                 continue;
             }
@@ -218,27 +237,14 @@ pub fn ready(conn: &Connection, now_ms: i64) -> rusqlite::Result<(Vec<Ready>, Op
             }
         }
         lead.transcripts_pending = pending;
-        let publish = if !completed {
-            if pending == 0 || now_ms >= due_ms {
-                Some(Publish::Completed)
-            } else {
-                next_due = Some(next_due.map_or(due_ms, |n| n.min(due_ms)));
-                None
-            }
-        } else if !new.is_empty() {
-            Some(Publish::Updated(updates + 1))
-        } else {
-            if pending == 0 {
-                // Everything it waited for went out: done with it.
-                conn.execute("DELETE FROM transcribe_jobs WHERE lead_id = ?1", params![lead_id])?;
-                conn.execute("DELETE FROM transcribe_leads WHERE lead_id = ?1", params![lead_id])?;
-            }
-            None
-        };
-        if let Some(publish) = publish {
-            out.push(Ready { publish, lead, jobs: new });
-        }
+        let publish = if completed { Publish::Updated(updates + 1) } else { Publish::Completed };
+        out.push(Ready { publish, lead, jobs: new });
     }
+    let next_due = conn.query_row(
+        "SELECT MIN(due_ms) FROM transcribe_leads WHERE completed = 0 AND due_ms > ?1",
+        params![now_ms],
+        |r| r.get(0),
+    )?;
     Ok((out, next_due))
 }
 

@@ -108,6 +108,9 @@ pub struct Service {
     pub transcriber: Transcriber,
     stop: Arc<AtomicBool>,
     workers: Vec<std::thread::JoinHandle<()>>,
+    /// Tells the sending task to send what is held and end.
+    flush: watch::Sender<bool>,
+    sender: tokio::task::JoinHandle<()>,
 }
 
 /// What the sender task needs to finish a lead: its line's script (for the
@@ -136,7 +139,6 @@ impl Service {
         recordings: PathBuf,
         events: Publisher,
         finish: LeadFinish,
-        shutdown: watch::Receiver<bool>,
     ) -> Result<Service, TranscribeError> {
         {
             let mut db = db.lock().unwrap_or_else(|p| p.into_inner());
@@ -172,17 +174,25 @@ impl Service {
                 .map_err(|e| TranscribeError::Engine(format!("starting a transcription thread: {e}")))?;
             workers.push(handle);
         }
-        tokio::spawn(send_leads(db, transcriber.held.clone(), events, finish, shutdown));
+        let (flush, flush_rx) = watch::channel(false);
+        let sender = tokio::spawn(send_leads(db, transcriber.held.clone(), events, finish, flush_rx));
         transcriber.jobs.signal();
-        Ok(Service { transcriber, stop, workers })
+        Ok(Service { transcriber, stop, workers, flush, sender })
     }
 
-    /// Stop the workers after their current answer; what is left stays queued
-    /// for the next start. Does not wait for a decoding in progress.
-    pub fn stop(self) {
+    /// At shutdown: the workers stop after their current answer, and what
+    /// they have not done stays queued for the next start; every held lead
+    /// goes out now, with the transcripts it has (and `transcripts_pending`),
+    /// so no lead waits for a restart; the rest come as `lead.updated` then.
+    pub async fn stop(self) {
         self.stop.store(true, Ordering::Relaxed);
         self.transcriber.jobs.signal();
+        // Not joined: a decoding in progress is not waited for.
         drop(self.workers);
+        let _ = self.flush.send(true);
+        if tokio::time::timeout(Duration::from_secs(5), self.sender).await.is_err() {
+            tracing::warn!("held leads not all sent at shutdown; they go out at the next start");
+        }
     }
 }
 
@@ -214,20 +224,24 @@ pub async fn release_held(db: Arc<Mutex<Outbox>>, events: Publisher, finish: Lea
 }
 
 /// Send each held lead when it is ready; woken by workers and holds, and by
-/// the next lead's wait running out.
+/// the next lead's wait running out. On `flush`, send every held lead as it
+/// is, and end.
 async fn send_leads(
     db: Arc<Mutex<Outbox>>,
     wake: Arc<Notify>,
     events: Publisher,
     finish: LeadFinish,
-    mut shutdown: watch::Receiver<bool>,
+    mut flush: watch::Receiver<bool>,
 ) {
+    let mut last_round = false;
     loop {
+        // The last round counts every wait as over.
+        let now = if last_round { i64::MAX } else { now_ms() };
         let found = tokio::task::spawn_blocking({
             let db = db.clone();
             move || {
                 let mut db = db.lock().unwrap_or_else(|p| p.into_inner());
-                queue::ready(db.conn(), now_ms())
+                queue::ready(db.conn(), now)
             }
         })
         .await;
@@ -252,10 +266,13 @@ async fn send_leads(
                 next = Duration::from_secs(2);
             }
         }
+        if last_round {
+            return;
+        }
         tokio::select! {
             _ = wake.notified() => {}
             _ = tokio::time::sleep(next) => {}
-            r = shutdown.changed() => if r.is_err() || *shutdown.borrow() { return },
+            r = flush.changed() => last_round = r.is_err() || *flush.borrow(),
         }
     }
 }
