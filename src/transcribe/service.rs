@@ -381,3 +381,189 @@ fn lower_priority() {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::delivery::{Delivery, Sink, Target};
+    use crate::sink::outbox::SinkSpec;
+    use crate::transcribe::engine::{Engine, Heard};
+    use backstop_core::intake::program::{Program, default_steps};
+    use backstop_core::media::recorder::{Audio, RecordingFormat};
+    use backstop_core::route::junk::JunkRules;
+    use backstop_core::route::line::{Line, LineMatch};
+
+    /// An engine that hears what it is told to, after `delay`: the service's
+    /// plumbing, without a model. (whisper.cpp itself is tested in
+    /// `transcribe::whisper` and end to end in tests/transcribe.rs.)
+    struct Fixed {
+        text: &'static str,
+        delay: Duration,
+    }
+
+    impl Model for Fixed {
+        fn engine(&self) -> &'static str {
+            "fixed"
+        }
+        fn name(&self) -> &str {
+            "test"
+        }
+        fn decoder(&self) -> Result<Box<dyn Engine>, TranscribeError> {
+            Ok(Box::new(Fixed { text: self.text, delay: self.delay }))
+        }
+    }
+
+    impl Engine for Fixed {
+        fn transcribe(&mut self, samples: &[f32]) -> Result<Heard, TranscribeError> {
+            assert!(!samples.is_empty());
+            std::thread::sleep(self.delay);
+            Ok(Heard { text: self.text.into(), confidence: Some(0.5) })
+        }
+    }
+
+    struct Rig {
+        dir: PathBuf,
+        delivery: Delivery,
+        lines: Arc<Lines>,
+    }
+
+    fn rig(name: &str) -> Rig {
+        let dir = std::env::temp_dir().join(format!("backstop-svc-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("recordings")).unwrap();
+        let outbox = Outbox::open(&dir.join("outbox.db")).unwrap();
+        let sink = Sink {
+            spec: SinkSpec {
+                name: "file:leads.jsonl".into(),
+                events: vec![EventType::LeadCompleted, EventType::LeadUpdated],
+                lines: Default::default(),
+            },
+            target: Target::LeadsFile(dir.join("leads.jsonl")),
+            max_interval: Duration::from_secs(1),
+            max_age: Duration::from_secs(3600),
+        };
+        let delivery = Delivery::new(outbox, vec![sink], 1000, Duration::from_secs(3600));
+        let line = Line {
+            name: "default".into(),
+            matcher: LineMatch::default(),
+            program: Arc::new(Program::compile(&default_steps()).unwrap()),
+            prompts: Default::default(),
+            schedule: None,
+            junk: Arc::new(JunkRules::compile(&Default::default()).unwrap()),
+        };
+        Rig { dir, delivery, lines: Arc::new(Lines::new(Vec::new(), line)) }
+    }
+
+    impl Rig {
+        fn finish(&self) -> LeadFinish {
+            LeadFinish { lines: self.lines.clone(), urgent: UrgentWords::new(["flood"]) }
+        }
+
+        fn start(&self, text: &'static str, delay: Duration, wait: Duration) -> Service {
+            Service::start(
+                Arc::new(Fixed { text, delay }),
+                1,
+                wait,
+                self.delivery.outbox(),
+                self.dir.join("recordings"),
+                self.delivery.publisher(),
+                self.finish(),
+            )
+            .unwrap()
+        }
+
+        /// A finished lead with a voice answer whose recording is on disk.
+        fn lead(&self) -> Lead {
+            let text = "INVITE sip:a@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bK1\r\n\
+                        From: <sip:+15553217788@x>;tag=1\r\nTo: <sip:2@y>\r\nCall-ID: c1\r\nCSeq: 1 INVITE\r\n\
+                        Content-Length: 0\r\n\r\n";
+            let backstop_core::sip::message::Incoming::Request(invite) =
+                backstop_core::sip::message::read_message(text.as_bytes(), "127.0.0.1:5060".parse().unwrap())
+            else {
+                panic!("test INVITE rejected")
+            };
+            let mut lead =
+                Lead::from_invite("L1".into(), &invite, SystemTime::UNIX_EPOCH, backstop_core::sip::Transport::Udp);
+            let answer = serde_json::json!({"attempts": 1, "kind": "voice", "status": "answered", "value": null,
+                                            "recording": "L1-need.wav"});
+            lead.answers.insert("need".into(), serde_json::from_value(answer).unwrap());
+            let audio = Audio::from_pcm(None, &vec![1000i16; 8000]);
+            crate::media_files::write_recording(&self.dir.join("recordings/L1-need.wav"), &audio, RecordingFormat::Pcm16)
+                .unwrap();
+            lead
+        }
+
+        async fn lines(&self, n: usize) -> Vec<Lead> {
+            let path = self.dir.join("leads.jsonl");
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                let leads: Vec<Lead> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+                if leads.len() >= n || tokio::time::Instant::now() > deadline {
+                    return leads;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_held_lead_goes_out_with_its_transcript_summary_and_urgent_words() {
+        let rig = rig("held");
+        let (_stop, rx) = watch::channel(false);
+        let _workers = rig.delivery.spawn(rx);
+        let service = rig.start("The basement is flooding.", Duration::ZERO, Duration::from_secs(30));
+        assert!(service.transcriber.hold(&rig.lead()).await);
+        let leads = rig.lines(1).await;
+        assert_eq!(leads.len(), 1);
+        let t = leads[0].answers["need"].transcript.as_ref().expect("the transcript");
+        assert_eq!((t.text.as_str(), t.engine.as_str(), t.model.as_str()), ("The basement is flooding.", "fixed", "test"));
+        assert_eq!(leads[0].urgent_words, ["flood"]);
+        assert_eq!(leads[0].summary, "The basement is flooding · URGENT: flood · call back +1 555-321-7788");
+        assert_eq!(leads[0].transcripts_pending, 0);
+        service.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn at_shutdown_a_held_lead_goes_out_as_it_is_and_its_transcript_follows_the_restart() {
+        let rig = rig("flush");
+        let (_stop, rx) = watch::channel(false);
+        let _workers = rig.delivery.spawn(rx);
+        // A slow engine: the transcript is still being decoded at shutdown.
+        let service = rig.start("no heat", Duration::from_millis(1500), Duration::from_secs(30));
+        assert!(service.transcriber.hold(&rig.lead()).await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        service.stop().await;
+        let leads = rig.lines(1).await;
+        assert_eq!(leads.len(), 1, "the lead did not wait for the next start");
+        assert_eq!((leads[0].transcripts_pending, leads[0].answers["need"].transcript.is_none()), (1, true));
+        // The next start decodes it again and sends the whole lead as an update.
+        let service = rig.start("no heat", Duration::ZERO, Duration::from_secs(30));
+        let leads = rig.lines(2).await;
+        assert_eq!(leads.len(), 2);
+        assert_eq!(leads[1].id, leads[0].id);
+        assert_eq!(leads[1].answers["need"].transcript.as_ref().unwrap().text, "no heat");
+        assert_eq!(leads[1].transcripts_pending, 0);
+        service.stop().await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let text = std::fs::read_to_string(rig.dir.join("leads.jsonl")).unwrap();
+        assert_eq!(text.lines().count(), 2, "nothing more to send");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_transcription_turned_off_held_leads_go_out_at_the_start() {
+        let rig = rig("off");
+        {
+            let db = rig.delivery.outbox();
+            let mut db = db.lock().unwrap();
+            queue::hold(db.conn(), &rig.lead(), i64::MAX, 0).unwrap();
+        }
+        let (_stop, rx) = watch::channel(false);
+        let _workers = rig.delivery.spawn(rx);
+        release_held(rig.delivery.outbox(), rig.delivery.publisher(), rig.finish()).await;
+        let leads = rig.lines(1).await;
+        assert_eq!(leads.len(), 1);
+        assert_eq!(leads[0].transcripts_pending, 0, "nothing will come: none is pending");
+        assert!(leads[0].answers["need"].transcript.is_none());
+    }
+}
