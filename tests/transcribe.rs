@@ -82,9 +82,10 @@ fn place_call(agent: &AgentProc, name: &str, keys: bool) {
         audio.silence_until(34_000);
         AGENT_BYE.replace("timeout=\"40000\"", "timeout=\"50000\"")
     } else {
-        // The end of the need is heard 1.2 s after it; then the caller hangs up.
+        // The end of the need is heard 1.2 s after it; then the caller hangs up
+        // (the pcap plays on while the scenario goes on: wait it out).
         audio.silence(1_600);
-        format!("{}{CALLER_BYE}", pause(100))
+        format!("{}{CALLER_BYE}", pause(audio.ms() + 100))
     };
     let pcap = dir.join("caller.pcap");
     audio.write(&pcap);
@@ -244,42 +245,37 @@ fn transcripts_queued_at_a_crash_complete_after_the_restart_each_once() {
     assert!(agent.log().contains("transcription queue recovered after a restart"), "{}", agent.log());
 }
 
+/// `backstop check` (or `run`, with `args`) on a config whose `[transcribe]` model is `model`: (success, output).
+fn backstop_with_model(dir: &Path, model: &Path, args: &[&str]) -> (bool, String) {
+    let cfg = dir.join("backstop.toml");
+    let prompts = manifest_dir().join("prompts");
+    let text = format!("[prompts]\ndir = \"{}\"\n[transcribe]\nmodel = \"{}\"\n", prompts.display(), model.display());
+    std::fs::write(&cfg, text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_backstop"))
+        .args(args)
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
 #[test]
 fn check_names_a_missing_or_corrupt_model() {
     let dir = scratch_dir("tr-check");
     let bad = dir.join("bad.bin");
     std::fs::write(&bad, b"ggml? no: a truncated download").unwrap();
-    for (model, says) in [(dir.join("missing.bin"), "missing.bin"), (bad.clone(), "bad.bin")] {
-        let cfg = dir.join("backstop.toml");
-        std::fs::write(
-            &cfg,
-            format!("[prompts]\ndir = \"{}\"\n[transcribe]\nmodel = \"{}\"\n", manifest_dir().join("prompts").display(), model.display()),
-        )
-        .unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_backstop")).args(["check", "--config"]).arg(&cfg).output().unwrap();
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(!out.status.success(), "{text}");
-        assert!(text.contains("transcribe") && text.contains(says), "{text}");
+    let data = dir.join("data");
+    let run = ["run", "--listen", "127.0.0.1:0", "--data-dir", data.to_str().unwrap()];
+    for (model, says) in [(dir.join("missing.bin"), "missing.bin"), (bad, "bad.bin")] {
+        let (ok, text) = backstop_with_model(&dir, &model, &["check"]);
+        assert!(!ok && text.contains("transcribe") && text.contains(says), "{text}");
         // And the agent refuses to start on it, saying why.
-        let run = std::process::Command::new(env!("CARGO_BIN_EXE_backstop"))
-            .args(["run", "--listen", "127.0.0.1:0", "--config"])
-            .arg(&cfg)
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .output()
-            .unwrap();
-        let text = format!("{}{}", String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
-        assert!(!run.status.success() && text.contains(says), "{text}");
+        let (ok, text) = backstop_with_model(&dir, &model, &run);
+        assert!(!ok && text.contains(says), "{text}");
     }
     if let Some(model) = model() {
-        let cfg = dir.join("backstop.toml");
-        std::fs::write(
-            &cfg,
-            format!("[prompts]\ndir = \"{}\"\n[transcribe]\nmodel = \"{}\"\n", manifest_dir().join("prompts").display(), model.display()),
-        )
-        .unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_backstop")).args(["check", "--config"]).arg(&cfg).output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success() && text.contains("transcribe: whisper.cpp"), "{text}");
+        let (ok, text) = backstop_with_model(&dir, &model, &["check"]);
+        assert!(ok && text.contains("transcribe: whisper.cpp"), "{text}");
     }
 }
