@@ -40,8 +40,9 @@ pub struct TranscribeConfig {
     pub wait: Duration,
     /// Words and phrases that make a lead urgent when a transcript has them.
     pub urgent_words: Vec<String>,
-    /// Cut whisper's 30 s window to the answer's length: about twice as
-    /// fast on short answers, at some cost in accuracy (see the bench).
+    /// Cut whisper's 30 s window to the answer's length (padded by 1 s of
+    /// silence each side): about a fifth of the CPU on answers of a few
+    /// seconds, at the same accuracy (`benches/transcribe/README.md`).
     pub fit_audio_ctx: bool,
 }
 
