@@ -13,8 +13,10 @@
 //!   `{full|fit}-{greedy|beamN}[-padS]` (`fit-beam5-pad1`: the encoder
 //!   window cut to the input, beam search of width 5, 1 s of silence added
 //!   before and after). Default: `full-greedy fit-greedy full-beam5
-//!   fit-beam5 fit-greedy-pad1` for the first model, `fit-greedy fit-beam5`
-//!   for the others (a full 30 s window on a larger model is slow here).
+//!   fit-beam5 fit-greedy-pad1 fit-beam5-pad1` for the first model,
+//!   `fit-greedy fit-beam5-pad1` for the others (a full 30 s window on a
+//!   larger model is slow here). The table marks with `*` the
+//!   configuration that is `WhisperOptions::default()`.
 //! - `BACKSTOP_BENCH_LIMIT`: at most this many utterances (names, needs and
 //!   real speech taken in turn), for a quick run.
 //! - `BACKSTOP_BENCH_VERBOSE=1`: print every transcript that is not exact.
@@ -23,7 +25,9 @@
 //! voices, committed); `real`: the human recordings alsa-utils installs in
 //! /usr/share/sounds/alsa (absent: the group is skipped), brought to 8 kHz
 //! and written as μ-law recordings by Backstop's own recording writer, the
-//! reference being the file's name ("Front_Left" → "front left").
+//! reference being the file's name ("Front_Left" → "front left"); `empty`:
+//! answers without speech (the corpus's line noise alone, and alsa's
+//! `Noise.wav`, which is steady noise), where every word is invented.
 //!
 //! Measured per configuration, on one decoding thread (`threads: 1`):
 //! - WER per group (`transcribe::wer`, errors and words summed);
@@ -35,8 +39,9 @@
 //!   the WAV, resampling to 16 kHz and transcribing; median, p90, max. The
 //!   decoder is made and warmed with one answer before the timed run;
 //! - memory: VmRSS after loading the model minus before, and VmHWM during
-//!   the run minus VmRSS before loading (the peak is reset before each
-//!   configuration through /proc/self/clear_refs).
+//!   the run minus VmRSS before loading. Each configuration runs in a child
+//!   process of its own (this executable again, with `BACKSTOP_BENCH_CHILD`
+//!   set), so that no configuration inherits another's heap.
 //!
 //! The table is printed and written with every transcript as JSON to
 //! `<target dir>/transcribe-bench.json`.
@@ -48,11 +53,16 @@ use backstop::transcribe::whisper::{WhisperModel, WhisperOptions};
 use backstop_core::media::g711::Law;
 use backstop_core::media::recorder::{Audio, RecordingFormat};
 use serde_json::json;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
-const GROUPS: [&str; 3] = ["name", "need", "real"];
+/// `empty`: answers with no speech (line noise only; alsa-utils' `Noise`),
+/// whose reference is empty: every word written is invented.
+const GROUPS: [&str; 4] = ["name", "need", "real", "empty"];
+/// Set in the child process that runs one configuration: `model path\nconfig`.
+const CHILD_ENV: &str = "BACKSTOP_BENCH_CHILD";
 
 struct Utterance {
     path: PathBuf,
@@ -99,33 +109,35 @@ impl Config {
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let target = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap_or(Path::new("target")).to_path_buf();
+    if let Ok(spec) = std::env::var(CHILD_ENV) {
+        return child(&spec, root, &target);
+    }
     let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_string();
     let date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     println!("transcribe bench, {date}, {} cores, loadavg at start: {loadavg}", cores());
 
     let models = models(root);
-    let utterances = corpus(root, &target);
+    let utterances = corpus(root, &target, true);
     let audio_secs: f64 = utterances.iter().map(|u| u.secs).sum();
     for g in GROUPS {
         let us: Vec<&Utterance> = utterances.iter().filter(|u| u.group == g).collect();
         if !us.is_empty() {
             println!(
-                "  {g:<4}: {:>2} utterances, {:>5.1} s of audio",
+                "  {g:<5}: {:>2} utterances, {:>5.1} s of audio",
                 us.len(),
                 us.iter().map(|u| u.secs).sum::<f64>()
             );
         }
     }
-    let verbose = std::env::var("BACKSTOP_BENCH_VERBOSE").is_ok_and(|v| !v.is_empty() && v != "0");
     let configs_env = std::env::var("BACKSTOP_BENCH_CONFIGS").ok().filter(|s| !s.trim().is_empty());
 
-    let mut rows: Vec<Row> = Vec::new();
+    let mut rows: Vec<String> = Vec::new();
     let mut runs = Vec::new();
     for (mi, model_path) in models.iter().enumerate() {
         let default = if mi == 0 {
-            "full-greedy,fit-greedy,full-beam5,fit-beam5,fit-greedy-pad1"
+            "full-greedy,fit-greedy,full-beam5,fit-beam5,fit-greedy-pad1,fit-beam5-pad1"
         } else {
-            "fit-greedy,fit-beam5"
+            "fit-greedy,fit-beam5-pad1"
         };
         let configs: Vec<Config> = configs_env
             .as_deref()
@@ -134,10 +146,18 @@ fn main() {
             .map(|s| Config::parse(s).unwrap_or_else(|e| panic!("BACKSTOP_BENCH_CONFIGS: {e}")))
             .collect();
         for config in configs {
-            let (row, run) = run_config(model_path, &config, &utterances, verbose);
-            println!("{}", row.line());
-            rows.push(row);
-            runs.push(run);
+            match run_child(model_path, &config) {
+                Ok((row, run)) => {
+                    println!("{row}");
+                    rows.push(row);
+                    runs.push(run);
+                }
+                Err(e) => {
+                    let row = format!("| {:<15} | {:<16} | failed: {e}", model_label(model_path), config.label);
+                    println!("{row}");
+                    rows.push(row);
+                }
+            }
         }
     }
 
@@ -150,7 +170,7 @@ fn main() {
     println!("{}", Row::header());
     println!("{}", Row::rule());
     for row in &rows {
-        println!("{}", row.line());
+        println!("{row}");
     }
 
     let out = target.join("transcribe-bench.json");
@@ -169,12 +189,56 @@ fn main() {
     }
 }
 
+/// Run one configuration in a child process of its own, so that its memory
+/// figures are not those the previous configuration left behind. Its
+/// stdout is passed on, except the two lines carrying the results.
+fn run_child(model: &Path, config: &Config) -> Result<(String, serde_json::Value), String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = Command::new(exe)
+        .env(CHILD_ENV, format!("{}\n{}", model.display(), config.label))
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let (mut row, mut run) = (None, None);
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.map_err(|e| e.to_string())?;
+        if let Some(r) = line.strip_prefix("@@row ") {
+            row = Some(r.to_string());
+        } else if let Some(j) = line.strip_prefix("@@run ") {
+            run = Some(serde_json::from_str(j).map_err(|e| e.to_string())?);
+        } else {
+            println!("{line}");
+        }
+    }
+    let status = child.wait().map_err(|e| e.to_string())?;
+    match (row, run) {
+        (Some(row), Some(run)) if status.success() => Ok((row, run)),
+        _ => Err(format!("the child process ended with {status}")),
+    }
+}
+
+/// The child's side of [`run_child`].
+fn child(spec: &str, root: &Path, target: &Path) {
+    let (model, label) = spec.split_once('\n').expect("model\\nconfig");
+    let config = Config::parse(label).unwrap();
+    let utterances = corpus(root, target, false);
+    let verbose = std::env::var("BACKSTOP_BENCH_VERBOSE").is_ok_and(|v| !v.is_empty() && v != "0");
+    let (row, run) = run_config(Path::new(model), &config, &utterances, verbose);
+    println!("@@row {}", row.line());
+    println!("@@run {run}");
+}
+
+fn model_label(path: &Path) -> String {
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    stem.trim_start_matches("ggml-").to_string()
+}
+
 /// One configuration's figures.
 struct Row {
     model: String,
     config: String,
-    wer: [Option<Wer>; 3],
-    exact: [(usize, usize); 3],
+    wer: [Option<Wer>; 4],
+    exact: [(usize, usize); 4],
     cpu_thread: f64,
     cpu_process: f64,
     lat: [f64; 3],
@@ -185,12 +249,13 @@ struct Row {
 impl Row {
     fn header() -> String {
         format!(
-            "| {:<15} | {:<14} | {:>13} | {:>13} | {:>13} | {:>8} | {:>8} | {:>22} | {:>8} | {:>8} |",
+            "| {:<15} | {:<16} | {:>13} | {:>13} | {:>13} | {:>12} | {:>8} | {:>8} | {:>22} | {:>8} | {:>8} |",
             "model",
             "config",
             "names WER",
             "needs WER",
             "real WER",
+            "empty: words",
             "CPU/s 1t",
             "CPU/s pr",
             "latency p50/p90/max s",
@@ -200,7 +265,7 @@ impl Row {
     }
 
     fn rule() -> String {
-        let widths = [15, 14, 13, 13, 13, 8, 8, 22, 8, 8];
+        let widths = [15, 16, 13, 13, 13, 12, 8, 8, 22, 8, 8];
         let cells: Vec<String> = widths
             .iter()
             .enumerate()
@@ -214,13 +279,19 @@ impl Row {
             Some(x) => format!("{:5.1} % {:>2}/{:<2}", 100.0 * x.rate(), self.exact[i].0, self.exact[i].1),
             None => "-".to_string(),
         };
+        // No reference words: how many words were invented, then how many answers came out empty.
+        let invented = match self.wer[3] {
+            Some(x) => format!("{:>3} {:>2}/{:<2}", x.errors, self.exact[3].0, self.exact[3].1),
+            None => "-".to_string(),
+        };
         format!(
-            "| {:<15} | {:<14} | {:>13} | {:>13} | {:>13} | {:>8.3} | {:>8.3} | {:>22} | {:>5.0} MB | {:>5.0} MB |",
+            "| {:<15} | {:<16} | {:>13} | {:>13} | {:>13} | {:>12} | {:>8.3} | {:>8.3} | {:>22} | {:>5.0} MB | {:>5.0} MB |",
             self.model,
             self.config,
             w(0),
             w(1),
             w(2),
+            invented,
             self.cpu_thread,
             self.cpu_process,
             format!("{:.2} / {:.2} / {:.2}", self.lat[0], self.lat[1], self.lat[2]),
@@ -231,8 +302,6 @@ impl Row {
 }
 
 fn run_config(model_path: &Path, config: &Config, utterances: &[Utterance], verbose: bool) -> (Row, serde_json::Value) {
-    // Reset the peak RSS to the current RSS (Linux ≥ 4.0), so this run's peak is its own.
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
     let before = proc_status_kb("VmRSS");
     #[allow(clippy::needless_update)] // whatever options come later keep their defaults
     let opts = WhisperOptions {
@@ -242,6 +311,7 @@ fn run_config(model_path: &Path, config: &Config, utterances: &[Utterance], verb
         pad_secs: config.pad,
         ..WhisperOptions::default()
     };
+    let is_default = opts == WhisperOptions::default();
     let t = Instant::now();
     let model =
         WhisperModel::load(model_path, opts).unwrap_or_else(|e| panic!("loading {}: {e}", model_path.display()));
@@ -254,8 +324,8 @@ fn run_config(model_path: &Path, config: &Config, utterances: &[Utterance], verb
         engine.transcribe(&to_engine_rate(&pcm)).expect("warm-up transcription");
     }
 
-    let mut wers: [Option<Wer>; 3] = [None; 3];
-    let mut exact = [(0usize, 0usize); 3];
+    let mut wers: [Option<Wer>; 4] = [None; 4];
+    let mut exact = [(0usize, 0usize); 4];
     let (mut cpu_thread, mut cpu_process, mut audio) = (0.0, 0.0, 0.0);
     let mut latencies = Vec::with_capacity(utterances.len());
     let mut results = Vec::with_capacity(utterances.len());
@@ -308,10 +378,9 @@ fn run_config(model_path: &Path, config: &Config, utterances: &[Utterance], verb
         }
     };
     let mb = |kb: i64| kb as f64 / 1024.0;
-    let model_name = model_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let row = Row {
-        model: model_name.trim_start_matches("ggml-").to_string(),
-        config: config.label.clone(),
+        model: model_label(model_path),
+        config: if is_default { format!("{} *", config.label) } else { config.label.clone() },
         wer: wers,
         exact,
         cpu_thread: cpu_thread / audio.max(1e-9),
@@ -335,6 +404,7 @@ fn run_config(model_path: &Path, config: &Config, utterances: &[Utterance], verb
     let run = json!({
         "model": model_path.display().to_string(),
         "config": config.label,
+        "engine_default": is_default,
         "fit_audio_ctx": config.fit,
         "beam": config.beam,
         "pad_secs": config.pad,
@@ -387,10 +457,10 @@ fn models(root: &Path) -> Vec<PathBuf> {
 }
 
 /// The utterances, in turn from each group, cut to `BACKSTOP_BENCH_LIMIT`.
-fn corpus(root: &Path, target: &Path) -> Vec<Utterance> {
+fn corpus(root: &Path, target: &Path, announce: bool) -> Vec<Utterance> {
     let dir = root.join("benches/transcribe");
     let tsv = std::fs::read_to_string(dir.join("corpus.tsv")).expect("benches/transcribe/corpus.tsv");
-    let mut groups: [Vec<Utterance>; 3] = Default::default();
+    let mut groups: [Vec<Utterance>; 4] = Default::default();
     for line in tsv.lines().skip(1).filter(|l| !l.trim().is_empty()) {
         let f: Vec<&str> = line.split('\t').collect();
         assert_eq!(f.len(), 4, "corpus.tsv: {line:?}");
@@ -399,7 +469,10 @@ fn corpus(root: &Path, target: &Path) -> Vec<Utterance> {
         let secs = read_recording(&path).unwrap_or_else(|e| panic!("{e}")).len() as f64 / 8000.0;
         groups[gi].push(Utterance { path, group: GROUPS[gi], voice: f[2].into(), text: f[3].into(), secs });
     }
-    groups[2] = real_speech(&target.join("transcribe-bench-real"));
+    for u in real_speech(&target.join("transcribe-bench-real"), announce) {
+        let gi = GROUPS.iter().position(|g| *g == u.group).unwrap();
+        groups[gi].push(u);
+    }
 
     let limit = std::env::var("BACKSTOP_BENCH_LIMIT").ok().and_then(|s| s.trim().parse::<usize>().ok());
     let mut iters: Vec<_> = groups.into_iter().map(|g| g.into_iter()).collect();
@@ -424,10 +497,12 @@ fn corpus(root: &Path, target: &Path) -> Vec<Utterance> {
 
 /// alsa-utils' recordings as Backstop would record them: 8 kHz (the prompt
 /// loader's resampler), written as μ-law WAV by the recording writer.
-fn real_speech(out_dir: &Path) -> Vec<Utterance> {
+fn real_speech(out_dir: &Path, announce: bool) -> Vec<Utterance> {
     let src = Path::new("/usr/share/sounds/alsa");
     let Ok(entries) = std::fs::read_dir(src) else {
-        println!("  real: {} absent (apt-get install alsa-utils): group skipped", src.display());
+        if announce {
+            println!("  real: {} absent (apt-get install alsa-utils): group skipped", src.display());
+        }
         return Vec::new();
     };
     let mut files: Vec<PathBuf> =
@@ -439,7 +514,9 @@ fn real_speech(out_dir: &Path) -> Vec<Utterance> {
             Ok(p) if !p.is_empty() => p,
             Ok(_) => continue,
             Err(e) => {
-                println!("  real: {e}: skipped");
+                if announce {
+                    println!("  real: {e}: skipped");
+                }
                 continue;
             }
         };
@@ -447,13 +524,9 @@ fn real_speech(out_dir: &Path) -> Vec<Utterance> {
         backstop::media_files::write_recording(&path, &Audio::from_pcm(Some(Law::Pcmu), &pcm), RecordingFormat::Ulaw)
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let stem = f.file_stem().unwrap().to_string_lossy().replace('_', " ");
-        out.push(Utterance {
-            path,
-            group: "real",
-            voice: "alsa-utils".into(),
-            text: stem.to_lowercase(),
-            secs: pcm.len() as f64 / 8000.0,
-        });
+        // Noise.wav is steady noise, not the spoken word: nothing should be heard.
+        let (group, text) = if stem == "Noise" { ("empty", String::new()) } else { ("real", stem.to_lowercase()) };
+        out.push(Utterance { path, group, voice: "alsa-utils".into(), text, secs: pcm.len() as f64 / 8000.0 });
     }
     out
 }

@@ -2,7 +2,7 @@
 # Regenerate the transcription bench's corpus (benches/transcribe/*.wav and
 # corpus.tsv): callers' answers to "What is your name?" and "What do you
 # need help with?", each spoken by three espeak-ng voices, as they reach
-# Backstop's recorder from a phone: 8 kHz, -6 dBFS peak, 0.3 s of lead-in
+# Backstop's recorder from a phone (and two answers with no speech): 8 kHz, -6 dBFS peak, 0.3 s of lead-in
 # and 0.5 s of tail, steady line noise at -50 dBFS RMS (pink, 300-3400 Hz)
 # under the whole clip, then G.711 μ-law. The committed files are the μ-law
 # WAVs (8 kB per second, as a recording with `format = "ulaw"` is written);
@@ -82,6 +82,16 @@ i=0
 for t in "${NAMES[@]}"; do i=$((i + 1)); say name "$i" "$t"; done
 i=0
 for t in "${NEEDS[@]}"; do i=$((i + 1)); say need "$i" "$t"; done
+# Answers with no speech at all, only the line noise: the reference is empty,
+# and every word an engine writes is invented.
+i=0
+for secs in 1.5 4; do
+  i=$((i + 1))
+  out=$(printf 'empty%02d.wav' "$i")
+  sox -D "$tmp/noise.wav" -r 8000 -c 1 -e u-law -b 8 "$out" trim "${offset}s" "$secs"
+  offset=$((offset + 5 * 8000))
+  printf '%s\t%s\t%s\t%s\n' "$out" empty "line noise" "" >>corpus.tsv
+done
 
 total=0
 for f in *.wav; do total=$(awk -v a="$total" -v b="$(soxi -D "$f")" 'BEGIN {print a + b}'); done
