@@ -61,8 +61,8 @@ if verified "$dest"; then
   exit 0
 fi
 if [[ -e $dest ]]; then
-  say "$dest does not match a known checksum; removing it and fetching it again"
-  rm -f "$dest"
+  # Left in place until a verified copy replaces it (the final mv).
+  say "$dest does not match a known checksum; fetching a verified copy to replace it"
 fi
 
 mkdir -p "$dir"

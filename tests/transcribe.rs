@@ -136,9 +136,8 @@ fn a_callers_spoken_answers_reach_the_lead_as_text() {
     let need = transcript(lead, "need").unwrap();
     assert!(summary.contains(need.trim().trim_end_matches('.')), "{summary}");
     assert!(summary.ends_with("EMERGENCY · 94110 · call back +1 555-123-4567"), "{summary}");
-    if need.to_lowercase().contains("leak") {
-        assert_eq!(lead["urgent_words"], serde_json::json!(["leaking"]), "{lead}");
-    }
+    // tiny.en hears "leaking" in need.wav (the unit tests of transcribe::whisper pin it too).
+    assert_eq!(lead["urgent_words"], serde_json::json!(["leaking"]), "{lead}");
     // The leads file has the same lead, once, and nothing came as an update.
     let leads = agent.wait_leads(1, Duration::from_secs(5));
     assert_eq!(leads.len(), 1);

@@ -23,7 +23,7 @@ pub fn now_ms() -> i64 {
 /// Where a sink puts events.
 #[derive(Clone)]
 pub enum Target {
-    /// `leads.jsonl`: the lead of each `lead.completed`, one line each.
+    /// `leads.jsonl`: the lead of each `lead.completed` and `lead.updated`, one line each.
     LeadsFile(PathBuf),
     /// `events.jsonl`: every event, one line each.
     EventsFile(PathBuf),
@@ -106,6 +106,29 @@ impl Publisher {
             w.notify_one();
         }
         result
+    }
+}
+
+impl Publisher {
+    /// Commit the event and `then` in one transaction, then wake the
+    /// workers. For events whose source is already durable (the
+    /// transcription queue): no holding in memory; on failure nothing is
+    /// committed and the caller tries again later.
+    pub async fn publish_with(
+        &self,
+        event: Event,
+        then: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<()> + Send + 'static,
+    ) -> Result<(), DeliveryError> {
+        let (db, specs) = (self.db.clone(), self.specs.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut db = db.lock().unwrap_or_else(|p| p.into_inner());
+            db.append_then(&event, &specs, now_ms(), then)
+        })
+        .await??;
+        for w in self.wake.iter() {
+            w.notify_one();
+        }
+        Ok(())
     }
 }
 

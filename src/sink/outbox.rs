@@ -134,8 +134,21 @@ impl Outbox {
     /// events published after a restart carry ids made from what they are
     /// about (`Event::keyed`), so publishing one twice sends it once.
     pub fn append(&mut self, event: &Event, sinks: &[SinkSpec], now_ms: i64) -> rusqlite::Result<()> {
+        self.append_then(event, sinks, now_ms, |_| Ok(()))
+    }
+
+    /// [`Outbox::append`], and `then` in the same transaction: the event and
+    /// what `then` records of it are committed together or not at all.
+    pub fn append_then(
+        &mut self,
+        event: &Event,
+        sinks: &[SinkSpec],
+        now_ms: i64,
+        then: impl FnOnce(&Connection) -> rusqlite::Result<()>,
+    ) -> rusqlite::Result<()> {
         let body = serde_json::to_string(event).expect("events serialise");
         let tx = self.conn.transaction()?;
+        then(&tx)?;
         let added = tx.execute(
             "INSERT INTO events (id, kind, call_id, created_ms, body) VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT (id) DO NOTHING",

@@ -1,6 +1,6 @@
 //! What a speech-to-text engine is to the rest of Backstop: 16 kHz mono
 //! samples in, text out, on the thread that calls it. The worker pool
-//! (`transcribe::worker`) owns one [`Engine`] per thread, made from one
+//! (`transcribe::service`) owns one [`Engine`] per thread, made from one
 //! shared [`Model`], so weights are loaded once however many threads run.
 
 use std::path::PathBuf;

@@ -29,6 +29,7 @@ pub const SCHEMA: &str = "
         result TEXT,
         error TEXT,
         published INTEGER NOT NULL DEFAULT 0,
+        generation INTEGER NOT NULL DEFAULT 0,
         UNIQUE (lead_id, step)
     );
     CREATE INDEX IF NOT EXISTS transcribe_jobs_queued ON transcribe_jobs (state, id);
@@ -37,10 +38,17 @@ pub const SCHEMA: &str = "
         call_id TEXT NOT NULL,
         body TEXT NOT NULL,
         due_ms INTEGER NOT NULL,
-        completed INTEGER NOT NULL DEFAULT 0,
+        completed INTEGER NOT NULL DEFAULT 0 CHECK (completed IN (0, 1, 2)),
         updates INTEGER NOT NULL DEFAULT 0
     );
     CREATE INDEX IF NOT EXISTS transcribe_leads_call ON transcribe_leads (call_id);";
+
+/// `transcribe_leads.completed`: waiting for `lead.completed`, sent, or
+/// set aside because this version cannot read it back (kept, not deleted:
+/// a later version may; its call is still not taken for interrupted).
+const WAITING: i64 = 0;
+const SENT: i64 = 1;
+const UNREADABLE: i64 = 2;
 
 /// How often a job may fail before it is given up on.
 pub const MAX_ATTEMPTS: u32 = 3;
@@ -55,6 +63,9 @@ pub struct Job {
     pub file: String,
     pub queued_ms: i64,
     pub attempts: u32,
+    /// Bumped each time the step is queued again: a result for an older
+    /// recording is not taken (`finish`).
+    pub generation: i64,
 }
 
 /// Queue an answer's recording, once it is on disk. A step answered again
@@ -63,7 +74,8 @@ pub fn enqueue(conn: &Connection, lead_id: &str, step: &str, file: &str, now_ms:
     conn.execute(
         "INSERT INTO transcribe_jobs (lead_id, step, file, state, queued_ms) VALUES (?1, ?2, ?3, 'queued', ?4)
          ON CONFLICT (lead_id, step) DO UPDATE SET file = excluded.file, state = 'queued',
-             queued_ms = excluded.queued_ms, attempts = 0, result = NULL, error = NULL, published = 0",
+             queued_ms = excluded.queued_ms, attempts = 0, result = NULL, error = NULL, published = 0,
+             generation = transcribe_jobs.generation + 1",
         params![lead_id, step, file, now_ms],
     )?;
     Ok(())
@@ -83,6 +95,20 @@ pub fn wants_transcripts(lead: &Lead) -> bool {
 /// Its answers' jobs are queued here too if the call did not manage to.
 pub fn hold(conn: &mut Connection, lead: &Lead, due_ms: i64, now_ms: i64) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
+    // A step whose last answer has no recording (answered again without
+    // speech, or its file could not be written) has nothing to wait for.
+    let steps: Vec<String> = {
+        let mut stmt = tx.prepare("SELECT step, file FROM transcribe_jobs WHERE lead_id = ?1")?;
+        let rows = stmt.query_map(params![lead.id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let jobs: Vec<(String, String)> = rows.filter_map(Result::ok).collect();
+        jobs.into_iter()
+            .filter(|(step, file)| lead.answers.get(step).and_then(|a| a.recording.as_ref()) != Some(file))
+            .map(|(step, _)| step)
+            .collect()
+    };
+    for step in steps {
+        tx.execute("DELETE FROM transcribe_jobs WHERE lead_id = ?1 AND step = ?2", params![lead.id, step])?;
+    }
     for (step, file) in voice_answers(lead) {
         tx.execute(
             "INSERT INTO transcribe_jobs (lead_id, step, file, state, queued_ms) VALUES (?1, ?2, ?3, 'queued', ?4)
@@ -104,7 +130,7 @@ pub fn claim(conn: &Connection) -> rusqlite::Result<Option<Job>> {
     conn.query_row(
         "UPDATE transcribe_jobs SET state = 'running', attempts = attempts + 1
          WHERE id = (SELECT id FROM transcribe_jobs WHERE state = 'queued' ORDER BY id LIMIT 1)
-         RETURNING id, lead_id, step, file, queued_ms, attempts",
+         RETURNING id, lead_id, step, file, queued_ms, attempts, generation",
         [],
         |r| {
             Ok(Job {
@@ -114,6 +140,7 @@ pub fn claim(conn: &Connection) -> rusqlite::Result<Option<Job>> {
                 file: r.get(3)?,
                 queued_ms: r.get(4)?,
                 attempts: r.get(5)?,
+                generation: r.get(6)?,
             })
         },
     )
@@ -122,18 +149,19 @@ pub fn claim(conn: &Connection) -> rusqlite::Result<Option<Job>> {
 
 /// Record a job's transcript, or its failure: retried until [`MAX_ATTEMPTS`]
 /// unless `permanent`. A job that was queued again meanwhile (a newer
-/// recording) is left as it is.
+/// recording: a new generation) is left as it is.
 pub fn finish(conn: &Connection, job: &Job, result: Result<&Transcript, (&str, bool)>) -> rusqlite::Result<()> {
     match result {
         Ok(t) => conn.execute(
-            "UPDATE transcribe_jobs SET state = 'done', result = ?2, error = NULL WHERE id = ?1 AND state = 'running'",
-            params![job.id, serde_json::to_string(t).expect("a transcript always serialises")],
+            "UPDATE transcribe_jobs SET state = 'done', result = ?2, error = NULL
+             WHERE id = ?1 AND state = 'running' AND generation = ?3",
+            params![job.id, serde_json::to_string(t).expect("a transcript always serialises"), job.generation],
         )?,
         Err((error, permanent)) => {
             let state = if permanent || job.attempts >= MAX_ATTEMPTS { "failed" } else { "queued" };
             conn.execute(
-                "UPDATE transcribe_jobs SET state = ?2, error = ?3 WHERE id = ?1 AND state = 'running'",
-                params![job.id, state, error],
+                "UPDATE transcribe_jobs SET state = ?2, error = ?3 WHERE id = ?1 AND state = 'running' AND generation = ?4",
+                params![job.id, state, error, job.generation],
             )?
         }
     };
@@ -182,88 +210,106 @@ pub struct Ready {
 /// The held leads that should go out now, and when the next one falls due.
 /// Only those are read: with many calls held, a look costs little.
 pub fn ready(conn: &Connection, now_ms: i64) -> rusqlite::Result<(Vec<Ready>, Option<i64>)> {
-    // Leads all of whose jobs went out in an event, and their jobs: done with.
+    // Leads sent with everything they waited for, and their jobs: done with.
+    let outstanding = "SELECT 1 FROM transcribe_jobs j WHERE j.lead_id = l.lead_id
+           AND (j.state IN ('queued', 'running') OR (j.state IN ('done', 'failed') AND j.published = 0))";
     conn.execute(
-        "DELETE FROM transcribe_jobs WHERE lead_id IN (SELECT lead_id FROM transcribe_leads l WHERE l.completed = 1
-           AND NOT EXISTS (SELECT 1 FROM transcribe_jobs j WHERE j.lead_id = l.lead_id
-             AND (j.state IN ('queued', 'running') OR (j.state = 'done' AND j.published = 0))))",
+        &format!(
+            "DELETE FROM transcribe_jobs WHERE lead_id IN
+               (SELECT lead_id FROM transcribe_leads l WHERE l.completed = {SENT} AND NOT EXISTS ({outstanding}))"
+        ),
         [],
     )?;
     conn.execute(
-        "DELETE FROM transcribe_leads WHERE completed = 1
-           AND NOT EXISTS (SELECT 1 FROM transcribe_jobs j WHERE j.lead_id = transcribe_leads.lead_id)",
+        &format!(
+            "DELETE FROM transcribe_leads WHERE completed = {SENT}
+               AND NOT EXISTS (SELECT 1 FROM transcribe_jobs j WHERE j.lead_id = transcribe_leads.lead_id)"
+        ),
         [],
     )?;
-    let mut leads = conn.prepare_cached(
+    let mut leads = conn.prepare_cached(&format!(
         "SELECT l.lead_id, l.body, l.completed, l.updates FROM transcribe_leads l
-         WHERE (l.completed = 0 AND (l.due_ms <= ?1 OR NOT EXISTS (SELECT 1 FROM transcribe_jobs j
+         WHERE (l.completed = {WAITING} AND (l.due_ms <= ?1 OR NOT EXISTS (SELECT 1 FROM transcribe_jobs j
                   WHERE j.lead_id = l.lead_id AND j.state IN ('queued', 'running'))))
-            OR (l.completed = 1 AND EXISTS (SELECT 1 FROM transcribe_jobs j
-                  WHERE j.lead_id = l.lead_id AND j.state = 'done' AND j.published = 0))",
+            OR (l.completed = {SENT} AND EXISTS (SELECT 1 FROM transcribe_jobs j
+                  WHERE j.lead_id = l.lead_id AND j.state IN ('done', 'failed') AND j.published = 0))"
+    ))?;
+    let mut jobs = conn.prepare_cached(
+        "SELECT id, step, file, state, result, published FROM transcribe_jobs WHERE lead_id = ?1",
     )?;
-    let mut jobs = conn.prepare_cached("SELECT id, step, state, result, published FROM transcribe_jobs WHERE lead_id = ?1")?;
-    let due: Vec<(String, String, bool, u32)> =
-        leads.query_map(params![now_ms], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?.collect::<Result<_, _>>()?;
+    // A row this version cannot read is skipped, not allowed to stop the rest.
+    let due: Vec<(String, String, i64, u32)> = leads
+        .query_map(params![now_ms], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .filter_map(|row| row.map_err(|e| tracing::error!(error = %e, "unreadable held lead row; skipped")).ok())
+        .collect();
     let mut out = Vec::new();
     for (lead_id, body, completed, updates) in due {
         let mut lead: Lead = match serde_json::from_str(&body) {
             Ok(l) => l,
             Err(e) => {
-                tracing::error!(lead_id, error = %e, "unreadable held lead; dropped");
-                conn.execute("DELETE FROM transcribe_jobs WHERE lead_id = ?1", params![lead_id])?;
-                conn.execute("DELETE FROM transcribe_leads WHERE lead_id = ?1", params![lead_id])?;
+                // Kept for a version that can read it; its call is not taken for interrupted.
+                tracing::error!(lead_id, error = %e, "held lead unreadable by this version; set aside in the queue");
+                conn.execute(
+                    &format!("UPDATE transcribe_leads SET completed = {UNREADABLE} WHERE lead_id = ?1"),
+                    params![lead_id],
+                )?;
                 continue;
             }
         };
-        let rows: Vec<(i64, String, String, Option<String>, bool)> = jobs
-            .query_map(params![lead_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
-            .collect::<Result<_, _>>()?;
+        let rows: Vec<(i64, String, String, String, Option<String>, bool)> = jobs
+            .query_map(params![lead_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))?
+            .filter_map(|row| row.map_err(|e| tracing::error!(lead_id, error = %e, "unreadable job row; skipped")).ok())
+            .collect();
         let mut pending = 0;
-        let mut new = Vec::new();
-        for (id, step, state, result, published) in rows {
-            let Some(answer) = lead.answers.get_mut(&step) else { continue };
+        let mut news = Vec::new();
+        for (id, step, file, state, result, published) in rows {
             match state.as_str() {
                 "queued" | "running" => pending += 1,
                 "done" => {
-                    match result.as_deref().map(serde_json::from_str::<Transcript>) {
-                        Some(Ok(t)) => answer.transcript = Some(t),
-                        _ => tracing::error!(lead_id, step, "unreadable transcript; left out"),
-                    }
-                    if !published {
-                        new.push(id);
+                    // Only onto the answer whose recording it heard.
+                    let answer = lead.answers.get_mut(&step).filter(|a| a.recording.as_deref() == Some(file.as_str()));
+                    match (answer, result.as_deref().map(serde_json::from_str::<Transcript>)) {
+                        (Some(answer), Some(Ok(t))) => answer.transcript = Some(t),
+                        (Some(_), _) => tracing::error!(lead_id, step, "unreadable transcript; left out"),
+                        (None, _) => {}
                     }
                 }
                 _ => {}
             }
+            // A transcript, or a failure (one fewer pending), is news once.
+            if matches!(state.as_str(), "done" | "failed") && !published {
+                news.push(id);
+            }
         }
         lead.transcripts_pending = pending;
-        let publish = if completed { Publish::Updated(updates + 1) } else { Publish::Completed };
-        out.push(Ready { publish, lead, jobs: new });
+        let publish = if completed == SENT { Publish::Updated(updates + 1) } else { Publish::Completed };
+        out.push(Ready { publish, lead, jobs: news });
     }
     let next_due = conn.query_row(
-        "SELECT MIN(due_ms) FROM transcribe_leads WHERE completed = 0 AND due_ms > ?1",
+        &format!("SELECT MIN(due_ms) FROM transcribe_leads WHERE completed = {WAITING} AND due_ms > ?1"),
         params![now_ms],
         |r| r.get(0),
     )?;
     Ok((out, next_due))
 }
 
-/// Record that `ready` went out (its event is in the outbox).
-pub fn published(conn: &mut Connection, ready: &Ready) -> rusqlite::Result<()> {
-    let tx = conn.transaction()?;
+/// Record that `ready` went out. Run it in the transaction that commits
+/// its event (`Publisher::publish_with`), so that the event and this
+/// record are one: a crash leaves both or neither.
+pub fn published(conn: &Connection, ready: &Ready) -> rusqlite::Result<()> {
     match ready.publish {
-        Publish::Completed => {
-            tx.execute("UPDATE transcribe_leads SET completed = 1 WHERE lead_id = ?1", params![ready.lead.id])?
-        }
-        Publish::Updated(n) => tx.execute(
-            "UPDATE transcribe_leads SET updates = ?2 WHERE lead_id = ?1",
-            params![ready.lead.id, n],
+        Publish::Completed => conn.execute(
+            &format!("UPDATE transcribe_leads SET completed = {SENT} WHERE lead_id = ?1"),
+            params![ready.lead.id],
         )?,
+        Publish::Updated(n) => {
+            conn.execute("UPDATE transcribe_leads SET updates = ?2 WHERE lead_id = ?1", params![ready.lead.id, n])?
+        }
     };
     for id in &ready.jobs {
-        tx.execute("UPDATE transcribe_jobs SET published = 1 WHERE id = ?1", params![id])?;
+        conn.execute("UPDATE transcribe_jobs SET published = 1 WHERE id = ?1", params![id])?;
     }
-    tx.commit()
+    Ok(())
 }
 
 #[cfg(test)]
@@ -328,7 +374,7 @@ mod tests {
         assert_eq!(r[0].publish, Publish::Completed);
         assert_eq!(r[0].lead.answers["name"].transcript.as_ref().unwrap().text, "Maria");
         assert_eq!(r[0].lead.transcripts_pending, 0);
-        published(&mut conn, &r[0]).unwrap();
+        published(&conn, &r[0]).unwrap();
         // Nothing more to say: the next look forgets it.
         assert!(ready(&conn, 1000).unwrap().0.is_empty());
         let n: i64 = conn.query_row("SELECT COUNT(*) FROM transcribe_leads", [], |r| r.get(0)).unwrap();
@@ -342,14 +388,14 @@ mod tests {
         work(&conn, "Maria");
         let (r, _) = ready(&conn, 20_000).unwrap();
         assert_eq!((r[0].publish.clone(), r[0].lead.transcripts_pending), (Publish::Completed, 1));
-        published(&mut conn, &r[0]).unwrap();
+        published(&conn, &r[0]).unwrap();
         assert!(ready(&conn, 20_001).unwrap().0.is_empty(), "the name went out with lead.completed");
         work(&conn, "no heat");
         let (r, _) = ready(&conn, 30_000).unwrap();
         assert_eq!(r[0].publish, Publish::Updated(1));
         assert_eq!(r[0].lead.answers["need"].transcript.as_ref().unwrap().text, "no heat");
         assert_eq!(r[0].lead.answers["name"].transcript.as_ref().unwrap().text, "Maria", "the whole lead");
-        published(&mut conn, &r[0]).unwrap();
+        published(&conn, &r[0]).unwrap();
         assert!(ready(&conn, 30_000).unwrap().0.is_empty());
     }
 
@@ -383,6 +429,60 @@ mod tests {
         finish(&conn, &running, Err(("stale", true))).unwrap();
         let state: String = conn.query_row("SELECT state FROM transcribe_jobs", [], |r| r.get(0)).unwrap();
         assert_eq!(state, "done");
+    }
+
+    #[test]
+    fn a_result_for_an_older_recording_of_the_step_is_not_taken() {
+        let conn = db();
+        enqueue(&conn, "L", "name", "L-name.wav", 0).unwrap();
+        let old = claim(&conn).unwrap().unwrap();
+        // Answered again while the first recording was being decoded; a second worker takes it.
+        enqueue(&conn, "L", "name", "L-name.wav", 1).unwrap();
+        let new = claim(&conn).unwrap().unwrap();
+        assert_eq!((new.id, new.generation), (old.id, old.generation + 1));
+        finish(&conn, &old, Ok(&transcript("what was said first"))).unwrap();
+        finish(&conn, &new, Ok(&transcript("what was said last"))).unwrap();
+        let text: String = conn.query_row("SELECT result FROM transcribe_jobs", [], |r| r.get(0)).unwrap();
+        assert!(text.contains("what was said last"), "{text}");
+    }
+
+    #[test]
+    fn a_transcript_that_fails_after_the_lead_went_out_is_news_too() {
+        let mut conn = db();
+        hold(&mut conn, &lead("L", &["name"]), 0, 0).unwrap();
+        let (r, _) = ready(&conn, 0).unwrap();
+        assert_eq!(r[0].lead.transcripts_pending, 1);
+        published(&conn, &r[0]).unwrap();
+        let job = claim(&conn).unwrap().unwrap();
+        finish(&conn, &job, Err(("unreadable recording", true))).unwrap();
+        let (r, _) = ready(&conn, 0).unwrap();
+        assert_eq!((r[0].publish.clone(), r[0].lead.transcripts_pending), (Publish::Updated(1), 0));
+        published(&conn, &r[0]).unwrap();
+        assert!(ready(&conn, 0).unwrap().0.is_empty());
+    }
+
+    #[test]
+    fn a_step_whose_last_answer_has_no_recording_waits_for_nothing() {
+        let mut conn = db();
+        enqueue(&conn, "L", "name", "L-name.wav", 0).unwrap();
+        let mut l = lead("L", &["name"]);
+        // Answered again, with no speech this time (or its file could not be written).
+        l.answers.get_mut("name").unwrap().recording = None;
+        hold(&mut conn, &l, 20_000, 0).unwrap();
+        assert_eq!(queued(&conn).unwrap(), 0);
+        let (r, _) = ready(&conn, 0).unwrap();
+        assert_eq!((r[0].publish.clone(), r[0].lead.transcripts_pending), (Publish::Completed, 0));
+    }
+
+    #[test]
+    fn a_held_lead_this_version_cannot_read_is_set_aside_not_deleted() {
+        let mut conn = db();
+        hold(&mut conn, &lead("L", &["name"]), 0, 0).unwrap();
+        conn.execute("UPDATE transcribe_leads SET body = '{\"outcome\":\"from_the_future\"}'", []).unwrap();
+        assert!(ready(&conn, 0).unwrap().0.is_empty());
+        assert!(ready(&conn, 0).unwrap().0.is_empty(), "and it does not come back each look");
+        let kept: i64 = conn.query_row("SELECT COUNT(*) FROM transcribe_leads", [], |r| r.get(0)).unwrap();
+        assert_eq!(kept, 1);
     }
 
     #[test]

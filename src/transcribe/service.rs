@@ -159,6 +159,7 @@ impl Service {
             // Each thread's decoder is made up front: a model that cannot decode fails the start.
             let decoder = model.decoder()?;
             let w = Worker {
+                runtime: tokio::runtime::Handle::current(),
                 decoder,
                 engine: model.engine(),
                 model: model.name().to_string(),
@@ -204,7 +205,11 @@ pub async fn release_held(db: Arc<Mutex<Outbox>>, events: Publisher, finish: Lea
         move || {
             let mut db = db.lock().unwrap_or_else(|p| p.into_inner());
             let conn = db.conn();
-            conn.execute("UPDATE transcribe_jobs SET state = 'failed', error = 'transcription is off' WHERE state IN ('queued', 'running')", [])?;
+            queue::recover(conn)?;
+            conn.execute(
+                "UPDATE transcribe_jobs SET state = 'failed', error = 'transcription is off' WHERE state = 'queued'",
+                [],
+            )?;
             queue::ready(conn, i64::MAX)
         }
     })
@@ -215,7 +220,7 @@ pub async fn release_held(db: Arc<Mutex<Outbox>>, events: Publisher, finish: Lea
                 tracing::warn!(leads = ready.len(), "transcription is off: leads held for transcripts go out without the rest");
             }
             for r in ready {
-                send(&db, &events, &finish, r).await;
+                send(&events, &finish, r).await;
             }
         }
         Ok(Err(e)) => tracing::error!(error = %e, "could not read the transcription queue"),
@@ -249,7 +254,7 @@ async fn send_leads(
         match found {
             Ok(Ok((ready, next_due))) => {
                 for r in ready {
-                    if !send(&db, &events, &finish, r).await {
+                    if !send(&events, &finish, r).await {
                         next = next.min(Duration::from_secs(2));
                     }
                 }
@@ -277,34 +282,36 @@ async fn send_leads(
     }
 }
 
-/// Publish one ready lead and record that it went out; false if it could
-/// not be (it is looked at again). Its event id comes from the lead and the
-/// batch, so a second publication after a crash is the same event.
-async fn send(db: &Arc<Mutex<Outbox>>, events: &Publisher, finish: &LeadFinish, mut ready: Ready) -> bool {
+/// Publish one ready lead and record that it went out, in one
+/// transaction; false if it could not be (it is looked at again, and is the
+/// same event then: its id comes from the lead and the batch).
+async fn send(events: &Publisher, finish: &LeadFinish, mut ready: Ready) -> bool {
     finish.apply(&mut ready.lead);
     let now = rfc3339(SystemTime::now());
     let event = match ready.publish {
         Publish::Completed => Event::keyed(EventType::LeadCompleted, "completed", now, &ready.lead),
         Publish::Updated(n) => Event::keyed(EventType::LeadUpdated, &format!("update {n}"), now, &ready.lead),
     };
-    let kind = event.kind.as_str();
-    if let Err(e) = events.publish(event).await {
-        tracing::error!(kind, lead = %ready.lead.id, error = %e, "could not commit the lead");
-        return false;
+    let (kind, lead, pending, summary) =
+        (event.kind.as_str(), ready.lead.id.clone(), ready.lead.transcripts_pending, ready.lead.summary.clone());
+    match events.publish_with(event, move |conn| queue::published(conn, &ready)).await {
+        Ok(()) => {
+            tracing::info!(kind, lead, pending, summary, "lead sent with its transcripts");
+            true
+        }
+        Err(e) => {
+            tracing::error!(kind, lead, error = %e, "could not commit the lead; trying again");
+            false
+        }
     }
-    tracing::info!(kind, lead = %ready.lead.id, pending = ready.lead.transcripts_pending, summary = %ready.lead.summary, "lead sent with its transcripts");
-    let db = db.clone();
-    let r = tokio::task::spawn_blocking(move || {
-        let mut db = db.lock().unwrap_or_else(|p| p.into_inner());
-        queue::published(db.conn(), &ready)
-    })
-    .await;
-    // Not recorded: it is sent again, and the outbox keeps the one event.
-    matches!(r, Ok(Ok(())))
 }
 
 /// One transcription thread.
 struct Worker {
+    /// The queue's SQLite work runs on the runtime's blocking threads, at
+    /// normal priority: this thread runs at the lowest, and must never hold
+    /// the outbox (which calls publish through) while it waits for a CPU.
+    runtime: tokio::runtime::Handle,
     decoder: Box<dyn super::engine::Engine>,
     engine: &'static str,
     model: String,
@@ -316,14 +323,26 @@ struct Worker {
 }
 
 impl Worker {
+    /// `f` on the outbox database, from a blocking thread of the runtime.
+    fn with_db<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> rusqlite::Result<T> {
+        let db = self.db.clone();
+        let task = self.runtime.spawn_blocking(move || {
+            let mut db = db.lock().unwrap_or_else(|p| p.into_inner());
+            f(db.conn())
+        });
+        match self.runtime.block_on(task) {
+            Ok(r) => r,
+            Err(e) => Err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))),
+        }
+    }
+
     fn run(mut self) {
         lower_priority();
         while !self.stop.load(Ordering::Relaxed) {
-            let claimed = {
-                let mut db = self.db.lock().unwrap_or_else(|p| p.into_inner());
-                queue::claim(db.conn())
-            };
-            match claimed {
+            match self.with_db(queue::claim) {
                 Ok(Some(job)) => self.work(job),
                 Ok(None) => self.jobs.wait(Duration::from_secs(1)),
                 Err(e) => {
@@ -336,9 +355,15 @@ impl Worker {
 
     fn work(&mut self, job: Job) {
         let started = Instant::now();
-        let heard = read_recording(&self.recordings.join(&job.file))
-            .map_err(|e| (e, true))
-            .and_then(|pcm| self.decoder.transcribe(&to_engine_rate(&pcm)).map_err(|e| (e, false)));
+        let path = self.recordings.join(&job.file);
+        let decoder = &mut self.decoder;
+        // A panic in the engine costs this answer, not the worker.
+        let heard = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            read_recording(&path)
+                .map_err(|e| (e, true))
+                .and_then(|pcm| decoder.transcribe(&to_engine_rate(&pcm)).map_err(|e| (e, false)))
+        }))
+        .unwrap_or_else(|_| Err((TranscribeError::Engine("the engine panicked".into()), true)));
         let ms = started.elapsed().as_millis() as u64;
         let result = heard.map(|h| Transcript {
             confidence: h.confidence,
@@ -352,15 +377,13 @@ impl Worker {
             Ok(t) => tracing::info!(lead = %job.lead_id, step = %job.step, ms, delay_ms = t.delay_ms, text = %t.text, "transcribed"),
             Err((e, permanent)) => tracing::warn!(lead = %job.lead_id, step = %job.step, attempt = job.attempts, permanent, error = %e, "transcription failed"),
         }
-        let r = {
-            let mut db = self.db.lock().unwrap_or_else(|p| p.into_inner());
-            match &result {
-                Ok(t) => queue::finish(db.conn(), &job, Ok(t)),
-                Err((e, permanent)) => queue::finish(db.conn(), &job, Err((&e.to_string(), *permanent))),
-            }
-        };
+        let (lead_id, job_for_db) = (job.lead_id.clone(), job);
+        let r = self.with_db(move |conn| match &result {
+            Ok(t) => queue::finish(conn, &job_for_db, Ok(t)),
+            Err((e, permanent)) => queue::finish(conn, &job_for_db, Err((&e.to_string(), *permanent))),
+        });
         if let Err(e) = r {
-            tracing::error!(lead = %job.lead_id, error = %e, "could not record a transcript; it is decoded again");
+            tracing::error!(lead = %lead_id, error = %e, "could not record a transcript; it is decoded again");
         }
         self.held.notify_one();
     }

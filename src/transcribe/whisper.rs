@@ -316,7 +316,7 @@ pub fn check_ggml(path: &Path) -> Result<GgmlHparams, String> {
         Ok(i32::from_le_bytes(b))
     };
     let skip = |r: &mut BufReader<std::fs::File>, pos: &mut u64, n: u64, what: &str| -> Result<(), String> {
-        if *pos + n > len {
+        if pos.checked_add(n).is_none_or(|end| end > len) {
             return Err(truncated(what));
         }
         r.seek_relative(n as i64).map_err(|e| e.to_string())?;
@@ -400,7 +400,7 @@ pub fn check_ggml(path: &Path) -> Result<GgmlHparams, String> {
             if d == 0 {
                 ne0 = n as u64;
             }
-            elems = elems.saturating_mul(n as u64);
+            elems = elems.checked_mul(n as u64).ok_or_else(|| truncated("a tensor's size"))?;
         }
         skip(&mut r, &mut pos, name_len as u64, "a tensor name")?;
         // (block elements, block bytes) of ggml's types.
@@ -417,7 +417,8 @@ pub fn check_ggml(path: &Path) -> Result<GgmlHparams, String> {
         if !ne0.is_multiple_of(block) {
             return Err(format!("corrupt ggml tensor #{tensors}: row of {ne0} in blocks of {block}"));
         }
-        skip(&mut r, &mut pos, elems / block * bytes, "a tensor's data")?;
+        let data = (elems / block).checked_mul(bytes).ok_or_else(|| truncated("a tensor's size"))?;
+        skip(&mut r, &mut pos, data, "a tensor's data")?;
         tensors += 1;
     }
     let want = 7 + 15 * hp.n_audio_layer as usize + 4 + 24 * hp.n_text_layer as usize;
@@ -563,6 +564,24 @@ mod tests {
         bad.extend([0u8; 64]);
         std::fs::write(dir.join("short.bin"), &bad).unwrap();
         is_model_err(&dir.join("short.bin"), "header only");
+        // Whole sections up to a tensor whose dimensions multiply past u64: refused, no overflow.
+        let mut huge = GGML_MAGIC.to_le_bytes().to_vec();
+        for v in [51864i32, 1500, 384, 6, 4, 448, 384, 6, 4, 80, 1, 80, 201] {
+            huge.extend(v.to_le_bytes());
+        }
+        huge.extend(vec![0u8; 80 * 201 * 4]);
+        huge.extend(1i32.to_le_bytes());
+        huge.extend(1i32.to_le_bytes());
+        huge.push(b'a');
+        for v in [4i32, 5, 0, i32::MAX, i32::MAX, i32::MAX, i32::MAX] {
+            huge.extend(v.to_le_bytes());
+        }
+        huge.extend(b"x.abc");
+        huge.extend([0u8; 64]);
+        std::fs::write(dir.join("huge.bin"), &huge).unwrap();
+        let e = check_ggml(&dir.join("huge.bin")).unwrap_err();
+        eprintln!("huge: {e}");
+        is_model_err(&dir.join("huge.bin"), "dimensions past u64");
 
         if let Some(model_path) = test_model() {
             let whole = std::fs::read(&model_path).unwrap();
