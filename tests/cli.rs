@@ -122,6 +122,29 @@ fn leads_tail_lines_are_exactly_as_before() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// A lead updated after its call (a transcript came in) is in the file
+/// twice with one id: `leads tail` shows it once, as its latest line, with
+/// what was said.
+#[test]
+fn leads_tail_shows_an_updated_lead_once_with_its_transcript() {
+    let dir = common::scratch_dir("cli-tail-updated");
+    let lead = |transcript: &str| {
+        format!(
+            r#"{{"schema_version":1,"id":"l9","call_id":"c9","caller":{{"number":"+15550009","display_name":null,"uri":"sip:x@y","asserted":null}},"called":{{"number":null,"uri":"sip:z@y"}},"forwarded":null,"received_at":"2026-11-30T01:00:00.000Z","answered_at":null,"ended_at":null,"duration_ms":9000,"ended_by":"caller","outcome":"hung_up_during_zip","transport":"udp","codec":null,"answers":{{"need":{{"kind":"voice","status":"answered","value":null,"recording":"l9-need.wav","speech_ms":2100,"attempts":1{transcript}}}}}}}"#
+        )
+    };
+    let later = r#","transcript":{"delay_ms":900,"engine":"whisper.cpp","model":"ggml-tiny.en","ms":600,"text":" The basement is flooding."}"#;
+    std::fs::write(dir.join("leads.jsonl"), format!("{}\n{}\n", lead(""), lead(later))).unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_backstop")).args(["leads", "tail", "--data-dir"]).arg(&dir).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    assert!(lines[0].ends_with("[need=\"The basement is flooding.\"]"), "{text}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[test]
 fn run_fails_clearly_when_the_data_dir_is_unusable_or_the_port_is_taken() {
     let run = |args: &[&str]| {

@@ -150,7 +150,7 @@ fn a_callers_spoken_answers_reach_the_lead_as_text() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains(summary), "leads tail shows the summary: {text}");
+    assert!(text.contains(&format!("need={:?}", need.trim())), "leads tail shows what was said: {text}");
 }
 
 #[test]

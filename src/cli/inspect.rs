@@ -70,9 +70,8 @@ pub fn describe_lead(line: &str) -> String {
         })
         .collect();
     let answers = if answers.is_empty() { String::new() } else { format!("  [{}]", answers.join(", ")) };
-    let summary = if lead.summary.is_empty() { String::new() } else { format!("\n    {}", lead.summary) };
     format!(
-        "{}  {} {}{}  {} ended by {}  {}{answers}{summary}",
+        "{}  {} {}{}  {} ended by {}  {}{answers}",
         lead.received_at,
         or_dash(lead.caller.number.as_deref()),
         lead.caller.display_name.as_ref().map(|n| format!("\"{n}\"")).unwrap_or_default(),
