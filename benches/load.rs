@@ -777,7 +777,14 @@ fn report(o: &Opts, results: &[Outcome]) {
         row("transcript delay, queued to ready: p50 / p90 / max, s", &|r| {
             r.transcripts
                 .as_ref()
-                .map(|(d, _)| format!("{} / {} / {}", f(percentile(d, 0.5) / 1e3, 1), f(percentile(d, 0.9) / 1e3, 1), f(percentile(d, 1.0) / 1e3, 1)))
+                .map(|(d, _)| {
+                    format!(
+                        "{} / {} / {}",
+                        f(percentile(d, 0.5) / 1e3, 1),
+                        f(percentile(d, 0.9) / 1e3, 1),
+                        f(percentile(d, 1.0) / 1e3, 1)
+                    )
+                })
                 .unwrap_or("—".into())
         });
     }

@@ -20,10 +20,10 @@ use backstop_core::route::schedule::ScheduleConfig;
 pub use delivery::{LeadsFileConfig, OutboxConfig, WebhookConfig};
 pub use routing::{LineConfig, LinePlan, compile_schedule};
 use serde::Deserialize;
-pub use transcribe::{EngineKind, TranscribeConfig};
 pub use sip::{CallConfig, RegisterConfig, RtpConfig, SecurityConfig, SipConfig};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+pub use transcribe::{EngineKind, TranscribeConfig};
 pub use value::{HttpUrl, SipTarget, TargetTransport, ValueError};
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

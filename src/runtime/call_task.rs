@@ -139,7 +139,8 @@ impl CallTask {
                         let path = cfg.recordings_dir().join(&file);
                         let format = cfg.recordings.format;
                         // A voice answer is queued for its transcript as soon as it is on disk.
-                        let transcribe = answer.zip(shared.transcriber.clone()).map(|(step, t)| (step, t, lead_id.clone()));
+                        let transcribe =
+                            answer.zip(shared.transcriber.clone()).map(|(step, t)| (step, t, lead_id.clone()));
                         writes.push(tokio::task::spawn_blocking(move || {
                             match write_recording(&path, &samples, format) {
                                 Ok(()) => {
@@ -172,7 +173,9 @@ impl CallTask {
                             None => false,
                         };
                         if !held {
-                            shared.publish(Event::new(EventType::LeadCompleted, rfc3339(SystemTime::now()), &lead)).await;
+                            shared
+                                .publish(Event::new(EventType::LeadCompleted, rfc3339(SystemTime::now()), &lead))
+                                .await;
                         }
                     }
                 }

@@ -41,10 +41,10 @@ use crate::pacer::Pacer;
 use crate::sink::delivery::Publisher;
 use crate::sink::event::Event;
 use crate::transcribe::service::Transcriber;
-use std::sync::Arc;
 use backstop_core::route::line::Lines;
 use phases::PhaseSlots;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 
 /// What every call and registration task reads, shared by all.
 struct Shared {

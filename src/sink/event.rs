@@ -42,7 +42,6 @@ impl EventType {
             EventType::CallTransferred => "call.transferred",
         }
     }
-
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

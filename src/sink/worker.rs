@@ -72,11 +72,7 @@ async fn deliver(target: &Target, d: &Due) -> Attempt {
             let leads = matches!(target, Target::LeadsFile(_));
             let r = tokio::task::spawn_blocking(move || {
                 let mut file = LeadFile::open(&path)?;
-                if leads {
-                    file.append_line_once(&event.lead)
-                } else {
-                    file.append_once(&event.id, &event.file_line())
-                }
+                if leads { file.append_line_once(&event.lead) } else { file.append_once(&event.id, &event.file_line()) }
             })
             .await;
             match r {

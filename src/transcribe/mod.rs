@@ -7,9 +7,9 @@ pub mod audio;
 pub mod engine;
 pub mod queue;
 pub mod service;
+pub mod wer;
 #[cfg(feature = "whisper")]
 pub mod whisper;
-pub mod wer;
 
 use crate::config::{EngineKind, TranscribeConfig};
 use engine::{Model, TranscribeError};

@@ -83,7 +83,10 @@ pub fn enqueue(conn: &Connection, lead_id: &str, step: &str, file: &str, now_ms:
 
 /// The voice answers of a lead that have a recording: what it waits for.
 fn voice_answers(lead: &Lead) -> impl Iterator<Item = (&String, &String)> {
-    lead.answers.iter().filter(|(_, a)| a.kind == AnswerKind::Voice).filter_map(|(s, a)| Some((s, a.recording.as_ref()?)))
+    lead.answers
+        .iter()
+        .filter(|(_, a)| a.kind == AnswerKind::Voice)
+        .filter_map(|(s, a)| Some((s, a.recording.as_ref()?)))
 }
 
 /// Whether a lead has anything to transcribe.
@@ -173,10 +176,8 @@ pub fn finish(conn: &Connection, job: &Job, result: Result<&Transcript, (&str, b
 /// lead from its `call.missed`) are dropped: nothing would carry them.
 pub fn recover(conn: &Connection) -> rusqlite::Result<(usize, usize)> {
     let requeued = conn.execute("UPDATE transcribe_jobs SET state = 'queued' WHERE state = 'running'", [])?;
-    let orphans = conn.execute(
-        "DELETE FROM transcribe_jobs WHERE lead_id NOT IN (SELECT lead_id FROM transcribe_leads)",
-        [],
-    )?;
+    let orphans =
+        conn.execute("DELETE FROM transcribe_jobs WHERE lead_id NOT IN (SELECT lead_id FROM transcribe_leads)", [])?;
     Ok((requeued, orphans))
 }
 
@@ -234,9 +235,8 @@ pub fn ready(conn: &Connection, now_ms: i64) -> rusqlite::Result<(Vec<Ready>, Op
             OR (l.completed = {SENT} AND EXISTS (SELECT 1 FROM transcribe_jobs j
                   WHERE j.lead_id = l.lead_id AND j.state IN ('done', 'failed') AND j.published = 0))"
     ))?;
-    let mut jobs = conn.prepare_cached(
-        "SELECT id, step, file, state, result, published FROM transcribe_jobs WHERE lead_id = ?1",
-    )?;
+    let mut jobs =
+        conn.prepare_cached("SELECT id, step, file, state, result, published FROM transcribe_jobs WHERE lead_id = ?1")?;
     // A row this version cannot read is skipped, not allowed to stop the rest.
     let due: Vec<(String, String, i64, u32)> = leads
         .query_map(params![now_ms], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
@@ -331,8 +331,12 @@ mod tests {
         else {
             panic!("test INVITE rejected")
         };
-        let mut l =
-            Lead::from_invite(id.into(), &invite, std::time::SystemTime::UNIX_EPOCH, backstop_core::sip::Transport::Udp);
+        let mut l = Lead::from_invite(
+            id.into(),
+            &invite,
+            std::time::SystemTime::UNIX_EPOCH,
+            backstop_core::sip::Transport::Udp,
+        );
         for s in steps {
             let mut a: Answer = serde_json::from_value(serde_json::json!({
                 "attempts": 1, "kind": "voice", "status": "answered", "value": null
@@ -346,7 +350,14 @@ mod tests {
     }
 
     fn transcript(text: &str) -> Transcript {
-        Transcript { confidence: Some(0.9), delay_ms: 5, engine: "e".into(), model: "m".into(), ms: 3, text: text.into() }
+        Transcript {
+            confidence: Some(0.9),
+            delay_ms: 5,
+            engine: "e".into(),
+            model: "m".into(),
+            ms: 3,
+            text: text.into(),
+        }
     }
 
     fn work(conn: &Connection, text: &str) -> Job {

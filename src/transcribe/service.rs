@@ -217,7 +217,10 @@ pub async fn release_held(db: Arc<Mutex<Outbox>>, events: Publisher, finish: Lea
     match ready {
         Ok(Ok((ready, _))) => {
             if !ready.is_empty() {
-                tracing::warn!(leads = ready.len(), "transcription is off: leads held for transcripts go out without the rest");
+                tracing::warn!(
+                    leads = ready.len(),
+                    "transcription is off: leads held for transcripts go out without the rest"
+                );
             }
             for r in ready {
                 send(&events, &finish, r).await;
@@ -374,8 +377,12 @@ impl Worker {
             text: h.text,
         });
         match &result {
-            Ok(t) => tracing::info!(lead = %job.lead_id, step = %job.step, ms, delay_ms = t.delay_ms, text = %t.text, "transcribed"),
-            Err((e, permanent)) => tracing::warn!(lead = %job.lead_id, step = %job.step, attempt = job.attempts, permanent, error = %e, "transcription failed"),
+            Ok(t) => {
+                tracing::info!(lead = %job.lead_id, step = %job.step, ms, delay_ms = t.delay_ms, text = %t.text, "transcribed")
+            }
+            Err((e, permanent)) => {
+                tracing::warn!(lead = %job.lead_id, step = %job.step, attempt = job.attempts, permanent, error = %e, "transcription failed")
+            }
         }
         let (lead_id, job_for_db) = (job.lead_id.clone(), job);
         let r = self.with_db(move |conn| match &result {
@@ -511,8 +518,12 @@ mod tests {
                                             "recording": "L1-need.wav"});
             lead.answers.insert("need".into(), serde_json::from_value(answer).unwrap());
             let audio = Audio::from_pcm(None, &vec![1000i16; 8000]);
-            crate::media_files::write_recording(&self.dir.join("recordings/L1-need.wav"), &audio, RecordingFormat::Pcm16)
-                .unwrap();
+            crate::media_files::write_recording(
+                &self.dir.join("recordings/L1-need.wav"),
+                &audio,
+                RecordingFormat::Pcm16,
+            )
+            .unwrap();
             lead
         }
 
@@ -540,7 +551,10 @@ mod tests {
         let leads = rig.lines(1).await;
         assert_eq!(leads.len(), 1);
         let t = leads[0].answers["need"].transcript.as_ref().expect("the transcript");
-        assert_eq!((t.text.as_str(), t.engine.as_str(), t.model.as_str()), ("The basement is flooding.", "fixed", "test"));
+        assert_eq!(
+            (t.text.as_str(), t.engine.as_str(), t.model.as_str()),
+            ("The basement is flooding.", "fixed", "test")
+        );
         assert_eq!(leads[0].urgent_words, ["flood"]);
         assert_eq!(leads[0].summary, "The basement is flooding · URGENT: flood · call back +1 555-321-7788");
         assert_eq!(leads[0].transcripts_pending, 0);

@@ -55,8 +55,8 @@ pub fn summary(lead: &Lead, program: &Program) -> String {
             (AnswerKind::Digits, _) => keyed.extend(answer.value.clone()),
         }
     }
-    let urgent = (!lead.urgent_words.is_empty() && !emergency)
-        .then(|| format!("URGENT: {}", lead.urgent_words.join(", ")));
+    let urgent =
+        (!lead.urgent_words.is_empty() && !emergency).then(|| format!("URGENT: {}", lead.urgent_words.join(", ")));
     let call_back = call_back.or_else(|| lead.caller.number.as_deref().map(phone));
     let mut parts = Vec::new();
     if lead.junk.is_junk {
