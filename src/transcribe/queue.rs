@@ -38,17 +38,19 @@ pub const SCHEMA: &str = "
         call_id TEXT NOT NULL,
         body TEXT NOT NULL,
         due_ms INTEGER NOT NULL,
-        completed INTEGER NOT NULL DEFAULT 0 CHECK (completed IN (0, 1, 2)),
+        completed INTEGER NOT NULL DEFAULT 0 CHECK (completed IN (0, 1, 2, 3)),
         updates INTEGER NOT NULL DEFAULT 0
     );
     CREATE INDEX IF NOT EXISTS transcribe_leads_call ON transcribe_leads (call_id);";
 
-/// `transcribe_leads.completed`: waiting for `lead.completed`, sent, or
-/// set aside because this version cannot read it back (kept, not deleted:
-/// a later version may; its call is still not taken for interrupted).
+/// `transcribe_leads.completed`: waiting for `lead.completed`, or sent; or
+/// either of those, set aside because this version cannot read the lead
+/// back (kept, not deleted: each start tries it again, so a version that
+/// can read it takes it up where it was; its call is never taken for
+/// interrupted meanwhile).
 const WAITING: i64 = 0;
 const SENT: i64 = 1;
-const UNREADABLE: i64 = 2;
+const SET_ASIDE: i64 = 2;
 
 /// How often a job may fail before it is given up on.
 pub const MAX_ATTEMPTS: u32 = 3;
@@ -171,11 +173,26 @@ pub fn finish(conn: &Connection, job: &Job, result: Result<&Transcript, (&str, b
     Ok(())
 }
 
-/// After a restart: jobs that were being decoded are queued again, and jobs
+/// After a restart: jobs that were being decoded are queued again (unless
+/// tried [`MAX_ATTEMPTS`] times), leads set aside are tried again, and jobs
 /// whose call never ended (the agent died mid-call; the outbox closes such a
 /// lead from its `call.missed`) are dropped: nothing would carry them.
 pub fn recover(conn: &Connection) -> rusqlite::Result<(usize, usize)> {
+    // A recording that took the process down with it (an abort in the
+    // engine) as often as a job may fail is not tried again.
+    conn.execute(
+        &format!(
+            "UPDATE transcribe_jobs SET state = 'failed', error = 'the agent stopped while decoding it, {MAX_ATTEMPTS} times'
+             WHERE state = 'running' AND attempts >= {MAX_ATTEMPTS}"
+        ),
+        [],
+    )?;
     let requeued = conn.execute("UPDATE transcribe_jobs SET state = 'queued' WHERE state = 'running'", [])?;
+    // Leads set aside as unreadable get another try with this version.
+    conn.execute(
+        &format!("UPDATE transcribe_leads SET completed = completed - {SET_ASIDE} WHERE completed >= {SET_ASIDE}"),
+        [],
+    )?;
     let orphans =
         conn.execute("DELETE FROM transcribe_jobs WHERE lead_id NOT IN (SELECT lead_id FROM transcribe_leads)", [])?;
     Ok((requeued, orphans))
@@ -250,7 +267,7 @@ pub fn ready(conn: &Connection, now_ms: i64) -> rusqlite::Result<(Vec<Ready>, Op
                 // Kept for a version that can read it; its call is not taken for interrupted.
                 tracing::error!(lead_id, error = %e, "held lead unreadable by this version; set aside in the queue");
                 conn.execute(
-                    &format!("UPDATE transcribe_leads SET completed = {UNREADABLE} WHERE lead_id = ?1"),
+                    &format!("UPDATE transcribe_leads SET completed = completed + {SET_ASIDE} WHERE lead_id = ?1"),
                     params![lead_id],
                 )?;
                 continue;
@@ -492,8 +509,25 @@ mod tests {
         conn.execute("UPDATE transcribe_leads SET body = '{\"outcome\":\"from_the_future\"}'", []).unwrap();
         assert!(ready(&conn, 0).unwrap().0.is_empty());
         assert!(ready(&conn, 0).unwrap().0.is_empty(), "and it does not come back each look");
-        let kept: i64 = conn.query_row("SELECT COUNT(*) FROM transcribe_leads", [], |r| r.get(0)).unwrap();
-        assert_eq!(kept, 1);
+        let kept: i64 = conn.query_row("SELECT completed FROM transcribe_leads", [], |r| r.get(0)).unwrap();
+        assert_eq!(kept, SET_ASIDE + WAITING);
+        // The next start tries it again, where it was.
+        recover(&conn).unwrap();
+        let state: i64 = conn.query_row("SELECT completed FROM transcribe_leads", [], |r| r.get(0)).unwrap();
+        assert_eq!(state, WAITING);
+    }
+
+    #[test]
+    fn a_recording_that_keeps_stopping_the_agent_is_given_up_after_max_attempts() {
+        let mut conn = db();
+        hold(&mut conn, &lead("L", &["name"]), 20_000, 0).unwrap();
+        for _ in 0..MAX_ATTEMPTS {
+            claim(&conn).unwrap().unwrap();
+            recover(&conn).unwrap(); // the agent died mid-decoding; the next start
+        }
+        assert!(claim(&conn).unwrap().is_none(), "not tried a fourth time");
+        let (r, _) = ready(&conn, 0).unwrap();
+        assert_eq!((r[0].publish.clone(), r[0].lead.transcripts_pending), (Publish::Completed, 0));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use backstop_core::intake::transcript::Transcript;
 use backstop_core::route::line::Lines;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{Notify, watch};
 
@@ -36,24 +36,30 @@ pub struct Transcriber {
 }
 
 /// Wakes idle workers when a job is queued (they also look every second).
-#[derive(Default)]
+/// Signalling never blocks: it must not wait on a lock an idle-priority
+/// worker holds while no CPU is free for it.
 struct JobSignal {
-    queued: Mutex<bool>,
-    cv: Condvar,
+    tx: std::sync::mpsc::SyncSender<()>,
+    /// Shared by the workers only.
+    rx: Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl Default for JobSignal {
+    fn default() -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        JobSignal { tx, rx: Mutex::new(rx) }
+    }
 }
 
 impl JobSignal {
     fn signal(&self) {
-        *self.queued.lock().unwrap_or_else(|p| p.into_inner()) = true;
-        self.cv.notify_all();
+        // Full: a wake-up is pending already.
+        let _ = self.tx.try_send(());
     }
 
     fn wait(&self, limit: Duration) {
-        let mut queued = self.queued.lock().unwrap_or_else(|p| p.into_inner());
-        if !*queued {
-            queued = self.cv.wait_timeout(queued, limit).unwrap_or_else(|p| p.into_inner()).0;
-        }
-        *queued = false;
+        let rx = self.rx.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = rx.recv_timeout(limit);
     }
 }
 
@@ -67,7 +73,8 @@ impl Transcriber {
         };
         match r {
             Ok(()) => self.jobs.signal(),
-            // The lead still names the recording; `hold` queues it again at the call's end.
+            // The lead still names the recording; `hold` queues it at the call's end
+            // (unless an earlier answer of the step was transcribed: see the issue-14 note).
             Err(e) => tracing::error!(lead_id, step, error = %e, "could not queue an answer for transcription"),
         }
     }
@@ -198,37 +205,58 @@ impl Service {
 }
 
 /// Without `[transcribe]`: leads held by an earlier run that had it go out
-/// now, with what transcripts they have, and nothing more is decoded.
-pub async fn release_held(db: Arc<Mutex<Outbox>>, events: Publisher, finish: LeadFinish) {
-    let ready = tokio::task::spawn_blocking({
-        let db = db.clone();
-        move || {
-            let mut db = db.lock().unwrap_or_else(|p| p.into_inner());
-            let conn = db.conn();
-            queue::recover(conn)?;
-            conn.execute(
-                "UPDATE transcribe_jobs SET state = 'failed', error = 'transcription is off' WHERE state = 'queued'",
-                [],
-            )?;
-            queue::ready(conn, i64::MAX)
+/// now, with what transcripts they have, and nothing more is decoded. In
+/// the background, tried again every 2 s until every one is out.
+pub fn release_held(db: Arc<Mutex<Outbox>>, events: Publisher, finish: LeadFinish) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut first = true;
+        loop {
+            let recover = first;
+            let ready = tokio::task::spawn_blocking({
+                let db = db.clone();
+                move || {
+                    let mut db = db.lock().unwrap_or_else(|p| p.into_inner());
+                    let conn = db.conn();
+                    if recover {
+                        queue::recover(conn)?;
+                    }
+                    conn.execute(
+                        "UPDATE transcribe_jobs SET state = 'failed', error = 'transcription is off' WHERE state = 'queued'",
+                        [],
+                    )?;
+                    queue::ready(conn, i64::MAX)
+                }
+            })
+            .await;
+            first = false;
+            let mut all_out = true;
+            match ready {
+                Ok(Ok((ready, _))) => {
+                    if !ready.is_empty() {
+                        tracing::warn!(
+                            leads = ready.len(),
+                            "transcription is off: leads held for transcripts go out without the rest"
+                        );
+                    }
+                    for r in ready {
+                        all_out &= send(&events, &finish, r).await;
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "could not read the transcription queue; trying again in 2 s");
+                    all_out = false;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "could not read the transcription queue; trying again in 2 s");
+                    all_out = false;
+                }
+            }
+            if all_out {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
         }
     })
-    .await;
-    match ready {
-        Ok(Ok((ready, _))) => {
-            if !ready.is_empty() {
-                tracing::warn!(
-                    leads = ready.len(),
-                    "transcription is off: leads held for transcripts go out without the rest"
-                );
-            }
-            for r in ready {
-                send(&events, &finish, r).await;
-            }
-        }
-        Ok(Err(e)) => tracing::error!(error = %e, "could not read the transcription queue"),
-        Err(e) => tracing::error!(error = %e, "could not read the transcription queue"),
-    }
 }
 
 /// Send each held lead when it is ready; woken by workers and holds, and by
@@ -332,12 +360,18 @@ impl Worker {
         f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> rusqlite::Result<T> {
         let db = self.db.clone();
-        let task = self.runtime.spawn_blocking(move || {
-            let mut db = db.lock().unwrap_or_else(|p| p.into_inner());
-            f(db.conn())
+        // Handed to the blocking pool from a runtime thread: a pool thread
+        // this starts inherits that thread's priority, not this one's idle.
+        let task = self.runtime.spawn(async move {
+            tokio::task::spawn_blocking(move || {
+                let mut db = db.lock().unwrap_or_else(|p| p.into_inner());
+                f(db.conn())
+            })
+            .await
         });
         match self.runtime.block_on(task) {
-            Ok(r) => r,
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => Err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))),
             Err(e) => Err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))),
         }
     }
@@ -376,21 +410,38 @@ impl Worker {
             ms,
             text: h.text,
         });
-        match &result {
-            Ok(t) => {
-                tracing::info!(lead = %job.lead_id, step = %job.step, ms, delay_ms = t.delay_ms, text = %t.text, "transcribed")
+        // Logged, and recorded, from a normal-priority thread: this one must
+        // not hold the log's lock while it waits for a CPU.
+        let job = Arc::new(job);
+        let result = Arc::new(result);
+        let mut tries = 0;
+        loop {
+            let (this_job, result) = (job.clone(), result.clone());
+            let logged = tries > 0;
+            let r = self.with_db(move |conn| {
+                if !logged {
+                    match &*result {
+                        Ok(t) => tracing::info!(lead = %this_job.lead_id, step = %this_job.step, ms, delay_ms = t.delay_ms, text = %t.text, "transcribed"),
+                        Err((e, permanent)) => tracing::warn!(lead = %this_job.lead_id, step = %this_job.step, attempt = this_job.attempts, permanent, error = %e, "transcription failed"),
+                    }
+                }
+                match &*result {
+                    Ok(t) => queue::finish(conn, &this_job, Ok(t)),
+                    Err((e, permanent)) => queue::finish(conn, &this_job, Err((&e.to_string(), *permanent))),
+                }
+            });
+            tries += 1;
+            match r {
+                Ok(()) => break,
+                Err(e) if tries < 10 && !self.stop.load(Ordering::Relaxed) => {
+                    tracing::warn!(lead = %job.lead_id, error = %e, "could not record a transcript; trying again in 1 s");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                Err(e) => {
+                    tracing::error!(lead = %job.lead_id, error = %e, "could not record a transcript; it is decoded again at the next start");
+                    break;
+                }
             }
-            Err((e, permanent)) => {
-                tracing::warn!(lead = %job.lead_id, step = %job.step, attempt = job.attempts, permanent, error = %e, "transcription failed")
-            }
-        }
-        let (lead_id, job_for_db) = (job.lead_id.clone(), job);
-        let r = self.with_db(move |conn| match &result {
-            Ok(t) => queue::finish(conn, &job_for_db, Ok(t)),
-            Err((e, permanent)) => queue::finish(conn, &job_for_db, Err((&e.to_string(), *permanent))),
-        });
-        if let Err(e) = r {
-            tracing::error!(lead = %lead_id, error = %e, "could not record a transcript; it is decoded again");
         }
         self.held.notify_one();
     }
@@ -597,7 +648,7 @@ mod tests {
         }
         let (_stop, rx) = watch::channel(false);
         let _workers = rig.delivery.spawn(rx);
-        release_held(rig.delivery.outbox(), rig.delivery.publisher(), rig.finish()).await;
+        release_held(rig.delivery.outbox(), rig.delivery.publisher(), rig.finish()).await.unwrap();
         let leads = rig.lines(1).await;
         assert_eq!(leads.len(), 1);
         assert_eq!(leads[0].transcripts_pending, 0, "nothing will come: none is pending");

@@ -579,8 +579,6 @@ mod tests {
         huge.extend(b"x.abc");
         huge.extend([0u8; 64]);
         std::fs::write(dir.join("huge.bin"), &huge).unwrap();
-        let e = check_ggml(&dir.join("huge.bin")).unwrap_err();
-        eprintln!("huge: {e}");
         is_model_err(&dir.join("huge.bin"), "dimensions past u64");
 
         if let Some(model_path) = test_model() {
