@@ -503,6 +503,22 @@ mod tests {
     }
 
     #[test]
+    fn a_second_answer_the_call_could_not_queue_is_queued_at_the_end_not_taken_for_the_first() {
+        let mut conn = db();
+        enqueue(&conn, "L", "name", "L-name.wav", 0).unwrap();
+        work(&conn, "what was said first");
+        // Answered again into L-name-2.wav, whose queueing failed during the call.
+        let mut l = lead("L", &["name"]);
+        l.answers.get_mut("name").unwrap().recording = Some("L-name-2.wav".into());
+        hold(&mut conn, &l, 20_000, 0).unwrap();
+        let job = claim(&conn).unwrap().expect("the second recording is queued");
+        assert_eq!(job.file, "L-name-2.wav");
+        finish(&conn, &job, Ok(&transcript("what was said last"))).unwrap();
+        let (r, _) = ready(&conn, 0).unwrap();
+        assert_eq!(r[0].lead.answers["name"].transcript.as_ref().unwrap().text, "what was said last");
+    }
+
+    #[test]
     fn a_held_lead_this_version_cannot_read_is_set_aside_not_deleted() {
         let mut conn = db();
         hold(&mut conn, &lead("L", &["name"]), 0, 0).unwrap();

@@ -73,8 +73,7 @@ impl Transcriber {
         };
         match r {
             Ok(()) => self.jobs.signal(),
-            // The lead still names the recording; `hold` queues it at the call's end
-            // (unless an earlier answer of the step was transcribed: see the issue-14 note).
+            // The lead still names the recording; `hold` queues it at the call's end.
             Err(e) => tracing::error!(lead_id, step, error = %e, "could not queue an answer for transcription"),
         }
     }

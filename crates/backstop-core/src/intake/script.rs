@@ -125,6 +125,10 @@ pub struct Script {
     /// A transfer step is waiting for its outcome.
     transferring: bool,
     transferred: bool,
+    /// Recordings saved so far per step: a step answered again (a script
+    /// that loops back) saves to a file of its own, so no answer's audio
+    /// or transcript is mistaken for another's.
+    saved: BTreeMap<String, u32>,
 }
 
 impl Script {
@@ -153,6 +157,7 @@ impl Script {
             closing: None,
             transferring: false,
             transferred: false,
+            saved: BTreeMap::new(),
         }
     }
 
@@ -704,7 +709,12 @@ impl Script {
     }
 
     fn save_voice(&mut self, name: &str, a: SpokenAnswer, status: AnswerStatus) -> Answer {
-        let file = format!("{}-{name}.wav", self.ctx.recording_prefix);
+        let n = self.saved.entry(name.to_string()).or_insert(0);
+        *n += 1;
+        let file = match *n {
+            1 => format!("{}-{name}.wav", self.ctx.recording_prefix),
+            n => format!("{}-{name}-{n}.wav", self.ctx.recording_prefix),
+        };
         self.actions.push_back(ScriptAction::SaveRecording {
             file: file.clone(),
             samples: a.samples,
@@ -1086,6 +1096,28 @@ mod tests {
         let name = sim.answer("name");
         assert_eq!(name.status, AnswerStatus::Answered);
         assert!((760..=820).contains(&name.speech_ms.unwrap()), "{name:?}");
+    }
+
+    #[test]
+    fn a_step_answered_again_records_to_a_file_of_its_own() {
+        let program = Program::from_toml(
+            r#"
+            [[step]]
+            name = "need"
+            kind = "ask"
+            prompt = "need"
+            next = "need"
+            "#,
+        )
+        .unwrap();
+        let mut sim = Sim::new(program, None);
+        // Two answers, the second after the question is asked again.
+        sim.run(4_000, |ms| (1_500..2_500).contains(&ms));
+        let again = sim.log.iter().filter(|(_, l)| l == "play need").nth(1).expect("asked again").0;
+        sim.run(again + 4_000, |ms| (again + 1_500..again + 2_500).contains(&ms));
+        let files: Vec<&str> = sim.saved.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(files, ["L-need.wav", "L-need-2.wav"]);
+        assert_eq!(sim.answer("need").recording.as_deref(), Some("L-need-2.wav"), "the lead names the last");
     }
 
     #[test]
