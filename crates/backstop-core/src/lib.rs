@@ -12,10 +12,13 @@
 //!   activity detection, the prompt decoder and the recording encoder.
 //! * [`intake`]: the script a call follows and the lead it produces.
 //! * [`call`]: one call, the dialog, media and script wired together.
+//! * [`route`]: lines, business hours and junk rules.
+//! * [`callback`]: when a lead is due to be called back, and its reminders.
 //! * [`backoff`]: the wait before retrying, for registration and delivery.
 
 pub mod backoff;
 pub mod call;
+pub mod callback;
 #[cfg(test)]
 pub(crate) mod fixtures;
 pub mod intake;
