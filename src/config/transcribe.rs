@@ -81,3 +81,31 @@ impl TranscribeConfig {
         p
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn problems(text: &str) -> Vec<String> {
+        match Config::parse(text, None) {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors.into_iter().map(|e| format!("{}: {}", e.key, e.message)).collect(),
+        }
+    }
+
+    #[test]
+    fn transcribe_needs_a_model_and_sane_limits() {
+        let p = problems("[transcribe]\n");
+        assert!(p.iter().any(|e| e.starts_with("transcribe.model: is required")), "{p:?}");
+        let p = problems("[transcribe]\nmodel = \"m.bin\"\nthreads = 0\nwait_secs = 601\nurgent_words = [\" \"]\n");
+        for key in ["transcribe.threads", "transcribe.wait_secs", "transcribe.urgent_words"] {
+            assert!(p.iter().any(|e| e.starts_with(key)), "{key}: {p:?}");
+        }
+        let cfg = Config::parse("[transcribe]\nmodel = \"m.bin\"\n", None).unwrap();
+        let t = cfg.transcribe.unwrap();
+        assert_eq!((t.threads, t.wait.as_secs(), t.fit_audio_ctx), (1, 20, true));
+        assert!(t.urgent_words.iter().any(|w| w == "no heat"));
+        assert!(Config::parse("[transcribe]\nmodel = \"m.bin\"\nengine = \"cloud\"\n", None).is_err());
+        assert!(Config::parse("", None).unwrap().transcribe.is_none(), "off unless configured");
+    }
+}
