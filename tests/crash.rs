@@ -6,17 +6,15 @@
 
 mod common;
 
-use common::receiver::{Receiver, Reply};
+use common::receiver::{Receiver, Reply, SECRET, key};
 use common::scenario::*;
 use common::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-
 #[test]
 fn kill_9_mid_call_and_mid_delivery_loses_no_lead() {
-    let key = backstop::sink::webhook::decode_secret(SECRET).unwrap();
+    let key = key();
     let port = free_port();
     let mut agent = AgentProc::start(
         "crash",

@@ -13,7 +13,7 @@
 mod common;
 
 use backstop_core::media::g711::Law;
-use common::receiver::{Receiver, Seen};
+use common::receiver::{Receiver, SECRET, Seen, key};
 use common::scenario::*;
 use common::*;
 use serde_json::Value;
@@ -24,12 +24,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-
-const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-
-fn key() -> Vec<u8> {
-    backstop::sink::webhook::decode_secret(SECRET).unwrap()
-}
 
 // ---------------------------------------------------------------------------
 // Calls

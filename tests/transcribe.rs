@@ -12,14 +12,13 @@ mod common;
 
 use backstop::transcribe::wer::{Wer, wer};
 use common::pcap::CallerAudio;
-use common::receiver::{Receiver, Seen};
+use common::receiver::{Receiver, SECRET, Seen, key};
 use common::scenario::*;
 use common::*;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 /// What the fixtures say (`scripts/make-test-speech.sh`).
 const NAME_SAID: &str = "Jordan Alvarez";
 const NEED_SAID: &str = "The water heater is leaking all over the basement floor";
@@ -43,10 +42,6 @@ fn model() -> Option<PathBuf> {
 
 fn speech(name: &str) -> Vec<i16> {
     backstop::media_files::load_prompt(name, &manifest_dir().join("tests/fixtures/speech").join(name)).unwrap().pcm
-}
-
-fn key() -> Vec<u8> {
-    backstop::sink::webhook::decode_secret(SECRET).unwrap()
 }
 
 /// An agent with the shipped default script, transcription on, and a webhook.

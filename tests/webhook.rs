@@ -3,16 +3,10 @@
 
 mod common;
 
-use common::receiver::{Receiver, Reply};
+use common::receiver::{Receiver, Reply, SECRET, key};
 use common::scenario::*;
 use common::*;
 use std::time::Duration;
-
-const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-
-fn key() -> Vec<u8> {
-    backstop::sink::webhook::decode_secret(SECRET).unwrap()
-}
 
 fn agent_with_webhook(name: &str, port: u16, extra: &str) -> AgentProc {
     AgentProc::start(

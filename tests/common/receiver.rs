@@ -7,6 +7,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+/// The webhook secret the tests configure, and its key for checking signatures.
+pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+pub fn key() -> Vec<u8> {
+    backstop::sink::webhook::decode_secret(SECRET).unwrap()
+}
+
 /// How to answer one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reply {

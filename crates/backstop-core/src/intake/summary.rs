@@ -12,6 +12,7 @@
 use crate::intake::answer::{AnswerKind, AnswerStatus};
 use crate::intake::lead::{Lead, Outcome};
 use crate::intake::program::{Program, StepKind, Validator};
+use crate::route::line::nanp_national;
 
 /// Menu labels that mean "this is an emergency": written in capitals.
 const EMERGENCY_LABELS: [&str; 3] = ["emergency", "urgent", "asap"];
@@ -83,13 +84,7 @@ fn clean_sentence(text: &str) -> String {
 
 /// A North American number as `+1 555-321-7788`; anything else as it came.
 fn phone(number: &str) -> String {
-    let digits: String = number.chars().filter(char::is_ascii_digit).collect();
-    let national = match digits.len() {
-        10 if !number.starts_with('+') => Some(&digits[..]),
-        11 if digits.starts_with('1') => Some(&digits[1..]),
-        _ => None,
-    };
-    match national {
+    match nanp_national(number) {
         Some(n) => format!("+1 {}-{}-{}", &n[..3], &n[3..6], &n[6..]),
         None => number.to_string(),
     }

@@ -210,11 +210,9 @@ impl Block {
 /// digits starting with 1) or added (10 digits, not written with `+`).
 fn nanp_forms(number: &str) -> Vec<String> {
     let digits: String = number.chars().filter(char::is_ascii_digit).collect();
-    let other = match digits.len() {
-        11 if digits.starts_with('1') => Some(digits[1..].to_string()),
-        10 if !number.trim_start().starts_with('+') => Some(format!("1{digits}")),
-        _ => None,
-    };
+    // With its 1 the number is the national form; without, the national form with its 1.
+    let other = crate::route::line::nanp_national(number)
+        .map(|national| if national == digits { format!("1{national}") } else { national });
     [Some(digits), other].into_iter().flatten().collect()
 }
 

@@ -66,10 +66,19 @@ impl LineMatch {
 /// A number's digits, the only part compared, without the North American
 /// country code: `+1 555 010 0100` and `555-010-0100` are the same line.
 fn digits(s: &str) -> String {
-    let d: String = s.chars().filter(char::is_ascii_digit).collect();
-    match d.strip_prefix('1') {
-        Some(national) if d.len() == 11 => national.to_string(),
-        _ => d,
+    nanp_national(s).unwrap_or_else(|| s.chars().filter(char::is_ascii_digit).collect())
+}
+
+/// A North American number's ten national digits: eleven digits starting
+/// with 1, or ten not written as an international (`+`) number; `None` for
+/// anything else. The one reading of NANP numbers, for line matches, the
+/// junk rules and the lead's summary.
+pub fn nanp_national(number: &str) -> Option<String> {
+    let d: String = number.chars().filter(char::is_ascii_digit).collect();
+    match d.len() {
+        11 if d.starts_with('1') => Some(d[1..].to_string()),
+        10 if !number.trim_start().starts_with('+') => Some(d),
+        _ => None,
     }
 }
 
