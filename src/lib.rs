@@ -13,10 +13,13 @@ pub mod cli;
 pub mod config;
 #[cfg(feature = "fuzz")]
 pub mod fuzz;
+pub mod http;
 pub mod media_files;
 pub mod pacer;
 pub mod runtime;
 pub mod sink;
+pub mod store;
+pub mod textback;
 pub mod transcribe;
 pub mod transport;
 

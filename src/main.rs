@@ -51,7 +51,9 @@ enum Command {
         #[arg(long, global = true)]
         data_dir: Option<PathBuf>,
     },
-    /// Read the leads file.
+    /// Print an argon2 hash of a password read from stdin, for `[[http.user]] password_hash`.
+    Passwd,
+    /// Read the leads: the lead store (list, done) or the leads file (tail).
     Leads {
         #[command(subcommand)]
         action: LeadsAction,
@@ -75,6 +77,25 @@ enum OutboxAction {
 
 #[derive(Subcommand)]
 enum LeadsAction {
+    /// Leads in the store, newest first (overdue first among open ones).
+    List {
+        /// Only leads not handled yet.
+        #[arg(long, conflicts_with = "overdue")]
+        open: bool,
+        /// Only leads past their callback time.
+        #[arg(long)]
+        overdue: bool,
+        #[arg(short = 'n', long, default_value_t = 50)]
+        n: u32,
+    },
+    /// Mark a lead handled (called back); publishes lead.handled.
+    Done {
+        /// The lead's id.
+        id: String,
+        /// A note to keep with it.
+        #[arg(long)]
+        note: Option<String>,
+    },
     /// The last N leads, one readable line each.
     Tail {
         #[arg(short = 'n', long, default_value_t = 10)]
@@ -173,6 +194,21 @@ fn main() -> ExitCode {
                 }),
             })
         }
+        Command::Passwd => finish(backstop::cli::passwd::run()),
+        Command::Leads { action: LeadsAction::List { open, overdue, n }, config, data_dir } => {
+            let cfg = match config_or_exit(config.as_deref(), data_dir) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            finish(backstop::cli::leads::list(&cfg, open, overdue, n))
+        }
+        Command::Leads { action: LeadsAction::Done { id, note }, config, data_dir } => {
+            let cfg = match config_or_exit(config.as_deref(), data_dir) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            finish(backstop::cli::leads::done(&cfg, &id, note))
+        }
         Command::Leads { action: LeadsAction::Tail { n }, config, data_dir } => {
             let cfg = match config_or_exit(config.as_deref(), data_dir) {
                 Ok(c) => c,
@@ -200,7 +236,7 @@ fn main() -> ExitCode {
                 cfg.sip.listen = l;
             }
             run::init_logging(&cfg);
-            let result = run::run(cfg);
+            let result = run::run(cfg, config);
             if let Err(e) = &result {
                 tracing::error!("{e:#}");
             }

@@ -3,6 +3,8 @@
 //! file and the outbox. `main.rs` holds only the command line.
 
 pub mod inspect;
+pub mod leads;
+pub mod passwd;
 pub mod run;
 
 use crate::config::{Config, ConfigErrors, compile_schedule};

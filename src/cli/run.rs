@@ -7,6 +7,8 @@
 use super::load_lines;
 use crate::agent::{Agent, Shutdown};
 use crate::config::Config;
+use crate::http::links::Links;
+use crate::http::{Context as HttpContext, HttpFace};
 use crate::sink::delivery::{Delivery, Sink, Target};
 use crate::sink::event::EventType;
 use crate::sink::outbox::{LineFilter, Outbox, SinkSpec};
@@ -15,6 +17,7 @@ use crate::transcribe::load_model;
 use crate::transcribe::service::{LeadFinish, Service, release_held};
 use anyhow::Context;
 use backstop_core::intake::summary::{DEFAULT_URGENT_WORDS, UrgentWords};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,6 +49,7 @@ fn sinks(cfg: &Config) -> anyhow::Result<Vec<Sink>> {
     if cfg.leads_file.events {
         out.push(local("file:events.jsonl", EventType::ALL.to_vec(), Target::EventsFile(cfg.events_path())));
     }
+    out.extend(crate::textback::sinks(cfg).context("[[text_back]]")?);
     // A line with webhooks of its own sends its leads there only; the
     // top-level webhooks take every other line's.
     let own: Vec<String> = cfg.line.iter().filter(|l| !l.webhook.is_empty()).map(|l| l.name.clone()).collect();
@@ -74,8 +78,9 @@ fn sinks(cfg: &Config) -> anyhow::Result<Vec<Sink>> {
     Ok(out)
 }
 
-/// Run the agent until a signal, then shut down in order.
-pub fn run(cfg: Config) -> anyhow::Result<()> {
+/// Run the agent until a signal, then shut down in order. `config_path` is
+/// read again on SIGHUP, for the HTTP face's users and API tokens.
+pub fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let lines = Arc::new(load_lines(&cfg)?);
     // A missing or corrupt model stops the start, before any call is taken.
     let model = match &cfg.transcribe {
@@ -89,7 +94,18 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", cfg.recordings_dir().display()))?;
     let outbox_path = cfg.outbox_path();
     let outbox = Outbox::open(&outbox_path).with_context(|| format!("opening the outbox {}", outbox_path.display()))?;
-    let delivery = Delivery::new(outbox, sinks(&cfg)?, cfg.outbox.max_pending, cfg.outbox.keep_delivered);
+    let mut delivery = Delivery::new(outbox, sinks(&cfg)?, cfg.outbox.max_pending, cfg.outbox.keep_delivered);
+    delivery.set_links(Links::from_config(&cfg).context("[http]")?);
+    {
+        // Leads from before the store: taken in once.
+        let db = delivery.outbox();
+        let mut db = db.lock().unwrap_or_else(|p| p.into_inner());
+        let n = crate::store::import::import_once(&mut db, &cfg.leads_path())
+            .with_context(|| format!("importing {} into the lead store", cfg.leads_path().display()))?;
+        if n > 0 {
+            tracing::info!(leads = n, from = %cfg.leads_path().display(), "imported earlier leads into the lead store");
+        }
+    }
     let webhooks = cfg.webhook.len() + cfg.line.iter().map(|l| l.webhook.len()).sum::<usize>();
     tracing::info!(outbox = %outbox_path.display(), leads = %cfg.leads_path().display(), webhooks, lines = cfg.line.len(), "lead delivery ready");
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -99,7 +115,20 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             tracing::warn!(calls = recovered, "closed the leads of calls cut off by the last stop");
         }
         let (workers_stop, workers_rx) = tokio::sync::watch::channel(false);
-        let workers = delivery.spawn(workers_rx);
+        let mut workers = delivery.spawn(workers_rx.clone());
+        workers.push(tokio::spawn(crate::store::clock::run(delivery.publisher(), cfg.callback.policy(), workers_rx.clone())));
+        let http = match &cfg.http {
+            Some(h) => {
+                let ctx = HttpContext { cfg: cfg.clone(), db: delivery.outbox(), publisher: delivery.publisher() };
+                let face = HttpFace::start(ctx, workers_rx.clone()).await.context("[http]")?;
+                tracing::info!(listen = %h.listen, "HTTP face ready");
+                Some(Arc::new(face))
+            }
+            None => None,
+        };
+        if let (Some(face), Some(path)) = (http.clone(), config_path) {
+            tokio::spawn(reload_on_hangup(face, path));
+        }
         let finish = LeadFinish {
             lines: lines.clone(),
             urgent: match &cfg.transcribe {
@@ -157,10 +186,34 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         for w in workers {
             let _ = tokio::time::timeout(Duration::from_secs(2), w).await;
         }
+        if let Some(face) = http.and_then(|f| Arc::into_inner(f)) {
+            let _ = tokio::time::timeout(Duration::from_secs(2), face.stopped()).await;
+        }
         result
     });
     rt.shutdown_timeout(Duration::from_secs(1));
     result
+}
+
+/// On SIGHUP, read the config file again and give the HTTP face its users
+/// and API tokens (a leaked token is revoked by removing it and reloading).
+/// A config with problems changes nothing; the problems are logged.
+async fn reload_on_hangup(face: Arc<HttpFace>, path: PathBuf) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+    while hup.recv().await.is_some() {
+        match Config::load(&path) {
+            Ok(cfg) => {
+                face.reload(&cfg);
+                tracing::info!(config = %path.display(), "SIGHUP: HTTP users and API tokens reloaded");
+            }
+            Err(errors) => {
+                for e in errors {
+                    tracing::error!("SIGHUP: config not reloaded: {e}");
+                }
+            }
+        }
+    }
 }
 
 /// SIGTERM and SIGINT (Ctrl-C), as one stream.

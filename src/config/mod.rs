@@ -5,10 +5,13 @@
 //! file, the key and its line, found from toml's spans ([`locate`]).
 //! `config/backstop.toml` is the commented manual.
 
+mod callback;
 mod delivery;
+mod http;
 mod locate;
 mod routing;
 mod sip;
+mod text_back;
 mod transcribe;
 mod validate;
 mod value;
@@ -17,12 +20,15 @@ use backstop_core::intake::program::{Program, StepConfig};
 use backstop_core::media::recorder::RecordingFormat;
 use backstop_core::route::junk::JunkConfig;
 use backstop_core::route::schedule::ScheduleConfig;
+pub use callback::CallbackConfig;
 pub use delivery::{LeadsFileConfig, OutboxConfig, WebhookConfig};
+pub use http::HttpConfig;
 pub use routing::{LineConfig, LinePlan, compile_schedule};
 use serde::Deserialize;
 pub use sip::{CallConfig, RegisterConfig, RtpConfig, SecurityConfig, SipConfig};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+pub use text_back::TextBackConfig;
 pub use transcribe::{EngineKind, TranscribeConfig};
 pub use value::{HttpUrl, SipTarget, TargetTransport, ValueError};
 
@@ -52,6 +58,12 @@ pub struct Config {
     pub line: Vec<LineConfig>,
     /// Transcripts of the voice answers; absent: none.
     pub transcribe: Option<TranscribeConfig>,
+    /// The HTTP face (inbox, API, recording links); absent: off.
+    pub http: Option<HttpConfig>,
+    /// The callback clock.
+    pub callback: CallbackConfig,
+    /// Instant text-backs to missed callers, for every line without its own.
+    pub text_back: Vec<TextBackConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -137,6 +149,9 @@ impl Default for Config {
             junk: Default::default(),
             line: Vec::new(),
             transcribe: None,
+            http: None,
+            callback: Default::default(),
+            text_back: Vec::new(),
         }
     }
 }

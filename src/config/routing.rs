@@ -39,6 +39,9 @@ pub struct LineConfig {
     /// Its own script; default the top-level `[[step]]`s.
     #[serde(default)]
     pub step: Vec<StepConfig>,
+    /// Its own text-backs; default the top-level `[[text_back]]`s.
+    #[serde(default)]
+    pub text_back: Vec<super::TextBackConfig>,
 }
 
 /// What a line runs, with the defaults filled in: the config of one line as

@@ -214,6 +214,16 @@ impl Config {
         }
         p.extend(self.routing_problems());
         p.extend(self.transcribe.iter().flat_map(|t| t.problems()));
+        p.extend(self.http.iter().flat_map(|h| h.problems()));
+        p.extend(self.callback.problems());
+        for (i, t) in self.text_back.iter().enumerate() {
+            p.extend(t.problems(&format!("text_back[{i}]")));
+        }
+        for (l, line) in self.line.iter().enumerate() {
+            for (i, t) in line.text_back.iter().enumerate() {
+                p.extend(t.problems(&format!("line[{l}].text_back[{i}]")));
+            }
+        }
         if self.recordings.max_call.is_zero() || self.recordings.max_call > Duration::from_secs(4 * 3600) {
             p.push(("recordings.max_call_secs".into(), "must be between 1 and 14400".into()));
         }

@@ -28,6 +28,8 @@ pub enum Target {
     /// `events.jsonl`: every event, one line each.
     EventsFile(PathBuf),
     Webhook(Webhook),
+    /// An instant text-back to the caller (`[[text_back]]`).
+    TextBack(Arc<crate::textback::Sender>),
 }
 
 /// A configured sink: what it takes, where it delivers, how it retries.
@@ -46,6 +48,8 @@ pub struct Publisher {
     pub(super) specs: Arc<Vec<SinkSpec>>,
     pub(super) wake: Arc<Vec<Arc<Notify>>>,
     pub(super) held: Held,
+    /// Signs the recording links events carry (`[http] public_url`).
+    pub(super) links: Option<Arc<crate::http::links::Links>>,
 }
 
 /// Events the outbox could not take (disk full): kept in memory, in order,
@@ -83,10 +87,18 @@ pub(super) fn flush_held(
 }
 
 impl Publisher {
+    /// Add the signed recording links, when the config asks for them.
+    fn decorate(&self, event: &mut Event) {
+        if let Some(links) = &self.links {
+            links.decorate(event, now_ms() / 1000);
+        }
+    }
+
     /// Commit the event durably (after any held before it), then wake the
     /// workers. When the outbox cannot take it (disk full, say), the event is
     /// held in memory and committed later by the retry task; the error says so.
-    pub async fn publish(&self, event: Event) -> Result<(), DeliveryError> {
+    pub async fn publish(&self, mut event: Event) -> Result<(), DeliveryError> {
+        self.decorate(&mut event);
         let db = self.db.clone();
         let specs = self.specs.clone();
         let held = self.held.clone();
@@ -116,9 +128,10 @@ impl Publisher {
     /// committed and the caller tries again later.
     pub async fn publish_with(
         &self,
-        event: Event,
+        mut event: Event,
         then: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<()> + Send + 'static,
     ) -> Result<(), DeliveryError> {
+        self.decorate(&mut event);
         let (db, specs, held) = (self.db.clone(), self.specs.clone(), self.held.clone());
         tokio::task::spawn_blocking(move || {
             let mut db = db.lock().unwrap_or_else(|p| p.into_inner());
@@ -145,6 +158,7 @@ pub struct Delivery {
     max_pending: u64,
     keep_delivered: Duration,
     held: Held,
+    links: Option<Arc<crate::http::links::Links>>,
 }
 
 impl Delivery {
@@ -157,7 +171,13 @@ impl Delivery {
             max_pending,
             keep_delivered,
             held: Default::default(),
+            links: None,
         }
+    }
+
+    /// Sign recording links into every event published from now on.
+    pub fn set_links(&mut self, links: Option<crate::http::links::Links>) {
+        self.links = links.map(Arc::new);
     }
 
     /// The outbox database, shared with the transcription queue.
@@ -171,6 +191,7 @@ impl Delivery {
             specs: Arc::new(self.sinks.iter().map(|s| s.spec.clone()).collect()),
             wake: Arc::new(self.wake.clone()),
             held: self.held.clone(),
+            links: self.links.clone(),
         }
     }
 
@@ -218,7 +239,7 @@ impl Delivery {
     /// so that the last leads are on disk in `leads.jsonl` before exit.
     pub async fn drain_files(&self, limit: Duration) {
         let deadline = tokio::time::Instant::now() + limit;
-        for sink in self.sinks.iter().filter(|s| !matches!(s.target, Target::Webhook(_))) {
+        for sink in self.sinks.iter().filter(|s| matches!(s.target, Target::LeadsFile(_) | Target::EventsFile(_))) {
             loop {
                 let due = {
                     let db = self.db.lock().unwrap_or_else(|p| p.into_inner());

@@ -27,12 +27,25 @@ pub enum EventType {
     /// A `transfer` step handed the caller to the on-call tech.
     #[serde(rename = "call.transferred")]
     CallTransferred,
+    /// The lead was not handled by its `callback.due_at` (and again every
+    /// `[callback] repeat_minutes`, up to `max_reminders`).
+    #[serde(rename = "lead.callback_overdue")]
+    LeadCallbackOverdue,
+    /// Someone marked the lead handled (called back), with the time to callback.
+    #[serde(rename = "lead.handled")]
+    LeadHandled,
 }
 
 impl EventType {
     /// Every event Backstop publishes: what a sink takes unless it lists its own.
-    pub const ALL: [EventType; 4] =
-        [EventType::CallMissed, EventType::CallTransferred, EventType::LeadCompleted, EventType::LeadUpdated];
+    pub const ALL: [EventType; 6] = [
+        EventType::CallMissed,
+        EventType::CallTransferred,
+        EventType::LeadCompleted,
+        EventType::LeadUpdated,
+        EventType::LeadCallbackOverdue,
+        EventType::LeadHandled,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -40,6 +53,8 @@ impl EventType {
             EventType::LeadUpdated => "lead.updated",
             EventType::LeadCompleted => "lead.completed",
             EventType::CallTransferred => "call.transferred",
+            EventType::LeadCallbackOverdue => "lead.callback_overdue",
+            EventType::LeadHandled => "lead.handled",
         }
     }
 }

@@ -110,6 +110,9 @@ impl Outbox {
         )?;
         // The transcription queue lives beside the events: one file, one fsync story.
         conn.execute_batch(crate::transcribe::queue::SCHEMA)?;
+        // The lead store and the text-back's own tables, in the same file.
+        conn.execute_batch(crate::store::SCHEMA)?;
+        conn.execute_batch(crate::textback::SCHEMA)?;
         Ok(Outbox { conn })
     }
 
@@ -158,6 +161,8 @@ impl Outbox {
             return tx.commit();
         }
         let seq = tx.last_insert_rowid();
+        // The lead store follows the committed events, in the same transaction.
+        crate::store::record(&tx, event, now_ms)?;
         for sink in sinks.iter().filter(|s| s.takes(event)) {
             tx.execute(
                 "INSERT INTO deliveries (seq, sink, state, next_ms) VALUES (?1, ?2, 'pending', ?3)",

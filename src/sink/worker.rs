@@ -67,6 +67,7 @@ async fn deliver(target: &Target, d: &Due) -> Attempt {
             let body = serde_json::to_vec(&d.event).expect("events serialise");
             w.deliver(&d.event.id, &body, now_ms() / 1000).await
         }
+        Target::TextBack(sender) => sender.deliver(&d.event).await,
         Target::LeadsFile(path) | Target::EventsFile(path) => {
             let (path, event) = (path.clone(), d.event.clone());
             let leads = matches!(target, Target::LeadsFile(_));
@@ -88,6 +89,7 @@ fn target_name(t: &Target) -> String {
     match t {
         Target::LeadsFile(p) | Target::EventsFile(p) => p.display().to_string(),
         Target::Webhook(w) => w.url.clone(),
+        Target::TextBack(s) => s.name(),
     }
 }
 

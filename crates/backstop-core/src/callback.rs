@@ -10,7 +10,54 @@
 //! that use it are built with the inbox.)
 
 use crate::route::schedule::{Schedule, ScheduleState};
+use serde::{Deserialize, Serialize};
 use std::time::{Duration, SystemTime};
+
+/// Where a lead stands in the inbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeadStatus {
+    /// Not called back yet, and not yet due.
+    New,
+    /// Not called back, and past `due_at`.
+    Overdue,
+    /// Called back (or otherwise dealt with).
+    Handled,
+}
+
+impl LeadStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeadStatus::New => "new",
+            LeadStatus::Overdue => "overdue",
+            LeadStatus::Handled => "handled",
+        }
+    }
+}
+
+/// The callback clock as the lead carries it (`lead.callback`). Fields in
+/// alphabetical order, as on the wire (see `intake::lead`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallbackState {
+    /// When the caller should have been called back (RFC 3339).
+    pub due_at: String,
+    /// When someone marked the lead handled (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handled_at: Option<String>,
+    /// Who: an inbox user, an API token's name, `cli`, or `transfer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handled_by: Option<String>,
+    /// What they noted when they handled it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// `lead.callback_overdue` events sent for it so far.
+    #[serde(default)]
+    pub reminders: u32,
+    pub status: LeadStatus,
+    /// From `received_at` to `handled_at`, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_to_callback_secs: Option<u64>,
+}
 
 /// How soon leads should be called back, and how insistently to remind.
 #[derive(Debug, Clone, PartialEq, Eq)]

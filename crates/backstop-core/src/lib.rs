@@ -25,6 +25,7 @@ pub mod intake;
 pub mod media;
 pub mod route;
 pub mod sip;
+pub mod textback;
 
 /// Our User-Agent / Server header value.
 pub const USER_AGENT: &str = concat!("Backstop/", env!("CARGO_PKG_VERSION"));

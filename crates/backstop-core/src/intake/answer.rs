@@ -58,6 +58,9 @@ pub struct Answer {
     /// voice: the WAV file, relative to the recordings directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recording: Option<String>,
+    /// voice: a signed, expiring link to the recording (`[http] public_url`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recording_url: Option<String>,
     /// voice: from the first to the last speech frame.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub speech_ms: Option<u64>,
@@ -80,6 +83,7 @@ impl Answer {
             label: None,
             from_caller_id: false,
             recording: None,
+            recording_url: None,
             speech_ms: None,
             attempts,
             transcript: None,

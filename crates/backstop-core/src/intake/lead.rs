@@ -187,6 +187,11 @@ pub struct Lead {
     /// The script's answers by step name (see `intake::answer::Answer`).
     #[serde(default)]
     pub answers: BTreeMap<String, Answer>,
+    /// The callback clock (the lead inbox): when the caller should have been
+    /// called back, and whether and when they were. Absent for junk calls
+    /// and on leads from before the clock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback: Option<crate::callback::CallbackState>,
     pub call_id: String,
     pub called: Called,
     pub caller: Caller,
@@ -212,6 +217,9 @@ pub struct Lead {
     pub received_at: String,
     /// The whole call's recording (the caller's side), when enabled; relative to the recordings directory.
     pub recording: Option<String>,
+    /// A signed, expiring link to `recording` (`[http] public_url`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recording_url: Option<String>,
     /// The line's business hours when the call arrived: `open`, `closed` or
     /// `holiday`; absent when the line has no `[schedule]`.
     #[serde(default)]
@@ -227,6 +235,11 @@ pub struct Lead {
     /// (`intake::summary`).
     #[serde(default)]
     pub summary: String,
+    /// The instant text message to the caller (`[[text_back]]`): sent,
+    /// skipped and why, or failed. Absent until the text-back sink has
+    /// decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_back: Option<crate::textback::TextBack>,
     /// Voice answers still waiting for their transcripts: a `lead.updated`
     /// with them follows. Absent when none wait.
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -296,6 +309,9 @@ impl Lead {
             source_verified: false,
             answers: Default::default(),
             recording: None,
+            recording_url: None,
+            callback: None,
+            text_back: None,
             junk: Junk::default(),
             line: default_line(),
             schedule: None,
