@@ -8,7 +8,10 @@
 #   SIPVicious (svmap, svwar) scans the agent in the hostile-input tests;
 #   tcpdump times the agent's RTP on the wire in the intake test and the load smoke;
 #   cmake, clang and libclang-dev build whisper.cpp (the `whisper` feature), and
-#   scripts/get-model.sh fetches and checks the model the transcription tests use.
+#   scripts/get-model.sh fetches and checks the model the transcription tests use;
+#   chromium and chromium-driver (WebDriver) drive the lead inbox in a real browser;
+#   Prism (npm, pinned in tests/contracts/) serves Twilio's published OpenAPI
+#   description as a validating mock for the text-back contract test.
 # Tests talk to loopback only. Run as root: apt-get on a fresh machine, and
 # SIPp's pcap replay of the callers' speech (play_pcap_audio) opens a raw socket.
 set -euo pipefail
@@ -24,6 +27,9 @@ command -v baresip >/dev/null 2>&1 || missing+=(baresip)
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 command -v clang >/dev/null 2>&1 || missing+=(clang)
 dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   sudo=""
@@ -31,6 +37,20 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+
+# What the build and the tests have to work with (a full disk fails a build in odd places).
+df -h . | tail -n 1 | awk '{print "disk: " $4 " free of " $2}'
+
+# Prism, for the text-back contract test: the pinned version, once.
+if [ ! -x tests/contracts/node_modules/.bin/prism ]; then
+  (cd tests/contracts && npm ci --no-audit --no-fund --loglevel=error)
+fi
+BACKSTOP_PRISM="$PWD/tests/contracts/node_modules/.bin/prism"
+export BACKSTOP_PRISM
+
+# One build, not incremental: CI starts from a clean clone, and incremental
+# state only costs disk there.
+export CARGO_INCREMENTAL=0
 
 # The transcription tests' model: fetched, checked against its published checksum, cached.
 BACKSTOP_TEST_MODEL="$(scripts/get-model.sh | tail -n 1)"
