@@ -1,13 +1,37 @@
 //! The HTTP face: the lead inbox, its JSON API under `/api/`, recordings by
 //! signed link, and the inbound-SMS webhook (`sms`). Off unless `[http]`
-//! is configured. (Stub: filled in with the HTTP face.)
+//! is configured.
+//!
+//! Routes:
+//! * `GET /login`, `POST /login`, `POST /logout`: inbox users (`auth`);
+//! * `GET /` (the inbox, `?view=open|overdue|handled|junk|urgent|all&page=N`),
+//!   `GET /leads/{id}`, `POST /leads/{id}/handled`, `POST /leads/{id}/reopen`
+//!   (`pages`): a session, and its CSRF token on every POST;
+//! * `/api/leads...` (`api`): a bearer token, or an inbox session (with
+//!   `X-CSRF-Token` on POST);
+//! * `GET /recordings/{file}?exp=&sig=` (`recordings`): a signed link only;
+//! * `POST /sms/inbound` (`sms`): Twilio's signature.
+//!
+//! Every POST is audited to the log (user, path, lead, result). Handlers
+//! never panic on input: every parse failure is a 4xx.
 
+mod api;
+pub mod auth;
 pub mod links;
+mod pages;
+mod recordings;
 pub mod sms;
 
 use crate::config::Config;
 use crate::sink::delivery::Publisher;
 use crate::sink::outbox::Outbox;
+use anyhow::Context as _;
+use auth::Auth;
+use axum::Router;
+use axum::http::{HeaderMap, HeaderValue, header};
+use links::Links;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
@@ -20,21 +44,187 @@ pub struct Context {
     pub publisher: Publisher,
 }
 
+/// The handlers' shared state.
+pub(crate) struct Inner {
+    pub db: Arc<Mutex<Outbox>>,
+    pub publisher: Publisher,
+    pub auth: Auth,
+    pub links: Links,
+    pub recordings: PathBuf,
+}
+
+pub(crate) type App = Arc<Inner>;
+
+/// A failure a handler turns into a response.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    NotFound,
+    /// The store or the outbox failed: logged, a 500.
+    Internal,
+}
+
+impl Inner {
+    /// Run `f` on the lead store, on the blocking pool.
+    pub async fn db<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, Failure> {
+        let db = self.db.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            let mut db = db.lock().unwrap_or_else(|p| p.into_inner());
+            f(db.conn())
+        })
+        .await;
+        match r {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                tracing::error!("lead store: {e}");
+                Err(Failure::Internal)
+            }
+            Err(e) => {
+                tracing::error!("lead store task: {e}");
+                Err(Failure::Internal)
+            }
+        }
+    }
+
+    /// The logged-in session the request's cookie names.
+    pub fn session(&self, headers: &HeaderMap) -> Option<auth::Session> {
+        let name = self.auth.session_cookie();
+        let id = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(|c| auth::cookie_value(c, name))?;
+        self.auth.sessions.get(id, &self.auth.creds())
+    }
+
+    /// The session id from the cookie (logout).
+    pub fn session_id(&self, headers: &HeaderMap) -> Option<String> {
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(|c| auth::cookie_value(c, self.auth.session_cookie()))
+            .map(str::to_string)
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
 /// The running HTTP face.
-pub struct HttpFace {}
+pub struct HttpFace {
+    app: App,
+    server: tokio::task::JoinHandle<()>,
+    pub local_addr: SocketAddr,
+}
 
 impl HttpFace {
     /// Bind `[http] listen` and serve until `shutdown` flips.
     pub async fn start(ctx: Context, shutdown: watch::Receiver<bool>) -> anyhow::Result<HttpFace> {
-        let _ = (ctx, shutdown);
-        Ok(HttpFace {})
+        let h = ctx.cfg.http.clone().context("no [http] section")?;
+        let links = Links::for_face(&ctx.cfg)?;
+        let app: App = Arc::new(Inner {
+            db: ctx.db,
+            publisher: ctx.publisher,
+            auth: Auth::new(&h),
+            links,
+            recordings: ctx.cfg.recordings_dir(),
+        });
+        let mut router = router(app.clone());
+        if let Some(s) = sms::SmsState::from_config(&ctx.cfg)? {
+            router = router.merge(sms::routes(s));
+        }
+        let router = router.layer(axum::middleware::map_response(security_headers));
+        let listener = tokio::net::TcpListener::bind(h.listen).await.map_err(|e| match e.kind() {
+            std::io::ErrorKind::AddrInUse => anyhow::anyhow!("listen {}: address in use", h.listen),
+            std::io::ErrorKind::AddrNotAvailable => anyhow::anyhow!("listen {}: no such local address", h.listen),
+            std::io::ErrorKind::PermissionDenied => anyhow::anyhow!("listen {}: permission denied", h.listen),
+            _ => anyhow::anyhow!("listen {}: {e}", h.listen),
+        })?;
+        let local_addr = listener.local_addr()?;
+        if h.user.is_empty() && h.token.is_empty() {
+            tracing::warn!("[http] has no users and no tokens: nobody can read the inbox or the API");
+        }
+        let mut shutdown = shutdown;
+        let server = tokio::spawn(async move {
+            let stop = async move {
+                while !*shutdown.borrow_and_update() {
+                    if shutdown.changed().await.is_err() {
+                        break;
+                    }
+                }
+            };
+            let svc = router.into_make_service_with_connect_info::<SocketAddr>();
+            if let Err(e) = axum::serve(listener, svc).with_graceful_shutdown(stop).await {
+                tracing::error!("HTTP face: {e}");
+            }
+        });
+        Ok(HttpFace { app, server, local_addr })
     }
 
     /// Take the users and API tokens of a re-read config (SIGHUP).
     pub fn reload(&self, cfg: &Config) {
-        let _ = cfg;
+        match &cfg.http {
+            Some(h) => self.app.auth.reload(h),
+            // [http] removed: nobody gets in until the restart turns the face off.
+            None => self.app.auth.reload(&Default::default()),
+        }
+        let creds = self.app.auth.creds();
+        tracing::info!(users = creds.users.len(), tokens = creds.tokens.len(), "HTTP users and tokens reloaded");
     }
 
     /// Wait for the server to stop (after `shutdown`).
-    pub async fn stopped(self) {}
+    pub async fn stopped(self) {
+        let _ = self.server.await;
+    }
+}
+
+fn router(app: App) -> Router {
+    use axum::routing::{get, post};
+    Router::new()
+        .route("/", get(pages::inbox))
+        .route("/login", get(pages::login_form).post(pages::login))
+        .route("/logout", post(pages::logout))
+        .route("/leads/{id}", get(pages::detail))
+        .route("/leads/{id}/handled", post(pages::handled))
+        .route("/leads/{id}/reopen", post(pages::reopen))
+        .route("/api/leads", get(api::list))
+        .route("/api/leads/{id}", get(api::one))
+        .route("/api/leads/{id}/handled", post(api::handled))
+        .route("/api/leads/{id}/reopen", post(api::reopen))
+        .route("/api/leads/{id}/events", get(api::events))
+        .route("/recordings/{file}", get(recordings::serve))
+        .fallback(not_found)
+        .with_state(app)
+}
+
+async fn not_found() -> (axum::http::StatusCode, &'static str) {
+    (axum::http::StatusCode::NOT_FOUND, "not found\n")
+}
+
+/// Headers on every response: nothing cached on the way (leads are
+/// personal data; recordings say `private` themselves), no framing, no
+/// sniffing, no referrer (a signed link must not leak), and a CSP that
+/// allows only this origin plus the pages' own inline style and script.
+async fn security_headers(mut res: axum::response::Response) -> axum::response::Response {
+    let h = res.headers_mut();
+    let set = |h: &mut HeaderMap, k: header::HeaderName, v: &'static str| {
+        if !h.contains_key(&k) {
+            h.insert(k, HeaderValue::from_static(v));
+        }
+    };
+    set(h, header::CACHE_CONTROL, "no-store");
+    set(h, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    set(h, header::X_FRAME_OPTIONS, "DENY");
+    set(h, header::REFERRER_POLICY, "no-referrer");
+    set(
+        h,
+        header::CONTENT_SECURITY_POLICY,
+        "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; media-src 'self'; \
+         img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    );
+    res
 }
