@@ -262,7 +262,7 @@ fn finish(app: &App, user: &str, path: &str, id: &str, r: Result<StoredLead, Sto
 
 /// One line per POST in the log: who, what, which lead, how it went.
 pub(crate) fn audit(user: &str, path: &str, lead: &str, result: &str) {
-    tracing::info!(target: "backstop::audit", user, path, lead, result, "POST");
+    tracing::info!(user, path, lead, result, "audit: POST");
 }
 
 #[cfg(test)]
