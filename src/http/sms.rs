@@ -1,24 +1,267 @@
-//! `POST /sms/inbound`: Twilio's inbound-message webhook. Checks
-//! `X-Twilio-Signature` and records STOP/START opt-outs. (Stub: filled in
-//! with the text-back.)
+//! `POST /sms/inbound`: Twilio's inbound-message webhook (set it as the
+//! sending number's "A message comes in" URL). It checks
+//! `X-Twilio-Signature` with the auth token of the `[[text_back]]` account
+//! the message names (`AccountSid`), over the URL Twilio called:
+//! `[http] public_url` and the request's path and query (without
+//! `public_url`, the request's `Host`, as https and as http). A request that
+//! fails the check gets 403 and changes nothing. A message that is an
+//! opt-out keyword (STOP, STOPALL, UNSUBSCRIBE, CANCEL, END, QUIT, OPTOUT,
+//! REVOKE) opts its sender out of text-backs; START, YES or UNSTOP opts it
+//! back in. The answer is empty TwiML (Twilio sends its own STOP
+//! confirmation). Every POST is logged (`audit`).
 
 use crate::config::Config;
+use crate::textback::twilio;
 use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{OriginalUri, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use rusqlite::Connection;
+use std::sync::{Arc, Mutex};
+
+/// The path Twilio posts to.
+pub const PATH: &str = "/sms/inbound";
+
+const EMPTY_TWIML: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>";
 
 /// What the webhook needs: the accounts' auth tokens, the public URL, the opt-out table.
 #[derive(Clone)]
-pub struct SmsState {}
+pub struct SmsState {
+    /// `(account_sid, auth_token)` of every `[[text_back]]`, each pair once.
+    accounts: Arc<Vec<(String, String)>>,
+    /// `[http] public_url`, without a trailing slash.
+    public_url: Option<String>,
+    db: Arc<Mutex<Connection>>,
+}
 
 impl SmsState {
     /// `None` when no `[[text_back]]` is configured.
     pub fn from_config(cfg: &Config) -> anyhow::Result<Option<SmsState>> {
-        let _ = cfg;
-        Ok(None)
+        let all = cfg.text_back.iter().chain(cfg.line.iter().flat_map(|l| l.text_back.iter()));
+        let mut accounts: Vec<(String, String)> = Vec::new();
+        for t in all {
+            let token =
+                t.resolved_auth_token().map_err(|e| anyhow::anyhow!("text_back {}: auth_token: {e}", t.from))?;
+            let pair = (t.account_sid.clone(), token);
+            if !accounts.contains(&pair) {
+                accounts.push(pair);
+            }
+        }
+        if accounts.is_empty() {
+            return Ok(None);
+        }
+        let path = cfg.outbox_path();
+        let conn = crate::textback::db::open(&path)
+            .map_err(|e| anyhow::anyhow!("opening {} for /sms/inbound: {e}", path.display()))?;
+        let public_url = public_url(cfg);
+        Ok(Some(SmsState::new(accounts, public_url, conn)))
     }
+
+    /// For tests: the accounts, the public URL and a connection.
+    pub fn new(accounts: Vec<(String, String)>, public_url: Option<String>, conn: Connection) -> SmsState {
+        SmsState {
+            accounts: Arc::new(accounts),
+            public_url: public_url.map(|u| u.trim_end_matches('/').to_string()),
+            db: Arc::new(Mutex::new(conn)),
+        }
+    }
+}
+
+/// `[http] public_url`, when the HTTP face has one.
+fn public_url(cfg: &Config) -> Option<String> {
+    let _ = cfg;
+    None
 }
 
 /// The webhook's routes, merged into the HTTP face's router.
 pub fn routes(state: SmsState) -> Router {
-    let _ = state;
-    Router::new()
+    Router::new().route(PATH, post(inbound)).with_state(state)
+}
+
+fn forbidden(why: &str) -> Response {
+    tracing::warn!(audit = true, method = "POST", path = PATH, status = 403, why, "inbound message refused");
+    (StatusCode::FORBIDDEN, "forbidden\n").into_response()
+}
+
+async fn inbound(
+    State(st): State<SmsState>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Ok(params) = serde_urlencoded::from_bytes::<Vec<(String, String)>>(&body) else {
+        tracing::warn!(audit = true, method = "POST", path = PATH, status = 400, "inbound message: not a form");
+        return (StatusCode::BAD_REQUEST, "not a form\n").into_response();
+    };
+    let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).unwrap_or("");
+    let Some(signature) = headers.get("x-twilio-signature").and_then(|v| v.to_str().ok()) else {
+        return forbidden("no X-Twilio-Signature");
+    };
+    let account = param("AccountSid");
+    let tokens: Vec<&str> = st.accounts.iter().filter(|(sid, _)| sid == account).map(|(_, t)| t.as_str()).collect();
+    if tokens.is_empty() {
+        return forbidden("AccountSid is not a [[text_back]] account");
+    }
+    let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or(PATH);
+    let bases: Vec<String> = match &st.public_url {
+        Some(u) => vec![u.clone()],
+        None => {
+            let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+            let proto = headers.get("x-forwarded-proto").and_then(|v| v.to_str().ok());
+            let mut schemes = vec!["https", "http"];
+            if proto == Some("http") {
+                schemes.reverse();
+            }
+            schemes.into_iter().map(|s| format!("{s}://{host}")).collect()
+        }
+    };
+    let urls: Vec<String> = bases.iter().flat_map(|b| twilio::url_variants(&format!("{b}{path_and_query}"))).collect();
+    if !tokens.iter().any(|t| twilio::verify(t, &urls, &params, signature)) {
+        return forbidden("bad X-Twilio-Signature");
+    }
+    let (from, to, text) = (param("From").to_string(), param("To").to_string(), param("Body"));
+    let keyword = backstop_core::textback::opt_keyword(text);
+    let action = match keyword {
+        Some(true) => "opt_out",
+        Some(false) => "opt_in",
+        None => "none",
+    };
+    if let Some(stop) = keyword {
+        let (db, word, account) = (st.db.clone(), text.trim().to_ascii_uppercase(), account.to_string());
+        let (f, t) = (from.clone(), to.clone());
+        let saved = tokio::task::spawn_blocking(move || {
+            let c = db.lock().unwrap_or_else(|p| p.into_inner());
+            crate::textback::record_opt(&c, &f, stop, &word, &account, &t)
+        })
+        .await;
+        match saved {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(audit = true, method = "POST", path = PATH, status = 500, from, error = %e, "could not record an opt-out");
+                return (StatusCode::INTERNAL_SERVER_ERROR, "try again\n").into_response();
+            }
+            Err(e) => {
+                tracing::error!(audit = true, method = "POST", path = PATH, status = 500, error = %e, "opt-out task failed");
+                return (StatusCode::INTERNAL_SERVER_ERROR, "try again\n").into_response();
+            }
+        }
+    }
+    tracing::info!(
+        audit = true,
+        method = "POST",
+        path = PATH,
+        status = 200,
+        account,
+        from,
+        to,
+        action,
+        "inbound message"
+    );
+    ([(header::CONTENT_TYPE, "text/xml")], EMPTY_TWIML).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    const SID: &str = "ACaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const TOKEN: &str = "secret-token";
+    const URL: &str = "https://leads.example.com/sms/inbound";
+
+    fn state() -> SmsState {
+        let c = Connection::open_in_memory().unwrap();
+        c.execute_batch(crate::textback::SCHEMA).unwrap();
+        SmsState::new(vec![(SID.into(), TOKEN.into())], Some("https://leads.example.com/".into()), c)
+    }
+
+    fn form(body: &str, from: &str) -> Vec<(String, String)> {
+        [("AccountSid", SID), ("Body", body), ("From", from), ("To", "+15005550006"), ("MessageSid", "SMb")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    async fn post(st: &SmsState, params: &[(String, String)], sig: Option<&str>) -> (StatusCode, String, String) {
+        let mut req = Request::post(PATH)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("host", "127.0.0.1:8080");
+        if let Some(s) = sig {
+            req = req.header("x-twilio-signature", s);
+        }
+        let resp = routes(st.clone())
+            .oneshot(req.body(Body::from(serde_urlencoded::to_string(params).unwrap())).unwrap())
+            .await
+            .unwrap();
+        let ct = resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+        let status = resp.status();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16).await.unwrap();
+        (status, ct, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    fn opted_out(st: &SmsState, n: &str) -> bool {
+        crate::textback::db::opted_out(&st.db.lock().unwrap(), n).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_signed_stop_opts_out_and_start_opts_back_in() {
+        let st = state();
+        let p = form(" stop ", "+1 555 123 0001");
+        let sig = twilio::signature(TOKEN, URL, &p);
+        let (status, ct, body) = post(&st, &p, Some(&sig)).await;
+        assert_eq!((status, ct.as_str(), body.as_str()), (StatusCode::OK, "text/xml", EMPTY_TWIML));
+        assert!(opted_out(&st, "+15551230001"), "stored under its E.164 form");
+        let p = form("START", "+15551230001");
+        let (status, ..) = post(&st, &p, Some(&twilio::signature(TOKEN, URL, &p))).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(!opted_out(&st, "+15551230001"));
+        // Any other message changes nothing and is answered alike.
+        let p = form("Please call me back", "+15551230002");
+        let (status, _, body) = post(&st, &p, Some(&twilio::signature(TOKEN, URL, &p))).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, EMPTY_TWIML));
+        assert!(!opted_out(&st, "+15551230002"));
+    }
+
+    #[tokio::test]
+    async fn a_bad_or_missing_signature_is_refused_and_changes_nothing() {
+        let st = state();
+        let p = form("STOP", "+15551230001");
+        let good = twilio::signature(TOKEN, URL, &p);
+        // Signed with another token, for another URL, for other parameters, or not at all.
+        let other_token = twilio::signature("not-the-token", URL, &p);
+        let other_url = twilio::signature(TOKEN, "https://evil.example.com/sms/inbound", &p);
+        let other_params = twilio::signature(TOKEN, URL, &form("STOP", "+15559999999"));
+        for sig in [Some(other_token.as_str()), Some(other_url.as_str()), Some(other_params.as_str()), Some(""), None] {
+            let (status, ..) = post(&st, &p, sig).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{sig:?}");
+        }
+        // A message naming an account we do not have, signed with our token.
+        let mut foreign = p.clone();
+        foreign[0].1 = "ACbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb".into();
+        let (status, ..) = post(&st, &foreign, Some(&twilio::signature(TOKEN, URL, &foreign))).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert!(!opted_out(&st, "+15551230001"));
+        // The same request, signed right, goes through.
+        let (status, ..) = post(&st, &p, Some(&good)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(opted_out(&st, "+15551230001"));
+    }
+
+    #[tokio::test]
+    async fn without_a_public_url_the_host_header_names_the_url() {
+        let c = Connection::open_in_memory().unwrap();
+        c.execute_batch(crate::textback::SCHEMA).unwrap();
+        let st = SmsState::new(vec![(SID.into(), TOKEN.into())], None, c);
+        let p = form("STOP", "+15551230001");
+        let (status, ..) = post(&st, &p, Some(&twilio::signature(TOKEN, URL, &p))).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "signed for another host");
+        let sig = twilio::signature(TOKEN, "http://127.0.0.1:8080/sms/inbound", &p);
+        let (status, ..) = post(&st, &p, Some(&sig)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(opted_out(&st, "+15551230001"));
+    }
 }
