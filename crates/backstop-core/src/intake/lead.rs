@@ -187,12 +187,12 @@ pub struct Lead {
     /// The script's answers by step name (see `intake::answer::Answer`).
     #[serde(default)]
     pub answers: BTreeMap<String, Answer>,
+    pub call_id: String,
     /// The callback clock (the lead inbox): when the caller should have been
     /// called back, and whether and when they were. Absent for junk calls
     /// and on leads from before the clock.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback: Option<crate::callback::CallbackState>,
-    pub call_id: String,
     pub called: Called,
     pub caller: Caller,
     /// The negotiated codec, once there was one.
@@ -395,6 +395,7 @@ mod tests {
             kind,
             label: None,
             recording: None,
+            recording_url: None,
             speech_ms: None,
             status,
             transcript: None,
@@ -407,6 +408,15 @@ mod tests {
         };
         Lead {
             answered_at: Some("2026-11-29T12:00:01.000Z".into()),
+            callback: Some(crate::callback::CallbackState {
+                due_at: "2026-11-29T12:15:00.000Z".into(),
+                handled_at: Some("2026-11-29T12:20:00.000Z".into()),
+                handled_by: Some("sam".into()),
+                note: Some("booked for 3 pm".into()),
+                reminders: 1,
+                status: crate::callback::LeadStatus::Handled,
+                time_to_callback_secs: Some(1200),
+            }),
             answers: [
                 (
                     "cb",
@@ -426,6 +436,7 @@ mod tests {
                     "name",
                     Answer {
                         recording: Some("l-name.wav".into()),
+                        recording_url: Some("https://leads.example/recordings/l-name.wav?exp=1&sig=ab".into()),
                         speech_ms: Some(980),
                         transcript: Some(crate::intake::transcript::Transcript {
                             confidence: Some(0.5),
@@ -479,10 +490,16 @@ mod tests {
             outcome,
             received_at: "2026-11-29T12:00:00.000Z".into(),
             recording: Some("l1-call.wav".into()),
+            recording_url: Some("https://leads.example/recordings/l1-call.wav?exp=1&sig=cd".into()),
             schedule: Some(ScheduleState::Holiday),
             schema_version: SCHEMA_VERSION,
             source_verified: true,
             summary: "JUNK · Jane Doe · EMERGENCY · 12 · call back +15551234567".into(),
+            text_back: Some(crate::textback::TextBack {
+                reason: None,
+                sid: Some("SM0123456789abcdef0123456789abcdef".into()),
+                status: crate::textback::TextBackStatus::Sent,
+            }),
             transcripts_pending: 1,
             transfer: Some(Transfer {
                 attempts: vec![
