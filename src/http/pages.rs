@@ -41,8 +41,8 @@ header h1{font-size:18px;margin:0}
 header a{color:#fff;text-decoration:none}
 header form{margin:0}
 header button{background:none;border:1px solid #8aa;color:#fff;border-radius:6px;padding:4px 10px;font-size:14px}
-nav.tabs{display:flex;gap:6px;overflow-x:auto;padding:10px 12px;background:#fff;border-bottom:1px solid #dde}
-nav.tabs a{flex:none;padding:6px 12px;border-radius:16px;background:#eef1f5;color:#1b1f24;text-decoration:none;font-size:14px}
+nav.tabs{display:flex;flex-wrap:wrap;gap:5px;padding:10px 10px;background:#fff;border-bottom:1px solid #dde}
+nav.tabs a{flex:none;padding:6px 8px;border-radius:16px;background:#eef1f5;color:#1b1f24;text-decoration:none;font-size:13px}
 nav.tabs a.on{background:#12263f;color:#fff}
 main{padding:10px 12px 40px;max-width:760px;margin:0 auto}
 ul.leads{list-style:none;margin:0;padding:0}
@@ -60,6 +60,7 @@ li.lead.handled{border-left-color:#188038;opacity:.85}
 .badge.junk{background:#eee;color:#555}
 a.tel{display:inline-block;margin:6px 0;font-size:18px;font-weight:600;text-decoration:none}
 .need{margin:2px 0 6px;overflow-wrap:anywhere}
+.need.none{color:#5f6b7a;font-style:italic}
 .muted{color:#5f6b7a;font-size:14px}
 .overdue .when{color:#c5221f;font-weight:600}
 .meta{display:flex;flex-wrap:wrap;gap:4px 12px;font-size:14px;color:#5f6b7a}
@@ -179,6 +180,11 @@ fn need(l: &Lead) -> String {
     }
 }
 
+fn need_p(l: &Lead) -> Markup {
+    let text = need(l);
+    html! { p class=(if text == "no transcript" { "need none" } else { "need" }) { (text) } }
+}
+
 fn urgency(l: &Lead) -> Option<String> {
     l.answers
         .get("urgency")
@@ -253,7 +259,7 @@ fn card(s: &StoredLead, now_ms: i64) -> Markup {
             } @else {
                 div.muted { "number withheld" }
             }
-            p.need { (need(l)) }
+            (need_p(l))
             div.meta {
                 @if let Some(u) = urgency(l) { span.urgency { (u) } }
                 @if let Some(z) = zip(l) { span { "ZIP " (z) } }
@@ -382,7 +388,7 @@ pub async fn detail(State(app): State<App>, headers: HeaderMap, Path(id): Path<S
                 @if let Some((shown, tel)) = &number {
                     a.tel href=(format!("tel:{tel}")) { "☎ " (shown) }
                 }
-                p.need { (need(l)) }
+                (need_p(l))
                 @if !l.summary.is_empty() { p.muted { (l.summary) } }
                 div.meta {
                     @if let Some(u) = urgency(l) { span.urgency { (u) } }

@@ -54,6 +54,7 @@ pub async fn serve(
             return (StatusCode::INTERNAL_SERVER_ERROR, "could not read the recording\n").into_response();
         }
     };
+    tracing::debug!(file = %file, status = res.status().as_u16(), "recording served");
     let h = res.headers_mut();
     if file.to_ascii_lowercase().ends_with(".wav") {
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("audio/wav"));

@@ -51,7 +51,7 @@ impl Resp {
 /// One request on a connection of its own (`Connection: close`).
 pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect to the HTTP face");
-    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
@@ -63,9 +63,41 @@ pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &st
     req.push_str("\r\n");
     s.write_all(req.as_bytes()).unwrap();
     s.write_all(body).unwrap();
+    // Read to the end of the body as its length says (some servers keep the connection open).
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw).expect("read the response");
+    let mut buf = [0u8; 16384];
+    loop {
+        if let Some(total) = complete_len(&raw) {
+            raw.truncate(total);
+            break;
+        }
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("read the response of {method} {path}: {e}"),
+        }
+    }
     parse(&raw)
+}
+
+/// The length of a whole response in `raw`, once it is all there (`None`: read on to EOF).
+fn complete_len(raw: &[u8]) -> Option<usize> {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+    let status: u16 = head.split(' ').nth(1)?.parse().ok()?;
+    if status == 204 || status == 304 {
+        return Some(end);
+    }
+    for line in head.split("\r\n") {
+        if let Some(v) = line.strip_prefix("content-length:") {
+            let n: usize = v.trim().parse().ok()?;
+            return (raw.len() >= end + n).then_some(end + n);
+        }
+        if line.starts_with("transfer-encoding:") && line.contains("chunked") {
+            return raw[end..].windows(5).position(|w| w == b"0\r\n\r\n").map(|p| end + p + 5);
+        }
+    }
+    None
 }
 
 fn parse(raw: &[u8]) -> Resp {
