@@ -298,7 +298,10 @@ fn a_signed_stop_stops_texts_and_a_badly_signed_one_changes_nothing() {
     assert_valid(&prism);
     // Every POST is in the audit log.
     let log = agent.log();
-    assert!(log.matches("/sms/inbound").count() >= 3, "{log}");
+    let audited: Vec<&str> = log.lines().filter(|l| l.contains("audit: POST") && l.contains("/sms/inbound")).collect();
+    assert_eq!(audited.len(), 3, "{log}");
+    assert!(audited[0].contains("result=\"ok\"") && audited[0].contains("action=\"opt_out\""), "{audited:?}");
+    assert!(audited[1].contains("result=\"403") && audited[2].contains("result=\"403"), "{audited:?}");
 
     // START opts back in.
     let start = inbound("+15551230003", "START");

@@ -8,7 +8,7 @@
 //! opt-out keyword (STOP, STOPALL, UNSUBSCRIBE, CANCEL, END, QUIT, OPTOUT,
 //! REVOKE) opts its sender out of text-backs; START, YES or UNSTOP opts it
 //! back in. The answer is empty TwiML (Twilio sends its own STOP
-//! confirmation). Every POST is logged (`audit`).
+//! confirmation). Every POST is audited to the log (`audit: POST`, as the HTTP face's).
 
 use crate::config::Config;
 use crate::textback::twilio;
@@ -71,8 +71,7 @@ impl SmsState {
 
 /// `[http] public_url`, when the HTTP face has one.
 fn public_url(cfg: &Config) -> Option<String> {
-    let _ = cfg;
-    None
+    cfg.http.as_ref().and_then(|h| h.public_base())
 }
 
 /// The webhook's routes, merged into the HTTP face's router.
@@ -80,8 +79,13 @@ pub fn routes(state: SmsState) -> Router {
     Router::new().route(PATH, post(inbound)).with_state(state)
 }
 
-fn forbidden(why: &str) -> Response {
-    tracing::warn!(audit = true, method = "POST", path = PATH, status = 403, why, "inbound message refused");
+/// The audit line of a POST, in the HTTP face's form (`audit: POST`).
+fn audit(result: &str, account: &str, from: &str, action: &str) {
+    tracing::info!(user = "twilio", path = PATH, lead = "", result, account, from, action, "audit: POST");
+}
+
+fn forbidden(why: &str, account: &str, from: &str) -> Response {
+    audit(&format!("403 {why}"), account, from, "none");
     (StatusCode::FORBIDDEN, "forbidden\n").into_response()
 }
 
@@ -92,17 +96,17 @@ async fn inbound(
     body: Bytes,
 ) -> Response {
     let Ok(params) = serde_urlencoded::from_bytes::<Vec<(String, String)>>(&body) else {
-        tracing::warn!(audit = true, method = "POST", path = PATH, status = 400, "inbound message: not a form");
+        audit("400 not a form", "", "", "none");
         return (StatusCode::BAD_REQUEST, "not a form\n").into_response();
     };
     let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).unwrap_or("");
+    let (account, from, to) = (param("AccountSid"), param("From"), param("To"));
     let Some(signature) = headers.get("x-twilio-signature").and_then(|v| v.to_str().ok()) else {
-        return forbidden("no X-Twilio-Signature");
+        return forbidden("no X-Twilio-Signature", account, from);
     };
-    let account = param("AccountSid");
     let tokens: Vec<&str> = st.accounts.iter().filter(|(sid, _)| sid == account).map(|(_, t)| t.as_str()).collect();
     if tokens.is_empty() {
-        return forbidden("AccountSid is not a [[text_back]] account");
+        return forbidden("AccountSid is not a [[text_back]] account", account, from);
     }
     let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or(PATH);
     let bases: Vec<String> = match &st.public_url {
@@ -119,9 +123,9 @@ async fn inbound(
     };
     let urls: Vec<String> = bases.iter().flat_map(|b| twilio::url_variants(&format!("{b}{path_and_query}"))).collect();
     if !tokens.iter().any(|t| twilio::verify(t, &urls, &params, signature)) {
-        return forbidden("bad X-Twilio-Signature");
+        return forbidden("bad X-Twilio-Signature", account, from);
     }
-    let (from, to, text) = (param("From").to_string(), param("To").to_string(), param("Body"));
+    let text = param("Body");
     let keyword = backstop_core::textback::opt_keyword(text);
     let action = match keyword {
         Some(true) => "opt_out",
@@ -129,36 +133,28 @@ async fn inbound(
         None => "none",
     };
     if let Some(stop) = keyword {
-        let (db, word, account) = (st.db.clone(), text.trim().to_ascii_uppercase(), account.to_string());
-        let (f, t) = (from.clone(), to.clone());
+        let (db, word) = (st.db.clone(), text.trim().to_ascii_uppercase());
+        let (acc, f, t) = (account.to_string(), from.to_string(), to.to_string());
         let saved = tokio::task::spawn_blocking(move || {
             let c = db.lock().unwrap_or_else(|p| p.into_inner());
-            crate::textback::record_opt(&c, &f, stop, &word, &account, &t)
+            crate::textback::record_opt(&c, &f, stop, &word, &acc, &t)
         })
         .await;
         match saved {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                tracing::error!(audit = true, method = "POST", path = PATH, status = 500, from, error = %e, "could not record an opt-out");
+                audit("500", account, from, action);
+                tracing::error!(error = %e, "could not record an opt-out");
                 return (StatusCode::INTERNAL_SERVER_ERROR, "try again\n").into_response();
             }
             Err(e) => {
-                tracing::error!(audit = true, method = "POST", path = PATH, status = 500, error = %e, "opt-out task failed");
+                audit("500", account, from, action);
+                tracing::error!(error = %e, "the opt-out task failed");
                 return (StatusCode::INTERNAL_SERVER_ERROR, "try again\n").into_response();
             }
         }
     }
-    tracing::info!(
-        audit = true,
-        method = "POST",
-        path = PATH,
-        status = 200,
-        account,
-        from,
-        to,
-        action,
-        "inbound message"
-    );
+    audit("ok", account, from, action);
     ([(header::CONTENT_TYPE, "text/xml")], EMPTY_TWIML).into_response()
 }
 
