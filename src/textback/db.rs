@@ -100,7 +100,7 @@ pub fn claim(conn: &mut Connection, r: &Request<'_>, now_ms: i64) -> rusqlite::R
             let reason = "outcome unknown: an earlier attempt got no answer (the agent stopped, or it timed out); \
                           not sent again, so the caller is never texted twice";
             set_status(&tx, r.event_id, r.sink, "unknown", Some(reason), None, now_ms)?;
-            crate::store::set_text_back(&tx, r.lead_id, &TextBack::failed(reason))?;
+            show(&tx, r.lead_id, &TextBack::failed(reason));
             tx.commit()?;
             return Ok(Claim::WasInFlight);
         }
@@ -117,7 +117,7 @@ pub fn claim(conn: &mut Connection, r: &Request<'_>, now_ms: i64) -> rusqlite::R
     let claim = match decide(&facts, now_ms, r.once_per_ms) {
         Decision::Skip(reason) => {
             upsert(&tx, r, number.as_deref(), "skipped", Some(reason.as_str()), None, now_ms)?;
-            crate::store::set_text_back(&tx, r.lead_id, &TextBack::skipped(reason))?;
+            show(&tx, r.lead_id, &TextBack::skipped(reason));
             Claim::Skipped(reason)
         }
         Decision::Send { to } => {
@@ -127,6 +127,15 @@ pub fn claim(conn: &mut Connection, r: &Request<'_>, now_ms: i64) -> rusqlite::R
     };
     tx.commit()?;
     Ok(claim)
+}
+
+/// Put the outcome on the lead in the store. A failure there is logged and
+/// does not undo the decision: the row here is what keeps a text from
+/// going out twice, and must not be held up by the inbox's table.
+fn show(conn: &Connection, lead_id: &str, t: &TextBack) {
+    if let Err(e) = crate::store::set_text_back(conn, lead_id, t) {
+        tracing::warn!(lead = lead_id, error = %e, "could not record the text-back on the lead");
+    }
 }
 
 fn upsert(
@@ -173,7 +182,7 @@ pub fn finish(
         _ => Some(TextBack::failed(reason.unwrap_or(status))),
     };
     if let Some(t) = shown {
-        crate::store::set_text_back(&tx, key.lead_id, &t)?;
+        show(&tx, key.lead_id, &t);
     }
     tx.commit()
 }
@@ -253,6 +262,7 @@ mod tests {
 
     fn mem() -> Connection {
         let c = Connection::open_in_memory().unwrap();
+        c.execute_batch(crate::store::SCHEMA).unwrap();
         c.execute_batch(SCHEMA).unwrap();
         c
     }

@@ -318,6 +318,7 @@ mod tests {
         ))
         .unwrap();
         let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(crate::store::SCHEMA).unwrap();
         conn.execute_batch(SCHEMA).unwrap();
         let db = Arc::new(Mutex::new(conn));
         (Sender::new("text_back:*:+15005550006".into(), cfg, db.clone()).unwrap(), db)
@@ -420,6 +421,21 @@ mod tests {
         let a = s.deliver(&missed("+15551230001")).await;
         assert!(matches!(a, Attempt::Transport(_)), "{a:?}");
         assert_eq!(status(&db).0, "retry");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn two_calls_from_one_number_at_once_text_it_once() {
+        let api = serve(vec![(201, Duration::from_millis(100))]);
+        let (s, _db) = sender(api.port);
+        let (a, b) = (missed("+15551230001"), missed("+15551230001"));
+        let (ra, rb) = tokio::join!(s.deliver(&a), s.deliver(&b));
+        let mut got = [ra, rb];
+        got.sort_by_key(|a| format!("{a:?}"));
+        assert_eq!(
+            got,
+            [Attempt::Status { code: 200, retry_after: None }, Attempt::Status { code: 201, retry_after: None }]
+        );
+        assert_eq!(api.count.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
