@@ -234,6 +234,12 @@ pub fn sinks(cfg: &Config) -> anyhow::Result<Vec<Sink>> {
     if wanted.is_empty() {
         return Ok(Vec::new());
     }
+    for (i, (_, _, name)) in wanted.iter().enumerate() {
+        // The outbox keys deliveries by sink name: two alike would share them.
+        if wanted[..i].iter().any(|(_, _, n)| n == name) {
+            anyhow::bail!("two text-backs from the same number for the same lines ({name})");
+        }
+    }
     let path = cfg.outbox_path();
     let conn = db::open(&path).with_context(|| format!("opening {}", path.display()))?;
     let conn = Arc::new(Mutex::new(conn));
@@ -469,6 +475,10 @@ mod tests {
         assert_eq!(s[1].spec.name, "text_back:north:+15005550007");
         assert_eq!(s[1].spec.lines, LineFilter::Only("north".into()));
         assert!(s.iter().all(|s| s.spec.events == [EventType::CallMissed]));
+        let mut twice = cfg.clone();
+        twice.text_back.push(twice.text_back[0].clone());
+        let err = sinks(&twice).err().expect("two alike are refused");
+        assert!(err.to_string().contains("text_back:*:+15005550006"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
         assert!(sinks(&Config::default()).unwrap().is_empty());
     }
