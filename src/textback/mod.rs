@@ -427,6 +427,14 @@ mod tests {
         let a = s.deliver(&missed("+15551230001")).await;
         assert!(matches!(a, Attempt::Transport(_)), "{a:?}");
         assert_eq!(status(&db).0, "retry");
+        // Past max_age_minutes (an hour by default): given up, and the lead says so.
+        let (s, db) = sender(port);
+        let mut old = missed("+15551230001");
+        old.created_at = rfc3339(SystemTime::now() - Duration::from_secs(2 * 3600));
+        assert!(matches!(s.deliver(&old).await, Attempt::Transport(_)));
+        let (st, reason, _) = status(&db);
+        assert_eq!(st, "failed");
+        assert!(reason.unwrap().starts_with("gave up after 60 min: connection failed"));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
