@@ -201,6 +201,19 @@ fn a_missed_call_is_texted_once_per_window_and_the_request_validates() {
     eprintln!("Prism's log of the Messages request:\n{}", prism.message_requests().join("\n"));
     let leads = agent.wait_leads(2, Duration::from_secs(10));
     assert_eq!(leads.len(), 2);
+    // Instant: the text went out within seconds of the INVITE.
+    let c = rusqlite::Connection::open(agent.dir.join("data/outbox.db")).unwrap();
+    let (lead_id, sent_at): (String, i64) = c
+        .query_row("SELECT lead_id, updated_ms FROM text_backs WHERE status = 'sent'", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    let lead = leads.iter().find(|l| l["id"] == lead_id.as_str()).expect("the texted lead is in leads.jsonl");
+    let received: humantime::Timestamp = lead["received_at"].as_str().unwrap().parse().unwrap();
+    let received_ms = std::time::SystemTime::from(received).duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+    let latency = sent_at - received_ms as i64;
+    eprintln!("text-back sent {latency} ms after the INVITE");
+    assert!((0..10_000).contains(&latency), "{latency} ms");
 }
 
 /// POST a form to the agent's HTTP face; (status, body).
