@@ -13,6 +13,7 @@ use crate::media_files::write_recording;
 use crate::sink::event::{Event, EventType};
 use crate::transport::ReplyPath;
 use backstop_core::call::{Call, CallEvent, CallSetup, Intake, Transmit};
+use backstop_core::callback::{CallbackState, LeadStatus};
 use backstop_core::intake::lead::{Lead, rfc3339};
 use backstop_core::media::vad::{EarshotVad, VoiceDetector, WebRtcVad};
 use backstop_core::route::line::CallFacts;
@@ -73,6 +74,25 @@ impl CallTask {
         let mut facts = CallFacts::from_invite(&invite);
         facts.account = account_of(cfg, &invite);
         let line = shared.lines.route(&facts).clone();
+        // The callback clock: when this caller should have been called back,
+        // by the line's business hours (`[callback]`, `store::clock`).
+        let due_at =
+            backstop_core::callback::due_at(&cfg.callback.policy(), setup.received_at, line.schedule.as_deref());
+        let callback = CallbackState {
+            due_at: rfc3339(due_at),
+            handled_at: None,
+            handled_by: None,
+            note: None,
+            reminders: 0,
+            status: LeadStatus::New,
+            time_to_callback_secs: None,
+        };
+        // Every lead the call publishes carries it, unless it is junk (no clock).
+        let stamp = |lead: &mut Lead| {
+            if !lead.junk.is_junk && lead.callback.is_none() {
+                lead.callback = Some(callback.clone());
+            }
+        };
         let intake = Intake {
             // Speech answers, and speech that keeps the silence limit from ending the call.
             vad: (line.program.uses_voice() || line.junk.silent_after.is_some()).then(|| new_vad(cfg.intake.vad)),
@@ -128,10 +148,12 @@ impl CallTask {
                     CallEvent::PromptMissing(name) => {
                         tracing::error!(prompt = %name, "script asks for a prompt that is not loaded")
                     }
-                    CallEvent::Missed(lead) => {
+                    CallEvent::Missed(mut lead) => {
+                        stamp(&mut lead);
                         shared.publish(Event::new(EventType::CallMissed, rfc3339(SystemTime::now()), &lead)).await;
                     }
-                    CallEvent::Transferred(lead) => {
+                    CallEvent::Transferred(mut lead) => {
+                        stamp(&mut lead);
                         let event = Event::new(EventType::CallTransferred, rfc3339(SystemTime::now()), &lead);
                         shared.publish(event).await;
                     }
@@ -157,6 +179,7 @@ impl CallTask {
                         }));
                     }
                     CallEvent::Lead(mut lead) => {
+                        stamp(&mut lead);
                         // The lead may point at its recordings only once they are on disk.
                         forget_failed_recordings(&mut lead, writes.drain(..)).await;
                         if let Some(stats) = call.media_stats() {

@@ -2,21 +2,76 @@
 //! text-back, in the outbox's SQLite file. It is written in the same
 //! transaction as each event the outbox commits (`record`), so it holds
 //! exactly the leads whose events are durable; the inbox, the API and
-//! `backstop leads` read it. (Stub: the interface the HTTP face and the
-//! text-back build on; the lead-store work fills it in.)
+//! `backstop leads` read it.
+//!
+//! One row per lead (`leads`): the latest lead its events carried (the
+//! lead's JSON, as `call.missed`, `call.transferred`, `lead.completed` and
+//! `lead.updated` brought it), and beside it what the store itself knows:
+//! status (`new` or `handled`; `overdue` is `new` past `due_ms`, computed
+//! when asked), the callback clock (`due_ms`, reminders sent, when the next
+//! one is due), who handled it and when, and the text-back's outcome. A
+//! read overlays those on the lead (`lead.callback`, `lead.text_back`), so
+//! the lead as the store returns it is the lead as it stands now.
+//!
+//! The events the store produces itself (`lead.handled`,
+//! `lead.callback_overdue`, and `lead.updated` on a reopen) are committed in
+//! the same transaction as the change they announce, through the outbox:
+//! a change without its event, or an event without its change, never
+//! happens, and a crash between the two is impossible.
+//!
+//! Writes that come with an event check, in that transaction, that the
+//! lead is still as it was read (`lead` text, status, reminders); when it
+//! is not (the agent and `backstop leads done` both at it), nothing is
+//! committed and the operation reads again.
 
 pub mod clock;
 pub mod import;
 
 use crate::sink::delivery::{DeliveryError, Publisher};
-use crate::sink::event::Event;
-use backstop_core::callback::LeadStatus;
-use backstop_core::intake::lead::Lead;
+use crate::sink::event::{Event, EventType};
+use crate::sink::outbox::{Outbox, SinkSpec};
+use backstop_core::callback::{CallbackState, LeadStatus};
+use backstop_core::intake::lead::{Lead, Outcome, rfc3339};
 use backstop_core::textback::TextBack;
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension, params};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// The store's tables, created with the outbox's (`Outbox::open`).
-pub const SCHEMA: &str = "";
+/// The store's tables, created with the outbox's (`Outbox::open`). Every
+/// statement is idempotent: it runs at every open, on a new file and on an
+/// outbox.db from before the store (which gains the tables, empty; the
+/// import fills them from `leads.jsonl`).
+///
+/// `clock` is 0 for leads imported from before the store: they never get
+/// reminders. `next_reminder_ms` is set only while a reminder is still to
+/// come (open, not junk, clocked).
+pub const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS leads (
+    id TEXT PRIMARY KEY,
+    call_id TEXT NOT NULL,
+    line TEXT NOT NULL,
+    received_ms INTEGER NOT NULL,
+    caller_number TEXT,
+    junk INTEGER NOT NULL DEFAULT 0,
+    urgent INTEGER NOT NULL DEFAULT 0,
+    status TEXT NOT NULL DEFAULT 'new' CHECK (status IN ('new', 'handled')),
+    clock INTEGER NOT NULL DEFAULT 1,
+    due_ms INTEGER,
+    reminders INTEGER NOT NULL DEFAULT 0,
+    next_reminder_ms INTEGER,
+    handled_ms INTEGER,
+    handled_by TEXT,
+    note TEXT,
+    text_back TEXT,
+    lead TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS leads_received ON leads (received_ms);
+CREATE INDEX IF NOT EXISTS leads_call ON leads (call_id);
+CREATE INDEX IF NOT EXISTS leads_reminder ON leads (next_reminder_ms) WHERE next_reminder_ms IS NOT NULL;
+CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT OR IGNORE INTO store_meta (key, value) VALUES ('schema', '1');
+";
 
 /// Which leads a list shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -70,34 +125,477 @@ pub enum StoreError {
     Delivery(#[from] DeliveryError),
 }
 
+/// Unix milliseconds of an RFC 3339 instant.
+pub(crate) fn parse_ms(s: &str) -> Option<i64> {
+    s.parse::<jiff::Timestamp>().ok().map(|t| t.as_millisecond())
+}
+
+/// The RFC 3339 form (UTC, milliseconds) of Unix milliseconds.
+pub(crate) fn ms_rfc3339(ms: i64) -> String {
+    rfc3339(ms_time(ms))
+}
+
+pub(crate) fn ms_time(ms: i64) -> SystemTime {
+    if ms >= 0 { UNIX_EPOCH + Duration::from_millis(ms as u64) } else { UNIX_EPOCH }
+}
+
+pub(crate) fn time_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// The caller chose an emergency on a menu, or a transcript had an urgent word.
+pub fn is_urgent(lead: &Lead) -> bool {
+    let emergency =
+        lead.answers.values().any(|a| a.label.as_deref().is_some_and(|l| l.eq_ignore_ascii_case("emergency")));
+    emergency || !lead.urgent_words.is_empty()
+}
+
+/// How a lead comes into the store.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Arrival {
+    /// `call.missed`: creates the row, never replaces a lead already there.
+    First,
+    /// A later event about the call: creates or replaces the lead's body.
+    Update,
+    /// From `leads.jsonl`, before the store: created if absent, without a clock.
+    Import,
+}
+
+/// Insert or update a lead's row; true when a row was inserted.
+fn upsert(
+    conn: &Connection,
+    lead: &Lead,
+    now_ms: i64,
+    arrival: Arrival,
+    settle_transfer: bool,
+) -> rusqlite::Result<bool> {
+    let body = serde_json::to_string(lead).expect("a lead always serialises");
+    let received_ms = parse_ms(&lead.received_at).unwrap_or(now_ms);
+    let due_ms = lead.callback.as_ref().and_then(|c| parse_ms(&c.due_at));
+    let junk = lead.junk.is_junk;
+    let clock = arrival != Arrival::Import;
+    let existed: bool =
+        conn.query_row("SELECT 1 FROM leads WHERE id = ?1", params![lead.id], |_| Ok(())).optional()?.is_some();
+    if !existed {
+        conn.execute(
+            "INSERT INTO leads (id, call_id, line, received_ms, caller_number, junk, urgent, clock, due_ms,
+                                next_reminder_ms, lead, updated_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, CASE WHEN ?6 OR NOT ?8 THEN NULL ELSE ?9 END, ?10, ?11)",
+            params![
+                lead.id,
+                lead.call_id,
+                lead.line,
+                received_ms,
+                lead.caller.number,
+                junk,
+                is_urgent(lead),
+                clock,
+                due_ms,
+                body,
+                now_ms
+            ],
+        )?;
+    } else if arrival == Arrival::Update {
+        conn.execute(
+            "UPDATE leads SET call_id = ?2, line = ?3, received_ms = ?4, caller_number = ?5, junk = ?6, urgent = ?7,
+                due_ms = COALESCE(?8, due_ms),
+                next_reminder_ms = CASE
+                    WHEN ?6 OR status = 'handled' OR clock = 0 THEN NULL
+                    WHEN reminders = 0 THEN COALESCE(?8, due_ms)
+                    ELSE next_reminder_ms END,
+                lead = ?9, updated_ms = ?10
+             WHERE id = ?1",
+            params![
+                lead.id,
+                lead.call_id,
+                lead.line,
+                received_ms,
+                lead.caller.number,
+                junk,
+                is_urgent(lead),
+                due_ms,
+                body,
+                now_ms
+            ],
+        )?;
+    }
+    // A transferred caller reached a person: the lead is handled, by the
+    // transfer, when the call ended (our leg ends as the transfer succeeds).
+    // A person's handling is kept; a `lead.updated` (transcripts, a
+    // reopen) settles nothing, so a reopened transferred lead stays open.
+    if lead.outcome == Outcome::Transferred && settle_transfer {
+        let at = lead.ended_at.as_deref().and_then(parse_ms).unwrap_or(now_ms);
+        conn.execute(
+            "UPDATE leads SET status = 'handled', handled_ms = ?2, handled_by = 'transfer', next_reminder_ms = NULL
+             WHERE id = ?1 AND status = 'new'",
+            params![lead.id, at],
+        )?;
+    }
+    Ok(!existed)
+}
+
 /// Take an event into the store, inside the outbox's transaction that commits it.
 pub(crate) fn record(conn: &Connection, event: &Event, now_ms: i64) -> rusqlite::Result<()> {
-    let _ = (conn, event, now_ms);
-    Ok(())
+    let arrival = match event.kind {
+        EventType::CallMissed => Arrival::First,
+        EventType::LeadCompleted | EventType::LeadUpdated | EventType::CallTransferred => Arrival::Update,
+        // The store's own events: the change they announce is made with them.
+        EventType::LeadCallbackOverdue | EventType::LeadHandled => return Ok(()),
+    };
+    let settle_transfer = matches!(event.kind, EventType::CallTransferred | EventType::LeadCompleted);
+    upsert(conn, &event.lead, now_ms, arrival, settle_transfer).map(|_| ())
+}
+
+/// A lead's row as stored.
+#[derive(Debug, Clone)]
+struct Row {
+    id: String,
+    received_ms: i64,
+    junk: bool,
+    urgent: bool,
+    handled: bool,
+    clock: bool,
+    due_ms: Option<i64>,
+    reminders: u32,
+    next_reminder_ms: Option<i64>,
+    handled_ms: Option<i64>,
+    handled_by: Option<String>,
+    note: Option<String>,
+    text_back: Option<String>,
+    /// The lead's JSON as its last event carried it.
+    lead: String,
+}
+
+const COLUMNS: &str = "id, received_ms, junk, urgent, status, clock, due_ms, reminders, next_reminder_ms, \
+                       handled_ms, handled_by, note, text_back, lead";
+
+impl Row {
+    fn read(r: &rusqlite::Row) -> rusqlite::Result<Row> {
+        Ok(Row {
+            id: r.get(0)?,
+            received_ms: r.get(1)?,
+            junk: r.get(2)?,
+            urgent: r.get(3)?,
+            handled: r.get::<_, String>(4)? == "handled",
+            clock: r.get(5)?,
+            due_ms: r.get(6)?,
+            reminders: r.get(7)?,
+            next_reminder_ms: r.get(8)?,
+            handled_ms: r.get(9)?,
+            handled_by: r.get(10)?,
+            note: r.get(11)?,
+            text_back: r.get(12)?,
+            lead: r.get(13)?,
+        })
+    }
+
+    fn status(&self, now_ms: i64) -> LeadStatus {
+        if self.handled {
+            LeadStatus::Handled
+        } else if !self.junk && self.due_ms.is_some_and(|d| now_ms >= d) {
+            LeadStatus::Overdue
+        } else {
+            LeadStatus::New
+        }
+    }
+
+    /// The lead as it stands at `now_ms`: its JSON with the store's callback and text-back.
+    fn stored(&self, now_ms: i64) -> Result<StoredLead, serde_json::Error> {
+        let mut lead: Lead = serde_json::from_str(&self.lead)?;
+        let status = self.status(now_ms);
+        lead.callback = if self.junk && !self.handled {
+            // Junk has no clock.
+            None
+        } else {
+            match (self.due_ms, self.handled) {
+                (None, false) => None,
+                // A lead from before the clock, handled since: due when it came in.
+                (due, _) => Some(CallbackState {
+                    due_at: ms_rfc3339(due.unwrap_or(self.received_ms)),
+                    handled_at: self.handled_ms.map(ms_rfc3339),
+                    handled_by: self.handled_by.clone(),
+                    note: self.note.clone(),
+                    reminders: self.reminders,
+                    status,
+                    time_to_callback_secs: self.handled_ms.map(|h| ((h - self.received_ms).max(0) / 1000) as u64),
+                }),
+            }
+        };
+        if let Some(tb) = &self.text_back {
+            match serde_json::from_str::<TextBack>(tb) {
+                Ok(tb) => lead.text_back = Some(tb),
+                Err(e) => tracing::warn!(lead = %self.id, error = %e, "unreadable text_back in the lead store"),
+            }
+        }
+        Ok(StoredLead { lead, status, urgent: self.urgent })
+    }
+}
+
+fn unreadable(e: serde_json::Error) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(13, rusqlite::types::Type::Text, Box::new(e))
+}
+
+fn row(conn: &Connection, id: &str) -> rusqlite::Result<Option<Row>> {
+    conn.query_row(&format!("SELECT {COLUMNS} FROM leads WHERE id = ?1"), params![id], Row::read).optional()
+}
+
+fn view_sql(view: View) -> (&'static str, &'static str) {
+    const OVERDUE_FIRST: &str = "(due_ms IS NOT NULL AND due_ms <= ?1) DESC, received_ms DESC, id";
+    const NEWEST: &str = "received_ms DESC, id";
+    match view {
+        View::Open => ("status = 'new' AND junk = 0", OVERDUE_FIRST),
+        View::Overdue => ("status = 'new' AND junk = 0 AND due_ms IS NOT NULL AND due_ms <= ?1", NEWEST),
+        View::Handled => ("status = 'handled' AND junk = 0", "handled_ms DESC, received_ms DESC, id"),
+        View::Junk => ("junk = 1", NEWEST),
+        View::Urgent => ("status = 'new' AND junk = 0 AND urgent = 1", OVERDUE_FIRST),
+        View::All => ("1", NEWEST),
+    }
 }
 
 /// A page of leads, newest first, overdue ones before the rest in the open views.
 pub fn list(conn: &Connection, q: &Query, now_ms: i64) -> rusqlite::Result<Vec<StoredLead>> {
-    let _ = (conn, q, now_ms);
-    Ok(Vec::new())
+    let (filter, order) = view_sql(q.view);
+    // `?1 IS NOT NULL` keeps the parameters numbered alike in every view.
+    let sql = format!(
+        "SELECT {COLUMNS} FROM leads WHERE ?1 IS NOT NULL AND (?2 IS NULL OR line = ?2) AND {filter}
+         ORDER BY {order} LIMIT ?3 OFFSET ?4"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(params![now_ms, q.line, q.limit, q.offset], Row::read)?;
+    let mut out = Vec::new();
+    for r in rows {
+        let r = r?;
+        match r.stored(now_ms) {
+            Ok(s) => out.push(s),
+            // One bad row must not hide the inbox.
+            Err(e) => tracing::error!(lead = %r.id, error = %e, "unreadable lead in the lead store; not listed"),
+        }
+    }
+    Ok(out)
 }
 
 /// How many leads the query's view holds (for paging).
 pub fn count(conn: &Connection, q: &Query, now_ms: i64) -> rusqlite::Result<u64> {
-    let _ = (conn, q, now_ms);
-    Ok(0)
+    let (filter, _) = view_sql(q.view);
+    let sql = format!("SELECT COUNT(*) FROM leads WHERE ?1 IS NOT NULL AND (?2 IS NULL OR line = ?2) AND {filter}");
+    conn.query_row(&sql, params![now_ms, q.line], |r| r.get::<_, i64>(0)).map(|n| n as u64)
 }
 
 /// One lead by its id.
 pub fn get(conn: &Connection, id: &str, now_ms: i64) -> rusqlite::Result<Option<StoredLead>> {
-    let _ = (conn, id, now_ms);
-    Ok(None)
+    match row(conn, id)? {
+        Some(r) => r.stored(now_ms).map(Some).map_err(unreadable),
+        None => Ok(None),
+    }
 }
 
 /// The events published about a lead, oldest first (those still in the outbox).
 pub fn events(conn: &Connection, id: &str) -> rusqlite::Result<Vec<Event>> {
-    let _ = (conn, id);
-    Ok(Vec::new())
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, body FROM events WHERE call_id IN (SELECT call_id FROM leads WHERE id = ?1) ORDER BY seq",
+    )?;
+    let rows = stmt.query_map(params![id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+    let mut out = Vec::new();
+    for r in rows {
+        let (seq, body) = r?;
+        match serde_json::from_str::<Event>(&body) {
+            // A Call-ID is the caller's: another call may have used it.
+            Ok(e) if e.lead.id == id => out.push(e),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(seq, error = %e, "unreadable event in the outbox; not listed"),
+        }
+    }
+    Ok(out)
+}
+
+/// Why a write that comes with an event committed nothing (carried through
+/// the outbox's transaction as an error, so that it rolls back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+enum Abort {
+    /// A read only: nothing to commit.
+    #[error("read only")]
+    Read,
+    /// The lead changed since it was read: read again.
+    #[error("the lead changed meanwhile")]
+    Changed,
+}
+
+/// Carried as a conversion failure: the one rusqlite error that holds any
+/// error of ours without an optional feature.
+fn abort(a: Abort) -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(Box::new(a))
+}
+
+fn aborted(e: &rusqlite::Error) -> Option<Abort> {
+    match e {
+        rusqlite::Error::ToSqlConversionFailure(b) => b.downcast_ref::<Abort>().copied(),
+        _ => None,
+    }
+}
+
+fn delivery_aborted(e: &DeliveryError) -> Option<Abort> {
+    match e {
+        DeliveryError::Outbox(e) => aborted(e),
+        _ => None,
+    }
+}
+
+/// The event a read is carried by; never committed.
+fn probe() -> Event {
+    let lead: Lead = serde_json::from_value(serde_json::json!({
+        "call_id": "", "called": {"uri": ""}, "caller": {"uri": ""}, "id": "", "outcome": "ringing",
+        "received_at": "", "schema_version": 1, "transport": "udp"
+    }))
+    .expect("the probe lead reads");
+    Event { id: "evt_store_read".into(), kind: EventType::LeadUpdated, created_at: String::new(), lead }
+}
+
+/// Run `f` on the outbox's connection behind `publisher`, in a transaction
+/// that is rolled back. The publisher hands out its connection only inside
+/// `publish_with`, so a read goes that way and aborts before anything is
+/// committed: nothing is published and nothing woken.
+pub(crate) async fn read<T: Send + 'static>(
+    publisher: &Publisher,
+    f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+) -> Result<T, StoreError> {
+    let slot = Arc::new(Mutex::new(None));
+    let put = slot.clone();
+    let r = publisher
+        .publish_with(probe(), move |conn| {
+            let out = f(conn);
+            *put.lock().unwrap_or_else(|p| p.into_inner()) = Some(out);
+            Err(abort(Abort::Read))
+        })
+        .await;
+    match r {
+        Err(e) if delivery_aborted(&e) == Some(Abort::Read) => {}
+        Err(e) => return Err(e.into()),
+        Ok(()) => unreachable!("a read commits nothing"),
+    }
+    let out = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+    Ok(out.expect("the read ran")?)
+}
+
+/// A change to one lead, read at `row`, and the event announcing it.
+struct Change {
+    event: Event,
+    stored: StoredLead,
+    /// The row as it was read, for the check at commit.
+    was: Row,
+    /// The row after the change.
+    now: Row,
+}
+
+/// What `lead.handled` carries and what the row becomes, or `None` when it is handled already.
+fn handling(was: Row, by: &str, note: Option<String>, now_ms: i64) -> Result<Option<Change>, StoreError> {
+    if was.handled {
+        return Ok(None);
+    }
+    let mut now = was.clone();
+    now.handled = true;
+    now.handled_ms = Some(now_ms);
+    now.handled_by = Some(by.to_string());
+    now.note = note.filter(|n| !n.trim().is_empty());
+    now.next_reminder_ms = None;
+    let stored = now.stored(now_ms).map_err(unreadable)?;
+    let event =
+        Event::keyed(EventType::LeadHandled, &format!("handled {now_ms}"), rfc3339(ms_time(now_ms)), &stored.lead);
+    Ok(Some(Change { event, stored, was, now }))
+}
+
+/// What a reopen's `lead.updated` carries, or `None` when the lead is open.
+/// The clock does not restart: a lead whose first reminder went out gets no more.
+fn reopening(was: Row, now_ms: i64) -> Result<Option<Change>, StoreError> {
+    if !was.handled {
+        return Ok(None);
+    }
+    let mut now = was.clone();
+    now.handled = false;
+    now.handled_ms = None;
+    now.handled_by = None;
+    now.note = None;
+    now.next_reminder_ms = if now.clock && !now.junk && now.reminders == 0 { now.due_ms } else { None };
+    let stored = now.stored(now_ms).map_err(unreadable)?;
+    let event =
+        Event::keyed(EventType::LeadUpdated, &format!("reopened {now_ms}"), rfc3339(ms_time(now_ms)), &stored.lead);
+    Ok(Some(Change { event, stored, was, now }))
+}
+
+/// Write the change, inside the event's transaction, if the row is still as read.
+fn apply(conn: &Connection, was: &Row, now: &Row) -> rusqlite::Result<()> {
+    let n = conn.execute(
+        "UPDATE leads SET status = ?2, handled_ms = ?3, handled_by = ?4, note = ?5, reminders = ?6, next_reminder_ms = ?7
+         WHERE id = ?1 AND lead = ?8 AND status = ?9 AND reminders = ?10 AND next_reminder_ms IS ?11",
+        params![
+            now.id,
+            if now.handled { "handled" } else { "new" },
+            now.handled_ms,
+            now.handled_by,
+            now.note,
+            now.reminders,
+            now.next_reminder_ms,
+            was.lead,
+            if was.handled { "handled" } else { "new" },
+            was.reminders,
+            was.next_reminder_ms,
+        ],
+    )?;
+    if n == 0 { Err(abort(Abort::Changed)) } else { Ok(()) }
+}
+
+/// How often a change is tried again when the lead keeps changing under it.
+const ATTEMPTS: usize = 5;
+
+/// Make a change to a lead through the publisher: read, decide, commit the
+/// change and its event together; again if the lead changed in between.
+async fn change(
+    publisher: &Publisher,
+    id: &str,
+    decide: impl Fn(Row, i64) -> Result<Option<Change>, StoreError>,
+) -> Result<StoredLead, StoreError> {
+    for _ in 0..ATTEMPTS {
+        let now_ms = crate::sink::delivery::now_ms();
+        let key = id.to_string();
+        let Some(was) = read(publisher, move |c| row(c, &key)).await? else {
+            return Err(StoreError::NotFound(id.into()));
+        };
+        let Some(Change { event, stored, was, now }) = decide(was.clone(), now_ms)? else {
+            return was.stored(now_ms).map_err(|e| StoreError::Db(unreadable(e)));
+        };
+        match publisher.publish_with(event, move |c| apply(c, &was, &now)).await {
+            Ok(()) => return Ok(stored),
+            Err(e) if delivery_aborted(&e) == Some(Abort::Changed) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(StoreError::Db(rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+        Some(format!("lead {id} kept changing; try again")),
+    )))
+}
+
+/// The same, on an outbox opened directly (the CLI): one transaction with
+/// the event, `specs` deciding which sinks get it. Returns the lead and
+/// whether an event was committed.
+fn change_in(
+    outbox: &mut Outbox,
+    specs: &[SinkSpec],
+    id: &str,
+    now_ms: i64,
+    decide: impl Fn(Row, i64) -> Result<Option<Change>, StoreError>,
+) -> Result<(StoredLead, bool), StoreError> {
+    for _ in 0..ATTEMPTS {
+        let Some(was) = row(outbox.conn(), id)? else { return Err(StoreError::NotFound(id.into())) };
+        let Some(Change { event, stored, was, now }) = decide(was.clone(), now_ms)? else {
+            return Ok((was.stored(now_ms).map_err(unreadable)?, false));
+        };
+        match outbox.append_then(&event, specs, now_ms, |c| apply(c, &was, &now)) {
+            Ok(()) => return Ok((stored, true)),
+            Err(e) if aborted(&e) == Some(Abort::Changed) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(StoreError::NotFound(format!("{id} (it kept changing; try again)")))
 }
 
 /// Mark a lead handled by `by` (an inbox user, an API token's name, `cli`),
@@ -109,18 +607,38 @@ pub async fn mark_handled(
     by: &str,
     note: Option<String>,
 ) -> Result<StoredLead, StoreError> {
-    let _ = (publisher, by, note);
-    Err(StoreError::NotFound(id.into()))
+    change(publisher, id, |was, now_ms| handling(was, by, note.clone(), now_ms)).await
 }
 
-/// Open a handled lead again (its clock does not restart).
+/// [`mark_handled`] on an outbox opened directly (`backstop leads done`):
+/// the lead and whether `lead.handled` was committed (false: it was handled already).
+pub fn mark_handled_in(
+    outbox: &mut Outbox,
+    specs: &[SinkSpec],
+    id: &str,
+    by: &str,
+    note: Option<String>,
+    now_ms: i64,
+) -> Result<(StoredLead, bool), StoreError> {
+    change_in(outbox, specs, id, now_ms, |was, now_ms| handling(was, by, note.clone(), now_ms))
+}
+
+/// Open a handled lead again (its clock does not restart). It publishes a
+/// `lead.updated` carrying the lead reopened (`callback` without
+/// `handled_at`), so a consumer that saw `lead.handled` learns of it; a
+/// lead that is open changes nothing and publishes nothing.
 pub async fn reopen(publisher: &Publisher, id: &str, by: &str) -> Result<StoredLead, StoreError> {
-    let _ = (publisher, by);
-    Err(StoreError::NotFound(id.into()))
+    let out = change(publisher, id, reopening).await?;
+    tracing::info!(lead = %id, by, "lead reopened");
+    Ok(out)
 }
 
 /// Record what the text-back did for a lead.
 pub fn set_text_back(conn: &Connection, lead_id: &str, text_back: &TextBack) -> rusqlite::Result<()> {
-    let _ = (conn, lead_id, text_back);
+    let json = serde_json::to_string(text_back).expect("a text-back always serialises");
+    conn.execute("UPDATE leads SET text_back = ?2 WHERE id = ?1", params![lead_id, json])?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
