@@ -281,7 +281,7 @@ fn a_called_lead_in_the_api_with_playable_recordings_then_handled() {
             .map(|l| l["id"].as_str().unwrap().to_string())
             .collect()
     };
-    assert_eq!(ids("handled"), [id.clone()]);
+    assert_eq!(ids("handled"), std::slice::from_ref(&id));
     assert!(ids("open").is_empty());
     let kinds = |events: &serde_json::Value| -> Vec<String> {
         events.as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap().to_string()).collect()
@@ -301,7 +301,7 @@ fn a_called_lead_in_the_api_with_playable_recordings_then_handled() {
     assert!(detail.contains("booked for 3pm") && detail.contains("Reopen"), "{detail}");
     let r = post_form(addr, &format!("/leads/{id}/reopen"), &cookie, &[("csrf", &csrf)]);
     assert_eq!((r.status, r.header("location")), (303, Some(format!("/leads/{id}").as_str())));
-    assert_eq!(ids("open"), [id.clone()]);
+    assert_eq!(ids("open"), std::slice::from_ref(&id));
     let r = post_form(addr, &format!("/leads/{id}/handled"), &cookie, &[("csrf", &csrf), ("note", "second call")]);
     assert_eq!(r.status, 303);
     assert_eq!(ids("handled"), [id]);

@@ -42,13 +42,38 @@ struct Caller {
     csrf: Option<String>,
 }
 
-fn unauthorized() -> Response {
-    let mut r = error(StatusCode::UNAUTHORIZED, "a bearer token is required");
-    r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"backstop\""));
-    r
+/// Why a request is refused before it is looked at.
+enum Refusal {
+    /// No token and no session.
+    NoCredentials,
+    /// A token that is not (or no longer) configured.
+    BadToken,
+    /// A session's POST without its CSRF token.
+    Csrf,
 }
 
-fn caller(app: &App, headers: &HeaderMap) -> Result<Caller, Response> {
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let (status, msg, challenge) = match self {
+            Refusal::NoCredentials => {
+                (StatusCode::UNAUTHORIZED, "a bearer token is required", "Bearer realm=\"backstop\"")
+            }
+            Refusal::BadToken => (
+                StatusCode::UNAUTHORIZED,
+                "unknown or revoked token",
+                "Bearer realm=\"backstop\", error=\"invalid_token\"",
+            ),
+            Refusal::Csrf => (StatusCode::FORBIDDEN, "missing or wrong X-CSRF-Token", ""),
+        };
+        let mut r = error(status, msg);
+        if !challenge.is_empty() {
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+        }
+        r
+    }
+}
+
+fn caller(app: &App, headers: &HeaderMap) -> Result<Caller, Refusal> {
     if let Some(v) = headers.get(header::AUTHORIZATION) {
         let token = v.to_str().ok().and_then(|v| {
             let (scheme, rest) = v.split_once(' ')?;
@@ -56,31 +81,20 @@ fn caller(app: &App, headers: &HeaderMap) -> Result<Caller, Response> {
         });
         return match token.and_then(|t| app.auth.creds().token_name(t)) {
             Some(name) => Ok(Caller { name, csrf: None }),
-            None => {
-                let mut r = error(StatusCode::UNAUTHORIZED, "unknown or revoked token");
-                r.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer realm=\"backstop\", error=\"invalid_token\""),
-                );
-                Err(r)
-            }
+            None => Err(Refusal::BadToken),
         };
     }
     match app.session(headers) {
         Some(s) => Ok(Caller { name: s.user, csrf: Some(s.csrf) }),
-        None => Err(unauthorized()),
+        None => Err(Refusal::NoCredentials),
     }
 }
 
 /// A POST from a session must carry its CSRF token in `X-CSRF-Token`.
-fn check_csrf(c: &Caller, headers: &HeaderMap) -> Result<(), Response> {
+fn check_csrf(c: &Caller, headers: &HeaderMap) -> Result<(), Refusal> {
     let Some(expected) = &c.csrf else { return Ok(()) };
     let given = headers.get("x-csrf-token").and_then(|v| v.to_str().ok()).unwrap_or("");
-    if super::auth::ct_eq(given.as_bytes(), expected.as_bytes()) {
-        Ok(())
-    } else {
-        Err(error(StatusCode::FORBIDDEN, "missing or wrong X-CSRF-Token"))
-    }
+    if super::auth::ct_eq(given.as_bytes(), expected.as_bytes()) { Ok(()) } else { Err(Refusal::Csrf) }
 }
 
 /// The lead as the API gives it.
@@ -137,7 +151,7 @@ pub fn parse_query(raw: Option<&str>) -> Result<Query, String> {
 
 pub async fn list(State(app): State<App>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
     if let Err(r) = caller(&app, &headers) {
-        return r;
+        return r.into_response();
     }
     let q = match parse_query(raw.as_deref()) {
         Ok(q) => q,
@@ -157,7 +171,7 @@ pub async fn list(State(app): State<App>, headers: HeaderMap, RawQuery(raw): Raw
 
 pub async fn one(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     if let Err(r) = caller(&app, &headers) {
-        return r;
+        return r.into_response();
     }
     let now = now_ms();
     match app.db(move |c| store::get(c, &id, now)).await {
@@ -169,7 +183,7 @@ pub async fn one(State(app): State<App>, headers: HeaderMap, Path(id): Path<Stri
 
 pub async fn events(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     if let Err(r) = caller(&app, &headers) {
-        return r;
+        return r.into_response();
     }
     let now = now_ms();
     let r = app
@@ -202,13 +216,13 @@ pub async fn handled(State(app): State<App>, headers: HeaderMap, Path(id): Path<
         Ok(c) => c,
         Err(r) => {
             audit("anonymous", &format!("/api/leads/{id}/handled"), &id, "401");
-            return r;
+            return r.into_response();
         }
     };
     let path = format!("/api/leads/{id}/handled");
     if let Err(r) = check_csrf(&c, &headers) {
         audit(&c.name, &path, &id, "403 csrf");
-        return r;
+        return r.into_response();
     }
     let note = if body.iter().all(u8::is_ascii_whitespace) {
         None
@@ -231,12 +245,12 @@ pub async fn reopen(State(app): State<App>, headers: HeaderMap, Path(id): Path<S
         Ok(c) => c,
         Err(r) => {
             audit("anonymous", &path, &id, "401");
-            return r;
+            return r.into_response();
         }
     };
     if let Err(r) = check_csrf(&c, &headers) {
         audit(&c.name, &path, &id, "403 csrf");
-        return r;
+        return r.into_response();
     }
     let r = store::reopen(&app.publisher, &id, &c.name).await;
     finish(&app, &c.name, &path, &id, r)

@@ -681,7 +681,7 @@ mod tests {
         h.insert("x-csrf-token", HeaderValue::from_static("tok"));
         assert!(csrf_ok("tok", &h, &f), "the header");
         assert_eq!(form(b"csrf=a%20b&note=hi+there").get("note").map(String::as_str), Some("hi there"));
-        assert!(form(b"\xff\xfe").get("csrf").is_none());
+        assert!(!form(b"\xff\xfe").contains_key("csrf"));
     }
 
     #[test]
