@@ -154,7 +154,7 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
 
 /// Percent-encode all but unreserved characters (a recording name is plain,
 /// but the link must not break if it is not).
-fn url_escape(s: &str) -> String {
+pub(crate) fn url_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {

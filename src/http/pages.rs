@@ -316,7 +316,7 @@ pub async fn inbox(State(app): State<App>, headers: HeaderMap, RawQuery(raw): Ra
         let mut s = format!("/?view={view_name}&page={page}");
         if let Some(l) = &q.line {
             s.push_str("&line=");
-            s.push_str(&serde_urlencoded::to_string([("", l)]).unwrap_or_default()[1..]);
+            s.push_str(&super::links::url_escape(l));
         }
         s
     };
@@ -618,7 +618,8 @@ pub async fn login(
     };
     match (ok, hash) {
         (true, Some(hash)) => {
-            app.auth.limiter.clear(&ip_key);
+            // The name's failures are forgotten; the address's are not, so that
+            // one known password cannot reset the count for guessing others.
             app.auth.limiter.clear(&user_key);
             let (id, _) = app.auth.sessions.create(&name, &hash, app.auth.session_ttl);
             audit(&name, "/login", "", "ok");
