@@ -15,9 +15,13 @@ use anyhow::Context;
 use backstop_core::callback::LeadStatus;
 use backstop_core::intake::answer::AnswerKind;
 
+/// The store, with the leads from before it taken in (once), as the agent's start does.
 fn open(cfg: &Config) -> anyhow::Result<Outbox> {
     let path = cfg.outbox_path();
-    Outbox::open(&path).with_context(|| format!("opening the lead store in {}", path.display()))
+    let mut outbox = Outbox::open(&path).with_context(|| format!("opening the lead store in {}", path.display()))?;
+    store::import::import_once(&mut outbox, &cfg.leads_path())
+        .with_context(|| format!("importing {} into the lead store", cfg.leads_path().display()))?;
+    Ok(outbox)
 }
 
 /// Print the store's leads, one line each.

@@ -1,15 +1,19 @@
 //! Leads written to `leads.jsonl` before the store existed, taken in once.
 //!
-//! At the first start with the store, every lead of `leads.jsonl` (its last
-//! line per lead id: a lead updated after its call appears again) that the
-//! store does not hold becomes a row: open (`new`) unless it was
-//! transferred, junk if it was judged junk, and without a clock: no
+//! At the first start with the store, every lead that the store does not
+//! hold becomes a row: first the leads of the events still in the outbox
+//! (the newest event per lead: an older version may have left some that
+//! no file has yet), then those of `leads.jsonl` (its last line per lead
+//! id: a lead updated after its call appears again). Each is open (`new`)
+//! unless it was transferred, junk if it was judged junk, and without a
+//! clock: no
 //! `lead.callback_overdue` is ever sent for a lead from before the upgrade.
 //! A line that cannot be read is skipped with a warning. The import is
 //! recorded in `store_meta` in the same transaction as the rows, so it
 //! happens once, and a crash in the middle leaves it to be done again whole.
 
 use super::{Arrival, upsert};
+use crate::sink::event::{Event, EventType};
 use crate::sink::outbox::Outbox;
 use backstop_core::intake::lead::Lead;
 use rusqlite::{OptionalExtension, params};
@@ -40,14 +44,29 @@ pub fn import_once(outbox: &mut Outbox, leads_jsonl: &Path) -> rusqlite::Result<
     };
     let tx = conn.transaction()?;
     let mut taken = 0;
-    for lead in &leads {
+    // The outbox's events, newest first: the first one seen of a lead is its latest.
+    let outboxed: Vec<Lead> = {
+        let mut stmt = tx.prepare("SELECT seq, body FROM events ORDER BY seq DESC")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, body) = row?;
+            match serde_json::from_str::<Event>(&body) {
+                Ok(e) if !matches!(e.kind, EventType::LeadCallbackOverdue | EventType::LeadHandled) => out.push(e.lead),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(seq, error = %e, "unreadable event in the outbox; not imported"),
+            }
+        }
+        out
+    };
+    for lead in outboxed.iter().chain(&leads) {
         if upsert(&tx, lead, now_ms, Arrival::Import, true)? {
             taken += 1;
         }
     }
     tx.execute(
         "INSERT OR REPLACE INTO store_meta (key, value) VALUES (?1, ?2)",
-        params![IMPORTED, format!("{now_ms} {taken} of {}", leads.len())],
+        params![IMPORTED, format!("{now_ms}: {taken} leads")],
     )?;
     tx.commit()?;
     Ok(taken)

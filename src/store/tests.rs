@@ -250,13 +250,36 @@ fn import_takes_the_last_line_per_lead_once_skipping_bad_lines() {
     let other = serde_json::to_string(&calm(lead(2, T0 + MIN, None))).unwrap();
     std::fs::write(&jsonl, format!("{first}\nnot json at all\n{{\"id\":\"x\"}}\n\n{other}\n{second}\n")).unwrap();
     let mut ob = Outbox::open(&dir.db()).unwrap();
+    // Events an older version left in the outbox (not recorded in the store):
+    // lead 1's newest version, and lead 7 that no file has yet.
+    let mut newest = old.clone();
+    newest.summary = "newest".into();
+    let seven = calm(lead(7, T0 + 2 * MIN, Some(15)));
+    for (i, (kind, l)) in
+        [(EventType::LeadCompleted, &old), (EventType::CallMissed, &seven), (EventType::LeadUpdated, &newest)]
+            .into_iter()
+            .enumerate()
+    {
+        let e = ev(kind, l);
+        ob.conn()
+            .execute(
+                "INSERT INTO events (id, kind, call_id, created_ms, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![e.id, kind.as_str(), l.call_id, T0 + i as i64, serde_json::to_string(&e).unwrap()],
+            )
+            .unwrap();
+    }
     // One lead already in the store (it came in through an event): kept as it is.
     let mut live = lead(2, T0 + MIN, Some(15));
     live.summary = "live".into();
     put(&mut ob, EventType::CallMissed, &live, T0);
-    assert_eq!(import::import_once(&mut ob, &jsonl).unwrap(), 1);
+    assert_eq!(import::import_once(&mut ob, &jsonl).unwrap(), 2);
     let got = get(ob.conn(), "lead-1", T0 + 1000 * MIN).unwrap().unwrap();
-    assert_eq!(got.lead.summary, "updated", "the last line of a lead wins");
+    assert_eq!(got.lead.summary, "newest", "the newest event of a lead wins over the file");
+    let seven = get(ob.conn(), "lead-7", T0 + 1000 * MIN).unwrap().unwrap();
+    assert_eq!(seven.status, LeadStatus::Overdue, "its due time came with it");
+    let next: Option<i64> =
+        ob.conn().query_row("SELECT next_reminder_ms FROM leads WHERE id = 'lead-7'", [], |r| r.get(0)).unwrap();
+    assert_eq!(next, None, "but never a reminder");
     assert_eq!((got.status, got.lead.callback), (LeadStatus::New, None), "no clock for imported leads");
     assert_eq!(get(ob.conn(), "lead-2", T0).unwrap().unwrap().lead.summary, "live");
     let next: Option<i64> =
