@@ -159,6 +159,26 @@ fn wait_rows(agent: &AgentProc, n: usize) -> Vec<Row> {
     }
 }
 
+/// The lead store shows each decided text-back on its lead, as the sink recorded it.
+fn assert_leads_record_it(agent: &AgentProc) {
+    let c = rusqlite::Connection::open(agent.dir.join("data/outbox.db")).unwrap();
+    let mut st = c.prepare("SELECT lead_id, status, reason, sid FROM text_backs").unwrap();
+    let rows: Vec<(String, String, Option<String>, Option<String>)> = st
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    for (lead_id, status, reason, sid) in rows {
+        let stored = backstop::store::get(&c, &lead_id, now).unwrap();
+        let lead = stored.unwrap_or_else(|| panic!("lead {lead_id} is not in the lead store")).lead;
+        let tb = lead.text_back.unwrap_or_else(|| panic!("lead {lead_id} has no text_back; the sink says {status}"));
+        let want = if status == "unknown" { "failed" } else { status.as_str() };
+        assert_eq!(serde_json::to_value(tb.status).unwrap(), want, "lead {lead_id}");
+        assert_eq!((tb.reason, tb.sid), (reason, sid), "lead {lead_id}");
+    }
+}
+
 fn row_for<'a>(rows: &'a [Row], number: &str) -> Vec<&'a Row> {
     rows.iter().filter(|r| r.0.as_deref() == Some(number)).collect()
 }
@@ -198,6 +218,7 @@ fn a_missed_call_is_texted_once_per_window_and_the_request_validates() {
     assert_eq!(prism.message_requests().len(), 1, "exactly one Messages request:\n{}", prism.log());
     assert!(agent.log().contains("text-back skipped"), "{}", agent.log());
     assert_valid(&prism);
+    assert_leads_record_it(&agent);
     eprintln!("Prism's log of the Messages request:\n{}", prism.message_requests().join("\n"));
     let leads = agent.wait_leads(2, Duration::from_secs(10));
     assert_eq!(leads.len(), 2);
@@ -327,4 +348,5 @@ fn a_signed_stop_stops_texts_and_a_badly_signed_one_changes_nothing() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(prism.message_requests().len(), 2, "{}", prism.log());
     assert_valid(&prism);
+    assert_leads_record_it(&agent);
 }
