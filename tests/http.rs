@@ -306,3 +306,54 @@ fn a_called_lead_in_the_api_with_playable_recordings_then_handled() {
     assert_eq!(r.status, 303);
     assert_eq!(ids("handled"), [id]);
 }
+
+#[test]
+fn passwd_refuses_an_empty_password_and_a_taken_port_is_named() {
+    use std::io::Write;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_backstop"))
+        .arg("passwd")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("empty"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // The HTTP port taken: the agent stops at the start and says which.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = scratch_dir("http-port-taken");
+    let cfg = dir.join("backstop.toml");
+    std::fs::write(&cfg, format!("{}{SKELETON_SCRIPT}", http_config(port, &[]))).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_backstop"))
+        .arg("run")
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the agent ran with its HTTP port taken");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains(&format!("listen 127.0.0.1:{port}: address in use")), "{text}");
+    drop(taken);
+    let _ = std::fs::remove_dir_all(&dir);
+}

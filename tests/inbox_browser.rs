@@ -260,6 +260,9 @@ fn an_owner_logs_in_plays_the_recording_and_marks_the_lead_called_back() {
     s.click(&format!("{card} .name a"));
     s.wait_text("main", |t| t.contains("Called back"));
     assert!(s.url().ends_with(&format!("/leads/{id}")), "{}", s.url());
+    let width = s.js("return [window.innerWidth, document.documentElement.scrollWidth]");
+    assert_eq!(width, json!([390, 390]), "the lead's page fits too");
+    std::fs::write(artifacts().join("lead-390.png"), s.screenshot()).unwrap();
     let played = s.js_async(
         "const done = arguments[arguments.length - 1];
          const a = document.querySelectorAll('audio')[1] || document.querySelector('audio');

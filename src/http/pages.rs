@@ -80,6 +80,7 @@ button.secondary{width:100%;margin-top:8px;padding:10px;font:inherit;border:1px 
 .login{max-width:360px;margin:40px auto;background:#fff;padding:20px;border-radius:12px}
 .login label{display:block;margin:10px 0 4px}
 ol.events{margin:0;padding-left:20px;font-size:14px}
+section form{margin-top:12px}
 "#;
 
 /// Shows `<time data-local>` in the browser's zone (the server writes UTC).
