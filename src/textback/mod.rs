@@ -8,9 +8,12 @@
 //! `text_backs` (`db`), claimed before the request goes out. An event whose
 //! row says sent, skipped or unknown is done; a request that may have
 //! reached the API without an answer (a timeout, a reset, a crash) is
-//! recorded `unknown` and not sent again; only a request that certainly did
-//! not go out (no connection, 408/429/5xx) or that the API refused (4xx:
-//! `outbox retry --dead` tries it again) is decided and sent anew.
+//! recorded `unknown` and not sent again; only a request that did not go
+//! out (no connection) or that the API answered without taking it (408,
+//! 429, 5xx: retried; another 4xx: dead-lettered, and `outbox retry --dead`
+//! tries it again) is decided and sent anew. (A 5xx after Twilio created
+//! the message would be sent twice; Twilio documents no idempotency key for
+//! Messages, and a 5xx is what it answers when it did not take one.)
 //! The lead records the outcome through `store::set_text_back`.
 
 pub mod db;
