@@ -11,9 +11,10 @@
 //! recorded `unknown` and not sent again; only a request that did not go
 //! out (no connection) or that the API answered without taking it (408,
 //! 429, 5xx: retried; another 4xx: dead-lettered, and `outbox retry --dead`
-//! tries it again) is decided and sent anew. (A 5xx after Twilio created
-//! the message would be sent twice; Twilio documents no idempotency key for
-//! Messages, and a 5xx is what it answers when it did not take one.)
+//! tries it again) is decided and sent anew. (A 5xx is taken, as the outbox
+//! takes every 5xx, to mean the message was not created; were it created
+//! anyway, the retry would send it twice. We know of no idempotency key
+//! for Twilio's Messages resource that would close that gap.)
 //! The lead records the outcome through `store::set_text_back`.
 
 pub mod db;
