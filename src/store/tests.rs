@@ -463,3 +463,40 @@ async fn after_a_long_stop_the_missed_repeats_do_not_come_in_a_burst() {
     });
     assert_eq!(n, 1);
 }
+
+#[tokio::test]
+async fn a_lead_reopened_before_its_first_reminder_still_gets_it_and_the_task_stops_on_shutdown() {
+    let dir = Dir::new("clock-reopen");
+    let mut ob = Outbox::open(&dir.db()).unwrap();
+    let now = crate::sink::delivery::now_ms();
+    // Due a second ago.
+    let mut l = calm(lead(1, now - 60_000, None));
+    l.callback = lead(1, now - 1000, Some(0)).callback;
+    put(&mut ob, EventType::CallMissed, &l, now);
+    let d = delivery(ob, &dir);
+    let p = d.publisher();
+    mark_handled(&p, "lead-1", "alice", None).await.unwrap();
+    reopen(&p, "lead-1", "alice").await.unwrap();
+    // The task itself: it sends the reminder within its one-second rounds, then stops when told.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(clock::run(p.clone(), CallbackPolicy::default(), stopped));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let overdue = || {
+        with_db(&d, |ob| -> i64 {
+            ob.conn()
+                .query_row("SELECT COUNT(*) FROM events WHERE kind = 'lead.callback_overdue'", [], |r| r.get(0))
+                .unwrap()
+        })
+    };
+    while overdue() == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(overdue(), 1);
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(2), task).await.expect("the clock stops on shutdown").unwrap();
+    // Reopened again after that reminder: no second one (the clock does not restart).
+    mark_handled(&p, "lead-1", "alice", None).await.unwrap();
+    reopen(&p, "lead-1", "alice").await.unwrap();
+    assert_eq!(clock::tick(&p, &CallbackPolicy::default(), now + 3_600_000).await.unwrap(), None);
+    assert_eq!(overdue(), 1);
+}
