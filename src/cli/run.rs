@@ -126,9 +126,10 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
             }
             None => None,
         };
-        if let (Some(face), Some(path)) = (http.clone(), config_path) {
-            tokio::spawn(reload_on_hangup(face, path));
-        }
+        let reload = match (http.clone(), config_path) {
+            (Some(face), Some(path)) => Some(tokio::spawn(reload_on_hangup(face, path))),
+            _ => None,
+        };
         let finish = LeadFinish {
             lines: lines.clone(),
             urgent: match &cfg.transcribe {
@@ -186,7 +187,12 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         for w in workers {
             let _ = tokio::time::timeout(Duration::from_secs(2), w).await;
         }
-        if let Some(face) = http.and_then(|f| Arc::into_inner(f)) {
+        // The reload task holds the face too: end it, so that the face can be waited for.
+        if let Some(task) = reload {
+            task.abort();
+            let _ = task.await;
+        }
+        if let Some(face) = http.and_then(Arc::into_inner) {
             let _ = tokio::time::timeout(Duration::from_secs(2), face.stopped()).await;
         }
         result
