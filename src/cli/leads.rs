@@ -124,7 +124,9 @@ pub fn done(cfg: &Config, id: &str, note: Option<String>) -> anyhow::Result<()> 
 
 /// The sinks `backstop run` sets up (`cli::run`), as the outbox knows them:
 /// names, events and lines, so that an event committed here gets the same
-/// deliveries as one the agent publishes. Keep in step with `run::sinks`.
+/// deliveries as one the agent publishes. The same as `run::sinks` gives
+/// (a test holds them together), without resolving any secret: an operator
+/// marks a lead done from a shell that has not the webhooks' secrets.
 pub fn sink_specs(cfg: &Config) -> anyhow::Result<Vec<SinkSpec>> {
     let mut out = Vec::new();
     let local = |name: &str, events: Vec<EventType>| SinkSpec { name: name.into(), events, lines: LineFilter::All };
@@ -153,4 +155,45 @@ pub fn sink_specs(cfg: &Config) -> anyhow::Result<Vec<SinkSpec>> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `leads done` commits for exactly the sinks the agent delivers to.
+    #[test]
+    fn the_specs_are_the_ones_run_delivers_to() {
+        let dir = std::env::temp_dir().join(format!("backstop-specs-{}", std::process::id()));
+        let text = format!(
+            r#"
+            [data]
+            dir = "{dir}"
+            [leads_file]
+            events = true
+            [[webhook]]
+            url = "http://127.0.0.1:9/top"
+            events = ["lead.completed", "lead.handled"]
+            [[text_back]]
+            account_sid = "AC0123456789abcdef0123456789abcdef"
+            auth_token = "t0ken"
+            from = "+15125550100"
+            [[line]]
+            name = "acme"
+            match.called = ["+15125550100"]
+            [[line.webhook]]
+            url = "http://127.0.0.1:9/acme"
+            [[line.text_back]]
+            account_sid = "AC0123456789abcdef0123456789abcdef"
+            auth_token = "t0ken"
+            from = "+15125550199"
+            "#,
+            dir = dir.display()
+        );
+        let cfg = Config::parse(&text, None).expect("config");
+        let run: Vec<SinkSpec> = crate::cli::run::sinks(&cfg).unwrap().into_iter().map(|s| s.spec).collect();
+        assert_eq!(sink_specs(&cfg).unwrap(), run);
+        assert_eq!(run.len(), 6, "{run:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

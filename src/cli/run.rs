@@ -30,8 +30,9 @@ pub fn init_logging(cfg: &Config) {
     tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi).init();
 }
 
-/// The sinks the config asks for, with stable names (the outbox keys on them).
-fn sinks(cfg: &Config) -> anyhow::Result<Vec<Sink>> {
+/// The sinks the config asks for, with stable names (the outbox keys on them):
+/// what `run` delivers to, and what `backstop leads done` commits for.
+pub(crate) fn sinks(cfg: &Config) -> anyhow::Result<Vec<Sink>> {
     let mut out = Vec::new();
     let local = |name: &str, events: Vec<EventType>, target| Sink {
         spec: SinkSpec { name: name.into(), events, lines: LineFilter::All },

@@ -87,6 +87,16 @@ pub(super) fn flush_held(
 }
 
 impl Publisher {
+    /// Run `f` on the outbox's connection, on the blocking pool: the lead
+    /// store reads there (it lives in the same file).
+    pub async fn with_db<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection) -> T + Send + 'static,
+    ) -> Result<T, DeliveryError> {
+        let db = self.db.clone();
+        Ok(tokio::task::spawn_blocking(move || f(db.lock().unwrap_or_else(|p| p.into_inner()).conn())).await?)
+    }
+
     /// Add the signed recording links, when the config asks for them.
     fn decorate(&self, event: &mut Event) {
         if let Some(links) = &self.links {

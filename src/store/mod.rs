@@ -34,7 +34,6 @@ use backstop_core::callback::{CallbackState, LeadStatus};
 use backstop_core::intake::lead::{Lead, Outcome, rfc3339};
 use backstop_core::textback::TextBack;
 use rusqlite::{Connection, OptionalExtension, params};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The store's tables, created with the outbox's (`Outbox::open`). Every
@@ -412,9 +411,6 @@ pub fn events(conn: &Connection, id: &str) -> rusqlite::Result<Vec<Event>> {
 /// the outbox's transaction as an error, so that it rolls back).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 enum Abort {
-    /// A read only: nothing to commit.
-    #[error("read only")]
-    Read,
     /// The lead changed since it was read: read again.
     #[error("the lead changed meanwhile")]
     Changed,
@@ -440,40 +436,12 @@ fn delivery_aborted(e: &DeliveryError) -> Option<Abort> {
     }
 }
 
-/// The event a read is carried by; never committed.
-fn probe() -> Event {
-    let lead: Lead = serde_json::from_value(serde_json::json!({
-        "call_id": "", "called": {"uri": ""}, "caller": {"uri": ""}, "id": "", "outcome": "ringing",
-        "received_at": "", "schema_version": 1, "transport": "udp"
-    }))
-    .expect("the probe lead reads");
-    Event { id: "evt_store_read".into(), kind: EventType::LeadUpdated, created_at: String::new(), lead }
-}
-
-/// Run `f` on the outbox's connection behind `publisher`, in a transaction
-/// that is rolled back. The publisher hands out its connection only inside
-/// `publish_with`, so a read goes that way and aborts before anything is
-/// committed: nothing is published and nothing woken.
+/// Run `f` on the outbox's connection behind `publisher`, on the blocking pool.
 pub(crate) async fn read<T: Send + 'static>(
     publisher: &Publisher,
     f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
 ) -> Result<T, StoreError> {
-    let slot = Arc::new(Mutex::new(None));
-    let put = slot.clone();
-    let r = publisher
-        .publish_with(probe(), move |conn| {
-            let out = f(conn);
-            *put.lock().unwrap_or_else(|p| p.into_inner()) = Some(out);
-            Err(abort(Abort::Read))
-        })
-        .await;
-    match r {
-        Err(e) if delivery_aborted(&e) == Some(Abort::Read) => {}
-        Err(e) => return Err(e.into()),
-        Ok(()) => unreachable!("a read commits nothing"),
-    }
-    let out = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-    Ok(out.expect("the read ran")?)
+    Ok(publisher.with_db(f).await??)
 }
 
 /// A change to one lead, read at `row`, and the event announcing it.
