@@ -168,6 +168,13 @@ fn main() -> ExitCode {
                         unusable |= serious;
                         eprintln!("{}: {finding}", if serious { "error" } else { "warning" });
                     }
+                    let texts = !cfg.text_back.is_empty() || cfg.line.iter().any(|l| !l.text_back.is_empty());
+                    if texts && cfg.http.as_ref().and_then(|h| h.public_url.as_ref()).is_none() {
+                        eprintln!(
+                            "warning: [[text_back]] without [http] public_url: STOP replies cannot reach /sms/inbound \
+                             here (Twilio's own opt-out still blocks texts to those who replied STOP)"
+                        );
+                    }
                     if unusable { ExitCode::FAILURE } else { ExitCode::SUCCESS }
                 }
                 Err(e) => {

@@ -167,3 +167,15 @@ fn run_fails_clearly_when_the_data_dir_is_unusable_or_the_port_is_taken() {
     assert!(!ok);
     assert!(err.contains(&format!("binding SIP UDP on 127.0.0.1:{port}")) && err.contains("in use"), "{err}");
 }
+
+/// A text-back with nowhere for STOP replies to land is allowed, and said.
+#[test]
+fn text_back_without_a_public_url_is_a_warning() {
+    let text_back = "[[text_back]]\naccount_sid = \"AC0123456789abcdef0123456789abcdef\"\nauth_token = \"t\"\nfrom = \"+15125550100\"\n";
+    let (ok, text) = check(text_back);
+    assert!(ok, "{text}");
+    assert!(text.contains("warning: [[text_back]] without [http] public_url"), "{text}");
+    let (ok, text) = check(&format!("{text_back}[http]\npublic_url = \"https://leads.example.com\"\n"));
+    assert!(ok, "{text}");
+    assert!(!text.contains("without [http] public_url"), "{text}");
+}
