@@ -13,7 +13,7 @@ use crate::media_files::write_recording;
 use crate::sink::event::{Event, EventType};
 use crate::transport::ReplyPath;
 use backstop_core::call::{Call, CallEvent, CallSetup, Intake, Transmit};
-use backstop_core::callback::{CallbackState, LeadStatus};
+use backstop_core::callback::CallbackState;
 use backstop_core::intake::lead::{Lead, rfc3339};
 use backstop_core::media::vad::{EarshotVad, VoiceDetector, WebRtcVad};
 use backstop_core::route::line::CallFacts;
@@ -78,15 +78,7 @@ impl CallTask {
         // by the line's business hours (`[callback]`, `store::clock`).
         let due_at =
             backstop_core::callback::due_at(&cfg.callback.policy(), setup.received_at, line.schedule.as_deref());
-        let callback = CallbackState {
-            due_at: rfc3339(due_at),
-            handled_at: None,
-            handled_by: None,
-            note: None,
-            reminders: 0,
-            status: LeadStatus::New,
-            time_to_callback_secs: None,
-        };
+        let callback = CallbackState::due(rfc3339(due_at));
         // Every lead the call publishes carries it, unless it is junk (no clock).
         let stamp = |lead: &mut Lead| {
             if !lead.junk.is_junk && lead.callback.is_none() {

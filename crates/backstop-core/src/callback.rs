@@ -59,6 +59,21 @@ pub struct CallbackState {
     pub time_to_callback_secs: Option<u64>,
 }
 
+impl CallbackState {
+    /// A lead's clock as it starts: due at `due_at` (RFC 3339), not handled, no reminder yet.
+    pub fn due(due_at: String) -> CallbackState {
+        CallbackState {
+            due_at,
+            handled_at: None,
+            handled_by: None,
+            note: None,
+            reminders: 0,
+            status: LeadStatus::New,
+            time_to_callback_secs: None,
+        }
+    }
+}
+
 /// How soon leads should be called back, and how insistently to remind.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallbackPolicy {
