@@ -142,6 +142,13 @@ impl Outbox {
 
     /// [`Outbox::append`], and `then` in the same transaction: the event and
     /// what `then` records of it are committed together or not at all.
+    ///
+    /// The lead store records the event first (`store::record`), in the same
+    /// transaction, and the body committed is the event as the store gives
+    /// it back: a lead's own events carry its `callback` and `text_back` as
+    /// stored, and a transfer that handled the lead adds its `lead.handled`
+    /// right after it. An event whose id is in the outbox already records
+    /// nothing and adds nothing (`then` still runs).
     pub fn append_then(
         &mut self,
         event: &Event,
@@ -149,25 +156,17 @@ impl Outbox {
         now_ms: i64,
         then: impl FnOnce(&Connection) -> rusqlite::Result<()>,
     ) -> rusqlite::Result<()> {
-        let body = serde_json::to_string(event).expect("events serialise");
         let tx = self.conn.transaction()?;
         then(&tx)?;
-        let added = tx.execute(
-            "INSERT INTO events (id, kind, call_id, created_ms, body) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (id) DO NOTHING",
-            params![event.id, event.kind.as_str(), event.call_id(), now_ms, body],
-        )?;
-        if added == 0 {
+        let known = tx.query_row("SELECT 1 FROM events WHERE id = ?1", params![event.id], |_| Ok(())).optional()?;
+        if known.is_some() {
             return tx.commit();
         }
-        let seq = tx.last_insert_rowid();
         // The lead store follows the committed events, in the same transaction.
-        crate::store::record(&tx, event, now_ms)?;
-        for sink in sinks.iter().filter(|s| s.takes(event)) {
-            tx.execute(
-                "INSERT INTO deliveries (seq, sink, state, next_ms) VALUES (?1, ?2, 'pending', ?3)",
-                params![seq, sink.name, now_ms],
-            )?;
+        let recorded = crate::store::record(&tx, event, now_ms)?;
+        insert(&tx, &recorded.event, sinks, now_ms)?;
+        if let Some(handled) = &recorded.handled {
+            insert(&tx, handled, sinks, now_ms)?;
         }
         tx.commit()
     }
@@ -325,6 +324,27 @@ impl Outbox {
             params![now_ms - keep_ms],
         )
     }
+}
+
+/// Add `event` (unless its id is there) with a pending delivery for every sink that takes it.
+fn insert(conn: &Connection, event: &Event, sinks: &[SinkSpec], now_ms: i64) -> rusqlite::Result<()> {
+    let body = serde_json::to_string(event).expect("events serialise");
+    let added = conn.execute(
+        "INSERT INTO events (id, kind, call_id, created_ms, body) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (id) DO NOTHING",
+        params![event.id, event.kind.as_str(), event.call_id(), now_ms, body],
+    )?;
+    if added == 0 {
+        return Ok(());
+    }
+    let seq = conn.last_insert_rowid();
+    for sink in sinks.iter().filter(|s| s.takes(event)) {
+        conn.execute(
+            "INSERT INTO deliveries (seq, sink, state, next_ms) VALUES (?1, ?2, 'pending', ?3)",
+            params![seq, sink.name, now_ms],
+        )?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

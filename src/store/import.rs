@@ -60,7 +60,7 @@ pub fn import_once(outbox: &mut Outbox, leads_jsonl: &Path) -> rusqlite::Result<
         out
     };
     for lead in outboxed.iter().chain(&leads) {
-        if upsert(&tx, lead, now_ms, Arrival::Import, true)? {
+        if upsert(&tx, lead, now_ms, Arrival::Import, true)?.inserted {
             taken += 1;
         }
     }

@@ -19,6 +19,17 @@
 //! a change without its event, or an event without its change, never
 //! happens, and a crash between the two is impossible.
 //!
+//! The lead's own events (`call.transferred`, `lead.completed`,
+//! `lead.updated`) are recorded first and then committed carrying the
+//! store's `callback` and `text_back` (`record`): what the call task
+//! stamped when the call began (`status: new`) never goes out for a lead
+//! that was handled since. A transfer handles the lead (`handled_by:
+//! "transfer"`, at the end of our leg, or when the event is recorded) and
+//! publishes `lead.handled` for it right after the event that brought it,
+//! in the same transaction, with an id keyed to the lead (`Event::keyed`,
+//! "transferred"): once per lead, and a lead reopened before the call's
+//! `lead.completed` stays open.
+//!
 //! Writes that come with an event check, in that transaction, that the
 //! lead is still as it was read (`lead` text, status, reminders); when it
 //! is not (the agent and `backstop leads done` both at it), nothing is
@@ -160,14 +171,31 @@ enum Arrival {
     Import,
 }
 
-/// Insert or update a lead's row; true when a row was inserted.
+/// The key of the `lead.handled` a transfer publishes (`Event::keyed`).
+const TRANSFERRED: &str = "transferred";
+
+/// The id of the `lead.handled` a transfer publishes for `lead`.
+fn transfer_handled_id(lead: &Lead) -> String {
+    Event::keyed(EventType::LeadHandled, TRANSFERRED, String::new(), lead).id
+}
+
+/// What [`upsert`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Upserted {
+    /// A row was inserted.
+    pub inserted: bool,
+    /// The transfer handled the lead (it was open).
+    pub settled: bool,
+}
+
+/// Insert or update a lead's row.
 fn upsert(
     conn: &Connection,
     lead: &Lead,
     now_ms: i64,
     arrival: Arrival,
     settle_transfer: bool,
-) -> rusqlite::Result<bool> {
+) -> rusqlite::Result<Upserted> {
     let body = serde_json::to_string(lead).expect("a lead always serialises");
     let received_ms = parse_ms(&lead.received_at).unwrap_or(now_ms);
     let due_ms = lead.callback.as_ref().and_then(|c| parse_ms(&c.due_at));
@@ -221,28 +249,68 @@ fn upsert(
     // A transferred caller reached a person: the lead is handled, by the
     // transfer, when the call ended (our leg ends as the transfer succeeds).
     // A person's handling is kept; a `lead.updated` (transcripts, a
-    // reopen) settles nothing, so a reopened transferred lead stays open.
+    // reopen) settles nothing, and a transfer settles a lead once: when
+    // its `lead.handled` is in the outbox already (a reopen came between
+    // `call.transferred` and `lead.completed`), the lead stays open.
+    let mut settled = false;
     if lead.outcome == Outcome::Transferred && settle_transfer {
         let at = lead.ended_at.as_deref().and_then(parse_ms).unwrap_or(now_ms);
-        conn.execute(
+        settled = conn.execute(
             "UPDATE leads SET status = 'handled', handled_ms = ?2, handled_by = 'transfer', next_reminder_ms = NULL
-             WHERE id = ?1 AND status = 'new'",
-            params![lead.id, at],
-        )?;
+             WHERE id = ?1 AND status = 'new' AND NOT EXISTS (SELECT 1 FROM events WHERE id = ?3)",
+            params![lead.id, at, transfer_handled_id(lead)],
+        )? > 0;
     }
-    Ok(!existed)
+    Ok(Upserted { inserted: !existed, settled })
 }
 
-/// Take an event into the store, inside the outbox's transaction that commits it.
-pub(crate) fn record(conn: &Connection, event: &Event, now_ms: i64) -> rusqlite::Result<()> {
+/// What the store made of an event it recorded.
+#[derive(Debug, Clone)]
+pub(crate) struct Recorded {
+    /// The event to commit. A `call.transferred`, `lead.completed` or
+    /// `lead.updated` carries its lead with `callback` and `text_back` as
+    /// the store has them after it (a lead handled in the inbox goes out
+    /// handled, whatever the call task stamped on it when the call began).
+    pub event: Event,
+    /// `lead.handled` for a lead the transfer just handled, to commit after it.
+    pub handled: Option<Event>,
+}
+
+/// Take an event into the store, inside the outbox's transaction that
+/// commits it (only for an event not in the outbox yet: a duplicate
+/// records nothing).
+pub(crate) fn record(conn: &Connection, event: &Event, now_ms: i64) -> rusqlite::Result<Recorded> {
     let arrival = match event.kind {
         EventType::CallMissed => Arrival::First,
         EventType::LeadCompleted | EventType::LeadUpdated | EventType::CallTransferred => Arrival::Update,
         // The store's own events: the change they announce is made with them.
-        EventType::LeadCallbackOverdue | EventType::LeadHandled => return Ok(()),
+        EventType::LeadCallbackOverdue | EventType::LeadHandled => {
+            return Ok(Recorded { event: event.clone(), handled: None });
+        }
     };
     let settle_transfer = matches!(event.kind, EventType::CallTransferred | EventType::LeadCompleted);
-    upsert(conn, &event.lead, now_ms, arrival, settle_transfer).map(|_| ())
+    let done = upsert(conn, &event.lead, now_ms, arrival, settle_transfer)?;
+    let mut event = event.clone();
+    if arrival == Arrival::Update {
+        overlay(conn, &mut event.lead, now_ms)?;
+    }
+    let handled = done.settled.then(|| {
+        // Only a lead's own events settle a transfer, so the lead is overlaid.
+        Event::keyed(EventType::LeadHandled, TRANSFERRED, rfc3339(ms_time(now_ms)), &event.lead)
+    });
+    Ok(Recorded { event, handled })
+}
+
+/// Put the store's `callback` and `text_back` of the lead on `lead`, as
+/// [`StoredLead`] shows them at `now_ms` (nothing when it is not stored).
+fn overlay(conn: &Connection, lead: &mut Lead, now_ms: i64) -> rusqlite::Result<()> {
+    if let Some(r) = row(conn, &lead.id)? {
+        lead.callback = r.callback(now_ms);
+        if let Some(tb) = r.text_back() {
+            lead.text_back = Some(tb);
+        }
+    }
+    Ok(())
 }
 
 /// A lead's row as stored.
@@ -298,35 +366,43 @@ impl Row {
         }
     }
 
+    /// The lead's `callback` as the store has it at `now_ms`.
+    fn callback(&self, now_ms: i64) -> Option<CallbackState> {
+        if self.junk && !self.handled {
+            // Junk has no clock.
+            return None;
+        }
+        match (self.due_ms, self.handled) {
+            (None, false) => None,
+            // A lead from before the clock, handled since: due when it came in.
+            (due, _) => Some(CallbackState {
+                due_at: ms_rfc3339(due.unwrap_or(self.received_ms)),
+                handled_at: self.handled_ms.map(ms_rfc3339),
+                handled_by: self.handled_by.clone(),
+                note: self.note.clone(),
+                reminders: self.reminders,
+                status: self.status(now_ms),
+                time_to_callback_secs: self.handled_ms.map(|h| ((h - self.received_ms).max(0) / 1000) as u64),
+            }),
+        }
+    }
+
+    /// The text-back's outcome, when there is one (and it can be read).
+    fn text_back(&self) -> Option<TextBack> {
+        let tb = self.text_back.as_deref()?;
+        serde_json::from_str::<TextBack>(tb)
+            .inspect_err(|e| tracing::warn!(lead = %self.id, error = %e, "unreadable text_back in the lead store"))
+            .ok()
+    }
+
     /// The lead as it stands at `now_ms`: its JSON with the store's callback and text-back.
     fn stored(&self, now_ms: i64) -> Result<StoredLead, serde_json::Error> {
         let mut lead: Lead = serde_json::from_str(&self.lead)?;
-        let status = self.status(now_ms);
-        lead.callback = if self.junk && !self.handled {
-            // Junk has no clock.
-            None
-        } else {
-            match (self.due_ms, self.handled) {
-                (None, false) => None,
-                // A lead from before the clock, handled since: due when it came in.
-                (due, _) => Some(CallbackState {
-                    due_at: ms_rfc3339(due.unwrap_or(self.received_ms)),
-                    handled_at: self.handled_ms.map(ms_rfc3339),
-                    handled_by: self.handled_by.clone(),
-                    note: self.note.clone(),
-                    reminders: self.reminders,
-                    status,
-                    time_to_callback_secs: self.handled_ms.map(|h| ((h - self.received_ms).max(0) / 1000) as u64),
-                }),
-            }
-        };
-        if let Some(tb) = &self.text_back {
-            match serde_json::from_str::<TextBack>(tb) {
-                Ok(tb) => lead.text_back = Some(tb),
-                Err(e) => tracing::warn!(lead = %self.id, error = %e, "unreadable text_back in the lead store"),
-            }
+        lead.callback = self.callback(now_ms);
+        if let Some(tb) = self.text_back() {
+            lead.text_back = Some(tb);
         }
-        Ok(StoredLead { lead, status, urgent: self.urgent })
+        Ok(StoredLead { lead, status: self.status(now_ms), urgent: self.urgent })
     }
 }
 
@@ -592,9 +668,16 @@ pub fn mark_handled_in(
 }
 
 /// Open a handled lead again (its clock does not restart). It publishes a
-/// `lead.updated` carrying the lead reopened (`callback` without
-/// `handled_at`), so a consumer that saw `lead.handled` learns of it; a
-/// lead that is open changes nothing and publishes nothing.
+/// `lead.updated` carrying the lead reopened: `callback.status` is `new`
+/// (or `overdue`), with no `handled_at`, `handled_by` or `note`. A lead
+/// that is open changes nothing and publishes nothing.
+///
+/// What integrators see: every `lead.updated` (and `lead.completed`,
+/// `call.transferred`) carries `callback` as the store has it when the
+/// event is committed, so a transcript update of a handled lead says
+/// `handled`, with who and when. A `lead.updated` whose `callback.status`
+/// is not `handled`, for a lead whose `lead.handled` came before it, is
+/// the reopen (no other event takes a handled lead back to open).
 pub async fn reopen(publisher: &Publisher, id: &str, by: &str) -> Result<StoredLead, StoreError> {
     let out = change(publisher, id, reopening).await?;
     tracing::info!(lead = %id, by, "lead reopened");

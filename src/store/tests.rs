@@ -500,3 +500,199 @@ async fn a_lead_reopened_before_its_first_reminder_still_gets_it_and_the_task_st
     assert_eq!(clock::tick(&p, &CallbackPolicy::default(), now + 3_600_000).await.unwrap(), None);
     assert_eq!(overdue(), 1);
 }
+
+/// The events of a lead in the outbox, as committed, oldest first.
+fn committed(ob: &mut Outbox, id: &str) -> Vec<Event> {
+    events(ob.conn(), id).unwrap()
+}
+
+#[test]
+fn later_events_carry_the_stores_callback_and_text_back_and_a_duplicate_records_nothing() {
+    let dir = Dir::new("overlay");
+    let mut ob = Outbox::open(&dir.db()).unwrap();
+    // The call task stamps `callback: {status: new}` on every lead of the call.
+    let stale = lead(1, T0, Some(15));
+    put(&mut ob, EventType::CallMissed, &stale, T0);
+    let tb = TextBack { reason: None, sid: Some("SM1".into()), status: TextBackStatus::Sent };
+    set_text_back(ob.conn(), "lead-1", &tb).unwrap();
+    // The owner calls back; then the transcripts land and the lead goes out.
+    mark_handled_in(&mut ob, &[hook()], "lead-1", "alice", Some("booked".into()), T0 + 5 * MIN).unwrap();
+    put(&mut ob, EventType::LeadCompleted, &stale, T0 + 6 * MIN);
+    let mut transcribed = stale.clone();
+    transcribed.summary = "with transcripts".into();
+    let update = ev(EventType::LeadUpdated, &transcribed);
+    ob.append(&update, &[hook()], T0 + 7 * MIN).unwrap();
+    let evs = committed(&mut ob, "lead-1");
+    let kinds: Vec<EventType> = evs.iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        [EventType::CallMissed, EventType::LeadHandled, EventType::LeadCompleted, EventType::LeadUpdated]
+    );
+    for e in &evs[2..] {
+        let cb = e.lead.callback.clone().unwrap();
+        assert_eq!(cb.status, LeadStatus::Handled, "{:?} carries the store's callback", e.kind);
+        assert_eq!((cb.handled_by.as_deref(), cb.note.as_deref()), (Some("alice"), Some("booked")));
+        assert_eq!(cb.handled_at.as_deref(), Some(ms_rfc3339(T0 + 5 * MIN).as_str()));
+        assert_eq!(cb.time_to_callback_secs, Some(300));
+        assert_eq!(e.lead.text_back.as_ref(), Some(&tb), "and its text-back");
+    }
+    // The store keeps the lead's body and its own state as before.
+    let got = get(ob.conn(), "lead-1", T0 + 8 * MIN).unwrap().unwrap();
+    assert_eq!((got.status, got.lead.summary.as_str()), (LeadStatus::Handled, "with transcripts"));
+    // Not handled: the store's status at the time (overdue, its reminders).
+    let other = calm(lead(2, T0, Some(15)));
+    put(&mut ob, EventType::CallMissed, &other, T0);
+    ob.conn().execute("UPDATE leads SET reminders = 1 WHERE id = 'lead-2'", []).unwrap();
+    put(&mut ob, EventType::LeadCompleted, &other, T0 + 20 * MIN);
+    let cb = committed(&mut ob, "lead-2").pop().unwrap().lead.callback.unwrap();
+    assert_eq!((cb.status, cb.reminders, cb.handled_at), (LeadStatus::Overdue, 1, None));
+    // Junk shows no clock, as the store has it.
+    let mut junk = calm(lead(3, T0, Some(15)));
+    junk.junk.is_junk = true;
+    put(&mut ob, EventType::LeadCompleted, &junk, T0);
+    assert_eq!(committed(&mut ob, "lead-3").pop().unwrap().lead.callback, None);
+
+    // The same event again (a replay with its id): nothing is recorded, nothing added.
+    let mut later = transcribed.clone();
+    later.summary = "later".into();
+    put(&mut ob, EventType::LeadUpdated, &later, T0 + 9 * MIN);
+    let before = kinds_len(&mut ob);
+    ob.append(&update, &[hook()], T0 + 10 * MIN).unwrap();
+    assert_eq!(kinds_len(&mut ob), before);
+    assert_eq!(get(ob.conn(), "lead-1", T0).unwrap().unwrap().lead.summary, "later", "not re-recorded");
+}
+
+fn kinds_len(ob: &mut Outbox) -> usize {
+    kinds(ob).len()
+}
+
+#[tokio::test]
+async fn a_reopen_shows_as_an_open_lead_updated_and_later_updates_say_so_too() {
+    let dir = Dir::new("overlay-reopen");
+    let mut ob = Outbox::open(&dir.db()).unwrap();
+    let now = crate::sink::delivery::now_ms();
+    let stale = lead(1, now - 60_000, Some(15));
+    put(&mut ob, EventType::CallMissed, &stale, now);
+    let d = delivery(ob, &dir);
+    let p = d.publisher();
+    mark_handled(&p, "lead-1", "alice", None).await.unwrap();
+    // A transcript update of the handled lead: handled, by alice.
+    p.publish(ev(EventType::LeadUpdated, &stale)).await.unwrap();
+    reopen(&p, "lead-1", "alice").await.unwrap();
+    // Another update after the reopen: open, like the reopen's own.
+    p.publish(ev(EventType::LeadUpdated, &stale)).await.unwrap();
+    let evs = with_db(&d, |ob| committed(ob, "lead-1"));
+    let seen: Vec<(EventType, LeadStatus, Option<String>)> = evs
+        .iter()
+        .map(|e| {
+            let cb = e.lead.callback.clone().unwrap();
+            (e.kind, cb.status, cb.handled_by)
+        })
+        .collect();
+    let alice = Some("alice".to_string());
+    assert_eq!(
+        seen,
+        [
+            (EventType::CallMissed, LeadStatus::New, None),
+            (EventType::LeadHandled, LeadStatus::Handled, alice.clone()),
+            (EventType::LeadUpdated, LeadStatus::Handled, alice),
+            (EventType::LeadUpdated, LeadStatus::New, None),
+            (EventType::LeadUpdated, LeadStatus::New, None),
+        ]
+    );
+}
+
+#[test]
+fn a_transfer_publishes_lead_handled_once_in_the_same_transaction() {
+    let dir = Dir::new("transfer-handled");
+    let mut ob = Outbox::open(&dir.db()).unwrap();
+    let mut l = calm(lead(1, T0, Some(15)));
+    put(&mut ob, EventType::CallMissed, &l, T0);
+    l.outcome = Outcome::Transferred;
+    l.ended_at = None;
+    // Transferred 40 s after the call came in.
+    let transferred = ev(EventType::CallTransferred, &l);
+    ob.append(&transferred, &[hook()], T0 + 40_000).unwrap();
+    // A replay of it, then the call's lead.completed: no second lead.handled.
+    ob.append(&transferred, &[hook()], T0 + 41_000).unwrap();
+    l.ended_at = Some(ms_rfc3339(T0 + 45_000));
+    put(&mut ob, EventType::LeadCompleted, &l, T0 + 45_000);
+    assert_eq!(kinds(&mut ob), ["call.missed", "call.transferred", "lead.handled", "lead.completed"]);
+    let evs = committed(&mut ob, "lead-1");
+    let handled = &evs[2];
+    assert_eq!(handled.id, Event::keyed(EventType::LeadHandled, "transferred", String::new(), &l).id);
+    let cb = handled.lead.callback.clone().unwrap();
+    assert_eq!((cb.status, cb.handled_by.as_deref()), (LeadStatus::Handled, Some("transfer")));
+    assert_eq!(cb.time_to_callback_secs, Some(40));
+    assert_eq!(cb.handled_at.as_deref(), Some(ms_rfc3339(T0 + 40_000).as_str()));
+    // call.transferred itself and lead.completed carry the handled lead too.
+    for e in [&evs[1], &evs[3]] {
+        assert_eq!(e.lead.callback.as_ref().unwrap().handled_by.as_deref(), Some("transfer"));
+    }
+    // Every event has its delivery to the hook.
+    let n: i64 = ob.conn().query_row("SELECT COUNT(*) FROM deliveries WHERE sink = 'hook'", [], |r| r.get(0)).unwrap();
+    assert_eq!(n, 4);
+
+    // Reopened between call.transferred and lead.completed: it stays open.
+    let mut m = calm(lead(2, T0, Some(15)));
+    m.outcome = Outcome::Transferred;
+    put(&mut ob, EventType::CallTransferred, &m, T0 + 30_000);
+    let (open, published) = change_in(&mut ob, &[hook()], "lead-2", T0 + MIN, reopening).unwrap();
+    assert!(published);
+    assert_eq!(open.status, LeadStatus::New);
+    put(&mut ob, EventType::LeadCompleted, &m, T0 + 2 * MIN);
+    assert_eq!(get(ob.conn(), "lead-2", T0 + 2 * MIN).unwrap().unwrap().status, LeadStatus::New);
+    let kinds2: Vec<EventType> = committed(&mut ob, "lead-2").iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds2,
+        [EventType::CallTransferred, EventType::LeadHandled, EventType::LeadUpdated, EventType::LeadCompleted]
+    );
+}
+
+#[tokio::test]
+async fn leads_past_their_last_allowed_reminder_or_unreadable_do_not_starve_the_clock() {
+    let dir = Dir::new("clock-starve");
+    let mut ob = Outbox::open(&dir.db()).unwrap();
+    // 150 leads that had their first reminder under a policy with repeats,
+    // their next one due at T0 + 25 min.
+    for n in 0..150 {
+        put(&mut ob, EventType::CallMissed, &calm(lead(n, T0, Some(15))), T0);
+    }
+    ob.conn().execute("UPDATE leads SET reminders = 1, next_reminder_ms = ?1", params![T0 + 25 * MIN]).unwrap();
+    // One whose JSON cannot be read, due before them.
+    put(&mut ob, EventType::CallMissed, &calm(lead(998, T0, Some(10))), T0);
+    ob.conn().execute("UPDATE leads SET lead = 'not json' WHERE id = 'lead-998'", []).unwrap();
+    // A new lead, due after them all.
+    put(&mut ob, EventType::CallMissed, &calm(lead(999, T0 + 20 * MIN, Some(10))), T0 + 20 * MIN);
+    let d = delivery(ob, &dir);
+    let p = d.publisher();
+    // Now [callback] allows no repeats.
+    let policy = CallbackPolicy::default();
+    let now = T0 + 31 * MIN;
+    // The next look: the unreadable one's, an hour on.
+    assert_eq!(clock::tick(&p, &policy, now).await.unwrap(), Some(now + 60 * MIN));
+    let overdue: Vec<String> = with_db(&d, |ob| {
+        let mut stmt = ob.conn().prepare("SELECT body FROM events WHERE kind = 'lead.callback_overdue'").unwrap();
+        stmt.query_map([], |r| r.get::<_, String>(0))
+            .unwrap()
+            .map(|b| serde_json::from_str::<Event>(&b.unwrap()).unwrap().lead.id)
+            .collect()
+    });
+    assert_eq!(overdue, ["lead-999"], "the new lead got its reminder in this round");
+    let (cleared, parked): (i64, Option<i64>) = with_db(&d, |ob| {
+        let c = ob.conn();
+        let cleared = c
+            .query_row(
+                "SELECT COUNT(*) FROM leads WHERE reminders = 1 AND next_reminder_ms IS NULL AND id != 'lead-999'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let parked = c.query_row("SELECT next_reminder_ms FROM leads WHERE id = 'lead-998'", [], |r| r.get(0)).unwrap();
+        (cleared, parked)
+    });
+    assert_eq!(cleared, 150, "no more allowed: their times are cleared, without an event");
+    assert_eq!(parked, Some(now + 60 * MIN));
+    // Nothing more to do now.
+    assert_eq!(clock::tick(&p, &policy, now + MIN).await.unwrap(), Some(now + 60 * MIN));
+}
