@@ -111,32 +111,64 @@ impl Links {
     }
 }
 
-/// Read the key file, or make it (32 random bytes, hex, mode 0600) the first time.
+/// Read the key file, or make it (32 random bytes, hex, mode 0600) the
+/// first time: written whole to a temporary file in the same directory,
+/// synced, then linked to its name (which never replaces a key another
+/// start made meanwhile: that one is read instead), and the directory
+/// synced. A crash leaves either no key file or a whole one, never an empty
+/// one. An empty key file (from a start that crashed before this was so)
+/// held no key any link was signed with: it is replaced.
 fn key_file(data_dir: &Path) -> anyhow::Result<Vec<u8>> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let path = data_dir.join(KEY_FILE);
-    let read = |p: &Path| -> anyhow::Result<Vec<u8>> {
+    let read = |p: &Path| -> anyhow::Result<Option<Vec<u8>>> {
         let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
         let key = text.trim();
+        if key.is_empty() {
+            return Ok(None);
+        }
         anyhow::ensure!(key.len() >= 32, "{}: the link key is shorter than 32 characters", p.display());
-        Ok(key.as_bytes().to_vec())
+        Ok(Some(key.as_bytes().to_vec()))
     };
-    if path.exists() {
-        return read(&path);
-    }
+    let empty = match path.try_exists() {
+        Ok(true) => match read(&path)? {
+            Some(k) => return Ok(k),
+            None => {
+                tracing::warn!(file = ?path, "the recording link key file is empty: making a new key");
+                true
+            }
+        },
+        _ => false,
+    };
     std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     let key = hex(&rand::random::<[u8; 32]>());
-    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
-        Ok(mut f) => {
-            f.write_all(format!("{key}\n").as_bytes())
-                .and_then(|()| f.sync_all())
-                .with_context(|| format!("writing {}", path.display()))?;
-            tracing::info!(file = %path.display(), "made a recording link key");
+    let tmp = data_dir.join(format!(".{KEY_FILE}.{}.{}", std::process::id(), hex(&rand::random::<[u8; 4]>())));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(format!("{key}\n").as_bytes()).and_then(|()| f.sync_all()));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("writing {}", tmp.display()));
+    }
+    // An empty file is replaced (rename); otherwise a key made meanwhile by
+    // another start is kept (link fails with AlreadyExists) and read.
+    let placed = if empty { std::fs::rename(&tmp, &path) } else { std::fs::hard_link(&tmp, &path) };
+    let _ = std::fs::remove_file(&tmp);
+    match placed {
+        Ok(()) => {
+            if let Err(e) = std::fs::File::open(data_dir).and_then(|d| d.sync_all()) {
+                tracing::warn!(dir = ?data_dir, "syncing the data directory: {e}");
+            }
+            tracing::info!(file = ?path, "made a recording link key");
             Ok(key.into_bytes())
         }
-        // Made meanwhile by another: take it.
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read(&path),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            read(&path)?.with_context(|| format!("{}: the link key file is empty", path.display()))
+        }
         Err(e) => Err(e).with_context(|| format!("creating {}", path.display())),
     }
 }
@@ -217,6 +249,33 @@ mod tests {
         assert_eq!(k1.len(), 64);
         let mode = std::fs::metadata(dir.join(KEY_FILE)).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+        let names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, [std::ffi::OsString::from(KEY_FILE)], "no temporary file left");
+        // An empty key file (a crash of an older start) is replaced, privately.
+        std::fs::write(dir.join(KEY_FILE), "").unwrap();
+        let k3 = key_file(&dir).unwrap();
+        assert_eq!(k3.len(), 64);
+        assert_ne!(k3, k1);
+        assert_eq!(key_file(&dir).unwrap(), k3);
+        let mode = std::fs::metadata(dir.join(KEY_FILE)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // A short key is refused, not replaced.
+        std::fs::write(dir.join(KEY_FILE), "short\n").unwrap();
+        assert!(key_file(&dir).is_err());
+        assert_eq!(std::fs::read_to_string(dir.join(KEY_FILE)).unwrap(), "short\n");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn concurrent_starts_agree_on_one_key() {
+        let dir = std::env::temp_dir().join(format!("backstop-linkkey-race-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let keys: Vec<Vec<u8>> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8).map(|_| s.spawn(|| key_file(&dir).unwrap())).collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(keys.iter().all(|k| *k == keys[0]), "every start took the same key");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no temporary file left");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
