@@ -196,6 +196,80 @@ fn nothing_without_auth_csrf_on_every_post_signed_links_and_revocation() {
 }
 
 #[test]
+fn the_login_limit_holds_for_concurrent_attempts_and_per_forwarded_client() {
+    let port = http_port();
+    let config = http_config(port, &[]).replacen("[http]\n", "[http]\ntrusted_proxies = [\"127.0.0.1/32\"]\n", 1);
+    let mut agent = AgentProc::start("http-limit", &config);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let form = get(addr, "/login", &[]);
+    let lc = form.cookies().into_iter().find(|c| c.starts_with("backstop_login=")).unwrap();
+    let token = hidden_csrf(&form.text());
+    let attempt = |from: &str, user: &str, pw: &str| {
+        post_form(
+            addr,
+            "/login",
+            &[("Cookie", &lc), ("X-Forwarded-For", from)],
+            &[("user", user), ("password", pw), ("csrf", &token)],
+        )
+        .status
+    };
+
+    // 20 wrong passwords at once from one client: each is counted before its
+    // password is checked, so at most five are checked at all.
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..20).map(|_| s.spawn(|| attempt("198.51.100.1", USER, "wrong password"))).collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let wrong = statuses.iter().filter(|s| **s == 401).count();
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    assert!(wrong <= 5 && wrong + limited == 20, "{statuses:?}");
+    // Finish the five (some may have been refused only while others were in flight).
+    for _ in wrong..5 {
+        eventually(Duration::from_secs(10), "a wrong password counted", || {
+            attempt("198.51.100.1", USER, "wrong password") == 401
+        });
+    }
+    assert_eq!(attempt("198.51.100.1", USER, PASSWORD), 429);
+    // The address is locked whatever the name; names and addresses left of the
+    // right-most untrusted one are the client's own words and change nothing.
+    assert_eq!(attempt("198.51.100.1", "someone-else", "x"), 429);
+    assert_eq!(attempt("203.0.113.7, 198.51.100.1", "someone-else", "x"), 429);
+    // Another client behind the same proxy is not locked out by the first...
+    assert_eq!(attempt("198.51.100.2", "someone-else", "x"), 401);
+    // ...but the name is, from anywhere: five guesses at a user's name lock it for the window.
+    assert_eq!(attempt("198.51.100.3", USER, PASSWORD), 429);
+
+    // Names no user can have: refused at once, never counted, and logged escaped.
+    assert_eq!(attempt("198.51.100.4", &"n".repeat(65), "x"), 401);
+    assert_eq!(attempt("198.51.100.4", "x\nFORGED audit line", "x"), 401);
+    // A form over the body limit: 413.
+    let big = "a".repeat(20 * 1024);
+    let r = post_form(addr, "/login", &[("Cookie", &lc)], &[("user", "x"), ("password", &big), ("csrf", &token)]);
+    assert_eq!(r.status, 413);
+    // A POST to no route, or with no handler for its method.
+    assert_eq!(request(addr, "POST", "/no/such/route", &[("X-Forwarded-For", "198.51.100.5")], b"").status, 404);
+    assert_eq!(request(addr, "POST", "/", &[], b"").status, 405);
+
+    let log = agent.log();
+    assert!(!log.lines().any(|l| l.starts_with("FORGED")), "a forged log line: {log}");
+    assert!(log.contains("x\\nFORGED"), "the name logged escaped: {log}");
+    let audited = |path: &str, status: &str, client: &str| {
+        log.lines().any(|l| {
+            l.contains("audit: request")
+                && l.contains(&format!("path=\"{path}\""))
+                && l.contains(&format!("status={status}"))
+                && l.contains(&format!("client={client}"))
+        })
+    };
+    assert!(audited("/no/such/route", "404", "198.51.100.5"), "{log}");
+    assert!(audited("/", "405", "127.0.0.1"), "{log}");
+    assert!(audited("/login", "413", "127.0.0.1"), "{log}");
+    assert!(audited("/login", "429", "198.51.100.1"), "{log}");
+    assert!(log.contains("client=198.51.100.1") && log.contains("login refused"), "{log}");
+    assert!(agent.terminate());
+}
+
+#[test]
 fn a_called_lead_in_the_api_with_playable_recordings_then_handled() {
     let port = http_port();
     let extra = format!(

@@ -7,6 +7,7 @@
 //! expiring links only. Users and tokens are read again on SIGHUP.
 
 use super::value::{self, HttpUrl};
+use ipnet::IpNet;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -42,6 +43,19 @@ pub struct HttpConfig {
     /// on, except when the face listens on loopback and `public_url` is
     /// absent or plain http (a browser on the same machine).
     pub secure_cookies: Option<bool>,
+    /// Reverse proxies (CIDR ranges or single addresses, e.g.
+    /// `["127.0.0.1/32", "::1"]`) whose `X-Forwarded-For` is believed. When
+    /// the peer is one of them, the client address (what the login limiter
+    /// counts failures by, and the audit log names) is the right-most
+    /// `X-Forwarded-For` address that is not itself a trusted proxy. Empty
+    /// (the default): the peer's address, always; behind a proxy every client
+    /// then shares the proxy's, and five wrong passwords from anyone lock
+    /// every client out of logging in for 15 minutes. List only proxies that
+    /// set or append `X-Forwarded-For` themselves: a listed address that
+    /// passes on a client's header unchanged lets that client pick its
+    /// address. Read at start (not on SIGHUP).
+    #[serde(with = "value::nets")]
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 /// `[[http.user]]`: someone who may log in to the inbox.
@@ -78,6 +92,7 @@ impl Default for HttpConfig {
             link_ttl: Duration::from_secs(168 * 3600),
             session: Duration::from_secs(12 * 3600),
             secure_cookies: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -249,6 +264,16 @@ mod tests {
         let h =
             Config::parse("[http]\nlisten = \"0.0.0.0:8080\"\nsecure_cookies = false\n", None).unwrap().http.unwrap();
         assert!(!h.secure_cookies());
+        assert!(h.trusted_proxies.is_empty());
+        let h = Config::parse("[http]\ntrusted_proxies = [\"127.0.0.1/32\", \"::1\", \"10.0.0.0/8\"]\n", None)
+            .unwrap()
+            .http
+            .unwrap();
+        let nets: Vec<String> = h.trusted_proxies.iter().map(ToString::to_string).collect();
+        assert_eq!(nets, ["127.0.0.1/32", "::1/128", "10.0.0.0/8"]);
+        assert!(
+            problems("[http]\ntrusted_proxies = [\"proxy.local\"]\n").iter().any(|e| e.contains("trusted_proxies"))
+        );
     }
 
     #[test]

@@ -268,13 +268,14 @@ fn finish(app: &App, user: &str, path: &str, id: &str, r: Result<StoredLead, Sto
         }
         Err(e) => {
             audit(user, path, id, "500");
-            tracing::error!(lead = id, "{path}: {e}");
+            tracing::error!(lead = id, path, "marking a lead: {e}");
             error(StatusCode::INTERNAL_SERVER_ERROR, "could not record it; see the agent's log")
         }
     }
 }
 
-/// One line per POST in the log: who, what, which lead, how it went.
+/// One line per POST a handler answers: who, what, which lead, how it went.
+/// (`&str` fields are written quoted and escaped: a name cannot forge a line.)
 pub(crate) fn audit(user: &str, path: &str, lead: &str, result: &str) {
     tracing::info!(user, path, lead, result, "audit: POST");
 }

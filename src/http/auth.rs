@@ -131,11 +131,33 @@ impl Sessions {
     }
 }
 
-/// Failed logins counted per key (a client address, a user name) in a fixed window.
+/// Client-address keys the limiter keeps at most; past it the oldest idle
+/// ones are forgotten (name keys are few and never evicted: see [`RateLimiter::name_key`]).
+pub const MAX_ADDRESS_KEYS: usize = 10_000;
+/// Unknown login names are counted in this many buckets (a keyed hash of the name).
+const NAME_BUCKETS: u64 = 1024;
+
+/// One key's count: failures in the window that began at `start`, and the
+/// attempts begun but not yet settled.
+#[derive(Debug, Clone, Copy)]
+struct Count {
+    start: Instant,
+    failures: u32,
+    in_flight: u32,
+}
+
+/// Failed logins counted per key (a client address, a user name) in a fixed
+/// window. An attempt is counted before its password is checked
+/// ([`RateLimiter::begin`]): a key is refused once its failures plus the
+/// attempts still being checked reach the maximum, so concurrent requests
+/// cannot all pass a check made before any of them failed.
 pub struct RateLimiter {
     max: u32,
     window: Duration,
-    map: Mutex<HashMap<String, (Instant, u32)>>,
+    max_address_keys: usize,
+    /// Keys the hash of unknown names into [`NAME_BUCKETS`] buckets; random per process.
+    bucket_hasher: std::hash::RandomState,
+    map: Mutex<HashMap<String, Count>>,
 }
 
 impl Default for RateLimiter {
@@ -144,36 +166,178 @@ impl Default for RateLimiter {
     }
 }
 
+/// A login attempt counted on its keys until it is settled: [`Attempt::succeeded`]
+/// or [`Attempt::failed`]. Dropped unsettled (the request was abandoned
+/// while its password was checked), it counts as a failure.
+pub struct Attempt<'a> {
+    limiter: &'a RateLimiter,
+    keys: Vec<String>,
+    settled: bool,
+}
+
+impl Attempt<'_> {
+    /// The password was right: the attempt is released, and `clear`'s
+    /// failures are forgotten (the name's; not the address's, so that one
+    /// known password cannot reset the count for guessing others).
+    pub fn succeeded(mut self, clear: &str) {
+        self.settled = true;
+        self.limiter.settle(&self.keys, false, Some(clear));
+    }
+
+    /// The password was wrong: the attempt becomes a failure on every key.
+    pub fn failed(mut self) {
+        self.settled = true;
+        self.limiter.settle(&self.keys, true, None);
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.limiter.settle(&self.keys, true, None);
+        }
+    }
+}
+
 impl RateLimiter {
     pub fn new(max: u32, window: Duration) -> RateLimiter {
-        RateLimiter { max, window, map: Mutex::new(HashMap::new()) }
+        RateLimiter {
+            max,
+            window,
+            max_address_keys: MAX_ADDRESS_KEYS,
+            bucket_hasher: std::hash::RandomState::new(),
+            map: Mutex::new(HashMap::new()),
+        }
     }
 
-    /// `Some(seconds to wait)` when `key` has used up its failures.
+    /// The same, keeping at most `n` address keys (tests).
+    pub fn with_max_address_keys(mut self, n: usize) -> RateLimiter {
+        self.max_address_keys = n;
+        self
+    }
+
+    /// The key of a client address: an IPv4 address, or an IPv6 address's
+    /// /64 (one subscriber commonly holds a whole /64).
+    pub fn address_key(ip: std::net::IpAddr) -> String {
+        match ip.to_canonical() {
+            std::net::IpAddr::V4(v4) => format!("ip:{v4}"),
+            std::net::IpAddr::V6(v6) => {
+                let s = v6.segments();
+                format!("ip:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        }
+    }
+
+    /// The key of a login name: its own for a configured user; an unknown
+    /// name shares one of [`NAME_BUCKETS`] buckets picked by a keyed hash,
+    /// so that attacker-chosen names cannot grow the map, and an unknown
+    /// name is limited like a known one (no 429 tells which names exist).
+    pub fn name_key(&self, name: &str, known: bool) -> String {
+        if known {
+            format!("user:{name}")
+        } else {
+            use std::hash::BuildHasher;
+            format!("name-bucket:{}", self.bucket_hasher.hash_one(name) % NAME_BUCKETS)
+        }
+    }
+
+    /// Count an attempt on every key at once, before its password is checked:
+    /// `Err(seconds to wait)` when any key's failures plus attempts in flight
+    /// have reached the maximum (nothing is counted then).
+    pub fn begin(&self, keys: &[&str], now: Instant) -> Result<Attempt<'_>, u64> {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let mut wait = None::<u64>;
+        for key in keys {
+            let Some(c) = map.get_mut(*key) else { continue };
+            if now >= c.start + self.window {
+                c.start = now;
+                c.failures = 0;
+            }
+            if c.failures.saturating_add(c.in_flight) >= self.max {
+                // Failures enough: until the window ends. Else attempts in
+                // flight fill it: they settle within seconds.
+                let w = if c.failures >= self.max { (c.start + self.window - now).as_secs().max(1) } else { 1 };
+                wait = Some(wait.map_or(w, |x| x.max(w)));
+            }
+        }
+        if let Some(w) = wait {
+            return Err(w);
+        }
+        for key in keys {
+            if !map.contains_key(*key) && key.starts_with("ip:") {
+                self.make_room(&mut map, now);
+            }
+            let c = map.entry(key.to_string()).or_insert(Count { start: now, failures: 0, in_flight: 0 });
+            c.in_flight = c.in_flight.saturating_add(1);
+        }
+        Ok(Attempt { limiter: self, keys: keys.iter().map(|k| k.to_string()).collect(), settled: false })
+    }
+
+    /// Keep the address keys under the cap: forget the idle ones whose
+    /// window has passed, then the oldest idle ones.
+    fn make_room(&self, map: &mut HashMap<String, Count>, now: Instant) {
+        let addresses = || map.keys().filter(|k| k.starts_with("ip:")).count();
+        if addresses() < self.max_address_keys {
+            return;
+        }
+        let window = self.window;
+        map.retain(|_, c| c.in_flight > 0 || now < c.start + window);
+        let mut n = map.keys().filter(|k| k.starts_with("ip:")).count();
+        while n >= self.max_address_keys {
+            let oldest = map
+                .iter()
+                .filter(|(k, c)| k.starts_with("ip:") && c.in_flight == 0)
+                .min_by_key(|(_, c)| c.start)
+                .map(|(k, _)| k.clone());
+            match oldest {
+                Some(k) => {
+                    map.remove(&k);
+                    n -= 1;
+                }
+                // All in flight: bounded by the requests being served.
+                None => break,
+            }
+        }
+    }
+
+    fn settle(&self, keys: &[String], failed: bool, clear: Option<&str>) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        for key in keys {
+            let Some(c) = map.get_mut(key) else { continue };
+            c.in_flight = c.in_flight.saturating_sub(1);
+            if failed {
+                c.failures = c.failures.saturating_add(1);
+            }
+            if clear == Some(key.as_str()) {
+                c.failures = 0;
+            }
+            if c.failures == 0 && c.in_flight == 0 {
+                map.remove(key);
+            }
+        }
+    }
+
+    /// `Some(seconds to wait)` when `key` has used up its attempts (failures
+    /// and attempts in flight).
     pub fn blocked(&self, key: &str, now: Instant) -> Option<u64> {
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let (start, n) = map.get(key)?;
-        let end = *start + self.window;
-        (*n >= self.max && now < end).then(|| (end - now).as_secs().max(1))
+        let c = map.get(key)?;
+        let end = c.start + self.window;
+        let failures = if now >= end { 0 } else { c.failures };
+        if failures >= self.max {
+            Some((end - now).as_secs().max(1))
+        } else {
+            (failures.saturating_add(c.in_flight) >= self.max).then_some(1)
+        }
     }
 
-    /// Count a failure.
-    pub fn fail(&self, key: &str, now: Instant) {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() > 100_000 {
-            let window = self.window;
-            map.retain(|_, (start, _)| now < *start + window);
-        }
-        let e = map.entry(key.to_string()).or_insert((now, 0));
-        if now >= e.0 + self.window {
-            *e = (now, 0);
-        }
-        e.1 = e.1.saturating_add(1);
+    /// Keys held (tests).
+    pub fn len(&self) -> usize {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
-    /// Forget `key`'s failures (a successful login).
-    pub fn clear(&self, key: &str) {
-        self.map.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -288,20 +452,102 @@ mod tests {
         let l = RateLimiter::new(3, Duration::from_secs(60));
         let t0 = Instant::now();
         for _ in 0..2 {
-            l.fail("ip:1", t0);
+            l.begin(&["ip:1"], t0).unwrap().failed();
         }
         assert_eq!(l.blocked("ip:1", t0), None);
-        l.fail("ip:1", t0);
+        l.begin(&["ip:1"], t0).unwrap().failed();
         assert_eq!(l.blocked("ip:1", t0 + Duration::from_secs(10)), Some(50));
+        assert_eq!(l.begin(&["ip:1"], t0 + Duration::from_secs(10)).err(), Some(50));
+        assert_eq!(l.begin(&["ip:2", "ip:1"], t0).err(), Some(60), "refused on any key, nothing counted");
         assert_eq!(l.blocked("ip:2", t0), None, "per key");
         assert_eq!(l.blocked("ip:1", t0 + Duration::from_secs(60)), None, "the window passed");
-        l.fail("ip:1", t0 + Duration::from_secs(61));
+        l.begin(&["ip:1"], t0 + Duration::from_secs(61)).unwrap().failed();
         assert_eq!(l.blocked("ip:1", t0 + Duration::from_secs(61)), None, "a new window counts afresh");
-        l.fail("user:ann", t0);
-        l.fail("user:ann", t0);
-        l.fail("user:ann", t0);
-        l.clear("user:ann");
+        // Success forgets the name's failures, not the address's.
+        for _ in 0..2 {
+            l.begin(&["ip:3", "user:ann"], t0).unwrap().failed();
+        }
+        l.begin(&["ip:3", "user:ann"], t0).unwrap().succeeded("user:ann");
         assert_eq!(l.blocked("user:ann", t0), None);
+        l.begin(&["ip:3", "user:bob"], t0).unwrap().failed();
+        assert!(l.blocked("ip:3", t0).is_some(), "the address's failures outlived the success");
+        assert_eq!(l.blocked("user:bob", t0), None);
+    }
+
+    #[test]
+    fn attempts_in_flight_count_so_concurrent_ones_cannot_pass_together() {
+        let l = RateLimiter::new(5, Duration::from_secs(900));
+        let t0 = Instant::now();
+        // 20 at once: five begin, the rest are refused while those are checked.
+        let mut begun = Vec::new();
+        let mut refused = 0;
+        for _ in 0..20 {
+            match l.begin(&["ip:9", "user:ann"], t0) {
+                Ok(a) => begun.push(a),
+                Err(wait) => {
+                    assert_eq!(wait, 1, "in flight: try again shortly");
+                    refused += 1;
+                }
+            }
+        }
+        assert_eq!((begun.len(), refused), (5, 15));
+        // An attempt dropped unsettled (the request abandoned) counts as failed.
+        drop(begun.pop());
+        for a in begun {
+            a.failed();
+        }
+        assert_eq!(l.begin(&["ip:9"], t0).err(), Some(900), "five failures: the window");
+        assert_eq!(l.begin(&["ip:8", "user:ann"], t0).err(), Some(900), "and the name, from anywhere");
+
+        // Threads racing on the lock: never more than `max` begin.
+        let l = std::sync::Arc::new(RateLimiter::new(5, Duration::from_secs(900)));
+        let held = std::sync::Arc::new(std::sync::Barrier::new(20));
+        let begun: usize = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..20)
+                .map(|_| {
+                    let (l, held) = (l.clone(), held.clone());
+                    s.spawn(move || {
+                        let a = l.begin(&["ip:7"], Instant::now()).ok();
+                        let ok = a.is_some();
+                        held.wait();
+                        if let Some(a) = a {
+                            a.failed();
+                        }
+                        ok as usize
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(begun, 5);
+    }
+
+    #[test]
+    fn the_limiter_map_stays_bounded() {
+        let l = RateLimiter::new(5, Duration::from_secs(900)).with_max_address_keys(100);
+        let t0 = Instant::now();
+        for i in 0..1000u32 {
+            let ip = std::net::IpAddr::from(i.to_be_bytes());
+            let name = format!("attacker-name-{i}");
+            let ip_key = RateLimiter::address_key(ip);
+            let name_key = l.name_key(&name, false);
+            l.begin(&[&ip_key, &name_key], t0 + Duration::from_millis(i.into())).unwrap().failed();
+        }
+        assert!(l.len() <= 100 + NAME_BUCKETS as usize, "{}", l.len());
+        // The newest address is kept; the oldest were forgotten first.
+        assert!(l.map.lock().unwrap().contains_key(&RateLimiter::address_key([0, 0, 3, 231].into())));
+        assert!(!l.map.lock().unwrap().contains_key(&RateLimiter::address_key([0, 0, 0, 0].into())));
+        // Known users keep their own key; an unknown name always maps to the same bucket.
+        assert_eq!(l.name_key("ann", true), "user:ann");
+        assert_eq!(l.name_key("zed", false), l.name_key("zed", false));
+        assert!(l.name_key("zed", false).starts_with("name-bucket:"));
+        // An IPv6 client counts by its /64; an IPv4-mapped one as IPv4.
+        let a: std::net::IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: std::net::IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
+        assert_eq!(RateLimiter::address_key(a), RateLimiter::address_key(b));
+        assert_eq!(RateLimiter::address_key(a), "ip:2001:db8:1:2::/64");
+        let mapped: std::net::IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(RateLimiter::address_key(mapped), "ip:10.0.0.1");
     }
 
     #[test]

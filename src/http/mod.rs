@@ -12,8 +12,18 @@
 //! * `GET /recordings/{file}?exp=&sig=` (`recordings`): a signed link only;
 //! * `POST /sms/inbound` (`sms`): Twilio's signature.
 //!
-//! Every POST is audited to the log (user, path, lead, result). Handlers
-//! never panic on input: every parse failure is a 4xx.
+//! Every POST is audited to the log: one `audit: request` line for each,
+//! whatever answered it (a handler, a 404 or 405, a body over the 16-KiB
+//! limit), with its path, client address and status; and the handlers'
+//! `audit: POST` lines with the user, the lead and the result. Logged
+//! strings that came from the request are written quoted and escaped, so a
+//! name or path cannot forge a log line. Handlers never panic on input:
+//! every parse failure is a 4xx.
+//!
+//! The client address (the login limiter's and the audit log's) is the
+//! peer's, unless the peer is in `[http] trusted_proxies`: then it is the
+//! right-most `X-Forwarded-For` address that is not itself a trusted proxy
+//! ([`client_ip`]).
 
 mod api;
 pub mod auth;
@@ -28,9 +38,11 @@ use crate::sink::outbox::Outbox;
 use anyhow::Context as _;
 use auth::Auth;
 use axum::Router;
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, header};
+use ipnet::IpNet;
 use links::Links;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
@@ -51,7 +63,17 @@ pub(crate) struct Inner {
     pub auth: Auth,
     pub links: Links,
     pub recordings: PathBuf,
+    /// `[http] trusted_proxies`.
+    pub trusted_proxies: Vec<IpNet>,
 }
+
+/// The client's address as [`client_ip`] works it out: a request extension
+/// the middleware puts on every request.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Client(pub IpAddr);
+
+/// The body limit of every route but the SMS webhook's (forms and JSON are small).
+pub const BODY_LIMIT: usize = 16 * 1024;
 
 pub(crate) type App = Arc<Inner>;
 
@@ -132,12 +154,15 @@ impl HttpFace {
             auth: Auth::new(&h),
             links,
             recordings: ctx.cfg.recordings_dir(),
+            trusted_proxies: h.trusted_proxies.clone(),
         });
         let mut router = router(app.clone());
         if let Some(s) = sms::SmsState::from_config(&ctx.cfg)? {
             router = router.merge(sms::routes(s));
         }
-        let router = router.layer(axum::middleware::map_response(security_headers));
+        let router = router
+            .layer(axum::middleware::map_response(security_headers))
+            .layer(axum::middleware::from_fn_with_state(app.clone(), client_and_audit));
         let listener = tokio::net::TcpListener::bind(h.listen).await.map_err(|e| match e.kind() {
             std::io::ErrorKind::AddrInUse => anyhow::anyhow!("listen {}: address in use", h.listen),
             std::io::ErrorKind::AddrNotAvailable => anyhow::anyhow!("listen {}: no such local address", h.listen),
@@ -198,7 +223,76 @@ fn router(app: App) -> Router {
         .route("/api/leads/{id}/events", get(api::events))
         .route("/recordings/{file}", get(recordings::serve))
         .fallback(not_found)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(app)
+}
+
+/// The client's address: the peer's, or, when the peer is a trusted proxy,
+/// the right-most `X-Forwarded-For` address that is not itself one (each
+/// proxy appends the address it was reached from, so the addresses right of
+/// that one were written by trusted proxies and the ones left of it by
+/// whoever sent the request, which may be anything). An entry that does not
+/// parse ends the walk at the last trusted address.
+pub(crate) fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|n| n.contains(&ip));
+    let mut ip = peer.to_canonical();
+    if !is_trusted(ip) {
+        return ip;
+    }
+    let entries: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    for entry in entries.iter().rev() {
+        let Some(next) = parse_forwarded(entry) else { break };
+        ip = next.to_canonical();
+        if !is_trusted(ip) {
+            break;
+        }
+    }
+    ip
+}
+
+/// An `X-Forwarded-For` entry: an address, optionally `[v6]`, with or without a port.
+fn parse_forwarded(entry: &str) -> Option<IpAddr> {
+    entry
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<SocketAddr>().ok().map(|s| s.ip()))
+        .or_else(|| entry.strip_prefix('[')?.strip_suffix(']')?.parse().ok())
+}
+
+/// Put the [`Client`] on the request, and audit every POST whatever answers
+/// it (a handler, a 404 or 405, a rejected body).
+async fn client_and_audit(
+    State(app): State<App>,
+    mut req: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    let client = client_ip(peer, req.headers(), &app.trusted_proxies);
+    req.extensions_mut().insert(Client(client));
+    // POSTs, and any other method that would change something (all are 405s here).
+    let audited = (req.method() != Method::GET && req.method() != Method::HEAD)
+        .then(|| (req.method().clone(), req.uri().path().to_string()));
+    let res = next.run(req).await;
+    if let Some((method, path)) = audited {
+        tracing::info!(
+            method = method.as_str(),
+            path = path.as_str(),
+            client = %client,
+            status = res.status().as_u16(),
+            "audit: request"
+        );
+    }
+    res
 }
 
 async fn not_found() -> (axum::http::StatusCode, &'static str) {
@@ -227,4 +321,41 @@ async fn security_headers(mut res: axum::response::Response) -> axum::response::
          img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     );
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn xff(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append("x-forwarded-for", HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn the_client_is_the_peer_unless_a_trusted_proxy_says_otherwise() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let trusted: Vec<IpNet> = vec!["127.0.0.1/32".parse().unwrap(), "10.0.0.0/8".parse().unwrap()];
+        // No trusted proxies, or a peer not among them: the header is ignored.
+        assert_eq!(client_ip(ip("127.0.0.1"), &xff(&["1.2.3.4"]), &[]), ip("127.0.0.1"));
+        assert_eq!(client_ip(ip("203.0.113.9"), &xff(&["1.2.3.4"]), &trusted), ip("203.0.113.9"));
+        // A trusted peer: the right-most entry that is not a trusted proxy.
+        assert_eq!(client_ip(ip("127.0.0.1"), &xff(&["1.2.3.4"]), &trusted), ip("1.2.3.4"));
+        assert_eq!(client_ip(ip("127.0.0.1"), &xff(&["6.6.6.6, 1.2.3.4, 10.1.1.1"]), &trusted), ip("1.2.3.4"));
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), &xff(&["6.6.6.6", "1.2.3.4"]), &trusted),
+            ip("1.2.3.4"),
+            "headers joined"
+        );
+        assert_eq!(client_ip(ip("::ffff:127.0.0.1"), &xff(&["1.2.3.4:5678"]), &trusted), ip("1.2.3.4"));
+        assert_eq!(client_ip(ip("127.0.0.1"), &xff(&["[2001:db8::1]:443"]), &trusted), ip("2001:db8::1"));
+        assert_eq!(client_ip(ip("127.0.0.1"), &xff(&["[2001:db8::1]"]), &trusted), ip("2001:db8::1"));
+        // No header, or only proxies: the last trusted address; garbage stops the walk.
+        assert_eq!(client_ip(ip("127.0.0.1"), &HeaderMap::new(), &trusted), ip("127.0.0.1"));
+        assert_eq!(client_ip(ip("127.0.0.1"), &xff(&["10.2.2.2, 10.1.1.1"]), &trusted), ip("10.2.2.2"));
+        assert_eq!(client_ip(ip("127.0.0.1"), &xff(&["1.2.3.4, unknown, 10.1.1.1"]), &trusted), ip("10.1.1.1"));
+    }
 }

@@ -9,16 +9,22 @@
 //! Login: the form carries a random token that must equal a cookie set with
 //! it (double submit), the password is checked with argon2 on the blocking
 //! pool, and failures are limited per client address and per user name
-//! (`auth::MAX_FAILURES` in `auth::WINDOW`, then 429 with `Retry-After`).
-//! Behind a reverse proxy every client has the proxy's address, so the
-//! per-name limit is the one that holds there.
+//! (`auth::MAX_FAILURES` in `auth::WINDOW`, then 429 with `Retry-After`),
+//! each attempt counted before its password is checked. The client address
+//! is the peer's, or, when the peer is one of `[http] trusted_proxies`, the
+//! one its `X-Forwarded-For` names (`super::client_ip`): without that
+//! setting, behind a proxy every client has the proxy's address and five
+//! wrong passwords from anyone lock everyone out for the window. The
+//! per-name limit holds anywhere, so five wrong guesses at a real user's
+//! name lock that user out too until the window passes: the price of
+//! bounding guesses at their password.
 
 use super::api::{audit, clean_note, parse_view};
 use super::auth::{self, ct_eq};
 use super::{App, now_ms};
 use crate::store::{self, Query, StoreError, StoredLead, View};
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, RawQuery, State};
+use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use backstop_core::callback::LeadStatus;
@@ -26,7 +32,6 @@ use backstop_core::intake::answer::{Answer, AnswerKind};
 use backstop_core::intake::lead::Lead;
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::time::Instant;
 
 /// Leads per page.
@@ -532,7 +537,7 @@ async fn lead_post(app: App, headers: HeaderMap, id: String, body: Bytes, handle
         }
         Err(e) => {
             audit(&session.user, &path, &id, "500");
-            tracing::error!(lead = %id, "{path}: {e}");
+            tracing::error!(lead = id.as_str(), path = path.as_str(), "marking a lead: {e}");
             message_page(StatusCode::INTERNAL_SERVER_ERROR, "Error", "It could not be recorded; see the agent's log.")
         }
     }
@@ -573,9 +578,16 @@ pub async fn login_form(State(app): State<App>, headers: HeaderMap) -> Response 
     login_page(StatusCode::OK, &app, None, "")
 }
 
+/// A login name that could be a user's: at most 64 bytes, no control
+/// characters (what `[[http.user]] name` allows). Others are refused before
+/// the limiter or argon2 sees them.
+fn plausible_name(name: &str) -> bool {
+    name.len() <= 64 && !name.chars().any(char::is_control)
+}
+
 pub async fn login(
     State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(client): Extension<super::Client>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -593,24 +605,34 @@ pub async fn login(
         audit(&name, "/login", "", "403 csrf");
         return login_page(StatusCode::FORBIDDEN, &app, Some("The form expired. Try again."), &name);
     }
-    let (ip_key, user_key) = (format!("ip:{}", peer.ip()), format!("user:{}", name.to_lowercase()));
-    let now = Instant::now();
-    if let Some(wait) = app.auth.limiter.blocked(&ip_key, now).or_else(|| app.auth.limiter.blocked(&user_key, now)) {
-        audit(&name, "/login", "", "429");
-        tracing::warn!(user = %name, client = %peer.ip(), "login refused: too many failures");
-        let mut res = login_page(
-            StatusCode::TOO_MANY_REQUESTS,
-            &app,
-            Some(&format!("Too many failed logins. Try again in {} minutes.", wait.div_ceil(60))),
-            &name,
-        );
-        if let Ok(v) = HeaderValue::from_str(&wait.to_string()) {
-            res.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        return res;
+    if !plausible_name(&name) {
+        let shown: String = name.chars().take(64).collect();
+        audit(&shown, "/login", "", "401 bad name");
+        return login_page(StatusCode::UNAUTHORIZED, &app, Some("Wrong user name or password."), "");
     }
     let creds = app.auth.creds();
     let hash = creds.users.get(&name).cloned();
+    let ip_key = auth::RateLimiter::address_key(client.0);
+    let name_key = app.auth.limiter.name_key(&name, hash.is_some());
+    // Counted before the password is checked, so that requests in flight
+    // together cannot all pass.
+    let attempt = match app.auth.limiter.begin(&[&ip_key, &name_key], Instant::now()) {
+        Ok(a) => a,
+        Err(wait) => {
+            audit(&name, "/login", "", "429");
+            tracing::warn!(user = ?name, client = %client.0, "login refused: too many failures");
+            let mut res = login_page(
+                StatusCode::TOO_MANY_REQUESTS,
+                &app,
+                Some(&format!("Too many failed logins. Try again in {} minutes.", wait.div_ceil(60))),
+                &name,
+            );
+            if let Ok(v) = HeaderValue::from_str(&wait.to_string()) {
+                res.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            return res;
+        }
+    };
     let ok = {
         let _slot = app.auth.verify_slots.acquire().await;
         let phc = hash.clone().unwrap_or_else(|| auth::DUMMY_HASH.to_string());
@@ -619,9 +641,7 @@ pub async fn login(
     };
     match (ok, hash) {
         (true, Some(hash)) => {
-            // The name's failures are forgotten; the address's are not, so that
-            // one known password cannot reset the count for guessing others.
-            app.auth.limiter.clear(&user_key);
+            attempt.succeeded(&name_key);
             let (id, _) = app.auth.sessions.create(&name, &hash, app.auth.session_ttl);
             audit(&name, "/login", "", "ok");
             let mut res = Redirect::to("/").into_response();
@@ -637,8 +657,7 @@ pub async fn login(
             res
         }
         _ => {
-            app.auth.limiter.fail(&ip_key, now);
-            app.auth.limiter.fail(&user_key, now);
+            attempt.failed();
             audit(&name, "/login", "", "401");
             login_page(StatusCode::UNAUTHORIZED, &app, Some("Wrong user name or password."), &name)
         }

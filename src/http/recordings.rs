@@ -50,11 +50,11 @@ pub async fn serve(
     let mut res = match tower_http::services::ServeFile::new(&path).oneshot(req).await {
         Ok(r) => r.map(Body::new),
         Err(e) => {
-            tracing::warn!(file = %path.display(), "serving a recording: {e}");
+            tracing::warn!(file = ?path, "serving a recording: {e}");
             return (StatusCode::INTERNAL_SERVER_ERROR, "could not read the recording\n").into_response();
         }
     };
-    tracing::debug!(file = %file, status = res.status().as_u16(), "recording served");
+    tracing::debug!(file = file.as_str(), status = res.status().as_u16(), "recording served");
     let h = res.headers_mut();
     if file.to_ascii_lowercase().ends_with(".wav") {
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("audio/wav"));
