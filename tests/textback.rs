@@ -3,7 +3,8 @@
 //! that validates every request against it (`--errors`: an invalid request
 //! gets a 4xx, never a made-up 201): missed calls placed by real SIPp calls
 //! to the real agent, the texts' requests checked by Prism, the outcome read
-//! from the agent's database; STOP by a signed inbound-message webhook.
+//! from the agent's database; STOP by a signed inbound-message webhook,
+//! which opts the caller out of texts from the number it was sent to only.
 //!
 //! Prism comes from `BACKSTOP_PRISM` (scripts/test.sh sets it) or
 //! `tests/contracts/node_modules/.bin/prism`. Without it the tests fail
@@ -121,9 +122,15 @@ fn agent(name: &str, prism: &Prism, extra: &str) -> AgentProc {
 
 /// One short call from `caller` (the From user): answered, 300 ms, hang up.
 fn call_from(agent: &AgentProc, name: &str, caller: &str) {
+    call_to(agent, name, caller, "+15559990000");
+}
+
+/// As `call_from`, to `called` (the Request-URI and To user).
+fn call_to(agent: &AgentProc, name: &str, caller: &str, called: &str) {
     let dir = scratch_dir(name);
     let sc = scenario(name, &[&invite("", OFFER), ANSWERED, &ack(1), &pause(300), CALLER_BYE])
-        .replace("+15551230001", caller);
+        .replace("+15551230001", caller)
+        .replace("+15559990000", called);
     let run = run_sipp(&dir, &sc, agent.addr(), false, &[("rtp_port", "40020".into())]);
     assert!(run.success, "SIPp failed: {}\n{}", run.errors, agent.log());
 }
@@ -268,6 +275,11 @@ fn serde_urlencoded_form(params: &[(String, String)]) -> String {
 }
 
 fn inbound(from: &str, body: &str) -> Vec<(String, String)> {
+    inbound_to(FROM, from, body)
+}
+
+/// An inbound message from `from` to our number `to`.
+fn inbound_to(to: &str, from: &str, body: &str) -> Vec<(String, String)> {
     [
         ("ToCountry", "US"),
         ("SmsMessageSid", "SM11111111111111111111111111111111"),
@@ -275,7 +287,7 @@ fn inbound(from: &str, body: &str) -> Vec<(String, String)> {
         ("SmsSid", "SM11111111111111111111111111111111"),
         ("SmsStatus", "received"),
         ("Body", body),
-        ("To", FROM),
+        ("To", to),
         ("NumSegments", "1"),
         ("MessageSid", "SM11111111111111111111111111111111"),
         ("AccountSid", SID),
@@ -349,4 +361,90 @@ fn a_signed_stop_stops_texts_and_a_badly_signed_one_changes_nothing() {
     assert_eq!(prism.message_requests().len(), 2, "{}", prism.log());
     assert_valid(&prism);
     assert_leads_record_it(&agent);
+}
+
+/// The sending number of each decided text-back to `number`, with its
+/// status and reason, oldest first.
+fn by_sender(agent: &AgentProc, number: &str) -> Vec<(String, String, Option<String>)> {
+    let c = rusqlite::Connection::open(agent.dir.join("data/outbox.db")).unwrap();
+    let mut st = c
+        .prepare(
+            "SELECT sender, status, reason FROM text_backs WHERE number = ?1 AND status NOT IN ('sending', 'retry')
+             ORDER BY created_ms, rowid",
+        )
+        .unwrap();
+    st.query_map([number], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().collect::<Result<_, _>>().unwrap()
+}
+
+#[test]
+fn a_stop_to_one_sending_number_leaves_the_others_and_a_start_to_another_does_not_undo_it() {
+    const FROM_B: &str = "+15005550007";
+    const LINE_B: &str = "+15559990002";
+    const CALLER: &str = "+15551230005";
+    let Some(prism) = Prism::start("tb-prism-3") else { return };
+    let http = free_port();
+    let public = format!("http://127.0.0.1:{http}");
+    // The default line texts from FROM (the top-level [[text_back]]); the
+    // line called at LINE_B, another business, from FROM_B.
+    let agent = agent(
+        "tb-senders",
+        &prism,
+        &format!(
+            "[http]\nlisten = \"127.0.0.1:{http}\"\npublic_url = \"{public}\"\n\
+             [[line]]\nname = \"north\"\nmatch.called = [\"{LINE_B}\"]\n\
+             [[line.text_back]]\naccount_sid = \"{SID}\"\nauth_token = \"{TOKEN}\"\nfrom = \"{FROM_B}\"\n\
+             business = \"North Electric\"\nbase_url = \"{}\"\n",
+            prism.base_url()
+        ),
+    );
+    wait_port(http);
+    let url = format!("{public}/sms/inbound");
+    let post = |to: &str, body: &str| {
+        let p = inbound_to(to, CALLER, body);
+        let sig = backstop::textback::twilio::signature(TOKEN, &url, &p);
+        let (status, resp) = post_form(http, "/sms/inbound", &p, &sig);
+        assert_eq!(status, 200, "{resp}\n{}", agent.log());
+    };
+    let decided = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let r = by_sender(&agent, CALLER);
+            if r.len() >= n {
+                return r;
+            }
+            assert!(Instant::now() < deadline, "expected {n} decided text-backs, got {r:?}\nlog:\n{}", agent.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let skipped_from_a = (FROM.to_string(), "skipped".to_string(), Some("opted_out".to_string()));
+
+    // STOP to A: A's text-back is skipped, B's still goes out.
+    post(FROM, "STOP");
+    call_from(&agent, "tb-senders-1", CALLER);
+    let r = decided(1);
+    assert_eq!((r.len(), &r[0]), (1, &skipped_from_a), "{r:?}");
+    call_to(&agent, "tb-senders-2", CALLER, LINE_B);
+    let r = decided(2);
+    assert_eq!(r[1], (FROM_B.to_string(), "sent".to_string(), None), "{r:?}\n{}", agent.log());
+
+    // START to B does not undo the STOP to A.
+    post(FROM_B, "START");
+    call_from(&agent, "tb-senders-3", CALLER);
+    let r = decided(3);
+    assert_eq!(r[2], skipped_from_a, "{r:?}");
+
+    // A moment for a request that should not come: one text, from B.
+    std::thread::sleep(Duration::from_millis(300));
+    let requests = prism.message_requests();
+    assert_eq!(requests.len(), 1, "{}", prism.log());
+    assert_valid(&prism);
+    assert_leads_record_it(&agent);
+    let log = agent.log();
+    let audited: Vec<&str> = log.lines().filter(|l| l.contains("audit: POST") && l.contains("/sms/inbound")).collect();
+    assert_eq!(audited.len(), 2, "{log}");
+    assert!(audited[0].contains("action=\"opt_out\"") && audited[0].contains(&format!("to=\"{FROM}\"")), "{audited:?}");
+    assert!(
+        audited[1].contains("action=\"opt_in\"") && audited[1].contains(&format!("to=\"{FROM_B}\"")),
+        "{audited:?}"
+    );
 }

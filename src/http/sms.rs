@@ -6,9 +6,13 @@
 //! `public_url`, the request's `Host`, as https and as http). A request that
 //! fails the check gets 403 and changes nothing. A message that is an
 //! opt-out keyword (STOP, STOPALL, UNSUBSCRIBE, CANCEL, END, QUIT, OPTOUT,
-//! REVOKE) opts its sender out of text-backs; START, YES or UNSTOP opts it
-//! back in. The answer is empty TwiML (Twilio sends its own STOP
-//! confirmation). Every POST is audited to the log (`audit: POST`, as the HTTP face's).
+//! REVOKE) opts its sender (`From`) out of text-backs from the number it
+//! was sent to (`To`), as Twilio's own block is per sending number: our
+//! other numbers still text it. START, YES or UNSTOP opts it back in, for
+//! that number only. (A `To` that is no phone number, which Twilio does not
+//! send, counts as every sender.) The answer is empty TwiML (Twilio sends
+//! its own STOP confirmation). Every POST is audited to the log (`audit:
+//! POST`, as the HTTP face's, with the message's `to`).
 
 use crate::config::Config;
 use crate::textback::twilio;
@@ -80,12 +84,12 @@ pub fn routes(state: SmsState) -> Router {
 }
 
 /// The audit line of a POST, in the HTTP face's form (`audit: POST`).
-fn audit(result: &str, account: &str, from: &str, action: &str) {
-    tracing::info!(user = "twilio", path = PATH, lead = "", result, account, from, action, "audit: POST");
+fn audit(result: &str, account: &str, from: &str, to: &str, action: &str) {
+    tracing::info!(user = "twilio", path = PATH, lead = "", result, account, from, to, action, "audit: POST");
 }
 
-fn forbidden(why: &str, account: &str, from: &str) -> Response {
-    audit(&format!("403 {why}"), account, from, "none");
+fn forbidden(why: &str, account: &str, from: &str, to: &str) -> Response {
+    audit(&format!("403 {why}"), account, from, to, "none");
     (StatusCode::FORBIDDEN, "forbidden\n").into_response()
 }
 
@@ -96,17 +100,17 @@ async fn inbound(
     body: Bytes,
 ) -> Response {
     let Ok(params) = serde_urlencoded::from_bytes::<Vec<(String, String)>>(&body) else {
-        audit("400 not a form", "", "", "none");
+        audit("400 not a form", "", "", "", "none");
         return (StatusCode::BAD_REQUEST, "not a form\n").into_response();
     };
     let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).unwrap_or("");
     let (account, from, to) = (param("AccountSid"), param("From"), param("To"));
     let Some(signature) = headers.get("x-twilio-signature").and_then(|v| v.to_str().ok()) else {
-        return forbidden("no X-Twilio-Signature", account, from);
+        return forbidden("no X-Twilio-Signature", account, from, to);
     };
     let tokens: Vec<&str> = st.accounts.iter().filter(|(sid, _)| sid == account).map(|(_, t)| t.as_str()).collect();
     if tokens.is_empty() {
-        return forbidden("AccountSid is not a [[text_back]] account", account, from);
+        return forbidden("AccountSid is not a [[text_back]] account", account, from, to);
     }
     let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or(PATH);
     let bases: Vec<String> = match &st.public_url {
@@ -123,7 +127,7 @@ async fn inbound(
     };
     let urls: Vec<String> = bases.iter().flat_map(|b| twilio::url_variants(&format!("{b}{path_and_query}"))).collect();
     if !tokens.iter().any(|t| twilio::verify(t, &urls, &params, signature)) {
-        return forbidden("bad X-Twilio-Signature", account, from);
+        return forbidden("bad X-Twilio-Signature", account, from, to);
     }
     let text = param("Body");
     let keyword = backstop_core::textback::opt_keyword(text);
@@ -137,24 +141,24 @@ async fn inbound(
         let (acc, f, t) = (account.to_string(), from.to_string(), to.to_string());
         let saved = tokio::task::spawn_blocking(move || {
             let c = db.lock().unwrap_or_else(|p| p.into_inner());
-            crate::textback::record_opt(&c, &f, stop, &word, &acc, &t)
+            crate::textback::record_opt(&c, &f, &t, stop, &word, &acc)
         })
         .await;
         match saved {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                audit("500", account, from, action);
+                audit("500", account, from, to, action);
                 tracing::error!(error = %e, "could not record an opt-out");
                 return (StatusCode::INTERNAL_SERVER_ERROR, "try again\n").into_response();
             }
             Err(e) => {
-                audit("500", account, from, action);
+                audit("500", account, from, to, action);
                 tracing::error!(error = %e, "the opt-out task failed");
                 return (StatusCode::INTERNAL_SERVER_ERROR, "try again\n").into_response();
             }
         }
     }
-    audit("ok", account, from, action);
+    audit("ok", account, from, to, action);
     ([(header::CONTENT_TYPE, "text/xml")], EMPTY_TWIML).into_response()
 }
 
@@ -175,8 +179,15 @@ mod tests {
         SmsState::new(vec![(SID.into(), TOKEN.into())], Some("https://leads.example.com/".into()), c)
     }
 
+    /// Our sending number the test messages are sent to, unless `form_to` says.
+    const OURS: &str = "+15005550006";
+
     fn form(body: &str, from: &str) -> Vec<(String, String)> {
-        [("AccountSid", SID), ("Body", body), ("From", from), ("To", "+15005550006"), ("MessageSid", "SMb")]
+        form_to(body, from, OURS)
+    }
+
+    fn form_to(body: &str, from: &str, to: &str) -> Vec<(String, String)> {
+        [("AccountSid", SID), ("Body", body), ("From", from), ("To", to), ("MessageSid", "SMb")]
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
@@ -199,8 +210,13 @@ mod tests {
         (status, ct, String::from_utf8_lossy(&body).into_owned())
     }
 
+    /// Opted out of texts from `OURS`.
     fn opted_out(st: &SmsState, n: &str) -> bool {
-        crate::textback::db::opted_out(&st.db.lock().unwrap(), n).unwrap()
+        opted_out_from(st, n, OURS)
+    }
+
+    fn opted_out_from(st: &SmsState, n: &str, sender: &str) -> bool {
+        crate::textback::db::opted_out(&st.db.lock().unwrap(), n, sender).unwrap()
     }
 
     #[tokio::test]
@@ -220,6 +236,29 @@ mod tests {
         let (status, _, body) = post(&st, &p, Some(&twilio::signature(TOKEN, URL, &p))).await;
         assert_eq!((status, body.as_str()), (StatusCode::OK, EMPTY_TWIML));
         assert!(!opted_out(&st, "+15551230002"));
+    }
+
+    #[tokio::test]
+    async fn an_opt_out_is_for_the_number_the_message_was_sent_to() {
+        let st = state();
+        let other = "+15005550007";
+        let p = form("STOP", "+15551230001");
+        assert_eq!(post(&st, &p, Some(&twilio::signature(TOKEN, URL, &p))).await.0, StatusCode::OK);
+        assert!(opted_out(&st, "+15551230001"));
+        assert!(!opted_out_from(&st, "+15551230001", other), "our other number still texts it");
+        // START to the other number does not undo the STOP to the first.
+        let p = form_to("START", "+15551230001", other);
+        assert_eq!(post(&st, &p, Some(&twilio::signature(TOKEN, URL, &p))).await.0, StatusCode::OK);
+        assert!(opted_out(&st, "+15551230001"));
+        assert!(!opted_out_from(&st, "+15551230001", other));
+        // STOP to the other number: now both.
+        let p = form_to("stop", "+15551230001", "+1 500 555 0007");
+        assert_eq!(post(&st, &p, Some(&twilio::signature(TOKEN, URL, &p))).await.0, StatusCode::OK);
+        assert!(opted_out_from(&st, "+15551230001", other), "keyed by the E.164 form of To");
+        // A To that is no phone number: every sender.
+        let p = form_to("STOP", "+15551230002", "");
+        assert_eq!(post(&st, &p, Some(&twilio::signature(TOKEN, URL, &p))).await.0, StatusCode::OK);
+        assert!(opted_out(&st, "+15551230002") && opted_out_from(&st, "+15551230002", other));
     }
 
     #[tokio::test]

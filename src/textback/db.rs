@@ -1,7 +1,8 @@
 //! The text-back's tables, in the outbox's SQLite file: what was done for
 //! each `call.missed` (`text_backs`, one row per event and sink) and who
-//! opted out (`sms_opt_outs`). Plain functions of a connection and times
-//! passed in.
+//! opted out of texts from which of our numbers (`sms_opt_outs_v2`, one row
+//! per caller and sending number). Plain functions of a connection and
+//! times passed in.
 
 use backstop_core::textback::{Decision, Facts, SkipReason, TextBack, decide};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -16,6 +17,11 @@ use std::path::Path;
 /// sent, will be tried again) or `unknown` (the request may have gone out
 /// but no answer came: never sent again). `sent_ms` is when the send was
 /// claimed; the once-per window counts rows `sending`, `sent` and `unknown`.
+///
+/// `sms_opt_outs_v2`: the latest STOP (`opted_out` 1) or START (0) of a
+/// caller (`number`, E.164 where it is a number) to one of our numbers
+/// (`sender`, E.164, or [`ANY_SENDER`]). It replaces `sms_opt_outs`, keyed
+/// by the caller alone, whose rows `open` moves over ([`migrate`]).
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS text_backs (
     event_id TEXT NOT NULL,
@@ -32,26 +38,79 @@ CREATE TABLE IF NOT EXISTS text_backs (
     PRIMARY KEY (event_id, sink)
 );
 CREATE INDEX IF NOT EXISTS text_backs_number ON text_backs (number, sender, sent_ms);
-CREATE TABLE IF NOT EXISTS sms_opt_outs (
-    number TEXT PRIMARY KEY,
+CREATE TABLE IF NOT EXISTS sms_opt_outs_v2 (
+    number TEXT NOT NULL,
+    sender TEXT NOT NULL,
     opted_out INTEGER NOT NULL,
     keyword TEXT NOT NULL,
     account_sid TEXT,
-    to_number TEXT,
-    updated_ms INTEGER NOT NULL
+    updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (number, sender)
 );
 ";
+
+/// The `sender` of an opt-out whose sending number is not known (a keyword
+/// to a `To` that is no phone number, or a row of the old table without
+/// one): it counts for every sender, until a START to one of them.
+pub const ANY_SENDER: &str = "*";
+
+/// Move the rows of `sms_opt_outs`, the table of this development cycle
+/// that kept one flag per caller for every sender, into `sms_opt_outs_v2`,
+/// and drop it. Each row was the caller's latest keyword, and its
+/// `to_number` the number it was sent to (or, for an API 21610, our
+/// sender), so it is kept for that sender; without one, for every sender
+/// (`ANY_SENDER`): an opt-out is never lost. Where both tables have a row,
+/// the newer wins. Does nothing when the old table is absent.
+pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let old: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'sms_opt_outs')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !old {
+        return Ok(());
+    }
+    /// number, opted_out, keyword, account_sid, to_number, updated_ms.
+    type OldRow = (String, bool, String, Option<String>, Option<String>, i64);
+    let rows: Vec<OldRow> = {
+        let mut st =
+            tx.prepare("SELECT number, opted_out, keyword, account_sid, to_number, updated_ms FROM sms_opt_outs")?;
+        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))?
+            .collect::<rusqlite::Result<_>>()?
+    };
+    for (number, opted_out, keyword, account_sid, to_number, updated_ms) in rows {
+        let sender = sender_of(to_number.as_deref());
+        tx.execute(
+            "INSERT INTO sms_opt_outs_v2 (number, sender, opted_out, keyword, account_sid, updated_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (number, sender) DO UPDATE SET opted_out = excluded.opted_out, keyword = excluded.keyword,
+                 account_sid = excluded.account_sid, updated_ms = excluded.updated_ms
+             WHERE excluded.updated_ms > sms_opt_outs_v2.updated_ms",
+            params![number, sender, opted_out, keyword, account_sid, updated_ms],
+        )?;
+    }
+    tx.execute_batch("DROP TABLE sms_opt_outs")?;
+    tx.commit()
+}
+
+/// The key an opt-out is kept under for a message to `to` (the inbound
+/// webhook's `To`, or our `from`): its E.164 form, or [`ANY_SENDER`].
+pub fn sender_of(to: Option<&str>) -> String {
+    to.and_then(backstop_core::textback::textable).unwrap_or_else(|| ANY_SENDER.to_string())
+}
 
 /// A connection of the text-back's own to the outbox file.
 pub fn open(path: &Path) -> rusqlite::Result<Connection> {
     if let Some(dir) = path.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
-    let conn = Connection::open(path)?;
+    let mut conn = Connection::open(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.execute_batch(SCHEMA)?;
+    migrate(&mut conn)?;
     Ok(conn)
 }
 
@@ -111,7 +170,7 @@ pub fn claim(conn: &mut Connection, r: &Request<'_>, now_ms: i64) -> rusqlite::R
     let number = r.facts.caller.as_deref().and_then(backstop_core::textback::textable);
     let mut facts = r.facts.clone();
     if let Some(n) = &number {
-        facts.opted_out = opted_out(&tx, n)?;
+        facts.opted_out = opted_out(&tx, n, r.sender)?;
         facts.last_sent_ms = last_sent_ms(&tx, n, r.sender)?;
     }
     let claim = match decide(&facts, now_ms, r.once_per_ms) {
@@ -204,9 +263,17 @@ fn set_status(
     Ok(())
 }
 
-pub fn opted_out(conn: &Connection, number: &str) -> rusqlite::Result<bool> {
+/// Whether `number` opted out of texts from `sender`: the newer of its
+/// row for `sender` and its row for [`ANY_SENDER`] says (on a tie, the
+/// opt-out).
+pub fn opted_out(conn: &Connection, number: &str, sender: &str) -> rusqlite::Result<bool> {
     Ok(conn
-        .query_row("SELECT opted_out FROM sms_opt_outs WHERE number = ?1", [number], |r| r.get::<_, bool>(0))
+        .query_row(
+            "SELECT opted_out FROM sms_opt_outs_v2 WHERE number = ?1 AND sender IN (?2, ?3)
+             ORDER BY updated_ms DESC, opted_out DESC LIMIT 1",
+            params![number, sender, ANY_SENDER],
+            |r| r.get::<_, bool>(0),
+        )
         .optional()?
         .unwrap_or(false))
 }
@@ -221,22 +288,23 @@ pub fn last_sent_ms(conn: &Connection, number: &str, sender: &str) -> rusqlite::
     )
 }
 
-/// Record a STOP (`opted_out`) or START for `number`.
+/// Record a STOP (`opted_out`) or START from `number` to `sender` (our
+/// number it wrote to, E.164, or [`ANY_SENDER`]).
 pub fn set_opt_out(
     conn: &Connection,
     number: &str,
+    sender: &str,
     opted_out: bool,
     keyword: &str,
     account_sid: Option<&str>,
-    to_number: Option<&str>,
     now_ms: i64,
 ) -> rusqlite::Result<()> {
     conn.execute(
-        "INSERT INTO sms_opt_outs (number, opted_out, keyword, account_sid, to_number, updated_ms)
+        "INSERT INTO sms_opt_outs_v2 (number, sender, opted_out, keyword, account_sid, updated_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-         ON CONFLICT (number) DO UPDATE SET opted_out = excluded.opted_out, keyword = excluded.keyword,
-             account_sid = excluded.account_sid, to_number = excluded.to_number, updated_ms = excluded.updated_ms",
-        params![number, opted_out, keyword, account_sid, to_number, now_ms],
+         ON CONFLICT (number, sender) DO UPDATE SET opted_out = excluded.opted_out, keyword = excluded.keyword,
+             account_sid = excluded.account_sid, updated_ms = excluded.updated_ms",
+        params![number, sender, opted_out, keyword, account_sid, now_ms],
     )?;
     Ok(())
 }
@@ -336,10 +404,76 @@ mod tests {
     #[test]
     fn opt_outs() {
         let mut c = mem();
-        set_opt_out(&c, "+15551230001", true, "STOP", Some("ACx"), Some("+15005550006"), 10).unwrap();
+        set_opt_out(&c, "+15551230001", "+15005550006", true, "STOP", Some("ACx"), 10).unwrap();
         assert_eq!(claim(&mut c, &req("evt_1", "+15551230001"), 1000).unwrap(), Claim::Skipped(SkipReason::OptedOut));
-        set_opt_out(&c, "+15551230001", false, "START", None, None, 20).unwrap();
+        set_opt_out(&c, "+15551230001", "+15005550006", false, "START", None, 20).unwrap();
         assert!(matches!(claim(&mut c, &req("evt_2", "+15551230001"), 1000).unwrap(), Claim::Send { .. }));
-        assert!(!opted_out(&c, "+15550000000").unwrap());
+        assert!(!opted_out(&c, "+15550000000", "+15005550006").unwrap());
+    }
+
+    /// A STOP is to one of our numbers: texts from another still go, and a
+    /// START to that other one does not undo it.
+    #[test]
+    fn an_opt_out_is_per_sending_number() {
+        let mut c = mem();
+        let (a, b) = ("+15005550006", "+15005550007");
+        let from_b =
+            |event_id| Request { sink: "text_back:north:+15005550007", sender: b, ..req(event_id, "+15551230001") };
+        set_opt_out(&c, "+15551230001", a, true, "STOP", Some("ACx"), 10).unwrap();
+        assert_eq!(claim(&mut c, &req("evt_1", "+15551230001"), 1000).unwrap(), Claim::Skipped(SkipReason::OptedOut));
+        assert_eq!(claim(&mut c, &from_b("evt_1"), 1000).unwrap(), Claim::Send { to: "+15551230001".into() });
+        set_opt_out(&c, "+15551230001", b, false, "START", Some("ACx"), 20).unwrap();
+        assert!(opted_out(&c, "+15551230001", a).unwrap(), "a START to B leaves the STOP to A");
+        assert!(!opted_out(&c, "+15551230001", b).unwrap());
+        assert_eq!(claim(&mut c, &req("evt_2", "+15551230001"), 2000).unwrap(), Claim::Skipped(SkipReason::OptedOut));
+
+        // An opt-out to no known number counts for every sender, until a START to one.
+        set_opt_out(&c, "+15551230002", ANY_SENDER, true, "STOP", None, 30).unwrap();
+        assert!(opted_out(&c, "+15551230002", a).unwrap() && opted_out(&c, "+15551230002", b).unwrap());
+        set_opt_out(&c, "+15551230002", b, false, "START", None, 40).unwrap();
+        assert!(opted_out(&c, "+15551230002", a).unwrap() && !opted_out(&c, "+15551230002", b).unwrap());
+        // On a tie, the opt-out.
+        set_opt_out(&c, "+15551230003", a, false, "START", None, 50).unwrap();
+        set_opt_out(&c, "+15551230003", ANY_SENDER, true, "STOP", None, 50).unwrap();
+        assert!(opted_out(&c, "+15551230003", a).unwrap());
+        assert_eq!(sender_of(Some("+1 500 555 0006")), a);
+        assert_eq!(sender_of(Some("")), ANY_SENDER);
+        assert_eq!(sender_of(None), ANY_SENDER);
+    }
+
+    /// The one-flag-per-caller table of this development cycle is moved to
+    /// the per-sender one on open, once, and no opt-out is lost.
+    #[test]
+    fn the_old_table_is_migrated_on_open() {
+        let path = std::env::temp_dir().join(format!("backstop-optout-migrate-{}.db", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE sms_opt_outs (number TEXT PRIMARY KEY, opted_out INTEGER NOT NULL, keyword TEXT NOT NULL,
+                     account_sid TEXT, to_number TEXT, updated_ms INTEGER NOT NULL);
+                 INSERT INTO sms_opt_outs VALUES ('+15551230001', 1, 'STOP', 'ACx', '+15005550006', 10);
+                 INSERT INTO sms_opt_outs VALUES ('+15551230002', 1, 'STOP', 'ACx', '', 11);
+                 INSERT INTO sms_opt_outs VALUES ('+15551230003', 0, 'START', 'ACx', '+15005550007', 12);",
+            )
+            .unwrap();
+        }
+        let c = open(&path).unwrap();
+        let (a, b) = ("+15005550006", "+15005550007");
+        assert!(opted_out(&c, "+15551230001", a).unwrap() && !opted_out(&c, "+15551230001", b).unwrap());
+        assert!(opted_out(&c, "+15551230002", a).unwrap() && opted_out(&c, "+15551230002", b).unwrap());
+        assert!(!opted_out(&c, "+15551230003", a).unwrap() && !opted_out(&c, "+15551230003", b).unwrap());
+        let old: i64 =
+            c.query_row("SELECT COUNT(*) FROM sqlite_master WHERE name = 'sms_opt_outs'", [], |r| r.get(0)).unwrap();
+        assert_eq!(old, 0, "the old table is dropped");
+        drop(c);
+        // Opening again changes nothing.
+        let c = open(&path).unwrap();
+        let n: i64 = c.query_row("SELECT COUNT(*) FROM sms_opt_outs_v2", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 3);
+        drop(c);
+        for ext in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
+        }
     }
 }

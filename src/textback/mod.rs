@@ -16,6 +16,12 @@
 //! anyway, the retry would send it twice. We know of no idempotency key
 //! for Twilio's Messages resource that would close that gap.)
 //! The lead records the outcome through `store::set_text_back`.
+//!
+//! Opt-outs are per caller and sending number (`from`): a STOP to one of
+//! our numbers (`/sms/inbound`, keyed by its `To`), or the API's 21610 for
+//! a send from it, stops the texts from that number only, as Twilio's own
+//! block does; a START to another number does not undo it. Lines that text
+//! from the same number share its opt-outs.
 
 pub mod db;
 pub mod twilio;
@@ -190,13 +196,14 @@ impl Sender {
         }
     }
 
-    /// The API says the number replied STOP to our sender: remember it here too.
+    /// The API says the number replied STOP to our sender (`from`):
+    /// remember it here too, for that sender.
     async fn remember_opt_out(&self, number: &str) {
         let number = number.to_string();
         let account = self.cfg.account_sid.clone();
-        let from = self.cfg.from.clone();
+        let sender = db::sender_of(Some(&self.cfg.from));
         let r = self
-            .blocking(move |c| db::set_opt_out(c, &number, true, "API 21610", Some(&account), Some(&from), now_ms()))
+            .blocking(move |c| db::set_opt_out(c, &number, &sender, true, "API 21610", Some(&account), now_ms()))
             .await;
         if let Err(e) = r {
             tracing::warn!(sink = %self.name, error = %e, "could not record the opt-out the API reported");
@@ -260,17 +267,19 @@ pub fn sinks(cfg: &Config) -> anyhow::Result<Vec<Sink>> {
     Ok(out)
 }
 
-/// Record a STOP or START from an inbound message (`/sms/inbound`).
+/// Record a STOP or START from an inbound message (`/sms/inbound`): from
+/// the caller `from` to our number `to`, for texts from `to` only (a `to`
+/// that is no phone number: for every sender, see [`db::ANY_SENDER`]).
 pub fn record_opt(
     conn: &Connection,
     from: &str,
+    to: &str,
     stop: bool,
     keyword: &str,
     account_sid: &str,
-    to: &str,
 ) -> rusqlite::Result<()> {
     let number = backstop_core::textback::textable(from).unwrap_or_else(|| from.trim().to_string());
-    db::set_opt_out(conn, &number, stop, keyword, Some(account_sid), Some(to), now_ms())
+    db::set_opt_out(conn, &number, &db::sender_of(Some(to)), stop, keyword, Some(account_sid), now_ms())
 }
 
 #[cfg(test)]
@@ -291,6 +300,14 @@ mod tests {
     }
 
     fn serve(script: Vec<(u16, Duration)>) -> Api {
+        serve_refusing_with(
+            script,
+            r#"{"code":21211,"message":"The 'To' number is not a valid phone number.","status":400}"#,
+        )
+    }
+
+    /// As `serve`, answering `refusal` to a status of 300 or more.
+    fn serve_refusing_with(script: Vec<(u16, Duration)>, refusal: &'static str) -> Api {
         let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
         let port = server.server_addr().to_ip().unwrap().port();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -313,7 +330,7 @@ mod tests {
                 let answer = if status < 300 {
                     format!(r#"{{"sid":"SM{:032x}","status":"queued"}}"#, n)
                 } else {
-                    r#"{"code":21211,"message":"The 'To' number is not a valid phone number.","status":400}"#.into()
+                    refusal.to_string()
                 };
                 let _ = req.respond(tiny_http::Response::from_string(answer).with_status_code(status));
             }
@@ -468,6 +485,20 @@ mod tests {
         ev.id = "evt_unverified".into();
         assert_eq!(s.deliver(&ev).await, DONE);
         assert_eq!(api.count.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_apis_unsubscribed_answer_is_an_opt_out_from_this_sender_only() {
+        let api = serve_refusing_with(
+            vec![(400, Duration::ZERO)],
+            r#"{"code":21610,"message":"Attempt to send to unsubscribed recipient","status":400}"#,
+        );
+        let (s, db) = sender(api.port);
+        assert_eq!(s.deliver(&missed("+15551230001")).await, Attempt::Status { code: 400, retry_after: None });
+        assert_eq!(status(&db).0, "failed");
+        let c = db.lock().unwrap();
+        assert!(db::opted_out(&c, "+15551230001", "+15005550006").unwrap());
+        assert!(!db::opted_out(&c, "+15551230001", "+15005550007").unwrap(), "another sender may still text");
     }
 
     #[test]

@@ -4,9 +4,10 @@
 //! The policy is a plain function of what is known when `call.missed` is
 //! delivered: the caller's number, whether the source was verified and the
 //! call judged junk (from the lead), and, looked up by the runtime, when that
-//! number was last texted from the same sender and whether it opted out
-//! (STOP). A text goes out only when every rule holds; otherwise the first
-//! rule that fails names the [`SkipReason`]:
+//! number was last texted from the same sender and whether it opted out of
+//! that sender's texts (STOP to that number). A text goes out only when
+//! every rule holds; otherwise the first rule that fails names the
+//! [`SkipReason`]:
 //!
 //! 1. `invalid_number`: the caller's number is not one a text can reach
 //!    ([`textable`]: anonymous, a short code, not E.164 and not a North
@@ -14,7 +15,8 @@
 //! 2. `unverified_source`: the INVITE's source address was not shown to be
 //!    real, so the number may be spoofed;
 //! 3. `junk`: a junk rule matched the call;
-//! 4. `opted_out`: the number sent STOP (and no START since);
+//! 4. `opted_out`: the number sent STOP to the sending number (and no START
+//!    to it since); a STOP to one of our numbers is not one to another;
 //! 5. `recently_texted`: it was texted within `once_per` already.
 //!
 //! Whether a number is a mobile one cannot be known without a paid lookup:
@@ -71,7 +73,7 @@ pub enum SkipReason {
     UnverifiedSource,
     /// A junk rule matched the call.
     Junk,
-    /// The number opted out (STOP).
+    /// The number opted out of this sender's texts (STOP).
     OptedOut,
     /// Texted from the same sender within `once_per_hours`.
     RecentlyTexted,
@@ -166,7 +168,8 @@ pub struct Facts {
     pub caller: Option<String>,
     pub source_verified: bool,
     pub junk: bool,
-    /// The number opted out (looked up by its [`textable`] form).
+    /// The number opted out of texts from this sender (looked up by its
+    /// [`textable`] form and the sending number).
     pub opted_out: bool,
     /// When the number was last texted from this sender, Unix ms.
     pub last_sent_ms: Option<i64>,
@@ -181,7 +184,7 @@ pub enum Decision {
 
 /// Decide for `facts` at `now_ms`, allowing one text per number per
 /// `once_per_ms`. The runtime looks `opted_out` and `last_sent_ms` up under
-/// the number [`textable`] gives.
+/// the number [`textable`] gives and the sending number.
 pub fn decide(facts: &Facts, now_ms: i64, once_per_ms: i64) -> Decision {
     let Some(to) = facts.caller.as_deref().and_then(textable) else {
         return Decision::Skip(SkipReason::InvalidNumber);
