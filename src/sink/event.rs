@@ -31,7 +31,9 @@ pub enum EventType {
     /// `[callback] repeat_minutes`, up to `max_reminders`).
     #[serde(rename = "lead.callback_overdue")]
     LeadCallbackOverdue,
-    /// Someone marked the lead handled (called back), with the time to callback.
+    /// The lead was handled: someone marked it called back (inbox, API,
+    /// `backstop leads done`), or a transfer step handed the caller to the
+    /// on-call tech (`handled_by = "transfer"`); with the time to callback.
     #[serde(rename = "lead.handled")]
     LeadHandled,
 }

@@ -40,15 +40,7 @@ fn lead(n: u32, at: i64, due_min: Option<i64>) -> Lead {
     lead.call_id = format!("call-{n}");
     lead.received_at = ms_rfc3339(at);
     lead.ended_at = Some(ms_rfc3339(at + 30_000));
-    lead.callback = due_min.map(|d| CallbackState {
-        due_at: ms_rfc3339(at + d * MIN),
-        handled_at: None,
-        handled_by: None,
-        note: None,
-        reminders: 0,
-        status: LeadStatus::New,
-        time_to_callback_secs: None,
-    });
+    lead.callback = due_min.map(|d| CallbackState::due(ms_rfc3339(at + d * MIN)));
     lead
 }
 

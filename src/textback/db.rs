@@ -102,13 +102,7 @@ pub fn sender_of(to: Option<&str>) -> String {
 
 /// A connection of the text-back's own to the outbox file.
 pub fn open(path: &Path) -> rusqlite::Result<Connection> {
-    if let Some(dir) = path.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    let mut conn = Connection::open(path)?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let mut conn = crate::sink::outbox::open_wal(path)?;
     conn.execute_batch(SCHEMA)?;
     migrate(&mut conn)?;
     Ok(conn)
