@@ -156,7 +156,24 @@ fn key_file(data_dir: &Path) -> anyhow::Result<Vec<u8>> {
     }
     // An empty file is replaced (rename); otherwise a key made meanwhile by
     // another start is kept (link fails with AlreadyExists) and read.
-    let placed = if empty { std::fs::rename(&tmp, &path) } else { std::fs::hard_link(&tmp, &path) };
+    let placed = if empty {
+        std::fs::rename(&tmp, &path)
+    } else {
+        match std::fs::hard_link(&tmp, &path) {
+            // A filesystem without hard links (vfat, some FUSE and CIFS
+            // mounts): made in place instead, still never over a key.
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                tracing::debug!(file = ?path, "no hard link ({e}); writing the key in place");
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)
+                    .and_then(|mut f| f.write_all(format!("{key}\n").as_bytes()).and_then(|()| f.sync_all()))
+            }
+            r => r,
+        }
+    };
     let _ = std::fs::remove_file(&tmp);
     match placed {
         Ok(()) => {

@@ -239,12 +239,13 @@ pub(crate) fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) ->
     if !is_trusted(ip) {
         return ip;
     }
+    // Entry by entry, from the bytes: junk a client wrote on the left of a
+    // line cannot hide the entries the proxies appended on its right.
     let entries: Vec<&str> = headers
         .get_all("x-forwarded-for")
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(|e| std::str::from_utf8(e).map(str::trim).unwrap_or(""))
         .collect();
     for entry in entries.iter().rev() {
         let Some(next) = parse_forwarded(entry) else { break };
@@ -282,17 +283,34 @@ async fn client_and_audit(
     // POSTs, and any other method that would change something (all are 405s here).
     let audited = (req.method() != Method::GET && req.method() != Method::HEAD)
         .then(|| (req.method().clone(), req.uri().path().to_string()));
+    // Logged when the request ends however it ends: a client that hangs up
+    // mid-request drops this future, while what it asked for (committed on
+    // the blocking pool) may still happen; that is audited as `cancelled`.
+    let mut audit = audited.map(|(method, path)| RequestAudit { method, path, client, status: None });
     let res = next.run(req).await;
-    if let Some((method, path)) = audited {
-        tracing::info!(
-            method = method.as_str(),
-            path = path.as_str(),
-            client = %client,
-            status = res.status().as_u16(),
-            "audit: request"
-        );
+    if let Some(a) = audit.as_mut() {
+        a.status = Some(res.status().as_u16());
     }
     res
+}
+
+/// The audit line of one request that could change something, written on drop.
+struct RequestAudit {
+    method: Method,
+    path: String,
+    client: IpAddr,
+    /// The answer's status; `None`: the client went away before it.
+    status: Option<u16>,
+}
+
+impl Drop for RequestAudit {
+    fn drop(&mut self) {
+        let (method, path, client) = (self.method.as_str(), self.path.as_str(), self.client);
+        match self.status {
+            Some(status) => tracing::info!(method, path, client = %client, status, "audit: request"),
+            None => tracing::warn!(method, path, client = %client, status = "cancelled", "audit: request"),
+        }
+    }
 }
 
 async fn not_found() -> (axum::http::StatusCode, &'static str) {
@@ -353,6 +371,10 @@ mod tests {
         assert_eq!(client_ip(ip("::ffff:127.0.0.1"), &xff(&["1.2.3.4:5678"]), &trusted), ip("1.2.3.4"));
         assert_eq!(client_ip(ip("127.0.0.1"), &xff(&["[2001:db8::1]:443"]), &trusted), ip("2001:db8::1"));
         assert_eq!(client_ip(ip("127.0.0.1"), &xff(&["[2001:db8::1]"]), &trusted), ip("2001:db8::1"));
+        // Bytes a client wrote on the left of the line do not hide what the proxy appended.
+        let mut junk = HeaderMap::new();
+        junk.insert("x-forwarded-for", axum::http::HeaderValue::from_bytes(b"\x80\xff, 1.2.3.4").unwrap());
+        assert_eq!(client_ip(ip("127.0.0.1"), &junk, &trusted), ip("1.2.3.4"));
         // No header, or only proxies: the last trusted address; garbage stops the walk.
         assert_eq!(client_ip(ip("127.0.0.1"), &HeaderMap::new(), &trusted), ip("127.0.0.1"));
         assert_eq!(client_ip(ip("127.0.0.1"), &xff(&["10.2.2.2, 10.1.1.1"]), &trusted), ip("10.2.2.2"));

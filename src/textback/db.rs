@@ -257,14 +257,14 @@ fn set_status(
     Ok(())
 }
 
-/// Whether `number` opted out of texts from `sender`: the newer of its
-/// row for `sender` and its row for [`ANY_SENDER`] says (on a tie, the
-/// opt-out).
+/// Whether `number` opted out of texts from `sender`: its row for `sender`
+/// says so, or its row for [`ANY_SENDER`] does. The [`ANY_SENDER`] row only
+/// ever adds an opt-out: a START sent to something that is no phone number
+/// (a short code, a WhatsApp sender) never lifts a STOP sent to one of ours.
 pub fn opted_out(conn: &Connection, number: &str, sender: &str) -> rusqlite::Result<bool> {
     Ok(conn
         .query_row(
-            "SELECT opted_out FROM sms_opt_outs_v2 WHERE number = ?1 AND sender IN (?2, ?3)
-             ORDER BY updated_ms DESC, opted_out DESC LIMIT 1",
+            "SELECT COALESCE(MAX(opted_out), 0) FROM sms_opt_outs_v2 WHERE number = ?1 AND sender IN (?2, ?3)",
             params![number, sender, ANY_SENDER],
             |r| r.get::<_, bool>(0),
         )
@@ -421,11 +421,18 @@ mod tests {
         assert!(!opted_out(&c, "+15551230001", b).unwrap());
         assert_eq!(claim(&mut c, &req("evt_2", "+15551230001"), 2000).unwrap(), Claim::Skipped(SkipReason::OptedOut));
 
-        // An opt-out to no known number counts for every sender, until a START to one.
+        // An opt-out to no known number counts for every sender; a START to
+        // one of ours does not lift it (only a START to no known number does).
         set_opt_out(&c, "+15551230002", ANY_SENDER, true, "STOP", None, 30).unwrap();
         assert!(opted_out(&c, "+15551230002", a).unwrap() && opted_out(&c, "+15551230002", b).unwrap());
         set_opt_out(&c, "+15551230002", b, false, "START", None, 40).unwrap();
-        assert!(opted_out(&c, "+15551230002", a).unwrap() && !opted_out(&c, "+15551230002", b).unwrap());
+        assert!(opted_out(&c, "+15551230002", a).unwrap() && opted_out(&c, "+15551230002", b).unwrap());
+        set_opt_out(&c, "+15551230002", ANY_SENDER, false, "START", None, 45).unwrap();
+        assert!(!opted_out(&c, "+15551230002", a).unwrap() && !opted_out(&c, "+15551230002", b).unwrap());
+        // A START to no known number (a short code, say) never lifts a STOP to one of ours.
+        set_opt_out(&c, "+15551230004", a, true, "STOP", None, 60).unwrap();
+        set_opt_out(&c, "+15551230004", ANY_SENDER, false, "YES", None, 70).unwrap();
+        assert!(opted_out(&c, "+15551230004", a).unwrap() && !opted_out(&c, "+15551230004", b).unwrap());
         // On a tie, the opt-out.
         set_opt_out(&c, "+15551230003", a, false, "START", None, 50).unwrap();
         set_opt_out(&c, "+15551230003", ANY_SENDER, true, "STOP", None, 50).unwrap();
