@@ -74,7 +74,9 @@ CREATE TABLE IF NOT EXISTS leads (
     note TEXT,
     text_back TEXT,
     lead TEXT NOT NULL,
-    updated_ms INTEGER NOT NULL
+    updated_ms INTEGER NOT NULL,
+    -- A transfer handled this lead once already (a reopen after it stays open).
+    transfer_settled INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS leads_received ON leads (received_ms);
 CREATE INDEX IF NOT EXISTS leads_call ON leads (call_id);
@@ -174,11 +176,6 @@ enum Arrival {
 /// The key of the `lead.handled` a transfer publishes (`Event::keyed`).
 const TRANSFERRED: &str = "transferred";
 
-/// The id of the `lead.handled` a transfer publishes for `lead`.
-fn transfer_handled_id(lead: &Lead) -> String {
-    Event::keyed(EventType::LeadHandled, TRANSFERRED, String::new(), lead).id
-}
-
 /// What [`upsert`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Upserted {
@@ -249,16 +246,17 @@ fn upsert(
     // A transferred caller reached a person: the lead is handled, by the
     // transfer, when the call ended (our leg ends as the transfer succeeds).
     // A person's handling is kept; a `lead.updated` (transcripts, a
-    // reopen) settles nothing, and a transfer settles a lead once: when
-    // its `lead.handled` is in the outbox already (a reopen came between
-    // `call.transferred` and `lead.completed`), the lead stays open.
+    // reopen) settles nothing, and a transfer settles a lead once, as the
+    // row records: a lead reopened after it (say between `call.transferred`
+    // and `lead.completed`) stays open, however long the outbox keeps events.
     let mut settled = false;
     if lead.outcome == Outcome::Transferred && settle_transfer {
         let at = lead.ended_at.as_deref().and_then(parse_ms).unwrap_or(now_ms);
         settled = conn.execute(
-            "UPDATE leads SET status = 'handled', handled_ms = ?2, handled_by = 'transfer', next_reminder_ms = NULL
-             WHERE id = ?1 AND status = 'new' AND NOT EXISTS (SELECT 1 FROM events WHERE id = ?3)",
-            params![lead.id, at, transfer_handled_id(lead)],
+            "UPDATE leads SET status = 'handled', handled_ms = ?2, handled_by = 'transfer', next_reminder_ms = NULL,
+                transfer_settled = 1
+             WHERE id = ?1 AND status = 'new' AND transfer_settled = 0",
+            params![lead.id, at],
         )? > 0;
     }
     Ok(Upserted { inserted: !existed, settled })

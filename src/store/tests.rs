@@ -639,6 +639,18 @@ fn a_transfer_publishes_lead_handled_once_in_the_same_transaction() {
         kinds2,
         [EventType::CallTransferred, EventType::LeadHandled, EventType::LeadUpdated, EventType::LeadCompleted]
     );
+
+    // The same when the outbox no longer has the transfer's lead.handled
+    // (delivered and pruned before a late lead.completed): the row remembers.
+    let mut k = calm(lead(3, T0, Some(15)));
+    k.outcome = Outcome::Transferred;
+    put(&mut ob, EventType::CallTransferred, &k, T0 + 30_000);
+    ob.conn().execute("DELETE FROM events WHERE kind = 'lead.handled' AND call_id = ?1", [&k.call_id]).unwrap();
+    change_in(&mut ob, &[hook()], "lead-3", T0 + MIN, reopening).unwrap();
+    put(&mut ob, EventType::LeadCompleted, &k, T0 + 2 * MIN);
+    assert_eq!(get(ob.conn(), "lead-3", T0 + 2 * MIN).unwrap().unwrap().status, LeadStatus::New);
+    let handled = committed(&mut ob, "lead-3").iter().filter(|e| e.kind == EventType::LeadHandled).count();
+    assert_eq!(handled, 0, "only the pruned one");
 }
 
 #[tokio::test]
