@@ -164,7 +164,10 @@ impl Outbox {
         now_ms: i64,
         then: impl FnOnce(&Connection) -> rusqlite::Result<()>,
     ) -> rusqlite::Result<()> {
-        let tx = self.conn.transaction()?;
+        // IMMEDIATE: it reads, then writes, and other connections write to
+        // this file (the text-back's, `backstop leads done`); a deferred
+        // transaction could not take the write lock after one of theirs.
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         then(&tx)?;
         let known = tx.query_row("SELECT 1 FROM events WHERE id = ?1", params![event.id], |_| Ok(())).optional()?;
         if known.is_some() {

@@ -42,7 +42,8 @@ pub fn import_once(outbox: &mut Outbox, leads_jsonl: &Path) -> rusqlite::Result<
             return Ok(0);
         }
     };
-    let tx = conn.transaction()?;
+    // IMMEDIATE: it reads, then writes, beside other writers of the file.
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let mut taken = 0;
     // The outbox's events, newest first: the first one seen of a lead is its latest.
     let outboxed: Vec<Lead> = {

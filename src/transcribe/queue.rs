@@ -99,7 +99,8 @@ pub fn wants_transcripts(lead: &Lead) -> bool {
 /// Hold a finished lead until its transcripts are in, or until `due_ms`.
 /// Its answers' jobs are queued here too if the call did not manage to.
 pub fn hold(conn: &mut Connection, lead: &Lead, due_ms: i64, now_ms: i64) -> rusqlite::Result<()> {
-    let tx = conn.transaction()?;
+    // IMMEDIATE: it reads, then writes, beside other writers of the file.
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     // A step whose last answer has no recording (answered again without
     // speech, or its file could not be written) has nothing to wait for.
     let steps: Vec<String> = {
