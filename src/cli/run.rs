@@ -127,10 +127,8 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
             }
             None => None,
         };
-        let reload = match (http.clone(), config_path) {
-            (Some(face), Some(path)) => Some(tokio::spawn(reload_on_hangup(face, path))),
-            _ => None,
-        };
+        // Always handled: SIGHUP's default would end the agent mid-call.
+        let reload = Some(tokio::spawn(reload_on_hangup(http.clone(), config_path)));
         let finish = LeadFinish {
             lines: lines.clone(),
             urgent: match &cfg.transcribe {
@@ -204,12 +202,18 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
 
 /// On SIGHUP, read the config file again and give the HTTP face its users
 /// and API tokens (a leaked token is revoked by removing it and reloading).
-/// A config with problems changes nothing; the problems are logged.
-async fn reload_on_hangup(face: Arc<HttpFace>, path: PathBuf) {
+/// A config with problems changes nothing; the problems are logged. Without
+/// an HTTP face or a config file there is nothing to reload, and the signal
+/// is only logged (its default action would end the agent mid-call).
+async fn reload_on_hangup(face: Option<Arc<HttpFace>>, path: Option<PathBuf>) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
     while hup.recv().await.is_some() {
-        match Config::load(&path) {
+        let (Some(face), Some(path)) = (&face, &path) else {
+            tracing::info!("SIGHUP: nothing to reload (only the [http] users and tokens of a config file are)");
+            continue;
+        };
+        match Config::load(path) {
             Ok(cfg) => {
                 face.reload(&cfg);
                 tracing::info!(config = %path.display(), "SIGHUP: HTTP users and API tokens reloaded");
