@@ -383,16 +383,7 @@ fn a_called_lead_in_the_api_with_playable_recordings_then_handled() {
 
 #[test]
 fn passwd_refuses_an_empty_password_and_a_taken_port_is_named() {
-    use std::io::Write;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_backstop"))
-        .arg("passwd")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(b"\n").unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = run_passwd(b"\n");
     assert!(!out.status.success());
     assert!(out.stdout.is_empty());
     assert!(String::from_utf8_lossy(&out.stderr).contains("empty"), "{}", String::from_utf8_lossy(&out.stderr));

@@ -235,13 +235,7 @@ fn check_phc(hash: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use crate::config::Config;
-
-    fn problems(text: &str) -> Vec<String> {
-        match Config::parse(text, None) {
-            Ok(_) => Vec::new(),
-            Err(errors) => errors.into_iter().map(|e| format!("{}: {}", e.key, e.message)).collect(),
-        }
-    }
+    use crate::config::test_problems as problems;
 
     const HASH: &str =
         "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$2hp1f0ViJ8wBS8rcE2jpgdyzHhkOXPWz1Lv7AP9mBGM";

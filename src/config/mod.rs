@@ -273,3 +273,13 @@ impl Config {
         self.data.dir.join("recordings")
     }
 }
+
+/// A config text's problems as `key: message` lines (none when it reads
+/// clean): what the sections' tests check against.
+#[cfg(test)]
+pub(crate) fn test_problems(text: &str) -> Vec<String> {
+    match Config::parse(text, None) {
+        Ok(_) => Vec::new(),
+        Err(errors) => errors.into_iter().map(|e| format!("{}: {}", e.key, e.message)).collect(),
+    }
+}

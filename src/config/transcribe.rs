@@ -85,13 +85,7 @@ impl TranscribeConfig {
 #[cfg(test)]
 mod tests {
     use crate::config::Config;
-
-    fn problems(text: &str) -> Vec<String> {
-        match Config::parse(text, None) {
-            Ok(_) => Vec::new(),
-            Err(errors) => errors.into_iter().map(|e| format!("{}: {}", e.key, e.message)).collect(),
-        }
-    }
+    use crate::config::test_problems as problems;
 
     #[test]
     fn transcribe_needs_a_model_and_sane_limits() {

@@ -142,8 +142,8 @@ pub fn post_form(addr: SocketAddr, path: &str, headers: &[(&str, &str)], form: &
     request(addr, "POST", path, &h, body.as_bytes())
 }
 
-/// The argon2 hash `backstop passwd` prints for `password`.
-pub fn passwd(password: &str) -> String {
+/// `backstop passwd` run with `input` on its standard input.
+pub fn run_passwd(input: &[u8]) -> std::process::Output {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_backstop"))
         .arg("passwd")
         .stdin(std::process::Stdio::piped())
@@ -151,8 +151,13 @@ pub fn passwd(password: &str) -> String {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// The argon2 hash `backstop passwd` prints for `password`.
+pub fn passwd(password: &str) -> String {
+    let out = run_passwd(format!("{password}\n").as_bytes());
     assert!(out.status.success(), "backstop passwd: {}", String::from_utf8_lossy(&out.stderr));
     let hash = String::from_utf8(out.stdout).unwrap().trim().to_string();
     assert!(hash.starts_with("$argon2id$"), "{hash}");
