@@ -10,6 +10,7 @@
 #   cmake, clang and libclang-dev build whisper.cpp (the `whisper` feature), and
 #   scripts/get-model.sh fetches and checks the model the transcription tests use;
 #   chromium and chromium-driver (WebDriver) drive the lead inbox in a real browser;
+#   Prometheus scrapes /metrics during a SIPp run, and its promtool checks the exposition;
 #   Prism (npm, pinned in tests/contracts/) serves Twilio's published OpenAPI
 #   description as a validating mock for the text-back contract test.
 # Tests talk to loopback only. Run as root: apt-get on a fresh machine, and
@@ -30,6 +31,7 @@ dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   sudo=""

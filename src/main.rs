@@ -53,6 +53,20 @@ enum Command {
     },
     /// Print an argon2 hash of a password read from stdin, for `[[http.user]] password_hash`.
     Passwd,
+    /// The missed-call report: calls by hour and weekday, outcomes, the intake
+    /// funnel, time to answer and to call back; as text, JSON, CSV or HTML.
+    Report {
+        #[command(flatten)]
+        args: backstop::cli::report::ReportArgs,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Place a real test call (to the running agent, or any SIP URI) and
+    /// check that it is answered and the first prompt is heard; exits
+    /// non-zero when a check fails.
+    TestCall(backstop::cli::test_call::TestCallArgs),
     /// Read the leads: the lead store (list, done) or the leads file (tail).
     Leads {
         #[command(subcommand)]
@@ -202,6 +216,21 @@ fn main() -> ExitCode {
             })
         }
         Command::Passwd => finish(backstop::cli::passwd::run()),
+        Command::Report { args, config, data_dir } => {
+            let cfg = match config_or_exit(config.as_deref(), data_dir) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            finish(backstop::cli::report::run(&cfg, args))
+        }
+        Command::TestCall(args) => match backstop::cli::test_call::run(args) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("backstop: test-call: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Leads { action: LeadsAction::List { open, overdue, n }, config, data_dir } => {
             let cfg = match config_or_exit(config.as_deref(), data_dir) {
                 Ok(c) => c,

@@ -5,7 +5,9 @@
 pub mod inspect;
 pub mod leads;
 pub mod passwd;
+pub mod report;
 pub mod run;
+pub mod test_call;
 
 use crate::config::{Config, ConfigErrors, compile_schedule};
 use crate::media_files::load_prompts;

@@ -5,10 +5,11 @@
 //! end of the grace ends them), and the last leads flushed to disk.
 
 use super::load_lines;
-use crate::agent::{Agent, Shutdown};
+use crate::agent::{Agent, LiveLines, Shutdown};
 use crate::config::Config;
 use crate::http::links::Links;
 use crate::http::{Context as HttpContext, HttpFace};
+use crate::metrics::Metrics;
 use crate::sink::delivery::{Delivery, Sink, Target};
 use crate::sink::event::EventType;
 use crate::sink::outbox::{LineFilter, Outbox, SinkSpec};
@@ -82,7 +83,8 @@ pub(crate) fn sinks(cfg: &Config) -> anyhow::Result<Vec<Sink>> {
 /// Run the agent until a signal, then shut down in order. `config_path` is
 /// read again on SIGHUP, for the HTTP face's users and API tokens.
 pub fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
-    let lines = Arc::new(load_lines(&cfg)?);
+    let lines = LiveLines::new(load_lines(&cfg)?);
+    let metrics = Metrics::new();
     // A missing or corrupt model stops the start, before any call is taken.
     let model = match &cfg.transcribe {
         Some(t) => Some(load_model(t).context("[transcribe]")?),
@@ -97,6 +99,7 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let outbox = Outbox::open(&outbox_path).with_context(|| format!("opening the outbox {}", outbox_path.display()))?;
     let mut delivery = Delivery::new(outbox, sinks(&cfg)?, cfg.outbox.max_pending, cfg.outbox.keep_delivered);
     delivery.set_links(Links::from_config(&cfg).context("[http]")?);
+    delivery.set_metrics(metrics.clone());
     {
         // Leads from before the store: taken in once.
         let db = delivery.outbox();
@@ -120,13 +123,22 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         workers.push(tokio::spawn(crate::store::clock::run(delivery.publisher(), cfg.callback.policy(), workers_rx.clone())));
         let http = match &cfg.http {
             Some(h) => {
-                let ctx = HttpContext { cfg: cfg.clone(), db: delivery.outbox(), publisher: delivery.publisher() };
+                let ctx = HttpContext {
+                    cfg: cfg.clone(),
+                    db: delivery.outbox(),
+                    publisher: delivery.publisher(),
+                    metrics: metrics.clone(),
+                };
                 let face = HttpFace::start(ctx, workers_rx.clone()).await.context("[http]")?;
                 tracing::info!(listen = %h.listen, "HTTP face ready");
                 Some(Arc::new(face))
             }
             None => None,
         };
+        if let Some(listen) = cfg.metrics.listen {
+            workers.push(crate::metrics::serve(metrics.clone(), listen, workers_rx.clone()).await.context("[metrics]")?);
+            tracing::info!(%listen, "metrics ready");
+        }
         // Always handled: SIGHUP's default would end the agent mid-call.
         let reload = Some(tokio::spawn(reload_on_hangup(http.clone(), config_path)));
         let finish = LeadFinish {
@@ -158,8 +170,9 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         };
         let grace = cfg.call.shutdown_grace;
         let transcriber = service.as_ref().map(|s| s.transcriber.clone());
-        let agent = Agent::bind(cfg, lines, delivery.publisher(), transcriber).await?;
+        let agent = Agent::bind(cfg, lines, delivery.publisher(), transcriber, metrics.clone()).await?;
         let (tx, rx) = tokio::sync::watch::channel(Shutdown::Running);
+        let drain_metrics = metrics.clone();
         tokio::spawn(async move {
             let mut signals = Signals::new();
             signals.next().await;
@@ -167,6 +180,7 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
                 grace_secs = grace.as_secs(),
                 "signal received: refusing new calls; calls in progress may finish (a second signal ends them now)"
             );
+            drain_metrics.health.set_draining();
             let _ = tx.send(Shutdown::Draining);
             tokio::select! {
                 _ = signals.next() => tracing::info!("second signal: ending calls now"),

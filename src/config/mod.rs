@@ -64,6 +64,17 @@ pub struct Config {
     pub callback: CallbackConfig,
     /// Instant text-backs to missed callers, for every line without its own.
     pub text_back: Vec<TextBackConfig>,
+    /// Prometheus metrics and health checks, when there is no `[http]` face.
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve `/metrics`, `/healthz` and `/readyz` here (like
+    /// "127.0.0.1:9464"). With `[http]` configured they are served there
+    /// as well; without either, nowhere.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -86,6 +97,17 @@ pub struct PromptsConfig {
 pub struct LogConfig {
     /// tracing filter, e.g. "info" or "backstop=debug". RUST_LOG overrides it.
     pub level: String,
+    /// `text` (one readable line per event) or `json` (one JSON object per
+    /// line, for log shippers).
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// A secret or password that could not be read from where the config says.
@@ -152,6 +174,7 @@ impl Default for Config {
             http: None,
             callback: Default::default(),
             text_back: Vec::new(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -170,7 +193,7 @@ impl Default for PromptsConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { level: "info".into() }
+        LogConfig { level: "info".into(), format: LogFormat::Text }
     }
 }
 

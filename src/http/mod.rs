@@ -54,6 +54,8 @@ pub struct Context {
     pub db: Arc<Mutex<Outbox>>,
     /// Commits `lead.handled` and the like.
     pub publisher: Publisher,
+    /// What `/metrics` and `/readyz` report.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The handlers' shared state.

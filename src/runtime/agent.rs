@@ -2,17 +2,18 @@
 //! per `[[register]]` account, and runs the dispatch loop until the shutdown
 //! begins; then [`WindDown`] finishes the calls and the registrations.
 
+use super::LiveLines;
 use super::Shared;
 use super::dispatch::{Dispatcher, Notice};
 use super::phases::PhaseSlots;
 use super::registration::RegistrationTask;
 use super::shutdown::{Shutdown, WindDown};
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::pacer::Pacer;
 use crate::sink::delivery::Publisher;
 use crate::transcribe::service::Transcriber;
 use crate::transport::{Inbound, TcpLimits, serve_tcp, serve_udp};
-use backstop_core::route::line::Lines;
 use backstop_core::sip::admission::{Admission, AdmissionConfig};
 use backstop_core::sip::register::Registration;
 use std::net::SocketAddr;
@@ -31,12 +32,13 @@ pub struct Agent {
 
 impl Agent {
     /// Bind SIP on UDP and TCP at the configured address (same port); every
-    /// call runs what its line in `lines` says.
+    /// call runs what its line in `lines` says, as they are at its INVITE.
     pub async fn bind(
         cfg: Config,
-        lines: Arc<Lines>,
+        lines: Arc<LiveLines>,
         events: Publisher,
         transcriber: Option<Transcriber>,
+        metrics: Arc<Metrics>,
     ) -> anyhow::Result<Agent> {
         use anyhow::Context;
         let listen = cfg.sip.listen;
@@ -44,7 +46,8 @@ impl Agent {
         let local_sip = udp.local_addr()?;
         let tcp = TcpListener::bind(local_sip).await.with_context(|| format!("binding SIP TCP on {local_sip}"))?;
         let pacer = Pacer::start().context("starting the RTP pacer thread")?;
-        let shared = Shared { cfg, lines, events, transcriber, local_sip, phases: PhaseSlots::new(), pacer };
+        metrics.health.set_sip_bound(local_sip);
+        let shared = Shared { cfg, lines, events, transcriber, local_sip, phases: PhaseSlots::new(), pacer, metrics };
         Ok(Agent { udp: Arc::new(udp), tcp, shared: Arc::new(shared) })
     }
 

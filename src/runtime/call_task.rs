@@ -73,7 +73,7 @@ impl CallTask {
         tracing::info!(%from, transport = %reply.transport(), rtp = %setup.dialog.local_rtp, caller = %invite.from.raw, called = %invite.to.raw, "INVITE");
         let mut facts = CallFacts::from_invite(&invite);
         facts.account = account_of(cfg, &invite);
-        let line = shared.lines.route(&facts).clone();
+        let line = shared.lines.current().route(&facts).clone();
         // The callback clock: when this caller should have been called back,
         // by the line's business hours (`[callback]`, `store::clock`).
         let due_at =

@@ -28,20 +28,22 @@
 mod agent;
 mod call_task;
 mod dispatch;
+mod live;
 mod phases;
 mod ports;
 mod registration;
 mod shutdown;
 
 pub use agent::Agent;
+pub use live::LiveLines;
 pub use shutdown::Shutdown;
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::pacer::Pacer;
 use crate::sink::delivery::Publisher;
 use crate::sink::event::Event;
 use crate::transcribe::service::Transcriber;
-use backstop_core::route::line::Lines;
 use phases::PhaseSlots;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -49,8 +51,11 @@ use std::sync::Arc;
 /// What every call and registration task reads, shared by all.
 struct Shared {
     cfg: Config,
-    /// What each line runs; a call takes the one its INVITE routes to.
-    lines: Arc<Lines>,
+    /// What each line runs; a call takes the one its INVITE routes to, from
+    /// the set current at its INVITE (a SIGHUP replaces the set).
+    lines: Arc<LiveLines>,
+    /// Counts what happens, for `/metrics`.
+    metrics: Arc<Metrics>,
     events: Publisher,
     /// Queues voice answers and holds leads for their transcripts, when `[transcribe]` is on.
     transcriber: Option<Transcriber>,

@@ -169,6 +169,7 @@ pub struct Delivery {
     keep_delivered: Duration,
     held: Held,
     links: Option<Arc<crate::http::links::Links>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Delivery {
@@ -182,7 +183,13 @@ impl Delivery {
             keep_delivered,
             held: Default::default(),
             links: None,
+            metrics: crate::metrics::Metrics::new(),
         }
+    }
+
+    /// Count deliveries in `metrics` (a fresh, unexported set until this is called).
+    pub fn set_metrics(&mut self, metrics: Arc<crate::metrics::Metrics>) {
+        self.metrics = metrics;
     }
 
     /// Sign recording links into every event published from now on.
@@ -233,7 +240,7 @@ impl Delivery {
     pub fn spawn(&self, shutdown: watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
         let mut tasks = Vec::new();
         for (sink, wake) in self.sinks.iter().cloned().zip(self.wake.iter().cloned()) {
-            tasks.push(tokio::spawn(worker(self.db.clone(), sink, wake, shutdown.clone())));
+            tasks.push(tokio::spawn(worker(self.db.clone(), sink, wake, shutdown.clone(), self.metrics.clone())));
         }
         tasks.push(tokio::spawn(housekeeping(
             self.db.clone(),

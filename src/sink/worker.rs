@@ -18,7 +18,13 @@ async fn blocking<T: Send + 'static>(db: &Arc<Mutex<Outbox>>, f: impl FnOnce(&Ou
     tokio::task::spawn_blocking(move || f(&db.lock().unwrap_or_else(|p| p.into_inner()))).await.expect("outbox task")
 }
 
-pub(super) async fn worker(db: Arc<Mutex<Outbox>>, sink: Sink, wake: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
+pub(super) async fn worker(
+    db: Arc<Mutex<Outbox>>,
+    sink: Sink,
+    wake: Arc<Notify>,
+    mut shutdown: watch::Receiver<bool>,
+    _metrics: Arc<crate::metrics::Metrics>,
+) {
     let name = sink.spec.name.clone();
     tracing::info!(sink = %name, "delivery worker started");
     loop {

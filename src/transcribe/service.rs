@@ -19,7 +19,6 @@ use crate::sink::outbox::Outbox;
 use backstop_core::intake::lead::{Lead, rfc3339};
 use backstop_core::intake::summary::{UrgentWords, summary};
 use backstop_core::intake::transcript::Transcript;
-use backstop_core::route::line::Lines;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -122,14 +121,15 @@ pub struct Service {
 /// What the sender task needs to finish a lead: its line's script (for the
 /// summary) and the urgent words.
 pub struct LeadFinish {
-    pub lines: Arc<Lines>,
+    /// The lines as they are now (a SIGHUP may have replaced them).
+    pub lines: Arc<crate::runtime::LiveLines>,
     pub urgent: UrgentWords,
 }
 
 impl LeadFinish {
     fn apply(&self, lead: &mut Lead) {
         lead.urgent_words = self.urgent.find(lead);
-        lead.summary = summary(lead, &self.lines.named(&lead.line).program);
+        lead.summary = summary(lead, &self.lines.current().named(&lead.line).program);
     }
 }
 
@@ -504,7 +504,7 @@ mod tests {
     struct Rig {
         dir: PathBuf,
         delivery: Delivery,
-        lines: Arc<Lines>,
+        lines: Arc<crate::runtime::LiveLines>,
     }
 
     fn rig(name: &str) -> Rig {
@@ -531,7 +531,11 @@ mod tests {
             schedule: None,
             junk: Arc::new(JunkRules::compile(&Default::default()).unwrap()),
         };
-        Rig { dir, delivery, lines: Arc::new(Lines::new(Vec::new(), line)) }
+        Rig {
+            dir,
+            delivery,
+            lines: crate::runtime::LiveLines::new(backstop_core::route::line::Lines::new(Vec::new(), line)),
+        }
     }
 
     impl Rig {
