@@ -172,7 +172,7 @@ fn run_call() -> Committed {
                     committed.events.push(Event::new(EventType::LeadCompleted, wall(t0, now), &lead))
                 }
                 CallEvent::Recording { file, samples, .. } => committed.recordings.push((file, samples.len())),
-                CallEvent::Progress(..) | CallEvent::Detail(..) => {}
+                CallEvent::Progress(..) | CallEvent::Detail(..) | CallEvent::Tally(_) => {}
                 CallEvent::PromptMissing(p) => panic!("prompt {p} is not loaded"),
                 CallEvent::Transferred(_) => panic!("the default script transfers no one"),
             }

@@ -16,7 +16,7 @@ pub mod transfer;
 use crate::intake::lead::{Lead, Outcome, rfc3339};
 use crate::intake::script::{Script, ScriptAction, ScriptContext};
 use crate::intake::summary::summary;
-use crate::media::dtmf::{DtmfEvent, DtmfMerger, parse_info};
+use crate::media::dtmf::{DtmfEvent, DtmfMerger, DtmfSource, parse_info};
 use crate::media::prompt::PromptSet;
 use crate::media::recorder::Audio;
 use crate::media::rtp::{MediaEvent, MediaSession, MediaStats, RtpPacket};
@@ -64,6 +64,18 @@ pub enum CallEvent {
     },
     /// The finished lead: write it.
     Lead(Box<Lead>),
+    /// Something for the runtime to count (its metrics), typed so that no
+    /// one parses a progress line.
+    Tally(Tally),
+}
+
+/// What a call reports for counting, as it happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tally {
+    /// The 200 OK to the INVITE has just been sent (INVITE→200 latency ends here).
+    Answered,
+    /// A key press, counted once whichever way it came.
+    Digit(DtmfSource),
 }
 
 /// The intake side of a call: the line it is for and how to listen.
@@ -348,6 +360,7 @@ impl Call {
                     l.answered_at = Some(at);
                 }
                 self.progress("answered", "200 OK sent".into());
+                self.events.push_back(CallEvent::Tally(Tally::Answered));
             }
             DialogEvent::Confirmed { negotiated, remote_rtp, direction } => {
                 let (ssrc, seq, ts) = self.setup.rtp_seed;
@@ -460,6 +473,7 @@ impl Call {
                 l.dtmf.push(d.digit);
             }
             self.progress("dtmf", format!("digit {} ({:?})", d.digit, d.source));
+            self.events.push_back(CallEvent::Tally(Tally::Digit(d.source)));
             self.script.handle_dtmf(now, d.digit);
         }
     }
@@ -730,6 +744,15 @@ mod tests {
         let until = now + Duration::from_millis(100);
         drive(&mut call, &mut now, until, &mut run);
         assert_eq!(run.leads[0].dtmf, "42");
+        // Counted once each, by the way each first came, and the answer once.
+        assert_eq!(
+            tallies(&run),
+            [Tally::Answered, Tally::Digit(DtmfSource::Rfc4733), Tally::Digit(DtmfSource::SipInfo)]
+        );
+    }
+
+    fn tallies(run: &Run) -> Vec<Tally> {
+        run.events.iter().filter_map(|e| if let CallEvent::Tally(t) = e { Some(*t) } else { None }).collect()
     }
 
     #[test]
@@ -755,6 +778,7 @@ mod tests {
         let until = now + Duration::from_millis(100);
         drive(&mut call, &mut now, until, &mut run);
         assert_eq!(run.leads[0].dtmf, "9");
+        assert_eq!(tallies(&run), [Tally::Answered, Tally::Digit(DtmfSource::InBand)]);
     }
 
     #[test]
