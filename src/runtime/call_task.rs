@@ -137,6 +137,7 @@ impl CallTask {
                 match ev {
                     CallEvent::Progress(what, detail) => tracing::info!(event = what, "{detail}"),
                     CallEvent::Detail(what, detail) => tracing::debug!(event = what, "{detail}"),
+                    CallEvent::Tally(_) => {}
                     CallEvent::PromptMissing(name) => {
                         tracing::error!(prompt = %name, "script asks for a prompt that is not loaded")
                     }
