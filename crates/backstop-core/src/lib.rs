@@ -15,6 +15,7 @@
 //! * [`route`]: lines, business hours and junk rules.
 //! * [`callback`]: when a lead is due to be called back, and its reminders.
 //! * [`backoff`]: the wait before retrying, for registration and delivery.
+//! * [`probe`]: the test call (`backstop test-call`), a UAC that places one call and checks it.
 
 pub mod backoff;
 pub mod call;
@@ -23,6 +24,7 @@ pub mod callback;
 pub(crate) mod fixtures;
 pub mod intake;
 pub mod media;
+pub mod probe;
 pub mod route;
 pub mod sip;
 pub mod textback;
