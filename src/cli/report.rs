@@ -1,11 +1,123 @@
 //! `backstop report`: the command line of the missed-call report (`report`).
+//!
+//! It reads the lead store read-only (beside a running agent), or
+//! `leads.jsonl` with `--leads FILE` or when there is no store; takes the
+//! script order for the funnel from the config's lines; prints the report
+//! as text, JSON or CSV on stdout; and with `--html FILE` also writes the
+//! page. Warnings (unreadable lines skipped) go to stderr.
 
 use crate::config::Config;
+use crate::report::{Options, Report, html, source, window};
+use anyhow::Context;
+use std::path::PathBuf;
 
 /// What to report on, and how to write it.
 #[derive(Debug, clap::Args)]
-pub struct ReportArgs {}
+pub struct ReportArgs {
+    /// Leads received from this date (a day in --tz, like 2026-11-30) or RFC 3339 instant on.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Leads received before this instant, or up to the end of this date.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Only this line's leads (a [[line]] name, or "default").
+    #[arg(long)]
+    pub line: Option<String>,
+    /// The time zone of hours and weekdays, and of dates in --since/--until
+    /// (IANA, like America/New_York; default: this system's zone).
+    #[arg(long)]
+    pub tz: Option<String>,
+    /// How to print the report on stdout.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Also write the report as one self-contained HTML page with charts.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
+    /// Read this leads.jsonl instead of the lead store.
+    #[arg(long, value_name = "FILE")]
+    pub leads: Option<PathBuf>,
+}
 
-pub fn run(_cfg: &Config, _args: ReportArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not built yet")
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+    Csv,
+}
+
+/// The steps of the script(s) the report's leads ran, in order: the line's
+/// with `--line`, else every line's merged (the default line's first).
+fn script(cfg: &Config, line: Option<&str>) -> Vec<crate::report::ScriptStep> {
+    let plans = cfg.line_plans();
+    let (default, others) = plans.split_last().expect("line_plans ends with the default line");
+    match line {
+        Some(name) => plans
+            .iter()
+            .filter(|p| p.name == name)
+            .map(|p| p.steps)
+            .take(1)
+            .flat_map(|s| crate::report::script_order([s]))
+            .collect(),
+        None => crate::report::script_order(std::iter::once(default.steps).chain(others.iter().map(|p| p.steps))),
+    }
+}
+
+pub fn run(cfg: &Config, args: ReportArgs) -> anyhow::Result<()> {
+    let tz = window::zone(args.tz.as_deref())?;
+    let (since, until) = window::window(args.since.as_deref(), args.until.as_deref(), &tz)?;
+    let now = jiff::Timestamp::now();
+    let loaded = match &args.leads {
+        Some(file) => source::from_file(file)?,
+        None => match source::from_store(&cfg.outbox_path(), now.as_millisecond())? {
+            Some(l) => l,
+            None if cfg.leads_path().exists() => source::from_file(&cfg.leads_path())?,
+            None => anyhow::bail!(
+                "no leads to report on: neither a lead store ({}) nor a leads file ({}); \
+                 give --data-dir or --config of the agent, or --leads FILE",
+                cfg.outbox_path().display(),
+                cfg.leads_path().display()
+            ),
+        },
+    };
+    if loaded.skipped > 0 {
+        eprintln!(
+            "warning: {} unreadable {} in {} skipped",
+            loaded.skipped,
+            if loaded.kind == "store" { "row(s)" } else { "line(s)" },
+            loaded.path.display()
+        );
+    }
+    if let Some(line) = &args.line
+        && !cfg.line_plans().iter().any(|p| p.name == line)
+        && !loaded.leads.iter().any(|l| &l.lead.line == line)
+    {
+        eprintln!("warning: no line {line:?} in the config and no lead from it");
+    }
+    let opts = Options { since, until, line: args.line.clone(), tz, now, script: script(cfg, args.line.as_deref()) };
+    let report = Report::compute(&loaded.leads, &opts);
+    let source = format!(
+        "{} {}",
+        if loaded.kind == "store" { "the lead store" } else { "the leads file" },
+        loaded.path.display()
+    );
+    let out = match args.format {
+        Format::Text => crate::report::text::render(&report, &source),
+        Format::Json => {
+            let mut v = serde_json::to_value(&report)?;
+            v["source"] = serde_json::json!({ "kind": loaded.kind, "path": loaded.path, "skipped": loaded.skipped });
+            format!("{}\n", serde_json::to_string_pretty(&v)?)
+        }
+        Format::Csv => crate::report::csv::render(&report),
+    };
+    if let Some(file) = &args.html {
+        std::fs::write(file, html::render(&report, &source))
+            .with_context(|| format!("writing the HTML report to {}", file.display()))?;
+    }
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    // A closed pipe (`| head`) is not an error worth a message.
+    match stdout.write_all(out.as_bytes()).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.context("writing the report"),
+    }
 }
