@@ -2,15 +2,18 @@
 //! no event can be published before it has somewhere durable to go; then
 //! the SIP runtime; then the two-step shutdown on SIGTERM/SIGINT (refuse new
 //! calls and let calls finish for the grace period, a second signal or the
-//! end of the grace ends them), and the last leads flushed to disk.
+//! end of the grace ends them), and the last leads flushed to disk. Under
+//! systemd (`Type=notify`) it says READY once the SIP sockets are bound and
+//! STOPPING when the shutdown begins; SIGHUP reloads what can change while
+//! calls run (`reload_on_hangup`).
 
 use super::load_lines;
 use crate::agent::{Agent, LiveLines, Shutdown};
-use crate::config::Config;
+use crate::config::{Config, LogFormat};
 use crate::http::links::Links;
 use crate::http::{Context as HttpContext, HttpFace};
 use crate::metrics::Metrics;
-use crate::sink::delivery::{Delivery, Sink, Target};
+use crate::sink::delivery::{ConfiguredSink, Delivery, Sink, Target};
 use crate::sink::event::EventType;
 use crate::sink::outbox::{LineFilter, Outbox, SinkSpec};
 use crate::sink::webhook::Webhook;
@@ -18,22 +21,46 @@ use crate::transcribe::load_model;
 use crate::transcribe::service::{LeadFinish, Service, release_held};
 use anyhow::Context;
 use backstop_core::intake::summary::{DEFAULT_URGENT_WORDS, UrgentWords};
-use std::path::PathBuf;
+use sd_notify::NotifyState;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Logs to stdout at `[log] level` (or `RUST_LOG`), coloured on a terminal.
+/// Logs to stdout at `[log] level` (or `RUST_LOG`): readable lines,
+/// coloured on a terminal, or with `[log] format = "json"` one JSON object
+/// per line (`timestamp`, `level`, `fields` with the message, and `span` /
+/// `spans` with the call's `call_id`), for log shippers.
 pub fn init_logging(cfg: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
-    use std::io::IsTerminal;
-    let ansi = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi).init();
+    match cfg.log.format {
+        LogFormat::Text => {
+            use std::io::IsTerminal;
+            let ansi = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi).init();
+        }
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .with_env_filter(filter)
+            .with_target(false)
+            .init(),
+    }
 }
 
 /// The sinks the config asks for, with stable names (the outbox keys on them):
-/// what `run` delivers to, and what `backstop leads done` commits for.
+/// what `run` delivers to (through [`configured_sinks`]), and what the
+/// test of `backstop leads done` compares its sinks with.
+#[cfg(test)]
 pub(crate) fn sinks(cfg: &Config) -> anyhow::Result<Vec<Sink>> {
+    Ok(configured_sinks(cfg)?.into_iter().map(|c| c.sink).collect())
+}
+
+/// [`sinks`], each with what the config said about it: a reload keeps the
+/// worker of a sink whose settings did not change.
+fn configured_sinks(cfg: &Config) -> anyhow::Result<Vec<ConfiguredSink>> {
     let mut out = Vec::new();
     let local = |name: &str, events: Vec<EventType>, target| Sink {
         spec: SinkSpec { name: name.into(), events, lines: LineFilter::All },
@@ -41,17 +68,29 @@ pub(crate) fn sinks(cfg: &Config) -> anyhow::Result<Vec<Sink>> {
         max_interval: Duration::from_secs(5),
         max_age: Duration::from_secs(365 * 24 * 3600),
     };
+    let file_settings = |path: PathBuf| format!("{:?} {}", cfg.leads_file, path.display());
     if cfg.leads_file.enabled {
-        out.push(local(
-            "file:leads.jsonl",
-            vec![EventType::LeadCompleted, EventType::LeadUpdated],
-            Target::LeadsFile(cfg.leads_path()),
-        ));
+        out.push(ConfiguredSink {
+            sink: local(
+                "file:leads.jsonl",
+                vec![EventType::LeadCompleted, EventType::LeadUpdated],
+                Target::LeadsFile(cfg.leads_path()),
+            ),
+            settings: file_settings(cfg.leads_path()),
+        });
     }
     if cfg.leads_file.events {
-        out.push(local("file:events.jsonl", EventType::ALL.to_vec(), Target::EventsFile(cfg.events_path())));
+        out.push(ConfiguredSink {
+            sink: local("file:events.jsonl", EventType::ALL.to_vec(), Target::EventsFile(cfg.events_path())),
+            settings: file_settings(cfg.events_path()),
+        });
     }
-    out.extend(crate::textback::sinks(cfg).context("[[text_back]]")?);
+    // Any change to a text-back restarts them all: they are few and cheap.
+    let text_backs =
+        format!("{:?} {:?}", cfg.text_back, cfg.line.iter().map(|l| (&l.name, &l.text_back)).collect::<Vec<_>>());
+    for sink in crate::textback::sinks(cfg).context("[[text_back]]")? {
+        out.push(ConfiguredSink { settings: format!("{:?} {text_backs}", sink.spec), sink });
+    }
     // A line with webhooks of its own sends its leads there only; the
     // top-level webhooks take every other line's.
     let own: Vec<String> = cfg.line.iter().filter(|l| !l.webhook.is_empty()).map(|l| l.name.clone()).collect();
@@ -70,20 +109,25 @@ pub(crate) fn sinks(cfg: &Config) -> anyhow::Result<Vec<Sink>> {
             w.timeout,
         )
         .with_context(|| format!("webhook {}", w.url))?;
-        out.push(Sink {
-            spec: SinkSpec { name, events: w.event_types(), lines },
-            target: Target::Webhook(hook),
-            max_interval: w.max_retry_interval,
-            max_age: w.max_age,
+        let spec = SinkSpec { name, events: w.event_types(), lines };
+        out.push(ConfiguredSink {
+            settings: format!("{w:?} {spec:?}"),
+            sink: Sink { spec, target: Target::Webhook(hook), max_interval: w.max_retry_interval, max_age: w.max_age },
         });
     }
     Ok(out)
 }
 
 /// Run the agent until a signal, then shut down in order. `config_path` is
-/// read again on SIGHUP, for the HTTP face's users and API tokens.
+/// read again on SIGHUP (see [`reload_on_hangup`]); `cfg` is that file with
+/// the command line's `--listen` and `--data-dir` applied, which a reload keeps.
 pub fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let lines = LiveLines::new(load_lines(&cfg)?);
+    let overrides = match &config_path {
+        Some(p) => Config::load(p).map(|file| Overrides::between(&file, &cfg)).unwrap_or_default(),
+        None => Overrides::default(),
+    };
+    let started = cfg.clone();
     let metrics = Metrics::new();
     // A missing or corrupt model stops the start, before any call is taken.
     let model = match &cfg.transcribe {
@@ -97,9 +141,13 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", cfg.recordings_dir().display()))?;
     let outbox_path = cfg.outbox_path();
     let outbox = Outbox::open(&outbox_path).with_context(|| format!("opening the outbox {}", outbox_path.display()))?;
-    let mut delivery = Delivery::new(outbox, sinks(&cfg)?, cfg.outbox.max_pending, cfg.outbox.keep_delivered);
+    let configured = configured_sinks(&cfg)?;
+    let mut delivery = Delivery::new(outbox, Vec::new(), cfg.outbox.max_pending, cfg.outbox.keep_delivered);
     delivery.set_links(Links::from_config(&cfg).context("[http]")?);
     delivery.set_metrics(metrics.clone());
+    // The scrape reads the outbox (pending, dead) and the lead store in it; /readyz checks it takes writes.
+    // Shared with the reload task, which replaces its sinks.
+    let delivery = Arc::new(delivery);
     {
         // Leads from before the store: taken in once.
         let db = delivery.outbox();
@@ -114,6 +162,7 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     tracing::info!(outbox = %outbox_path.display(), leads = %cfg.leads_path().display(), webhooks, lines = cfg.line.len(), "lead delivery ready");
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let result = rt.block_on(async {
+        delivery.replace_sinks(configured).await;
         let recovered = delivery.recover().await.context("recovering the outbox")?;
         if recovered > 0 {
             tracing::warn!(calls = recovered, "closed the leads of calls cut off by the last stop");
@@ -140,7 +189,14 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
             tracing::info!(%listen, "metrics ready");
         }
         // Always handled: SIGHUP's default would end the agent mid-call.
-        let reload = Some(tokio::spawn(reload_on_hangup(http.clone(), config_path)));
+        let reload = Some(tokio::spawn(reload_on_hangup(Reload {
+            path: config_path,
+            overrides,
+            started,
+            lines: lines.clone(),
+            delivery: delivery.clone(),
+            face: http.clone(),
+        })));
         let finish = LeadFinish {
             lines: lines.clone(),
             urgent: match &cfg.transcribe {
@@ -170,7 +226,10 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         };
         let grace = cfg.call.shutdown_grace;
         let transcriber = service.as_ref().map(|s| s.transcriber.clone());
+        let listen = cfg.sip.listen;
         let agent = Agent::bind(cfg, lines, delivery.publisher(), transcriber, metrics.clone()).await?;
+        // The SIP sockets are bound: systemd may order what needs us after this.
+        notify(&[NotifyState::Ready, NotifyState::Status(&format!("answering calls on {listen}"))]);
         let (tx, rx) = tokio::sync::watch::channel(Shutdown::Running);
         let drain_metrics = metrics.clone();
         tokio::spawn(async move {
@@ -181,6 +240,10 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
                 "signal received: refusing new calls; calls in progress may finish (a second signal ends them now)"
             );
             drain_metrics.health.set_draining();
+            notify(&[
+                NotifyState::Stopping,
+                NotifyState::Status("stopping: refusing new calls; calls in progress may finish"),
+            ]);
             let _ = tx.send(Shutdown::Draining);
             tokio::select! {
                 _ = signals.next() => tracing::info!("second signal: ending calls now"),
@@ -214,31 +277,160 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     result
 }
 
-/// On SIGHUP, read the config file again and give the HTTP face its users
-/// and API tokens (a leaked token is revoked by removing it and reloading).
-/// A config with problems changes nothing; the problems are logged. Without
-/// an HTTP face or a config file there is nothing to reload, and the signal
-/// is only logged (its default action would end the agent mid-call).
-async fn reload_on_hangup(face: Option<Arc<HttpFace>>, path: Option<PathBuf>) {
+/// Tell systemd (`Type=notify`) how we are; nothing without `$NOTIFY_SOCKET`.
+fn notify(states: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!(error = %e, "could not notify systemd");
+    }
+}
+
+/// The command line's `--listen` and `--data-dir`, which a reload keeps.
+#[derive(Debug, Default)]
+struct Overrides {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+}
+
+impl Overrides {
+    /// What `cfg` (the file with the command line applied) has that `file` alone has not.
+    fn between(file: &Config, cfg: &Config) -> Overrides {
+        Overrides {
+            listen: (file.sip.listen != cfg.sip.listen).then_some(cfg.sip.listen),
+            data_dir: (file.data.dir != cfg.data.dir).then(|| cfg.data.dir.clone()),
+        }
+    }
+
+    fn apply(&self, cfg: &mut Config) {
+        if let Some(l) = self.listen {
+            cfg.sip.listen = l;
+        }
+        if let Some(d) = &self.data_dir {
+            cfg.data.dir = d.clone();
+        }
+    }
+}
+
+/// What a SIGHUP replaces, and what it compares the new config with.
+struct Reload {
+    path: Option<PathBuf>,
+    overrides: Overrides,
+    /// The config the agent started with: what a reload cannot change is
+    /// compared with it.
+    started: Config,
+    lines: Arc<LiveLines>,
+    delivery: Arc<Delivery>,
+    face: Option<Arc<HttpFace>>,
+}
+
+/// On SIGHUP, read the config file again and, only if all of it loads, run
+/// it from the next call on: the lines (scripts, prompts read again from
+/// disk, schedules, junk rules), the sinks (webhooks, files, text-backs) and
+/// the HTTP face's users and API tokens (a leaked token is revoked by
+/// removing it and reloading). Calls in progress finish on the lines they
+/// started with. A config with problems changes nothing: each problem is
+/// logged and the old config runs on. Settings that only a restart can
+/// change are logged when they differ. Without a config file there is
+/// nothing to reload, and the signal is only logged (its default action
+/// would end the agent mid-call).
+async fn reload_on_hangup(reload: Reload) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
     while hup.recv().await.is_some() {
-        let (Some(face), Some(path)) = (&face, &path) else {
-            tracing::info!("SIGHUP: nothing to reload (only the [http] users and tokens of a config file are)");
+        let Some(path) = &reload.path else {
+            tracing::info!("SIGHUP: nothing to reload (the agent runs on the defaults, without a config file)");
             continue;
         };
-        match Config::load(path) {
-            Ok(cfg) => {
-                face.reload(&cfg);
-                tracing::info!(config = %path.display(), "SIGHUP: HTTP users and API tokens reloaded");
-            }
+        let mut reloading = vec![NotifyState::Reloading];
+        if let Ok(now) = NotifyState::monotonic_usec_now() {
+            reloading.push(now);
+        }
+        notify(&reloading);
+        match reload.once(path).await {
+            Ok(()) => notify(&[NotifyState::Ready, NotifyState::Status("config reloaded")]),
             Err(errors) => {
-                for e in errors {
-                    tracing::error!("SIGHUP: config not reloaded: {e}");
+                for e in &errors {
+                    tracing::error!(config = %path.display(), "SIGHUP: config not reloaded: {e}");
                 }
+                tracing::warn!(config = %path.display(), "SIGHUP: the config in use runs on unchanged");
+                notify(&[NotifyState::Ready, NotifyState::Status("config reload refused; see the log")]);
             }
         }
     }
+}
+
+impl Reload {
+    /// Load everything the new config needs, then (only if all of it
+    /// loaded) put it in place. The errors, when it did not.
+    async fn once(&self, path: &Path) -> Result<(), Vec<String>> {
+        let mut cfg = Config::load(path).map_err(|errors| errors.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
+        self.overrides.apply(&mut cfg);
+        // Prompt files are read here: off the runtime's threads.
+        let (cfg, loaded) = tokio::task::spawn_blocking(move || {
+            let lines = load_lines(&cfg);
+            let sinks = configured_sinks(&cfg);
+            (cfg, lines.and_then(|l| sinks.map(|s| (l, s))))
+        })
+        .await
+        .map_err(|e| vec![format!("loading the config: {e}")])?;
+        let (lines, sinks) = loaded.map_err(|e| vec![format!("{e:#}")])?;
+        for finding in cfg.line_findings() {
+            tracing::warn!("SIGHUP: {finding}");
+        }
+        let line_names: Vec<String> = lines.all().map(|l| l.name.clone()).collect();
+        let steps: usize = lines.all().map(|l| l.program.steps.len()).sum();
+        self.lines.replace(lines);
+        let changes = self.delivery.replace_sinks(sinks).await;
+        if let Some(face) = &self.face {
+            face.reload(&cfg);
+        }
+        for section in needs_restart(&self.started, &cfg) {
+            tracing::warn!(config = %path.display(), "SIGHUP: {section} changed, which needs a restart; the running agent keeps the old value");
+        }
+        tracing::info!(
+            config = %path.display(),
+            lines = %line_names.join(","),
+            steps,
+            sinks_kept = changes.kept.len(),
+            sinks_added = %changes.added.join(","),
+            sinks_changed = %changes.changed.join(","),
+            sinks_removed = %changes.removed.join(","),
+            http_users = self.face.is_some(),
+            "SIGHUP: config reloaded: lines, scripts, prompts, schedules and junk rules take the next call; sinks replaced"
+        );
+        Ok(())
+    }
+}
+
+/// The sections a reload cannot change (the agent read them once, at the
+/// start) that differ between `old` and `new`.
+fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
+    // The HTTP face takes new users and tokens; the rest of [http] is the server's.
+    let http = |c: &Config| {
+        c.http.clone().map(|mut h| {
+            h.user.clear();
+            h.token.clear();
+            h
+        })
+    };
+    [
+        ("[sip]", old.sip != new.sip),
+        ("[rtp]", old.rtp != new.rtp),
+        ("[call]", old.call != new.call),
+        ("[data] dir", old.data != new.data),
+        ("[log]", old.log != new.log),
+        ("[outbox]", old.outbox != new.outbox),
+        ("[[register]]", old.register != new.register),
+        ("[intake]", old.intake != new.intake),
+        ("[recordings]", old.recordings != new.recordings),
+        ("[security]", old.security != new.security),
+        ("[transcribe]", old.transcribe != new.transcribe),
+        ("[http] (other than its users and tokens)", http(old) != http(new)),
+        ("[callback]", old.callback != new.callback),
+        ("[metrics]", old.metrics != new.metrics),
+    ]
+    .into_iter()
+    .filter_map(|(section, differs)| differs.then_some(section))
+    .collect()
 }
 
 /// SIGTERM and SIGINT (Ctrl-C), as one stream.

@@ -12,7 +12,7 @@ use crate::sink::worker::{housekeeping, retry_held, worker};
 use backstop_core::intake::lead::{Outcome, rfc3339};
 use backstop_core::sip::dialog::EndedBy;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Notify, watch};
 
@@ -41,12 +41,70 @@ pub struct Sink {
     pub max_age: Duration,
 }
 
+/// A sink as the config gives it, with `settings`: what the config said
+/// about it, in any stable form. A reload keeps the worker of a sink whose
+/// name and settings are both unchanged; a changed one is restarted.
+pub struct ConfiguredSink {
+    pub sink: Sink,
+    pub settings: String,
+}
+
+/// The sinks events are committed for, and the workers' wake-ups, as one
+/// snapshot: what a publish reads once.
+pub struct SinkSet {
+    specs: Vec<SinkSpec>,
+    wake: Vec<Arc<Notify>>,
+}
+
+/// The current [`SinkSet`], shared by every [`Publisher`] clone and replaced
+/// whole on reload: a publish after the replacement commits for the new set.
+#[derive(Clone)]
+pub struct LiveSinks(Arc<RwLock<Arc<SinkSet>>>);
+
+impl LiveSinks {
+    fn new(set: SinkSet) -> LiveSinks {
+        LiveSinks(Arc::new(RwLock::new(Arc::new(set))))
+    }
+
+    pub(super) fn current(&self) -> Arc<SinkSet> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn replace(&self, set: SinkSet) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(set);
+    }
+
+    /// The current workers' wake-ups.
+    pub(super) fn iter(&self) -> std::vec::IntoIter<Arc<Notify>> {
+        self.current().wake.clone().into_iter()
+    }
+}
+
+/// Where [`flush_held`] finds the sinks to commit for: a snapshot, or the live set.
+pub(super) trait SinkSpecs {
+    fn snapshot(&self) -> Arc<SinkSet>;
+}
+
+impl SinkSpecs for LiveSinks {
+    fn snapshot(&self) -> Arc<SinkSet> {
+        self.current()
+    }
+}
+
+impl SinkSpecs for Arc<SinkSet> {
+    fn snapshot(&self) -> Arc<SinkSet> {
+        self.clone()
+    }
+}
+
 /// Shared handle for committing events.
 #[derive(Clone)]
 pub struct Publisher {
     pub(super) db: Arc<Mutex<Outbox>>,
-    pub(super) specs: Arc<Vec<SinkSpec>>,
-    pub(super) wake: Arc<Vec<Arc<Notify>>>,
+    /// The live sinks: `specs` and `wake` are the same set under two names
+    /// (what to commit for, whom to wake).
+    pub(super) specs: LiveSinks,
+    pub(super) wake: LiveSinks,
     pub(super) held: Held,
     /// Signs the recording links events carry (`[http] public_url`).
     pub(super) links: Option<Arc<crate::http::links::Links>>,
@@ -76,11 +134,12 @@ pub enum DeliveryError {
 /// Commit held events in order, stopping at the first that fails.
 pub(super) fn flush_held(
     db: &mut Outbox,
-    specs: &[SinkSpec],
+    specs: &impl SinkSpecs,
     held: &mut std::collections::VecDeque<Event>,
 ) -> rusqlite::Result<()> {
+    let set = specs.snapshot();
     while let Some(ev) = held.front() {
-        db.append(ev, specs, now_ms())?;
+        db.append(ev, &set.specs, now_ms())?;
         held.pop_front();
     }
     Ok(())
@@ -110,7 +169,9 @@ impl Publisher {
     pub async fn publish(&self, mut event: Event) -> Result<(), DeliveryError> {
         self.decorate(&mut event);
         let db = self.db.clone();
-        let specs = self.specs.clone();
+        // One snapshot of the sinks for the commit and the wake-ups.
+        let set = self.specs.current();
+        let specs = set.clone();
         let held = self.held.clone();
         let result = tokio::task::spawn_blocking(move || {
             let mut db = db.lock().unwrap_or_else(|p| p.into_inner());
@@ -124,7 +185,7 @@ impl Publisher {
             flush_held(&mut db, &specs, &mut held).map_err(|source| DeliveryError::Held { source, held: held.len() })
         })
         .await?;
-        for w in self.wake.iter() {
+        for w in set.wake.iter() {
             w.notify_one();
         }
         result
@@ -142,7 +203,8 @@ impl Publisher {
         then: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<()> + Send + 'static,
     ) -> Result<(), DeliveryError> {
         self.decorate(&mut event);
-        let (db, specs, held) = (self.db.clone(), self.specs.clone(), self.held.clone());
+        let set = self.specs.current();
+        let (db, specs, held) = (self.db.clone(), set.clone(), self.held.clone());
         tokio::task::spawn_blocking(move || {
             let mut db = db.lock().unwrap_or_else(|p| p.into_inner());
             // Events held in memory (a full disk) go first, so that a call's
@@ -150,21 +212,55 @@ impl Publisher {
             let mut held = held.lock().unwrap_or_else(|p| p.into_inner());
             flush_held(&mut db, &specs, &mut held)
                 .map_err(|source| DeliveryError::Held { source, held: held.len() })?;
-            db.append_then(&event, &specs, now_ms(), then).map_err(DeliveryError::Outbox)
+            db.append_then(&event, &specs.specs, now_ms(), then).map_err(DeliveryError::Outbox)
         })
         .await??;
-        for w in self.wake.iter() {
+        for w in set.wake.iter() {
             w.notify_one();
         }
         Ok(())
     }
 }
 
+/// One sink and its worker.
+struct Running {
+    sink: Sink,
+    /// What the config said about it (see [`ConfiguredSink`]); `None` for
+    /// sinks given to [`Delivery::new`], which any reload restarts.
+    settings: Option<String>,
+    wake: Arc<Notify>,
+    /// Stops this worker alone (a reload that drops or changes the sink).
+    stop: watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// The sinks and their workers, as a reload changes them.
+struct Workers {
+    running: Vec<Running>,
+    /// Set by [`Delivery::spawn`]: from then on a sink added runs a worker.
+    shutdown: Option<watch::Receiver<bool>>,
+    /// The whole delivery is stopping: no worker is started any more.
+    stopping: bool,
+}
+
+/// What [`Delivery::replace_sinks`] did, sink names each.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SinkChanges {
+    pub kept: Vec<String>,
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+/// How long a reload waits for a dropped or changed sink's worker to finish
+/// the deliveries it has started, before ending it (they are retried).
+const WORKER_STOP_WAIT: Duration = Duration::from_secs(15);
+
 /// The outbox and its sink workers.
 pub struct Delivery {
     db: Arc<Mutex<Outbox>>,
-    sinks: Vec<Sink>,
-    wake: Vec<Arc<Notify>>,
+    live: LiveSinks,
+    workers: Arc<Mutex<Workers>>,
     max_pending: u64,
     keep_delivered: Duration,
     held: Held,
@@ -172,13 +268,18 @@ pub struct Delivery {
     metrics: Arc<crate::metrics::Metrics>,
 }
 
+fn running(sink: Sink, settings: Option<String>, wake: Arc<Notify>) -> Running {
+    Running { sink, settings, wake, stop: watch::channel(false).0, task: None }
+}
+
 impl Delivery {
     pub fn new(outbox: Outbox, sinks: Vec<Sink>, max_pending: u64, keep_delivered: Duration) -> Delivery {
-        let wake = sinks.iter().map(|_| Arc::new(Notify::new())).collect();
+        let running: Vec<Running> = sinks.into_iter().map(|s| running(s, None, Arc::new(Notify::new()))).collect();
+        let live = LiveSinks::new(set_of(&running));
         Delivery {
             db: Arc::new(Mutex::new(outbox)),
-            sinks,
-            wake,
+            live,
+            workers: Arc::new(Mutex::new(Workers { running, shutdown: None, stopping: false })),
             max_pending,
             keep_delivered,
             held: Default::default(),
@@ -205,11 +306,20 @@ impl Delivery {
     pub fn publisher(&self) -> Publisher {
         Publisher {
             db: self.db.clone(),
-            specs: Arc::new(self.sinks.iter().map(|s| s.spec.clone()).collect()),
-            wake: Arc::new(self.wake.clone()),
+            specs: self.live.clone(),
+            wake: self.live.clone(),
             held: self.held.clone(),
             links: self.links.clone(),
         }
+    }
+
+    fn workers(&self) -> std::sync::MutexGuard<'_, Workers> {
+        self.workers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The sinks as they are now.
+    pub fn sinks(&self) -> Vec<Sink> {
+        self.workers().running.iter().map(|r| r.sink.clone()).collect()
     }
 
     /// After a restart: make pending deliveries due now, and close the leads of
@@ -236,12 +346,19 @@ impl Delivery {
         Ok(n)
     }
 
-    /// Start one worker per sink, plus housekeeping. Workers stop when `shutdown` flips.
+    /// Start one worker per sink, plus housekeeping. Workers stop when
+    /// `shutdown` flips; the returned tasks end once they all have (a sink a
+    /// reload adds later is waited for too).
     pub fn spawn(&self, shutdown: watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
         let mut tasks = Vec::new();
-        for (sink, wake) in self.sinks.iter().cloned().zip(self.wake.iter().cloned()) {
-            tasks.push(tokio::spawn(worker(self.db.clone(), sink, wake, shutdown.clone(), self.metrics.clone())));
+        {
+            let mut w = self.workers();
+            w.shutdown = Some(shutdown.clone());
+            for r in w.running.iter_mut() {
+                r.task = Some(self.start_worker(r));
+            }
         }
+        tasks.push(tokio::spawn(stop_all_on(self.workers.clone(), shutdown.clone())));
         tasks.push(tokio::spawn(housekeeping(
             self.db.clone(),
             self.max_pending,
@@ -252,11 +369,84 @@ impl Delivery {
         tasks
     }
 
+    fn start_worker(&self, r: &mut Running) -> tokio::task::JoinHandle<()> {
+        let (stop, rx) = watch::channel(false);
+        r.stop = stop;
+        tokio::spawn(worker(self.db.clone(), r.sink.clone(), r.wake.clone(), rx, self.metrics.clone()))
+    }
+
+    /// Deliver to `new` from now on (a config reload). Events published after
+    /// this returns are committed for the new sinks; a sink whose name and
+    /// settings are unchanged keeps its worker and its pending deliveries; a
+    /// changed one's worker finishes what it has started and a new one takes
+    /// over its pending deliveries; a removed one's worker stops (its pending
+    /// deliveries stay in the outbox, for `outbox status`, and go on if the
+    /// sink comes back). Before [`Delivery::spawn`] only the list changes.
+    pub async fn replace_sinks(&self, new: Vec<ConfiguredSink>) -> SinkChanges {
+        let mut changes = SinkChanges::default();
+        let mut to_stop = Vec::new();
+        let mut to_start = Vec::new();
+        {
+            let mut w = self.workers();
+            let mut old: Vec<Running> = std::mem::take(&mut w.running);
+            for c in new {
+                let name = c.sink.spec.name.clone();
+                match old.iter().position(|r| r.sink.spec.name == name) {
+                    Some(i) if old[i].settings.as_deref() == Some(c.settings.as_str()) => {
+                        changes.kept.push(name);
+                        w.running.push(old.remove(i));
+                    }
+                    Some(i) => {
+                        // Same outbox key: the new worker takes over its pending deliveries.
+                        let mut prev = old.remove(i);
+                        to_stop.push((prev.stop.clone(), prev.task.take()));
+                        changes.changed.push(name);
+                        to_start.push(w.running.len());
+                        w.running.push(running(c.sink, Some(c.settings), prev.wake));
+                    }
+                    None => {
+                        changes.added.push(name);
+                        to_start.push(w.running.len());
+                        w.running.push(running(c.sink, Some(c.settings), Arc::new(Notify::new())));
+                    }
+                }
+            }
+            for mut r in old {
+                changes.removed.push(r.sink.spec.name.clone());
+                to_stop.push((r.stop.clone(), r.task.take()));
+            }
+            self.live.replace(set_of(&w.running));
+        }
+        // A changed sink's old worker must be gone before its new one starts,
+        // or both could deliver the same event.
+        for (stop, task) in to_stop {
+            let _ = stop.send(true);
+            if let Some(mut task) = task
+                && tokio::time::timeout(WORKER_STOP_WAIT, &mut task).await.is_err()
+            {
+                task.abort();
+            }
+        }
+        let mut w = self.workers();
+        if w.shutdown.is_some() && !w.stopping {
+            for i in to_start {
+                let task = self.start_worker(&mut w.running[i]);
+                w.running[i].task = Some(task);
+            }
+        }
+        changes
+    }
+
     /// Wait (bounded) until the file sinks have nothing due: used at shutdown
     /// so that the last leads are on disk in `leads.jsonl` before exit.
     pub async fn drain_files(&self, limit: Duration) {
         let deadline = tokio::time::Instant::now() + limit;
-        for sink in self.sinks.iter().filter(|s| matches!(s.target, Target::LeadsFile(_) | Target::EventsFile(_))) {
+        let files: Vec<Sink> = self
+            .sinks()
+            .into_iter()
+            .filter(|s| matches!(s.target, Target::LeadsFile(_) | Target::EventsFile(_)))
+            .collect();
+        for sink in files {
             loop {
                 let due = {
                     let db = self.db.lock().unwrap_or_else(|p| p.into_inner());
@@ -268,6 +458,33 @@ impl Delivery {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
+    }
+}
+
+fn set_of(running: &[Running]) -> SinkSet {
+    SinkSet {
+        specs: running.iter().map(|r| r.sink.spec.clone()).collect(),
+        wake: running.iter().map(|r| r.wake.clone()).collect(),
+    }
+}
+
+/// When `shutdown` flips (or its sender is gone), stop every worker and
+/// wait for them all.
+async fn stop_all_on(workers: Arc<Mutex<Workers>>, mut shutdown: watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+    let tasks: Vec<_> = {
+        let mut w = workers.lock().unwrap_or_else(|p| p.into_inner());
+        w.stopping = true;
+        w.running
+            .iter_mut()
+            .filter_map(|r| {
+                let _ = r.stop.send(true);
+                r.task.take()
+            })
+            .collect()
+    };
+    for t in tasks {
+        let _ = t.await;
     }
 }
 
@@ -355,6 +572,101 @@ mod tests {
         let _ = stop_tx.send(true);
         for t in tasks {
             let _ = tokio::time::timeout(Duration::from_secs(3), t).await;
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[cfg(test)]
+mod reload_tests {
+    use super::*;
+    use backstop_core::intake::lead::Lead;
+
+    fn lead(call_id: &str) -> Lead {
+        let text = format!(
+            "INVITE sip:o@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKx\r\n\
+             From: <sip:+15551230001@127.0.0.1>;tag=a\r\nTo: <sip:o@127.0.0.1>\r\nCall-ID: {call_id}\r\n\
+             CSeq: 1 INVITE\r\nContact: <sip:c@127.0.0.1:5070>\r\nContent-Length: 0\r\n\r\n"
+        );
+        let backstop_core::sip::message::Incoming::Request(r) =
+            backstop_core::sip::message::read_message(text.as_bytes(), "127.0.0.1:5070".parse().unwrap())
+        else {
+            panic!("test INVITE rejected")
+        };
+        Lead::from_invite(format!("lead-{call_id}"), &r, SystemTime::now(), backstop_core::sip::Transport::Udp)
+    }
+
+    fn file_sink(name: &str, path: PathBuf, settings: &str) -> ConfiguredSink {
+        ConfiguredSink {
+            sink: Sink {
+                spec: SinkSpec { name: name.into(), events: vec![EventType::LeadCompleted], lines: Default::default() },
+                target: Target::LeadsFile(path),
+                max_interval: Duration::from_secs(1),
+                max_age: Duration::from_secs(3600),
+            },
+            settings: settings.into(),
+        }
+    }
+
+    fn call_ids(path: &std::path::Path) -> Vec<String> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["call_id"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// Wait (bounded) until `path` holds `want`, then check nothing else came.
+    async fn expect(path: &std::path::Path, want: &[&str]) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while call_ids(path).len() < want.len() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Anything extra would arrive within a worker's wake-up.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(call_ids(path), want, "{}", path.display());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reload_adds_keeps_changes_and_removes_sinks_for_every_publisher() {
+        let dir = std::env::temp_dir().join(format!("backstop-sink-reload-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a, b, b2) = (dir.join("a.jsonl"), dir.join("b.jsonl"), dir.join("b2.jsonl"));
+        let delivery =
+            Delivery::new(Outbox::open(&dir.join("outbox.db")).unwrap(), vec![], 1000, Duration::from_secs(3600));
+        // Before spawn: only the list changes.
+        let first = delivery.replace_sinks(vec![file_sink("a", a.clone(), "a1")]).await;
+        assert_eq!(first.added, ["a"]);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let tasks = delivery.spawn(stop_rx);
+        // Taken before any reload: publishers follow the live set.
+        let publisher = delivery.publisher();
+        let publish = |id: &str| publisher.publish(Event::new(EventType::LeadCompleted, "t".into(), &lead(id)));
+        publish("c1").await.unwrap();
+        expect(&a, &["c1"]).await;
+
+        let changes =
+            delivery.replace_sinks(vec![file_sink("a", a.clone(), "a1"), file_sink("b", b.clone(), "b1")]).await;
+        assert_eq!(changes, SinkChanges { kept: vec!["a".into()], added: vec!["b".into()], ..Default::default() });
+        publish("c2").await.unwrap();
+        expect(&a, &["c1", "c2"]).await;
+        // A new sink takes the events committed from then on only.
+        expect(&b, &["c2"]).await;
+
+        // b's settings change (a new file): its new worker delivers; a is removed and gets nothing more.
+        let changes = delivery.replace_sinks(vec![file_sink("b", b2.clone(), "b2")]).await;
+        assert_eq!(changes, SinkChanges { changed: vec!["b".into()], removed: vec!["a".into()], ..Default::default() });
+        publish("c3").await.unwrap();
+        expect(&b2, &["c3"]).await;
+        expect(&b, &["c2"]).await;
+        expect(&a, &["c1", "c2"]).await;
+        assert_eq!(delivery.sinks().iter().map(|s| s.spec.name.as_str()).collect::<Vec<_>>(), ["b"]);
+
+        // Every worker, the reloaded ones too, stops with the shutdown.
+        let _ = stop_tx.send(true);
+        for t in tasks {
+            tokio::time::timeout(Duration::from_secs(3), t).await.expect("delivery tasks stop").unwrap();
         }
         let _ = std::fs::remove_dir_all(&dir);
     }
