@@ -146,6 +146,7 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     delivery.set_links(Links::from_config(&cfg).context("[http]")?);
     delivery.set_metrics(metrics.clone());
     // The scrape reads the outbox (pending, dead) and the lead store in it; /readyz checks it takes writes.
+    metrics.attach_outbox(delivery.publisher());
     // Shared with the reload task, which replaces its sinks.
     let delivery = Arc::new(delivery);
     {
@@ -198,6 +199,7 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
             face: http.clone(),
         })));
         let finish = LeadFinish {
+            metrics: metrics.clone(),
             lines: lines.clone(),
             urgent: match &cfg.transcribe {
                 Some(t) => UrgentWords::new(&t.urgent_words),

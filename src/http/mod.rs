@@ -10,7 +10,9 @@
 //! * `/api/leads...` (`api`): a bearer token, or an inbox session (with
 //!   `X-CSRF-Token` on POST);
 //! * `GET /recordings/{file}?exp=&sig=` (`recordings`): a signed link only;
-//! * `POST /sms/inbound` (`sms`): Twilio's signature.
+//! * `POST /sms/inbound` (`sms`): Twilio's signature;
+//! * `GET /metrics` (Prometheus): a bearer token; `GET /healthz` and
+//!   `GET /readyz`: open (`crate::metrics`).
 //!
 //! Every POST is audited to the log: one `audit: request` line for each,
 //! whatever answered it (a handler, a 404 or 405, a body over the 16-KiB
@@ -67,6 +69,8 @@ pub(crate) struct Inner {
     pub recordings: PathBuf,
     /// `[http] trusted_proxies`.
     pub trusted_proxies: Vec<IpNet>,
+    /// What `/metrics` and `/readyz` report.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The client's address as [`client_ip`] works it out: a request extension
@@ -157,6 +161,7 @@ impl HttpFace {
             links,
             recordings: ctx.cfg.recordings_dir(),
             trusted_proxies: h.trusted_proxies.clone(),
+            metrics: ctx.metrics,
         });
         let mut router = router(app.clone());
         if let Some(s) = sms::SmsState::from_config(&ctx.cfg)? {
@@ -224,6 +229,9 @@ fn router(app: App) -> Router {
         .route("/api/leads/{id}/reopen", post(api::reopen))
         .route("/api/leads/{id}/events", get(api::events))
         .route("/recordings/{file}", get(recordings::serve))
+        .route("/metrics", get(scrape))
+        .route("/healthz", get(crate::metrics::healthz))
+        .route("/readyz", get(|State(app): State<App>| crate::metrics::readyz(app.metrics.clone())))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(app)
@@ -313,6 +321,26 @@ impl Drop for RequestAudit {
             None => tracing::warn!(method, path, client = %client, status = "cancelled", "audit: request"),
         }
     }
+}
+
+/// `/metrics` for a Prometheus that presents an API token (its
+/// `authorization` config: `credentials` is a `[[http.token]]`).
+async fn scrape(State(app): State<App>, headers: HeaderMap) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let token = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| {
+        let (scheme, rest) = v.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+    });
+    if token.and_then(|t| app.auth.creds().token_name(t)).is_none() {
+        let challenge = HeaderValue::from_static("Bearer realm=\"backstop\"");
+        return (
+            axum::http::StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, challenge)],
+            "an API token is required\n",
+        )
+            .into_response();
+    }
+    crate::metrics::metrics_text(app.metrics.clone(), &headers).await
 }
 
 async fn not_found() -> (axum::http::StatusCode, &'static str) {

@@ -47,6 +47,11 @@ impl Agent {
         let tcp = TcpListener::bind(local_sip).await.with_context(|| format!("binding SIP TCP on {local_sip}"))?;
         let pacer = Pacer::start().context("starting the RTP pacer thread")?;
         metrics.health.set_sip_bound(local_sip);
+        metrics.attach_pacer(pacer.stats.clone());
+        // Not ready until each account has registered.
+        for account in &cfg.register {
+            metrics.account_configured(&format!("{}@{}", account.username, account.domain()));
+        }
         let shared = Shared { cfg, lines, events, transcriber, local_sip, phases: PhaseSlots::new(), pacer, metrics };
         Ok(Agent { udp: Arc::new(udp), tcp, shared: Arc::new(shared) })
     }

@@ -12,7 +12,7 @@ use crate::config::VadKind;
 use crate::media_files::write_recording;
 use crate::sink::event::{Event, EventType};
 use crate::transport::ReplyPath;
-use backstop_core::call::{Call, CallEvent, CallSetup, Intake, Transmit};
+use backstop_core::call::{Call, CallEvent, CallSetup, Intake, Tally, Transmit};
 use backstop_core::callback::CallbackState;
 use backstop_core::intake::lead::{Lead, rfc3339};
 use backstop_core::media::vad::{EarshotVad, VoiceDetector, WebRtcVad};
@@ -92,7 +92,10 @@ impl CallTask {
             record_call: cfg.recordings.whole_call.then_some(cfg.recordings.max_call),
         };
         let lead_id = setup.lead_id.clone();
-        let mut call = Call::new(Instant::now(), invite, setup, intake);
+        let started = Instant::now();
+        // Counted in progress until this task ends, however it ends.
+        let _in_progress = shared.metrics.call_started(reply.transport());
+        let mut call = Call::new(started, invite, setup, intake);
         let mut writes: Vec<JoinHandle<Option<String>>> = Vec::new();
         let timer = tokio::time::sleep(Duration::from_secs(3600));
         tokio::pin!(timer);
@@ -137,7 +140,8 @@ impl CallTask {
                 match ev {
                     CallEvent::Progress(what, detail) => tracing::info!(event = what, "{detail}"),
                     CallEvent::Detail(what, detail) => tracing::debug!(event = what, "{detail}"),
-                    CallEvent::Tally(_) => {}
+                    CallEvent::Tally(Tally::Answered) => shared.metrics.call_answered(started.elapsed()),
+                    CallEvent::Tally(Tally::Digit(source)) => shared.metrics.digit(source),
                     CallEvent::PromptMissing(name) => {
                         tracing::error!(prompt = %name, "script asks for a prompt that is not loaded")
                     }
@@ -153,12 +157,14 @@ impl CallTask {
                     CallEvent::Recording { file, samples, answer } => {
                         let path = cfg.recordings_dir().join(&file);
                         let format = cfg.recordings.format;
+                        let metrics = shared.metrics.clone();
                         // A voice answer is queued for its transcript as soon as it is on disk.
                         let transcribe =
                             answer.zip(shared.transcriber.clone()).map(|(step, t)| (step, t, lead_id.clone()));
                         writes.push(tokio::task::spawn_blocking(move || {
                             match write_recording(&path, &samples, format) {
                                 Ok(()) => {
+                                    metrics.recording_written(std::fs::metadata(&path).map_or(0, |m| m.len()));
                                     if let Some((step, t, lead_id)) = transcribe {
                                         t.enqueue_blocking(&lead_id, &step, &file);
                                     }
@@ -175,6 +181,7 @@ impl CallTask {
                         stamp(&mut lead);
                         // The lead may point at its recordings only once they are on disk.
                         forget_failed_recordings(&mut lead, writes.drain(..)).await;
+                        shared.metrics.call_ended(&lead, call.media_stats());
                         if let Some(stats) = call.media_stats() {
                             tracing::info!(
                                 sent = stats.packets_sent,

@@ -9,11 +9,12 @@ use super::Shared;
 use super::call_task::CallTask;
 use super::ports::PortPool;
 use super::shutdown::Shutdown;
+use crate::metrics::Metrics;
 use crate::transport::{Inbound, ReplyPath};
 use backstop_core::sip::admission::{
     Admission, Answer, Arrival, Decision, Dropped, NewCall, Reason, Reply, Route, Routes,
 };
-use backstop_core::sip::message::{Request, Response};
+use backstop_core::sip::message::{Method, Request, Response};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -128,7 +129,7 @@ impl Dispatcher {
                 }
             }
             Decision::NewCall(call) => self.start_call(call, reply).await,
-            Decision::Answer(answer) => answer_with(answer, from, &reply).await,
+            Decision::Answer(answer) => answer_with(answer, from, &reply, &self.shared.metrics).await,
             Decision::Drop(dropped) => log_drop(dropped, from, bytes.len()),
         }
     }
@@ -138,7 +139,7 @@ impl Dispatcher {
         let NewCall { invite, budget, busy } = call;
         let Some(rtp) = self.ports.bind(self.shared.rtp_ip()).await else {
             tracing::error!(call_id = %invite.call_id, "no free RTP port in the configured range");
-            return answer_with(busy, invite.source, &reply).await;
+            return answer_with(busy, invite.source, &reply, &self.shared.metrics).await;
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let call_id = invite.call_id.clone();
@@ -165,9 +166,18 @@ impl Dispatcher {
     }
 }
 
-/// Log a stateless answer's reason, and send it unless it is withheld.
-async fn answer_with(answer: Answer, from: SocketAddr, reply: &ReplyPath) {
+/// Log a stateless answer's reason, count a refused call, and send it unless it is withheld.
+async fn answer_with(answer: Answer, from: SocketAddr, reply: &ReplyPath, metrics: &Metrics) {
     let Answer { code, reason, dest, reply: bytes } = answer;
+    // A new call refused before it had a dialog: untrusted (403), draining, full or no RTP port (503).
+    let refused_call = match &reason {
+        Reason::Untrusted { method, .. } => *method == Method::Invite,
+        Reason::Draining | Reason::Full | Reason::NoRtpPort => true,
+        Reason::Invalid { .. } | Reason::NotAllowed(_) | Reason::Options | Reason::NoCall => false,
+    };
+    if refused_call {
+        metrics.call_rejected(code);
+    }
     match &reason {
         Reason::Invalid { why, call_id } => {
             tracing::info!(%from, code, why, call_id = call_id.as_deref().unwrap_or("-"), "rejected request")

@@ -7,6 +7,7 @@
 use super::Shared;
 use super::dispatch::Notice;
 use crate::config::RegisterConfig;
+use crate::metrics::Metrics;
 use backstop_core::sip::auth::Credentials;
 use backstop_core::sip::message::Response;
 use backstop_core::sip::register::{AccountSetup, RegEvent, RegState, Registration};
@@ -50,8 +51,9 @@ impl RegistrationTask {
             Ok(p) => p,
             Err(e) => return tracing::error!("no password: {e}"),
         };
+        let name = format!("{}@{}", account.username, account.domain());
         let setup = AccountSetup {
-            name: format!("{}@{}", account.username, account.domain()),
+            name: name.clone(),
             username: account.username.clone(),
             domain: account.domain(),
             credentials: Credentials {
@@ -84,6 +86,7 @@ impl RegistrationTask {
                 }
             }
             while let Some(ev) = reg.poll_event() {
+                count_event(&shared.metrics, &name, &ev);
                 log_event(ev);
             }
             if reg.state() == RegState::Stopped {
@@ -102,6 +105,17 @@ impl RegistrationTask {
                 }
             }
         }
+    }
+}
+
+/// The account's state (`backstop_registration_up`, readiness) and its failures.
+fn count_event(metrics: &Metrics, account: &str, ev: &RegEvent) {
+    match ev {
+        RegEvent::Registered { .. } => metrics.registration(account, true),
+        RegEvent::Failed { .. } => metrics.registration_failed(account),
+        RegEvent::Unregistered => metrics.registration(account, false),
+        // Registered still; the new contact is registered next.
+        RegEvent::ContactMoved { .. } => {}
     }
 }
 

@@ -13,6 +13,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
 
+impl Publisher {
+    /// The outbox it commits to (for the scrape and `/readyz`).
+    pub fn outbox(&self) -> Arc<Mutex<Outbox>> {
+        self.db.clone()
+    }
+
+    /// Events held in memory because the outbox could not take them (a full disk).
+    pub fn held_events(&self) -> usize {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
 async fn blocking<T: Send + 'static>(db: &Arc<Mutex<Outbox>>, f: impl FnOnce(&Outbox) -> T + Send + 'static) -> T {
     let db = db.clone();
     tokio::task::spawn_blocking(move || f(&db.lock().unwrap_or_else(|p| p.into_inner()))).await.expect("outbox task")
@@ -23,7 +35,7 @@ pub(super) async fn worker(
     sink: Sink,
     wake: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
-    _metrics: Arc<crate::metrics::Metrics>,
+    metrics: Arc<crate::metrics::Metrics>,
 ) {
     let name = sink.spec.name.clone();
     tracing::info!(sink = %name, "delivery worker started");
@@ -62,7 +74,7 @@ pub(super) async fn worker(
         }
         while let Some(joined) = set.join_next().await {
             let Ok((d, attempt)) = joined else { continue };
-            record(&db, &sink, d, attempt).await;
+            record(&db, &sink, d, attempt, &metrics).await;
         }
     }
 }
@@ -99,7 +111,7 @@ fn target_name(t: &Target) -> String {
     }
 }
 
-async fn record(db: &Arc<Mutex<Outbox>>, sink: &Sink, d: Due, attempt: Attempt) {
+async fn record(db: &Arc<Mutex<Outbox>>, sink: &Sink, d: Due, attempt: Attempt, metrics: &crate::metrics::Metrics) {
     let name = sink.spec.name.clone();
     let now = now_ms();
     let (seq, id, call_id, kind) = (d.seq, d.event.id.clone(), d.event.call_id().to_string(), d.event.kind.as_str());
@@ -111,15 +123,18 @@ async fn record(db: &Arc<Mutex<Outbox>>, sink: &Sink, d: Due, attempt: Attempt) 
     };
     let result = match verdict {
         Verdict::Delivered => {
+            metrics.delivered(&name, Duration::from_millis((now - d.created_ms).max(0) as u64));
             tracing::info!(sink = %name, event = %id, kind, call_id = %call_id, attempts = d.attempts + 1, latency_ms = now - d.created_ms, "delivered");
             blocking(db, move |o| o.mark_done(&name, seq, now)).await
         }
         Verdict::Retry { after, why } => {
+            metrics.delivery_failed(&name);
             let wait = backoff(d.attempts + 1, sink.max_interval, after, rand::random::<f64>());
             tracing::warn!(sink = %name, event = %id, kind, call_id = %call_id, attempt = d.attempts + 1, retry_in_ms = wait.as_millis() as u64, why, "delivery failed; will retry");
             blocking(db, move |o| o.mark_retry(&name, seq, now + wait.as_millis() as i64, &why)).await
         }
         Verdict::Dead { why } => {
+            metrics.delivery_failed(&name);
             tracing::error!(sink = %name, event = %id, kind, call_id = %call_id, why, "delivery failed permanently: event dead-lettered (backstop outbox retry --dead)");
             blocking(db, move |o| o.mark_dead(&name, seq, &why)).await
         }

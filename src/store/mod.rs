@@ -454,6 +454,28 @@ pub fn count(conn: &Connection, q: &Query, now_ms: i64) -> rusqlite::Result<u64>
     conn.query_row(&sql, params![now_ms, q.line], |r| r.get::<_, i64>(0)).map(|n| n as u64)
 }
 
+/// Open leads past due, by line (the metrics' `backstop_leads_overdue`).
+pub fn overdue_by_line(conn: &Connection, now_ms: i64) -> rusqlite::Result<Vec<(String, u64)>> {
+    let (filter, _) = view_sql(View::Overdue);
+    let sql = format!("SELECT line, COUNT(*) FROM leads WHERE {filter} GROUP BY line ORDER BY line");
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(params![now_ms], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?;
+    rows.collect()
+}
+
+/// The time to callback, in ms, of each lead (not junk, with a clock)
+/// handled in `(after_ms, until_ms]`, in the order handled; for the
+/// metrics, which read each handling once as the window moves on.
+pub fn handled_between(conn: &Connection, after_ms: i64, until_ms: i64) -> rusqlite::Result<Vec<i64>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT handled_ms - received_ms FROM leads
+         WHERE status = 'handled' AND junk = 0 AND clock = 1 AND handled_ms > ?1 AND handled_ms <= ?2
+         ORDER BY handled_ms",
+    )?;
+    let rows = stmt.query_map(params![after_ms, until_ms], |r| r.get::<_, i64>(0))?;
+    rows.collect()
+}
+
 /// One lead by its id.
 pub fn get(conn: &Connection, id: &str, now_ms: i64) -> rusqlite::Result<Option<StoredLead>> {
     match row(conn, id)? {

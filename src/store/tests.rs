@@ -195,6 +195,14 @@ fn views_order_filter_and_page() {
     // No clock: no callback shown and never overdue.
     let four = get(c, "lead-4", now + 1000 * MIN).unwrap().unwrap();
     assert_eq!((four.status, four.lead.callback), (LeadStatus::New, None));
+
+    // The metrics' reads: overdue by line, and each handling once as the window moves.
+    assert_eq!(overdue_by_line(c, now).unwrap(), [(l1.line.clone(), 2)]);
+    assert_eq!(overdue_by_line(c, T0 + 14 * MIN).unwrap(), []);
+    let handled_at = T0 + 50 * MIN + 30_000;
+    assert_eq!(handled_between(c, 0, now).unwrap(), [30_000]);
+    assert_eq!(handled_between(c, 0, handled_at - 1).unwrap(), Vec::<i64>::new());
+    assert_eq!(handled_between(c, handled_at, now).unwrap(), Vec::<i64>::new(), "read once");
 }
 
 #[test]

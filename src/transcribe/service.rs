@@ -124,6 +124,8 @@ pub struct LeadFinish {
     /// The lines as they are now (a SIGHUP may have replaced them).
     pub lines: Arc<crate::runtime::LiveLines>,
     pub urgent: UrgentWords,
+    /// Counts the transcription latency and reads the queue's depth.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl LeadFinish {
@@ -160,6 +162,7 @@ impl Service {
         let transcriber =
             Transcriber { db: db.clone(), jobs: Arc::new(JobSignal::default()), held: Arc::new(Notify::new()), wait };
         let stop = Arc::new(AtomicBool::new(false));
+        finish.metrics.set_transcribing();
         let mut workers = Vec::new();
         for i in 0..threads {
             // Each thread's decoder is made up front: a model that cannot decode fails the start.
@@ -174,6 +177,7 @@ impl Service {
                 held: transcriber.held.clone(),
                 stop: stop.clone(),
                 recordings: recordings.clone(),
+                metrics: finish.metrics.clone(),
             };
             let handle = std::thread::Builder::new()
                 .name(format!("transcribe-{i}"))
@@ -350,6 +354,7 @@ struct Worker {
     held: Arc<Notify>,
     stop: Arc<AtomicBool>,
     recordings: PathBuf,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Worker {
@@ -409,6 +414,9 @@ impl Worker {
             ms,
             text: h.text,
         });
+        if let Ok(t) = &result {
+            self.metrics.transcribed(Duration::from_millis(t.delay_ms));
+        }
         // Logged, and recorded, from a normal-priority thread: this one must
         // not hold the log's lock while it waits for a CPU.
         let job = Arc::new(job);
@@ -540,7 +548,11 @@ mod tests {
 
     impl Rig {
         fn finish(&self) -> LeadFinish {
-            LeadFinish { lines: self.lines.clone(), urgent: UrgentWords::new(["flood"]) }
+            LeadFinish {
+                lines: self.lines.clone(),
+                urgent: UrgentWords::new(["flood"]),
+                metrics: crate::metrics::Metrics::new(),
+            }
         }
 
         fn start(&self, text: &'static str, delay: Duration, wait: Duration) -> Service {
