@@ -801,7 +801,7 @@ mod tests {
             }
             // Feed the far end's audio at the same pace.
             let due = ((now - answered).as_millis() / 20) as usize;
-            while let Some((i, chunk)) = frames.next() {
+            for (i, chunk) in frames.by_ref() {
                 p.handle_rtp(now, agent_rtp, &audio_packet(i as u16, chunk));
                 if i >= due {
                     break;
