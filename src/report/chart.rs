@@ -28,13 +28,14 @@ fn draw_columns(
     label_every: usize,
 ) -> Result<(), DrawingAreaErrorKind<std::io::Error>> {
     root.fill(&WHITE)?;
-    let n = values.len().max(1) as u32;
+    // A segmented 0..k has k + 1 segments (its end included): n bars are 0..n - 1.
+    let n = values.len().max(2) as u32;
     let top = top_of(values);
     let mut chart = ChartBuilder::on(root)
         .margin(8)
         .x_label_area_size(30)
         .y_label_area_size(40)
-        .build_cartesian_2d((0..n).into_segmented(), 0..top)?;
+        .build_cartesian_2d((0..n - 1).into_segmented(), 0..top)?;
     let label = |v: &SegmentValue<u32>| match v {
         SegmentValue::CenterOf(i) if (*i as usize).is_multiple_of(label_every) => {
             labels.get(*i as usize).cloned().unwrap_or_default()
@@ -79,14 +80,15 @@ fn draw_rows(
     values: &[u64],
 ) -> Result<(), DrawingAreaErrorKind<std::io::Error>> {
     root.fill(&WHITE)?;
-    let n = values.len().max(1) as u32;
+    // A segmented 0..k has k + 1 segments (its end included): n bars are 0..n - 1.
+    let n = values.len().max(2) as u32;
     let top = top_of(values);
     let longest = labels.iter().map(|l| l.len()).max().unwrap_or(4) as u32;
     let mut chart = ChartBuilder::on(root)
         .margin(8)
         .x_label_area_size(24)
         .y_label_area_size((longest * 9).clamp(40, 170))
-        .build_cartesian_2d(0..top, (0..n).into_segmented())?;
+        .build_cartesian_2d(0..top, (0..n - 1).into_segmented())?;
     // Row 0 at the top: the first stage first.
     let label = |v: &SegmentValue<u32>| match v {
         SegmentValue::CenterOf(i) if *i < n => labels.get((n - 1 - i) as usize).cloned().unwrap_or_default(),

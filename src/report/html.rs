@@ -38,6 +38,7 @@ figure{margin:0}
 figure svg{display:block;width:100%;height:auto}
 table{border-collapse:collapse;width:100%;font-size:.95rem}
 td,th{text-align:left;padding:4px 6px;border-bottom:1px solid #e3e7eb}
+td:first-child{overflow-wrap:anywhere}
 td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 .grid{display:grid;grid-template-columns:1fr;gap:12px}
 @media (min-width:600px){dl.figures{grid-template-columns:repeat(4,1fr)}}
