@@ -46,6 +46,7 @@ pub struct TestCallArgs {
     /// Digest credentials, for a target that answers 401/407.
     #[arg(long, requires = "password")]
     pub user: Option<String>,
+    /// The digest password for `--user` (visible in `ps`: for a test account only).
     #[arg(long, requires = "user")]
     pub password: Option<String>,
 }
