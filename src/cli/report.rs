@@ -49,16 +49,15 @@ pub enum Format {
 /// with `--line`, else every line's merged (the default line's first).
 fn script(cfg: &Config, line: Option<&str>) -> Vec<crate::report::ScriptStep> {
     let plans = cfg.line_plans();
-    let (default, others) = plans.split_last().expect("line_plans ends with the default line");
     match line {
-        Some(name) => plans
-            .iter()
-            .filter(|p| p.name == name)
-            .map(|p| p.steps)
-            .take(1)
-            .flat_map(|s| crate::report::script_order([s]))
-            .collect(),
-        None => crate::report::script_order(std::iter::once(default.steps).chain(others.iter().map(|p| p.steps))),
+        Some(name) => {
+            plans.iter().find(|p| p.name == name).map(|p| crate::report::script_order([p.steps])).unwrap_or_default()
+        }
+        None => {
+            // line_plans ends with the default line: it comes first here.
+            let Some((default, others)) = plans.split_last() else { return Vec::new() };
+            crate::report::script_order(std::iter::once(default.steps).chain(others.iter().map(|p| p.steps)))
+        }
     }
 }
 
