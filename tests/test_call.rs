@@ -1,10 +1,13 @@
 //! `backstop test-call` against real peers on loopback: the agent (a real
 //! `backstop run` with the shipped script and prompts), the same agent with
 //! silent prompts, a port with nothing on it, and a SIPp UAS that is busy.
-//! Each run of the command is bounded, and its printed checks are asserted.
+//! and the agent behind a real Kamailio that wants digest auth for calls
+//! (the business's number through the PBX). Each run of the command is
+//! bounded, and its printed checks are asserted.
 
 mod common;
 
+use common::kamailio::Kamailio;
 use common::*;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -12,9 +15,13 @@ use std::time::{Duration, Instant};
 
 /// Start the agent on the shipped default script, with prompts from `prompts`.
 fn start_agent(name: &str, prompts: &Path, slot: u16) -> AgentProc {
+    start_agent_with(name, prompts, slot, "")
+}
+
+fn start_agent_with(name: &str, prompts: &Path, slot: u16, extra: &str) -> AgentProc {
     let rtp = (38000 + slot * 200, 38000 + slot * 200 + 198);
     let config = format!(
-        "[prompts]\ndir = \"{}\"\n[rtp]\nport_min = {}\nport_max = {}\n[log]\nlevel = \"debug\"\n",
+        "[prompts]\ndir = \"{}\"\n[rtp]\nport_min = {}\nport_max = {}\n[log]\nlevel = \"debug\"\n{extra}",
         prompts.display(),
         rtp.0,
         rtp.1
@@ -206,4 +213,76 @@ fn a_busy_sipp_uas_fails_with_486_and_gets_its_ack() {
         "SIPp did not get its ACK ({status:?}): {}",
         std::fs::read_to_string(dir.join("errors.log")).unwrap_or_default()
     );
+}
+
+/// Kamailio as the PBX (tests/fixtures/test_call/kamailio.cfg): INVITEs need
+/// digest auth as `tester`; calls go on to the registered overflow account.
+fn start_pbx() -> Kamailio {
+    let dir = scratch_dir("tc-pbx");
+    std::fs::create_dir_all(dir.join("db")).unwrap();
+    std::fs::write(
+        dir.join("db/version"),
+        "id(int,auto) table_name(string) table_version(int) \n0:version:1\n1:subscriber:7\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("db/subscriber"),
+        "id(int,auto) username(string) domain(string) password(string) ha1(string) ha1b(string) \n\
+         1:tester:127.0.0.1:testerpw:null:null\n2:overflow:127.0.0.1:overflowpw:null:null\n",
+    )
+    .unwrap();
+    let cfg = std::fs::read_to_string(manifest_dir().join("tests/fixtures/test_call/kamailio.cfg"))
+        .unwrap()
+        .replace("@DBDIR@", &dir.join("db").display().to_string());
+    Kamailio::start(&dir, &cfg)
+}
+
+#[test]
+fn a_call_through_a_pbx_that_wants_auth_reaches_the_agent_with_the_credentials() {
+    let pbx = start_pbx();
+    let account = format!(
+        "[[register]]\nregistrar = \"sip:127.0.0.1:{}\"\nusername = \"overflow\"\npassword = \"overflowpw\"\n",
+        pbx.port
+    );
+    let agent = start_agent_with("tc-pbx-agent", &manifest_dir().join("prompts"), 2, &account);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !agent.log().contains("registered expires=") {
+        assert!(Instant::now() < deadline, "the agent did not register:\n{}\n{}", agent.log(), pbx.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let cfg = config_as_run(&agent);
+    let number = format!("sip:+15550100@127.0.0.1:{}", pbx.port);
+
+    // Without credentials: the PBX's 407 fails the call, named.
+    let run = test_call(&[&number, "--from", "tester", "--no-lead", "--timeout", "5"]);
+    assert!(!run.success);
+    assert_eq!(
+        run.line("answered"),
+        "FAIL answered      407 Proxy Authentication Required: the target wants digest auth (give --user and --password)"
+    );
+
+    // With them: answered by the agent behind the PBX, every check passes,
+    // the ACK and BYE went through its Record-Route, and the agent's lead has the key.
+    let run = test_call(&[
+        &number,
+        "--from",
+        "tester",
+        "--user",
+        "tester",
+        "--password",
+        "testerpw",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--keys",
+        "1",
+    ]);
+    assert!(run.success, "{}{}\nagent:\n{}\npbx:\n{}", run.stdout, run.stderr, agent.log(), pbx.log());
+    assert!(run.line("answered").contains(", after a 407 challenge"), "{}", run.stdout);
+    assert!(run.line("hung up").contains("BYE → 200 OK"), "{}", run.stdout);
+    assert!(run.line("lead").contains("dtmf \"1\""), "{}", run.stdout);
+    assert!(pbx.log().contains("INVITE authorized for sip:tester@127.0.0.1"), "{}", pbx.log());
+    let call_id = run.stdout.lines().next().unwrap().rsplit("Call-ID ").next().unwrap().to_string();
+    let leads = agent.wait_leads(1, Duration::from_secs(5));
+    let lead = leads.iter().rev().find(|l| l["call_id"] == call_id.as_str()).expect("our lead, by its Call-ID");
+    assert!(lead["caller"]["uri"].as_str().unwrap().starts_with("sip:tester@127.0.0.1"), "{lead}");
 }

@@ -106,6 +106,8 @@ pub struct Findings {
     pub invite_sent: Instant,
     /// INVITEs resent before any response.
     pub invite_resends: u32,
+    /// The 401/407 our credentials answered.
+    pub challenged: Option<u16>,
     /// The last provisional response: code, reason, when.
     pub provisional: Option<(u16, String, Instant)>,
     /// The final response to the INVITE: code, reason, when.
@@ -199,6 +201,7 @@ impl Probe {
             dest: cfg.dest,
             invite_sent: now,
             invite_resends: 0,
+            challenged: None,
             provisional: None,
             final_response: None,
             answered: None,
@@ -393,6 +396,7 @@ impl Probe {
             match r.frame.get(header).map(Challenge::parse) {
                 Some(Ok(ch)) => {
                     self.auth_tried = true;
+                    self.findings.challenged = Some(code);
                     self.events.push_back(ProbeEvent::Challenged { code });
                     let uri = self.cfg.target.clone();
                     let body = self.invite.as_ref().and_then(|i| i.body.clone()).map(|b| b.1).unwrap_or_default();

@@ -57,6 +57,9 @@ pub fn checks(f: &Findings) -> Vec<Check> {
     if let Some((c, r, at)) = &f.provisional {
         detail.push_str(&format!(" ({c} {r} after {})", ms(since(*at, f.invite_sent))));
     }
+    if let Some(code) = f.challenged {
+        detail.push_str(&format!(", after a {code} challenge"));
+    }
     if f.invite_resends > 0 {
         detail.push_str(&format!(", INVITE resent {} times", f.invite_resends));
     }
