@@ -732,6 +732,72 @@ mod tests {
     }
 
     #[test]
+    fn a_call_that_only_rings_is_cancelled_at_the_timeout() {
+        let t0 = Instant::now();
+        let mut p = Probe::new(cfg(""), t0).unwrap();
+        let invite = sip(&mut p).remove(0);
+        respond(&mut p, t0 + Duration::from_millis(10), &invite, 180, &[], None);
+        assert_eq!(p.poll_timeout(), Some(t0 + Duration::from_secs(10)));
+        p.handle_timeout(t0 + Duration::from_secs(10));
+        let cancel = sip(&mut p).remove(0);
+        assert_eq!(method(&cancel), "CANCEL");
+        assert_eq!(cancel.get("Via"), invite.get("Via"), "CANCEL matches the INVITE's transaction");
+        assert_eq!(cancel.get("CSeq"), Some("1 CANCEL"));
+        assert_eq!(cancel.start_raw.replace("CANCEL", "INVITE"), invite.start_raw);
+        respond(&mut p, t0 + Duration::from_millis(10_005), &invite, 487, &[], None);
+        let ack = sip(&mut p).remove(0);
+        assert_eq!((method(&ack).as_str(), ack.get("CSeq")), ("ACK", Some("1 ACK")));
+        assert!(p.is_done());
+        assert_eq!(
+            checks(p.findings())[0].to_string(),
+            "FAIL answered      no answer from 127.0.0.1:5999 after 10 s (it rang; cancelled)"
+        );
+        // With no 487 at all, the CANCEL is given up within its bound.
+        let mut p = Probe::new(cfg(""), t0).unwrap();
+        let invite = sip(&mut p).remove(0);
+        respond(&mut p, t0, &invite, 180, &[], None);
+        let mut steps = 0;
+        while let Some(at) = p.poll_timeout() {
+            p.handle_timeout(at);
+            steps += 1;
+            assert!(steps < 100 && at < t0 + Duration::from_secs(15));
+        }
+        assert!(p.is_done());
+    }
+
+    #[test]
+    fn mangled_responses_never_panic() {
+        let t0 = Instant::now();
+        let mut p = Probe::new(cfg("1"), t0).unwrap();
+        let invite = sip(&mut p).remove(0);
+        let good = build_response(
+            &invite,
+            invite.get("Via").unwrap(),
+            200,
+            Some("x"),
+            &[],
+            Some(("application/sdp", answer_sdp(true).as_bytes())),
+        );
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..3000 {
+            let mut b = good.clone();
+            for _ in 0..4 {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                let i = (rng as usize) % b.len();
+                b[i] = (rng >> 32) as u8;
+            }
+            b.truncate(((rng >> 40) as usize) % (b.len() + 1));
+            p.handle_sip(t0, AGENT.parse().unwrap(), &b);
+            p.handle_rtp(t0, AGENT.parse().unwrap(), &b);
+            while p.poll_transmit().is_some() {}
+            while p.poll_rtp().is_some() {}
+        }
+        let _ = checks(p.findings());
+    }
+
+    #[test]
     fn a_challenge_is_answered_once_with_the_credentials() {
         let t0 = Instant::now();
         let mut c = cfg("");
