@@ -221,6 +221,10 @@ impl Metrics {
             "Voice answer queued to its transcript (when [transcribe] is on)",
             m.transcription_latency.clone(),
         );
+        // The codes a refusal can have, from the start: a rate over them starts at 0.
+        for code in [403, 503] {
+            let _ = m.rejected.get_or_create(&CodeLabel { code });
+        }
         r.register_collector(Box::new(scrape::ScrapeCollector { sources, health }));
         r.register_collector(Box::new(process::ProcessCollector));
         Arc::new(Metrics { registry: r, ..m })
@@ -249,11 +253,6 @@ impl Metrics {
     /// Read the pacer's late packets at each scrape.
     pub fn attach_pacer(&self, stats: Arc<PacerStats>) {
         self.sources.set_pacer(stats);
-    }
-
-    /// `[transcribe]` is on: export its queue depth.
-    pub fn set_transcribing(&self) {
-        self.sources.set_transcribing();
     }
 
     // --- calls -------------------------------------------------------------
@@ -293,20 +292,16 @@ impl Metrics {
     pub fn call_ended(&self, lead: &Lead, media: Option<&MediaStats>) {
         let line = lead.line.clone();
         self.ended.get_or_create(&OutcomeLabels { line: line.clone(), outcome: lead.outcome.to_string() }).inc();
-        if lead.junk.is_junk {
-            self.junk.get_or_create(&LineLabel { line: line.clone() }).inc();
-        }
+        // Touched for every call, so that each line's series exists (at 0) from its first call.
+        self.junk.get_or_create(&LineLabel { line: line.clone() }).inc_by(lead.junk.is_junk as u64);
         if let Some(ms) = lead.duration_ms {
             self.duration.get_or_create(&LineLabel { line: line.clone() }).observe(ms as f64 / 1000.0);
         }
         for (step, answer) in &lead.answers {
             let labels = StepLabels { line: line.clone(), step: step.clone() };
             self.step_reached.get_or_create(&labels).inc();
-            match answer.status {
-                AnswerStatus::Answered => self.step_answered.get_or_create(&labels).inc(),
-                AnswerStatus::NoInput => self.step_no_input.get_or_create(&labels).inc(),
-                AnswerStatus::Invalid | AnswerStatus::Partial => 0,
-            };
+            self.step_answered.get_or_create(&labels).inc_by((answer.status == AnswerStatus::Answered) as u64);
+            self.step_no_input.get_or_create(&labels).inc_by((answer.status == AnswerStatus::NoInput) as u64);
         }
         if let Some(s) = media {
             self.rtp_in.inc_by(s.packets_received);
@@ -319,7 +314,9 @@ impl Metrics {
 
     /// A `[[register]]` account is expected to register (readiness waits for it).
     pub fn account_configured(&self, account: &str) {
-        self.registered.get_or_create(&AccountLabel { account: account.to_string() }).set(0);
+        let label = AccountLabel { account: account.to_string() };
+        self.registered.get_or_create(&label).set(0);
+        let _ = self.registration_failures.get_or_create(&label);
         self.health.account_configured(account);
     }
 
@@ -331,6 +328,11 @@ impl Metrics {
     pub fn registration_failed(&self, account: &str) {
         self.registration_failures.get_or_create(&AccountLabel { account: account.to_string() }).inc();
         self.registration(account, false);
+    }
+
+    /// A sink's worker started: its failures count from 0.
+    pub fn sink_started(&self, sink: &str) {
+        let _ = self.delivery_failures.get_or_create(&SinkLabel { sink: sink.to_string() });
     }
 
     pub fn delivered(&self, sink: &str, latency: Duration) {

@@ -1,7 +1,7 @@
 //! What is read when Prometheus scrapes, not counted as it happens: the
 //! outbox's pending and dead deliveries per sink, the lead store's overdue
 //! leads and the time to callback of leads handled since the last scrape,
-//! the transcription queue's depth, and the pacer's late packets (atomics
+//! the transcription queue's depth (0 with `[transcribe]` off), and the pacer's late packets (atomics
 //! the pacer thread bumps; read here, so the media path takes no lock).
 //!
 //! The time to callback is read from the store rather than hooked where a
@@ -22,7 +22,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 /// How far behind now the time-to-callback window ends.
@@ -33,7 +33,6 @@ const SETTLE_MS: i64 = 2_000;
 pub(super) struct Sources {
     outbox: OnceLock<PublisherRef>,
     pacer: OnceLock<Arc<PacerStats>>,
-    transcribing: AtomicBool,
     /// The time to callback window's start (Unix ms): handlings before it were observed.
     handled_after: AtomicI64,
     time_to_callback: Histogram,
@@ -53,7 +52,6 @@ impl Default for Sources {
         Sources {
             outbox: OnceLock::new(),
             pacer: OnceLock::new(),
-            transcribing: AtomicBool::new(false),
             // Handlings from before this start were counted by the process that saw them.
             handled_after: AtomicI64::new(now_ms() - SETTLE_MS),
             time_to_callback: super::callback_buckets(),
@@ -68,10 +66,6 @@ impl Sources {
 
     pub(super) fn set_pacer(&self, stats: Arc<PacerStats>) {
         let _ = self.pacer.set(stats);
-    }
-
-    pub(super) fn set_transcribing(&self) {
-        self.transcribing.store(true, Ordering::Relaxed);
     }
 
     /// Why the outbox cannot take events now, if it cannot: events held in
@@ -113,7 +107,7 @@ pub(super) struct ScrapeCollector {
 struct OutboxReading {
     sinks: Vec<(String, u64, u64)>,
     overdue: Vec<(String, u64)>,
-    queued: Option<u64>,
+    queued: u64,
 }
 
 impl ScrapeCollector {
@@ -130,11 +124,8 @@ impl ScrapeCollector {
             self.sources.time_to_callback.observe(ms.max(0) as f64 / 1000.0);
         }
         self.sources.handled_after.store(until, Ordering::Relaxed);
-        let queued = if self.sources.transcribing.load(Ordering::Relaxed) {
-            Some(crate::transcribe::queue::queued(conn)?)
-        } else {
-            None
-        };
+        // The queue's table is there with or without `[transcribe]`: 0 when it is off.
+        let queued = crate::transcribe::queue::queued(conn)?;
         Ok(OutboxReading { sinks, overdue, queued })
     }
 }
@@ -205,15 +196,13 @@ impl Collector for ScrapeCollector {
             None,
             prometheus_client::metrics::MetricType::Histogram,
         )?)?;
-        if let Some(q) = reading.queued {
-            let g = ConstGauge::new(q as i64);
-            g.encode(encoder.encode_descriptor(
-                "backstop_transcription_queue_depth",
-                "Voice answers waiting for or being transcribed",
-                None,
-                g.metric_type(),
-            )?)?;
-        }
+        let g = ConstGauge::new(reading.queued as i64);
+        g.encode(encoder.encode_descriptor(
+            "backstop_transcription_queue_depth",
+            "Voice answers waiting for or being transcribed (0 with [transcribe] off)",
+            None,
+            g.metric_type(),
+        )?)?;
         Ok(())
     }
 }

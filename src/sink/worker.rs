@@ -39,6 +39,7 @@ pub(super) async fn worker(
 ) {
     let name = sink.spec.name.clone();
     tracing::info!(sink = %name, "delivery worker started");
+    metrics.sink_started(&name);
     loop {
         if *shutdown.borrow() {
             return;

@@ -162,7 +162,6 @@ impl Service {
         let transcriber =
             Transcriber { db: db.clone(), jobs: Arc::new(JobSignal::default()), held: Arc::new(Notify::new()), wait };
         let stop = Arc::new(AtomicBool::new(false));
-        finish.metrics.set_transcribing();
         let mut workers = Vec::new();
         for i in 0..threads {
             // Each thread's decoder is made up front: a model that cannot decode fails the start.
