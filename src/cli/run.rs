@@ -29,8 +29,8 @@ use std::time::Duration;
 
 /// Logs to stdout at `[log] level` (or `RUST_LOG`): readable lines,
 /// coloured on a terminal, or with `[log] format = "json"` one JSON object
-/// per line (`timestamp`, `level`, `fields` with the message, and `span` /
-/// `spans` with the call's `call_id`), for log shippers.
+/// per line (`timestamp`, `level`, `fields` with the message, and `span`
+/// with the call's `call_id` inside a call), for log shippers.
 pub fn init_logging(cfg: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
@@ -43,7 +43,7 @@ pub fn init_logging(cfg: &Config) {
         LogFormat::Json => tracing_subscriber::fmt()
             .json()
             .with_current_span(true)
-            .with_span_list(true)
+            .with_span_list(false)
             .with_env_filter(filter)
             .with_target(false)
             .init(),
@@ -279,8 +279,12 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     result
 }
 
-/// Tell systemd (`Type=notify`) how we are; nothing without `$NOTIFY_SOCKET`.
+/// Tell systemd (`Type=notify`) how we are; nothing without `$NOTIFY_SOCKET`
+/// (or with it empty).
 fn notify(states: &[NotifyState]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none_or(|s| s.is_empty()) {
+        return;
+    }
     if let Err(e) = sd_notify::notify(states) {
         tracing::warn!(error = %e, "could not notify systemd");
     }
@@ -396,7 +400,7 @@ impl Reload {
             sinks_added = %changes.added.join(","),
             sinks_changed = %changes.changed.join(","),
             sinks_removed = %changes.removed.join(","),
-            http_users = self.face.is_some(),
+            http_face = self.face.is_some(),
             "SIGHUP: config reloaded: lines, scripts, prompts, schedules and junk rules take the next call; sinks replaced"
         );
         Ok(())
