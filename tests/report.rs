@@ -1,8 +1,8 @@
-//! `backstop report` on a day of real calls: nine SIPp callers call the
+//! `backstop report` on a day of real calls: ten SIPp callers call the
 //! agent at once (a real process, a short script of short prompts), each
 //! with a known end: two complete the intake by voice and keypad (one an
 //! emergency), two hang up during the greeting, one while it rings
-//! (CANCEL), one during each of name, need and callback number, and one
+//! (CANCEL), one during each of name, need, callback number and urgency, and one
 //! is a blocklisted number (603). One lead is then marked called back with
 //! `backstop leads done`. The report is run as the binary, from the lead
 //! store and from `leads.jsonl`, as JSON, CSV and text, and every count is
@@ -226,6 +226,8 @@ fn the_report_of_a_day_of_real_calls_counts_every_outcome_exactly() {
         ("need", Caller::Speak { audio: answers(None, None), bye_after: Some(4_600) }),
         // Says both, types three digits of the number, leaves.
         ("callback", Caller::Speak { audio: answers(Some("555"), None), bye_after: Some(9_800) }),
+        // Says both, types the number, hears the urgency question, leaves without choosing.
+        ("urgency", Caller::Speak { audio: answers(Some("5551234567#"), None), bye_after: Some(11_500) }),
         ("blocked", Caller::Blocked),
     ];
     let addr = agent.addr();
@@ -294,22 +296,22 @@ fn the_report_of_a_day_of_real_calls_counts_every_outcome_exactly() {
     let rows: Vec<&str> = csv.lines().collect();
     assert_eq!(rows[0], "section,key,value");
     for row in [
-        "summary,missed_calls,9",
-        "summary,answered,7",
+        "summary,missed_calls,10",
+        "summary,answered,8",
         "summary,completed,2",
         "summary,urgent,1",
         "summary,junk,1",
         "outcome,hung_up_during_greeting,2",
         "outcome,declined,1",
-        "funnel,rang,9",
-        "funnel,name,4",
-        "funnel,callback_number,3",
-        "funnel_answered,callback_number,2",
+        "funnel,rang,10",
+        "funnel,name,5",
+        "funnel,callback_number,4",
+        "funnel_answered,callback_number,3",
         "hang_up,ringing,1",
         "hang_up,need,1",
-        "callback,clocked,8",
+        "callback,clocked,9",
         "callback,handled,1",
-        "callback,overdue,7",
+        "callback,overdue,8",
     ] {
         assert!(rows.contains(&row), "no row {row:?} in\n{csv}");
     }
@@ -319,12 +321,12 @@ fn the_report_of_a_day_of_real_calls_counts_every_outcome_exactly() {
     let (text, _) = report(&agent, &["--tz", "UTC"]);
     eprintln!("{text}");
     for want in [
-        "Missed calls       9",
-        "Answered by agent  7",
+        "Missed calls       10",
+        "Answered by agent  8",
         "Completed intake   2",
-        "Urgent             1 (11.1%)",
-        "Junk               1 (11.1%)",
-        "Called back        1 of 8 on the clock; 7 overdue",
+        "Urgent             1 (10.0%)",
+        "Junk               1 (10.0%)",
+        "Called back        1 of 9 on the clock; 8 overdue",
         "Every call here is a missed call",
         "during callback_number",
     ] {
@@ -335,7 +337,7 @@ fn the_report_of_a_day_of_real_calls_counts_every_outcome_exactly() {
     std::fs::write(artifacts().join("report-test-day.json"), &json_out).unwrap();
     std::fs::copy(agent.dir.join("report.html"), artifacts().join("report-test-day.html")).unwrap();
     let html = std::fs::read_to_string(agent.dir.join("report.html")).unwrap();
-    assert!(html.contains("data-figure=\"missed_calls\" data-value=\"9\""), "{html}");
+    assert!(html.contains("data-figure=\"missed_calls\" data-value=\"10\""), "{html}");
     assert_eq!(html.matches("<svg").count(), 3);
 
     // Bad input: a clear error, not a panic.
@@ -352,8 +354,8 @@ fn the_report_of_a_day_of_real_calls_counts_every_outcome_exactly() {
 
 /// Every count of the test day, from the store (`store`: the callback is known) or the file.
 fn check_counts(r: &Value, leads: &[Value], store: bool) {
-    assert_eq!(r["missed_calls"], 9, "{r:#}");
-    assert_eq!(r["answered"], 7, "{r:#}");
+    assert_eq!(r["missed_calls"], 10, "{r:#}");
+    assert_eq!(r["answered"], 8, "{r:#}");
     assert_eq!(r["completed"], 2);
     assert_eq!(r["time_zone"], "UTC");
     let mut outcomes = counts(&r["outcomes"]);
@@ -367,6 +369,7 @@ fn check_counts(r: &Value, leads: &[Value], store: bool) {
             ("hung_up_during_greeting", 2),
             ("hung_up_during_name", 1),
             ("hung_up_during_need", 1),
+            ("hung_up_during_urgency", 1),
             ("hung_up_while_ringing", 1),
         ]),
         "{r:#}"
@@ -376,13 +379,14 @@ fn check_counts(r: &Value, leads: &[Value], store: bool) {
     assert_eq!(
         funnel,
         [
-            json!(["rang", 9, null]),
-            json!(["answered", 7, null]),
-            // The two who completed, the one who left during need, the one who left during the number.
-            json!(["name", 4, 4]),
-            json!(["need", 3, 3]),
+            json!(["rang", 10, null]),
+            json!(["answered", 8, null]),
+            // The two who completed, and those who left during need, the number and urgency.
+            json!(["name", 5, 5]),
+            json!(["need", 4, 4]),
             // Three digits typed, then gone: reached (partial), not answered.
-            json!(["callback_number", 3, 2]),
+            json!(["callback_number", 4, 3]),
+            // Who left during urgency pressed nothing there: no answer.
             json!(["urgency", 2, 2]),
             json!(["completed", 2, null]),
         ],
@@ -390,12 +394,12 @@ fn check_counts(r: &Value, leads: &[Value], store: bool) {
     );
     assert_eq!(
         counts(&r["hang_ups"]),
-        pairs(&[("ringing", 1), ("greeting", 2), ("name", 1), ("need", 1), ("callback_number", 1)]),
+        pairs(&[("ringing", 1), ("greeting", 2), ("name", 1), ("need", 1), ("callback_number", 1), ("urgency", 1)]),
         "{r:#}"
     );
     assert_eq!(r["urgent"]["calls"], 1);
     assert_eq!(r["junk"]["calls"], 1);
-    assert!((r["junk"]["share"].as_f64().unwrap() - 1.0 / 9.0).abs() < 1e-9);
+    assert!((r["junk"]["share"].as_f64().unwrap() - 1.0 / 10.0).abs() < 1e-9);
     // Hours and weekdays: each lead under its own UTC hour and day.
     let mut hours = [0u64; 24];
     let mut days = [0u64; 7];
@@ -410,20 +414,20 @@ fn check_counts(r: &Value, leads: &[Value], store: bool) {
     assert_eq!(by_day, days);
     // Every answered call rang RING_MS first.
     let t = &r["time_to_answer_ms"];
-    assert_eq!(t["count"], 7);
+    assert_eq!(t["count"], 8);
     let (median, p90) = (t["median"].as_u64().unwrap(), t["p90"].as_u64().unwrap());
     assert!((RING_MS..RING_MS + 300).contains(&median), "{t}");
     assert!(median <= p90 && p90 < RING_MS + 500, "{t}");
-    // The clock: every lead but the junk one has it; one handled, the other seven overdue.
+    // The clock: every lead but the junk one has it; one handled, the other eight overdue.
     let c = &r["callback"];
-    assert_eq!(c["clocked"], 8, "{r:#}");
+    assert_eq!(c["clocked"], 9, "{r:#}");
     if store {
-        assert_eq!((c["handled"].as_u64(), c["overdue"].as_u64()), (Some(1), Some(7)), "{c}");
+        assert_eq!((c["handled"].as_u64(), c["overdue"].as_u64()), (Some(1), Some(8)), "{c}");
         assert_eq!(c["time_to_callback_secs"]["count"], 1, "{c}");
         assert!(c["time_to_callback_secs"]["median"].as_u64().unwrap() < 60, "{c}");
     } else {
         // leads.jsonl has the leads as they ended: nobody called back yet.
-        assert_eq!((c["handled"].as_u64(), c["overdue"].as_u64()), (Some(0), Some(8)), "{c}");
+        assert_eq!((c["handled"].as_u64(), c["overdue"].as_u64()), (Some(0), Some(9)), "{c}");
     }
 }
 

@@ -45,6 +45,22 @@ pub enum Format {
     Csv,
 }
 
+/// The JSON: the report's fields in order, then where the leads came from.
+#[derive(serde::Serialize)]
+struct WithSource<'a> {
+    #[serde(flatten)]
+    report: &'a Report,
+    source: Source<'a>,
+}
+
+/// `source` in the JSON: `store` or `leads_file`, its path, and how many rows or lines could not be read.
+#[derive(serde::Serialize)]
+struct Source<'a> {
+    kind: &'a str,
+    path: &'a std::path::Path,
+    skipped: u64,
+}
+
 /// The steps of the script(s) the report's leads ran, in order: the line's
 /// with `--line`, else every line's merged (the default line's first).
 fn script(cfg: &Config, line: Option<&str>) -> Vec<crate::report::ScriptStep> {
@@ -102,9 +118,8 @@ pub fn run(cfg: &Config, args: ReportArgs) -> anyhow::Result<()> {
     let out = match args.format {
         Format::Text => crate::report::text::render(&report, &source),
         Format::Json => {
-            let mut v = serde_json::to_value(&report)?;
-            v["source"] = serde_json::json!({ "kind": loaded.kind, "path": loaded.path, "skipped": loaded.skipped });
-            format!("{}\n", serde_json::to_string_pretty(&v)?)
+            let source = Source { kind: loaded.kind, path: &loaded.path, skipped: loaded.skipped };
+            format!("{}\n", serde_json::to_string_pretty(&WithSource { report: &report, source })?)
         }
         Format::Csv => crate::report::csv::render(&report),
     };
