@@ -42,7 +42,7 @@ pub fn from_store(store: &Path, now_ms: i64) -> anyhow::Result<Option<Loaded>> {
         .optional()
         .or_else(|e| match e {
             // No store_meta: an outbox.db from before the lead store.
-            rusqlite::Error::SqliteFailure(..) => Ok(None),
+            rusqlite::Error::SqliteFailure(_, Some(m)) if m.starts_with("no such table") => Ok(None),
             e => Err(e),
         })
         .with_context(|| format!("reading {}", store.display()))?;
