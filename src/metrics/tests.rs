@@ -90,3 +90,66 @@ async fn readiness_checks_the_outbox_too() {
     assert_eq!(sample(&text, "backstop_registration_failures_total{account=\"100@pbx.example\"}"), Some(1.0));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn the_scrape_reads_the_outbox_and_each_handling_once() {
+    use crate::sink::delivery::{Sink, Target};
+    use crate::sink::event::{Event, EventType};
+    use crate::sink::outbox::{LineFilter, SinkSpec};
+    use backstop_core::callback::CallbackState;
+    use backstop_core::intake::lead::rfc3339;
+    use std::time::SystemTime;
+
+    let dir = std::env::temp_dir().join(format!("backstop-metrics-scrape-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let sink = Sink {
+        spec: SinkSpec { name: "hook".into(), events: EventType::ALL.to_vec(), lines: LineFilter::All },
+        target: Target::EventsFile(dir.join("events.jsonl")),
+        max_interval: Duration::from_secs(60),
+        max_age: Duration::from_secs(3600),
+    };
+    let delivery =
+        Delivery::new(Outbox::open(&dir.join("outbox.db")).unwrap(), vec![sink], 1000, Duration::from_secs(60));
+    let publisher = delivery.publisher();
+    let m = Metrics::new();
+    m.attach_outbox(publisher.clone());
+    // A lead that came in an hour ago and was due for a callback 45 minutes ago.
+    let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+    let mut lead = a_lead();
+    lead.received_at = rfc3339(hour_ago);
+    lead.junk.is_junk = false;
+    lead.callback = Some(CallbackState::due(rfc3339(hour_ago + Duration::from_secs(900))));
+    for kind in [EventType::CallMissed, EventType::LeadCompleted] {
+        publisher.publish(Event::new(kind, rfc3339(SystemTime::now()), &lead)).await.unwrap();
+    }
+    let scrape = || {
+        let m = m.clone();
+        async move { tokio::task::spawn_blocking(move || m.encode()).await.unwrap() }
+    };
+    let text = scrape().await;
+    assert_eq!(sample(&text, "backstop_outbox_pending{sink=\"hook\"}"), Some(2.0), "{text}");
+    assert_eq!(sample(&text, "backstop_outbox_dead{sink=\"hook\"}"), Some(0.0));
+    assert_eq!(sample(&text, &format!("backstop_leads_overdue{{line=\"{}\"}}", lead.line)), Some(1.0), "{text}");
+    assert_eq!(sample(&text, "backstop_time_to_callback_seconds_count"), Some(0.0));
+
+    crate::store::mark_handled(&publisher, &lead.id, "owner", None).await.unwrap();
+    // Read once the handling has settled (2 s), and only once.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let text = scrape().await;
+    assert_eq!(sample(&text, "backstop_time_to_callback_seconds_count"), Some(1.0), "{text}");
+    let took = sample(&text, "backstop_time_to_callback_seconds_sum").unwrap();
+    assert!((3600.0..3700.0).contains(&took), "time to callback {took} s");
+    let bucket = |le: &str| {
+        let series =
+            text.lines().find(|l| l.starts_with(&format!("backstop_time_to_callback_seconds_bucket{{le=\"{le}")));
+        series.and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    assert_eq!(bucket("3600"), Some(0.0), "{text}");
+    assert_eq!(bucket("7200"), Some(1.0), "{text}");
+    assert_eq!(sample(&text, "backstop_outbox_pending{sink=\"hook\"}"), Some(3.0), "lead.handled is pending too");
+    assert!(!text.contains("backstop_leads_overdue{"), "no lead is overdue now: {text}");
+    let text = scrape().await;
+    assert_eq!(sample(&text, "backstop_time_to_callback_seconds_count"), Some(1.0), "not observed twice");
+    let _ = std::fs::remove_dir_all(&dir);
+}
