@@ -59,6 +59,19 @@ fn keyed_call(hold_ms: u64) -> String {
     )
 }
 
+/// A caller whose RTP (pcap, needs root) carries line noise and the RFC 4733
+/// key "7", then hangs up.
+fn speaking_call(dir: &std::path::Path) -> String {
+    let mut audio = common::pcap::CallerAudio::new(101).with_line_noise(7);
+    audio.silence_until(400).digits("7");
+    audio.silence_until(1600);
+    let pcap = dir.join("caller.pcap");
+    audio.write(&pcap);
+    let play = format!("  <nop><action><exec play_pcap_audio=\"{}\"/></action></nop>\n", pcap.display());
+    let offer = OFFER.replace("[rtp_port]", "[media_port]");
+    scenario("metrics-rtp", &[&invite("", &offer), ANSWERED, &ack(1), &pause(100), &play, &pause(1800), CALLER_BYE])
+}
+
 /// Prometheus, killed on drop.
 struct Prometheus {
     child: Child,
@@ -356,7 +369,7 @@ fn every_metric_the_grafana_dashboard_uses_is_in_a_real_scrape() {
     // intake funnel), an account (at a registrar nobody answers) and a sink.
     let registrar = free_port();
     let extra = format!(
-        "[sip]\nanswer_after_ms = 50\ntrusted_sources = [\"127.0.0.1/32\"]\n\
+        "[sip]\nanswer_after_ms = 50\ntrusted_sources = [\"127.0.0.1/32\"]\n[recordings]\nwhole_call = true\n\
          [[register]]\nregistrar = \"sip:127.0.0.1:{registrar}\"\nusername = \"overflow\"\npassword = \"pw\"\n{KEY_SCRIPT}"
     );
     let (agent, metrics) = agent_with_metrics("metrics-dashboard", &extra);
@@ -365,10 +378,18 @@ fn every_metric_the_grafana_dashboard_uses_is_in_a_real_scrape() {
     assert_eq!(r.status, 503);
     assert_eq!(r.text(), "register: account overflow@127.0.0.1 is not registered\n");
     let dir = scratch_dir("metrics-dashboard-sipp");
-    let run = run_sipp_calls(&dir, &keyed_call(100), agent.addr(), false, &[], 1);
+    let run = run_sipp(&dir, &speaking_call(&dir), agent.addr(), false, &[]);
     assert!(run.success, "SIPp failed: {}\n{}", run.errors, agent.log());
-    agent.wait_leads(1, Duration::from_secs(10));
+    let lead = agent.wait_leads(1, Duration::from_secs(10)).remove(0);
     let text = scrape(metrics);
+    // The caller's RTP, its RFC 4733 key, and the whole call's recording, as written on disk.
+    assert_eq!(value(&text, "backstop_dtmf_digits_total{source=\"rfc4733\"}"), Some(1.0), "{text}");
+    let received = value(&text, "backstop_rtp_packets_received_total").unwrap();
+    assert!(received >= 50.0, "RTP packets received {received}");
+    assert_eq!(value(&text, "backstop_recordings_total"), Some(1.0));
+    let file = agent.dir.join("data/recordings").join(lead["recording"].as_str().expect("the whole call's recording"));
+    let bytes = std::fs::metadata(&file).unwrap().len() as f64;
+    assert_eq!(value(&text, "backstop_recording_bytes_total"), Some(bytes));
     assert_eq!(value(&text, "backstop_intake_step_answered_total{line=\"default\",step=\"key\"}"), Some(1.0), "{text}");
     assert_eq!(value(&text, "backstop_registration_up{account=\"overflow@127.0.0.1\"}"), Some(0.0));
     let scraped = scraped_names(&text);
