@@ -265,7 +265,7 @@ fn sd_notify_says_ready_once_sip_answers_and_stopping_on_sigterm() {
 
 #[test]
 fn json_log_format_writes_one_json_object_per_line() {
-    let cfg = config(&manifest_dir().join("prompts"), rtp_slot(1), &format!("{SKELETON_SCRIPT}"))
+    let cfg = config(&manifest_dir().join("prompts"), rtp_slot(1), SKELETON_SCRIPT)
         .replace("level = \"debug\"\n", "level = \"debug\"\nformat = \"json\"\n");
     let mut agent = AgentProc::start_config("json-log", &cfg, rtp_slot(1));
     call_and_capture(&agent, "json-call");
@@ -343,6 +343,8 @@ fn sighup_plays_the_new_greeting_to_the_next_call_while_the_call_in_progress_kee
     assert_eq!(prompt_at(&heard2, &frames("urgency")), None, "call 2 heard the dropped menu");
     let new_len = frames("zip").len() + frames("sorry").len();
     assert_eq!(heard2.len(), new_len, "new greeting then goodbye, nothing else");
+    // Only the script and a prompt changed; --listen and --data-dir were kept, not taken for changes.
+    assert!(!agent.log().contains("needs a restart"), "{}", agent.log());
     let lead2 = agent.wait_leads(2, Duration::from_secs(5)).remove(1);
     assert_eq!(lead2["outcome"], "completed", "{lead2}");
     assert!(lead2["answers"].as_object().is_none_or(|a| a.is_empty()), "{lead2}");
@@ -398,12 +400,22 @@ fn a_webhook_added_on_sighup_gets_the_next_calls_lead() {
     let first = agent.wait_leads(1, Duration::from_secs(5))[0]["call_id"].as_str().unwrap().to_string();
 
     let hook = format!("[[webhook]]\nurl = \"http://127.0.0.1:{}/hook\"\nsecret = \"{SECRET}\"\n", rx.port);
-    std::fs::write(agent.dir.join("backstop.toml"), format!("{before}\n{hook}")).unwrap();
+    // Also a narrower RTP range: that only a restart can change.
+    let narrower =
+        before.replace(&format!("port_max = {}", rtp_slot(4).1), &format!("port_max = {}", rtp_slot(4).1 - 2));
+    std::fs::write(agent.dir.join("backstop.toml"), format!("{narrower}\n{hook}")).unwrap();
     hup(&agent);
     wait_log(&agent, "SIGHUP: config reloaded", 1, Duration::from_secs(10));
     let log = agent.log();
     let line = log.lines().find(|l| l.contains("SIGHUP: config reloaded")).unwrap();
     assert!(line.contains(&format!("sinks_added=webhook:http://127.0.0.1:{}/hook", rx.port)), "{line}");
+    assert!(line.contains("sinks_kept=1"), "the leads file's sink is kept: {line}");
+    let restart: Vec<&str> = log.lines().filter(|l| l.contains("needs a restart")).collect();
+    assert_eq!(restart.len(), 1, "{log}");
+    assert!(restart[0].contains("SIGHUP: [rtp] changed"), "{log}");
+    // The kept sink's worker was not restarted.
+    assert_eq!(log.matches("delivery worker started sink=file:leads.jsonl").count(), 1, "{log}");
+    assert_eq!(log.matches("delivery worker started sink=webhook:").count(), 1, "{log}");
 
     call_and_capture(&agent, "hup-wh-after");
     let second = agent.wait_leads(2, Duration::from_secs(5))[1]["call_id"].as_str().unwrap().to_string();
