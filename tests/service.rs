@@ -389,10 +389,17 @@ fn a_broken_config_on_sighup_is_logged_and_the_old_one_runs_on() {
     .unwrap();
     hup(&agent);
     wait_log(&agent, "SIGHUP: the config in use runs on unchanged", 2, Duration::from_secs(10));
+    // A webhook whose secret's environment variable is not set.
+    let hook = "[[webhook]]\nurl = \"http://127.0.0.1:9/hook\"\nsecret_env = \"BACKSTOP_TEST_NO_SUCH_SECRET\"\n";
+    std::fs::write(agent.dir.join("backstop.toml"), format!("{good}\n{hook}")).unwrap();
+    hup(&agent);
+    wait_log(&agent, "SIGHUP: the config in use runs on unchanged", 3, Duration::from_secs(10));
     let log = agent.log();
     let refused: Vec<&str> = log.lines().filter(|l| l.contains("SIGHUP: config not reloaded")).collect();
-    assert!(refused.len() >= 2, "{log}");
+    assert!(refused.len() >= 3, "{log}");
     assert!(refused.iter().any(|l| l.contains("no_such_prompt")), "the missing prompt is named:\n{log}");
+    assert!(refused.iter().any(|l| l.contains("BACKSTOP_TEST_NO_SUCH_SECRET")), "the missing secret is named:\n{log}");
+    assert!(!log.contains("delivery worker started sink=webhook"), "{log}");
     assert!(!log.contains("SIGHUP: config reloaded"), "{log}");
     assert!(alive(&agent), "the agent ended on a bad reload:\n{log}");
 

@@ -378,7 +378,7 @@ impl Reload {
         })
         .await
         .map_err(|e| vec![format!("loading the config: {e}")])?;
-        let (lines, sinks) = loaded.map_err(|e| vec![format!("{e:#}")])?;
+        let (lines, sinks) = loaded.map_err(|e| vec![causes(&e)])?;
         for finding in cfg.line_findings() {
             tracing::warn!("SIGHUP: {finding}");
         }
@@ -405,6 +405,21 @@ impl Reload {
         );
         Ok(())
     }
+}
+
+/// An error and its causes on one line, each cause once (some errors
+/// already repeat their source in their own message).
+fn causes(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain().map(|c| c.to_string()) {
+        if !out.contains(&cause) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&cause);
+        }
+    }
+    out
 }
 
 /// The sections a reload cannot change (the agent read them once, at the
