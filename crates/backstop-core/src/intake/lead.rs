@@ -106,6 +106,15 @@ const HUNG_UP_DURING: &str = "hung_up_during_";
 const INTERRUPTED_DURING: &str = "interrupted_during_";
 
 impl Outcome {
+    /// The script step the call ended in, for `hung_up_during_<step>` and
+    /// `interrupted_during_<step>`.
+    pub fn step(&self) -> Option<&str> {
+        match self {
+            Outcome::HungUpDuring(step) | Outcome::InterruptedDuring(step) => Some(step),
+            _ => None,
+        }
+    }
+
     /// The outcomes that carry no step: what `FromStr` reads by name.
     const FIXED: [Outcome; 10] = [
         Outcome::Ringing,
@@ -272,6 +281,21 @@ pub fn rfc3339(t: SystemTime) -> String {
 }
 
 impl Lead {
+    /// The script steps the call reached: each step with an answer, in any
+    /// status, and the step it ended in (a caller who hangs up in silence
+    /// while a question waits leaves no answer there, but reached it).
+    /// Sorted by name, each once.
+    pub fn steps_reached(&self) -> Vec<&str> {
+        let mut steps: Vec<&str> = self.answers.keys().map(String::as_str).collect();
+        if let Some(step) = self.outcome.step()
+            && !self.answers.contains_key(step)
+        {
+            steps.push(step);
+            steps.sort_unstable();
+        }
+        steps
+    }
+
     /// The lead's caller/called/forwarded parts, from the INVITE.
     pub fn from_invite(id: String, invite: &Request, received_at: SystemTime, transport: Transport) -> Lead {
         let asserted = invite
@@ -344,6 +368,22 @@ pub fn number_of(n: &NameAddr) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_caller_who_hangs_up_in_silence_reached_the_step_they_hung_up_in() {
+        use crate::intake::answer::{AnswerKind, AnswerStatus};
+        let mut lead = Lead::from_invite("id".into(), &invite(""), SystemTime::UNIX_EPOCH, Transport::Udp);
+        lead.answers.insert("name".into(), Answer::new(AnswerKind::Voice, AnswerStatus::Answered, None, 1));
+        lead.outcome = Outcome::HungUpDuring("need".into());
+        assert_eq!(lead.steps_reached(), ["name", "need"]);
+        lead.answers.insert("need".into(), Answer::new(AnswerKind::Voice, AnswerStatus::Partial, None, 1));
+        assert_eq!(lead.steps_reached(), ["name", "need"], "once each");
+        lead.outcome = Outcome::Completed;
+        lead.answers.remove("need");
+        assert_eq!(lead.steps_reached(), ["name"]);
+        assert_eq!(Outcome::InterruptedDuring("zip".into()).step(), Some("zip"));
+        assert_eq!(Outcome::HungUpWhileRinging.step(), None);
+    }
+
     use super::*;
     use crate::sip::message::{Incoming, read_message};
     use crate::sip::testing;
