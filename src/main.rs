@@ -264,15 +264,15 @@ fn main() -> ExitCode {
             }
         }
         Command::Run { config, listen, data_dir } => {
-            let mut cfg = match config_or_exit(config.as_deref(), data_dir) {
+            // Applied to the file now and to every reload of it (SIGHUP).
+            let overrides = run::Overrides { listen, data_dir };
+            let mut cfg = match config_or_exit(config.as_deref(), None) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            if let Some(l) = listen {
-                cfg.sip.listen = l;
-            }
+            overrides.apply(&mut cfg);
             run::init_logging(&cfg);
-            let result = run::run(cfg, config);
+            let result = run::run(cfg, config, overrides);
             if let Err(e) = &result {
                 tracing::error!("{e:#}");
             }

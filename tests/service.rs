@@ -19,13 +19,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn expect_ok(run: &SippRun, agent: &AgentProc) {
+    expect_ok_log(run, &agent.log());
+}
+
+fn expect_ok_log(run: &SippRun, log: &str) {
     assert!(
         run.success,
-        "SIPp failed (exit {:?}):\n{}\nmessages:\n{}\nagent log:\n{}",
-        run.code,
-        run.errors,
-        run.messages,
-        agent.log()
+        "SIPp failed (exit {:?}):\n{}\nmessages:\n{}\nagent log:\n{log}",
+        run.code, run.errors, run.messages,
     );
 }
 
@@ -99,9 +100,14 @@ fn alive(agent: &AgentProc) -> bool {
 
 /// Wait (bounded) until the log holds `needle` at least `n` times.
 fn wait_log(agent: &AgentProc, needle: &str, n: usize, limit: Duration) {
+    wait_text(|| agent.log(), needle, n, limit);
+}
+
+/// Wait (bounded) until `log()` holds `needle` at least `n` times.
+fn wait_text(log: impl Fn() -> String, needle: &str, n: usize, limit: Duration) {
     let deadline = Instant::now() + limit;
-    while agent.log().matches(needle).count() < n {
-        assert!(Instant::now() < deadline, "no {needle:?} (x{n}) in the log:\n{}", agent.log());
+    while log().matches(needle).count() < n {
+        assert!(Instant::now() < deadline, "no {needle:?} (x{n}) in the log:\n{}", log());
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -109,13 +115,18 @@ fn wait_log(agent: &AgentProc, needle: &str, n: usize, limit: Duration) {
 /// One call that hears the script through and is hung up on by the agent,
 /// its RTP captured.
 fn call_and_capture(agent: &AgentProc, name: &str) -> Vec<Captured> {
+    call_and_capture_at(agent.addr(), name, || agent.log())
+}
+
+/// [`call_and_capture`] to the agent at `addr`, whose log is `log()`.
+fn call_and_capture_at(addr: std::net::SocketAddr, name: &str, log: impl Fn() -> String) -> Vec<Captured> {
     let dir = scratch_dir(name);
     let rtp = RtpCapture::start();
     let sc = scenario(name, &[&invite("", OFFER), ANSWERED, &ack(1), AGENT_BYE]);
-    let run = run_sipp(&dir, &sc, agent.addr(), false, &[("rtp_port", rtp.port.to_string())]);
+    let run = run_sipp(&dir, &sc, addr, false, &[("rtp_port", rtp.port.to_string())]);
     std::thread::sleep(Duration::from_millis(200));
     let packets = rtp.finish();
-    expect_ok(&run, agent);
+    expect_ok_log(&run, &log());
     let _ = std::fs::remove_dir_all(&dir);
     packets
 }
@@ -140,6 +151,11 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
     // 5060 is above 1024: no capability granted.
     assert_eq!(get("CapabilityBoundingSet"), Some(""));
     assert_eq!(get("AmbientCapabilities"), None);
+    // The model's loading and the leads.jsonl import come before READY.
+    let start: u64 = get("TimeoutStartSec").unwrap().parse().unwrap();
+    assert!(start >= 300, "TimeoutStartSec={start}");
+    // A reload keeps the environment: the unit says a new variable needs a restart.
+    assert!(unit.contains("only when the service starts") && unit.contains("systemctl restart backstop"), "{unit}");
 
     // verify needs ExecStart to exist: the built binary stands in for /usr/local/bin/backstop.
     let dir = scratch_dir("unit");
@@ -167,6 +183,35 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
     };
     let (ok, score) = security(&path);
     assert!(ok, "exposure above 2.0: {score}");
+    let findings = |path: &Path| {
+        let out = Command::new("systemd-analyze").args(["security", "--offline=yes"]).arg(path).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let bind = "✗ CapabilityBoundingSet=~CAP_NET_(BIND_SERVICE";
+    let plain = findings(&path);
+    assert!(!plain.contains(bind) && !plain.contains("✗ AmbientCapabilities="), "{plain}");
+    // The drop-in for a SIP port under 1024, next to the unit as in
+    // /etc/systemd/system/backstop.service.d/: it verifies, and systemd
+    // reads it as granting CAP_NET_BIND_SERVICE (bounding and ambient)
+    // outside a private user namespace.
+    let dropin = dir.join("backstop.service.d");
+    std::fs::create_dir_all(&dropin).unwrap();
+    std::fs::copy(manifest_dir().join("deploy/systemd/backstop.service.d/low-port.conf"), dropin.join("low-port.conf"))
+        .unwrap();
+    let out = Command::new("systemd-analyze").arg("verify").arg(&path).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && !text.contains("backstop"), "the drop-in fails verify:\n{text}");
+    let low = findings(&path);
+    assert!(low.contains(bind), "the drop-in grants no CAP_NET_BIND_SERVICE:\n{low}");
+    assert!(low.contains("✗ AmbientCapabilities="), "{low}");
+    assert!(low.contains("✗ PrivateUsers="), "the capability would stay in a private user namespace:\n{low}");
+    // The old advice, uncommenting the grant above the unit's empty
+    // CapabilityBoundingSet=, is reset by it: the check can tell.
+    std::fs::remove_dir_all(&dropin).unwrap();
+    let old = unit
+        .replace("CapabilityBoundingSet=\n", "CapabilityBoundingSet=CAP_NET_BIND_SERVICE\nCapabilityBoundingSet=\n");
+    std::fs::write(&path, old.replace("/usr/local/bin/backstop", env!("CARGO_BIN_EXE_backstop"))).unwrap();
+    assert!(!findings(&path).contains(bind), "an empty CapabilityBoundingSet= after the grant keeps it");
     let bare = dir.join("bare.service");
     std::fs::write(&bare, format!("[Service]\nExecStart={} run\n", env!("CARGO_BIN_EXE_backstop"))).unwrap();
     assert!(!security(&bare).0, "an unhardened unit passes the same threshold");
@@ -357,8 +402,17 @@ fn sighup_plays_the_new_greeting_to_the_next_call_while_the_call_in_progress_kee
     assert_eq!(prompt_at(&heard2, &frames("zip")), Some(0), "call 2 begins with the new greeting");
     assert_eq!(prompt_at(&heard2, &frames("name")), None, "call 2 heard the old greeting");
     assert_eq!(prompt_at(&heard2, &frames("urgency")), None, "call 2 heard the dropped menu");
-    let new_len = frames("zip").len() + frames("sorry").len();
-    assert_eq!(heard2.len(), new_len, "new greeting then goodbye, nothing else");
+    // The goodbye follows the new greeting (a frame or two of silence between
+    // prompts may come with it), and nothing of the old script's in between.
+    let zip = frames("zip");
+    let goodbye = prompt_at(&heard2, &frames("sorry")).expect("call 2 heard the goodbye");
+    assert!(
+        goodbye >= zip.len() && goodbye <= zip.len() + 2,
+        "goodbye at frame {goodbye}, after {} of greeting",
+        zip.len()
+    );
+    assert_eq!(&heard2[..zip.len()], &zip[..], "the whole new greeting");
+    assert!(heard2.len() <= goodbye + frames("sorry").len() + 2, "{} frames after the goodbye", heard2.len() - goodbye);
     // Only the script and a prompt changed; --listen and --data-dir were kept, not taken for changes.
     assert!(!agent.log().contains("needs a restart"), "{}", agent.log());
     let lead2 = agent.wait_leads(2, Duration::from_secs(5)).remove(1);
@@ -398,7 +452,12 @@ fn a_broken_config_on_sighup_is_logged_and_the_old_one_runs_on() {
     let refused: Vec<&str> = log.lines().filter(|l| l.contains("SIGHUP: config not reloaded")).collect();
     assert!(refused.len() >= 3, "{log}");
     assert!(refused.iter().any(|l| l.contains("no_such_prompt")), "the missing prompt is named:\n{log}");
-    assert!(refused.iter().any(|l| l.contains("BACKSTOP_TEST_NO_SUCH_SECRET")), "the missing secret is named:\n{log}");
+    let secret =
+        refused.iter().find(|l| l.contains("BACKSTOP_TEST_NO_SUCH_SECRET")).expect("the missing secret is named");
+    assert!(
+        secret.contains("restart the agent"),
+        "a new environment variable needs a restart, and the log says so: {secret}"
+    );
     assert!(!log.contains("delivery worker started sink=webhook"), "{log}");
     assert!(!log.contains("SIGHUP: config reloaded"), "{log}");
     assert!(alive(&agent), "the agent ended on a bad reload:\n{log}");
@@ -450,4 +509,133 @@ fn a_webhook_added_on_sighup_gets_the_next_calls_lead() {
     std::thread::sleep(Duration::from_millis(500));
     assert!(rx.seen().iter().all(|s| s.call_id() != first), "the earlier call's events reached the new webhook");
     assert!(agent.terminate(), "a clean stop; log:\n{}", agent.log());
+}
+
+/// `backstop run` started by hand in `dir` (its `backstop.toml`, its log in
+/// `agent.log`), on `addr`, with no `--data-dir`, and `NOTIFY_SOCKET` when given.
+fn start_raw(dir: &Path, addr: std::net::SocketAddr, notify: Option<&Path>) -> Raw {
+    let log = std::fs::File::create(dir.join("agent.log")).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_backstop"));
+    cmd.arg("run").arg("--config").arg(dir.join("backstop.toml")).args(["--listen", &addr.to_string()]);
+    if let Some(sock) = notify {
+        cmd.env("NOTIFY_SOCKET", sock);
+    }
+    Raw(cmd.env("NO_COLOR", "1").stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap())
+}
+
+/// Wait (bounded) for the raw agent's exit; its status.
+fn exited(agent: &mut Raw, limit: Duration, log: impl Fn() -> String) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(s) = agent.0.try_wait().unwrap() {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "the agent did not exit; log:\n{}", log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_sighup_that_changes_the_data_dir_moves_nothing_there() {
+    let dir = scratch_dir("hup-data-dir");
+    let (data1, data2) = (dir.join("data1"), dir.join("data2"));
+    let cfg = |data: &Path, rest: &str| {
+        format!(
+            "[data]\ndir = \"{}\"\n{}{rest}",
+            data.display(),
+            config(&manifest_dir().join("prompts"), rtp_slot(5), SKELETON_SCRIPT)
+        )
+    };
+    std::fs::write(dir.join("backstop.toml"), cfg(&data1, "")).unwrap();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut agent = start_raw(&dir, addr, None);
+    let log = || std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
+    assert!(sip_answers(addr, Duration::from_secs(20)), "the agent did not start; log:\n{}", log());
+
+    // A new [data] dir (a restart's business) and a new file sink, events.jsonl (a reload's).
+    std::fs::write(dir.join("backstop.toml"), cfg(&data2, "[leads_file]\nevents = true\n")).unwrap();
+    assert!(Command::new("kill").args(["-HUP", &agent.0.id().to_string()]).status().unwrap().success());
+    wait_text(log, "SIGHUP: config reloaded", 1, Duration::from_secs(10));
+    let text = log();
+    let restart: Vec<&str> = text.lines().filter(|l| l.contains("needs a restart")).collect();
+    // --listen given on the command line is applied to the reload: only [data] differs.
+    assert_eq!(restart.len(), 1, "{text}");
+    assert!(restart[0].contains("[data] dir changed"), "{text}");
+    assert!(text.contains("sinks_added=file:events.jsonl"), "{text}");
+
+    call_and_capture_at(addr, "hup-data-dir-call", log);
+    // The lead and its events are where the outbox and the recordings are: the running data dir.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let leads = data1.join("leads.jsonl");
+    let events = data1.join("events.jsonl");
+    let has_lead = || std::fs::read_to_string(&events).is_ok_and(|t| t.contains("lead.completed"));
+    while !(leads.exists() && has_lead()) {
+        assert!(Instant::now() < deadline, "no lead in {}; log:\n{}", data1.display(), log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(std::fs::read_to_string(&leads).unwrap().lines().count(), 1);
+    assert!(!data2.exists(), "a half-applied data dir: {:?}", std::fs::read_dir(&data2).map(|d| d.count()));
+    assert!(Command::new("kill").args(["-TERM", &agent.0.id().to_string()]).status().unwrap().success());
+    assert!(exited(&mut agent, Duration::from_secs(15), log).success(), "{}", log());
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_sigterm_right_at_ready_drains_and_a_sighup_during_the_drain_is_ignored() {
+    let prompts = prompts_dir("drain-prompts", &[("greeting", "name"), ("choice", "urgency"), ("goodbye", "sorry")]);
+    let dir = scratch_dir("drain");
+    let sock_path = dir.join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    std::fs::write(dir.join("backstop.toml"), config(&prompts, rtp_slot(6), OLD_SCRIPT)).unwrap();
+    let log = || std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
+
+    // 1. SIGTERM the moment READY=1 arrives: the handlers are in place, so
+    // the agent drains and exits cleanly (not killed by the default action).
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut agent = start_raw(&dir, addr, Some(&sock_path));
+    wait_notify(&sock, "READY=1", Duration::from_secs(20));
+    assert!(Command::new("kill").args(["-TERM", &agent.0.id().to_string()]).status().unwrap().success());
+    let status = exited(&mut agent, Duration::from_secs(15), log);
+    assert!(status.success(), "exit {status:?}; log:\n{}", log());
+    assert!(log().contains("signal received: refusing new calls"), "{}", log());
+    drop(agent);
+
+    // 2. A call holds the drain open; a SIGHUP then is logged and ignored.
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut agent = start_raw(&dir, addr, Some(&sock_path));
+    wait_notify(&sock, "READY=1", Duration::from_secs(20));
+    let call_dir = scratch_dir("drain-call");
+    let rtp = RtpCapture::start();
+    // The menu waits for a key; the caller hangs up 3 s after the answer.
+    let sc = scenario("drain", &[&invite("", OFFER), ANSWERED, &ack(1), &pause(3000), CALLER_BYE]);
+    let keys = [("rtp_port", rtp.port.to_string())];
+    let call = {
+        let call_dir = call_dir.clone();
+        std::thread::spawn(move || run_sipp(&call_dir, &sc, addr, false, &keys))
+    };
+    wait_text(log, "200 OK sent", 1, Duration::from_secs(10));
+    let pid = agent.0.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    wait_notify(&sock, "STOPPING=1", Duration::from_secs(5));
+    assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    wait_text(log, "SIGHUP: ignored, the agent is shutting down", 1, Duration::from_secs(5));
+    let run = call.join().unwrap();
+    drop(rtp.finish());
+    let status = exited(&mut agent, Duration::from_secs(15), log);
+    assert!(status.success(), "exit {status:?}; log:\n{}", log());
+    expect_ok_log(&run, &log());
+    // Nothing said to systemd after STOPPING, and nothing reloaded.
+    let mut buf = [0u8; 4096];
+    let mut after = Vec::new();
+    while let Ok(n) = sock.recv(&mut buf) {
+        after.push(String::from_utf8_lossy(&buf[..n]).to_string());
+    }
+    assert!(after.iter().all(|m| !m.contains("READY=1") && !m.contains("RELOADING=1")), "{after:?}");
+    assert!(!log().contains("SIGHUP: config reloaded"), "{}", log());
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&call_dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&prompts);
 }

@@ -120,13 +120,9 @@ fn configured_sinks(cfg: &Config) -> anyhow::Result<Vec<ConfiguredSink>> {
 
 /// Run the agent until a signal, then shut down in order. `config_path` is
 /// read again on SIGHUP (see [`reload_on_hangup`]); `cfg` is that file with
-/// the command line's `--listen` and `--data-dir` applied, which a reload keeps.
-pub fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+/// the command line's `overrides` applied, which every reload applies too.
+pub fn run(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> anyhow::Result<()> {
     let lines = LiveLines::new(load_lines(&cfg)?);
-    let overrides = match &config_path {
-        Some(p) => Config::load(p).map(|file| Overrides::between(&file, &cfg)).unwrap_or_default(),
-        None => Overrides::default(),
-    };
     let started = cfg.clone();
     let metrics = Metrics::new();
     // A missing or corrupt model stops the start, before any call is taken.
@@ -150,7 +146,9 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     // Shared with the reload task, which replaces its sinks.
     let delivery = Arc::new(delivery);
     {
-        // Leads from before the store: taken in once.
+        // Leads from before the store: taken in once, before READY. A large
+        // file may take a while: systemd is asked for more start time.
+        notify(&[NotifyState::ExtendTimeoutUsec(IMPORT_START_EXTENSION.as_micros() as u32)]);
         let db = delivery.outbox();
         let mut db = db.lock().unwrap_or_else(|p| p.into_inner());
         let n = crate::store::import::import_once(&mut db, &cfg.leads_path())
@@ -189,15 +187,23 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
             workers.push(crate::metrics::serve(metrics.clone(), listen, workers_rx.clone()).await.context("[metrics]")?);
             tracing::info!(%listen, "metrics ready");
         }
-        // Always handled: SIGHUP's default would end the agent mid-call.
-        let reload = Some(tokio::spawn(reload_on_hangup(Reload {
-            path: config_path,
-            overrides,
-            started,
-            lines: lines.clone(),
-            delivery: delivery.clone(),
-            face: http.clone(),
-        })));
+        // Every signal is handled from here on, before READY: SIGHUP's
+        // default would end the agent mid-call, SIGTERM's would skip the drain.
+        let signals = Signals::new()?;
+        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).context("SIGHUP handler")?;
+        let (tx, rx) = tokio::sync::watch::channel(Shutdown::Running);
+        let reload = Some(tokio::spawn(reload_on_hangup(
+            hup,
+            rx.clone(),
+            Reload {
+                path: config_path,
+                overrides,
+                started,
+                lines: lines.clone(),
+                delivery: delivery.clone(),
+                face: http.clone(),
+            },
+        )));
         let finish = LeadFinish {
             metrics: metrics.clone(),
             lines: lines.clone(),
@@ -232,10 +238,9 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         let agent = Agent::bind(cfg, lines, delivery.publisher(), transcriber, metrics.clone()).await?;
         // The SIP sockets are bound: systemd may order what needs us after this.
         notify(&[NotifyState::Ready, NotifyState::Status(&format!("answering calls on {listen}"))]);
-        let (tx, rx) = tokio::sync::watch::channel(Shutdown::Running);
         let drain_metrics = metrics.clone();
+        let mut signals = signals;
         tokio::spawn(async move {
-            let mut signals = Signals::new();
             signals.next().await;
             tracing::info!(
                 grace_secs = grace.as_secs(),
@@ -279,6 +284,10 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     result
 }
 
+/// More start time asked of systemd before the one-time import of
+/// `leads.jsonl` (the unit's `TimeoutStartSec` covers the model's loading).
+const IMPORT_START_EXTENSION: Duration = Duration::from_secs(300);
+
 /// Tell systemd (`Type=notify`) how we are; nothing without `$NOTIFY_SOCKET`
 /// (or with it empty).
 fn notify(states: &[NotifyState]) {
@@ -290,23 +299,16 @@ fn notify(states: &[NotifyState]) {
     }
 }
 
-/// The command line's `--listen` and `--data-dir`, which a reload keeps.
-#[derive(Debug, Default)]
-struct Overrides {
-    listen: Option<SocketAddr>,
-    data_dir: Option<PathBuf>,
+/// The command line's `--listen` and `--data-dir`: applied to the config
+/// file at the start and to every reload of it.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
 }
 
 impl Overrides {
-    /// What `cfg` (the file with the command line applied) has that `file` alone has not.
-    fn between(file: &Config, cfg: &Config) -> Overrides {
-        Overrides {
-            listen: (file.sip.listen != cfg.sip.listen).then_some(cfg.sip.listen),
-            data_dir: (file.data.dir != cfg.data.dir).then(|| cfg.data.dir.clone()),
-        }
-    }
-
-    fn apply(&self, cfg: &mut Config) {
+    pub fn apply(&self, cfg: &mut Config) {
         if let Some(l) = self.listen {
             cfg.sip.listen = l;
         }
@@ -338,10 +340,19 @@ struct Reload {
 /// change are logged when they differ. Without a config file there is
 /// nothing to reload, and the signal is only logged (its default action
 /// would end the agent mid-call).
-async fn reload_on_hangup(reload: Reload) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+/// Once the shutdown has begun, a SIGHUP is logged and ignored: no sinks
+/// swapped mid-drain, no READY after STOPPING.
+async fn reload_on_hangup(
+    mut hup: tokio::signal::unix::Signal,
+    shutdown: tokio::sync::watch::Receiver<Shutdown>,
+    reload: Reload,
+) {
+    let stopping = || *shutdown.borrow() != Shutdown::Running;
     while hup.recv().await.is_some() {
+        if stopping() {
+            tracing::info!("SIGHUP: ignored, the agent is shutting down");
+            continue;
+        }
         let Some(path) = &reload.path else {
             tracing::info!("SIGHUP: nothing to reload (the agent runs on the defaults, without a config file)");
             continue;
@@ -351,15 +362,19 @@ async fn reload_on_hangup(reload: Reload) {
             reloading.push(now);
         }
         notify(&reloading);
-        match reload.once(path).await {
-            Ok(()) => notify(&[NotifyState::Ready, NotifyState::Status("config reloaded")]),
+        let status = match reload.once(path).await {
+            Ok(()) => "config reloaded",
             Err(errors) => {
                 for e in &errors {
                     tracing::error!(config = %path.display(), "SIGHUP: config not reloaded: {e}");
                 }
                 tracing::warn!(config = %path.display(), "SIGHUP: the config in use runs on unchanged");
-                notify(&[NotifyState::Ready, NotifyState::Status("config reload refused; see the log")]);
+                "config reload refused; see the log"
             }
+        };
+        // A stop that began during the reload has said STOPPING: no READY after it.
+        if !stopping() {
+            notify(&[NotifyState::Ready, NotifyState::Status(status)]);
         }
     }
 }
@@ -368,8 +383,10 @@ impl Reload {
     /// Load everything the new config needs, then (only if all of it
     /// loaded) put it in place. The errors, when it did not.
     async fn once(&self, path: &Path) -> Result<(), Vec<String>> {
-        let mut cfg = Config::load(path).map_err(|errors| errors.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
-        self.overrides.apply(&mut cfg);
+        let mut file = Config::load(path).map_err(|errors| errors.iter().map(refusal).collect::<Vec<_>>())?;
+        self.overrides.apply(&mut file);
+        let restart = needs_restart(&self.started, &file);
+        let cfg = reloadable(&self.started, file);
         // Prompt files are read here: off the runtime's threads.
         let (cfg, loaded) = tokio::task::spawn_blocking(move || {
             let lines = load_lines(&cfg);
@@ -389,7 +406,7 @@ impl Reload {
         if let Some(face) = &self.face {
             face.reload(&cfg);
         }
-        for section in needs_restart(&self.started, &cfg) {
+        for section in restart {
             tracing::warn!(config = %path.display(), "SIGHUP: {section} changed, which needs a restart; the running agent keeps the old value");
         }
         tracing::info!(
@@ -407,6 +424,20 @@ impl Reload {
     }
 }
 
+/// A config error as a reload reports it. An environment variable the
+/// config names (`secret_env`, `auth_token_env`) is read from the
+/// environment the agent started with: systemd reads `EnvironmentFile=`
+/// only at a start, so a new one needs a restart, and the error says so.
+fn refusal(e: &crate::config::ConfigError) -> String {
+    if e.key.ends_with("_env") {
+        format!(
+            "{e} (a reload keeps the environment the agent started with: add it to the EnvironmentFile and restart the agent)"
+        )
+    } else {
+        e.to_string()
+    }
+}
+
 /// An error and its causes on one line, each cause once (some errors
 /// already repeat their source in their own message).
 fn causes(e: &anyhow::Error) -> String {
@@ -420,6 +451,40 @@ fn causes(e: &anyhow::Error) -> String {
         }
     }
     out
+}
+
+/// `new` with every setting a reload cannot change taken from `running`:
+/// what the reload builds its lines and sinks from, so that (say) a new
+/// `[data] dir` moves neither the leads file nor the text-backs away from
+/// the outbox and the recordings, which stay where the agent started.
+fn reloadable(running: &Config, new: Config) -> Config {
+    let old = running.clone();
+    let http = match (old.http, new.http) {
+        // The face takes new users and tokens only.
+        (Some(mut h), Some(n)) => {
+            h.user = n.user;
+            h.token = n.token;
+            Some(h)
+        }
+        (old, _) => old,
+    };
+    Config {
+        sip: old.sip,
+        rtp: old.rtp,
+        call: old.call,
+        data: old.data,
+        log: old.log,
+        outbox: old.outbox,
+        register: old.register,
+        intake: old.intake,
+        recordings: old.recordings,
+        security: old.security,
+        transcribe: old.transcribe,
+        http,
+        callback: old.callback,
+        metrics: old.metrics,
+        ..new
+    }
 }
 
 /// The sections a reload cannot change (the agent read them once, at the
@@ -454,19 +519,19 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     .collect()
 }
 
-/// SIGTERM and SIGINT (Ctrl-C), as one stream.
+/// SIGTERM and SIGINT (Ctrl-C), as one stream, handled from its creation.
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
 }
 
 impl Signals {
-    fn new() -> Signals {
+    fn new() -> anyhow::Result<Signals> {
         use tokio::signal::unix::{SignalKind, signal};
-        Signals {
-            term: signal(SignalKind::terminate()).expect("SIGTERM handler"),
-            int: signal(SignalKind::interrupt()).expect("SIGINT handler"),
-        }
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("SIGINT handler")?,
+        })
     }
 
     async fn next(&mut self) {

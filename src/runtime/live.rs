@@ -25,31 +25,3 @@ impl LiveLines {
         *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(lines);
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::Config;
-
-    fn lines(steps: usize) -> Lines {
-        let mut cfg = Config::default();
-        cfg.prompts.dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("prompts");
-        if steps > 0 {
-            cfg.step.truncate(steps);
-        }
-        crate::cli::load_lines(&cfg).unwrap()
-    }
-
-    #[test]
-    fn a_call_keeps_the_lines_it_started_with_and_the_next_takes_the_new() {
-        let live = LiveLines::new(lines(0));
-        let in_progress = live.current();
-        let before = in_progress.default_line().program.steps.len();
-        live.replace(lines(2));
-        // The call in progress still holds the old set, whole.
-        assert_eq!(in_progress.default_line().program.steps.len(), before);
-        let next = live.current();
-        assert_eq!(next.default_line().program.steps.len(), 2);
-        assert!(!Arc::ptr_eq(&in_progress, &next));
-    }
-}

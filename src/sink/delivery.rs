@@ -383,51 +383,61 @@ impl Delivery {
     /// deliveries stay in the outbox, for `outbox status`, and go on if the
     /// sink comes back). Before [`Delivery::spawn`] only the list changes.
     pub async fn replace_sinks(&self, new: Vec<ConfiguredSink>) -> SinkChanges {
-        let mut changes = SinkChanges::default();
-        let mut to_stop = Vec::new();
-        let mut to_start = Vec::new();
-        {
+        let kept = |r: &Running| {
+            new.iter()
+                .any(|c| c.sink.spec.name == r.sink.spec.name && r.settings.as_deref() == Some(c.settings.as_str()))
+        };
+        // First the workers of changed and removed sinks stop, all at once,
+        // while the old settings are still live: an old worker's delivery in
+        // flight must not take an event committed under the new settings
+        // (the old secret, the old file). What is published meanwhile is
+        // durable and waits for the new worker.
+        let stopping: Vec<tokio::task::JoinHandle<()>> = {
             let mut w = self.workers();
-            let mut old: Vec<Running> = std::mem::take(&mut w.running);
-            for c in new {
-                let name = c.sink.spec.name.clone();
-                match old.iter().position(|r| r.sink.spec.name == name) {
-                    Some(i) if old[i].settings.as_deref() == Some(c.settings.as_str()) => {
-                        changes.kept.push(name);
-                        w.running.push(old.remove(i));
-                    }
-                    Some(i) => {
-                        // Same outbox key: the new worker takes over its pending deliveries.
-                        let mut prev = old.remove(i);
-                        to_stop.push((prev.stop.clone(), prev.task.take()));
-                        changes.changed.push(name);
-                        to_start.push(w.running.len());
-                        w.running.push(running(c.sink, Some(c.settings), prev.wake));
-                    }
-                    None => {
-                        changes.added.push(name);
-                        to_start.push(w.running.len());
-                        w.running.push(running(c.sink, Some(c.settings), Arc::new(Notify::new())));
-                    }
-                }
-            }
-            for mut r in old {
-                changes.removed.push(r.sink.spec.name.clone());
-                to_stop.push((r.stop.clone(), r.task.take()));
-            }
-            self.live.replace(set_of(&w.running));
-        }
-        // A changed sink's old worker must be gone before its new one starts,
-        // or both could deliver the same event.
-        for (stop, task) in to_stop {
-            let _ = stop.send(true);
-            if let Some(mut task) = task
-                && tokio::time::timeout(WORKER_STOP_WAIT, &mut task).await.is_err()
-            {
+            w.running
+                .iter_mut()
+                .filter(|r| !kept(r))
+                .filter_map(|r| {
+                    let _ = r.stop.send(true);
+                    r.task.take()
+                })
+                .collect()
+        };
+        let deadline = tokio::time::Instant::now() + WORKER_STOP_WAIT;
+        for mut task in stopping {
+            // One deadline for all: they stop together, so N slow endpoints wait once, not N times.
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
                 task.abort();
             }
         }
+        let mut changes = SinkChanges::default();
+        let mut to_start = Vec::new();
         let mut w = self.workers();
+        let mut old: Vec<Running> = std::mem::take(&mut w.running);
+        for c in new {
+            let name = c.sink.spec.name.clone();
+            match old.iter().position(|r| r.sink.spec.name == name) {
+                Some(i) if old[i].settings.as_deref() == Some(c.settings.as_str()) => {
+                    changes.kept.push(name);
+                    w.running.push(old.remove(i));
+                }
+                Some(i) => {
+                    // Same outbox key: the new worker takes over its pending
+                    // deliveries (and the wake-ups of publishes that read the old set).
+                    let prev = old.remove(i);
+                    changes.changed.push(name);
+                    to_start.push(w.running.len());
+                    w.running.push(running(c.sink, Some(c.settings), prev.wake));
+                }
+                None => {
+                    changes.added.push(name);
+                    to_start.push(w.running.len());
+                    w.running.push(running(c.sink, Some(c.settings), Arc::new(Notify::new())));
+                }
+            }
+        }
+        changes.removed = old.into_iter().map(|r| r.sink.spec.name).collect();
+        self.live.replace(set_of(&w.running));
         if w.shutdown.is_some() && !w.stopping {
             for i in to_start {
                 let task = self.start_worker(&mut w.running[i]);
@@ -493,7 +503,7 @@ mod tests {
     use super::*;
     use backstop_core::intake::lead::Lead;
 
-    fn lead(call_id: &str) -> Lead {
+    pub(super) fn lead(call_id: &str) -> Lead {
         let text = format!(
             "INVITE sip:o@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKx\r\n\
              From: <sip:+15551230001@127.0.0.1>;tag=a\r\nTo: <sip:o@127.0.0.1>\r\nCall-ID: {call_id}\r\n\
@@ -579,22 +589,8 @@ mod tests {
 
 #[cfg(test)]
 mod reload_tests {
+    use super::tests::lead;
     use super::*;
-    use backstop_core::intake::lead::Lead;
-
-    fn lead(call_id: &str) -> Lead {
-        let text = format!(
-            "INVITE sip:o@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKx\r\n\
-             From: <sip:+15551230001@127.0.0.1>;tag=a\r\nTo: <sip:o@127.0.0.1>\r\nCall-ID: {call_id}\r\n\
-             CSeq: 1 INVITE\r\nContact: <sip:c@127.0.0.1:5070>\r\nContent-Length: 0\r\n\r\n"
-        );
-        let backstop_core::sip::message::Incoming::Request(r) =
-            backstop_core::sip::message::read_message(text.as_bytes(), "127.0.0.1:5070".parse().unwrap())
-        else {
-            panic!("test INVITE rejected")
-        };
-        Lead::from_invite(format!("lead-{call_id}"), &r, SystemTime::now(), backstop_core::sip::Transport::Udp)
-    }
 
     fn file_sink(name: &str, path: PathBuf, settings: &str) -> ConfiguredSink {
         ConfiguredSink {
