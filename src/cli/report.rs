@@ -24,7 +24,8 @@ pub struct ReportArgs {
     #[arg(long)]
     pub line: Option<String>,
     /// The time zone of hours and weekdays, and of dates in --since/--until
-    /// (IANA, like America/New_York; default: this system's zone).
+    /// (IANA, like America/New_York; default: the [schedule] time_zone of
+    /// the --line, else the top-level [schedule]'s, else this system's zone).
     #[arg(long)]
     pub tz: Option<String>,
     /// How to print the report on stdout.
@@ -77,8 +78,30 @@ fn script(cfg: &Config, line: Option<&str>) -> Vec<crate::report::ScriptStep> {
     }
 }
 
+/// The report's zone and where it came from: `--tz`, else the `[schedule]`
+/// `time_zone` of the `--line` (its own or the top-level one it inherits),
+/// else the top-level `[schedule]`'s, else the system's.
+fn zone(cfg: &Config, args: &ReportArgs) -> anyhow::Result<(jiff::tz::TimeZone, String)> {
+    if let Some(name) = args.tz.as_deref() {
+        return Ok((window::zone(Some(name))?, "--tz".into()));
+    }
+    let plans = cfg.line_plans();
+    let line = args.line.as_deref().and_then(|name| plans.iter().find(|p| p.name == name));
+    let configured = line
+        .and_then(|p| p.schedule.time_zone.as_deref().map(|z| (z, format!("[{}] time_zone", p.schedule_key))))
+        .or_else(|| cfg.schedule.time_zone.as_deref().map(|z| (z, "[schedule] time_zone".to_string())));
+    match configured {
+        Some((name, from)) => {
+            let tz =
+                jiff::tz::TimeZone::get(name).with_context(|| format!("{from} {name:?}: not a known time zone"))?;
+            Ok((tz, from))
+        }
+        None => Ok((window::zone(None)?, "the system's zone".into())),
+    }
+}
+
 pub fn run(cfg: &Config, args: ReportArgs) -> anyhow::Result<()> {
-    let tz = window::zone(args.tz.as_deref())?;
+    let (tz, tz_from) = zone(cfg, &args)?;
     let (since, until) = window::window(args.since.as_deref(), args.until.as_deref(), &tz)?;
     let now = jiff::Timestamp::now();
     let loaded = match &args.leads {
@@ -108,7 +131,8 @@ pub fn run(cfg: &Config, args: ReportArgs) -> anyhow::Result<()> {
     {
         eprintln!("warning: no line {line:?} in the config and no lead from it");
     }
-    let opts = Options { since, until, line: args.line.clone(), tz, now, script: script(cfg, args.line.as_deref()) };
+    let opts =
+        Options { since, until, line: args.line.clone(), tz, tz_from, now, script: script(cfg, args.line.as_deref()) };
     let report = Report::compute(&loaded.leads, &opts);
     let source = format!(
         "{} {}",
@@ -133,5 +157,54 @@ pub fn run(cfg: &Config, args: ReportArgs) -> anyhow::Result<()> {
     match stdout.write_all(out.as_bytes()).and_then(|()| stdout.flush()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         r => r.context("writing the report"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use backstop_core::route::schedule::ScheduleConfig;
+
+    fn args(tz: Option<&str>, line: Option<&str>) -> ReportArgs {
+        ReportArgs {
+            since: None,
+            until: None,
+            line: line.map(str::to_string),
+            tz: tz.map(str::to_string),
+            format: Format::Text,
+            html: None,
+            leads: None,
+        }
+    }
+
+    fn zoned(name: &str) -> ScheduleConfig {
+        ScheduleConfig { time_zone: Some(name.into()), ..Default::default() }
+    }
+
+    #[test]
+    fn the_zone_is_tz_else_the_lines_schedule_else_the_top_level_else_the_systems() {
+        let mut cfg = Config::default();
+        let (tz, from) = zone(&cfg, &args(None, None)).unwrap();
+        assert_eq!((tz, from.as_str()), (jiff::tz::TimeZone::system(), "the system's zone"));
+
+        cfg.schedule = zoned("America/Chicago");
+        let (tz, from) = zone(&cfg, &args(None, None)).unwrap();
+        assert_eq!(
+            (crate::report::zone_name(&tz).as_str(), from.as_str()),
+            ("America/Chicago", "[schedule] time_zone")
+        );
+
+        let mut acme: crate::config::LineConfig = toml::from_str("name = \"acme\"").unwrap();
+        acme.schedule = Some(zoned("Europe/Paris"));
+        cfg.line.push(acme);
+        let (tz, from) = zone(&cfg, &args(None, Some("acme"))).unwrap();
+        assert_eq!(crate::report::zone_name(&tz), "Europe/Paris");
+        assert!(from.contains("line[0].schedule"), "{from}");
+        // Another line (or all lines) reads the top-level [schedule].
+        let (tz, _) = zone(&cfg, &args(None, Some("default"))).unwrap();
+        assert_eq!(crate::report::zone_name(&tz), "America/Chicago");
+        // --tz wins.
+        let (tz, from) = zone(&cfg, &args(Some("UTC"), Some("acme"))).unwrap();
+        assert_eq!((tz, from.as_str()), (jiff::tz::TimeZone::UTC, "--tz"));
     }
 }

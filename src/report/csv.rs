@@ -31,10 +31,12 @@ pub fn render(r: &Report) -> String {
     let mut row = |section: &'static str, key: &str, value: String| rows.push((section, key.to_string(), value));
     row("report", "generated_at", r.generated_at.clone());
     row("report", "time_zone", r.time_zone.clone());
+    row("report", "time_zone_from", r.time_zone_from.clone());
     row("report", "since", r.since.clone().unwrap_or_default());
     row("report", "until", r.until.clone().unwrap_or_default());
     row("report", "line", r.line.clone().unwrap_or_default());
     row("summary", "missed_calls", r.missed_calls.to_string());
+    row("summary", "in_progress", r.in_progress.to_string());
     row("summary", "answered", r.answered.to_string());
     row("summary", "completed", r.completed.to_string());
     row("summary", "urgent", r.urgent.calls.to_string());
@@ -72,8 +74,9 @@ pub fn render(r: &Report) -> String {
     if let Some(c) = &r.callback {
         spread("time_to_callback_secs", c.time_to_callback_secs);
         rows.push(("callback", "clocked".into(), c.clocked.to_string()));
-        rows.push(("callback", "handled".into(), c.handled.to_string()));
-        rows.push(("callback", "overdue".into(), c.overdue.to_string()));
+        // Empty when unknown (from leads.jsonl, which does not record callbacks).
+        rows.push(("callback", "handled".into(), c.handled.map(|n| n.to_string()).unwrap_or_default()));
+        rows.push(("callback", "overdue".into(), c.overdue.map(|n| n.to_string()).unwrap_or_default()));
     }
     let mut out = String::from("section,key,value\r\n");
     for (section, key, value) in rows {

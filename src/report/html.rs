@@ -67,7 +67,8 @@ fn chart(name: &str, title: &str, svg: String) -> Markup {
 pub fn render(r: &Report, source: &str) -> String {
     let median_answer = r.time_to_answer_ms.map(|s| s.median);
     let callback_median = r.callback.as_ref().and_then(|c| c.time_to_callback_secs).map(|s| s.median);
-    let overdue = r.callback.as_ref().map(|c| c.overdue);
+    let overdue = r.callback.as_ref().and_then(|c| c.overdue);
+    let callbacks_unknown = r.callback.as_ref().is_some_and(|c| c.overdue.is_none());
     let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
     let hours: Vec<String> = (0..24).map(|h| format!("{h:02}")).collect();
     let days: Vec<String> = r.by_weekday.iter().map(|c| c.key[..3].to_string()).collect();
@@ -103,7 +104,10 @@ pub fn render(r: &Report, source: &str) -> String {
                         (figure("callback_median_secs", "Median time to call back", opt(callback_median),
                             html! { (callback_median.map_or("-".to_string(), secs)) }, false))
                         (figure("overdue", "Overdue callbacks", opt(overdue),
-                            html! { (overdue.map_or("-".to_string(), |o| o.to_string())) }, overdue.unwrap_or(0) > 0))
+                            html! {
+                                @if callbacks_unknown { "unknown " small { "(the leads file does not record callbacks; use the lead store)" } }
+                                @else { (overdue.map_or("-".to_string(), |o| o.to_string())) }
+                            }, overdue.unwrap_or(0) > 0))
                     }
                     div.grid {
                         (chart("by_hour", &format!("Calls by hour of day ({})", r.time_zone),
@@ -150,13 +154,18 @@ pub fn render(r: &Report, source: &str) -> String {
                             }
                         }
                         p.scope {
-                            "A step counts when the lead has an answer under it (answered, no input, invalid, or cut off); "
+                            "A step counts the calls that reached it (an answer there, or a hang-up while it was asked) or a later step; "
                             "Answered counts those answered in full. "
+                            @if r.in_progress > 0 { (r.in_progress) " call(s) still ringing are left out. " }
                             @if let Some(s) = r.time_to_answer_ms {
                                 "Time to answer: median " (ms(s.median)) ", 90th percentile " (ms(s.p90)) " over " (s.count) " answered calls. "
                             }
                             @if let Some(c) = &r.callback {
-                                "Callback clock: " (c.handled) " of " (c.clocked) " called back, " (c.overdue) " overdue"
+                                @if let (Some(h), Some(o)) = (c.handled, c.overdue) {
+                                    "Callback clock: " (h) " of " (c.clocked) " called back, " (o) " overdue"
+                                } @else {
+                                    "Callback clock: " (c.clocked) " on the clock, called back unknown (the leads file does not record callbacks; use the lead store)"
+                                }
                                 @if let Some(t) = c.time_to_callback_secs { ", 90th percentile " (secs(t.p90)) }
                                 "."
                             }

@@ -12,6 +12,8 @@
 //!
 //! Every lead is a missed call: the agent only gets the calls the business
 //! did not answer, so "calls" and "missed calls" are the same count here.
+//! A lead still `ringing` is a call in progress: it is left out of every
+//! figure and counted in `in_progress`.
 
 pub mod chart;
 pub mod csv;
@@ -64,6 +66,8 @@ pub struct Options {
     pub line: Option<String>,
     /// The zone hours of day and weekdays are counted in.
     pub tz: TimeZone,
+    /// Where `tz` came from, as the report says it (`--tz`, `the line's [schedule]`, ...).
+    pub tz_from: String,
     /// The report's instant: overdue is judged at it.
     pub now: Timestamp,
     /// The intake script's steps in order (of the line reported on, or of
@@ -132,8 +136,11 @@ pub struct Stage {
     pub stage: String,
     /// `call` for rang, answered and completed; `step` for an intake step.
     pub kind: &'static str,
-    /// Leads that reached the stage: for a step, leads with an answer under
-    /// its name in any status (`answered`, `no_input`, `invalid`, `partial`).
+    /// Leads that reached the stage or any later one: for a step, leads that
+    /// reached it (an answer there in any status, or hung up in it) or a step
+    /// after it in the script's order, or completed. So the funnel never
+    /// grows from one stage to the next, and what it loses between two
+    /// stages is the calls that ended there (the hang-ups, junk sent away).
     pub calls: u64,
     /// For a step: leads whose answer there has status `answered`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -145,10 +152,12 @@ pub struct Stage {
 pub struct Callback {
     /// Leads with a callback clock (`lead.callback`).
     pub clocked: u64,
-    /// Of those, called back (handled).
-    pub handled: u64,
-    /// Not handled and not junk, past `callback.due_at` at the report's instant.
-    pub overdue: u64,
+    /// Of those, called back (handled). Null when the leads came from
+    /// `leads.jsonl`, which never learns of a callback: only the store knows.
+    pub handled: Option<u64>,
+    /// Not handled and not junk, past `callback.due_at` at the report's
+    /// instant. Null from `leads.jsonl`, as `handled`.
+    pub overdue: Option<u64>,
     /// `callback.time_to_callback_secs` of the handled leads (received → handled).
     pub time_to_callback_secs: Option<Spread>,
 }
@@ -162,13 +171,17 @@ pub struct Report {
     pub generated_at: String,
     /// The IANA zone of `by_hour` and `by_weekday` (or `UTC`, or a fixed offset).
     pub time_zone: String,
+    /// Where the zone came from: `--tz`, `the line's [schedule]`, `[schedule]` or `the system`.
+    pub time_zone_from: String,
     /// The window: leads received at or after `since` and before `until` (RFC 3339, UTC; null: unbounded).
     pub since: Option<String>,
     pub until: Option<String>,
     /// Only this line's leads (null: every line).
     pub line: Option<String>,
-    /// Every lead in the window: each is a call the business missed.
+    /// Every lead in the window that has ended: each is a call the business missed.
     pub missed_calls: u64,
+    /// Leads in the window still `ringing` (calls in progress): left out of every other figure.
+    pub in_progress: u64,
     /// Leads the agent answered (`answered_at` set).
     pub answered: u64,
     /// Leads whose script ran to its end (`outcome` = `completed`).
@@ -198,12 +211,14 @@ fn share(calls: u64, all: u64) -> Share {
     Share { calls, share: if all == 0 { 0.0 } else { calls as f64 / all as f64 } }
 }
 
+/// An RFC 3339 instant as the store reads it (to the millisecond).
 fn instant(s: &str) -> Option<Timestamp> {
-    s.parse::<Timestamp>().ok()
+    crate::store::parse_ms(s).and_then(|ms| Timestamp::from_millisecond(ms).ok())
 }
 
+/// An instant as the store writes it (UTC, milliseconds).
 fn rfc3339(t: Timestamp) -> String {
-    t.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+    crate::store::ms_rfc3339(t.as_millisecond())
 }
 
 /// The name of a time zone as the report prints it.
@@ -218,12 +233,12 @@ impl Report {
     /// The figures over `leads` (in any order; each lead once) as `opts` says.
     /// Leads whose `received_at` cannot be read are outside every window and left out.
     pub fn compute(leads: &[ReportLead], opts: &Options) -> Report {
-        let chosen: Vec<(&ReportLead, Timestamp)> = leads
+        let (in_progress, chosen): (Vec<(&ReportLead, Timestamp)>, Vec<_>) = leads
             .iter()
             .filter(|l| opts.line.as_ref().is_none_or(|line| &l.lead.line == line))
             .filter_map(|l| instant(&l.lead.received_at).map(|t| (l, t)))
             .filter(|(_, t)| opts.since.is_none_or(|s| *t >= s) && opts.until.is_none_or(|u| *t < u))
-            .collect();
+            .partition(|(l, _)| l.lead.outcome == Outcome::Ringing);
         let all = chosen.len() as u64;
 
         let mut by_hour = [0u64; 24];
@@ -246,14 +261,32 @@ impl Report {
         let completed = chosen.iter().filter(|(l, _)| l.lead.outcome == Outcome::Completed).count() as u64;
         let call = |stage: &str, calls| Stage { stage: stage.into(), kind: "call", calls, answered: None };
         let mut funnel = vec![call("rang", all), call("answered", answered)];
+        // Each lead's furthest step in the whole order (the script's steps, answer-taking or not, then the rest).
+        let order: Vec<&str> = opts
+            .script
+            .iter()
+            .map(|s| s.name.as_str())
+            .chain(steps.iter().map(String::as_str).filter(|s| !opts.script.iter().any(|x| x.name == *s)))
+            .collect();
+        let rank = |s: &str| order.iter().position(|x| *x == s);
+        let furthest: Vec<Option<usize>> = chosen
+            .iter()
+            .map(|(l, _)| {
+                if l.lead.outcome == Outcome::Completed {
+                    Some(usize::MAX)
+                } else {
+                    l.lead.steps_reached().into_iter().filter_map(rank).max()
+                }
+            })
+            .collect();
         for step in &steps {
-            let reached = chosen.iter().filter_map(|(l, _)| l.lead.answers.get(step)).collect::<Vec<_>>();
-            funnel.push(Stage {
-                stage: step.clone(),
-                kind: "step",
-                calls: reached.len() as u64,
-                answered: Some(reached.iter().filter(|a| a.status == AnswerStatus::Answered).count() as u64),
-            });
+            let at = rank(step).unwrap_or(usize::MAX);
+            let calls = furthest.iter().filter(|f| f.is_some_and(|f| f >= at)).count() as u64;
+            let answered = chosen
+                .iter()
+                .filter(|(l, _)| l.lead.answers.get(step).is_some_and(|a| a.status == AnswerStatus::Answered))
+                .count() as u64;
+            funnel.push(Stage { stage: step.clone(), kind: "step", calls, answered: Some(answered) });
         }
         funnel.push(call("completed", completed));
 
@@ -276,7 +309,7 @@ impl Report {
             hang_ups.push(Count { key: step.to_string(), calls: hung[step] });
         }
 
-        let urgent = chosen.iter().filter(|(l, _)| l.urgent || !l.lead.urgent_words.is_empty()).count() as u64;
+        let urgent = chosen.iter().filter(|(l, _)| l.urgent).count() as u64;
         let junk = chosen.iter().filter(|(l, _)| l.lead.junk.is_junk).count() as u64;
 
         let to_answer: Vec<u64> = chosen
@@ -291,10 +324,12 @@ impl Report {
             schema_version: SCHEMA_VERSION,
             generated_at: rfc3339(opts.now),
             time_zone: zone_name(&opts.tz),
+            time_zone_from: opts.tz_from.clone(),
             since: opts.since.map(rfc3339),
             until: opts.until.map(rfc3339),
             line: opts.line.clone(),
             missed_calls: all,
+            in_progress: in_progress.len() as u64,
             answered,
             completed,
             by_hour,
@@ -322,7 +357,7 @@ fn step_order(chosen: &[(&ReportLead, Timestamp)], script: &[ScriptStep]) -> Vec
     let mut extra: BTreeMap<&str, u64> = BTreeMap::new();
     for (l, _) in chosen {
         for key in l.lead.answers.keys() {
-            if !steps.contains(key) {
+            if !steps.contains(key) && !script.iter().any(|s| &s.name == key) {
                 *extra.entry(key.as_str()).or_default() += 1;
             }
         }
@@ -339,6 +374,15 @@ fn callback(chosen: &[(&ReportLead, Timestamp)], now: Timestamp) -> Option<Callb
     if clocked.is_empty() {
         return None;
     }
+    // A lead from leads.jsonl has no status: the file never learns of a callback.
+    if clocked.iter().any(|l| l.status.is_none()) {
+        return Some(Callback {
+            clocked: clocked.len() as u64,
+            handled: None,
+            overdue: None,
+            time_to_callback_secs: None,
+        });
+    }
     let handled = |l: &ReportLead| {
         l.status == Some(LeadStatus::Handled) || l.lead.callback.as_ref().is_some_and(|c| c.handled_at.is_some())
     };
@@ -354,8 +398,8 @@ fn callback(chosen: &[(&ReportLead, Timestamp)], now: Timestamp) -> Option<Callb
         .collect();
     Some(Callback {
         clocked: clocked.len() as u64,
-        handled: clocked.iter().filter(|l| handled(l)).count() as u64,
-        overdue,
+        handled: Some(clocked.iter().filter(|l| handled(l)).count() as u64),
+        overdue: Some(overdue),
         time_to_callback_secs: Spread::of(times),
     })
 }

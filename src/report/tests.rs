@@ -25,14 +25,25 @@ fn calm(mut l: Lead) -> Lead {
     l
 }
 
-/// Hung up during `step`: the answers of the steps after it removed.
+/// Hung up while speaking during `step`: the answers of the steps after it
+/// removed, and its own cut short (`partial`), as the agent keeps it.
 fn hung_up(mut l: Lead, step: &str) -> Lead {
     let order = ["name", "need", "callback_number", "zip", "urgency"];
-    let from = order.iter().position(|s| *s == step).unwrap_or(0);
-    for s in &order[from..] {
+    let at = order.iter().position(|s| *s == step);
+    for s in &order[at.map_or(0, |i| i + 1)..] {
         l.answers.remove(*s);
     }
+    if let Some(a) = l.answers.get_mut(step) {
+        a.status = AnswerStatus::Partial;
+    }
     l.outcome = Outcome::HungUpDuring(step.into());
+    l
+}
+
+/// Hung up in silence during `step`: no answer there at all.
+fn hung_up_silent(l: Lead, step: &str) -> Lead {
+    let mut l = hung_up(l, step);
+    l.answers.remove(step);
     l
 }
 
@@ -49,6 +60,7 @@ fn opts(tz: &str) -> Options {
         until: None,
         line: None,
         tz: TimeZone::get(tz).unwrap(),
+        tz_from: "--tz".into(),
         now: "2026-12-01T00:00:00Z".parse().unwrap(),
         script: script_order([default_steps().as_slice()]),
     }
@@ -83,6 +95,8 @@ fn counts_outcomes_funnel_hang_ups_and_shares_exactly() {
     junk.answered_at = None;
     let mut no_name = calm(lead("nn", "2026-11-30T15:00:00Z"));
     no_name.answers.get_mut("name").unwrap().status = AnswerStatus::NoInput;
+    let mut in_progress = ringing(calm(lead("p", "2026-11-30T16:30:00Z")));
+    in_progress.outcome = Outcome::Ringing;
     let mut heard = calm(lead("w", "2026-11-30T16:00:00Z"));
     heard.urgent_words = vec!["flood".into()];
     let leads = file(vec![
@@ -93,40 +107,55 @@ fn counts_outcomes_funnel_hang_ups_and_shares_exactly() {
         hung_up(calm(lead("h2", "2026-11-30T13:10:00Z")), "name"),
         hung_up(calm(lead("h3", "2026-11-30T13:20:00Z")), "greeting"),
         hung_up(calm(lead("h4", "2026-11-30T13:30:00Z")), "callback_number"),
+        hung_up_silent(calm(lead("h5", "2026-11-30T13:35:00Z")), "need"),
         ringing(calm(lead("r1", "2026-11-30T13:40:00Z"))),
         junk,
+        in_progress,
     ]);
     let r = Report::compute(&leads, &opts("UTC"));
-    assert_eq!((r.missed_calls, r.answered, r.completed), (9, 7, 3));
+    assert_eq!(r.in_progress, 1, "the call still ringing is left out");
+    assert_eq!((r.missed_calls, r.answered, r.completed), (10, 8, 3));
     assert_eq!(count(&r.outcomes, "completed"), 3);
-    assert_eq!(count(&r.outcomes, "hung_up_during_need"), 1);
+    assert_eq!(count(&r.outcomes, "hung_up_during_need"), 2);
+    assert_eq!(count(&r.outcomes, "ringing"), 0);
     assert_eq!(count(&r.outcomes, "declined"), 1);
     assert_eq!(r.outcomes[0].key, "completed", "most first");
-    assert_eq!(r.outcomes.iter().map(|c| c.calls).sum::<u64>(), 9);
+    assert_eq!(r.outcomes.iter().map(|c| c.calls).sum::<u64>(), 10);
 
     let funnel: Vec<(&str, u64, Option<u64>)> =
         r.funnel.iter().map(|s| (s.stage.as_str(), s.calls, s.answered)).collect();
     assert_eq!(
         funnel,
         [
-            ("rang", 9, None),
-            ("answered", 7, None),
-            // c1, nn (no input), w, h1 (need hung up), h4.
-            ("name", 5, Some(4)),
-            ("need", 4, Some(4)),
-            ("callback_number", 3, Some(3)),
+            ("rang", 10, None),
+            ("answered", 8, None),
+            // The three completed (c1, nn with no input, w), h1 and h5 (in need),
+            // h2 (cut short in name: partial), h4 (in callback_number).
+            ("name", 7, Some(5)),
+            ("need", 6, Some(4)),
+            ("callback_number", 4, Some(3)),
+            // Only the completed reached zip and urgency (a completed call went
+            // through every step, whatever it left there).
             ("zip", 3, Some(3)),
             // Only c1 chose on the menu (calm() removed the others').
-            ("urgency", 1, Some(1)),
+            ("urgency", 3, Some(1)),
             ("completed", 3, None),
         ]
     );
     let hang_ups: Vec<(&str, u64)> = r.hang_ups.iter().map(|c| (c.key.as_str(), c.calls)).collect();
-    assert_eq!(hang_ups, [("ringing", 1), ("greeting", 1), ("name", 1), ("need", 1), ("callback_number", 1)]);
+    assert_eq!(hang_ups, [("ringing", 1), ("greeting", 1), ("name", 1), ("need", 2), ("callback_number", 1)]);
+    // The funnel reconciles with the hang-ups: what it loses from answered to
+    // completed is the calls that hung up (or were sent away) after answering.
+    let answered_lost = r.answered - r.completed;
+    let hung_after_answer: u64 = r.hang_ups.iter().filter(|c| c.key != "ringing").map(|c| c.calls).sum();
+    assert_eq!(answered_lost, hung_after_answer);
+    for pair in r.funnel.windows(2) {
+        assert!(pair[0].calls >= pair[1].calls, "monotone: {pair:?}");
+    }
     // c1 chose an emergency, w had an urgent word.
-    assert_eq!(r.urgent, Share { calls: 2, share: 2.0 / 9.0 });
-    assert_eq!(r.junk, Share { calls: 1, share: 1.0 / 9.0 });
-    assert_eq!(r.time_to_answer_ms, Some(Spread { count: 7, median: 1000, p90: 1000 }));
+    assert_eq!(r.urgent, Share { calls: 2, share: 2.0 / 10.0 });
+    assert_eq!(r.junk, Share { calls: 1, share: 1.0 / 10.0 });
+    assert_eq!(r.time_to_answer_ms, Some(Spread { count: 8, median: 1000, p90: 1000 }));
     assert_eq!(r.callback, None);
 }
 
@@ -253,9 +282,25 @@ fn the_callback_clock_counts_handled_overdue_and_time_to_call_back() {
     let mut s = ReportLead::from_file(clocked("s", "2026-11-30T12:15:00Z", None));
     s.status = Some(LeadStatus::Handled);
     leads.push(s);
+    // From leads.jsonl (no status): the file never learns of a callback, so handled and overdue are unknown.
+    let r = Report::compute(&leads, &Options { now, ..opts("UTC") });
+    let c = r.callback.clone().expect("a callback section");
+    assert_eq!((c.clocked, c.handled, c.overdue, c.time_to_callback_secs), (8, None, None, None));
+    assert!(text::render(&r, "f").contains("unknown (the leads file does not record callbacks; use the lead store)"));
+    let page = html::render(&r, "f");
+    assert!(page.contains("data-figure=\"overdue\" data-value=\"\""), "no overdue figure from the file");
+    assert!(!page.contains("class=\"alert\""), "no red alert for an unknown overdue");
+    assert_eq!(serde_json::to_value(&r).unwrap()["callback"]["overdue"], serde_json::Value::Null);
+    // From the store: every lead has its status.
+    for l in &mut leads {
+        if l.status.is_none() {
+            let handled = l.lead.callback.as_ref().is_some_and(|c| c.handled_at.is_some());
+            l.status = Some(if handled { LeadStatus::Handled } else { LeadStatus::New });
+        }
+    }
     let r = Report::compute(&leads, &Options { now, ..opts("UTC") });
     let c = r.callback.expect("a callback section");
-    assert_eq!((c.clocked, c.handled, c.overdue), (8, 4, 2));
+    assert_eq!((c.clocked, c.handled, c.overdue), (8, Some(4), Some(2)));
     assert_eq!(c.time_to_callback_secs, Some(Spread { count: 3, median: 600, p90: 3600 }));
 }
 
@@ -289,6 +334,7 @@ fn the_json_shape_is_stable() {
             "funnel",
             "generated_at",
             "hang_ups",
+            "in_progress",
             "junk",
             "line",
             "missed_calls",
@@ -297,6 +343,7 @@ fn the_json_shape_is_stable() {
             "since",
             "time_to_answer_ms",
             "time_zone",
+            "time_zone_from",
             "until",
             "urgent"
         ]

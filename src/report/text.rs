@@ -42,11 +42,12 @@ fn bar(n: u64, max: u64, width: u64) -> String {
 /// The window and scope in one line: `all lines, 2026-11-30T05:00:00.000Z .. (open)`.
 pub fn scope(r: &Report) -> String {
     format!(
-        "{}, {} .. {}, hours in {}",
+        "{}, {} .. {}, hours in {} (from {})",
         r.line.as_deref().map_or("all lines".to_string(), |l| format!("line {l}")),
         r.since.as_deref().unwrap_or("(start)"),
         r.until.as_deref().unwrap_or("(now)"),
-        r.time_zone
+        r.time_zone,
+        r.time_zone_from
     )
 }
 
@@ -57,13 +58,27 @@ pub fn render(r: &Report, source: &str) -> String {
     let _ = writeln!(o, "Every call here is a missed call: the agent only gets the calls nobody picked up.");
     let _ = writeln!(o);
     let _ = writeln!(o, "Missed calls       {}", r.missed_calls);
+    if r.in_progress > 0 {
+        let _ = writeln!(o, "In progress        {} (still ringing: left out of every figure)", r.in_progress);
+    }
     let _ = writeln!(o, "Answered by agent  {}", r.answered);
     let _ = writeln!(o, "Completed intake   {}", r.completed);
     let _ = writeln!(o, "Urgent             {} ({})", r.urgent.calls, pct(r.urgent.share));
     let _ = writeln!(o, "Junk               {} ({})", r.junk.calls, pct(r.junk.share));
     let _ = writeln!(o, "Time to answer     {}", spread(r.time_to_answer_ms, ms));
     if let Some(c) = &r.callback {
-        let _ = writeln!(o, "Called back        {} of {} on the clock; {} overdue", c.handled, c.clocked, c.overdue);
+        match (c.handled, c.overdue) {
+            (Some(handled), Some(overdue)) => {
+                let _ = writeln!(o, "Called back        {handled} of {} on the clock; {overdue} overdue", c.clocked);
+            }
+            _ => {
+                let _ = writeln!(
+                    o,
+                    "Called back        unknown (the leads file does not record callbacks; use the lead store) ({} on the clock)",
+                    c.clocked
+                );
+            }
+        }
         let _ = writeln!(o, "Time to call back  {}", spread(c.time_to_callback_secs, secs));
     } else {
         let _ = writeln!(o, "Callback clock     none of these leads has one");
@@ -83,8 +98,10 @@ pub fn render(r: &Report, source: &str) -> String {
     for c in &r.outcomes {
         let _ = writeln!(o, "  {:<32} {:>5}", c.key, c.calls);
     }
-    let _ =
-        writeln!(o, "\nIntake funnel (a step counts when the lead has an answer there; answered = status answered)");
+    let _ = writeln!(
+        o,
+        "\nIntake funnel (a step counts the calls that reached it or a later step; answered = status answered)"
+    );
     for s in &r.funnel {
         let answered = s.answered.map(|a| format!("  answered {a}")).unwrap_or_default();
         let _ = writeln!(

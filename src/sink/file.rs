@@ -77,25 +77,71 @@ impl LeadFile {
     }
 }
 
-/// The last `n` leads of `leads.jsonl`, oldest first, each as its latest
-/// line: a lead updated after its call (transcripts) appears again with the
-/// same `id`, and the later line is the lead. A line without a readable
-/// `id` is kept as it is.
-pub fn latest_leads(path: &Path, n: usize) -> std::io::Result<Vec<String>> {
-    let text = std::fs::read_to_string(path)?;
+/// One lead of `leads.jsonl` as its latest line says it.
+#[derive(Debug, Clone)]
+pub struct LatestLead {
+    /// The line, parsed.
+    pub value: serde_json::Value,
+    /// The line as written (without its newline).
+    pub line: String,
+}
+
+/// The leads of a `leads.jsonl` stream, and how many lines were not leads.
+#[derive(Debug, Default)]
+pub struct LatestLeads {
+    /// Each lead id's latest line, in the order the ids first appear.
+    pub leads: Vec<LatestLead>,
+    /// Non-blank lines that are not a JSON object with a string `id` (not
+    /// UTF-8, not JSON, or a line cut short by a write in progress); reading
+    /// goes on after each. A read error ends the reading and counts as one.
+    pub skipped: u64,
+}
+
+/// Every lead of a `leads.jsonl` stream as its latest line: a lead updated
+/// after its call (transcripts) appears again with the same `id`, and the
+/// later line is the lead. The one reader of the file for the report, the
+/// test call and `leads tail`.
+pub fn read_latest(reader: impl std::io::BufRead) -> LatestLeads {
     let mut order: Vec<String> = Vec::new();
-    let mut latest: std::collections::HashMap<String, String> = Default::default();
-    for (i, line) in text.lines().enumerate() {
-        let id = serde_json::from_str::<serde_json::Value>(line)
-            .ok()
-            .and_then(|v| v.get("id").and_then(|id| id.as_str()).map(str::to_string))
-            .unwrap_or_else(|| format!("\0line{i}"));
-        if latest.insert(id.clone(), line.to_string()).is_none() {
-            order.push(id);
+    let mut latest: std::collections::HashMap<String, LatestLead> = Default::default();
+    let mut skipped = 0;
+    for line in reader.split(b'\n') {
+        let Ok(line) = line else {
+            // The file itself could not be read on: what came before stands.
+            skipped += 1;
+            break;
+        };
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let parsed = String::from_utf8(line).ok().and_then(|line| {
+            let value: serde_json::Value = serde_json::from_str(&line).ok()?;
+            let id = value.get("id")?.as_str()?.to_string();
+            Some((id, LatestLead { value, line }))
+        });
+        match parsed {
+            Some((id, lead)) => {
+                if latest.insert(id.clone(), lead).is_none() {
+                    order.push(id);
+                }
+            }
+            None => skipped += 1,
         }
     }
-    let start = order.len().saturating_sub(n);
-    Ok(order[start..].iter().map(|id| latest[id].clone()).collect())
+    LatestLeads { leads: order.into_iter().filter_map(|id| latest.remove(&id)).collect(), skipped }
+}
+
+/// [`read_latest`] of the file at `path`.
+pub fn read_latest_file(path: &Path) -> std::io::Result<LatestLeads> {
+    Ok(read_latest(std::io::BufReader::new(File::open(path)?)))
+}
+
+/// The last `n` leads of `leads.jsonl`, oldest first, each as its latest
+/// line (see [`read_latest`]; a line that is not a lead is left out).
+pub fn latest_leads(path: &Path, n: usize) -> std::io::Result<Vec<String>> {
+    let leads = read_latest_file(path)?.leads;
+    let start = leads.len().saturating_sub(n);
+    Ok(leads.into_iter().skip(start).map(|l| l.line).collect())
 }
 
 /// The last `n` lines of a JSON-lines file, oldest first.
@@ -150,5 +196,19 @@ mod tests {
         assert_eq!(latest, [updated, serde_json::json!({"id": "b", "v": 1})]);
         assert_eq!(latest_leads(&path, 1).unwrap().len(), 1);
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn bad_lines_are_counted_and_the_latest_line_of_a_lead_wins() {
+        let text =
+            "{\"id\":\"a\",\"v\":1}\nnot json\n\n{\"id\":\"b\"}\n\u{0}\u{ff}\n[1]\n{\"id\":\"a\",\"v\":2}\n{\"trunc";
+        let mut bytes = text.as_bytes().to_vec();
+        bytes.extend_from_slice(&[b'\n', 0xff, 0xfe, b'\n']);
+        let read = read_latest(&bytes[..]);
+        let ids: Vec<&str> = read.leads.iter().map(|l| l.value["id"].as_str().unwrap()).collect();
+        assert_eq!(ids, ["a", "b"], "first-seen order");
+        assert_eq!(read.leads[0].line, "{\"id\":\"a\",\"v\":2}", "the latest line, as written");
+        // not json, NUL+U+FFFF, [1] (no id), the cut-short line, the non-UTF-8 bytes.
+        assert_eq!(read.skipped, 5);
     }
 }

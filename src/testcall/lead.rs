@@ -10,6 +10,7 @@ use rusqlite::{Connection, OpenFlags};
 use serde_json::Value;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+
 use std::time::{Duration, Instant};
 
 /// Where to look, and what was there before the call.
@@ -29,9 +30,11 @@ pub struct FoundLead {
 impl LeadWatch {
     /// Note the leads already in `data_dir` (so that a PBX-forwarded call's lead is told from older ones).
     pub fn new(store: PathBuf, file: PathBuf) -> LeadWatch {
-        let mut w = LeadWatch { store, file, before: HashSet::new() };
-        w.before = w.all().into_iter().filter_map(|(l, _)| id(&l)).collect();
-        w
+        let mut before: HashSet<String> = store_ids(&store);
+        if let Ok(read) = crate::sink::file::read_latest_file(&file) {
+            before.extend(read.leads.iter().filter_map(|l| id(&l.value)));
+        }
+        LeadWatch { store, file, before }
     }
 
     pub fn describe(&self) -> String {
@@ -40,16 +43,24 @@ impl LeadWatch {
 
     /// Wait up to `limit` for the lead of `call_id` (or, when `by_caller`,
     /// a new lead from `from_user`) with a final outcome; polled every 100 ms.
+    /// The store is asked by its `call_id` column (and, by caller, only for
+    /// rows that were not there before), not read whole each time.
     pub fn wait(&self, call_id: &str, from_user: &str, by_caller: bool, limit: Duration) -> Option<FoundLead> {
         let start = Instant::now();
         let deadline = start + limit;
+        let caller = format!(":{from_user}@");
+        let ours = |lead: &Value| {
+            let matched = lead["call_id"].as_str() == Some(call_id)
+                || (by_caller
+                    && id(lead).is_some_and(|i| !self.before.contains(&i))
+                    && lead["caller"]["uri"].as_str().is_some_and(|u| u.contains(&caller)));
+            matched && lead["outcome"].as_str().is_some_and(|o| o != "ringing")
+        };
         loop {
-            let found = self.all().into_iter().rev().find(|(lead, _)| {
-                let ours = lead["call_id"].as_str() == Some(call_id)
-                    || (by_caller
-                        && id(lead).is_some_and(|i| !self.before.contains(&i))
-                        && lead["caller"]["uri"].as_str().is_some_and(|u| u.contains(&format!(":{from_user}@"))));
-                ours && lead["outcome"].as_str().is_some_and(|o| o != "ringing")
+            let from_store = self.store_candidates(call_id, by_caller).into_iter().rev().find(|l| ours(l));
+            let found = from_store.map(|l| (l, "outbox.db")).or_else(|| {
+                let read = crate::sink::file::read_latest_file(&self.file).ok()?;
+                read.leads.into_iter().rev().map(|l| l.value).find(|l| ours(l)).map(|l| (l, "leads.jsonl"))
             });
             if let Some((lead, source)) = found {
                 return Some(FoundLead { lead, source, after: start.elapsed() });
@@ -61,12 +72,19 @@ impl LeadWatch {
         }
     }
 
-    /// Every lead in the store and the file (a lead may be in both; the store's first).
-    fn all(&self) -> Vec<(Value, &'static str)> {
-        let mut out: Vec<(Value, &'static str)> =
-            leads_file(&self.file).into_iter().map(|l| (l, "leads.jsonl")).collect();
-        out.extend(lead_store(&self.store).into_iter().map(|l| (l, "outbox.db")));
-        out
+    /// The store's leads of `call_id`, and with `by_caller` those that came in since the watch began.
+    fn store_candidates(&self, call_id: &str, by_caller: bool) -> Vec<Value> {
+        let Some(conn) = open(&self.store) else { return Vec::new() };
+        let sql = "SELECT id, lead FROM leads WHERE call_id = ?1 OR ?2 ORDER BY received_ms";
+        let Ok(mut stmt) = conn.prepare(sql) else { return Vec::new() };
+        let rows = stmt
+            .query_map(rusqlite::params![call_id, by_caller], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)));
+        let Ok(rows) = rows else { return Vec::new() };
+        rows.flatten()
+            // Our call's lead is new; older leads are never parsed again.
+            .filter(|(id, _)| !self.before.contains(id))
+            .filter_map(|(_, lead)| serde_json::from_str(&lead).ok())
+            .collect()
     }
 }
 
@@ -74,19 +92,20 @@ fn id(lead: &Value) -> Option<String> {
     lead["id"].as_str().map(str::to_string)
 }
 
-/// The leads in the store's `leads` table; none when there is no store (yet).
-fn lead_store(path: &Path) -> Vec<Value> {
+/// The store, read-only; none when there is no store (yet).
+fn open(path: &Path) -> Option<Connection> {
     if !path.exists() {
-        return Vec::new();
+        return None;
     }
-    let Ok(conn) = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY) else { return Vec::new() };
-    let _ = conn.busy_timeout(Duration::from_millis(500));
-    let Ok(mut stmt) = conn.prepare("SELECT lead FROM leads ORDER BY received_ms") else { return Vec::new() };
-    let rows = stmt.query_map([], |r| r.get::<_, String>(0));
-    rows.map(|rows| rows.flatten().filter_map(|t| serde_json::from_str(&t).ok()).collect()).unwrap_or_default()
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
+    conn.busy_timeout(Duration::from_millis(500)).ok()?;
+    Some(conn)
 }
 
-/// The leads in `leads.jsonl` (a line being written is skipped).
-fn leads_file(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+/// The ids of the leads in the store.
+fn store_ids(path: &Path) -> HashSet<String> {
+    let Some(conn) = open(path) else { return HashSet::new() };
+    let Ok(mut stmt) = conn.prepare("SELECT id FROM leads") else { return HashSet::new() };
+    let ids = stmt.query_map([], |r| r.get::<_, String>(0)).map(|rows| rows.flatten().collect());
+    ids.unwrap_or_default()
 }

@@ -197,9 +197,13 @@ impl AgentProc {
         std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
     }
 
+    /// Every line of `leads.jsonl` (each version of a lead: an update is a
+    /// new line), but a last line still being written (no newline yet).
+    /// A complete line that is not JSON is a defect and panics.
     pub fn leads(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(self.dir.join("data/leads.jsonl"))
-            .unwrap_or_default()
+        let text = std::fs::read_to_string(self.dir.join("data/leads.jsonl")).unwrap_or_default();
+        let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+        complete
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad lead line {l:?}: {e}")))
             .collect()
