@@ -254,7 +254,8 @@ pub struct SinkChanges {
 
 /// How long a reload waits for a dropped or changed sink's worker to finish
 /// the deliveries it has started, before ending it (they are retried).
-const WORKER_STOP_WAIT: Duration = Duration::from_secs(15);
+/// Shorter in unit tests, which wait it out on purpose.
+const WORKER_STOP_WAIT: Duration = Duration::from_secs(if cfg!(test) { 2 } else { 15 });
 
 /// The outbox and its sink workers.
 pub struct Delivery {
@@ -660,6 +661,71 @@ mod reload_tests {
         assert_eq!(delivery.sinks().iter().map(|s| s.spec.name.as_str()).collect::<Vec<_>>(), ["b"]);
 
         // Every worker, the reloaded ones too, stops with the shutdown.
+        let _ = stop_tx.send(true);
+        for t in tasks {
+            tokio::time::timeout(Duration::from_secs(3), t).await.expect("delivery tasks stop").unwrap();
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A webhook sink to `port`, waiting up to `timeout` for an answer.
+    fn webhook_sink(name: &str, port: u16, timeout: Duration) -> ConfiguredSink {
+        let url = format!("http://127.0.0.1:{port}/hook");
+        let hook = Webhook::new(url, None, vec![], None, Duration::from_secs(1), timeout).unwrap();
+        ConfiguredSink {
+            sink: Sink {
+                spec: SinkSpec { name: name.into(), events: vec![EventType::LeadCompleted], lines: Default::default() },
+                target: Target::Webhook(hook),
+                max_interval: Duration::from_secs(1),
+                max_age: Duration::from_secs(3600),
+            },
+            settings: name.into(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reload_waits_for_stuck_workers_together_not_one_after_another() {
+        let dir = std::env::temp_dir().join(format!("backstop-sink-stuck-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // Two endpoints that take the request and never answer.
+        let listeners = [
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        ];
+        let ports: Vec<u16> = listeners.iter().map(|l| l.local_addr().unwrap().port()).collect();
+        let (took_tx, mut took) = tokio::sync::mpsc::unbounded_channel();
+        for l in listeners {
+            let took_tx = took_tx.clone();
+            tokio::spawn(async move {
+                let mut held = Vec::new();
+                while let Ok((conn, _)) = l.accept().await {
+                    held.push(conn);
+                    let _ = took_tx.send(());
+                }
+            });
+        }
+        let delivery =
+            Delivery::new(Outbox::open(&dir.join("outbox.db")).unwrap(), vec![], 1000, Duration::from_secs(3600));
+        let slow = Duration::from_secs(30);
+        delivery.replace_sinks(vec![webhook_sink("w1", ports[0], slow), webhook_sink("w2", ports[1], slow)]).await;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let tasks = delivery.spawn(stop_rx);
+        delivery.publisher().publish(Event::new(EventType::LeadCompleted, "t".into(), &lead("c1"))).await.unwrap();
+        for _ in 0..2 {
+            tokio::time::timeout(Duration::from_secs(5), took.recv()).await.expect("both webhooks called").unwrap();
+        }
+        // Both workers are stuck in a delivery: removing both waits once
+        // (WORKER_STOP_WAIT), not once per sink.
+        let started = tokio::time::Instant::now();
+        let changes = delivery.replace_sinks(vec![]).await;
+        let took = started.elapsed();
+        assert_eq!(changes.removed, ["w1", "w2"]);
+        assert!(
+            took >= WORKER_STOP_WAIT - Duration::from_millis(100),
+            "the stuck workers were not waited for: {took:?}"
+        );
+        assert!(took < WORKER_STOP_WAIT + WORKER_STOP_WAIT / 2, "waited one after the other: {took:?}");
         let _ = stop_tx.send(true);
         for t in tasks {
             tokio::time::timeout(Duration::from_secs(3), t).await.expect("delivery tasks stop").unwrap();
