@@ -62,10 +62,16 @@ impl Run {
 
 /// Run `backstop test-call ARGS`, killed after 60 s.
 fn test_call(args: &[&str]) -> Run {
+    test_call_env(args, &[])
+}
+
+/// `test_call` with these environment variables set.
+fn test_call_env(args: &[&str], env: &[(&str, &str)]) -> Run {
     let start = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_backstop"))
         .arg("test-call")
         .args(args)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -217,8 +223,10 @@ fn a_busy_sipp_uas_fails_with_486_and_gets_its_ack() {
 
 /// Kamailio as the PBX (tests/fixtures/test_call/kamailio.cfg): INVITEs need
 /// digest auth as `tester`; calls go on to the registered overflow account.
-fn start_pbx() -> Kamailio {
-    let dir = scratch_dir("tc-pbx");
+/// Without `record_route` it stays out of the dialog: the ACK and BYE must
+/// go to the agent's Contact, and a request sent to it in the dialog gets 404.
+fn start_pbx(record_route: bool) -> Kamailio {
+    let dir = scratch_dir(if record_route { "tc-pbx" } else { "tc-pbx-norr" });
     std::fs::create_dir_all(dir.join("db")).unwrap();
     std::fs::write(
         dir.join("db/version"),
@@ -234,12 +242,13 @@ fn start_pbx() -> Kamailio {
     let cfg = std::fs::read_to_string(manifest_dir().join("tests/fixtures/test_call/kamailio.cfg"))
         .unwrap()
         .replace("@DBDIR@", &dir.join("db").display().to_string());
+    let cfg = if record_route { cfg } else { cfg.replace("        record_route();\n", "") };
     Kamailio::start(&dir, &cfg)
 }
 
 #[test]
 fn a_call_through_a_pbx_that_wants_auth_reaches_the_agent_with_the_credentials() {
-    let pbx = start_pbx();
+    let pbx = start_pbx(true);
     let account = format!(
         "[[register]]\nregistrar = \"sip:127.0.0.1:{}\"\nusername = \"overflow\"\npassword = \"overflowpw\"\n",
         pbx.port
@@ -263,19 +272,22 @@ fn a_call_through_a_pbx_that_wants_auth_reaches_the_agent_with_the_credentials()
 
     // With them: answered by the agent behind the PBX, every check passes,
     // the ACK and BYE went through its Record-Route, and the agent's lead has the key.
-    let run = test_call(&[
-        &number,
-        "--from",
-        "tester",
-        "--user",
-        "tester",
-        "--password",
-        "testerpw",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--keys",
-        "1",
-    ]);
+    let run = test_call_env(
+        &[
+            &number,
+            "--from",
+            "tester",
+            "--user",
+            "tester",
+            "--password-env",
+            "TEST_CALL_PBX_PASSWORD",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--keys",
+            "1",
+        ],
+        &[("TEST_CALL_PBX_PASSWORD", "testerpw")],
+    );
     assert!(run.success, "{}{}\nagent:\n{}\npbx:\n{}", run.stdout, run.stderr, agent.log(), pbx.log());
     assert!(run.line("answered").contains(", after a 407 challenge"), "{}", run.stdout);
     assert!(run.line("hung up").contains("BYE → 200 OK"), "{}", run.stdout);
@@ -285,4 +297,34 @@ fn a_call_through_a_pbx_that_wants_auth_reaches_the_agent_with_the_credentials()
     let leads = agent.wait_leads(1, Duration::from_secs(5));
     let lead = leads.iter().rev().find(|l| l["call_id"] == call_id.as_str()).expect("our lead, by its Call-ID");
     assert!(lead["caller"]["uri"].as_str().unwrap().starts_with("sip:tester@127.0.0.1"), "{lead}");
+}
+
+/// A PBX that does not record-route: the 2xx's ACK and our BYE go straight
+/// to the agent's Contact (RFC 3261 12.2.1.1), not to the PBX (which would
+/// answer 404), and the call passes; the password comes from the environment.
+#[test]
+fn through_a_pbx_that_does_not_record_route_the_dialog_goes_to_the_agent() {
+    let pbx = start_pbx(false);
+    let account = format!(
+        "[[register]]\nregistrar = \"sip:127.0.0.1:{}\"\nusername = \"overflow\"\npassword = \"overflowpw\"\n",
+        pbx.port
+    );
+    let agent = start_agent_with("tc-pbx-norr-agent", &manifest_dir().join("prompts"), 3, &account);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !agent.log().contains("registered expires=") {
+        assert!(Instant::now() < deadline, "the agent did not register:\n{}\n{}", agent.log(), pbx.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let number = format!("sip:+15550100@127.0.0.1:{}", pbx.port);
+    let run = test_call_env(
+        &[&number, "--from", "tester", "--user", "tester", "--password-env", "TC_PW", "--no-lead"],
+        &[("TC_PW", "testerpw")],
+    );
+    assert!(run.success, "{}{}\nagent:\n{}\npbx:\n{}", run.stdout, run.stderr, agent.log(), pbx.log());
+    assert!(run.line("hung up").contains("BYE → 200 OK"), "{}", run.stdout);
+    assert!(!agent.log().contains("no ACK"), "the agent got our ACK:\n{}", agent.log());
+    // An unset variable is a clear error, before any call.
+    let run = test_call(&[&number, "--user", "tester", "--password-env", "TC_UNSET_PW_VARIABLE", "--no-lead"]);
+    assert!(!run.success);
+    assert!(run.stderr.contains("--password-env TC_UNSET_PW_VARIABLE"), "{}", run.stderr);
 }

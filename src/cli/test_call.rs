@@ -29,6 +29,8 @@ pub struct TestCallArgs {
     #[arg(long, default_value = "")]
     pub keys: String,
     /// Seconds to wait for the answer, and then for the first prompt.
+    /// Through a PBX that rings the business's phones first (often 15-25 s),
+    /// raise it past that ring time, e.g. `--timeout 40`.
     #[arg(long, default_value_t = 10.0)]
     pub timeout: f64,
     /// The user part of our From: the caller number the far end sees.
@@ -43,12 +45,16 @@ pub struct TestCallArgs {
     /// Do not look for the lead even when the config is known.
     #[arg(long)]
     pub no_lead: bool,
-    /// Digest credentials, for a target that answers 401/407.
-    #[arg(long, requires = "password")]
+    /// Digest credentials, for a target that answers 401/407 (with --password or --password-env).
+    #[arg(long)]
     pub user: Option<String>,
-    /// The digest password for `--user` (visible in `ps`: for a test account only).
-    #[arg(long, requires = "user")]
+    /// The digest password for `--user` (visible in `ps`: for a test account only; see --password-env).
+    #[arg(long, requires = "user", conflicts_with = "password_env")]
     pub password: Option<String>,
+    /// The name of an environment variable that holds the password for `--user`
+    /// (for cron: the password stays out of `ps`).
+    #[arg(long, value_name = "NAME", requires = "user")]
+    pub password_env: Option<String>,
 }
 
 /// Place the call and print one line per check; `Ok(false)` when a check failed.
@@ -64,8 +70,14 @@ pub fn run(args: TestCallArgs) -> anyhow::Result<bool> {
         anyhow::bail!("{target}: test-call places calls over UDP; sips (TLS) is not supported");
     }
     let leads = (config_known && !args.no_lead).then(|| LeadWatch::new(cfg.outbox_path(), cfg.leads_path()));
-    let credentials = match (args.user, args.password) {
+    let password = match (&args.password, &args.password_env) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(name)) => Some(std::env::var(name).map_err(|e| anyhow::anyhow!("--password-env {name}: {e}"))?),
+        (None, None) => None,
+    };
+    let credentials = match (args.user, password) {
         (Some(username), Some(password)) => Some(Credentials { username, password }),
+        (Some(_), None) => anyhow::bail!("--user needs --password or --password-env"),
         _ => None,
     };
     crate::testcall::run(TestCall {

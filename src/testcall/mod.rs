@@ -3,10 +3,13 @@
 //! binary that sends an INVITE, and it runs only from this command.
 //!
 //! The call itself is the core's [`Probe`]; this is its driver: two UDP
-//! sockets (SIP, connected to the target so that an ICMP port unreachable
-//! comes back as an error; RTP) on a current-thread tokio runtime of its
-//! own, the probe's timers, and then the lead in the agent's store
-//! ([`lead`]). The agent's `run` never comes here.
+//! sockets (SIP; RTP) on a current-thread tokio runtime of its own, the
+//! probe's timers, and then the lead in the agent's store ([`lead`]). The
+//! SIP socket is connected to the target until the call is answered, so that an
+//! ICMP port unreachable comes back as an error; then it is bound again
+//! unconnected on the same port, so that in-dialog requests (a BYE) are
+//! taken from any address: the agent itself, behind a proxy that does not
+//! record-route. The agent's `run` never comes here.
 
 pub mod lead;
 
@@ -67,7 +70,7 @@ pub fn run(call: TestCall) -> anyhow::Result<bool> {
 
 async fn place(call: &TestCall, dest: SocketAddr) -> anyhow::Result<(Findings, bool)> {
     let bind = call.listen.unwrap_or(SocketAddr::new(unspecified(dest.ip()), 0));
-    let sip = UdpSocket::bind(bind).await.with_context(|| format!("bind the SIP socket on {bind}"))?;
+    let mut sip = UdpSocket::bind(bind).await.with_context(|| format!("bind the SIP socket on {bind}"))?;
     sip.connect(dest).await.with_context(|| format!("no route to {dest}"))?;
     let local_sip = sip.local_addr()?;
     let rtp = UdpSocket::bind(SocketAddr::new(local_sip.ip(), 0)).await.context("bind the RTP socket")?;
@@ -75,6 +78,7 @@ async fn place(call: &TestCall, dest: SocketAddr) -> anyhow::Result<(Findings, b
     let cfg = ProbeConfig {
         target: call.target.clone(),
         dest,
+        outbound_proxy: call.proxy.is_some(),
         local_sip,
         local_rtp,
         from_user: call.from_user.clone(),
@@ -92,6 +96,7 @@ async fn place(call: &TestCall, dest: SocketAddr) -> anyhow::Result<(Findings, b
     // Every phase is bounded by the timeout; this bounds them all together.
     let hard_stop = start + call.timeout * 4 + Duration::from_secs(10);
     let mut refused = false;
+    let mut connected = true;
     let mut sip_buf = vec![0u8; 65536];
     let mut rtp_buf = vec![0u8; 2048];
     while !probe.is_done() && Instant::now() < hard_stop {
@@ -110,7 +115,16 @@ async fn place(call: &TestCall, dest: SocketAddr) -> anyhow::Result<(Findings, b
         let wake = probe.poll_timeout().unwrap_or(hard_stop).min(hard_stop);
         tokio::select! {
             r = sip.recv_from(&mut sip_buf) => match r {
-                Ok((n, from)) => probe.handle_sip(Instant::now(), from, &sip_buf[..n]),
+                Ok((n, from)) => {
+                    probe.handle_sip(Instant::now(), from, &sip_buf[..n]);
+                    if connected && probe.findings().answered.is_some() {
+                        // Answered: from now on take the dialog's requests from anyone. The port is ours again at
+                        // once; a 2xx lost in between is resent by the far end until our ACK comes.
+                        connected = false;
+                        drop(sip);
+                        sip = UdpSocket::bind(local_sip).await.with_context(|| format!("bind {local_sip} again"))?;
+                    }
+                }
                 Err(e) => refused |= e.kind() == ErrorKind::ConnectionRefused,
             },
             r = rtp.recv_from(&mut rtp_buf) => {
@@ -149,7 +163,8 @@ fn lead_check(watch: &LeadWatch, call: &TestCall, f: &Findings) -> Check {
         found.source,
         found.after.as_millis()
     );
-    let keys_through = f.keys_sent.is_none() || dtmf.contains(&f.keys);
+    // The lead writes the keys A-D upper-case; --keys a is the same key.
+    let keys_through = f.keys_sent.is_none() || dtmf.contains(&f.keys.to_ascii_uppercase());
     if keys_through {
         Check::new("lead", true, detail)
     } else {

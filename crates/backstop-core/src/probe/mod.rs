@@ -45,6 +45,10 @@ pub struct ProbeConfig {
     pub target: String,
     /// Where the SIP goes (the target's address, or the outbound proxy).
     pub dest: SocketAddr,
+    /// `dest` is an outbound proxy (`--proxy`): in-dialog requests go there
+    /// too (RFC 3261 8.1.2). Otherwise they go to the dialog's first route,
+    /// or without a route set to the 2xx's Contact (12.2.1.1).
+    pub outbound_proxy: bool,
     /// Our SIP and RTP addresses, as the far end should reach them.
     pub local_sip: SocketAddr,
     pub local_rtp: SocketAddr,
@@ -95,6 +99,9 @@ pub enum Hangup {
     Ours { sent: Instant, response: Option<(u16, String, Instant)> },
     /// The far end's BYE, which we answered 200.
     Theirs { at: Instant },
+    /// Both hung up at once: the far end's BYE came (and was answered 200)
+    /// while ours, sent at `sent`, was still waiting. A clean end.
+    Crossed { sent: Instant, at: Instant },
 }
 
 /// Everything the call found out, for the checks.
@@ -135,9 +142,10 @@ enum State {
         resend: Retransmit,
         proceeding: bool,
     },
-    /// CANCEL sent after the timeout, waiting for the 487 (or a 2xx that raced it).
+    /// CANCEL sent after the timeout, waiting for the 487 (or a 2xx that
+    /// raced it). `resend` is `None` once the CANCEL's own 200 came.
     Cancelling {
-        resend: Retransmit,
+        resend: Option<Retransmit>,
         give_up: Instant,
     },
     /// In the call: media flowing. `linger_until` is when we hang up.
@@ -154,12 +162,32 @@ enum State {
     Done,
 }
 
-/// The dialog once answered: the far end's tag, target and route set.
+/// The dialog once answered: the far end's tag, target and route set, and
+/// where its requests (the 2xx's ACK, the BYE) are sent.
 #[derive(Debug, Clone)]
 struct Dialog {
     to: String,
     remote_target: Uri,
     route: Vec<String>,
+    dest: SocketAddr,
+}
+
+/// Where an in-dialog request goes without an outbound proxy: the host and
+/// port (5060) of the first route, or without a route set of the remote
+/// target, when it is an IP address; a name we would have to resolve: `fallback`.
+fn dialog_dest(route: &[String], target: &Uri, fallback: SocketAddr) -> SocketAddr {
+    let uri = match route.first() {
+        Some(r) => match Uri::from_str(r.trim().trim_start_matches('<').split('>').next().unwrap_or("")) {
+            Ok(u) => u,
+            Err(_) => return fallback,
+        },
+        None => target.clone(),
+    };
+    let port = uri.host_with_port.port.as_ref().map(|p| p.value()).unwrap_or(5060);
+    match uri.host_with_port.host.to_string().trim_matches(['[', ']']).parse::<IpAddr>() {
+        Ok(ip) => SocketAddr::new(ip, port),
+        Err(_) => fallback,
+    }
 }
 
 /// One test call.
@@ -269,7 +297,9 @@ impl Probe {
                 let deadline = self.findings.invite_sent + self.cfg.timeout;
                 Some(if *proceeding { deadline } else { resend.deadline().min(deadline) })
             }
-            State::Cancelling { resend, give_up } => Some(resend.deadline().min(*give_up)),
+            State::Cancelling { resend, give_up } => {
+                Some(resend.as_ref().map_or(*give_up, |r| r.deadline().min(*give_up)))
+            }
             State::Talking { media, linger_until, .. } => {
                 let answered = self.findings.answered.unwrap_or(self.findings.invite_sent);
                 let mut t = media.poll_timeout();
@@ -303,7 +333,8 @@ impl Probe {
                 }
             }
             State::Cancelling { resend, give_up } => {
-                if now >= *give_up || resend.gave_up(now, &mut self.transmits) {
+                let timer_f = resend.as_mut().is_some_and(|r| r.gave_up(now, &mut self.transmits));
+                if now >= *give_up || timer_f {
                     self.finish(now);
                 }
             }
@@ -349,6 +380,15 @@ impl Probe {
         };
         match r.cseq_method.as_str() {
             "INVITE" if r.cseq == self.cseq => self.on_invite_response(now, r, reason),
+            // A resent final to our first INVITE (its ACK was lost) after we
+            // answered its challenge: ACKed again in its own transaction.
+            "INVITE" if r.cseq < self.cseq && r.code >= 300 => self.send_ack_non_2xx(r),
+            // The CANCEL's own 200 stops its retransmission; the 487 to the INVITE still ends the call.
+            "CANCEL" if r.code >= 200 => {
+                if let State::Cancelling { resend, .. } = &mut self.state {
+                    *resend = None;
+                }
+            }
             "BYE" if r.cseq == self.cseq && r.code >= 200 => {
                 if let State::Hanging { .. } = self.state
                     && let Hangup::Ours { response, .. } = &mut self.findings.hangup
@@ -357,7 +397,6 @@ impl Probe {
                     self.finish(now);
                 }
             }
-            // The CANCEL's own 200: the 487 to the INVITE still ends it.
             _ => {}
         }
     }
@@ -436,7 +475,9 @@ impl Probe {
             r.frame.get("Contact").and_then(NameAddr::parse).map(|n| n.uri).unwrap_or_else(|| self.uri.clone());
         let mut route: Vec<String> = r.frame.get_all("Record-Route").flat_map(split_name_addrs).collect();
         route.reverse();
-        self.dialog = Some(Dialog { to, remote_target, route });
+        let dest =
+            if self.cfg.outbound_proxy { self.cfg.dest } else { dialog_dest(&route, &remote_target, self.cfg.dest) };
+        self.dialog = Some(Dialog { to, remote_target, route, dest });
         self.findings.final_response = Some((r.code, reason, now));
         self.findings.answered = Some(now);
         self.events.push_back(ProbeEvent::Answered);
@@ -508,8 +549,13 @@ impl Probe {
             if let State::Talking { media, .. } = &self.state {
                 self.findings.heard = media.heard.clone();
             }
-            if matches!(self.state, State::Talking { .. }) {
-                self.findings.hangup = Hangup::Theirs { at: now };
+            match (&self.state, &self.findings.hangup) {
+                (State::Talking { .. }, _) => self.findings.hangup = Hangup::Theirs { at: now },
+                // Their BYE crossed ours: the call is over for both, cleanly.
+                (State::Hanging { .. }, Hangup::Ours { sent, response: None }) => {
+                    self.findings.hangup = Hangup::Crossed { sent: *sent, at: now }
+                }
+                _ => {}
             }
             self.finish(now);
         }
@@ -547,7 +593,11 @@ impl Probe {
     }
 
     fn send(&mut self, req: &OutgoingRequest) -> SipTransmit {
-        let t = SipTransmit { dest: self.cfg.dest, bytes: req.to_bytes() };
+        self.send_to(req, self.cfg.dest)
+    }
+
+    fn send_to(&mut self, req: &OutgoingRequest, dest: SocketAddr) -> SipTransmit {
+        let t = SipTransmit { dest, bytes: req.to_bytes() };
         self.transmits.push_back(t.clone());
         t
     }
@@ -577,21 +627,43 @@ impl Probe {
         self.findings.failure =
             Some(format!("no answer from {} after {} (it rang; cancelled)", self.cfg.dest, secs(self.cfg.timeout)));
         let resend = Retransmit::new(t, now, self.cfg.t1, self.cfg.t2, true);
-        self.state = State::Cancelling { resend, give_up: now + CANCEL_WAIT };
+        self.state = State::Cancelling { resend: Some(resend), give_up: now + CANCEL_WAIT };
     }
 
+    /// The ACK of a non-2xx final, in that response's transaction (its branch and CSeq number).
     fn send_ack_non_2xx(&mut self, r: &Response) {
         let Some(invite) = self.invite.clone() else { return };
         let to = r.frame.get("To").unwrap_or_default().to_string();
-        let req =
-            OutgoingRequest { method: SipMethod::Ack, to, contact: None, headers: Vec::new(), body: None, ..invite };
+        let branch = r.branch.clone().unwrap_or(invite.branch.clone());
+        let req = OutgoingRequest {
+            method: SipMethod::Ack,
+            to,
+            branch,
+            cseq: r.cseq,
+            contact: None,
+            headers: Vec::new(),
+            body: None,
+            ..invite
+        };
         self.send(&req);
     }
 
+    /// The ACK of the 2xx: a request of its own in the dialog, with the
+    /// credentials the INVITE carried (RFC 3261 22.1: the same as the INVITE's).
     fn send_ack_2xx(&mut self) {
         let Some(d) = self.dialog.clone() else { return };
-        let req = self.request(SipMethod::Ack, branch(self.cfg.seed ^ 0xac, self.cseq), d.to, d.remote_target, d.route);
-        self.send(&req);
+        let mut req =
+            self.request(SipMethod::Ack, branch(self.cfg.seed ^ 0xac, self.cseq), d.to, d.remote_target, d.route);
+        if let Some(invite) = &self.invite {
+            req.headers.extend(
+                invite
+                    .headers
+                    .iter()
+                    .filter(|(name, _)| matches!(*name, "Authorization" | "Proxy-Authorization"))
+                    .cloned(),
+            );
+        }
+        self.send_to(&req, d.dest);
     }
 
     fn send_bye(&mut self, now: Instant) {
@@ -601,7 +673,7 @@ impl Probe {
         }
         self.cseq += 1;
         let req = self.request(SipMethod::Bye, branch(self.cfg.seed, self.cseq), d.to, d.remote_target, d.route);
-        let t = self.send(&req);
+        let t = self.send_to(&req, d.dest);
         self.findings.hangup = Hangup::Ours { sent: now, response: None };
         self.events.push_back(ProbeEvent::HangingUp);
         let resend = Retransmit::new(t, now, self.cfg.t1, self.cfg.t2, true);
@@ -637,6 +709,7 @@ mod tests {
         ProbeConfig {
             target: format!("sip:backstop@{AGENT}"),
             dest: AGENT.parse().unwrap(),
+            outbound_proxy: false,
             local_sip: "127.0.0.1:40000".parse().unwrap(),
             local_rtp: "127.0.0.1:40002".parse().unwrap(),
             from_user: "test-call".into(),
@@ -744,6 +817,9 @@ mod tests {
         assert_eq!(cancel.get("Via"), invite.get("Via"), "CANCEL matches the INVITE's transaction");
         assert_eq!(cancel.get("CSeq"), Some("1 CANCEL"));
         assert_eq!(cancel.start_raw.replace("CANCEL", "INVITE"), invite.start_raw);
+        // The CANCEL's own 200 stops its resends: only the bound on the 487 is left.
+        respond(&mut p, t0 + Duration::from_millis(10_002), &cancel, 200, &[], None);
+        assert_eq!(p.poll_timeout(), Some(t0 + Duration::from_secs(10) + CANCEL_WAIT));
         respond(&mut p, t0 + Duration::from_millis(10_005), &invite, 487, &[], None);
         let ack = sip(&mut p).remove(0);
         assert_eq!((method(&ack).as_str(), ack.get("CSeq")), ("ACK", Some("1 ACK")));
@@ -812,6 +888,22 @@ mod tests {
         assert_eq!(again.get("CSeq"), Some("2 INVITE"));
         assert_ne!(again.get("Via"), invite.get("Via"), "a new transaction");
         assert!(again.get("Proxy-Authorization").unwrap().contains("username=\"u\", realm=\"pbx\", nonce=\"n1\""));
+        // The first 407 resent (our ACK was lost): ACKed again in its own transaction (CSeq 1).
+        respond(&mut p, t0, &invite, 407, std::slice::from_ref(&challenge), None);
+        let out = sip(&mut p);
+        assert_eq!(out.iter().map(method).collect::<Vec<_>>(), ["ACK"]);
+        assert_eq!((out[0].get("CSeq"), out[0].get("Via")), (Some("1 ACK"), invite.get("Via")));
+        // Had it been answered: the 2xx's ACK carries the INVITE's credentials.
+        {
+            let mut q = Probe::new(p.cfg.clone(), t0).unwrap();
+            let first = sip(&mut q).remove(0);
+            respond(&mut q, t0, &first, 407, std::slice::from_ref(&challenge), None);
+            let again = sip(&mut q).pop().unwrap();
+            respond(&mut q, t0, &again, 200, &[], Some(&answer_sdp(false)));
+            let ack = sip(&mut q).into_iter().find(|f| method(f) == "ACK").expect("the 2xx's ACK");
+            assert_eq!(ack.get("CSeq"), Some("2 ACK"));
+            assert_eq!(ack.get("Proxy-Authorization"), again.get("Proxy-Authorization"));
+        }
         // A second challenge: the credentials were refused.
         respond(&mut p, t0, again, 407, &[challenge], None);
         assert!(p.is_done());
@@ -969,6 +1061,75 @@ mod tests {
         assert_eq!(
             last.to_string(),
             "PASS hung up       the far end hung up 2000 ms after the answer (its BYE answered 200)"
+        );
+    }
+
+    #[test]
+    fn in_dialog_requests_go_to_the_first_route_else_the_contact() {
+        let t0 = Instant::now();
+        let contact = ("Contact", "<sip:agent@127.0.0.7:5070>".to_string());
+        // No Record-Route (a proxy that stays out of the dialog): the 200's Contact.
+        let mut p = Probe::new(cfg(""), t0).unwrap();
+        let invite = sip(&mut p).remove(0);
+        respond(&mut p, t0, &invite, 200, std::slice::from_ref(&contact), Some(&answer_sdp(false)));
+        let ack = p.poll_transmit().expect("the ACK");
+        assert_eq!(ack.dest, "127.0.0.7:5070".parse().unwrap());
+        assert!(String::from_utf8_lossy(&ack.bytes).starts_with("ACK sip:agent@127.0.0.7:5070 SIP/2.0"));
+        // A Record-Route: its (first) entry, with the Contact as the Request-URI.
+        let mut p = Probe::new(cfg(""), t0).unwrap();
+        let invite = sip(&mut p).remove(0);
+        let rr = ("Record-Route", "<sip:127.0.0.9:5080;lr>".to_string());
+        respond(&mut p, t0, &invite, 200, &[contact.clone(), rr], Some(&answer_sdp(false)));
+        let ack = p.poll_transmit().expect("the ACK");
+        assert_eq!(ack.dest, "127.0.0.9:5080".parse().unwrap());
+        assert!(String::from_utf8_lossy(&ack.bytes).contains("Route: <sip:127.0.0.9:5080;lr>"));
+        // Through an outbound proxy: everything goes to it.
+        let mut c = cfg("");
+        c.outbound_proxy = true;
+        let mut p = Probe::new(c, t0).unwrap();
+        let invite = sip(&mut p).remove(0);
+        respond(&mut p, t0, &invite, 200, std::slice::from_ref(&contact), Some(&answer_sdp(false)));
+        assert_eq!(p.poll_transmit().expect("the ACK").dest, AGENT.parse().unwrap());
+    }
+
+    #[test]
+    fn both_ends_hanging_up_at_once_is_a_clean_end() {
+        let t0 = Instant::now();
+        let mut c = cfg("");
+        c.timeout = Duration::from_secs(1);
+        let mut p = Probe::new(c, t0).unwrap();
+        let invite = sip(&mut p).remove(0);
+        respond(&mut p, t0, &invite, 200, &[], Some(&answer_sdp(false)));
+        sip(&mut p);
+        // Nothing heard: we hang up at the timeout.
+        let mut ours = None;
+        for _ in 0..1000 {
+            let Some(at) = p.poll_timeout() else { break };
+            p.handle_timeout(at);
+            while p.poll_rtp().is_some() {}
+            if let Some(b) = sip(&mut p).into_iter().find(|f| method(f) == "BYE") {
+                ours = Some((b, at));
+                break;
+            }
+        }
+        let (_, sent) = ours.expect("our BYE");
+        // Their BYE crosses ours before our BYE's 200 comes.
+        let bye = format!(
+            "BYE sip:test-call@127.0.0.1:40000 SIP/2.0\r\nVia: SIP/2.0/UDP {AGENT};branch=z9hG4bKb2\r\n\
+             From: <sip:backstop@{AGENT}>;tag=agent1\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 5 BYE\r\n\
+             Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+            p.from,
+            p.call_id()
+        );
+        p.handle_sip(sent + Duration::from_millis(3), AGENT.parse().unwrap(), bye.as_bytes());
+        let ok = sip(&mut p).remove(0);
+        assert!(ok.start_raw.starts_with("SIP/2.0 200"), "{}", ok.start_raw);
+        assert!(p.is_done());
+        let last = checks(p.findings()).pop().unwrap();
+        assert!(last.pass, "{last}");
+        assert_eq!(
+            last.to_string(),
+            "PASS hung up       both ends hung up at once: its BYE came 3 ms after ours, answered 200"
         );
     }
 

@@ -68,6 +68,7 @@ pub fn checks(f: &Findings) -> Vec<Check> {
     let ended = f.ended.or(match &f.hangup {
         Hangup::Ours { sent, .. } => Some(*sent),
         Hangup::Theirs { at } => Some(*at),
+        Hangup::Crossed { sent, .. } => Some(*sent),
         Hangup::NotInCall => None,
     });
     let listened = ended.map(|e| since(e, answered)).unwrap_or_default();
@@ -155,6 +156,11 @@ pub fn checks(f: &Findings) -> Vec<Check> {
             "hung up",
             true,
             format!("the far end hung up {} after the answer (its BYE answered 200)", ms(since(*at, answered))),
+        ),
+        Hangup::Crossed { sent, at } => Check::new(
+            "hung up",
+            true,
+            format!("both ends hung up at once: its BYE came {} after ours, answered 200", ms(since(*at, *sent))),
         ),
         Hangup::NotInCall => Check::new("hung up", false, "no dialog to hang up"),
     });
