@@ -12,6 +12,7 @@ use backstop_core::sip::message::stream_message_len;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -50,6 +51,9 @@ impl ReplyPath {
 
 /// One message from the network, with the way back.
 pub struct Inbound {
+    /// When it was read off the socket: where INVITE→200 is measured from
+    /// (so the dispatcher's queue and the RTP port's bind are in it).
+    pub at: Instant,
     pub bytes: Vec<u8>,
     pub from: SocketAddr,
     pub reply: ReplyPath,
@@ -61,7 +65,8 @@ pub async fn serve_udp(sock: Arc<UdpSocket>, tx: mpsc::Sender<Inbound>) {
     loop {
         match sock.recv_from(&mut buf).await {
             Ok((n, from)) => {
-                let msg = Inbound { bytes: buf[..n].to_vec(), from, reply: ReplyPath::Udp(sock.clone()) };
+                let msg =
+                    Inbound { at: Instant::now(), bytes: buf[..n].to_vec(), from, reply: ReplyPath::Udp(sock.clone()) };
                 if tx.send(msg).await.is_err() {
                     return;
                 }
@@ -158,7 +163,7 @@ async fn connection(
             match stream_message_len(&buf) {
                 Ok(Some(len)) => {
                     let bytes: Vec<u8> = buf.drain(..len).collect();
-                    let msg = Inbound { bytes, from, reply: ReplyPath::Tcp(out_tx.clone()) };
+                    let msg = Inbound { at: Instant::now(), bytes, from, reply: ReplyPath::Tcp(out_tx.clone()) };
                     if tx.send(msg).await.is_err() {
                         break 'read;
                     }
@@ -261,7 +266,7 @@ mod tests {
                     panic!("a connection task panics (as this test asks)");
                 }
                 let reply = ReplyPath::Tcp(mpsc::channel(1).0);
-                let _ = tx.send(Inbound { bytes: b[..n].to_vec(), from, reply }).await;
+                let _ = tx.send(Inbound { at: Instant::now(), bytes: b[..n].to_vec(), from, reply }).await;
                 let _ = stream.read(&mut b).await;
             }
         }));

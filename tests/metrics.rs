@@ -22,6 +22,10 @@ const CALLS: u32 = 6;
 const KEY_SCRIPT: &str = "[[step]]\nname = \"key\"\nkind = \"digits\"\nprompt = \"greeting\"\nmin_digits = 1\n\
     max_digits = 1\nterminator = \"\"\n[[step]]\nname = \"goodbye\"\nkind = \"goodbye\"\nprompt = \"goodbye\"\n";
 const TOKEN: &str = "prom-token-0123456789abcdef0123456789";
+/// A `scope = "metrics"` token: it scrapes, and reads no lead.
+const SCRAPE_TOKEN: &str = "scrape-only-0123456789abcdef0123456789";
+/// A webhook whose URL holds secrets (userinfo, a secret path, `?token=`), at a port nobody answers.
+const SECRET_HOOK: &str = "http://hookuser:hookpass@127.0.0.1:9/services/SECRETPATH?token=tok999";
 
 fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
@@ -181,7 +185,9 @@ fn prometheus_counts_every_sipp_call_and_promtool_passes_the_exposition() {
     let prom = Prometheus::start(metrics);
     // Prometheus sees the agent up (it parsed the OpenMetrics it asked for) before any call.
     assert_eq!(prom.query_until("up{job=\"backstop\"}", 1.0, Duration::from_secs(15)), Some(1.0), "{}", prom.log());
-    assert_eq!(prom.query("sum(backstop_calls_total)"), None, "no call yet, no series");
+    // The series exist from the start at 0, so the first call after a start is in increase().
+    assert_eq!(prom.query("sum(backstop_calls_total)"), Some(0.0), "no call yet: 0, not absent");
+    assert_eq!(prom.query("count(backstop_dtmf_digits_total)"), Some(3.0), "each way a key can come");
 
     let dir = scratch_dir("metrics-sipp");
     let run = run_sipp_calls(&dir, &keyed_call(200), agent.addr(), false, &[], CALLS);
@@ -194,6 +200,9 @@ fn prometheus_counts_every_sipp_call_and_promtool_passes_the_exposition() {
     let answered = prom.query_until("sum(backstop_answer_latency_seconds_count)", n, limit);
     let ended = prom.query_until("sum(backstop_calls_ended_total{outcome=\"hung_up_during_greeting\"})", n, limit);
     let digits = prom.query_until("sum(backstop_dtmf_digits_total{source=\"sip_info\"})", n, limit);
+    // Every call counted by increase() too: the series' first sample was a 0 before them.
+    let increase = prom.query_until("round(sum(increase(backstop_calls_total[10m])))", n, limit);
+    assert_eq!(increase, Some(n), "increase() over the run");
     let in_progress = prom.query_until("backstop_calls_in_progress", 0.0, limit);
     let latency_sum = prom.query("sum(backstop_answer_latency_seconds_sum)");
     let p99 = prom.query("histogram_quantile(0.99, sum by (le) (backstop_answer_latency_seconds_bucket))");
@@ -233,7 +242,8 @@ fn prometheus_counts_every_sipp_call_and_promtool_passes_the_exposition() {
 fn readyz_is_ready_while_running_and_503_while_draining_and_the_face_wants_a_token() {
     let http = http_port();
     let extra = format!(
-        "[call]\nshutdown_grace_secs = 30\n[sip]\nanswer_after_ms = 50\n{}",
+        "[call]\nshutdown_grace_secs = 30\n[sip]\nanswer_after_ms = 50\n{}\
+         [[http.token]]\nname = \"scraper\"\nscope = \"metrics\"\ntoken = \"{SCRAPE_TOKEN}\"\n",
         http_config(http, &[("prometheus", TOKEN)])
     );
     let (mut agent, metrics) = agent_with_metrics("metrics-drain", &extra);
@@ -255,6 +265,15 @@ fn readyz_is_ready_while_running_and_503_while_draining_and_the_face_wants_a_tok
     assert_eq!(r.status, 200);
     assert!(r.header("content-type").unwrap().starts_with("application/openmetrics-text"), "{:?}", r.headers);
     assert!(r.text().ends_with("# EOF\n"));
+    // A metrics-scoped token scrapes, and cannot read or change a lead; an api token can do both.
+    let scrape_only = format!("Bearer {SCRAPE_TOKEN}");
+    assert_eq!(get(face, "/metrics", &[("Authorization", &scrape_only)]).status, 200);
+    let r = get(face, "/api/leads", &[("Authorization", &scrape_only)]);
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("scope is metrics"), "{}", r.text());
+    let r = web::request(face, "POST", "/api/leads/abc/handled", &[("Authorization", &scrape_only)], b"");
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(get(face, "/api/leads", &[("Authorization", &auth)]).status, 200);
 
     // A call that stays up 4 s keeps the agent draining after SIGTERM.
     let dir = scratch_dir("metrics-drain-sipp");
@@ -277,6 +296,9 @@ fn readyz_is_ready_while_running_and_503_while_draining_and_the_face_wants_a_tok
     };
     assert_eq!(drained.status, 503, "{}", drained.text());
     assert_eq!(drained.text(), "draining: shutting down, new calls are refused\n");
+    // The public face gives the kind of reason only.
+    let r = get(face, "/readyz", &[]);
+    assert_eq!((r.status, r.text()), (503, "draining: not ready\n".to_string()));
     // Still up (healthz) and still counting while the call finishes.
     assert_eq!(get(metrics, "/healthz", &[]).status, 200);
     assert_eq!(value(&scrape(metrics), "backstop_calls_in_progress"), Some(1.0));
@@ -370,7 +392,8 @@ fn every_metric_the_grafana_dashboard_uses_is_in_a_real_scrape() {
     let registrar = free_port();
     let extra = format!(
         "[sip]\nanswer_after_ms = 50\ntrusted_sources = [\"127.0.0.1/32\"]\n[recordings]\nwhole_call = true\n\
-         [[register]]\nregistrar = \"sip:127.0.0.1:{registrar}\"\nusername = \"overflow\"\npassword = \"pw\"\n{KEY_SCRIPT}"
+         [[register]]\nregistrar = \"sip:127.0.0.1:{registrar}\"\nusername = \"overflow\"\npassword = \"pw\"\n\
+         [[webhook]]\nurl = \"{SECRET_HOOK}\"\nmax_retry_interval_s = 1\n{KEY_SCRIPT}"
     );
     let (agent, metrics) = agent_with_metrics("metrics-dashboard", &extra);
     // Not ready: the account is not registered, and /readyz says so.
@@ -392,6 +415,21 @@ fn every_metric_the_grafana_dashboard_uses_is_in_a_real_scrape() {
     assert_eq!(value(&text, "backstop_recording_bytes_total"), Some(bytes));
     assert_eq!(value(&text, "backstop_intake_step_answered_total{line=\"default\",step=\"key\"}"), Some(1.0), "{text}");
     assert_eq!(value(&text, "backstop_registration_up{account=\"overflow@127.0.0.1\"}"), Some(0.0));
+    // The webhook is labelled by its host and a hash: its URL's secrets are nowhere in the scrape.
+    // (The outbox is read every 2 s: its figures are there within a few.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = scrape(metrics);
+        if text.contains("backstop_outbox_pending{sink=\"webhook:") || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(text.contains("backstop_outbox_pending{sink=\"webhook:127.0.0.1#"), "{text}");
+    assert!(text.contains("backstop_delivery_failures_total{sink=\"webhook:127.0.0.1#"), "{text}");
+    for secret in ["hookuser", "hookpass", "SECRETPATH", "tok999", "services"] {
+        assert!(!text.contains(secret), "{secret} in the scrape:\n{text}");
+    }
     let scraped = scraped_names(&text);
     let missing: Vec<&String> = used.iter().filter(|n| !scraped.contains(*n)).collect();
     assert!(

@@ -78,6 +78,21 @@ pub struct TokenConfig {
     pub token: Option<String>,
     pub token_env: Option<String>,
     pub token_sha256: Option<String>,
+    /// What it may do: `api` (the default: the leads API and `/metrics`)
+    /// or `metrics` (only scrape `/metrics`; it cannot read a lead).
+    #[serde(default)]
+    pub scope: TokenScope,
+}
+
+/// What a `[[http.token]]` may do.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenScope {
+    /// Everything a token can: read and change leads, and scrape.
+    #[default]
+    Api,
+    /// Only `GET /metrics`: for a Prometheus, which need not see callers.
+    Metrics,
 }
 
 impl Default for HttpConfig {
@@ -275,7 +290,8 @@ mod tests {
         let ok = format!(
             "[http]\n[[http.user]]\nname = \"ann\"\npassword_hash = \"{HASH}\"\n\
              [[http.token]]\nname = \"crm\"\ntoken = \"0123456789abcdef0123456789abcdef\"\n\
-             [[http.token]]\nname = \"zap\"\ntoken_sha256 = \"{}\"\n",
+             [[http.token]]\nname = \"zap\"\ntoken_sha256 = \"{}\"\n\
+             [[http.token]]\nname = \"prom\"\nscope = \"metrics\"\ntoken = \"0123456789abcdef0123456789abcdeg\"\n",
             "ab".repeat(32)
         );
         assert!(problems(&ok).is_empty(), "{:?}", problems(&ok));
@@ -306,5 +322,13 @@ mod tests {
         let p = problems("[http]\nlisten = \"0.0.0.0:8080\"\n");
         assert!(p.iter().any(|e| e.starts_with("http.secure_cookies")), "{p:?}");
         assert!(problems("[http]\nbogus = 1\n").iter().any(|e| e.contains("bogus")));
+        // A scope is `api` or `metrics`, and `api` when not given.
+        let scoped = |scope: &str| {
+            format!("[http]\n[[http.token]]\nname = \"p\"\n{scope}token = \"0123456789abcdef0123456789abcdef\"\n")
+        };
+        let p = problems(&scoped("scope = \"admin\"\n"));
+        assert!(p.iter().any(|e| e.contains("scope") || e.contains("admin")), "{p:?}");
+        let cfg: crate::config::Config = toml::from_str(&scoped("")).unwrap();
+        assert_eq!(cfg.http.unwrap().token[0].scope, super::TokenScope::Api);
     }
 }

@@ -114,6 +114,11 @@ impl RegisterConfig {
         self.domain.clone().unwrap_or_else(|| self.registrar.host.clone())
     }
 
+    /// `username@domain`: how logs, metrics and readiness name the account.
+    pub fn account_name(&self) -> String {
+        format!("{}@{}", self.username, self.domain())
+    }
+
     /// Where REGISTERs are sent: the outbound proxy, or the registrar.
     pub fn next_hop(&self) -> &SipTarget {
         self.outbound_proxy.as_ref().unwrap_or(&self.registrar)

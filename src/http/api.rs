@@ -11,6 +11,7 @@
 //! `{"error": "..."}`.
 
 use super::{App, Failure, now_ms};
+use crate::config::TokenScope;
 use crate::store::{self, Query, StoreError, StoredLead, View};
 use axum::Json;
 use axum::body::Bytes;
@@ -50,6 +51,8 @@ enum Refusal {
     BadToken,
     /// A session's POST without its CSRF token.
     Csrf,
+    /// A token whose scope is `metrics`: it may only scrape.
+    ScrapeOnly,
 }
 
 impl IntoResponse for Refusal {
@@ -64,6 +67,11 @@ impl IntoResponse for Refusal {
                 "Bearer realm=\"backstop\", error=\"invalid_token\"",
             ),
             Refusal::Csrf => (StatusCode::FORBIDDEN, "missing or wrong X-CSRF-Token", ""),
+            Refusal::ScrapeOnly => (
+                StatusCode::FORBIDDEN,
+                "this token's scope is metrics: it may only scrape /metrics",
+                "Bearer realm=\"backstop\", error=\"insufficient_scope\"",
+            ),
         };
         let mut r = error(status, msg);
         if !challenge.is_empty() {
@@ -74,13 +82,10 @@ impl IntoResponse for Refusal {
 }
 
 fn caller(app: &App, headers: &HeaderMap) -> Result<Caller, Refusal> {
-    if let Some(v) = headers.get(header::AUTHORIZATION) {
-        let token = v.to_str().ok().and_then(|v| {
-            let (scheme, rest) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
-        });
-        return match token.and_then(|t| app.auth.creds().token_name(t)) {
-            Some(name) => Ok(Caller { name, csrf: None }),
+    if headers.contains_key(header::AUTHORIZATION) {
+        return match super::auth::bearer(headers).and_then(|t| app.auth.creds().token(t)) {
+            Some((name, TokenScope::Api)) => Ok(Caller { name, csrf: None }),
+            Some((_, TokenScope::Metrics)) => Err(Refusal::ScrapeOnly),
             None => Err(Refusal::BadToken),
         };
     }

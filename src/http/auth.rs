@@ -8,7 +8,7 @@
 //! it logged in with, so a reload that removes the user or changes the
 //! password ends it at the next request.
 
-use crate::config::HttpConfig;
+use crate::config::{HttpConfig, TokenScope};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -25,8 +25,8 @@ const MAX_SESSIONS: usize = 10_000;
 pub struct Credentials {
     /// name → PHC hash.
     pub users: HashMap<String, String>,
-    /// (SHA-256 of the token, its name).
-    pub tokens: Vec<([u8; 32], String)>,
+    /// (SHA-256 of the token, its name, what it may do).
+    pub tokens: Vec<([u8; 32], String, TokenScope)>,
 }
 
 impl Credentials {
@@ -38,7 +38,7 @@ impl Credentials {
             .token
             .iter()
             .filter_map(|t| match t.digest() {
-                Ok(d) => Some((d, t.name.clone())),
+                Ok(d) => Some((d, t.name.clone(), t.scope)),
                 Err(e) => {
                     tracing::error!(token = %t.name, "[http] token left out: {e}");
                     None
@@ -48,18 +48,25 @@ impl Credentials {
         Credentials { users, tokens }
     }
 
-    /// The name of the token `presented` is, compared with every token in constant time.
-    pub fn token_name(&self, presented: &str) -> Option<String> {
+    /// The name and scope of the token `presented` is, compared with every token in constant time.
+    pub fn token(&self, presented: &str) -> Option<(String, TokenScope)> {
         use sha2::{Digest, Sha256};
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         let mut found = None;
-        for (d, name) in &self.tokens {
+        for (d, name, scope) in &self.tokens {
             if ct_eq(d, &digest) {
-                found = Some(name.clone());
+                found = Some((name.clone(), *scope));
             }
         }
         found
     }
+}
+
+/// The bearer token in `Authorization`, if it holds one.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let v = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, rest) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
 }
 
 /// Equal, in time that depends on the lengths only.
@@ -576,8 +583,8 @@ mod tests {
     fn tokens_by_digest_and_cookies() {
         let h = http(&format!("[[http.token]]\nname = \"crm\"\ntoken = \"{}\"\n", "t".repeat(32)));
         let c = Credentials::from_config(&h);
-        assert_eq!(c.token_name(&"t".repeat(32)).as_deref(), Some("crm"));
-        assert_eq!(c.token_name(&"t".repeat(31)), None);
+        assert_eq!(c.token(&"t".repeat(32)), Some(("crm".to_string(), TokenScope::Api)));
+        assert_eq!(c.token(&"t".repeat(31)), None);
         assert!(ct_eq(b"abc", b"abc") && !ct_eq(b"abc", b"abd") && !ct_eq(b"abc", b"ab"));
         assert_eq!(cookie_value("a=1; backstop_session=xyz; b=2", "backstop_session"), Some("xyz"));
         assert_eq!(cookie_value("backstop_sessionx=1", "backstop_session"), None);

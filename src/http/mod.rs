@@ -149,6 +149,26 @@ pub struct HttpFace {
     pub local_addr: SocketAddr,
 }
 
+/// Bind a TCP listener on `listen`, with an error that says what went wrong
+/// in an operator's words (for `[http]` and `[metrics]`).
+pub async fn bind(listen: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(listen).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => anyhow::anyhow!("listen {listen}: address in use"),
+        std::io::ErrorKind::AddrNotAvailable => anyhow::anyhow!("listen {listen}: no such local address"),
+        std::io::ErrorKind::PermissionDenied => anyhow::anyhow!("listen {listen}: permission denied"),
+        _ => anyhow::anyhow!("listen {listen}: {e}"),
+    })
+}
+
+/// Resolves once `stop` is true (or its sender is gone): a server's graceful stop.
+pub async fn stopped(mut stop: watch::Receiver<bool>) {
+    while !*stop.borrow_and_update() {
+        if stop.changed().await.is_err() {
+            break;
+        }
+    }
+}
+
 impl HttpFace {
     /// Bind `[http] listen` and serve until `shutdown` flips.
     pub async fn start(ctx: Context, shutdown: watch::Receiver<bool>) -> anyhow::Result<HttpFace> {
@@ -170,27 +190,14 @@ impl HttpFace {
         let router = router
             .layer(axum::middleware::map_response(security_headers))
             .layer(axum::middleware::from_fn_with_state(app.clone(), client_and_audit));
-        let listener = tokio::net::TcpListener::bind(h.listen).await.map_err(|e| match e.kind() {
-            std::io::ErrorKind::AddrInUse => anyhow::anyhow!("listen {}: address in use", h.listen),
-            std::io::ErrorKind::AddrNotAvailable => anyhow::anyhow!("listen {}: no such local address", h.listen),
-            std::io::ErrorKind::PermissionDenied => anyhow::anyhow!("listen {}: permission denied", h.listen),
-            _ => anyhow::anyhow!("listen {}: {e}", h.listen),
-        })?;
+        let listener = bind(h.listen).await?;
         let local_addr = listener.local_addr()?;
         if h.user.is_empty() && h.token.is_empty() {
             tracing::warn!("[http] has no users and no tokens: nobody can read the inbox or the API");
         }
-        let mut shutdown = shutdown;
         let server = tokio::spawn(async move {
-            let stop = async move {
-                while !*shutdown.borrow_and_update() {
-                    if shutdown.changed().await.is_err() {
-                        break;
-                    }
-                }
-            };
             let svc = router.into_make_service_with_connect_info::<SocketAddr>();
-            if let Err(e) = axum::serve(listener, svc).with_graceful_shutdown(stop).await {
+            if let Err(e) = axum::serve(listener, svc).with_graceful_shutdown(stopped(shutdown)).await {
                 tracing::error!("HTTP face: {e}");
             }
         });
@@ -231,7 +238,7 @@ fn router(app: App) -> Router {
         .route("/recordings/{file}", get(recordings::serve))
         .route("/metrics", get(scrape))
         .route("/healthz", get(crate::metrics::healthz))
-        .route("/readyz", get(|State(app): State<App>| crate::metrics::readyz(app.metrics.clone())))
+        .route("/readyz", get(|State(app): State<App>| async move { crate::metrics::readyz_brief(&app.metrics) }))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(app)
@@ -323,20 +330,17 @@ impl Drop for RequestAudit {
     }
 }
 
-/// `/metrics` for a Prometheus that presents an API token (its
-/// `authorization` config: `credentials` is a `[[http.token]]`).
+/// `/metrics` for a Prometheus that presents a `[[http.token]]` of either
+/// scope (its `authorization` config: `credentials` is the token); a
+/// `scope = "metrics"` token can do nothing else.
 async fn scrape(State(app): State<App>, headers: HeaderMap) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let token = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| {
-        let (scheme, rest) = v.split_once(' ')?;
-        scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
-    });
-    if token.and_then(|t| app.auth.creds().token_name(t)).is_none() {
+    if auth::bearer(&headers).and_then(|t| app.auth.creds().token(t)).is_none() {
         let challenge = HeaderValue::from_static("Bearer realm=\"backstop\"");
         return (
             axum::http::StatusCode::UNAUTHORIZED,
             [(header::WWW_AUTHENTICATE, challenge)],
-            "an API token is required\n",
+            "a [[http.token]] (scope api or metrics) is required\n",
         )
             .into_response();
     }

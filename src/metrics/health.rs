@@ -1,5 +1,5 @@
-//! Readiness: what `/readyz` checks besides the outbox (which is read when
-//! asked, `scrape::Sources::outbox_problem`): the SIP sockets are bound,
+//! Readiness: what `/readyz` checks besides the outbox (whose last
+//! background check is read, `scrape::Sources::outbox_problem`): the SIP sockets are bound,
 //! every `[[register]]` account is registered (or none is configured), and
 //! the agent is not draining. Each unmet condition is one reason, one line
 //! in the 503's body, so an operator reads at once what is wrong.
@@ -32,6 +32,18 @@ impl Readiness {
     /// The body `/readyz` answers: `ok`, or one reason a line.
     pub fn body(&self) -> String {
         if self.is_ready() { "ok\n".into() } else { self.problems.iter().map(|p| format!("{p}\n")).collect() }
+    }
+
+    /// The body for an open face: `ok`, or each kind of reason once
+    /// (`sip`, `register`, `outbox`, `draining`), without account names or
+    /// SQLite's errors.
+    pub fn brief_body(&self) -> String {
+        if self.is_ready() {
+            return "ok\n".into();
+        }
+        let mut kinds: Vec<&str> = self.problems.iter().map(|p| p.split(':').next().unwrap_or(p)).collect();
+        kinds.dedup();
+        kinds.iter().map(|k| format!("{k}: not ready\n")).collect()
     }
 }
 
@@ -116,5 +128,14 @@ mod tests {
         let r = Readiness { problems: vec!["a".into(), "b".into()] };
         assert!(!r.is_ready());
         assert_eq!(r.body(), "a\nb\n");
+        let r = Readiness {
+            problems: vec![
+                "register: account 100@pbx.example is not registered".into(),
+                "register: account 200@pbx.example is not registered".into(),
+                "outbox: not writable: database is locked".into(),
+            ],
+        };
+        assert_eq!(r.brief_body(), "register: not ready\noutbox: not ready\n");
+        assert_eq!(Readiness { problems: vec![] }.brief_body(), "ok\n");
     }
 }

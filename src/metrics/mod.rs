@@ -16,19 +16,22 @@
 //! `tests/metrics.rs` checks the dashboard against a real scrape.
 
 mod health;
+mod labels;
 mod process;
 mod scrape;
 mod serve;
 
 pub use health::{Health, Readiness};
-pub use serve::{healthz, metrics_text, readiness, readyz, routes, serve};
+pub use labels::sink_label;
+pub use serve::{healthz, metrics_text, readiness, readyz, readyz_brief, routes, serve};
 
 use crate::pacer::PacerStats;
 use crate::sink::delivery::Publisher;
 use backstop_core::intake::answer::AnswerStatus;
-use backstop_core::intake::lead::Lead;
+use backstop_core::intake::lead::{Lead, Outcome};
 use backstop_core::media::dtmf::DtmfSource;
 use backstop_core::media::rtp::MediaStats;
+use backstop_core::route::line::Lines;
 use backstop_core::sip::Transport;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -81,6 +84,13 @@ pub struct SinkLabel {
     pub sink: String,
 }
 
+impl SinkLabel {
+    /// The label of the sink named `name`: never the name itself ([`sink_label`]).
+    pub fn of(name: &str) -> SinkLabel {
+        SinkLabel { sink: sink_label(name) }
+    }
+}
+
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// INVITE→200: the agent answers in milliseconds unless `answer_after` says otherwise.
@@ -114,7 +124,7 @@ pub struct Metrics {
     calls: Family<TransportLabel, Counter>,
     answered: Counter,
     ended: Family<OutcomeLabels, Counter>,
-    rejected: Family<CodeLabel, Counter>,
+    refused: Family<CodeLabel, Counter>,
     junk: Family<LineLabel, Counter>,
     in_progress: Gauge,
     answer_latency: Histogram,
@@ -144,7 +154,7 @@ impl Metrics {
             calls: Family::default(),
             answered: Counter::default(),
             ended: Family::default(),
-            rejected: Family::default(),
+            refused: Family::default(),
             junk: Family::default(),
             in_progress: Gauge::default(),
             answer_latency: answer_buckets(),
@@ -171,9 +181,10 @@ impl Metrics {
         r.register("backstop_calls_answered", "Calls answered (200 OK sent)", m.answered.clone());
         r.register("backstop_calls_ended", "Calls ended, by line and lead outcome", m.ended.clone());
         r.register(
-            "backstop_calls_rejected",
-            "New calls refused with a stateless answer, by SIP code (403 untrusted, 503 draining or full)",
-            m.rejected.clone(),
+            "backstop_invites_refused",
+            "INVITEs refused with a stateless answer, by SIP code (403 untrusted, 503 draining or full); \
+             each request counts, a retransmission too. 488 and 603 are in calls_ended (rejected, declined)",
+            m.refused.clone(),
         );
         r.register("backstop_calls_junk", "Calls whose lead is junk, by line", m.junk.clone());
         r.register("backstop_calls_in_progress", "Calls in progress", m.in_progress.clone());
@@ -181,7 +192,7 @@ impl Metrics {
         r.register("backstop_call_duration_seconds", "Call duration, INVITE to end, by line", m.duration.clone());
         r.register(
             "backstop_intake_step_reached",
-            "Intake steps reached (asked), by line and step",
+            "Intake steps reached, by line and step: those answered, and the one the call ended in",
             m.step_reached.clone(),
         );
         r.register("backstop_intake_step_answered", "Intake steps answered, by line and step", m.step_answered.clone());
@@ -221,9 +232,16 @@ impl Metrics {
             "Voice answer queued to its transcript (when [transcribe] is on)",
             m.transcription_latency.clone(),
         );
-        // The codes a refusal can have, from the start: a rate over them starts at 0.
+        // Series whose labels are known now exist from the start, so a rate over them
+        // counts the first event after a restart (the lines', accounts' and sinks' as they are set).
         for code in [403, 503] {
-            let _ = m.rejected.get_or_create(&CodeLabel { code });
+            let _ = m.refused.get_or_create(&CodeLabel { code });
+        }
+        for t in labels::TRANSPORTS {
+            let _ = m.calls.get_or_create(&TransportLabel { transport: labels::transport(t) });
+        }
+        for s in labels::DTMF_SOURCES {
+            let _ = m.dtmf.get_or_create(&SourceLabel { source: labels::dtmf_source(s) });
         }
         r.register_collector(Box::new(scrape::ScrapeCollector { sources, health }));
         r.register_collector(Box::new(process::ProcessCollector));
@@ -259,11 +277,7 @@ impl Metrics {
 
     /// A call task started; the returned guard counts it in progress until dropped.
     pub fn call_started(self: &Arc<Self>, transport: Transport) -> InProgress {
-        let transport = match transport {
-            Transport::Udp => "udp",
-            Transport::Tcp => "tcp",
-        };
-        self.calls.get_or_create(&TransportLabel { transport }).inc();
+        self.calls.get_or_create(&TransportLabel { transport: labels::transport(transport) }).inc();
         self.in_progress.inc();
         InProgress(self.clone())
     }
@@ -274,18 +288,44 @@ impl Metrics {
         self.answer_latency.observe(latency.as_secs_f64());
     }
 
-    /// A new call refused without a dialog (403, 503).
-    pub fn call_rejected(&self, code: u16) {
-        self.rejected.get_or_create(&CodeLabel { code }).inc();
+    /// An INVITE refused without a dialog (403, 503).
+    pub fn invite_refused(&self, code: u16) {
+        self.refused.get_or_create(&CodeLabel { code }).inc();
     }
 
     pub fn digit(&self, source: DtmfSource) {
-        let source = match source {
-            DtmfSource::Rfc4733 => "rfc4733",
-            DtmfSource::SipInfo => "sip_info",
-            DtmfSource::InBand => "in_band",
-        };
-        self.dtmf.get_or_create(&SourceLabel { source }).inc();
+        self.dtmf.get_or_create(&SourceLabel { source: labels::dtmf_source(source) }).inc();
+    }
+
+    /// The lines calls run now: each one's junk, duration, end and step
+    /// series exist from here on (at 0), so the first event of each counts.
+    pub fn lines_configured(&self, lines: &Lines) {
+        // Every end but `ringing` (a lead still in progress) and `interrupted` (closed by a later start).
+        let fixed = [
+            Outcome::NotAnswered,
+            Outcome::HungUpWhileRinging,
+            Outcome::Rejected,
+            Outcome::NoAck,
+            Outcome::Completed,
+            Outcome::Transferred,
+            Outcome::Declined,
+            Outcome::Silent,
+        ];
+        for line in lines.all() {
+            let name = line.name.clone();
+            let _ = self.junk.get_or_create(&LineLabel { line: name.clone() });
+            let _ = self.duration.get_or_create(&LineLabel { line: name.clone() });
+            let steps = line.program.steps.iter().map(|s| Outcome::HungUpDuring(s.name.clone()));
+            for outcome in fixed.iter().cloned().chain(steps) {
+                let _ = self.ended.get_or_create(&OutcomeLabels { line: name.clone(), outcome: outcome.to_string() });
+            }
+            for step in &line.program.steps {
+                let labels = StepLabels { line: name.clone(), step: step.name.clone() };
+                let _ = self.step_reached.get_or_create(&labels);
+                let _ = self.step_answered.get_or_create(&labels);
+                let _ = self.step_no_input.get_or_create(&labels);
+            }
+        }
     }
 
     /// The finished lead of a call, and its RTP totals: counted once, at the end.
@@ -297,11 +337,14 @@ impl Metrics {
         if let Some(ms) = lead.duration_ms {
             self.duration.get_or_create(&LineLabel { line: line.clone() }).observe(ms as f64 / 1000.0);
         }
-        for (step, answer) in &lead.answers {
-            let labels = StepLabels { line: line.clone(), step: step.clone() };
+        // Reached: each step answered, and the one the call ended in (a caller who
+        // hangs up in silence while a question waits leaves no answer there).
+        for step in lead.steps_reached() {
+            let labels = StepLabels { line: line.clone(), step: step.to_string() };
             self.step_reached.get_or_create(&labels).inc();
-            self.step_answered.get_or_create(&labels).inc_by((answer.status == AnswerStatus::Answered) as u64);
-            self.step_no_input.get_or_create(&labels).inc_by((answer.status == AnswerStatus::NoInput) as u64);
+            let status = lead.answers.get(step).map(|a| a.status);
+            self.step_answered.get_or_create(&labels).inc_by((status == Some(AnswerStatus::Answered)) as u64);
+            self.step_no_input.get_or_create(&labels).inc_by((status == Some(AnswerStatus::NoInput)) as u64);
         }
         if let Some(s) = media {
             self.rtp_in.inc_by(s.packets_received);
@@ -330,17 +373,18 @@ impl Metrics {
         self.registration(account, false);
     }
 
-    /// A sink's worker started: its failures count from 0.
+    /// A sink's worker started: its failures and latency count from 0.
     pub fn sink_started(&self, sink: &str) {
-        let _ = self.delivery_failures.get_or_create(&SinkLabel { sink: sink.to_string() });
+        let _ = self.delivery_failures.get_or_create(&SinkLabel::of(sink));
+        let _ = self.delivery_latency.get_or_create(&SinkLabel::of(sink));
     }
 
     pub fn delivered(&self, sink: &str, latency: Duration) {
-        self.delivery_latency.get_or_create(&SinkLabel { sink: sink.to_string() }).observe(latency.as_secs_f64());
+        self.delivery_latency.get_or_create(&SinkLabel::of(sink)).observe(latency.as_secs_f64());
     }
 
     pub fn delivery_failed(&self, sink: &str) {
-        self.delivery_failures.get_or_create(&SinkLabel { sink: sink.to_string() }).inc();
+        self.delivery_failures.get_or_create(&SinkLabel::of(sink)).inc();
     }
 
     pub fn recording_written(&self, bytes: u64) {

@@ -1,41 +1,57 @@
-//! What is read when Prometheus scrapes, not counted as it happens: the
+//! What is read from the outbox rather than counted as it happens: the
 //! outbox's pending and dead deliveries per sink, the lead store's overdue
-//! leads and the time to callback of leads handled since the last scrape,
-//! the transcription queue's depth (0 with `[transcribe]` off), and the pacer's late packets (atomics
-//! the pacer thread bumps; read here, so the media path takes no lock).
+//! leads, the transcription queue's depth (0 with `[transcribe]` off), the
+//! time to callback of each lead handled, and whether the outbox takes
+//! writes (for `/readyz`); and the pacer's late packets (atomics the pacer
+//! thread bumps, read at each scrape, so the media path takes no lock).
 //!
-//! The time to callback is read from the store rather than hooked where a
-//! lead is marked handled, so that every way of handling one counts: the
-//! inbox, the API, a transfer, and `backstop leads done` from another
-//! process. Each scrape reads the handlings in a window that ends
-//! [`SETTLE_MS`] ago (a handling's time is taken just before it commits)
-//! and begins where the last one ended, so each is observed once.
+//! The outbox is read by one refresher thread every [`EVERY`], never by a
+//! request: `/metrics` and `/readyz` only read what it stored, so neither
+//! can queue work on the database, however often they are asked. The
+//! refresher waits at most [`LOCK_WAIT`] for the outbox's mutex and
+//! SQLite's write lock. A failed or late reading is not shown as zeros: the
+//! outbox's series are left out of the scrape (and
+//! `backstop_scrape_errors_total` counts the failure), and readiness says
+//! the outbox is not writable once the last good check is older than [`STALE`].
 //!
-//! The scrape runs on a blocking thread (`serve`), so the outbox's mutex
-//! and SQLite are fine here.
+//! The time to callback is observed from the outbox's committed
+//! `lead.handled` events, in commit order (their `seq`): from the last one
+//! there at start, each refresh reads those after the last it saw. So every
+//! way of handling a lead counts (the inbox, the API, a transfer, and
+//! `backstop leads done` from another process), and each handling is
+//! observed once, a lead reopened and handled again once more.
 
 use super::Health;
 use crate::pacer::PacerStats;
 use crate::sink::delivery::{Publisher, now_ms};
+use crate::sink::outbox::Outbox;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
-/// How far behind now the time-to-callback window ends.
-const SETTLE_MS: i64 = 2_000;
+/// How often the refresher reads the outbox.
+pub(super) const EVERY: Duration = Duration::from_secs(2);
+/// The longest it waits for the outbox's mutex, and for SQLite's write lock.
+const LOCK_WAIT: Duration = Duration::from_millis(500);
+/// A reading older than this is not shown, and the outbox is not called writable.
+pub(super) const STALE: Duration = Duration::from_secs(10);
 
-/// Where the scrape reads from, attached once the runtime has them.
+/// Where the figures come from, and the last reading of the outbox.
 #[derive(Debug)]
 pub(super) struct Sources {
     outbox: OnceLock<PublisherRef>,
     pacer: OnceLock<Arc<PacerStats>>,
-    /// The time to callback window's start (Unix ms): handlings before it were observed.
-    handled_after: AtomicI64,
+    /// The last `lead.handled` event observed (its `seq`).
+    handled_seq: AtomicI64,
     time_to_callback: Histogram,
+    /// Refreshes that could not read the outbox.
+    errors: Counter,
+    last: Mutex<Option<Reading>>,
 }
 
 /// The publisher, which is not `Debug`.
@@ -47,87 +63,174 @@ impl std::fmt::Debug for PublisherRef {
     }
 }
 
+/// One refresh: when, whether the outbox takes writes, and its figures.
+#[derive(Debug, Clone)]
+struct Reading {
+    at: Instant,
+    /// Why the outbox cannot take events, if it cannot (with details).
+    problem: Option<String>,
+    /// `None` when the outbox could not be read.
+    figures: Option<Figures>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Figures {
+    sinks: Vec<(String, u64, u64)>,
+    overdue: Vec<(String, u64)>,
+    queued: u64,
+}
+
 impl Default for Sources {
     fn default() -> Sources {
         Sources {
             outbox: OnceLock::new(),
             pacer: OnceLock::new(),
-            // Handlings from before this start were counted by the process that saw them.
-            handled_after: AtomicI64::new(now_ms() - SETTLE_MS),
+            handled_seq: AtomicI64::new(i64::MAX),
             time_to_callback: super::callback_buckets(),
+            errors: Counter::default(),
+            last: Mutex::new(None),
         }
     }
 }
 
 impl Sources {
-    pub(super) fn set_outbox(&self, publisher: Publisher) {
-        let _ = self.outbox.set(PublisherRef(publisher));
+    /// Read `publisher`'s outbox now (blocking), then every [`EVERY`] on a
+    /// thread of its own, which ends when the metrics are dropped.
+    pub(super) fn set_outbox(self: &Arc<Self>, publisher: Publisher) {
+        if self.outbox.set(PublisherRef(publisher)).is_err() {
+            return;
+        }
+        self.refresh();
+        let weak: Weak<Sources> = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new().name("metrics-refresh".into()).spawn(move || {
+            loop {
+                std::thread::sleep(EVERY);
+                match weak.upgrade() {
+                    Some(sources) => sources.refresh(),
+                    None => return,
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "metrics: could not start the outbox refresher; /readyz will say so");
+        }
     }
 
     pub(super) fn set_pacer(&self, stats: Arc<PacerStats>) {
         let _ = self.pacer.set(stats);
     }
 
-    /// Why the outbox cannot take events now, if it cannot: events held in
-    /// memory (a full disk), or a write that fails. Blocking.
-    pub(super) fn outbox_problem(&self) -> Option<String> {
-        let Some(PublisherRef(publisher)) = self.outbox.get() else {
-            return Some("outbox: not open yet".into());
-        };
-        let held = publisher.held_events();
-        if held > 0 {
-            return Some(format!("outbox: {held} event(s) held in memory, the outbox cannot take them"));
-        }
-        let db = publisher.outbox();
-        let mut db = db.lock().unwrap_or_else(|p| p.into_inner());
-        // A write that is rolled back: takes the write lock and dirties a page, writes nothing.
-        let conn = db.conn();
-        let check = conn.execute_batch("BEGIN IMMEDIATE").and_then(|()| {
-            let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-            conn.execute_batch(&format!("PRAGMA user_version = {v}; ROLLBACK"))
-        });
-        match check {
-            Ok(()) => None,
-            Err(e) => {
-                let _ = conn.execute_batch("ROLLBACK");
-                Some(format!("outbox: not writable: {e}"))
+    /// Read the outbox once and store what was read. Blocking, bounded by [`LOCK_WAIT`] (twice).
+    pub(super) fn refresh(&self) {
+        let Some(PublisherRef(publisher)) = self.outbox.get() else { return };
+        let reading = match lock_within(&publisher.outbox(), LOCK_WAIT) {
+            None => Reading {
+                at: Instant::now(),
+                problem: Some(format!("outbox: busy for over {} ms", LOCK_WAIT.as_millis())),
+                figures: None,
+            },
+            Some(mut db) => {
+                let held = publisher.held_events();
+                let problem = if held > 0 {
+                    Some(format!("outbox: {held} event(s) held in memory, the outbox cannot take them"))
+                } else {
+                    writable(&mut db).err().map(|e| format!("outbox: not writable: {e}"))
+                };
+                let figures = match self.read(&mut db) {
+                    Ok(f) => Some(f),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "metrics: could not read the outbox");
+                        None
+                    }
+                };
+                Reading { at: Instant::now(), problem, figures }
             }
+        };
+        if reading.figures.is_none() {
+            self.errors.inc();
+        }
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(reading);
+    }
+
+    fn read(&self, db: &mut Outbox) -> rusqlite::Result<Figures> {
+        let now = now_ms();
+        let sinks = db.status(now)?.into_iter().map(|s| (s.sink, s.pending, s.dead)).collect();
+        let conn = db.conn();
+        let overdue = crate::store::overdue_by_line(conn, now)?;
+        let after = self.handled_seq.load(Ordering::Relaxed);
+        if after == i64::MAX {
+            // The first reading: handlings from before this start were the last process's.
+            self.handled_seq.store(crate::store::last_event_seq(conn)?, Ordering::Relaxed);
+        } else {
+            let (took, last) = crate::store::handled_after_seq(conn, after)?;
+            for secs in took {
+                self.time_to_callback.observe(secs as f64);
+            }
+            self.handled_seq.store(last, Ordering::Relaxed);
+        }
+        // The queue's table is there with or without `[transcribe]`: 0 when it is off.
+        let queued = crate::transcribe::queue::queued(conn)?;
+        Ok(Figures { sinks, overdue, queued })
+    }
+
+    /// Why the outbox cannot take events now, if it cannot, from the last reading.
+    pub(super) fn outbox_problem(&self) -> Option<String> {
+        if self.outbox.get().is_none() {
+            return Some("outbox: not open yet".into());
+        }
+        match &*self.last.lock().unwrap_or_else(|p| p.into_inner()) {
+            None => Some("outbox: not checked yet".into()),
+            Some(r) if r.at.elapsed() > STALE => {
+                Some(format!("outbox: not checked for {} s", r.at.elapsed().as_secs()))
+            }
+            Some(r) => r.problem.clone(),
+        }
+    }
+
+    /// The last figures, unless they are missing or stale.
+    fn figures(&self) -> Option<Figures> {
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        last.as_ref().filter(|r| r.at.elapsed() <= STALE).and_then(|r| r.figures.clone())
+    }
+}
+
+/// The outbox's mutex, if it comes free within `wait`.
+fn lock_within(db: &Mutex<Outbox>, wait: Duration) -> Option<MutexGuard<'_, Outbox>> {
+    let until = Instant::now() + wait;
+    loop {
+        match db.try_lock() {
+            Ok(g) => return Some(g),
+            Err(std::sync::TryLockError::Poisoned(p)) => return Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) if Instant::now() < until => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(std::sync::TryLockError::WouldBlock) => return None,
         }
     }
 }
 
-/// The metrics read at scrape time.
+/// A write that is rolled back: takes SQLite's write lock (waiting at most
+/// [`LOCK_WAIT`]) and dirties a page, writes nothing.
+fn writable(db: &mut Outbox) -> rusqlite::Result<()> {
+    let conn = db.conn();
+    conn.busy_timeout(LOCK_WAIT)?;
+    let check = conn.execute_batch("BEGIN IMMEDIATE").and_then(|()| {
+        let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        conn.execute_batch(&format!("PRAGMA user_version = {v}; ROLLBACK"))
+    });
+    if check.is_err() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    // The outbox's own writers wait as long as they always have.
+    conn.busy_timeout(crate::sink::outbox::BUSY_TIMEOUT)?;
+    check
+}
+
+/// The metrics read at scrape time: from memory only.
 #[derive(Debug)]
 pub(super) struct ScrapeCollector {
     pub sources: Arc<Sources>,
     pub health: Arc<Health>,
-}
-
-#[derive(Default)]
-struct OutboxReading {
-    sinks: Vec<(String, u64, u64)>,
-    overdue: Vec<(String, u64)>,
-    queued: u64,
-}
-
-impl ScrapeCollector {
-    fn read_outbox(&self, publisher: &Publisher) -> rusqlite::Result<OutboxReading> {
-        let now = now_ms();
-        let db = publisher.outbox();
-        let mut db = db.lock().unwrap_or_else(|p| p.into_inner());
-        let sinks = db.status(now)?.into_iter().map(|s| (s.sink, s.pending, s.dead)).collect();
-        let conn = db.conn();
-        let overdue = crate::store::overdue_by_line(conn, now)?;
-        let after = self.sources.handled_after.load(Ordering::Relaxed);
-        let until = (now - SETTLE_MS).max(after);
-        for ms in crate::store::handled_between(conn, after, until)? {
-            self.sources.time_to_callback.observe(ms.max(0) as f64 / 1000.0);
-        }
-        self.sources.handled_after.store(until, Ordering::Relaxed);
-        // The queue's table is there with or without `[transcribe]`: 0 when it is off.
-        let queued = crate::transcribe::queue::queued(conn)?;
-        Ok(OutboxReading { sinks, overdue, queued })
-    }
 }
 
 impl Collector for ScrapeCollector {
@@ -155,14 +258,23 @@ impl Collector for ScrapeCollector {
                 failed.metric_type(),
             )?)?;
         }
-        let Some(PublisherRef(publisher)) = self.sources.outbox.get() else { return Ok(()) };
-        let reading = match self.read_outbox(publisher) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics: could not read the outbox");
-                OutboxReading::default()
-            }
-        };
+        if self.sources.outbox.get().is_none() {
+            return Ok(());
+        }
+        self.sources.errors.encode(encoder.encode_descriptor(
+            "backstop_scrape_errors",
+            "Readings of the outbox (every 2 s) that failed or timed out; meanwhile its series are left out",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?)?;
+        self.sources.time_to_callback.encode(encoder.encode_descriptor(
+            "backstop_time_to_callback_seconds",
+            "A lead received to handled (called back), observed once per lead.handled event committed",
+            None,
+            prometheus_client::metrics::MetricType::Histogram,
+        )?)?;
+        // Missing or stale: left out, not shown as zeros.
+        let Some(reading) = self.sources.figures() else { return Ok(()) };
         let mut pending = encoder.encode_descriptor(
             "backstop_outbox_pending",
             "Deliveries waiting in the outbox, by sink",
@@ -170,7 +282,7 @@ impl Collector for ScrapeCollector {
             prometheus_client::metrics::MetricType::Gauge,
         )?;
         for (sink, n, _) in &reading.sinks {
-            ConstGauge::new(*n as i64).encode(pending.encode_family(&super::SinkLabel { sink: sink.clone() })?)?;
+            ConstGauge::new(*n as i64).encode(pending.encode_family(&super::SinkLabel::of(sink))?)?;
         }
         let mut dead = encoder.encode_descriptor(
             "backstop_outbox_dead",
@@ -179,7 +291,7 @@ impl Collector for ScrapeCollector {
             prometheus_client::metrics::MetricType::Gauge,
         )?;
         for (sink, _, n) in &reading.sinks {
-            ConstGauge::new(*n as i64).encode(dead.encode_family(&super::SinkLabel { sink: sink.clone() })?)?;
+            ConstGauge::new(*n as i64).encode(dead.encode_family(&super::SinkLabel::of(sink))?)?;
         }
         let mut overdue = encoder.encode_descriptor(
             "backstop_leads_overdue",
@@ -190,12 +302,6 @@ impl Collector for ScrapeCollector {
         for (line, n) in &reading.overdue {
             ConstGauge::new(*n as i64).encode(overdue.encode_family(&super::LineLabel { line: line.clone() })?)?;
         }
-        self.sources.time_to_callback.encode(encoder.encode_descriptor(
-            "backstop_time_to_callback_seconds",
-            "A lead received to handled (called back), observed as leads are handled",
-            None,
-            prometheus_client::metrics::MetricType::Histogram,
-        )?)?;
         let g = ConstGauge::new(reading.queued as i64);
         g.encode(encoder.encode_descriptor(
             "backstop_transcription_queue_depth",

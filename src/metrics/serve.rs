@@ -6,7 +6,8 @@
 //! `/metrics` answers in OpenMetrics text when the scraper asks for it
 //! (Prometheus does, in its `Accept`), else in the Prometheus text format
 //! 0.0.4 (`curl`, `promtool check metrics`). `/healthz` is 200 `ok` while
-//! the process serves; `/readyz` is 200 `ok`, or 503 with one reason a line.
+//! the process serves; `/readyz` is 200 `ok`, or 503 with one reason a line
+//! (on the HTTP face, only the kinds of reason: it is open to the world).
 
 use super::{Metrics, Readiness};
 use axum::Router;
@@ -14,32 +15,23 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// The scrape, in the format the `Accept` header asks for.
+/// The scrape, in the format the `Accept` header asks for. Made from
+/// memory only (the outbox's figures are the refresher's), so it is quick.
 pub async fn metrics_text(metrics: Arc<Metrics>, headers: &HeaderMap) -> Response {
     let openmetrics = headers
         .get_all(header::ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.contains("application/openmetrics-text"));
-    // The collectors read the outbox (SQLite, behind a mutex): not on a runtime thread.
-    let body =
-        tokio::task::spawn_blocking(move || if openmetrics { metrics.encode_openmetrics() } else { metrics.encode() })
-            .await;
-    match body {
-        Ok(body) => {
-            let ctype =
-                if openmetrics { OPENMETRICS } else { prometheus_client::encoding::prometheus_text::CONTENT_TYPE };
-            ([(header::CONTENT_TYPE, ctype)], body).into_response()
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "metrics: the scrape failed");
-            (StatusCode::INTERNAL_SERVER_ERROR, "the scrape failed\n").into_response()
-        }
-    }
+    let (body, ctype) = if openmetrics {
+        (metrics.encode_openmetrics(), OPENMETRICS)
+    } else {
+        (metrics.encode(), prometheus_client::encoding::prometheus_text::CONTENT_TYPE)
+    };
+    ([(header::CONTENT_TYPE, ctype)], body).into_response()
 }
 
 /// The process is up and serving.
@@ -47,24 +39,26 @@ pub async fn healthz() -> (StatusCode, &'static str) {
     (StatusCode::OK, "ok\n")
 }
 
-/// Ready to take calls: 200 `ok`, or 503 with the reasons, one a line.
+/// Ready to take calls: 200 `ok`, or 503 with the reasons, one a line (for `[metrics] listen`).
 pub async fn readyz(metrics: Arc<Metrics>) -> (StatusCode, String) {
-    let r = readiness(&metrics).await;
-    let status = if r.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, r.body())
+    let r = readiness(&metrics);
+    (status(&r), r.body())
 }
 
-/// The health conditions and the outbox check (bounded: a busy outbox is a reason too).
-pub async fn readiness(metrics: &Arc<Metrics>) -> Readiness {
+/// `/readyz` on the public HTTP face: the 503 names only the kinds of reason.
+pub fn readyz_brief(metrics: &Metrics) -> (StatusCode, String) {
+    let r = readiness(metrics);
+    (status(&r), r.brief_body())
+}
+
+fn status(r: &Readiness) -> StatusCode {
+    if r.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }
+}
+
+/// The health conditions and the outbox's last background check (never a database read here).
+pub fn readiness(metrics: &Metrics) -> Readiness {
     let mut problems = metrics.health.problems();
-    let sources = metrics.sources.clone();
-    let check = tokio::task::spawn_blocking(move || sources.outbox_problem());
-    match tokio::time::timeout(Duration::from_secs(2), check).await {
-        Ok(Ok(None)) => {}
-        Ok(Ok(Some(p))) => problems.push(p),
-        Ok(Err(e)) => problems.push(format!("outbox: the check failed: {e}")),
-        Err(_) => problems.push("outbox: busy for over 2 s".into()),
-    }
+    problems.extend(metrics.sources.outbox_problem());
     Readiness { problems }
 }
 
@@ -83,24 +77,12 @@ pub fn routes(metrics: Arc<Metrics>) -> Router {
 pub async fn serve(
     metrics: Arc<Metrics>,
     listen: SocketAddr,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| match e.kind() {
-        std::io::ErrorKind::AddrInUse => anyhow::anyhow!("listen {listen}: address in use"),
-        std::io::ErrorKind::AddrNotAvailable => anyhow::anyhow!("listen {listen}: no such local address"),
-        std::io::ErrorKind::PermissionDenied => anyhow::anyhow!("listen {listen}: permission denied"),
-        _ => anyhow::anyhow!("listen {listen}: {e}"),
-    })?;
+    let listener = crate::http::bind(listen).await?;
     let router = routes(metrics);
     Ok(tokio::spawn(async move {
-        let stopped = async move {
-            while !*stop.borrow_and_update() {
-                if stop.changed().await.is_err() {
-                    break;
-                }
-            }
-        };
-        if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(stopped).await {
+        if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(crate::http::stopped(stop)).await {
             tracing::error!("metrics server: {e}");
         }
     }))

@@ -32,13 +32,13 @@ fn a_call_is_counted_under_the_conventional_names() {
         let stats = MediaStats { packets_sent: 100, packets_received: 90, packets_ignored: 0, underruns: 2 };
         m.call_ended(&lead, Some(&stats));
     }
-    m.call_rejected(503);
+    m.invite_refused(503);
     let text = m.encode();
     assert_eq!(sample(&text, "backstop_calls_in_progress"), Some(0.0), "the guard counted the call out");
     assert_eq!(sample(&text, "backstop_calls_total{transport=\"udp\"}"), Some(1.0));
     assert_eq!(sample(&text, "backstop_calls_answered_total"), Some(1.0));
     assert_eq!(sample(&text, "backstop_calls_ended_total{line=\"default\",outcome=\"completed\"}"), Some(1.0));
-    assert_eq!(sample(&text, "backstop_calls_rejected_total{code=\"503\"}"), Some(1.0));
+    assert_eq!(sample(&text, "backstop_invites_refused_total{code=\"503\"}"), Some(1.0));
     assert_eq!(sample(&text, "backstop_answer_latency_seconds_count"), Some(1.0));
     assert_eq!(sample(&text, "backstop_answer_latency_seconds_bucket{le=\"0.0025\"}"), Some(0.0));
     assert_eq!(sample(&text, "backstop_answer_latency_seconds_bucket{le=\"0.005\"}"), Some(1.0));
@@ -59,40 +59,130 @@ fn a_call_is_counted_under_the_conventional_names() {
     assert!(!text.contains("+1555"), "{text}");
 }
 
-#[tokio::test]
-async fn readiness_checks_the_outbox_too() {
+#[test]
+fn a_caller_who_hangs_up_in_silence_reached_the_step() {
+    let m = Metrics::new();
+    let mut lead = a_lead();
+    lead.line = "default".into();
+    lead.answers.clear();
+    lead.outcome = Outcome::HungUpDuring("name".into());
+    m.call_ended(&lead, None);
+    let text = m.encode();
+    let labels = "{line=\"default\",step=\"name\"}";
+    assert_eq!(sample(&text, &format!("backstop_intake_step_reached_total{labels}")), Some(1.0), "{text}");
+    assert_eq!(sample(&text, &format!("backstop_intake_step_answered_total{labels}")), Some(0.0));
+    assert_eq!(sample(&text, &format!("backstop_intake_step_no_input_total{labels}")), Some(0.0));
+}
+
+#[test]
+fn the_series_whose_labels_are_known_exist_from_the_start() {
+    let mut cfg = crate::config::Config::default();
+    cfg.prompts.dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("prompts");
+    let lines = crate::cli::load_lines(&cfg).unwrap();
+    let m = Metrics::new();
+    m.lines_configured(&lines);
+    m.account_configured("100@pbx.example");
+    m.sink_started("webhook:https://hooks.example/x");
+    let text = m.encode();
+    for series in [
+        "backstop_calls_total{transport=\"udp\"}",
+        "backstop_calls_total{transport=\"tcp\"}",
+        "backstop_dtmf_digits_total{source=\"rfc4733\"}",
+        "backstop_dtmf_digits_total{source=\"sip_info\"}",
+        "backstop_dtmf_digits_total{source=\"in_band\"}",
+        "backstop_invites_refused_total{code=\"403\"}",
+        "backstop_calls_junk_total{line=\"default\"}",
+        "backstop_calls_ended_total{line=\"default\",outcome=\"completed\"}",
+        "backstop_calls_ended_total{line=\"default\",outcome=\"hung_up_while_ringing\"}",
+        "backstop_registration_up{account=\"100@pbx.example\"}",
+        "backstop_registration_failures_total{account=\"100@pbx.example\"}",
+    ] {
+        assert_eq!(sample(&text, series), Some(0.0), "{series} in {text}");
+    }
+    let steps = &lines.default_line().program.steps;
+    assert!(!steps.is_empty());
+    for step in steps {
+        let name = &step.name;
+        let ended = format!("backstop_calls_ended_total{{line=\"default\",outcome=\"hung_up_during_{name}\"}}");
+        assert_eq!(sample(&text, &ended), Some(0.0), "{ended}");
+        for counter in ["reached", "answered", "no_input"] {
+            let series = format!("backstop_intake_step_{counter}_total{{line=\"default\",step=\"{name}\"}}");
+            assert_eq!(sample(&text, &series), Some(0.0), "{series}");
+        }
+    }
+    let hook = sink_label("webhook:https://hooks.example/x");
+    assert_eq!(sample(&text, &format!("backstop_delivery_failures_total{{sink=\"{hook}\"}}")), Some(0.0));
+    assert_eq!(sample(&text, &format!("backstop_delivery_latency_seconds_count{{sink=\"{hook}\"}}")), Some(0.0));
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("backstop-metrics-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn readiness_reads_the_last_outbox_check_and_a_failed_one_is_not_zeros() {
     let m = Metrics::new();
     m.health.set_sip_bound("127.0.0.1:5060".parse().unwrap());
-    assert_eq!(readiness(&m).await.problems, ["outbox: not open yet"]);
-    let dir = std::env::temp_dir().join(format!("backstop-metrics-ready-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let outbox = Outbox::open(&dir.join("outbox.db")).unwrap();
+    assert_eq!(readiness(&m).problems, ["outbox: not open yet"]);
+    let dir = TempDir::new("ready");
+    let outbox = Outbox::open(&dir.0.join("outbox.db")).unwrap();
     let delivery = Delivery::new(outbox, Vec::new(), 1000, Duration::from_secs(60));
-    m.attach_outbox(delivery.publisher());
-    assert!(readiness(&m).await.is_ready(), "{:?}", readiness(&m).await);
-    // The outbox's write lock held elsewhere: not writable now, said so.
-    let other = rusqlite::Connection::open(dir.join("outbox.db")).unwrap();
+    let publisher = delivery.publisher();
+    m.attach_outbox(publisher.clone());
+    assert!(readiness(&m).is_ready(), "{:?}", readiness(&m));
+    assert!(m.encode().contains("backstop_transcription_queue_depth 0"));
+    // SQLite's write lock held elsewhere: the next check finds it not writable, and says so.
+    let other = rusqlite::Connection::open(dir.0.join("outbox.db")).unwrap();
     other.execute_batch("BEGIN IMMEDIATE").unwrap();
-    let r = readiness(&m).await;
+    let took = std::time::Instant::now();
+    m.sources.refresh();
+    assert!(took.elapsed() < Duration::from_secs(3), "bounded: {:?}", took.elapsed());
+    let r = readiness(&m);
     assert_eq!(r.problems.len(), 1, "{r:?}");
-    assert!(r.problems[0].starts_with("outbox: "), "{r:?}");
+    assert!(r.problems[0].starts_with("outbox: not writable"), "{r:?}");
+    assert_eq!(r.brief_body(), "outbox: not ready\n");
     other.execute_batch("ROLLBACK").unwrap();
-    assert!(readiness(&m).await.is_ready());
+    m.sources.refresh();
+    assert!(readiness(&m).is_ready());
+    // The outbox's mutex held past the wait: no figures (not zeros), an error counted, not ready.
+    let db = publisher.outbox();
+    let held = db.lock().unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| m.sources.refresh());
+    });
+    drop(held);
+    let text = m.encode();
+    assert_eq!(sample(&text, "backstop_scrape_errors_total"), Some(1.0), "{text}");
+    assert!(!text.contains("backstop_transcription_queue_depth"), "{text}");
+    assert!(readiness(&m).problems[0].starts_with("outbox: busy"), "{:?}", readiness(&m));
+    m.sources.refresh();
+    assert!(readiness(&m).is_ready());
     m.account_configured("100@pbx.example");
-    assert_eq!(readiness(&m).await.problems, ["register: account 100@pbx.example is not registered"]);
+    assert_eq!(readiness(&m).problems, ["register: account 100@pbx.example is not registered"]);
     m.registration("100@pbx.example", true);
-    assert!(readiness(&m).await.is_ready());
+    assert!(readiness(&m).is_ready());
     m.registration_failed("100@pbx.example");
-    assert!(!readiness(&m).await.is_ready());
+    assert!(!readiness(&m).is_ready());
     let text = m.encode();
     assert_eq!(sample(&text, "backstop_registration_up{account=\"100@pbx.example\"}"), Some(0.0));
     assert_eq!(sample(&text, "backstop_registration_failures_total{account=\"100@pbx.example\"}"), Some(1.0));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
-async fn the_scrape_reads_the_outbox_and_each_handling_once() {
+async fn the_scrape_shows_the_outbox_and_each_handling_once_never_a_webhook_url() {
     use crate::sink::delivery::{Sink, Target};
     use crate::sink::event::{Event, EventType};
     use crate::sink::outbox::{LineFilter, SinkSpec};
@@ -100,22 +190,20 @@ async fn the_scrape_reads_the_outbox_and_each_handling_once() {
     use backstop_core::intake::lead::rfc3339;
     use std::time::SystemTime;
 
-    let dir = std::env::temp_dir().join(format!("backstop-metrics-scrape-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("scrape");
+    // Named like a webhook with secrets in its URL (the outbox keys deliveries by the name).
+    let name = "webhook:https://bob:pa55@hooks.example/services/SECRETPATH?token=tok999";
     let sink = Sink {
-        spec: SinkSpec { name: "hook".into(), events: EventType::ALL.to_vec(), lines: LineFilter::All },
-        target: Target::EventsFile(dir.join("events.jsonl")),
+        spec: SinkSpec { name: name.into(), events: EventType::ALL.to_vec(), lines: LineFilter::All },
+        target: Target::EventsFile(dir.0.join("events.jsonl")),
         max_interval: Duration::from_secs(60),
         max_age: Duration::from_secs(3600),
     };
     let delivery =
-        Delivery::new(Outbox::open(&dir.join("outbox.db")).unwrap(), vec![sink], 1000, Duration::from_secs(60));
+        Delivery::new(Outbox::open(&dir.0.join("outbox.db")).unwrap(), vec![sink], 1000, Duration::from_secs(60));
     let publisher = delivery.publisher();
-    let m = Metrics::new();
-    m.attach_outbox(publisher.clone());
-    // A lead that came in an hour ago and was due for a callback 45 minutes ago.
-    let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+    // A lead that came in 90 minutes ago and was due for a callback 75 minutes ago.
+    let hour_ago = SystemTime::now() - Duration::from_secs(5400);
     let mut lead = a_lead();
     lead.received_at = rfc3339(hour_ago);
     lead.junk.is_junk = false;
@@ -123,33 +211,40 @@ async fn the_scrape_reads_the_outbox_and_each_handling_once() {
     for kind in [EventType::CallMissed, EventType::LeadCompleted] {
         publisher.publish(Event::new(kind, rfc3339(SystemTime::now()), &lead)).await.unwrap();
     }
-    let scrape = || {
-        let m = m.clone();
-        async move { tokio::task::spawn_blocking(move || m.encode()).await.unwrap() }
-    };
-    let text = scrape().await;
-    assert_eq!(sample(&text, "backstop_outbox_pending{sink=\"hook\"}"), Some(2.0), "{text}");
-    assert_eq!(sample(&text, "backstop_outbox_dead{sink=\"hook\"}"), Some(0.0));
+    // A handling committed before this start was the last process's to observe.
+    crate::store::mark_handled(&publisher, &lead.id, "owner", None).await.unwrap();
+    crate::store::reopen(&publisher, &lead.id, "owner").await.unwrap();
+    let m = Metrics::new();
+    m.attach_outbox(publisher.clone());
+    m.sink_started(name);
+    let label = sink_label(name);
+    let text = m.encode();
+    assert_eq!(sample(&text, &format!("backstop_outbox_pending{{sink=\"{label}\"}}")), Some(4.0), "{text}");
+    assert_eq!(sample(&text, &format!("backstop_outbox_dead{{sink=\"{label}\"}}")), Some(0.0));
     assert_eq!(sample(&text, &format!("backstop_leads_overdue{{line=\"{}\"}}", lead.line)), Some(1.0), "{text}");
     assert_eq!(sample(&text, "backstop_time_to_callback_seconds_count"), Some(0.0));
 
+    // Handled, reopened and handled again: two handlings, each observed once.
     crate::store::mark_handled(&publisher, &lead.id, "owner", None).await.unwrap();
-    // Read once the handling has settled (2 s), and only once.
-    tokio::time::sleep(Duration::from_millis(2100)).await;
-    let text = scrape().await;
-    assert_eq!(sample(&text, "backstop_time_to_callback_seconds_count"), Some(1.0), "{text}");
+    m.sources.refresh();
+    crate::store::reopen(&publisher, &lead.id, "owner").await.unwrap();
+    crate::store::mark_handled(&publisher, &lead.id, "owner", None).await.unwrap();
+    m.sources.refresh();
+    m.sources.refresh();
+    let text = m.encode();
+    assert_eq!(sample(&text, "backstop_time_to_callback_seconds_count"), Some(2.0), "{text}");
     let took = sample(&text, "backstop_time_to_callback_seconds_sum").unwrap();
-    assert!((3600.0..3700.0).contains(&took), "time to callback {took} s");
+    assert!((10800.0..11000.0).contains(&took), "time to callback {took} s (two of 90 minutes)");
     let bucket = |le: &str| {
         let series =
             text.lines().find(|l| l.starts_with(&format!("backstop_time_to_callback_seconds_bucket{{le=\"{le}")));
         series.and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
     };
     assert_eq!(bucket("3600"), Some(0.0), "{text}");
-    assert_eq!(bucket("7200"), Some(1.0), "{text}");
-    assert_eq!(sample(&text, "backstop_outbox_pending{sink=\"hook\"}"), Some(3.0), "lead.handled is pending too");
+    assert_eq!(bucket("7200"), Some(2.0), "{text}");
     assert!(!text.contains("backstop_leads_overdue{"), "no lead is overdue now: {text}");
-    let text = scrape().await;
-    assert_eq!(sample(&text, "backstop_time_to_callback_seconds_count"), Some(1.0), "not observed twice");
-    let _ = std::fs::remove_dir_all(&dir);
+    for secret in ["bob", "pa55", "SECRETPATH", "tok999", "services"] {
+        assert!(!text.contains(secret), "{secret} in {text}");
+        assert!(!m.encode_openmetrics().contains(secret));
+    }
 }

@@ -47,10 +47,11 @@ impl Agent {
         let tcp = TcpListener::bind(local_sip).await.with_context(|| format!("binding SIP TCP on {local_sip}"))?;
         let pacer = Pacer::start().context("starting the RTP pacer thread")?;
         metrics.health.set_sip_bound(local_sip);
+        metrics.lines_configured(&lines.current());
         metrics.attach_pacer(pacer.stats.clone());
         // Not ready until each account has registered.
         for account in &cfg.register {
-            metrics.account_configured(&format!("{}@{}", account.username, account.domain()));
+            metrics.account_configured(&account.account_name());
         }
         let shared = Shared { cfg, lines, events, transcriber, local_sip, phases: PhaseSlots::new(), pacer, metrics };
         Ok(Agent { udp: Arc::new(udp), tcp, shared: Arc::new(shared) })
@@ -78,7 +79,7 @@ impl Agent {
             let seed = rand::random::<u64>();
             let (tx, rx) = mpsc::unbounded_channel();
             dispatcher.add_registration(Registration::call_id_for(seed), tx);
-            let span = tracing::info_span!("account", name = %format!("{}@{}", account.username, account.domain()));
+            let span = tracing::info_span!("account", name = %account.account_name());
             let task = RegistrationTask {
                 shared: self.shared.clone(),
                 account,

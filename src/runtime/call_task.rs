@@ -33,6 +33,8 @@ pub(super) struct CallTask {
     /// What may go to the caller until it is verified (from admission).
     pub budget: Budget,
     pub reply: ReplyPath,
+    /// When the INVITE was read off the socket (INVITE→200 is measured from it).
+    pub arrived: Instant,
     pub rtp: UdpSocket,
     pub inbox: mpsc::UnboundedReceiver<CallInput>,
     pub notices: mpsc::UnboundedSender<Notice>,
@@ -41,7 +43,7 @@ pub(super) struct CallTask {
 
 impl CallTask {
     pub(super) async fn run(self) {
-        let CallTask { shared, invite, mut budget, reply, rtp, mut inbox, notices, mut shutdown } = self;
+        let CallTask { shared, invite, mut budget, reply, arrived, rtp, mut inbox, notices, mut shutdown } = self;
         let rtp = Arc::new(rtp);
         let local_ip = shared.local_ip_for(invite.source);
         let rtp_port = rtp.local_addr().map(|a| a.port()).unwrap_or(0);
@@ -140,7 +142,7 @@ impl CallTask {
                 match ev {
                     CallEvent::Progress(what, detail) => tracing::info!(event = what, "{detail}"),
                     CallEvent::Detail(what, detail) => tracing::debug!(event = what, "{detail}"),
-                    CallEvent::Tally(Tally::Answered) => shared.metrics.call_answered(started.elapsed()),
+                    CallEvent::Tally(Tally::Answered) => shared.metrics.call_answered(arrived.elapsed()),
                     CallEvent::Tally(Tally::Digit(source)) => shared.metrics.digit(source),
                     CallEvent::PromptMissing(name) => {
                         tracing::error!(prompt = %name, "script asks for a prompt that is not loaded")
@@ -286,7 +288,7 @@ fn account_of(cfg: &crate::config::Config, invite: &Request) -> Option<String> {
         // The To's domain tells them apart; failing that, the first (as when it was the only one).
         several => *several.iter().find(|r| r.domain().eq_ignore_ascii_case(&to_host)).or(several.first())?,
     };
-    Some(format!("{}@{}", account.username, account.domain()))
+    Some(account.account_name())
 }
 
 /// A fresh voice activity detector of the configured kind, for one call.

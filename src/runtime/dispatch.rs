@@ -107,7 +107,7 @@ impl Dispatcher {
 
     /// Ask admission about one message and do what it says.
     pub(super) async fn dispatch(&mut self, msg: Inbound) {
-        let Inbound { bytes, from, reply } = msg;
+        let Inbound { at, bytes, from, reply } = msg;
         if *self.shutdown.borrow() != Shutdown::Running {
             self.admission.drain();
         }
@@ -128,14 +128,15 @@ impl Dispatcher {
                     let _ = tx.send(resp);
                 }
             }
-            Decision::NewCall(call) => self.start_call(call, reply).await,
+            Decision::NewCall(call) => self.start_call(call, reply, at).await,
             Decision::Answer(answer) => answer_with(answer, from, &reply, &self.shared.metrics).await,
             Decision::Drop(dropped) => log_drop(dropped, from, bytes.len()),
         }
     }
 
     /// A call task with its own RTP port, or the 503 admission prepared.
-    async fn start_call(&mut self, call: NewCall, reply: ReplyPath) {
+    /// `arrived`: when its INVITE was read off the socket.
+    async fn start_call(&mut self, call: NewCall, reply: ReplyPath, arrived: Instant) {
         let NewCall { invite, budget, busy } = call;
         let Some(rtp) = self.ports.bind(self.shared.rtp_ip()).await else {
             tracing::error!(call_id = %invite.call_id, "no free RTP port in the configured range");
@@ -150,6 +151,7 @@ impl Dispatcher {
             invite: *invite,
             budget,
             reply,
+            arrived,
             rtp,
             inbox: rx,
             notices: self.notices.clone(),
@@ -176,7 +178,7 @@ async fn answer_with(answer: Answer, from: SocketAddr, reply: &ReplyPath, metric
         Reason::Invalid { .. } | Reason::NotAllowed(_) | Reason::Options | Reason::NoCall => false,
     };
     if refused_call {
-        metrics.call_rejected(code);
+        metrics.invite_refused(code);
     }
     match &reason {
         Reason::Invalid { why, call_id } => {

@@ -51,7 +51,7 @@ impl RegistrationTask {
             Ok(p) => p,
             Err(e) => return tracing::error!("no password: {e}"),
         };
-        let name = format!("{}@{}", account.username, account.domain());
+        let name = account.account_name();
         let setup = AccountSetup {
             name: name.clone(),
             username: account.username.clone(),

@@ -80,6 +80,9 @@ pub struct Outbox {
 /// A connection to the outbox file as every user of it opens one: its
 /// directory made, WAL, `synchronous=FULL`, and a 5 s wait on a busy lock
 /// (the text-back and `backstop leads` open their own beside the agent's).
+/// How long a write waits for another connection's write lock.
+pub const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub fn open_wal(path: &Path) -> rusqlite::Result<Connection> {
     if let Some(dir) = path.parent() {
         let _ = std::fs::create_dir_all(dir);
@@ -87,7 +90,7 @@ pub fn open_wal(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     Ok(conn)
 }
 

@@ -463,17 +463,35 @@ pub fn overdue_by_line(conn: &Connection, now_ms: i64) -> rusqlite::Result<Vec<(
     rows.collect()
 }
 
-/// The time to callback, in ms, of each lead (not junk, with a clock)
-/// handled in `(after_ms, until_ms]`, in the order handled; for the
-/// metrics, which read each handling once as the window moves on.
-pub fn handled_between(conn: &Connection, after_ms: i64, until_ms: i64) -> rusqlite::Result<Vec<i64>> {
+/// The last event's sequence number in the outbox (0 when there is none).
+pub fn last_event_seq(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))
+}
+
+/// The time to callback, in seconds, of each `lead.handled` event committed
+/// after the event `after_seq` (commit order: SQLite writes one at a time),
+/// of a lead that is not junk and has a clock; and the last such event's
+/// sequence (`after_seq` when there is none). For the metrics, which read
+/// each handling once as they move on. At most 1000 a call.
+pub fn handled_after_seq(conn: &Connection, after_seq: i64) -> rusqlite::Result<(Vec<u64>, i64)> {
     let mut stmt = conn.prepare_cached(
-        "SELECT handled_ms - received_ms FROM leads
-         WHERE status = 'handled' AND junk = 0 AND clock = 1 AND handled_ms > ?1 AND handled_ms <= ?2
-         ORDER BY handled_ms",
+        "SELECT seq, body FROM events WHERE seq > ?1 AND kind = 'lead.handled' ORDER BY seq LIMIT 1000",
     )?;
-    let rows = stmt.query_map(params![after_ms, until_ms], |r| r.get::<_, i64>(0))?;
-    rows.collect()
+    let rows = stmt.query_map(params![after_seq], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+    let (mut took, mut last) = (Vec::new(), after_seq);
+    for row in rows {
+        let (seq, body) = row?;
+        last = seq;
+        // An event this version cannot read is skipped (the outbox dead-letters it).
+        let Ok(event) = serde_json::from_str::<Event>(&body) else { continue };
+        if event.lead.junk.is_junk {
+            continue;
+        }
+        if let Some(secs) = event.lead.callback.as_ref().and_then(|c| c.time_to_callback_secs) {
+            took.push(secs);
+        }
+    }
+    Ok((took, last))
 }
 
 /// One lead by its id.
