@@ -340,6 +340,7 @@ struct Reload {
 /// change are logged when they differ. Without a config file there is
 /// nothing to reload, and the signal is only logged (its default action
 /// would end the agent mid-call).
+///
 /// Once the shutdown has begun, a SIGHUP is logged and ignored: no sinks
 /// swapped mid-drain, no READY after STOPPING.
 async fn reload_on_hangup(
