@@ -130,6 +130,7 @@ fn a_call_to_the_running_agent_passes_every_check_and_finds_its_lead() {
     assert!(run.line("rtp").contains(", PCMU, "), "{}", run.stdout);
     assert!(run.line("keys sent").contains("1 as RFC 4733 (PT 101)"), "{}", run.stdout);
     assert!(run.line("hung up").contains("BYE → 200 OK"), "{}", run.stdout);
+    assert!(run.line("prompt heard").contains("greeting matched (similarity "), "{}", run.stdout);
 
     // The lead the agent wrote is ours, with the key it heard: the greeting
     // was barged into with it, and we hung up while the agent asked for a name.
@@ -327,4 +328,38 @@ fn through_a_pbx_that_does_not_record_route_the_dialog_goes_to_the_agent() {
     let run = test_call(&[&number, "--user", "tester", "--password-env", "TC_UNSET_PW_VARIABLE", "--no-lead"]);
     assert!(!run.success);
     assert!(run.stderr.contains("--password-env TC_UNSET_PW_VARIABLE"), "{}", run.stderr);
+}
+
+/// An agent that answers with other speech than the greeting of the config
+/// test-call is given (as a carrier's voicemail or a PBX menu would): speech
+/// is heard, but it is not our greeting, and the check fails saying so.
+#[test]
+fn speech_that_is_not_our_greeting_fails_the_prompt_check() {
+    let real = manifest_dir().join("prompts");
+    let prompts = scratch_dir("tc-other-greeting");
+    for entry in std::fs::read_dir(&real).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, prompts.join(path.file_name().unwrap())).unwrap();
+    }
+    // The agent greets with the need's question instead.
+    std::fs::copy(real.join("need.wav"), prompts.join("greeting.wav")).unwrap();
+    let agent = start_agent("tc-other", &prompts, 4);
+    let cfg = config_as_run(&agent);
+    // test-call is given the real prompts: it expects the real greeting.
+    let text =
+        std::fs::read_to_string(&cfg).unwrap().replace(&prompts.display().to_string(), &real.display().to_string());
+    std::fs::write(&cfg, text).unwrap();
+    let run = test_call(&["--config", cfg.to_str().unwrap(), "--timeout", "5"]);
+    assert!(!run.success, "{}", run.stdout);
+    assert!(run.line("audio").starts_with("PASS"), "{}", run.stdout);
+    assert!(
+        run.line("prompt heard")
+            .starts_with("FAIL prompt heard  speech, but not our greeting (voicemail or a PBX menu?)"),
+        "{}",
+        run.stdout
+    );
+    // Without the config, only speech can be checked, and the line says the prompt was not identified.
+    let run = test_call(&[&format!("sip:backstop@127.0.0.1:{}", agent.port), "--timeout", "5"]);
+    assert!(run.success, "{}", run.stdout);
+    assert!(run.line("prompt heard").contains("not identified as our greeting"), "{}", run.stdout);
 }

@@ -39,6 +39,8 @@ pub struct TestCall {
     pub leads: Option<LeadWatch>,
     /// Match the lead by our From user too (a call through a PBX has another Call-ID).
     pub lead_by_caller: bool,
+    /// The loudness envelope of the greeting to expect (from the agent's config), if known.
+    pub expected_greeting: Option<Vec<f32>>,
 }
 
 /// How long the lead may take to appear after the call.
@@ -89,6 +91,7 @@ async fn place(call: &TestCall, dest: SocketAddr) -> anyhow::Result<(Findings, b
         t2: Duration::from_secs(4),
         credentials: call.credentials.clone(),
         seed: rand::random(),
+        expected_greeting: call.expected_greeting.clone(),
     };
     let start = Instant::now();
     let mut probe = Probe::new(cfg, start).map_err(anyhow::Error::msg)?;

@@ -59,7 +59,14 @@ pub struct Heard {
     pub prompt_heard: Option<Instant>,
     /// Speech frames heard in all (20 ms each).
     pub speech_frames: u32,
+    /// The level of each 20 ms frame that came (dBFS), until our first key
+    /// (which cuts the greeting short) and for at most [`ENVELOPE_FRAMES`]:
+    /// what [`super::greeting`] compares with the greeting.
+    pub envelope: Vec<f32>,
 }
+
+/// The most of the received envelope kept: 10 s.
+pub const ENVELOPE_FRAMES: usize = 500;
 
 impl Heard {
     /// The RMS level of everything that came, in dBFS (`None` before any audio;
@@ -264,6 +271,9 @@ impl ProbeMedia {
             self.pending.push(s);
             if self.pending.len() == FRAME_SAMPLES {
                 let speech = self.vad.is_speech(&self.pending);
+                if self.keys.is_empty() && self.heard.envelope.len() < ENVELOPE_FRAMES {
+                    self.heard.envelope.push(super::greeting::frame_db(&self.pending));
+                }
                 self.pending.clear();
                 self.count_speech(now, speech);
             }

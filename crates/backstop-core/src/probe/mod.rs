@@ -16,6 +16,7 @@
 //! the time, `poll_transmit`/`poll_timeout`/`poll_event` out, and the
 //! [`Findings`] at the end, which [`report::checks`] turns into pass/fail lines.
 
+pub mod greeting;
 pub mod media;
 pub mod report;
 
@@ -66,7 +67,16 @@ pub struct ProbeConfig {
     pub credentials: Option<Credentials>,
     /// Source of the Call-ID, tags, branches, SSRC and noise.
     pub seed: u64,
+    /// The loudness envelope ([`greeting::envelope`]) of the first prompt
+    /// the agent should play, when its config is known: "prompt heard" then
+    /// means that prompt, not any speech (voicemail, a PBX menu). The keys
+    /// then wait [`KEYS_AFTER_SPEECH`] into the speech, so there is enough
+    /// of the greeting to compare before they cut it short.
+    pub expected_greeting: Option<Vec<f32>>,
 }
+
+/// With a greeting to compare, how long after speech begins the keys are pressed.
+pub const KEYS_AFTER_SPEECH: Duration = Duration::from_millis(1500);
 
 /// What the runtime may log as the call goes.
 #[derive(Debug, Clone, PartialEq)]
@@ -134,6 +144,10 @@ pub struct Findings {
     pub hangup: Hangup,
     /// When the call ended for us.
     pub ended: Option<Instant>,
+    /// Whether a greeting was given to compare with.
+    pub greeting_expected: bool,
+    /// How much what came sounded like it ([`greeting::similarity`]), when comparable.
+    pub greeting_similarity: Option<f32>,
 }
 
 enum State {
@@ -242,6 +256,8 @@ impl Probe {
             keys_problem: None,
             hangup: Hangup::NotInCall,
             ended: None,
+            greeting_expected: cfg.expected_greeting.is_some(),
+            greeting_similarity: None,
         };
         let mut probe = Probe {
             uri,
@@ -518,6 +534,9 @@ impl Probe {
             self.findings.keys_problem = Some("the answer's SDP has no telephone-event: keys not sent".into());
             linger_until.get_or_insert(now);
         } else if !*keys_pressed {
+            if self.cfg.expected_greeting.is_some() && now < heard + KEYS_AFTER_SPEECH {
+                return;
+            }
             *keys_pressed = true;
             let codes: Vec<u8> = self.cfg.keys.chars().filter_map(event_code).collect();
             media.press(&codes);
@@ -567,6 +586,9 @@ impl Probe {
     }
 
     fn finish(&mut self, now: Instant) {
+        if let Some(expected) = &self.cfg.expected_greeting {
+            self.findings.greeting_similarity = greeting::similarity(&self.findings.heard.envelope, expected);
+        }
         if !matches!(self.state, State::Done) {
             self.state = State::Done;
             self.findings.ended = Some(now);
@@ -720,6 +742,7 @@ mod tests {
             t2: Duration::from_secs(4),
             credentials: None,
             seed: 0x5eed_0001_2345_6789,
+            expected_greeting: None,
         }
     }
 

@@ -106,11 +106,33 @@ pub fn checks(f: &Findings) -> Vec<Check> {
     });
 
     out.push(match h.prompt_heard {
-        Some(at) => Check::new(
-            "prompt heard",
-            true,
-            format!("speech {} after the answer ({} of speech in all)", ms(since(at, answered)), ms(frames(h))),
-        ),
+        Some(at) => {
+            let speech =
+                format!("speech {} after the answer ({} of speech in all)", ms(since(at, answered)), ms(frames(h)));
+            let threshold = super::greeting::MATCH_THRESHOLD;
+            match (f.greeting_expected, f.greeting_similarity) {
+                (false, _) => Check::new(
+                    "prompt heard",
+                    true,
+                    format!("{speech}; not identified as our greeting (give --config to compare it)"),
+                ),
+                (true, Some(s)) if s >= threshold => {
+                    Check::new("prompt heard", true, format!("greeting matched (similarity {s:.2}), {speech}"))
+                }
+                (true, Some(s)) => Check::new(
+                    "prompt heard",
+                    false,
+                    format!(
+                        "speech, but not our greeting (voicemail or a PBX menu?): similarity {s:.2} < {threshold}, {speech}"
+                    ),
+                ),
+                (true, None) => Check::new(
+                    "prompt heard",
+                    false,
+                    format!("speech, but too little of it to compare with our greeting, {speech}"),
+                ),
+            }
+        }
         None => Check::new(
             "prompt heard",
             false,
