@@ -11,6 +11,7 @@
 //! SIPp's pcap replay of the callers' speech needs root (as tests/intake.rs).
 
 mod common;
+mod web;
 
 use common::pcap::CallerAudio;
 use common::scenario::*;
@@ -347,6 +348,7 @@ fn the_report_of_a_day_of_real_calls_counts_every_outcome_exactly() {
     let html = std::fs::read_to_string(agent.dir.join("report.html")).unwrap();
     assert!(html.contains("data-figure=\"missed_calls\" data-value=\"10\""), "{html}");
     assert_eq!(html.matches("<svg").count(), 3);
+    open_in_chromium(&agent.dir.join("report.html"), &r, &agent.dir);
 
     // Bad input: a clear error, not a panic.
     let bad = Command::new(env!("CARGO_BIN_EXE_backstop"))
@@ -449,6 +451,49 @@ fn check_counts(r: &Value, leads: &[Value], store: bool) {
         // leads.jsonl never learns of a callback: handled and overdue are unknown, not 0 and 9.
         assert_eq!((&c["handled"], &c["overdue"]), (&Value::Null, &Value::Null), "{c}");
     }
+}
+
+/// The page of the test day in headless Chromium (phone-sized): its
+/// headline figures and funnel in the DOM equal the JSON's, the charts are
+/// drawn, and a full-page screenshot is saved (`artifacts/report-test-day-390.png`).
+fn open_in_chromium(page: &Path, r: &Value, dir: &Path) {
+    use web::browser::*;
+    let Some(chromedriver) = browser() else { return };
+    let dir = dir.join("browser");
+    std::fs::create_dir_all(&dir).unwrap();
+    let driver = Driver::start(&chromedriver, &dir);
+    let s = Session::new(&driver, &dir.join("profile"));
+    s.goto(&format!("file://{}", page.display()));
+    s.wait_text("h1", |t| t.contains("Missed-call report"));
+    let figures = s.js("return Object.fromEntries([...document.querySelectorAll('dd[data-figure]')]
+            .map(d => [d.dataset.figure, d.dataset.value]))");
+    assert_eq!(figures["missed_calls"], "10", "{figures}");
+    assert_eq!(figures["answered"], "8", "{figures}");
+    assert_eq!(figures["completed"], "2", "{figures}");
+    assert_eq!(figures["urgent"], "1", "{figures}");
+    assert_eq!(figures["junk"], "1", "{figures}");
+    assert_eq!(figures["overdue"], "8", "{figures}");
+    assert_eq!(s.js("return document.querySelectorAll('dd.alert[data-figure=overdue]').length"), 1, "overdue in red");
+    // The funnel's table, row by row, as the JSON has it.
+    let rows = s.js("return [...document.querySelectorAll('table[data-table=funnel] tbody tr')]
+            .map(tr => [...tr.querySelectorAll('td')].slice(0, 2).map(td => td.innerText))");
+    let want: Vec<Value> = r["funnel"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|st| json!([st["stage"].as_str().unwrap(), st["calls"].to_string()]))
+        .collect();
+    assert_eq!(rows, json!(want));
+    let bars =
+        s.js("return [...document.querySelectorAll('figure[data-chart=funnel] svg rect[fill=\"#1F6FB2\"]')].length");
+    assert_eq!(bars, r["funnel"].as_array().unwrap().iter().filter(|st| st["calls"].as_u64() > Some(0)).count());
+    let width = s.js("return document.documentElement.scrollWidth");
+    assert_eq!(width, 390, "fits a 390-px screen");
+    let png = full_page_png(&s);
+    assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
+    std::fs::create_dir_all(artifacts()).unwrap();
+    std::fs::write(artifacts().join("report-test-day-390.png"), &png).unwrap();
+    eprintln!("screenshot: {}", artifacts().join("report-test-day-390.png").display());
 }
 
 /// `<target dir>/artifacts`, as tests/inbox_browser.rs keeps its screenshots.

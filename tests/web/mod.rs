@@ -5,6 +5,8 @@
 //! keys a number, a ZIP and "emergency".
 #![allow(dead_code)]
 
+pub mod browser;
+
 use crate::common::pcap::CallerAudio;
 use crate::common::scenario::*;
 use crate::common::*;
