@@ -247,19 +247,25 @@ fn start_pbx(record_route: bool) -> Kamailio {
     Kamailio::start(&dir, &cfg)
 }
 
-#[test]
-fn a_call_through_a_pbx_that_wants_auth_reaches_the_agent_with_the_credentials() {
-    let pbx = start_pbx(true);
+/// An agent registered at `pbx` as its overflow account (bounded wait for the registration).
+fn agent_behind(pbx: &Kamailio, name: &str, slot: u16) -> AgentProc {
     let account = format!(
         "[[register]]\nregistrar = \"sip:127.0.0.1:{}\"\nusername = \"overflow\"\npassword = \"overflowpw\"\n",
         pbx.port
     );
-    let agent = start_agent_with("tc-pbx-agent", &manifest_dir().join("prompts"), 2, &account);
+    let agent = start_agent_with(name, &manifest_dir().join("prompts"), slot, &account);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !agent.log().contains("registered expires=") {
         assert!(Instant::now() < deadline, "the agent did not register:\n{}\n{}", agent.log(), pbx.log());
         std::thread::sleep(Duration::from_millis(50));
     }
+    agent
+}
+
+#[test]
+fn a_call_through_a_pbx_that_wants_auth_reaches_the_agent_with_the_credentials() {
+    let pbx = start_pbx(true);
+    let agent = agent_behind(&pbx, "tc-pbx-agent", 2);
     let cfg = config_as_run(&agent);
     let number = format!("sip:+15550100@127.0.0.1:{}", pbx.port);
 
@@ -306,16 +312,7 @@ fn a_call_through_a_pbx_that_wants_auth_reaches_the_agent_with_the_credentials()
 #[test]
 fn through_a_pbx_that_does_not_record_route_the_dialog_goes_to_the_agent() {
     let pbx = start_pbx(false);
-    let account = format!(
-        "[[register]]\nregistrar = \"sip:127.0.0.1:{}\"\nusername = \"overflow\"\npassword = \"overflowpw\"\n",
-        pbx.port
-    );
-    let agent = start_agent_with("tc-pbx-norr-agent", &manifest_dir().join("prompts"), 3, &account);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !agent.log().contains("registered expires=") {
-        assert!(Instant::now() < deadline, "the agent did not register:\n{}\n{}", agent.log(), pbx.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let agent = agent_behind(&pbx, "tc-pbx-norr-agent", 3);
     let number = format!("sip:+15550100@127.0.0.1:{}", pbx.port);
     let run = test_call_env(
         &[&number, "--from", "tester", "--user", "tester", "--password-env", "TC_PW", "--no-lead"],
