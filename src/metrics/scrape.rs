@@ -26,7 +26,7 @@ use crate::pacer::PacerStats;
 use crate::sink::delivery::{Publisher, now_ms};
 use crate::sink::outbox::Outbox;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
@@ -226,6 +226,20 @@ fn writable(db: &mut Outbox) -> rusqlite::Result<()> {
     check
 }
 
+/// One gauge family from labelled values.
+fn gauges<L: EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    values: impl Iterator<Item = (L, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, prometheus_client::metrics::MetricType::Gauge)?;
+    for (label, n) in values {
+        ConstGauge::new(n as i64).encode(family.encode_family(&label)?)?;
+    }
+    Ok(())
+}
+
 /// The metrics read at scrape time: from memory only.
 #[derive(Debug)]
 pub(super) struct ScrapeCollector {
@@ -275,33 +289,18 @@ impl Collector for ScrapeCollector {
         )?)?;
         // Missing or stale: left out, not shown as zeros.
         let Some(reading) = self.sources.figures() else { return Ok(()) };
-        let mut pending = encoder.encode_descriptor(
-            "backstop_outbox_pending",
-            "Deliveries waiting in the outbox, by sink",
-            None,
-            prometheus_client::metrics::MetricType::Gauge,
-        )?;
-        for (sink, n, _) in &reading.sinks {
-            ConstGauge::new(*n as i64).encode(pending.encode_family(&super::SinkLabel::of(sink))?)?;
-        }
-        let mut dead = encoder.encode_descriptor(
+        let by_sink = |pick: fn(&(String, u64, u64)) -> u64| {
+            reading.sinks.iter().map(move |s| (super::SinkLabel::of(&s.0), pick(s)))
+        };
+        gauges(&mut encoder, "backstop_outbox_pending", "Deliveries waiting in the outbox, by sink", by_sink(|s| s.1))?;
+        gauges(
+            &mut encoder,
             "backstop_outbox_dead",
             "Deliveries given up on (backstop outbox retry --dead), by sink",
-            None,
-            prometheus_client::metrics::MetricType::Gauge,
+            by_sink(|s| s.2),
         )?;
-        for (sink, _, n) in &reading.sinks {
-            ConstGauge::new(*n as i64).encode(dead.encode_family(&super::SinkLabel::of(sink))?)?;
-        }
-        let mut overdue = encoder.encode_descriptor(
-            "backstop_leads_overdue",
-            "Open leads past their callback time, by line",
-            None,
-            prometheus_client::metrics::MetricType::Gauge,
-        )?;
-        for (line, n) in &reading.overdue {
-            ConstGauge::new(*n as i64).encode(overdue.encode_family(&super::LineLabel { line: line.clone() })?)?;
-        }
+        let overdue = reading.overdue.iter().map(|(line, n)| (super::LineLabel { line: line.clone() }, *n));
+        gauges(&mut encoder, "backstop_leads_overdue", "Open leads past their callback time, by line", overdue)?;
         let g = ConstGauge::new(reading.queued as i64);
         g.encode(encoder.encode_descriptor(
             "backstop_transcription_queue_depth",

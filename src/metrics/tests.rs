@@ -3,6 +3,7 @@
 use super::*;
 use crate::sink::delivery::Delivery;
 use crate::sink::outbox::Outbox;
+use crate::store::tests::Dir;
 use backstop_core::intake::lead::Outcome;
 
 fn sample(text: &str, series: &str) -> Option<f64> {
@@ -115,37 +116,20 @@ fn the_series_whose_labels_are_known_exist_from_the_start() {
     assert_eq!(sample(&text, &format!("backstop_delivery_latency_seconds_count{{sink=\"{hook}\"}}")), Some(0.0));
 }
 
-struct TempDir(std::path::PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("backstop-metrics-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn readiness_reads_the_last_outbox_check_and_a_failed_one_is_not_zeros() {
     let m = Metrics::new();
     m.health.set_sip_bound("127.0.0.1:5060".parse().unwrap());
     assert_eq!(readiness(&m).problems, ["outbox: not open yet"]);
-    let dir = TempDir::new("ready");
-    let outbox = Outbox::open(&dir.0.join("outbox.db")).unwrap();
+    let dir = Dir::new("metrics-ready");
+    let outbox = Outbox::open(&dir.db()).unwrap();
     let delivery = Delivery::new(outbox, Vec::new(), 1000, Duration::from_secs(60));
     let publisher = delivery.publisher();
     m.attach_outbox(publisher.clone());
     assert!(readiness(&m).is_ready(), "{:?}", readiness(&m));
     assert!(m.encode().contains("backstop_transcription_queue_depth 0"));
     // SQLite's write lock held elsewhere: the next check finds it not writable, and says so.
-    let other = rusqlite::Connection::open(dir.0.join("outbox.db")).unwrap();
+    let other = rusqlite::Connection::open(dir.db()).unwrap();
     other.execute_batch("BEGIN IMMEDIATE").unwrap();
     let took = std::time::Instant::now();
     m.sources.refresh();
@@ -190,7 +174,7 @@ async fn the_scrape_shows_the_outbox_and_each_handling_once_never_a_webhook_url(
     use backstop_core::intake::lead::rfc3339;
     use std::time::SystemTime;
 
-    let dir = TempDir::new("scrape");
+    let dir = Dir::new("metrics-scrape");
     // Named like a webhook with secrets in its URL (the outbox keys deliveries by the name).
     let name = "webhook:https://bob:pa55@hooks.example/services/SECRETPATH?token=tok999";
     let sink = Sink {
@@ -199,8 +183,7 @@ async fn the_scrape_shows_the_outbox_and_each_handling_once_never_a_webhook_url(
         max_interval: Duration::from_secs(60),
         max_age: Duration::from_secs(3600),
     };
-    let delivery =
-        Delivery::new(Outbox::open(&dir.0.join("outbox.db")).unwrap(), vec![sink], 1000, Duration::from_secs(60));
+    let delivery = Delivery::new(Outbox::open(&dir.db()).unwrap(), vec![sink], 1000, Duration::from_secs(60));
     let publisher = delivery.publisher();
     // A lead that came in 90 minutes ago and was due for a callback 75 minutes ago.
     let hour_ago = SystemTime::now() - Duration::from_secs(5400);

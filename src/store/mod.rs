@@ -730,4 +730,4 @@ pub fn set_text_back(conn: &Connection, lead_id: &str, text_back: &TextBack) -> 
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

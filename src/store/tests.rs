@@ -11,16 +11,17 @@ use std::path::PathBuf;
 const T0: i64 = 1_795_953_600_000;
 const MIN: i64 = 60_000;
 
-struct Dir(PathBuf);
+/// A scratch folder for one test, removed when dropped (the metrics' tests use it too).
+pub(crate) struct Dir(pub PathBuf);
 
 impl Dir {
-    fn new(name: &str) -> Dir {
+    pub(crate) fn new(name: &str) -> Dir {
         let d = std::env::temp_dir().join(format!("backstop-store-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         Dir(d)
     }
-    fn db(&self) -> PathBuf {
+    pub(crate) fn db(&self) -> PathBuf {
         self.0.join("outbox.db")
     }
 }
