@@ -200,6 +200,11 @@ fn views_order_filter_and_page() {
     // The metrics' reads: overdue by line, and each handling once as the window moves.
     assert_eq!(overdue_by_line(c, now).unwrap(), [(l1.line.clone(), 2)]);
     assert_eq!(overdue_by_line(c, T0 + 14 * MIN).unwrap(), []);
+    // Read every 2 s by the metrics: through the open leads' index, not a scan of every lead.
+    let (filter, _) = view_sql(View::Overdue);
+    let sql = format!("EXPLAIN QUERY PLAN SELECT line, COUNT(*) FROM leads WHERE {filter} GROUP BY line");
+    let plan: String = c.query_row(&sql, [now], |r| r.get(3)).unwrap();
+    assert!(plan.contains("leads_open_due"), "{plan}");
     // The transfer's lead.handled, in commit order, read once.
     let (took, last) = handled_after_seq(c, 0).unwrap();
     assert_eq!(took, [30]);
