@@ -154,7 +154,7 @@ impl Sources {
 
     fn read(&self, db: &mut Outbox) -> rusqlite::Result<Figures> {
         let now = now_ms();
-        let sinks = db.status(now)?.into_iter().map(|s| (s.sink, s.pending, s.dead)).collect();
+        let sinks = db.pending_dead_by_sink()?;
         let conn = db.conn();
         let overdue = crate::store::overdue_by_line(conn, now)?;
         let after = self.handled_seq.load(Ordering::Relaxed);
