@@ -202,6 +202,7 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> a
                 lines: lines.clone(),
                 delivery: delivery.clone(),
                 face: http.clone(),
+                metrics: metrics.clone(),
             },
         )));
         let finish = LeadFinish {
@@ -328,6 +329,7 @@ struct Reload {
     lines: Arc<LiveLines>,
     delivery: Arc<Delivery>,
     face: Option<Arc<HttpFace>>,
+    metrics: Arc<Metrics>,
 }
 
 /// On SIGHUP, read the config file again and, only if all of it loads, run
@@ -402,6 +404,8 @@ impl Reload {
         }
         let line_names: Vec<String> = lines.all().map(|l| l.name.clone()).collect();
         let steps: usize = lines.all().map(|l| l.program.steps.len()).sum();
+        // The new lines' and steps' series exist from now on, at 0 (`increase()` needs them before their first call).
+        self.metrics.lines_configured(&lines);
         self.lines.replace(lines);
         let changes = self.delivery.replace_sinks(sinks).await;
         if let Some(face) = &self.face {

@@ -105,7 +105,7 @@ impl Config {
     /// nothing reaches, accounts that do not exist.
     pub fn line_findings(&self) -> Vec<Finding> {
         let lines: Vec<(&str, &LineMatch)> = self.line.iter().map(|l| (l.name.as_str(), &l.matcher)).collect();
-        let accounts: Vec<String> = self.register.iter().map(|r| format!("{}@{}", r.username, r.domain())).collect();
+        let accounts: Vec<String> = self.register.iter().map(|r| r.account_name()).collect();
         findings(&lines, &accounts)
     }
 

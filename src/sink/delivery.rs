@@ -101,10 +101,8 @@ impl SinkSpecs for Arc<SinkSet> {
 #[derive(Clone)]
 pub struct Publisher {
     pub(super) db: Arc<Mutex<Outbox>>,
-    /// The live sinks: `specs` and `wake` are the same set under two names
-    /// (what to commit for, whom to wake).
-    pub(super) specs: LiveSinks,
-    pub(super) wake: LiveSinks,
+    /// The live sinks: what to commit for, and whose workers to wake.
+    pub(super) sinks: LiveSinks,
     pub(super) held: Held,
     /// Signs the recording links events carry (`[http] public_url`).
     pub(super) links: Option<Arc<crate::http::links::Links>>,
@@ -170,7 +168,7 @@ impl Publisher {
         self.decorate(&mut event);
         let db = self.db.clone();
         // One snapshot of the sinks for the commit and the wake-ups.
-        let set = self.specs.current();
+        let set = self.sinks.current();
         let specs = set.clone();
         let held = self.held.clone();
         let result = tokio::task::spawn_blocking(move || {
@@ -203,7 +201,7 @@ impl Publisher {
         then: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<()> + Send + 'static,
     ) -> Result<(), DeliveryError> {
         self.decorate(&mut event);
-        let set = self.specs.current();
+        let set = self.sinks.current();
         let (db, specs, held) = (self.db.clone(), set.clone(), self.held.clone());
         tokio::task::spawn_blocking(move || {
             let mut db = db.lock().unwrap_or_else(|p| p.into_inner());
@@ -305,13 +303,7 @@ impl Delivery {
     }
 
     pub fn publisher(&self) -> Publisher {
-        Publisher {
-            db: self.db.clone(),
-            specs: self.live.clone(),
-            wake: self.live.clone(),
-            held: self.held.clone(),
-            links: self.links.clone(),
-        }
+        Publisher { db: self.db.clone(), sinks: self.live.clone(), held: self.held.clone(), links: self.links.clone() }
     }
 
     fn workers(&self) -> std::sync::MutexGuard<'_, Workers> {

@@ -137,11 +137,24 @@ pub fn read_latest_file(path: &Path) -> std::io::Result<LatestLeads> {
 }
 
 /// The last `n` leads of `leads.jsonl`, oldest first, each as its latest
-/// line (see [`read_latest`]; a line that is not a lead is left out).
+/// line (as [`read_latest`] takes them), for `backstop leads tail`: unlike
+/// there, a line without a readable `id` is kept as it is, in its place, so
+/// that the operator sees it.
 pub fn latest_leads(path: &Path, n: usize) -> std::io::Result<Vec<String>> {
-    let leads = read_latest_file(path)?.leads;
-    let start = leads.len().saturating_sub(n);
-    Ok(leads.into_iter().skip(start).map(|l| l.line).collect())
+    let text = std::fs::read_to_string(path)?;
+    let mut order: Vec<String> = Vec::new();
+    let mut latest: std::collections::HashMap<String, String> = Default::default();
+    for (i, line) in text.lines().enumerate() {
+        let id = serde_json::from_str::<serde_json::Value>(line)
+            .ok()
+            .and_then(|v| v.get("id").and_then(|id| id.as_str()).map(str::to_string))
+            .unwrap_or_else(|| format!("\0line{i}"));
+        if latest.insert(id.clone(), line.to_string()).is_none() {
+            order.push(id);
+        }
+    }
+    let start = order.len().saturating_sub(n);
+    Ok(order[start..].iter().map(|id| latest[id].clone()).collect())
 }
 
 /// The last `n` lines of a JSON-lines file, oldest first.

@@ -161,14 +161,14 @@ pub(super) async fn retry_held(publisher: Publisher, mut shutdown: watch::Receiv
             if held.is_empty() {
                 return (Ok(()), Vec::new());
             }
-            let r = flush_held(&mut db, &p.specs, &mut held);
+            let r = flush_held(&mut db, &p.sinks, &mut held);
             (r, if stop { held.drain(..).collect() } else { Vec::new() })
         })
         .await
         .unwrap_or((Ok(()), Vec::new()));
         match result {
             Ok(()) => {
-                for w in publisher.wake.iter() {
+                for w in publisher.sinks.iter() {
                     w.notify_one();
                 }
             }
