@@ -17,21 +17,10 @@ use std::time::{Duration, Instant};
 /// database in its directory holding the two accounts) and proxy.
 fn start_kamailio(name: &str) -> Kamailio {
     let dir = scratch_dir(name);
-    std::fs::create_dir_all(dir.join("db")).unwrap();
-    std::fs::write(
-        dir.join("db/version"),
-        "id(int,auto) table_name(string) table_version(int) \n0:version:1\n1:subscriber:7\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("db/subscriber"),
-        "id(int,auto) username(string) domain(string) password(string) ha1(string) ha1b(string) \n\
-         1:1001:127.0.0.1:ownerpw:null:null\n2:overflow:127.0.0.1:overflowpw:null:null\n",
-    )
-    .unwrap();
+    let db = common::kamailio::write_subscribers(&dir, &[("1001", "ownerpw"), ("overflow", "overflowpw")]);
     let cfg = std::fs::read_to_string(manifest_dir().join("tests/kamailio/kamailio.cfg"))
         .unwrap()
-        .replace("@DBDIR@", &dir.join("db").display().to_string());
+        .replace("@DBDIR@", &db.display().to_string());
     Kamailio::start(&dir, &cfg)
 }
 

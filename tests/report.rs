@@ -135,29 +135,7 @@ fn answers(keys: Option<&str>, menu: Option<&str>) -> CallerAudio {
 fn scenario_for(name: &str, caller: &Caller, dir: &Path) -> String {
     let pcap_offer = OFFER.replace("[rtp_port]", "[media_port]");
     match caller {
-        Caller::Cancel => {
-            let cancel = r#"
-  <recv response="100" optional="true"/>
-  <recv response="180"/>
-  <pause milliseconds="200"/>
-  <send retrans="500">
-    <![CDATA[
-      CANCEL sip:+15559990000@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=z9hG4bK-[call_number]-inv;rport
-      From: "Pat Caller" <sip:+15551230001@[local_ip]:[local_port]>;tag=[call_number]
-      To: <sip:+15559990000@[remote_ip]:[remote_port]>
-      Call-ID: [call_id]
-      CSeq: 1 CANCEL
-      Max-Forwards: 70
-      Content-Length: 0
-
-    ]]>
-  </send>
-  <recv response="200"/>
-  <recv response="487"/>
-"#;
-            scenario(name, &[&invite("", OFFER), cancel, ACK_NON_2XX])
-        }
+        Caller::Cancel => scenario(name, &[&invite("", OFFER), &cancel_after_ringing(200), ACK_NON_2XX]),
         Caller::HangUpAfter(ms) => scenario(name, &[&invite("", OFFER), ANSWERED, &ack(1), &pause(*ms), CALLER_BYE]),
         Caller::Speak { audio, bye_after } => {
             let pcap = dir.join("caller.pcap");

@@ -90,26 +90,7 @@ fn cancel_before_answer_gets_487_and_a_lead() {
     let agent = AgentProc::start("cancel", "[sip]\nanswer_after_ms = 3000\n");
     let dir = scratch_dir("sipp-cancel");
     let cancel = [
-        r#"
-  <recv response="100" optional="true"/>
-  <recv response="180"/>
-  <pause milliseconds="300"/>
-  <send retrans="500">
-    <![CDATA[
-      CANCEL sip:+15559990000@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=z9hG4bK-[call_number]-inv;rport
-      From: "Pat Caller" <sip:+15551230001@[local_ip]:[local_port]>;tag=[call_number]
-      To: <sip:+15559990000@[remote_ip]:[remote_port]>
-      Call-ID: [call_id]
-      CSeq: 1 CANCEL
-      Max-Forwards: 70
-      Content-Length: 0
-
-    ]]>
-  </send>
-  <recv response="200"/>
-  <recv response="487"/>
-"#,
+        cancel_after_ringing(300).as_str(),
         ACK_NON_2XX,
         r#"  <pause milliseconds="3500"/>
 "#,

@@ -228,21 +228,10 @@ fn a_busy_sipp_uas_fails_with_486_and_gets_its_ack() {
 /// go to the agent's Contact, and a request sent to it in the dialog gets 404.
 fn start_pbx(record_route: bool) -> Kamailio {
     let dir = scratch_dir(if record_route { "tc-pbx" } else { "tc-pbx-norr" });
-    std::fs::create_dir_all(dir.join("db")).unwrap();
-    std::fs::write(
-        dir.join("db/version"),
-        "id(int,auto) table_name(string) table_version(int) \n0:version:1\n1:subscriber:7\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("db/subscriber"),
-        "id(int,auto) username(string) domain(string) password(string) ha1(string) ha1b(string) \n\
-         1:tester:127.0.0.1:testerpw:null:null\n2:overflow:127.0.0.1:overflowpw:null:null\n",
-    )
-    .unwrap();
+    let db = common::kamailio::write_subscribers(&dir, &[("tester", "testerpw"), ("overflow", "overflowpw")]);
     let cfg = std::fs::read_to_string(manifest_dir().join("tests/fixtures/test_call/kamailio.cfg"))
         .unwrap()
-        .replace("@DBDIR@", &dir.join("db").display().to_string());
+        .replace("@DBDIR@", &db.display().to_string());
     let cfg = if record_route { cfg } else { cfg.replace("        record_route();\n", "") };
     Kamailio::start(&dir, &cfg)
 }

@@ -107,3 +107,23 @@ impl Drop for Kamailio {
         self.stop();
     }
 }
+
+/// The text-file database (`db_text`) of Kamailio's auth: `DIR/db` with the
+/// `subscriber` table holding `users` (name, password) at 127.0.0.1; the
+/// configs read it from `@DBDIR@`.
+pub fn write_subscribers(dir: &Path, users: &[(&str, &str)]) -> std::path::PathBuf {
+    let db = dir.join("db");
+    std::fs::create_dir_all(&db).unwrap();
+    std::fs::write(
+        db.join("version"),
+        "id(int,auto) table_name(string) table_version(int) \n0:version:1\n1:subscriber:7\n",
+    )
+    .unwrap();
+    let mut table =
+        String::from("id(int,auto) username(string) domain(string) password(string) ha1(string) ha1b(string) \n");
+    for (i, (user, password)) in users.iter().enumerate() {
+        table.push_str(&format!("{}:{user}:127.0.0.1:{password}:null:null\n", i + 1));
+    }
+    std::fs::write(db.join("subscriber"), table).unwrap();
+    db
+}

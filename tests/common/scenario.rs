@@ -137,6 +137,33 @@ pub fn pause(ms: u64) -> String {
     format!("  <pause milliseconds=\"{ms}\"/>\n")
 }
 
+/// The caller hangs up while it rings: after the 180 and `ms`, a CANCEL,
+/// its 200 and the INVITE's 487 (whose ACK is [`ACK_NON_2XX`]).
+pub fn cancel_after_ringing(ms: u64) -> String {
+    format!(
+        r#"
+  <recv response="100" optional="true"/>
+  <recv response="180"/>
+  <pause milliseconds="{ms}"/>
+  <send retrans="500">
+    <![CDATA[
+      CANCEL sip:+15559990000@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=z9hG4bK-[call_number]-inv;rport
+      From: "Pat Caller" <sip:+15551230001@[local_ip]:[local_port]>;tag=[call_number]
+      To: <sip:+15559990000@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: 1 CANCEL
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv response="200"/>
+  <recv response="487"/>
+"#
+    )
+}
+
 /// An in-dialog INFO carrying one digit as application/dtmf-relay.
 pub fn info_digit(cseq: u32, digit: &str) -> String {
     format!(
