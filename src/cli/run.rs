@@ -471,7 +471,15 @@ fn reloadable(running: &Config, new: Config) -> Config {
             h.token = n.token;
             Some(h)
         }
-        (old, _) => old,
+        // [http] removed: the server runs on until the restart (its listen
+        // and the rest are restart-only), but nobody gets in meanwhile.
+        (Some(mut h), None) => {
+            h.user.clear();
+            h.token.clear();
+            Some(h)
+        }
+        // [http] added: the face starts at the next start only.
+        (None, _) => None,
     };
     Config {
         sip: old.sip,
@@ -544,5 +552,43 @@ impl Signals {
             _ = self.term.recv() => {}
             _ = self.int.recv() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{HttpConfig, TokenConfig, TokenScope};
+
+    fn with_token(listen: &str) -> Config {
+        let token = TokenConfig {
+            name: "crm".into(),
+            token: Some("a-long-enough-secret-token-value".into()),
+            token_env: None,
+            token_sha256: None,
+            scope: TokenScope::Api,
+        };
+        let http = HttpConfig { listen: listen.parse().unwrap(), token: vec![token], ..Default::default() };
+        Config { http: Some(http), ..Default::default() }
+    }
+
+    #[test]
+    fn removing_http_keeps_the_server_but_lets_nobody_in() {
+        let running = with_token("127.0.0.1:8080");
+        let cfg = reloadable(&running, Config::default());
+        let h = cfg.http.expect("the face runs on until the restart");
+        assert_eq!(h.listen, "127.0.0.1:8080".parse().unwrap());
+        assert!(h.token.is_empty() && h.user.is_empty(), "the old tokens stay live: {h:?}");
+    }
+
+    #[test]
+    fn a_reload_takes_new_tokens_and_keeps_the_listen() {
+        let running = with_token("127.0.0.1:8080");
+        let mut new = with_token("127.0.0.1:9090");
+        new.http.as_mut().unwrap().token[0].name = "other".into();
+        let h = reloadable(&running, new).http.unwrap();
+        assert_eq!(h.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(h.token[0].name, "other");
+        assert!(reloadable(&Config::default(), with_token("127.0.0.1:8080")).http.is_none());
     }
 }

@@ -22,7 +22,7 @@ use backstop_core::route::junk::JunkConfig;
 use backstop_core::route::schedule::ScheduleConfig;
 pub use callback::CallbackConfig;
 pub use delivery::{LeadsFileConfig, OutboxConfig, WebhookConfig};
-pub use http::{HttpConfig, TokenScope};
+pub use http::{HttpConfig, TokenConfig, TokenScope};
 pub use routing::{LineConfig, LinePlan, compile_schedule};
 use serde::Deserialize;
 pub use sip::{CallConfig, RegisterConfig, RtpConfig, SecurityConfig, SipConfig};
