@@ -406,11 +406,16 @@ impl Reload {
         let steps: usize = lines.all().map(|l| l.program.steps.len()).sum();
         // The new lines' and steps' series exist from now on, at 0 (`increase()` needs them before their first call).
         self.metrics.lines_configured(&lines);
-        self.lines.replace(lines);
-        let changes = self.delivery.replace_sinks(sinks).await;
+        // The face first: a revoked token must not wait behind a slow webhook.
         if let Some(face) = &self.face {
             face.reload(&cfg);
         }
+        // Then the sinks (after the old workers of changed ones stop, up to
+        // WORKER_STOP_WAIT), and only then the lines: until the new sink set
+        // is live no call runs on a new line, so a new line's lead is never
+        // committed for the old set (the top-level webhook, another tenant's).
+        let changes = self.delivery.replace_sinks(sinks).await;
+        self.lines.replace(lines);
         for section in restart {
             tracing::warn!(config = %path.display(), "SIGHUP: {section} changed, which needs a restart; the running agent keeps the old value");
         }
