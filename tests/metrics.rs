@@ -420,13 +420,13 @@ fn every_metric_the_grafana_dashboard_uses_is_in_a_real_scrape() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let text = loop {
         let text = scrape(metrics);
-        if text.contains("backstop_outbox_pending{sink=\"webhook:") || Instant::now() > deadline {
+        if text.contains("backstop_outbox_pending{sink=\"webhook") || Instant::now() > deadline {
             break text;
         }
         std::thread::sleep(Duration::from_millis(200));
     };
-    assert!(text.contains("backstop_outbox_pending{sink=\"webhook:127.0.0.1#"), "{text}");
-    assert!(text.contains("backstop_delivery_failures_total{sink=\"webhook:127.0.0.1#"), "{text}");
+    assert!(text.contains("backstop_outbox_pending{sink=\"webhook#"), "{text}");
+    assert!(text.contains("backstop_delivery_failures_total{sink=\"webhook#"), "{text}");
     for secret in ["hookuser", "hookpass", "SECRETPATH", "tok999", "services"] {
         assert!(!text.contains(secret), "{secret} in the scrape:\n{text}");
     }

@@ -424,14 +424,20 @@ impl Reload {
             lines = %line_names.join(","),
             steps,
             sinks_kept = changes.kept.len(),
-            sinks_added = %changes.added.join(","),
-            sinks_changed = %changes.changed.join(","),
-            sinks_removed = %changes.removed.join(","),
+            sinks_added = %labels(&changes.added),
+            sinks_changed = %labels(&changes.changed),
+            sinks_removed = %labels(&changes.removed),
             http_face = self.face.is_some(),
             "SIGHUP: config reloaded: lines, scripts, prompts, schedules and junk rules take the next call; sinks replaced"
         );
         Ok(())
     }
+}
+
+/// Sinks as logs name them: by their metrics labels, never by a webhook's
+/// URL (it often holds a secret).
+fn labels(names: &[String]) -> String {
+    names.iter().map(|n| crate::metrics::sink_label(n)).collect::<Vec<_>>().join(",")
 }
 
 /// A config error as a reload reports it. An environment variable the

@@ -212,7 +212,7 @@ impl Outbox {
         // back its call's later events: dead-letter it, with why (after an
         // upgrade that reads it, `outbox retry --dead` sends it).
         for (seq, e) in unreadable {
-            tracing::error!(seq, sink, error = %e, "unreadable event in the outbox; dead-lettered");
+            tracing::error!(seq, sink = %crate::metrics::sink_label(sink), error = %e, "unreadable event in the outbox; dead-lettered");
             self.mark_dead(sink, seq, &format!("unreadable by this version: {e}"))?;
         }
         Ok(out)

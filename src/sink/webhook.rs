@@ -118,7 +118,8 @@ impl Webhook {
                 } else {
                     "request failed"
                 };
-                Attempt::Transport(format!("{kind}: {e}"))
+                // Without the URL: the error is logged and kept in the outbox, and the URL may hold a secret.
+                Attempt::Transport(format!("{kind}: {}", e.without_url()))
             }
         }
     }

@@ -38,7 +38,9 @@ pub(super) async fn worker(
     metrics: Arc<crate::metrics::Metrics>,
 ) {
     let name = sink.spec.name.clone();
-    tracing::info!(sink = %name, "delivery worker started");
+    // Logs name the sink by its metrics label: a webhook's name holds its URL, often a secret.
+    let label = crate::metrics::sink_label(&name);
+    tracing::info!(sink = %label, "delivery worker started");
     metrics.sink_started(&name);
     loop {
         if *shutdown.borrow() {
@@ -48,7 +50,7 @@ pub(super) async fn worker(
         let due = match blocking(&db, move |o| o.due(&n, now_ms(), 64)).await {
             Ok(d) => d,
             Err(e) => {
-                tracing::error!(sink = %name, error = %e, "outbox read failed");
+                tracing::error!(sink = %label, error = %e, "outbox read failed");
                 Vec::new()
             }
         };
@@ -114,6 +116,7 @@ fn target_name(t: &Target) -> String {
 
 async fn record(db: &Arc<Mutex<Outbox>>, sink: &Sink, d: Due, attempt: Attempt, metrics: &crate::metrics::Metrics) {
     let name = sink.spec.name.clone();
+    let label = crate::metrics::sink_label(&name);
     let now = now_ms();
     let (seq, id, call_id, kind) = (d.seq, d.event.id.clone(), d.event.call_id().to_string(), d.event.kind.as_str());
     let verdict = match classify(&attempt) {
@@ -125,23 +128,23 @@ async fn record(db: &Arc<Mutex<Outbox>>, sink: &Sink, d: Due, attempt: Attempt, 
     let result = match verdict {
         Verdict::Delivered => {
             metrics.delivered(&name, Duration::from_millis((now - d.created_ms).max(0) as u64));
-            tracing::info!(sink = %name, event = %id, kind, call_id = %call_id, attempts = d.attempts + 1, latency_ms = now - d.created_ms, "delivered");
+            tracing::info!(sink = %label, event = %id, kind, call_id = %call_id, attempts = d.attempts + 1, latency_ms = now - d.created_ms, "delivered");
             blocking(db, move |o| o.mark_done(&name, seq, now)).await
         }
         Verdict::Retry { after, why } => {
             metrics.delivery_failed(&name);
             let wait = backoff(d.attempts + 1, sink.max_interval, after, rand::random::<f64>());
-            tracing::warn!(sink = %name, event = %id, kind, call_id = %call_id, attempt = d.attempts + 1, retry_in_ms = wait.as_millis() as u64, why, "delivery failed; will retry");
+            tracing::warn!(sink = %label, event = %id, kind, call_id = %call_id, attempt = d.attempts + 1, retry_in_ms = wait.as_millis() as u64, why, "delivery failed; will retry");
             blocking(db, move |o| o.mark_retry(&name, seq, now + wait.as_millis() as i64, &why)).await
         }
         Verdict::Dead { why } => {
             metrics.delivery_failed(&name);
-            tracing::error!(sink = %name, event = %id, kind, call_id = %call_id, why, "delivery failed permanently: event dead-lettered (backstop outbox retry --dead)");
+            tracing::error!(sink = %label, event = %id, kind, call_id = %call_id, why, "delivery failed permanently: event dead-lettered (backstop outbox retry --dead)");
             blocking(db, move |o| o.mark_dead(&name, seq, &why)).await
         }
     };
     if let Err(e) = result {
-        tracing::error!(sink = %sink.spec.name, event = %d.event.id, error = %e, "could not record the delivery result; it will be retried");
+        tracing::error!(sink = %label, event = %d.event.id, error = %e, "could not record the delivery result; it will be retried");
     }
 }
 
