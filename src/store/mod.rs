@@ -472,17 +472,24 @@ pub fn last_event_seq(conn: &Connection) -> rusqlite::Result<i64> {
 
 /// The time to callback, in seconds, of each `lead.handled` event committed
 /// after the event `after_seq` (commit order: SQLite writes one at a time),
-/// of a lead that is not junk and has a clock; and the last such event's
-/// sequence (`after_seq` when there is none). For the metrics, which read
-/// each handling once as they move on. At most 1000 a call.
+/// of a lead that is not junk and has a clock; and the sequence to go on
+/// from: the last event of any kind read in the same snapshot (so the next
+/// call starts after it, and a busy outbox with no handling is not read
+/// again every time), or the last handling read when 1000 were found. For
+/// the metrics, which read each handling once as they move on. The range is
+/// a search of the events' primary key ([`HANDLED_AFTER_SQL`]).
 pub fn handled_after_seq(conn: &Connection, after_seq: i64) -> rusqlite::Result<(Vec<u64>, i64)> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT seq, body FROM events WHERE seq > ?1 AND kind = 'lead.handled' ORDER BY seq LIMIT 1000",
-    )?;
-    let rows = stmt.query_map(params![after_seq], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
-    let (mut took, mut last) = (Vec::new(), after_seq);
+    const LIMIT: usize = 1000;
+    // One read snapshot: MAX(seq) and the handlings up to it.
+    let snapshot = conn.unchecked_transaction()?;
+    let newest = last_event_seq(&snapshot)?;
+    let mut stmt = snapshot.prepare_cached(HANDLED_AFTER_SQL)?;
+    let rows = stmt
+        .query_map(params![after_seq, newest, LIMIT as i64], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+    let (mut took, mut read, mut last) = (Vec::new(), 0, after_seq);
     for row in rows {
         let (seq, body) = row?;
+        read += 1;
         last = seq;
         // An event this version cannot read is skipped (the outbox dead-letters it).
         let Ok(event) = serde_json::from_str::<Event>(&body) else { continue };
@@ -493,8 +500,18 @@ pub fn handled_after_seq(conn: &Connection, after_seq: i64) -> rusqlite::Result<
             took.push(secs);
         }
     }
+    drop(stmt);
+    snapshot.finish()?;
+    // All of them read: on from the newest event (never back: pruning may have removed the newest).
+    if read < LIMIT {
+        last = last.max(newest).max(after_seq);
+    }
     Ok((took, last))
 }
+
+/// The handlings in a range of sequences, oldest first, at most ?3.
+pub(crate) const HANDLED_AFTER_SQL: &str =
+    "SELECT seq, body FROM events WHERE seq > ?1 AND seq <= ?2 AND kind = 'lead.handled' ORDER BY seq LIMIT ?3";
 
 /// One lead by its id.
 pub fn get(conn: &Connection, id: &str, now_ms: i64) -> rusqlite::Result<Option<StoredLead>> {
