@@ -268,6 +268,14 @@ impl Metrics {
         self.sources.set_outbox(publisher);
     }
 
+    /// As [`Metrics::attach_outbox`], without the refresher thread: the
+    /// outbox is read now and then only at each `sources.refresh()`, so a
+    /// test's readings are its own.
+    #[cfg(test)]
+    pub(crate) fn attach_outbox_unrefreshed(&self, publisher: Publisher) {
+        self.sources.set_outbox_once(publisher);
+    }
+
     /// Read the pacer's late packets at each scrape.
     pub fn attach_pacer(&self, stats: Arc<PacerStats>) {
         self.sources.set_pacer(stats);

@@ -14,6 +14,11 @@
 //! `backstop_scrape_errors_total` counts the failure), and readiness says
 //! the outbox is not writable once the last good check is older than [`STALE`].
 //!
+//! The outbox's filesystem is checked too: below [`DISK_FLOOR`] free the
+//! agent is not ready (`disk: N MiB free under <dir>`), since the rolled-back
+//! write of the check never reaches the disk and cannot see a full one; the
+//! free bytes are exported as `backstop_outbox_disk_free_bytes`.
+//!
 //! The time to callback is observed from the outbox's committed
 //! `lead.handled` events, in commit order (their `seq`): from the last one
 //! there at start, each refresh reads those after the last it saw. So every
@@ -30,7 +35,8 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetri
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::path::Path;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -40,6 +46,11 @@ pub(super) const EVERY: Duration = Duration::from_secs(2);
 const LOCK_WAIT: Duration = Duration::from_millis(500);
 /// A reading older than this is not shown, and the outbox is not called writable.
 pub(super) const STALE: Duration = Duration::from_secs(10);
+/// Below this much free space (for the outbox's user) on the outbox's
+/// filesystem the agent is not ready: room for some thousands of events
+/// and the WAL's checkpoint, whatever the disk's size (a percentage would
+/// be gigabytes on a large disk and nothing on a small one).
+pub(super) const DISK_FLOOR: u64 = 64 * 1024 * 1024;
 
 /// Where the figures come from, and the last reading of the outbox.
 #[derive(Debug)]
@@ -49,6 +60,8 @@ pub(super) struct Sources {
     /// The last `lead.handled` event observed (its `seq`).
     handled_seq: AtomicI64,
     time_to_callback: Histogram,
+    /// [`DISK_FLOOR`], or a test's.
+    disk_floor: AtomicU64,
     /// Refreshes that could not read the outbox.
     errors: Counter,
     last: Mutex<Option<Reading>>,
@@ -71,6 +84,8 @@ struct Reading {
     problem: Option<String>,
     /// `None` when the outbox could not be read.
     figures: Option<Figures>,
+    /// Free bytes on the outbox's filesystem; `None` when unknown.
+    disk_free: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -87,6 +102,7 @@ impl Default for Sources {
             pacer: OnceLock::new(),
             handled_seq: AtomicI64::new(i64::MAX),
             time_to_callback: super::callback_buckets(),
+            disk_floor: AtomicU64::new(DISK_FLOOR),
             errors: Counter::default(),
             last: Mutex::new(None),
         }
@@ -97,10 +113,24 @@ impl Sources {
     /// Read `publisher`'s outbox now (blocking), then every [`EVERY`] on a
     /// thread of its own, which ends when the metrics are dropped.
     pub(super) fn set_outbox(self: &Arc<Self>, publisher: Publisher) {
+        if self.set_outbox_once(publisher) {
+            self.start_refresher();
+        }
+    }
+
+    /// Read `publisher`'s outbox now, with no refresher: further readings
+    /// only when [`Sources::refresh`] is called (the tests' deterministic
+    /// readings). False if an outbox was already set.
+    pub(super) fn set_outbox_once(&self, publisher: Publisher) -> bool {
         if self.outbox.set(PublisherRef(publisher)).is_err() {
-            return;
+            return false;
         }
         self.refresh();
+        true
+    }
+
+    /// The thread that refreshes every [`EVERY`] until the metrics are dropped.
+    fn start_refresher(self: &Arc<Self>) {
         let weak: Weak<Sources> = Arc::downgrade(self);
         let spawned = std::thread::Builder::new().name("metrics-refresh".into()).spawn(move || {
             loop {
@@ -128,11 +158,23 @@ impl Sources {
                 at: Instant::now(),
                 problem: Some(format!("outbox: busy for over {} ms", LOCK_WAIT.as_millis())),
                 figures: None,
+                disk_free: None,
             },
             Some(mut db) => {
                 let held = publisher.held_events();
+                let dir = db.conn().path().map(Path::new).and_then(Path::parent).map(Path::to_path_buf);
+                let disk_free = dir.as_deref().and_then(|d| match free_bytes(d) {
+                    Ok(free) => Some(free),
+                    Err(e) => {
+                        tracing::warn!(dir = %d.display(), error = %e, "metrics: could not read the free space");
+                        None
+                    }
+                });
+                let floor = self.disk_floor.load(Ordering::Relaxed);
                 let problem = if held > 0 {
                     Some(format!("outbox: {held} event(s) held in memory, the outbox cannot take them"))
+                } else if let (Some(free), Some(dir)) = (disk_free.filter(|&f| f < floor), &dir) {
+                    Some(format!("disk: {} MiB free under {}", free / (1024 * 1024), dir.display()))
                 } else {
                     writable(&mut db).err().map(|e| format!("outbox: not writable: {e}"))
                 };
@@ -143,7 +185,7 @@ impl Sources {
                         None
                     }
                 };
-                Reading { at: Instant::now(), problem, figures }
+                Reading { at: Instant::now(), problem, figures, disk_free }
             }
         };
         if reading.figures.is_none() {
@@ -187,6 +229,18 @@ impl Sources {
         }
     }
 
+    /// Let a test say how much free space is too little.
+    #[cfg(test)]
+    pub(super) fn set_disk_floor(&self, bytes: u64) {
+        self.disk_floor.store(bytes, Ordering::Relaxed);
+    }
+
+    /// The last reading's free bytes on the outbox's filesystem, unless stale or unknown.
+    fn disk_free(&self) -> Option<u64> {
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        last.as_ref().filter(|r| r.at.elapsed() <= STALE).and_then(|r| r.disk_free)
+    }
+
     /// The last figures, unless they are missing or stale.
     fn figures(&self) -> Option<Figures> {
         let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
@@ -207,6 +261,20 @@ fn lock_within(db: &Mutex<Outbox>, wait: Duration) -> Option<MutexGuard<'_, Outb
             Err(std::sync::TryLockError::WouldBlock) => return None,
         }
     }
+}
+
+/// The bytes free for an unprivileged user on the filesystem holding `dir`.
+fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: `path` is a NUL-terminated string and `st` is writable memory for one statvfs.
+    if unsafe { libc::statvfs(path.as_ptr(), st.as_mut_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: statvfs returned 0, so it filled `st`.
+    let st = unsafe { st.assume_init() };
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
 /// A write that is rolled back: takes SQLite's write lock (waiting at most
@@ -288,6 +356,15 @@ impl Collector for ScrapeCollector {
             prometheus_client::metrics::MetricType::Histogram,
         )?)?;
         // Missing or stale: left out, not shown as zeros.
+        if let Some(free) = self.sources.disk_free() {
+            let g = ConstGauge::new(free as i64);
+            g.encode(encoder.encode_descriptor(
+                "backstop_outbox_disk_free_bytes",
+                "Bytes free on the outbox's filesystem (below 64 MiB /readyz says not ready)",
+                None,
+                g.metric_type(),
+            )?)?;
+        }
         let Some(reading) = self.sources.figures() else { return Ok(()) };
         let by_sink = |pick: fn(&(String, u64, u64)) -> u64| {
             reading.sinks.iter().map(move |s| (super::SinkLabel::of(&s.0), pick(s)))

@@ -125,7 +125,7 @@ fn readiness_reads_the_last_outbox_check_and_a_failed_one_is_not_zeros() {
     let outbox = Outbox::open(&dir.db()).unwrap();
     let delivery = Delivery::new(outbox, Vec::new(), 1000, Duration::from_secs(60));
     let publisher = delivery.publisher();
-    m.attach_outbox(publisher.clone());
+    m.attach_outbox_unrefreshed(publisher.clone());
     assert!(readiness(&m).is_ready(), "{:?}", readiness(&m));
     assert!(m.encode().contains("backstop_transcription_queue_depth 0"));
     // SQLite's write lock held elsewhere: the next check finds it not writable, and says so.
@@ -157,6 +157,19 @@ fn readiness_reads_the_last_outbox_check_and_a_failed_one_is_not_zeros() {
     m.account_configured("100@pbx.example");
     assert_eq!(readiness(&m).problems, ["register: account 100@pbx.example is not registered"]);
     m.registration("100@pbx.example", true);
+    assert!(readiness(&m).is_ready());
+    // The disk: its free space exported, and below the floor not ready (a full disk fails no rolled-back write).
+    let free = sample(&m.encode(), "backstop_outbox_disk_free_bytes").expect("free space exported");
+    assert!(free > 0.0);
+    m.sources.set_disk_floor(u64::MAX);
+    m.sources.refresh();
+    let r = readiness(&m);
+    let dir = dir.db().parent().unwrap().display().to_string();
+    assert_eq!(r.problems.len(), 1, "{r:?}");
+    assert!(r.problems[0].starts_with("disk: ") && r.problems[0].ends_with(&format!(" MiB free under {dir}")), "{r:?}");
+    assert_eq!(r.brief_body(), "disk: not ready\n");
+    m.sources.set_disk_floor(1);
+    m.sources.refresh();
     assert!(readiness(&m).is_ready());
     m.registration_failed("100@pbx.example");
     assert!(!readiness(&m).is_ready());
@@ -198,7 +211,7 @@ async fn the_scrape_shows_the_outbox_and_each_handling_once_never_a_webhook_url(
     crate::store::mark_handled(&publisher, &lead.id, "owner", None).await.unwrap();
     crate::store::reopen(&publisher, &lead.id, "owner").await.unwrap();
     let m = Metrics::new();
-    m.attach_outbox(publisher.clone());
+    m.attach_outbox_unrefreshed(publisher.clone());
     m.sink_started(name);
     let label = sink_label(name);
     let text = m.encode();
