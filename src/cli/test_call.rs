@@ -57,25 +57,6 @@ pub struct TestCallArgs {
     pub password_env: Option<String>,
 }
 
-/// The loudness envelope of the first prompt the agent's default line
-/// plays (its script's first step with a prompt), to tell our greeting from
-/// a voicemail's or a PBX menu's.
-fn first_prompt(cfg: &crate::config::Config) -> anyhow::Result<Vec<f32>> {
-    use anyhow::Context;
-    let plans = cfg.line_plans();
-    let default = plans.last().context("the config has no line")?;
-    let (name, dir) = default
-        .steps
-        .iter()
-        .find_map(|s| s.prompt.as_deref().or(s.prompts.first().map(String::as_str)))
-        .map(|n| (n, default.prompts_dir))
-        .context("the default line's script plays no prompt to listen for")?;
-    let path = crate::config::Config::prompt_path_in(dir, name);
-    let prompt = crate::media_files::load_prompt(name, &path)
-        .with_context(|| format!("reading the first prompt {name:?} ({}) to listen for", path.display()))?;
-    Ok(backstop_core::probe::greeting::envelope(&prompt.pcm))
-}
-
 /// Place the call and print one line per check; `Ok(false)` when a check failed.
 pub fn run(args: TestCallArgs) -> anyhow::Result<bool> {
     if !(args.timeout > 0.0 && args.timeout <= 600.0) {
@@ -99,7 +80,16 @@ pub fn run(args: TestCallArgs) -> anyhow::Result<bool> {
         (Some(_), None) => anyhow::bail!("--user needs --password or --password-env"),
         _ => None,
     };
-    let expected_greeting = if config_known { Some(first_prompt(&cfg)?) } else { None };
+    // Every prompt a line may open with; one that cannot be read leaves the greeting unidentified, with a note.
+    let expected_greeting = if config_known {
+        let (greetings, notes) = crate::testcall::greetings::expected(&cfg);
+        for note in notes {
+            println!("note: {note}");
+        }
+        greetings
+    } else {
+        Vec::new()
+    };
     crate::testcall::run(TestCall {
         expected_greeting,
         lead_by_caller: target != agent,

@@ -11,6 +11,7 @@
 //! taken from any address: the agent itself, behind a proxy that does not
 //! record-route. The agent's `run` never comes here.
 
+pub mod greetings;
 pub mod lead;
 
 use anyhow::Context;
@@ -39,8 +40,8 @@ pub struct TestCall {
     pub leads: Option<LeadWatch>,
     /// Match the lead by our From user too (a call through a PBX has another Call-ID).
     pub lead_by_caller: bool,
-    /// The loudness envelope of the greeting to expect (from the agent's config), if known.
-    pub expected_greeting: Option<Vec<f32>>,
+    /// The greetings the agent may play first (from its config: [`greetings`]); empty when unknown.
+    pub expected_greeting: Vec<backstop_core::probe::greeting::Greeting>,
 }
 
 /// How long the lead may take to appear after the call.

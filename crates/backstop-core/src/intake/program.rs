@@ -525,6 +525,32 @@ impl Program {
         if p.is_empty() { Ok(Program { steps }) } else { Err(p) }
     }
 
+    /// Where step `i` can go on: the indices a call may enter next, with
+    /// `steps.len()` for the end of the script (every index past the last
+    /// step means the end too, and is given as `steps.len()`). `next` for
+    /// play, ask and digits; a menu's options and its default; a `when`
+    /// step's open, closed and holiday branches; a transfer's `on_failure`
+    /// (a transfer that works ends the call, outside the script); none for
+    /// goodbye and hangup, which end the script: the end. For reading the
+    /// script as a graph (the report's funnel, the test call's greetings).
+    pub fn successors(&self, i: usize) -> Vec<usize> {
+        let end = self.steps.len();
+        let Some(step) = self.steps.get(i) else { return Vec::new() };
+        let mut out: Vec<usize> = match &step.kind {
+            StepKind::Play { .. } | StepKind::Ask { .. } | StepKind::Digits { .. } => vec![step.next],
+            StepKind::Menu { options, default, .. } => options.iter().map(|o| o.next).chain([*default]).collect(),
+            StepKind::When { open, closed, holiday } => vec![*open, *closed, *holiday],
+            StepKind::Transfer { on_failure, .. } => vec![*on_failure],
+            StepKind::Goodbye | StepKind::Hangup => vec![end],
+        };
+        for n in &mut out {
+            *n = (*n).min(end);
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
     /// Some step branches on the schedule: the line needs one.
     pub fn uses_schedule(&self) -> bool {
         self.steps.iter().any(|s| matches!(s.kind, StepKind::When { .. }))

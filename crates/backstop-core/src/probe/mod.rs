@@ -67,12 +67,13 @@ pub struct ProbeConfig {
     pub credentials: Option<Credentials>,
     /// Source of the Call-ID, tags, branches, SSRC and noise.
     pub seed: u64,
-    /// The loudness envelope ([`greeting::envelope`]) of the first prompt
-    /// the agent should play, when its config is known: "prompt heard" then
-    /// means that prompt, not any speech (voicemail, a PBX menu). The keys
-    /// then wait [`KEYS_AFTER_SPEECH`] into the speech, so there is enough
-    /// of the greeting to compare before they cut it short.
-    pub expected_greeting: Option<Vec<f32>>,
+    /// Every prompt the agent may play first ([`greeting::Greeting`]: a
+    /// `when` step's branches, each line's script), when its config is known:
+    /// "prompt heard" then means one of them, not any speech (voicemail, a
+    /// PBX menu). The keys then wait [`KEYS_AFTER_SPEECH`] into the speech,
+    /// so there is enough of the greeting to compare before they cut it
+    /// short. Empty: any speech is heard as a prompt, not identified.
+    pub expected_greeting: Vec<greeting::Greeting>,
 }
 
 /// With a greeting to compare, how long after speech begins the keys are pressed.
@@ -146,8 +147,11 @@ pub struct Findings {
     pub ended: Option<Instant>,
     /// Whether a greeting was given to compare with.
     pub greeting_expected: bool,
-    /// How much what came sounded like it ([`greeting::similarity`]), when comparable.
+    /// How much what came sounded like the greeting it sounded most like
+    /// ([`greeting::best_match`]), when comparable.
     pub greeting_similarity: Option<f32>,
+    /// That greeting's label (`line default step closed`).
+    pub greeting_label: Option<String>,
 }
 
 enum State {
@@ -256,8 +260,9 @@ impl Probe {
             keys_problem: None,
             hangup: Hangup::NotInCall,
             ended: None,
-            greeting_expected: cfg.expected_greeting.is_some(),
+            greeting_expected: !cfg.expected_greeting.is_empty(),
             greeting_similarity: None,
+            greeting_label: None,
         };
         let mut probe = Probe {
             uri,
@@ -534,7 +539,7 @@ impl Probe {
             self.findings.keys_problem = Some("the answer's SDP has no telephone-event: keys not sent".into());
             linger_until.get_or_insert(now);
         } else if !*keys_pressed {
-            if self.cfg.expected_greeting.is_some() && now < heard + KEYS_AFTER_SPEECH {
+            if !self.cfg.expected_greeting.is_empty() && now < heard + KEYS_AFTER_SPEECH {
                 return;
             }
             *keys_pressed = true;
@@ -586,8 +591,9 @@ impl Probe {
     }
 
     fn finish(&mut self, now: Instant) {
-        if let Some(expected) = &self.cfg.expected_greeting {
-            self.findings.greeting_similarity = greeting::similarity(&self.findings.heard.envelope, expected);
+        if let Some((i, s)) = greeting::best_match(&self.findings.heard.envelope, &self.cfg.expected_greeting) {
+            self.findings.greeting_similarity = Some(s);
+            self.findings.greeting_label = Some(self.cfg.expected_greeting[i].label.clone());
         }
         if !matches!(self.state, State::Done) {
             self.state = State::Done;
@@ -742,7 +748,7 @@ mod tests {
             t2: Duration::from_secs(4),
             credentials: None,
             seed: 0x5eed_0001_2345_6789,
-            expected_greeting: None,
+            expected_greeting: Vec::new(),
         }
     }
 

@@ -114,10 +114,11 @@ pub fn checks(f: &Findings) -> Vec<Check> {
                 (false, _) => Check::new(
                     "prompt heard",
                     true,
-                    format!("{speech}; not identified as our greeting (give --config to compare it)"),
+                    format!("{speech}; not identified as our greeting (no greeting to compare it with)"),
                 ),
                 (true, Some(s)) if s >= threshold => {
-                    Check::new("prompt heard", true, format!("greeting matched (similarity {s:.2}), {speech}"))
+                    let which = f.greeting_label.as_deref().map(|l| format!(" {l}")).unwrap_or_default();
+                    Check::new("prompt heard", true, format!("greeting matched{which} (similarity {s:.2}), {speech}"))
                 }
                 (true, Some(s)) => Check::new(
                     "prompt heard",
