@@ -105,10 +105,13 @@ fn leads_tail_lines_are_exactly_as_before() {
     let golden = std::fs::read_to_string(common::manifest_dir().join("tests/golden/leads.jsonl")).unwrap();
     let old = r#"{"schema_version":1,"id":"l2","call_id":"c2","caller":{"number":"+15550002","display_name":"Pat","uri":"sip:x@y","asserted":null},"called":{"number":null,"uri":"sip:z@y"},"forwarded":{"from_number":"+15557654321","reason":"no-answer","source":"diversion"},"received_at":"2026-11-23T21:00:02.000Z","answered_at":null,"ended_at":null,"duration_ms":1500,"ended_by":"caller","outcome":"hung_up_during_greeting","transport":"udp","codec":null,"answers":{"name":{"kind":"voice","status":"answered","value":null,"recording":"l2-name.wav","speech_ms":930,"attempts":1},"urgency":{"kind":"menu","status":"answered","value":"1","label":"emergency","attempts":1},"zip":{"kind":"digits","status":"no_input","value":null,"attempts":3}}}"#;
     let bare = r#"{"schema_version":1,"id":"l4","call_id":"c4","caller":{"number":null,"display_name":null,"uri":"sip:anonymous@anonymous.invalid","asserted":null},"called":{"number":null,"uri":"sip:z@y"},"forwarded":null,"received_at":"2026-11-23T21:00:04.000Z","answered_at":null,"ended_at":null,"duration_ms":null,"ended_by":null,"outcome":"ringing","transport":"tcp","codec":null,"dtmf":"","source_verified":false,"answers":{},"recording":null}"#;
-    std::fs::write(dir.join("leads.jsonl"), format!("{golden}{old}\n{bare}\nnot json\n")).unwrap();
+    // A line with a byte that is not UTF-8 (Latin-1's é) is shown in its place, not a failed tail.
+    let mut file = format!("{golden}{old}\n{bare}\nnot json\n").into_bytes();
+    file.extend_from_slice(b"caf\xe9 not json\n");
+    std::fs::write(dir.join("leads.jsonl"), file).unwrap();
     let out =
         Command::new(env!("CARGO_BIN_EXE_backstop")).args(["leads", "tail", "--data-dir"]).arg(&dir).output().unwrap();
-    assert!(out.status.success());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     let expected = [
         "2026-11-29T12:00:00.000Z  +15551234567 \"Jane Doe\" fwd from +15559870000 (no-answer)  completed ended by agent  29.0s  \
@@ -117,6 +120,7 @@ fn leads_tail_lines_are_exactly_as_before() {
          [name=0.9s spoken, urgency=emergency, zip=no_input]",
         "2026-11-23T21:00:04.000Z  -   ringing ended by -  -",
         "(unreadable) not json",
+        "(unreadable) caf\u{FFFD} not json",
     ];
     assert_eq!(text.lines().collect::<Vec<_>>(), expected, "{text}");
     std::fs::remove_dir_all(&dir).ok();

@@ -138,10 +138,13 @@ pub fn read_latest_file(path: &Path) -> std::io::Result<LatestLeads> {
 
 /// The last `n` leads of `leads.jsonl`, oldest first, each as its latest
 /// line (as [`read_latest`] takes them), for `backstop leads tail`: unlike
-/// there, a line without a readable `id` is kept as it is, in its place, so
-/// that the operator sees it.
+/// there, a line without a readable `id` (blank, not JSON, cut short) is
+/// kept as it is, in its place, so that the operator sees it; and a byte
+/// that is not UTF-8 is shown as U+FFFD rather than failing the whole tail.
+/// Not built on [`read_latest`], which drops such lines (what the report
+/// and the test call want) and keeps no place for them.
 pub fn latest_leads(path: &Path, n: usize) -> std::io::Result<Vec<String>> {
-    let text = std::fs::read_to_string(path)?;
+    let text = read_lossy(path)?;
     let mut order: Vec<String> = Vec::new();
     let mut latest: std::collections::HashMap<String, String> = Default::default();
     for (i, line) in text.lines().enumerate() {
@@ -157,11 +160,20 @@ pub fn latest_leads(path: &Path, n: usize) -> std::io::Result<Vec<String>> {
     Ok(order[start..].iter().map(|id| latest[id].clone()).collect())
 }
 
-/// The last `n` lines of a JSON-lines file, oldest first.
+/// The last `n` lines of a JSON-lines file, oldest first (a byte that is
+/// not UTF-8 as U+FFFD).
 pub fn tail_lines(path: &Path, n: usize) -> std::io::Result<Vec<String>> {
-    let text = std::fs::read_to_string(path)?;
+    let text = read_lossy(path)?;
     let lines: Vec<String> = text.lines().map(str::to_string).collect();
     Ok(lines[lines.len().saturating_sub(n)..].to_vec())
+}
+
+/// The file's text, each byte sequence that is not UTF-8 replaced by U+FFFD.
+/// The same as doing so line by line: a newline is never part of an
+/// invalid sequence, so the lines stay where they were.
+fn read_lossy(path: &Path) -> std::io::Result<String> {
+    let bytes = std::fs::read(path)?;
+    Ok(String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
 }
 
 #[cfg(test)]
