@@ -130,7 +130,11 @@ fn a_call_to_the_running_agent_passes_every_check_and_finds_its_lead() {
     assert!(run.line("rtp").contains(", PCMU, "), "{}", run.stdout);
     assert!(run.line("keys sent").contains("1 as RFC 4733 (PT 101)"), "{}", run.stdout);
     assert!(run.line("hung up").contains("BYE → 200 OK"), "{}", run.stdout);
-    assert!(run.line("prompt heard").contains("greeting matched (similarity "), "{}", run.stdout);
+    assert!(
+        run.line("prompt heard").contains("greeting matched line default step greeting (similarity "),
+        "{}",
+        run.stdout
+    );
 
     // The lead the agent wrote is ours, with the key it heard: the greeting
     // was barged into with it, and we hung up while the agent asked for a name.
@@ -347,5 +351,79 @@ fn speech_that_is_not_our_greeting_fails_the_prompt_check() {
     // Without the config, only speech can be checked, and the line says the prompt was not identified.
     let run = test_call(&[&format!("sip:backstop@127.0.0.1:{}", agent.port), "--timeout", "5"]);
     assert!(run.success, "{}", run.stdout);
+    assert!(run.line("prompt heard").contains("not identified as our greeting"), "{}", run.stdout);
+}
+
+/// A script that opens with a `when` step, on a line that is closed right
+/// now (a schedule with no open hours): the caller hears the `closed`
+/// branch's prompt (here the need question), not the greeting, and the
+/// check passes against it, naming which first prompt it was. Matched
+/// against the greeting only, this audio fails (0.69, see above).
+#[test]
+fn after_hours_the_closed_branchs_prompt_is_our_greeting() {
+    let script = r#"
+[schedule]
+time_zone = "UTC"
+
+[[step]]
+name = "hours"
+kind = "when"
+open = "greeting"
+closed = "closed"
+
+[[step]]
+name = "greeting"
+kind = "play"
+prompt = "greeting"
+next = "name"
+
+[[step]]
+name = "closed"
+kind = "play"
+prompt = "need"
+
+[[step]]
+name = "name"
+kind = "ask"
+prompt = "name"
+
+[[step]]
+name = "goodbye"
+kind = "goodbye"
+prompt = "goodbye"
+"#;
+    let agent = start_agent_with("tc-closed", &manifest_dir().join("prompts"), 5, script);
+    let cfg = config_as_run(&agent);
+    let run = test_call(&["--config", cfg.to_str().unwrap(), "--timeout", "5"]);
+    assert!(run.success, "{}{}\nagent:\n{}", run.stdout, run.stderr, agent.log());
+    assert!(
+        run.line("prompt heard")
+            .starts_with("PASS prompt heard  greeting matched line default step closed (similarity "),
+        "{}",
+        run.stdout
+    );
+    assert!(run.line("lead").starts_with("PASS"), "{}", run.stdout);
+}
+
+/// A first prompt test-call cannot read (the config it is given points at
+/// a prompts folder without the greeting) does not stop the call: a note
+/// says why, and speech is checked without identifying it.
+#[test]
+fn an_unreadable_first_prompt_still_places_the_call() {
+    let agent = start_agent("tc-unreadable", &manifest_dir().join("prompts"), 6);
+    let cfg = config_as_run(&agent);
+    let empty = scratch_dir("tc-no-prompts");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(&manifest_dir().join("prompts").display().to_string(), &empty.display().to_string());
+    std::fs::write(&cfg, text).unwrap();
+    let run = test_call(&["--config", cfg.to_str().unwrap(), "--timeout", "5"]);
+    assert!(run.success, "{}{}\nagent:\n{}", run.stdout, run.stderr, agent.log());
+    assert!(
+        run.stdout.lines().any(|l| l.starts_with("note: cannot read the first prompt of line default step greeting")),
+        "{}",
+        run.stdout
+    );
+    assert!(run.line("answered").starts_with("PASS"), "{}", run.stdout);
     assert!(run.line("prompt heard").contains("not identified as our greeting"), "{}", run.stdout);
 }
