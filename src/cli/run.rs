@@ -94,13 +94,16 @@ fn configured_sinks(cfg: &Config) -> anyhow::Result<Vec<ConfiguredSink>> {
     // A line with webhooks of its own sends its leads there only; the
     // top-level webhooks take every other line's.
     let own: Vec<String> = cfg.line.iter().filter(|l| !l.webhook.is_empty()).map(|l| l.name.clone()).collect();
-    let top = cfg.webhook.iter().map(|w| (w, LineFilter::Except(own.clone()), format!("webhook:{}", w.url)));
+    // The name is the outbox's key (persisted): `webhook:{url}`, a line's `webhook:{line}:{url}`.
+    let top = cfg.webhook.iter().map(|w| (w, None, LineFilter::Except(own.clone()), format!("webhook:{}", w.url)));
     let per_line = cfg.line.iter().flat_map(|l| {
-        l.webhook.iter().map(|w| (w, LineFilter::Only(l.name.clone()), format!("webhook:{}:{}", l.name, w.url)))
+        l.webhook.iter().map(|w| {
+            (w, Some(l.name.clone()), LineFilter::Only(l.name.clone()), format!("webhook:{}:{}", l.name, w.url))
+        })
     });
-    for (w, lines, name) in top.chain(per_line) {
+    for (w, line, lines, name) in top.chain(per_line) {
         let secret = w.resolved_secret().with_context(|| format!("webhook {}", w.url))?;
-        let hook = Webhook::new(
+        let mut hook = Webhook::new(
             w.url.to_string(),
             secret.as_deref(),
             w.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
@@ -109,6 +112,7 @@ fn configured_sinks(cfg: &Config) -> anyhow::Result<Vec<ConfiguredSink>> {
             w.timeout,
         )
         .with_context(|| format!("webhook {}", w.url))?;
+        hook.label = w.label(line.as_deref());
         let spec = SinkSpec { name, events: w.event_types(), lines };
         out.push(ConfiguredSink {
             settings: format!("{w:?} {spec:?}"),
@@ -416,6 +420,8 @@ impl Reload {
         // committed for the old set (the top-level webhook, another tenant's).
         let changes = self.delivery.replace_sinks(sinks).await;
         self.lines.replace(lines);
+        // The new set's labels (a removed sink's from its name).
+        let publisher = self.delivery.publisher();
         for section in restart {
             tracing::warn!(config = %path.display(), "SIGHUP: {section} changed, which needs a restart; the running agent keeps the old value");
         }
@@ -424,9 +430,9 @@ impl Reload {
             lines = %line_names.join(","),
             steps,
             sinks_kept = changes.kept.len(),
-            sinks_added = %labels(&changes.added),
-            sinks_changed = %labels(&changes.changed),
-            sinks_removed = %labels(&changes.removed),
+            sinks_added = %labels(&publisher, &changes.added),
+            sinks_changed = %labels(&publisher, &changes.changed),
+            sinks_removed = %labels(&publisher, &changes.removed),
             http_face = self.face.is_some(),
             "SIGHUP: config reloaded: lines, scripts, prompts, schedules and junk rules take the next call; sinks replaced"
         );
@@ -436,8 +442,8 @@ impl Reload {
 
 /// Sinks as logs name them: by their metrics labels, never by a webhook's
 /// URL (it often holds a secret).
-fn labels(names: &[String]) -> String {
-    names.iter().map(|n| crate::metrics::sink_label(n)).collect::<Vec<_>>().join(",")
+fn labels(publisher: &crate::sink::delivery::Publisher, names: &[String]) -> String {
+    names.iter().map(|n| publisher.sink_label(n)).collect::<Vec<_>>().join(",")
 }
 
 /// A config error as a reload reports it. An environment variable the
@@ -601,5 +607,20 @@ mod tests {
         assert_eq!(h.listen, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(h.token[0].name, "other");
         assert!(reloadable(&Config::default(), with_token("127.0.0.1:8080")).http.is_none());
+    }
+
+    #[test]
+    fn a_named_webhook_is_labelled_by_its_name_and_keyed_by_its_url() {
+        let text = "[[webhook]]\nurl = \"https://eo1a2b3c.m.pipedream.net/\"\nname = \"crm\"\n\n\
+                    [[webhook]]\nurl = \"https://eo9z8y7x.m.pipedream.net/\"\n";
+        let cfg = Config::parse(text, None).unwrap();
+        let hooks: Vec<Sink> =
+            sinks(&cfg).unwrap().into_iter().filter(|s| matches!(s.target, Target::Webhook(_))).collect();
+        let names: Vec<&str> = hooks.iter().map(|s| s.spec.name.as_str()).collect();
+        // The outbox's keys, as they always were.
+        assert_eq!(names, ["webhook:https://eo1a2b3c.m.pipedream.net/", "webhook:https://eo9z8y7x.m.pipedream.net/"]);
+        assert_eq!(hooks[0].label(), "webhook:crm");
+        assert_eq!(hooks[1].label(), crate::metrics::sink_label(names[1]));
+        assert!(hooks[1].label().starts_with("webhook#") && !hooks[1].label().contains("eo9z8y7x"));
     }
 }

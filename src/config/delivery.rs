@@ -31,6 +31,11 @@ pub struct LeadsFileConfig {
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
     pub url: HttpUrl,
+    /// What the metrics and the logs call it (`webhook:<name>`, a line's
+    /// `webhook:<line>:<name>`): up to 32 of `A-Z a-z 0-9 _ . -`. Without
+    /// it, `webhook#<hash>`: never the URL, which may hold a secret. The
+    /// outbox keys deliveries by the URL, not by this name.
+    pub name: Option<String>,
     /// Standard Webhooks signing secret, `whsec_<base64>`; or read it from `secret_env`.
     pub secret: Option<String>,
     pub secret_env: Option<String>,
@@ -65,6 +70,24 @@ fn default_max_age() -> Duration {
 }
 
 impl WebhookConfig {
+    /// The longest `name`.
+    pub const MAX_NAME: usize = 32;
+
+    /// Whether `name` may be a webhook's name (a label value and a log field as it is).
+    pub fn valid_name(name: &str) -> bool {
+        (1..=Self::MAX_NAME).contains(&name.len())
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    }
+
+    /// The label of this webhook, on `line` for a line's own: `webhook:<name>`
+    /// or `webhook:<line>:<name>`; `None` without a name.
+    pub fn label(&self, line: Option<&str>) -> Option<String> {
+        let name = self.name.as_deref()?;
+        Some(match line {
+            Some(line) => format!("webhook:{line}:{name}"),
+            None => format!("webhook:{name}"),
+        })
+    }
     /// The signing secret, from `secret` or the `secret_env` variable.
     pub fn resolved_secret(&self) -> Result<Option<String>, SecretError> {
         match (&self.secret, &self.secret_env) {

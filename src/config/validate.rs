@@ -266,6 +266,14 @@ fn webhook_problems(array: &str, hooks: &[super::WebhookConfig]) -> Vec<(String,
         if hooks[..i].iter().any(|o| o.url == w.url) {
             p.push((key("url"), format!("{} is configured twice", w.url)));
         }
+        if let Some(name) = &w.name {
+            if !super::WebhookConfig::valid_name(name) {
+                let max = super::WebhookConfig::MAX_NAME;
+                p.push((key("name"), format!("{name:?}: 1 to {max} of A-Z a-z 0-9 _ . -")));
+            } else if hooks[..i].iter().any(|o| o.name.as_deref() == Some(name)) {
+                p.push((key("name"), format!("{name:?} names two webhooks")));
+            }
+        }
     }
     p
 }
@@ -314,6 +322,23 @@ mod tests {
         let ok = Config::parse("[[webhook]]\nurl = \"https://crm.example.com/h\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\nevents = [\"call.missed\"]\n", None).unwrap();
         assert_eq!(ok.webhook[0].event_types(), [EventType::CallMissed]);
         assert_eq!(ok.webhook[0].max_retry_interval, Duration::from_secs(60));
+        assert_eq!(ok.webhook[0].label(None), None);
+    }
+
+    #[test]
+    fn a_webhook_name_is_short_and_plain_and_names_one_webhook() {
+        let hook =
+            |name: &str, path: &str| format!("[[webhook]]\nurl = \"https://h.example/{path}\"\nname = \"{name}\"\n");
+        let ok = Config::parse(&format!("{}{}", hook("crm", "a"), hook("slack.ops-2_b", "b")), None).unwrap();
+        assert_eq!(ok.webhook[0].label(None).as_deref(), Some("webhook:crm"));
+        assert_eq!(ok.webhook[1].label(Some("sales")).as_deref(), Some("webhook:sales:slack.ops-2_b"));
+        for bad in ["", "has space", "tok=en", "a/b", &"x".repeat(33)] {
+            let errs = Config::parse(&hook(bad, "a"), None).unwrap_err();
+            assert_eq!((errs[0].key.as_str(), errs[0].line), ("webhook[0].name", Some(3)), "{bad:?}: {errs:?}");
+        }
+        let errs = Config::parse(&format!("{}{}", hook("crm", "a"), hook("crm", "b")), None).unwrap_err();
+        assert_eq!(errs[0].key, "webhook[1].name");
+        assert!(errs[0].message.contains("names two webhooks"), "{}", errs[0].message);
     }
 
     #[test]

@@ -85,9 +85,9 @@ pub struct SinkLabel {
 }
 
 impl SinkLabel {
-    /// The label of the sink named `name`: never the name itself ([`sink_label`]).
-    pub fn of(name: &str) -> SinkLabel {
-        SinkLabel { sink: sink_label(name) }
+    /// A sink's label, as [`crate::sink::delivery::Sink::label`] gives it (never a webhook's URL).
+    pub fn new(label: &str) -> SinkLabel {
+        SinkLabel { sink: label.to_string() }
     }
 }
 
@@ -382,17 +382,18 @@ impl Metrics {
     }
 
     /// A sink's worker started: its failures and latency count from 0.
-    pub fn sink_started(&self, sink: &str) {
-        let _ = self.delivery_failures.get_or_create(&SinkLabel::of(sink));
-        let _ = self.delivery_latency.get_or_create(&SinkLabel::of(sink));
+    /// `label`: the sink's [`crate::sink::delivery::Sink::label`], never its name.
+    pub fn sink_started(&self, label: &str) {
+        let _ = self.delivery_failures.get_or_create(&SinkLabel::new(label));
+        let _ = self.delivery_latency.get_or_create(&SinkLabel::new(label));
     }
 
-    pub fn delivered(&self, sink: &str, latency: Duration) {
-        self.delivery_latency.get_or_create(&SinkLabel::of(sink)).observe(latency.as_secs_f64());
+    pub fn delivered(&self, label: &str, latency: Duration) {
+        self.delivery_latency.get_or_create(&SinkLabel::new(label)).observe(latency.as_secs_f64());
     }
 
-    pub fn delivery_failed(&self, sink: &str) {
-        self.delivery_failures.get_or_create(&SinkLabel::of(sink)).inc();
+    pub fn delivery_failed(&self, label: &str) {
+        self.delivery_failures.get_or_create(&SinkLabel::new(label)).inc();
     }
 
     pub fn recording_written(&self, bytes: u64) {

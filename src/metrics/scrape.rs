@@ -90,6 +90,7 @@ struct Reading {
 
 #[derive(Debug, Clone, Default)]
 struct Figures {
+    /// Each sink's label (not its name), pending and dead.
     sinks: Vec<(String, u64, u64)>,
     overdue: Vec<(String, u64)>,
     queued: u64,
@@ -196,7 +197,11 @@ impl Sources {
 
     fn read(&self, db: &mut Outbox) -> rusqlite::Result<Figures> {
         let now = now_ms();
-        let sinks = db.pending_dead_by_sink()?;
+        let label = |name: &str| match self.outbox.get() {
+            Some(PublisherRef(p)) => p.sink_label(name),
+            None => super::sink_label(name),
+        };
+        let sinks = db.pending_dead_by_sink()?.into_iter().map(|(name, p, d)| (label(&name), p, d)).collect();
         let conn = db.conn();
         let overdue = crate::store::overdue_by_line(conn, now)?;
         let after = self.handled_seq.load(Ordering::Relaxed);
@@ -367,7 +372,7 @@ impl Collector for ScrapeCollector {
         }
         let Some(reading) = self.sources.figures() else { return Ok(()) };
         let by_sink = |pick: fn(&(String, u64, u64)) -> u64| {
-            reading.sinks.iter().map(move |s| (super::SinkLabel::of(&s.0), pick(s)))
+            reading.sinks.iter().map(move |s| (super::SinkLabel::new(&s.0), pick(s)))
         };
         gauges(&mut encoder, "backstop_outbox_pending", "Deliveries waiting in the outbox, by sink", by_sink(|s| s.1))?;
         gauges(

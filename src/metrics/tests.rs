@@ -83,7 +83,7 @@ fn the_series_whose_labels_are_known_exist_from_the_start() {
     let m = Metrics::new();
     m.lines_configured(&lines);
     m.account_configured("100@pbx.example");
-    m.sink_started("webhook:https://hooks.example/x");
+    m.sink_started(&sink_label("webhook:https://hooks.example/x"));
     let text = m.encode();
     for series in [
         "backstop_calls_total{transport=\"udp\"}",
@@ -212,8 +212,8 @@ async fn the_scrape_shows_the_outbox_and_each_handling_once_never_a_webhook_url(
     crate::store::reopen(&publisher, &lead.id, "owner").await.unwrap();
     let m = Metrics::new();
     m.attach_outbox_unrefreshed(publisher.clone());
-    m.sink_started(name);
     let label = sink_label(name);
+    m.sink_started(&label);
     let text = m.encode();
     assert_eq!(sample(&text, &format!("backstop_outbox_pending{{sink=\"{label}\"}}")), Some(4.0), "{text}");
     assert_eq!(sample(&text, &format!("backstop_outbox_dead{{sink=\"{label}\"}}")), Some(0.0));
@@ -243,4 +243,39 @@ async fn the_scrape_shows_the_outbox_and_each_handling_once_never_a_webhook_url(
         assert!(!text.contains(secret), "{secret} in {text}");
         assert!(!m.encode_openmetrics().contains(secret));
     }
+}
+
+#[tokio::test]
+async fn a_named_webhook_is_scraped_under_its_name() {
+    use crate::sink::delivery::{Sink, Target};
+    use crate::sink::event::{Event, EventType};
+    use crate::sink::outbox::{LineFilter, SinkSpec};
+    use crate::sink::webhook::Webhook;
+    use backstop_core::intake::lead::rfc3339;
+    use std::time::SystemTime;
+
+    let dir = Dir::new("metrics-named");
+    let url = "https://eo1a2b3c.m.pipedream.net/";
+    let mut hook =
+        Webhook::new(url.into(), None, vec![], None, Duration::from_secs(1), Duration::from_secs(1)).unwrap();
+    hook.label = Some("webhook:crm".into());
+    let name = format!("webhook:{url}");
+    let sink = Sink {
+        spec: SinkSpec { name: name.clone(), events: EventType::ALL.to_vec(), lines: LineFilter::All },
+        target: Target::Webhook(hook),
+        max_interval: Duration::from_secs(60),
+        max_age: Duration::from_secs(3600),
+    };
+    // Not spawned: the event stays pending for the webhook.
+    let delivery = Delivery::new(Outbox::open(&dir.db()).unwrap(), vec![sink], 1000, Duration::from_secs(60));
+    let publisher = delivery.publisher();
+    assert_eq!(publisher.sink_label(&name), "webhook:crm");
+    assert_eq!(publisher.sink_label("webhook:https://gone.example/"), sink_label("webhook:https://gone.example/"));
+    let lead = a_lead();
+    publisher.publish(Event::new(EventType::CallMissed, rfc3339(SystemTime::now()), &lead)).await.unwrap();
+    let m = Metrics::new();
+    m.attach_outbox_unrefreshed(publisher.clone());
+    let text = m.encode();
+    assert_eq!(sample(&text, "backstop_outbox_pending{sink=\"webhook:crm\"}"), Some(1.0), "{text}");
+    assert!(!text.contains("eo1a2b3c"), "{text}");
 }

@@ -41,6 +41,18 @@ pub struct Sink {
     pub max_age: Duration,
 }
 
+impl Sink {
+    /// What the metrics and the logs call it, never its name when that holds
+    /// a URL: a named webhook's `webhook:<name>`, else
+    /// [`crate::metrics::sink_label`] of its name.
+    pub fn label(&self) -> String {
+        match &self.target {
+            Target::Webhook(w) if w.label.is_some() => w.label.clone().unwrap_or_default(),
+            _ => crate::metrics::sink_label(&self.spec.name),
+        }
+    }
+}
+
 /// A sink as the config gives it, with `settings`: what the config said
 /// about it, in any stable form. A reload keeps the worker of a sink whose
 /// name and settings are both unchanged; a changed one is restarted.
@@ -54,6 +66,8 @@ pub struct ConfiguredSink {
 pub struct SinkSet {
     specs: Vec<SinkSpec>,
     wake: Vec<Arc<Notify>>,
+    /// Each sink's [`Sink::label`], beside its spec.
+    labels: Vec<String>,
 }
 
 /// The current [`SinkSet`], shared by every [`Publisher`] clone and replaced
@@ -68,6 +82,17 @@ impl LiveSinks {
 
     pub(super) fn current(&self) -> Arc<SinkSet> {
         self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The label of the sink named `name`: its [`Sink::label`] while it is
+    /// live, else (a removed sink's deliveries left in the outbox)
+    /// [`crate::metrics::sink_label`] of the name.
+    pub fn label_of(&self, name: &str) -> String {
+        let set = self.current();
+        match set.specs.iter().position(|s| s.name == name) {
+            Some(i) => set.labels[i].clone(),
+            None => crate::metrics::sink_label(name),
+        }
     }
 
     fn replace(&self, set: SinkSet) {
@@ -302,6 +327,11 @@ impl Delivery {
         self.db.clone()
     }
 
+    /// The label the metrics and the logs give the sink named `name` ([`LiveSinks::label_of`]).
+    pub fn sink_label(&self, name: &str) -> String {
+        self.live.label_of(name)
+    }
+
     pub fn publisher(&self) -> Publisher {
         Publisher { db: self.db.clone(), sinks: self.live.clone(), held: self.held.clone(), links: self.links.clone() }
     }
@@ -468,6 +498,7 @@ fn set_of(running: &[Running]) -> SinkSet {
     SinkSet {
         specs: running.iter().map(|r| r.sink.spec.clone()).collect(),
         wake: running.iter().map(|r| r.wake.clone()).collect(),
+        labels: running.iter().map(|r| r.sink.label()).collect(),
     }
 }
 

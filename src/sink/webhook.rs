@@ -62,6 +62,8 @@ pub struct Webhook {
     headers: Vec<(String, String)>,
     bearer: Option<String>,
     client: reqwest::Client,
+    /// Its configured label (`[[webhook]] name`), if it has one.
+    pub label: Option<String>,
 }
 
 impl Webhook {
@@ -81,7 +83,7 @@ impl Webhook {
             .user_agent(crate::USER_AGENT)
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
-        Ok(Webhook { url, key, headers, bearer, client })
+        Ok(Webhook { url, key, headers, bearer, client, label: None })
     }
 
     /// POST one event body; `now_s` is the signing timestamp.

@@ -23,6 +23,11 @@ impl Publisher {
     pub fn held_events(&self) -> usize {
         self.held.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
+
+    /// The label the metrics give the sink named `name` ([`crate::sink::delivery::LiveSinks::label_of`]).
+    pub fn sink_label(&self, name: &str) -> String {
+        self.sinks.label_of(name)
+    }
 }
 
 async fn blocking<T: Send + 'static>(db: &Arc<Mutex<Outbox>>, f: impl FnOnce(&Outbox) -> T + Send + 'static) -> T {
@@ -39,9 +44,9 @@ pub(super) async fn worker(
 ) {
     let name = sink.spec.name.clone();
     // Logs name the sink by its metrics label: a webhook's name holds its URL, often a secret.
-    let label = crate::metrics::sink_label(&name);
+    let label = sink.label();
     tracing::info!(sink = %label, "delivery worker started");
-    metrics.sink_started(&name);
+    metrics.sink_started(&label);
     loop {
         if *shutdown.borrow() {
             return;
@@ -116,7 +121,7 @@ fn target_name(t: &Target) -> String {
 
 async fn record(db: &Arc<Mutex<Outbox>>, sink: &Sink, d: Due, attempt: Attempt, metrics: &crate::metrics::Metrics) {
     let name = sink.spec.name.clone();
-    let label = crate::metrics::sink_label(&name);
+    let label = sink.label();
     let now = now_ms();
     let (seq, id, call_id, kind) = (d.seq, d.event.id.clone(), d.event.call_id().to_string(), d.event.kind.as_str());
     let verdict = match classify(&attempt) {
@@ -127,18 +132,18 @@ async fn record(db: &Arc<Mutex<Outbox>>, sink: &Sink, d: Due, attempt: Attempt, 
     };
     let result = match verdict {
         Verdict::Delivered => {
-            metrics.delivered(&name, Duration::from_millis((now - d.created_ms).max(0) as u64));
+            metrics.delivered(&label, Duration::from_millis((now - d.created_ms).max(0) as u64));
             tracing::info!(sink = %label, event = %id, kind, call_id = %call_id, attempts = d.attempts + 1, latency_ms = now - d.created_ms, "delivered");
             blocking(db, move |o| o.mark_done(&name, seq, now)).await
         }
         Verdict::Retry { after, why } => {
-            metrics.delivery_failed(&name);
+            metrics.delivery_failed(&label);
             let wait = backoff(d.attempts + 1, sink.max_interval, after, rand::random::<f64>());
             tracing::warn!(sink = %label, event = %id, kind, call_id = %call_id, attempt = d.attempts + 1, retry_in_ms = wait.as_millis() as u64, why, "delivery failed; will retry");
             blocking(db, move |o| o.mark_retry(&name, seq, now + wait.as_millis() as i64, &why)).await
         }
         Verdict::Dead { why } => {
-            metrics.delivery_failed(&name);
+            metrics.delivery_failed(&label);
             tracing::error!(sink = %label, event = %id, kind, call_id = %call_id, why, "delivery failed permanently: event dead-lettered (backstop outbox retry --dead)");
             blocking(db, move |o| o.mark_dead(&name, seq, &why)).await
         }
