@@ -2,9 +2,10 @@
 //!
 //! It reads the lead store read-only (beside a running agent), or
 //! `leads.jsonl` with `--leads FILE` or when there is no store; takes the
-//! script order for the funnel from the config's lines; prints the report
-//! as text, JSON or CSV on stdout; and with `--html FILE` also writes the
-//! page. Warnings (unreadable lines skipped) go to stderr.
+//! script order and each line's step graph for the funnel from the config's
+//! lines; prints the report as text, JSON or CSV on stdout; and with
+//! `--html FILE` also writes the page. Warnings (unreadable lines skipped)
+//! go to stderr.
 
 use crate::config::Config;
 use crate::report::{Options, Report, html, source, window};
@@ -78,6 +79,19 @@ fn script(cfg: &Config, line: Option<&str>) -> Vec<crate::report::ScriptStep> {
     }
 }
 
+/// Each line's script as a graph, for the funnel (a script that does not
+/// compile is left out: its leads count at the steps they reached).
+fn scripts(cfg: &Config) -> Vec<crate::report::funnel::LineScript> {
+    let plans = cfg.line_plans();
+    plans
+        .iter()
+        .filter_map(|p| {
+            let program = backstop_core::intake::program::Program::compile(p.steps).ok()?;
+            Some(crate::report::funnel::LineScript::new(p.name, program))
+        })
+        .collect()
+}
+
 /// The report's zone and where it came from: `--tz`, else the `[schedule]`
 /// `time_zone` of the `--line` (its own or the top-level one it inherits),
 /// else the top-level `[schedule]`'s, else the system's.
@@ -131,8 +145,16 @@ pub fn run(cfg: &Config, args: ReportArgs) -> anyhow::Result<()> {
     {
         eprintln!("warning: no line {line:?} in the config and no lead from it");
     }
-    let opts =
-        Options { since, until, line: args.line.clone(), tz, tz_from, now, script: script(cfg, args.line.as_deref()) };
+    let opts = Options {
+        since,
+        until,
+        line: args.line.clone(),
+        tz,
+        tz_from,
+        now,
+        script: script(cfg, args.line.as_deref()),
+        scripts: scripts(cfg),
+    };
     let report = Report::compute(&loaded.leads, &opts);
     let source = format!(
         "{} {}",

@@ -17,6 +17,7 @@
 
 pub mod chart;
 pub mod csv;
+pub mod funnel;
 pub mod html;
 pub mod source;
 pub mod text;
@@ -75,6 +76,10 @@ pub struct Options {
     /// stages, and hang-ups are listed in this order. Steps some lead
     /// answered that are not here follow, most reached first.
     pub script: Vec<ScriptStep>,
+    /// Each line's script as a graph: which stages a lead of that line
+    /// counts at ([`funnel`]). A lead of a line not here counts at the
+    /// steps it reached only.
+    pub scripts: Vec<funnel::LineScript>,
 }
 
 /// One step of the script, as the report orders by it.
@@ -136,11 +141,16 @@ pub struct Stage {
     pub stage: String,
     /// `call` for rang, answered and completed; `step` for an intake step.
     pub kind: &'static str,
-    /// Leads that reached the stage or any later one: for a step, leads that
-    /// reached it (an answer there in any status, or hung up in it) or a step
-    /// after it in the script's order, or completed. So the funnel never
-    /// grows from one stage to the next, and what it loses between two
-    /// stages is the calls that ended there (the hang-ups, junk sent away).
+    /// Leads that passed the stage: for a step, leads that reached it (an
+    /// answer there in any status, or hung up in it), or reached a step of
+    /// their line's script, or completed it, that every path from the
+    /// script's start passes this step on the way to (it dominates: see
+    /// [`funnel`]). Read per line from that line's script, then added up by
+    /// step name. In a straight script that is "it or any later step", and
+    /// the funnel never grows from one stage to the next; at a branch
+    /// (`when`: by day `greeting`, by night `closed`), a caller counts only
+    /// on the branch taken, so the two branches' steps add up to the calls
+    /// that reached the branch, not each to all of them.
     pub calls: u64,
     /// For a step: leads whose answer there has status `answered`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -261,27 +271,16 @@ impl Report {
         let completed = chosen.iter().filter(|(l, _)| l.lead.outcome == Outcome::Completed).count() as u64;
         let call = |stage: &str, calls| Stage { stage: stage.into(), kind: "call", calls, answered: None };
         let mut funnel = vec![call("rang", all), call("answered", answered)];
-        // Each lead's furthest step in the whole order (the script's steps, answer-taking or not, then the rest).
-        let order: Vec<&str> = opts
-            .script
+        // The steps each lead counts at, by its line's script (reached, or dominating a step reached).
+        let counted: Vec<std::collections::BTreeSet<&str>> = chosen
             .iter()
-            .map(|s| s.name.as_str())
-            .chain(steps.iter().map(String::as_str).filter(|s| !opts.script.iter().any(|x| x.name == *s)))
-            .collect();
-        let rank = |s: &str| order.iter().position(|x| *x == s);
-        let furthest: Vec<Option<usize>> = chosen
-            .iter()
-            .map(|(l, _)| {
-                if l.lead.outcome == Outcome::Completed {
-                    Some(usize::MAX)
-                } else {
-                    l.lead.steps_reached().into_iter().filter_map(rank).max()
-                }
+            .map(|(l, _)| match opts.scripts.iter().find(|s| s.line == l.lead.line) {
+                Some(script) => script.counted_at(&l.lead),
+                None => l.lead.steps_reached().into_iter().collect(),
             })
             .collect();
         for step in &steps {
-            let at = rank(step).unwrap_or(usize::MAX);
-            let calls = furthest.iter().filter(|f| f.is_some_and(|f| f >= at)).count() as u64;
+            let calls = counted.iter().filter(|c| c.contains(step.as_str())).count() as u64;
             let answered = chosen
                 .iter()
                 .filter(|(l, _)| l.lead.answers.get(step).is_some_and(|a| a.status == AnswerStatus::Answered))

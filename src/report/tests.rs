@@ -4,7 +4,7 @@
 
 use super::*;
 use backstop_core::callback::CallbackState;
-use backstop_core::intake::program::default_steps;
+use backstop_core::intake::program::{Program, default_steps};
 
 /// The golden call's lead (completed, an emergency), as `id`, received at `at` (RFC 3339).
 fn lead(id: &str, at: &str) -> Lead {
@@ -63,6 +63,7 @@ fn opts(tz: &str) -> Options {
         tz_from: "--tz".into(),
         now: "2026-12-01T00:00:00Z".parse().unwrap(),
         script: script_order([default_steps().as_slice()]),
+        scripts: vec![funnel::LineScript::new("default", Program::compile(&default_steps()).unwrap())],
     }
 }
 
@@ -235,6 +236,90 @@ fn the_funnel_follows_the_script_then_other_answers_by_reach() {
     let r = Report::compute(&file(vec![a, b]), &o);
     let stages: Vec<&str> = r.funnel.iter().map(|s| s.stage.as_str()).collect();
     assert_eq!(stages, ["rang", "answered", "zip", "name", "need", "budget", "callback_number", "pets", "completed"]);
+}
+
+/// A lead of `line` with answers at `steps` (in any status: answered) and `outcome`.
+fn on_line(id: &str, line: &str, steps: &[&str], outcome: Outcome) -> Lead {
+    let mut l = calm(lead(id, "2026-11-30T12:00:00Z"));
+    let template = l.answers["zip"].clone();
+    l.answers.clear();
+    for s in steps {
+        l.answers.insert(s.to_string(), template.clone());
+    }
+    l.line = line.into();
+    l.outcome = outcome;
+    l
+}
+
+fn stage(r: &Report, name: &str) -> u64 {
+    r.funnel.iter().find(|s| s.stage == name).map_or_else(|| panic!("no stage {name}: {:?}", r.funnel), |s| s.calls)
+}
+
+#[test]
+fn a_branching_script_counts_callers_on_the_branch_they_took_only() {
+    // The plumber's script: by day greeting → name; by night the closed menu → name, or the on-call tech.
+    let script = funnel::tests::plumber();
+    let order = script_order([toml_steps(funnel::tests::PLUMBER).as_slice()]);
+    let leads = file(vec![
+        on_line("day-done", "acme", &["name", "need"], Outcome::Completed),
+        on_line("day-gone", "acme", &["name"], Outcome::HungUpDuring("need".into())),
+        on_line("night-done", "acme", &["closed", "name", "need"], Outcome::Completed),
+        on_line("night-gone", "acme", &[], Outcome::HungUpDuring("closed".into())),
+    ]);
+    let o = Options { script: order, scripts: vec![script], ..opts("UTC") };
+    let r = Report::compute(&leads, &o);
+    let stages: Vec<&str> = r.funnel.iter().map(|s| s.stage.as_str()).collect();
+    assert_eq!(stages, ["rang", "answered", "closed", "name", "need", "completed"]);
+    // Daytime callers never count at the night's menu; everyone who got past it, or the greeting, counts at name.
+    assert_eq!(stage(&r, "closed"), 2);
+    assert_eq!(stage(&r, "name"), 3);
+    assert_eq!(stage(&r, "need"), 3);
+    assert_eq!(stage(&r, "completed"), 2);
+}
+
+#[test]
+fn each_lines_leads_count_by_their_own_script() {
+    // The default line asks everything; "short" asks the zip, then the name, and says goodbye.
+    let d = default_steps();
+    let pick =
+        |names: &[&str]| -> Vec<_> { names.iter().map(|n| d.iter().find(|s| s.name == *n).unwrap().clone()).collect() };
+    let short = pick(&["greeting", "zip", "name", "goodbye"]);
+    let leads = file(vec![
+        on_line("short-done", "short", &["zip", "name"], Outcome::Completed),
+        on_line("default-gone", "default", &["name", "need"], Outcome::HungUpDuring("need".into())),
+    ]);
+    let o = Options {
+        script: script_order([d.as_slice(), short.as_slice()]),
+        scripts: vec![
+            funnel::LineScript::new("default", Program::compile(&d).unwrap()),
+            funnel::LineScript::new("short", Program::compile(&short).unwrap()),
+        ],
+        ..opts("UTC")
+    };
+    let r = Report::compute(&leads, &o);
+    // The short line's completed caller never passed the default line's need, callback number or urgency.
+    let counts: Vec<(&str, u64)> = r.funnel.iter().map(|s| (s.stage.as_str(), s.calls)).collect();
+    assert_eq!(
+        counts,
+        [
+            ("rang", 2),
+            ("answered", 2),
+            ("name", 2),
+            ("need", 1),
+            ("callback_number", 0),
+            ("zip", 1),
+            ("urgency", 0),
+            ("completed", 1)
+        ]
+    );
+}
+
+fn toml_steps(text: &str) -> Vec<backstop_core::intake::program::StepConfig> {
+    #[derive(serde::Deserialize)]
+    struct Steps {
+        step: Vec<backstop_core::intake::program::StepConfig>,
+    }
+    toml::from_str::<Steps>(text).unwrap().step
 }
 
 #[test]
