@@ -418,10 +418,16 @@ impl Reload {
         // WORKER_STOP_WAIT), and only then the lines: until the new sink set
         // is live no call runs on a new line, so a new line's lead is never
         // committed for the old set (the top-level webhook, another tenant's).
+        // A removed sink is labelled in the log as it was while live.
+        let before: Vec<Sink> = self.delivery.sinks();
         let changes = self.delivery.replace_sinks(sinks).await;
         self.lines.replace(lines);
-        // The new set's labels (a removed sink's from its name).
         let publisher = self.delivery.publisher();
+        let removed: Vec<String> = changes
+            .removed
+            .iter()
+            .map(|n| before.iter().find(|s| &s.spec.name == n).map_or_else(|| publisher.sink_label(n), Sink::label))
+            .collect();
         for section in restart {
             tracing::warn!(config = %path.display(), "SIGHUP: {section} changed, which needs a restart; the running agent keeps the old value");
         }
@@ -432,7 +438,7 @@ impl Reload {
             sinks_kept = changes.kept.len(),
             sinks_added = %labels(&publisher, &changes.added),
             sinks_changed = %labels(&publisher, &changes.changed),
-            sinks_removed = %labels(&publisher, &changes.removed),
+            sinks_removed = %removed.join(","),
             http_face = self.face.is_some(),
             "SIGHUP: config reloaded: lines, scripts, prompts, schedules and junk rules take the next call; sinks replaced"
         );
@@ -622,5 +628,77 @@ mod tests {
         assert_eq!(hooks[0].label(), "webhook:crm");
         assert_eq!(hooks[1].label(), crate::metrics::sink_label(names[1]));
         assert!(hooks[1].label().starts_with("webhook#") && !hooks[1].label().contains("eo9z8y7x"));
+    }
+
+    /// A reload that gives a new line its own webhook, while the top-level
+    /// webhook's worker is stuck in a delivery (so the reload waits for it):
+    /// the new line takes no call until the new sink set is live, so its
+    /// leads are never committed for the old top-level webhook.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_line_goes_live_only_with_its_own_webhook() {
+        use crate::sink::event::Event;
+        let dir = std::env::temp_dir().join(format!("backstop-reload-order-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // The top-level endpoint takes the request and never answers.
+        let stuck = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let top = format!(
+            "[data]\ndir = {:?}\n[prompts]\ndir = {:?}\n\
+             [[webhook]]\nurl = \"http://127.0.0.1:{}/hook\"\ntimeout_ms = 60000\n",
+            dir.display().to_string(),
+            concat!(env!("CARGO_MANIFEST_DIR"), "/prompts"),
+            stuck.local_addr().unwrap().port()
+        );
+        let started = Config::parse(&top, None).unwrap();
+        let path = dir.join("backstop.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "{top}[[line]]\nname = \"acme\"\nmatch.called = [\"1\"]\n\
+                 [[line.webhook]]\nurl = \"http://127.0.0.1:9/acme\"\n"
+            ),
+        )
+        .unwrap();
+        let lines = LiveLines::new(load_lines(&started).unwrap());
+        let outbox = Outbox::open(&started.outbox_path()).unwrap();
+        let delivery = Arc::new(Delivery::new(outbox, Vec::new(), 1000, Duration::from_secs(3600)));
+        delivery.replace_sinks(configured_sinks(&started).unwrap()).await;
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let workers = delivery.spawn(stop_rx);
+        let event: serde_json::Value =
+            serde_json::from_str(include_str!("../../tests/golden/lead.completed.json")).unwrap();
+        let lead = serde_json::from_value(event["lead"].clone()).unwrap();
+        delivery.publisher().publish(Event::new(EventType::LeadCompleted, "t".into(), &lead)).await.unwrap();
+        let (_held, _) = tokio::time::timeout(Duration::from_secs(5), stuck.accept()).await.unwrap().unwrap();
+
+        let reload = Reload {
+            path: Some(path.clone()),
+            overrides: Overrides::default(),
+            started,
+            lines: lines.clone(),
+            delivery: delivery.clone(),
+            face: None,
+            metrics: Metrics::new(),
+        };
+        let began = std::time::Instant::now();
+        let task = tokio::spawn(async move { reload.once(&path).await });
+        let mut waited = Duration::ZERO;
+        while !task.is_finished() && began.elapsed() < Duration::from_secs(10) {
+            let line_live = lines.current().all().any(|l| l.name == "acme");
+            let its_hook_live = delivery.sinks().iter().any(|s| s.spec.name.starts_with("webhook:acme:"));
+            assert!(!line_live || its_hook_live, "acme takes calls while the old sink set is live");
+            if !line_live {
+                waited = began.elapsed();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        task.await.unwrap().unwrap();
+        // The reload did wait for the stuck worker (2 s under test), with the old lines meanwhile.
+        assert!(waited >= Duration::from_millis(1500), "{waited:?}");
+        assert!(lines.current().all().any(|l| l.name == "acme"));
+        let _ = stop.send(true);
+        // The new top-level worker is in a request to the stuck endpoint again: not waited for.
+        workers.iter().for_each(|w| w.abort());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
