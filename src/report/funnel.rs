@@ -119,51 +119,16 @@ fn dominators(program: &Program) -> Vec<Option<Vec<bool>>> {
 pub(crate) mod tests {
     use super::*;
 
-    /// The plumber example's script (config/examples/plumber.toml), its prompts aside.
-    pub(crate) const PLUMBER: &str = r#"
-        [[step]]
-        name = "hours"
-        kind = "when"
-        open = "greeting"
-        closed = "closed"
-        holiday = "closed"
-        [[step]]
-        name = "greeting"
-        kind = "play"
-        prompt = "greeting"
-        next = "name"
-        [[step]]
-        name = "closed"
-        kind = "menu"
-        prompt = "closed"
-        options."1" = { label = "emergency", next = "oncall" }
-        default = "name"
-        [[step]]
-        name = "oncall"
-        kind = "transfer"
-        prompt = "connecting"
-        targets = ["sip:oncall-1@10.0.0.5"]
-        on_failure = "missed_tech"
-        [[step]]
-        name = "missed_tech"
-        kind = "play"
-        prompt = "transfer_failed"
-        [[step]]
-        name = "name"
-        kind = "ask"
-        prompt = "name"
-        [[step]]
-        name = "need"
-        kind = "ask"
-        prompt = "need"
-        [[step]]
-        name = "goodbye"
-        kind = "goodbye"
-        prompt = "goodbye"
-    "#;
+    /// The plumber example's script (`config/examples/plumber.toml`): by
+    /// day `greeting`, by night the `closed` menu (1: the on-call tech), then
+    /// name, need, callback number, goodbye.
+    pub(crate) fn plumber_steps() -> Vec<backstop_core::intake::program::StepConfig> {
+        let example: toml::Value = toml::from_str(include_str!("../../config/examples/plumber.toml")).unwrap();
+        example["line"][0]["step"].clone().try_into().unwrap()
+    }
 
     pub(crate) fn plumber() -> LineScript {
-        LineScript::new("acme", Program::from_toml(PLUMBER).unwrap())
+        LineScript::new("acme-plumbing", Program::compile(&plumber_steps()).unwrap())
     }
 
     fn names(script: &LineScript, node: usize) -> Vec<&str> {
@@ -178,6 +143,6 @@ pub(crate) mod tests {
         assert_eq!(names(&s, at("name")), ["hours", "name"]);
         assert_eq!(names(&s, at("need")), ["hours", "name", "need"]);
         assert_eq!(names(&s, at("missed_tech")), ["hours", "closed", "oncall", "missed_tech"]);
-        assert_eq!(names(&s, s.program.steps.len()), ["hours", "name", "need", "goodbye", "end"]);
+        assert_eq!(names(&s, s.program.steps.len()), ["hours", "name", "need", "callback_number", "goodbye", "end"]);
     }
 }

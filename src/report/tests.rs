@@ -259,21 +259,22 @@ fn stage(r: &Report, name: &str) -> u64 {
 fn a_branching_script_counts_callers_on_the_branch_they_took_only() {
     // The plumber's script: by day greeting → name; by night the closed menu → name, or the on-call tech.
     let script = funnel::tests::plumber();
-    let order = script_order([toml_steps(funnel::tests::PLUMBER).as_slice()]);
+    let order = script_order([funnel::tests::plumber_steps().as_slice()]);
     let leads = file(vec![
-        on_line("day-done", "acme", &["name", "need"], Outcome::Completed),
-        on_line("day-gone", "acme", &["name"], Outcome::HungUpDuring("need".into())),
-        on_line("night-done", "acme", &["closed", "name", "need"], Outcome::Completed),
-        on_line("night-gone", "acme", &[], Outcome::HungUpDuring("closed".into())),
+        on_line("day-done", "acme-plumbing", &["name", "need"], Outcome::Completed),
+        on_line("day-gone", "acme-plumbing", &["name"], Outcome::HungUpDuring("need".into())),
+        on_line("night-done", "acme-plumbing", &["closed", "name", "need"], Outcome::Completed),
+        on_line("night-gone", "acme-plumbing", &[], Outcome::HungUpDuring("closed".into())),
     ]);
     let o = Options { script: order, scripts: vec![script], ..opts("UTC") };
     let r = Report::compute(&leads, &o);
     let stages: Vec<&str> = r.funnel.iter().map(|s| s.stage.as_str()).collect();
-    assert_eq!(stages, ["rang", "answered", "closed", "name", "need", "completed"]);
+    assert_eq!(stages, ["rang", "answered", "closed", "name", "need", "callback_number", "completed"]);
     // Daytime callers never count at the night's menu; everyone who got past it, or the greeting, counts at name.
     assert_eq!(stage(&r, "closed"), 2);
     assert_eq!(stage(&r, "name"), 3);
     assert_eq!(stage(&r, "need"), 3);
+    assert_eq!(stage(&r, "callback_number"), 2);
     assert_eq!(stage(&r, "completed"), 2);
 }
 
@@ -312,14 +313,6 @@ fn each_lines_leads_count_by_their_own_script() {
             ("completed", 1)
         ]
     );
-}
-
-fn toml_steps(text: &str) -> Vec<backstop_core::intake::program::StepConfig> {
-    #[derive(serde::Deserialize)]
-    struct Steps {
-        step: Vec<backstop_core::intake::program::StepConfig>,
-    }
-    toml::from_str::<Steps>(text).unwrap().step
 }
 
 #[test]

@@ -102,45 +102,17 @@ pub fn expected(cfg: &Config) -> (Vec<Greeting>, Vec<String>) {
 mod tests {
     use super::*;
 
-    fn program(toml: &str) -> Program {
-        Program::from_toml(toml).unwrap()
-    }
-
     #[test]
     fn a_when_step_opens_onto_each_branchs_prompt() {
-        // The plumber example's opening (config/examples/plumber.toml).
-        let p = program(
-            r#"
-            [[step]]
-            name = "hours"
-            kind = "when"
-            open = "greeting"
-            closed = "closed"
-            holiday = "closed"
-            [[step]]
-            name = "greeting"
-            kind = "play"
-            prompt = "greeting"
-            next = "name"
-            [[step]]
-            name = "closed"
-            kind = "menu"
-            prompt = "closed"
-            options."1" = { label = "emergency", next = "name" }
-            default = "name"
-            [[step]]
-            name = "name"
-            kind = "ask"
-            prompt = "name"
-            "#,
-        );
+        // The plumber example: `hours` (when) opens onto `greeting` by day and `closed` by night.
+        let p = Program::compile(&crate::report::funnel::tests::plumber_steps()).unwrap();
         let names: Vec<&str> = first_playing_steps(&p).iter().map(|&i| p.steps[i].name.as_str()).collect();
         assert_eq!(names, ["greeting", "closed"]);
     }
 
     #[test]
     fn a_prompt_less_transfer_leads_to_its_on_failure_and_a_plain_script_to_its_first_step() {
-        let p = program(
+        let p = Program::from_toml(
             r#"
             [[step]]
             name = "try"
@@ -156,7 +128,8 @@ mod tests {
             kind = "play"
             prompt = "sorry"
             "#,
-        );
+        )
+        .unwrap();
         let names: Vec<&str> = first_playing_steps(&p).iter().map(|&i| p.steps[i].name.as_str()).collect();
         assert_eq!(names, ["sorry"]);
         let plain = Program::compile(&backstop_core::intake::program::default_steps()).unwrap();
