@@ -223,7 +223,17 @@ pub struct Probe {
     findings: Findings,
     transmits: VecDeque<SipTransmit>,
     events: VecDeque<ProbeEvent>,
+    /// RTP that came before the answer was processed (at most
+    /// [`EARLY_RTP_PACKETS`]): a B2BUA may relay the agent's first audio
+    /// before its 200 reaches us. Replayed at the answer when it is no older
+    /// than [`EARLY_RTP_WINDOW`], so a PBX's ringback is not taken for the greeting.
+    early_rtp: VecDeque<(Instant, SocketAddr, Vec<u8>)>,
 }
+
+/// The most RTP datagrams kept from before the answer.
+pub const EARLY_RTP_PACKETS: usize = 25;
+/// How long before the answer an early RTP datagram may have come and still count as the call's audio.
+pub const EARLY_RTP_WINDOW: Duration = Duration::from_millis(300);
 
 impl Probe {
     /// Place the call at `now`: the INVITE is the first transmit. Fails only
@@ -277,6 +287,7 @@ impl Probe {
             findings,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            early_rtp: VecDeque::new(),
             cfg,
         };
         probe.send_invite(now, None);
@@ -374,6 +385,13 @@ impl Probe {
 
     /// A datagram on the RTP socket.
     pub fn handle_rtp(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        if matches!(self.state, State::Inviting { .. }) && data.len() <= 1500 {
+            if self.early_rtp.len() == EARLY_RTP_PACKETS {
+                self.early_rtp.pop_front();
+            }
+            self.early_rtp.push_back((now, from, data.to_vec()));
+            return;
+        }
         if let State::Talking { media, .. } = &mut self.state {
             let first = media.heard.first_packet.is_none();
             media.handle_rtp(now, from, data);
@@ -515,7 +533,15 @@ impl Probe {
         };
         self.findings.codec = Some(neg.law);
         self.findings.telephone_event = neg.telephone_event;
-        let media = ProbeMedia::new(now, neg.law, neg.telephone_event, remote, self.cfg.seed.rotate_left(32));
+        let mut media = ProbeMedia::new(now, neg.law, neg.telephone_event, remote, self.cfg.seed.rotate_left(32));
+        for (at, from, data) in self.early_rtp.drain(..) {
+            if at + EARLY_RTP_WINDOW >= now {
+                media.handle_rtp(at, from, &data);
+            }
+        }
+        if let Some((_, from)) = media.heard.first_packet {
+            self.events.push_back(ProbeEvent::MediaArrived { from });
+        }
         self.state = State::Talking { media: Box::new(media), keys_pressed: false, linger_until: None };
     }
 
@@ -1066,6 +1092,32 @@ mod tests {
         );
         assert_eq!(text[4], "FAIL keys sent     1: not sent (no prompt was heard)");
         assert!(text[5].starts_with("PASS hung up"), "{text:#?}");
+    }
+
+    #[test]
+    fn rtp_just_before_the_answer_counts_and_ringback_long_before_does_not() {
+        let t0 = Instant::now();
+        let mut p = Probe::new(cfg(""), t0).unwrap();
+        let invite = sip(&mut p).remove(0);
+        let agent_rtp: SocketAddr = AGENT_RTP.parse().unwrap();
+        let loud: Vec<i16> = (0..160).map(|i| if i % 2 == 0 { 8000 } else { -8000 }).collect();
+        // Ringback a second before the answer: left out.
+        p.handle_rtp(t0 + Duration::from_millis(100), agent_rtp, &audio_packet(1, &loud));
+        // Two packets relayed ahead of the 200 (within the window): the call's first audio.
+        p.handle_rtp(t0 + Duration::from_millis(1050), agent_rtp, &audio_packet(2, &loud));
+        p.handle_rtp(t0 + Duration::from_millis(1070), agent_rtp, &audio_packet(3, &loud));
+        let answer = t0 + Duration::from_millis(1100);
+        respond(&mut p, answer, &invite, 200, &[], Some(&answer_sdp(true)));
+        let State::Talking { media, .. } = &p.state else { panic!("not talking") };
+        assert_eq!(media.heard.packets, 2, "the ringback is not the call's audio");
+        assert_eq!(media.heard.first_packet, Some((t0 + Duration::from_millis(1050), agent_rtp)));
+        assert!(std::iter::from_fn(|| p.poll_event()).any(|e| matches!(e, ProbeEvent::MediaArrived { .. })));
+        // Before any INVITE answer, at most EARLY_RTP_PACKETS are kept.
+        let mut q = Probe::new(cfg(""), t0).unwrap();
+        for i in 0..100 {
+            q.handle_rtp(t0, agent_rtp, &audio_packet(i, &loud));
+        }
+        assert_eq!(q.early_rtp.len(), EARLY_RTP_PACKETS);
     }
 
     #[test]
