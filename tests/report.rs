@@ -369,7 +369,7 @@ fn check_counts(r: &Value, leads: &[Value], store: bool) {
         [
             json!(["rang", 10, null]),
             json!(["answered", 8, null]),
-            // A stage counts who reached it or a later one: the two who
+            // A stage of this straight script counts who reached it or a later one: the two who
             // completed, and those who left during name (in silence: no
             // answer there, but reached), need, the number and urgency.
             json!(["name", 6, 5]),

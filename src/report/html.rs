@@ -154,7 +154,7 @@ pub fn render(r: &Report, source: &str) -> String {
                             }
                         }
                         p.scope {
-                            "A step counts the calls that reached it (an answer there, or a hang-up while it was asked) or a later step; "
+                            "A step counts the calls that reached it (an answer there, or a hang-up while it was asked) or a step of their script only reached through it; "
                             "Answered counts those answered in full. "
                             @if r.in_progress > 0 { (r.in_progress) " call(s) still ringing are left out. " }
                             @if let Some(s) = r.time_to_answer_ms {

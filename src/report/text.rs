@@ -100,7 +100,7 @@ pub fn render(r: &Report, source: &str) -> String {
     }
     let _ = writeln!(
         o,
-        "\nIntake funnel (a step counts the calls that reached it or a later step; answered = status answered)"
+        "\nIntake funnel (a step counts the calls that reached it or a step only reached through it; answered = status answered)"
     );
     for s in &r.funnel {
         let answered = s.answered.map(|a| format!("  answered {a}")).unwrap_or_default();
