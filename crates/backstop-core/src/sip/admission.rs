@@ -357,6 +357,11 @@ impl Admission {
                     return Decision::NewCall(NewCall { invite: req, budget, busy });
                 }
             }
+            // Draining: 503 at once, so that a dispatcher probing with
+            // OPTIONS (Kamailio's) stops sending new calls here. Merely full
+            // stays 200: the node is up, and an INVITE it cannot take gets
+            // its own 503, which the dispatcher fails over on.
+            Method::Options if self.draining => answer(503, Reason::Options, &retry_after),
             Method::Options => {
                 // Allow/Accept/Supported are optional: only to sources we can verify.
                 let extra: &[(&str, String)] = if verified {
@@ -821,10 +826,26 @@ mod tests {
         adm.drain();
         let draining = answer(adm.admit(t0, udp(&invite(me, "n3", 1, "INVITE", None), me), &Table::default()));
         assert_eq!((draining.code, draining.reason), (503, Reason::Draining));
-        // Calls in progress go on, and OPTIONS are still answered.
+        // Calls in progress go on; OPTIONS get 503 + Retry-After, so a
+        // dispatcher's probe takes this node out of its set at once.
         let bye = invite(me, "n1", 2, "BYE", Some("ours"));
         assert!(matches!(adm.admit(t0, udp(&bye, me), &table), Decision::ToCall { .. }));
-        assert_eq!(answer(adm.admit(t0, udp(&options(me, "n4"), me), &table)).code, 200);
+        let probe = answer(adm.admit(t0, udp(&options(me, "n4"), me), &table));
+        assert_eq!((probe.code, probe.reason.clone()), (503, Reason::Options));
+        assert!(text(&probe).contains("Retry-After: 5"));
+    }
+
+    #[test]
+    fn options_stay_200_when_merely_full() {
+        let mut adm = Admission::new(AdmissionConfig { max_calls: 1, ..config() });
+        let t0 = Instant::now();
+        let me = addr("127.0.0.1:5070");
+        let table = Table(HashMap::from([("n1".to_string(), Route::Call)]));
+        let full = answer(adm.admit(t0, udp(&invite(me, "n2", 1, "INVITE", None), me), &table));
+        assert_eq!((full.code, full.reason), (503, Reason::Full));
+        let probe = answer(adm.admit(t0, udp(&options(me, "n3"), me), &table));
+        assert_eq!((probe.code, probe.reason.clone()), (200, Reason::Options));
+        assert!(!text(&probe).contains("Retry-After"));
     }
 
     #[test]
