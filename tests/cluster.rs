@@ -123,7 +123,7 @@ fn place_calls(dir: &Path, scenario: &str, target: std::net::SocketAddr, calls: 
 fn final_counts(csv: &str) -> (u64, u64) {
     let mut lines = csv.lines();
     let Some(header) = lines.next() else { return (0, 0) };
-    let Some(last) = lines.filter(|l| !l.trim().is_empty()).last() else { return (0, 0) };
+    let Some(last) = lines.rfind(|l| !l.trim().is_empty()) else { return (0, 0) };
     let cols: Vec<&str> = header.split(';').collect();
     let vals: Vec<&str> = last.split(';').collect();
     let get = |name: &str| {
@@ -256,4 +256,47 @@ fn a_draining_node_loses_no_call_and_gets_no_new_ones() {
         refused.len()
     );
     assert!(late.is_empty(), "INVITEs reached node 0 after {limit}: {late:?}");
+}
+
+#[test]
+fn the_probe_alone_takes_a_draining_node_out() {
+    let mut cluster = Cluster::start("cluster-probe");
+    // A call straight to node 0 keeps it draining (not gone) for 6 s.
+    let direct_dir = scratch_dir("cluster-probe-direct");
+    let offer = OFFER.replace("[rtp_port]", "[media_port]");
+    let long = scenario("direct", &[&invite("", &offer), ANSWERED, &ack(1), &pause(6000), CALLER_BYE]);
+    let node0 = cluster.nodes[0].addr();
+    let direct = std::thread::spawn(move || run_sipp(&direct_dir, &long, node0, false, &[]));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cluster.nodes[0].log().contains("ACK received") {
+        assert!(Instant::now() < deadline, "the direct call never came up\n{}", cluster.nodes[0].log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cluster.nodes[0].sigterm();
+    // One probe interval and slack: the OPTIONS probe gets 503 and marks it inactive.
+    std::thread::sleep(Duration::from_millis(PING_SECS * 1000 + 1000));
+
+    let dir = scratch_dir("cluster-probe-sipp");
+    let load = place_calls(&dir, &call(500), cluster.kamailio.addr(), 9, 10);
+    assert!(load.success, "SIPp failed: {}\nkamailio:\n{}", load.errors, cluster.kamailio.log());
+    assert_eq!((load.successful, load.failed), (9, 0));
+    // No INVITE reached node 0 (only the direct call's), none failed over.
+    let log = cluster.nodes[0].log();
+    assert_eq!(log_times(&log, "}: INVITE from=").len(), 1, "{log}");
+    assert!(log_times(&log, "new call refused (503)").is_empty(), "{log}");
+    assert!(!cluster.kamailio.log().contains("marked inactive"), "{}", cluster.kamailio.log());
+    let others: Vec<&AgentProc> = cluster.nodes[1..].iter().collect();
+    let shares: Vec<usize> = wait_finished_leads(&others, 9, Duration::from_secs(10)).iter().map(Vec::len).collect();
+    assert_eq!(shares.iter().sum::<usize>(), 9, "{shares:?}");
+    eprintln!(
+        "probe: node 0 draining for {} s before 9 calls: nodes 1 and 2 took {shares:?}, node 0 none",
+        PING_SECS + 1
+    );
+
+    let direct = direct.join().unwrap();
+    assert!(direct.success, "the draining node's call completes: {}", direct.errors);
+    assert!(cluster.nodes[0].wait_exit(Duration::from_secs(10)), "node 0 exits cleanly");
+    let lead = final_leads(&cluster.nodes[0]);
+    assert_eq!(lead.len(), 1);
+    assert_eq!(lead[0]["ended_by"], "caller", "{}", lead[0]);
 }
