@@ -3,8 +3,11 @@
 //! places the calls through Kamailio. Spread: every node takes a share and
 //! every call makes exactly one lead on exactly one node. Drain: SIGTERM one
 //! node under load loses no call, its calls in progress finish, and new calls
-//! stop reaching it within a probe interval. Run with `--nocapture` for the
-//! figures.
+//! stop reaching it within a probe interval. Rolling restart: each node in
+//! turn drained, restarted on its port and data directory and taken back by
+//! the probe, under load, loses no call. Crash: kill -9 of a node loses only
+//! its calls in progress, new calls fail over, and its restart closes the
+//! cut-off leads as `interrupted`. Run with `--nocapture` for the figures.
 
 mod common;
 
@@ -299,4 +302,239 @@ fn the_probe_alone_takes_a_draining_node_out() {
     let lead = final_leads(&cluster.nodes[0]);
     assert_eq!(lead.len(), 1);
     assert_eq!(lead[0]["ended_by"], "caller", "{}", lead[0]);
+}
+
+/// The lead's `received_at` (RFC 3339).
+fn received_at(lead: &serde_json::Value) -> jiff::Timestamp {
+    lead["received_at"].as_str().and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("received_at: {lead}"))
+}
+
+/// Wait (bounded) until a new INVITE reaches `node` past byte `from` of its
+/// log: Kamailio sends calls only to nodes its OPTIONS probe found alive
+/// (two good probes in a row after a failed one), so this is the probe
+/// bringing the node back. Returns when that INVITE was logged.
+fn wait_taken_back(node: &AgentProc, from: usize, limit: Duration) -> jiff::Timestamp {
+    let deadline = Instant::now() + limit;
+    loop {
+        let log = node.log();
+        if let Some(t) = log.get(from..).and_then(|new| log_times(new, "}: INVITE from=").into_iter().next()) {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "node on port {} never got a call back; log:\n{log}", node.port);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A rolling restart under load: each node in turn is SIGTERMed, drains (its
+/// calls in progress finish), exits, starts again on the same port and data
+/// directory, and is taken back by Kamailio's probe before the next one goes.
+/// No call fails, every call has exactly one lead (a restarted node's
+/// `leads.jsonl` keeps the earlier ones), none `interrupted`, and every node
+/// takes calls again after its restart.
+#[test]
+fn a_rolling_restart_under_load_loses_no_call() {
+    const CALLS: u32 = 200;
+    let mut cluster = Cluster::start("cluster-rolling");
+    let dir = scratch_dir("cluster-rolling-sipp");
+    let target = cluster.kamailio.addr();
+    let started = Instant::now();
+    let load = std::thread::spawn(move || place_calls(&dir, &call(2000), target, CALLS, 10));
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while cluster.nodes[0].log().matches("ACK received").count() < 2 {
+        assert!(Instant::now() < deadline, "node 0 never got calls\n{}", cluster.kamailio.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Per node: (SIGTERM at, up again at, first call after it at).
+    let mut restarts = Vec::new();
+    for i in 0..3 {
+        let node = &mut cluster.nodes[i];
+        let sigterm = jiff::Timestamp::now();
+        node.sigterm();
+        assert!(node.wait_exit(Duration::from_secs(25)), "node {i} exits cleanly once drained\n{}", node.log());
+        let exited = jiff::Timestamp::now();
+        let from = node.log().len();
+        node.restart();
+        let up = jiff::Timestamp::now();
+        let back = wait_taken_back(node, from, Duration::from_secs(10));
+        eprintln!(
+            "rolling: node {i} drained and exited {:?} after SIGTERM, up again {:?} later, \
+             its first call back {:?} after that ({:?} into the load)",
+            exited.duration_since(sigterm),
+            up.duration_since(exited),
+            back.duration_since(up),
+            started.elapsed()
+        );
+        restarts.push((sigterm, up, back));
+    }
+    let restarted_in = started.elapsed();
+
+    let load = load.join().unwrap();
+    let took = started.elapsed();
+    assert!(load.success, "SIPp failed: {}\nkamailio:\n{}", load.errors, cluster.kamailio.log());
+    assert_eq!((load.successful, load.failed), (CALLS as u64, 0), "0 failed calls");
+
+    let nodes: Vec<&AgentProc> = cluster.nodes.iter().collect();
+    let per_node = wait_finished_leads(&nodes, CALLS as usize, Duration::from_secs(10));
+    let shares: Vec<usize> = per_node.iter().map(Vec::len).collect();
+    assert_eq!(shares.iter().sum::<usize>(), CALLS as usize, "one lead per call: {shares:?}");
+    assert_eq!(one_lead_per_call(&per_node).len(), CALLS as usize);
+    for lead in per_node.iter().flatten() {
+        assert_ne!(lead["outcome"], "interrupted", "{lead}");
+        assert_eq!(lead["ended_by"], "caller", "{lead}");
+    }
+    // Each node's calls before its SIGTERM (kept across the restart) and after it came back.
+    let split: Vec<(usize, usize)> = per_node
+        .iter()
+        .zip(&restarts)
+        .map(|(leads, (sigterm, up, _))| {
+            let before = leads.iter().filter(|l| received_at(l) < *sigterm).count();
+            let after = leads.iter().filter(|l| received_at(l) >= *up).count();
+            (before, after)
+        })
+        .collect();
+    eprintln!(
+        "rolling: {CALLS} calls at 10/s, 2 s each, in {took:?} (three restarts done in {restarted_in:?}): \
+         SIPp {} ok, {} failed; leads per node {shares:?}; (before SIGTERM, after restart) per node {split:?}",
+        load.successful, load.failed
+    );
+    for (i, (before, after)) in split.iter().enumerate() {
+        assert!(*before > 0, "node {i} took calls before its restart: {split:?}");
+        assert!(*after > 0, "node {i} took calls after its restart: {split:?}");
+    }
+}
+
+/// The Call-IDs of the calls `node` took (its log's `INVITE received`; the
+/// `call.missed` event is committed then) that have no lead yet (a lead is
+/// written when its call ends).
+fn open_calls(node: &AgentProc) -> BTreeSet<String> {
+    let taken: BTreeSet<String> = node
+        .log()
+        .lines()
+        .filter(|l| l.contains("}: INVITE received on line"))
+        .filter_map(|l| Some(l.split_once("call{call_id=")?.1.split_once('}')?.0.to_string()))
+        .collect();
+    let ended: BTreeSet<String> =
+        final_leads(node).iter().filter_map(|l| Some(l["call_id"].as_str()?.to_string())).collect();
+    taken.difference(&ended).cloned().collect()
+}
+
+/// kill -9 of a node under load. New calls fail over to the others (an INVITE
+/// that meets the dead node gets no answer: the failure route moves it on at
+/// `fr_timer`, and the probe marks the node inactive). Calls in progress on
+/// it are lost at the SIP level (SIPp counts them failed: their BYE has
+/// nowhere to go); every other call, those placed after the kill among them,
+/// succeeds. Started again on its data directory, the node's recovery closes
+/// each cut-off call's lead as `interrupted`, exactly once.
+///
+/// Not built yet: the shared-store takeover, where a survivor closes the dead
+/// node's open calls without waiting for it to come back (issue 17's
+/// PostgreSQL store); here the leads stay on the dead node's disk until it
+/// restarts.
+#[test]
+fn a_killed_node_loses_only_its_calls_in_progress() {
+    const CALLS: u32 = 90;
+    let mut cluster = Cluster::start("cluster-crash");
+    let dir = scratch_dir("cluster-crash-sipp");
+    let target = cluster.kamailio.addr();
+    let started = Instant::now();
+    let sipp_dir = dir.clone();
+    let load = std::thread::spawn(move || place_calls(&sipp_dir, &call(3000), target, CALLS, 10));
+
+    // Kill node 0 right after one of its calls is ACKed, with a few up: the
+    // next INVITE for it is then a round-robin turn away, so no call is
+    // caught between its 100 Trying and its 200 OK (that one would ring on
+    // to fr_inv_timer, 30 s).
+    let acks = |n: &AgentProc| n.log().matches("ACK received").count();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while acks(&cluster.nodes[0]) < 4 {
+        assert!(Instant::now() < deadline, "node 0 never got calls\n{}", cluster.kamailio.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let seen = acks(&cluster.nodes[0]);
+    while acks(&cluster.nodes[0]) == seen {
+        assert!(Instant::now() < deadline, "node 0 got no more calls\n{}", cluster.kamailio.log());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let killed = jiff::Timestamp::now();
+    cluster.nodes[0].kill9();
+    let killed_after = started.elapsed();
+    let up = open_calls(&cluster.nodes[0]);
+    assert!(!up.is_empty(), "node 0 had calls up at the kill");
+
+    let load = load.join().unwrap();
+    let took = started.elapsed();
+    let kamailio_log = cluster.kamailio.log();
+    assert_eq!(load.successful + load.failed, CALLS as u64, "{}", load.errors);
+    assert!(load.failed > 0, "the killed node's calls in progress fail at the SIP level");
+    assert!(
+        load.failed as usize <= up.len(),
+        "{} failed, only {} were up on the killed node: {}\nkamailio:\n{kamailio_log}",
+        load.failed,
+        up.len(),
+        load.errors
+    );
+
+    // The survivors took every call placed after the kill, each ended by the caller.
+    let others: Vec<&AgentProc> = cluster.nodes[1..].iter().collect();
+    let ended_before = final_leads(&cluster.nodes[0]).len();
+    let expected = CALLS as usize - ended_before - up.len();
+    let survivors = wait_finished_leads(&others, expected, Duration::from_secs(10));
+    let survived: usize = survivors.iter().map(Vec::len).sum();
+    assert_eq!(
+        survived,
+        expected,
+        "every call is ended before the kill on node 0 ({ended_before}), cut off on it ({}), or taken by nodes 1 and 2",
+        up.len()
+    );
+    let after_kill = survivors.iter().flatten().filter(|l| received_at(l) > killed).count();
+    assert!(after_kill > 0, "calls were placed after the kill");
+    for lead in survivors.iter().flatten() {
+        assert_eq!(lead["ended_by"], "caller", "{lead}");
+    }
+    let failovers = kamailio_log.matches(": retry on ").count();
+
+    // Restart node 0 on its data directory: its recovery closes the cut-off calls.
+    let restart = Instant::now();
+    cluster.nodes[0].restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let closed = loop {
+        let versions = cluster.nodes[0].leads();
+        let closed: Vec<String> = versions
+            .iter()
+            .filter(|l| l["outcome"] == "interrupted")
+            .map(|l| l["call_id"].as_str().expect("call_id").to_string())
+            .collect();
+        if closed.len() >= up.len() || Instant::now() > deadline {
+            break closed;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let recovered_in = restart.elapsed();
+    // Give a second closing (a defect) the time to show up before counting.
+    std::thread::sleep(Duration::from_millis(500));
+    let closed_final: Vec<_> =
+        cluster.nodes[0].leads().iter().filter(|l| l["outcome"] == "interrupted").cloned().collect();
+    assert_eq!(closed_final.len(), closed.len(), "each cut-off call is closed once: {closed_final:?}");
+    let closed_set: BTreeSet<String> = closed.iter().cloned().collect();
+    assert_eq!(closed.len(), closed_set.len(), "no lead closed twice: {closed:?}");
+    assert_eq!(closed_set, up, "exactly the calls up at the kill are closed as interrupted");
+    for lead in &closed_final {
+        assert_eq!(lead["ended_by"], "error", "{lead}");
+    }
+
+    let mut all = vec![final_leads(&cluster.nodes[0])];
+    all.extend(survivors);
+    let shares: Vec<usize> = all.iter().map(Vec::len).collect();
+    assert_eq!(one_lead_per_call(&all).len(), CALLS as usize, "one lead per call: {shares:?}");
+    eprintln!(
+        "crash: {CALLS} calls at 10/s, 3 s each, in {took:?}; node 0 killed {killed_after:?} in with {} calls up; \
+         SIPp {} ok, {} failed; {} calls after the kill, all on nodes 1 and 2; failovers in Kamailio's log: \
+         {failovers}; leads per node {shares:?}; node 0 restarted and closed {} as interrupted in {recovered_in:?}",
+        up.len(),
+        load.successful,
+        load.failed,
+        after_kill,
+        closed.len()
+    );
 }
