@@ -5,7 +5,10 @@
 //! mode sit behind the front and never register. Asserts that the PBX holds
 //! exactly one contact for the account (the front's), and that calls to the
 //! account reach the agents through the front, one leg and one lead per call,
-//! both agents taking a share. Run with `--nocapture` for the figures.
+//! both agents taking a share. The second test measures the topology this
+//! avoids the same way (each agent registering the account: two contacts, the
+//! call forked to both), so the checks are shown to catch it. Run with
+//! `--nocapture` for the figures.
 
 mod common;
 
@@ -208,4 +211,54 @@ fn the_front_registers_once_and_dispatches_the_accounts_calls() {
     assert_eq!(front.log().matches("for registered account sip:overflow@127.0.0.1").count(), CALLS as usize);
     // Still one contact after the calls.
     assert_eq!(contacts(&ctl, "overflow").len(), 1);
+}
+
+/// The topology the front avoids, measured the same way: two agents that
+/// each register the account themselves leave two contacts at the PBX, and
+/// one call to the account reaches both (a forked call, two legs).
+#[test]
+fn agents_registering_themselves_fork_each_call() {
+    let pbx_dir = scratch_dir("cluster-selfreg-pbx");
+    let (pbx, ctl) = start_pbx(&pbx_dir);
+    let (user, password) = ACCOUNT;
+    let agents: Vec<AgentProc> = (0..2)
+        .map(|i| {
+            AgentProc::start(
+                &format!("cluster-selfreg-node{i}"),
+                &format!(
+                    "[sip]\nanswer_after_ms = 50\n[[register]]\nregistrar = \"sip:127.0.0.1:{}\"\n\
+                     username = \"{user}\"\npassword = \"{password}\"\n",
+                    pbx.port
+                ),
+            )
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let registered = loop {
+        let c = contacts(&ctl, "overflow");
+        if c.len() >= 2 || Instant::now() > deadline {
+            break c;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(registered.len(), 2, "one contact per agent: {registered:?}\nPBX:\n{}", pbx.log());
+
+    let offer = OFFER.replace("[rtp_port]", "[media_port]");
+    let to_account = invite("", &offer)
+        .replace("INVITE sip:+15559990000@", "INVITE sip:overflow@")
+        .replace("To: <sip:+15559990000@", "To: <sip:overflow@");
+    // The caller stops at the first 200: what matters is where the INVITE went.
+    let sc = scenario("to-account", &[&to_account, ANSWERED]);
+    let sipp_dir = scratch_dir("cluster-selfreg-sipp");
+    let _ = run_sipp(&sipp_dir, &sc, pbx.addr(), false, &[]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let invites = loop {
+        let n: Vec<usize> = agents.iter().map(|a| a.log().matches("}: INVITE from=").count()).collect();
+        if n.iter().all(|n| *n > 0) || Instant::now() > deadline {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    eprintln!("self-registered: PBX contacts for overflow {registered:?}; one call, INVITEs per agent {invites:?}");
+    assert_eq!(invites, vec![1, 1], "the PBX forks the one call to both agents");
 }
