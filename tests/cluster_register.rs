@@ -162,6 +162,20 @@ fn the_front_registers_once_and_dispatches_the_accounts_calls() {
         "exactly one contact for the account, the front's"
     );
 
+    // The front says so too (the integrator's check): flags bit 4, registered.
+    let ctl_front = format!("unix:{}", front_dir.join("ctl.sock").display());
+    let out = Command::new("kamcmd")
+        .args(["-s", &ctl_front, "uac.reg_info", "l_uuid", "overflow-cluster"])
+        .output()
+        .expect("kamcmd must be installed");
+    let info = String::from_utf8_lossy(&out.stdout).to_string();
+    let flags: u32 = info
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("flags:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no flags in uac.reg_info: {info}"));
+    assert_ne!(flags & 4, 0, "uac.reg_info: {info}");
+
     // Calls to the account at the PBX: it relays each to the one contact, the
     // front hands it to one agent.
     let offer = OFFER.replace("[rtp_port]", "[media_port]");
