@@ -56,7 +56,8 @@ impl Cluster {
 
 /// The shipped config with its documented defaults replaced for loopback: the
 /// listen address (the helper fills in `@PORT@`), the list file, the probe
-/// interval, and the log to stderr (the helper's log file).
+/// interval, the log to stderr (the helper's log file), and the trusted
+/// sources: 127.0.0.1 only (SIPp as the PBX), so 127.0.0.2 is a stranger.
 fn deploy_config(list: &Path) -> String {
     let shipped = std::fs::read_to_string(manifest_dir().join("deploy/kamailio/kamailio.cfg")).unwrap();
     let mut cfg = shipped.clone();
@@ -65,6 +66,7 @@ fn deploy_config(list: &Path) -> String {
         ("\"/etc/kamailio/dispatcher.list\"", format!("\"{}\"", list.display())),
         ("\"ds_ping_interval\", 5)", format!("\"ds_ping_interval\", {PING_SECS})")),
         ("log_stderror=no", "log_stderror=yes".to_string()),
+        ("!TRUSTED_SOURCES!192.0.2.10/32!g", "!TRUSTED_SOURCES!127.0.0.1/32!g".to_string()),
     ] {
         assert!(cfg.contains(from), "the shipped kamailio.cfg no longer has {from:?}");
         cfg = cfg.replace(from, &to);
@@ -90,6 +92,11 @@ struct Load {
 
 /// `calls` calls of `scenario` at `rate` per second through `target`.
 fn place_calls(dir: &Path, scenario: &str, target: std::net::SocketAddr, calls: u32, rate: u32) -> Load {
+    place_calls_from("127.0.0.1", dir, scenario, target, calls, rate)
+}
+
+/// As `place_calls`, SIPp bound to the local address `ip`.
+fn place_calls_from(ip: &str, dir: &Path, scenario: &str, target: std::net::SocketAddr, calls: u32, rate: u32) -> Load {
     let sf = dir.join("scenario.xml");
     std::fs::write(&sf, scenario).unwrap();
     let (port, media) = (free_port(), free_media_port());
@@ -97,7 +104,7 @@ fn place_calls(dir: &Path, scenario: &str, target: std::net::SocketAddr, calls: 
         .arg(target.to_string())
         .arg("-sf")
         .arg(&sf)
-        .args(["-m", &calls.to_string(), "-r", &rate.to_string(), "-l", "200", "-i", "127.0.0.1", "-nostdin"])
+        .args(["-m", &calls.to_string(), "-r", &rate.to_string(), "-l", "200", "-i", ip, "-nostdin"])
         .args(["-p", &port.to_string(), "-mp", &media.to_string()])
         .args(["-timeout", "45s", "-timeout_error", "-trace_err", "-trace_stat", "-stf", "stat.csv"])
         .arg("-error_file")
@@ -193,6 +200,55 @@ fn calls_spread_over_three_nodes_with_one_lead_each() {
     for lead in per_node.iter().flatten() {
         assert_eq!(lead["ended_by"], "caller", "{lead}");
     }
+}
+
+/// A stranger (SIPp on 127.0.0.2, outside the trusted 127.0.0.1/32) asks the
+/// front for OPTIONS, answered 200 (a keep-alive, whatever the user part),
+/// then sends an INVITE: 403 from the front, and no agent sees it.
+#[test]
+fn an_untrusted_source_gets_403_and_reaches_no_agent() {
+    const CALLS: u32 = 4;
+    let cluster = Cluster::start("cluster-untrusted");
+    let dir = scratch_dir("cluster-untrusted-sipp");
+    let options = r#"
+  <send retrans="500">
+    <![CDATA[
+      OPTIONS sip:overflow@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=z9hG4bK-[call_number]-opt;rport
+      From: <sip:scanner@[local_ip]:[local_port]>;tag=[call_number]o
+      To: <sip:overflow@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: 1 OPTIONS
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv response="200"/>
+"#;
+    let refused = r#"
+  <recv response="100" optional="true"/>
+  <recv response="403"/>
+"#;
+    let offer = OFFER.replace("[rtp_port]", "[media_port]");
+    let sc = scenario("untrusted", &[options, &invite("", &offer), refused, ACK_NON_2XX]);
+    // 4 calls at 2/s: 12 requests, under the front's flood limit (16 in 2 s).
+    let load = place_calls_from("127.0.0.2", &dir, &sc, cluster.kamailio.addr(), CALLS, 2);
+    let kamailio_log = cluster.kamailio.log();
+    assert!(load.success, "SIPp failed: {}\nkamailio:\n{kamailio_log}", load.errors);
+    assert_eq!((load.successful, load.failed), (CALLS as u64, 0), "OPTIONS 200 and INVITE 403 each time");
+    assert_eq!(kamailio_log.matches("INVITE from untrusted 127.0.0.2").count(), CALLS as usize, "{kamailio_log}");
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        let log = node.log();
+        assert!(!log.contains("}: INVITE from="), "node {i} saw an untrusted INVITE:\n{log}");
+    }
+    // The same INVITE from the trusted address goes through (the test above
+    // is not a front that refuses everything).
+    let ok_dir = scratch_dir("cluster-untrusted-ok-sipp");
+    let load = place_calls(&ok_dir, &call(200), cluster.kamailio.addr(), 1, 1);
+    assert!(load.success, "SIPp failed: {}\nkamailio:\n{}", load.errors, cluster.kamailio.log());
+    assert_eq!((load.successful, load.failed), (1, 0));
+    eprintln!("untrusted: {CALLS} INVITEs from 127.0.0.2 refused 403 by the front, none reached an agent");
 }
 
 /// The timestamps (the first word, RFC 3339) of the agent log's lines saying `what`.
@@ -444,7 +500,8 @@ fn a_killed_node_loses_only_its_calls_in_progress() {
     // Kill node 0 right after one of its calls is ACKed, with a few up: the
     // next INVITE for it is then a round-robin turn away, so no call is
     // caught between its 100 Trying and its 200 OK (that one would ring on
-    // to fr_inv_timer, 30 s).
+    // to the dispatch's ringing timer, 10 s, before going to the next node:
+    // not measured here).
     let acks = |n: &AgentProc| n.log().matches("ACK received").count();
     let deadline = Instant::now() + Duration::from_secs(15);
     while acks(&cluster.nodes[0]) < 4 {
