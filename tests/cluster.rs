@@ -7,7 +7,10 @@
 //! turn drained, restarted on its port and data directory and taken back by
 //! the probe, under load, loses no call. Crash: kill -9 of a node loses only
 //! its calls in progress, new calls fail over, and its restart closes the
-//! cut-off leads as `interrupted`. Run with `--nocapture` for the figures.
+//! cut-off leads as `interrupted`. Ringing: a node still ringing after the
+//! dispatch's 10 s timer loses the call to the next node. Untrusted: a source
+//! outside TRUSTED_SOURCES gets 403 and reaches no agent. Run with
+//! `--nocapture` for the figures.
 
 mod common;
 
@@ -30,11 +33,19 @@ struct Cluster {
 
 impl Cluster {
     fn start(name: &str) -> Cluster {
+        Cluster::start_answering(name, [50, 50, 50])
+    }
+
+    /// As `start`, node `i` answering after `answer_after_ms[i]`.
+    fn start_answering(name: &str, answer_after_ms: [u64; 3]) -> Cluster {
         let nodes: Vec<AgentProc> = (0..3)
             .map(|i| {
                 AgentProc::start(
                     &format!("{name}-node{i}"),
-                    "[sip]\nanswer_after_ms = 50\ntrusted_sources = [\"127.0.0.1\"]\n[call]\nshutdown_grace_secs = 20\n",
+                    &format!(
+                        "[sip]\nanswer_after_ms = {}\ntrusted_sources = [\"127.0.0.1\"]\n[call]\nshutdown_grace_secs = 20\n",
+                        answer_after_ms[i]
+                    ),
                 )
             })
             .collect();
@@ -249,6 +260,41 @@ fn an_untrusted_source_gets_403_and_reaches_no_agent() {
     assert!(load.success, "SIPp failed: {}\nkamailio:\n{}", load.errors, cluster.kamailio.log());
     assert_eq!((load.successful, load.failed), (1, 0));
     eprintln!("untrusted: {CALLS} INVITEs from 127.0.0.2 refused 403 by the front, none reached an agent");
+}
+
+/// A node still ringing after the dispatch's 10 s ringing timer is taken as
+/// dead mid-ring: Kamailio cancels it, marks it inactive and gives the call to
+/// the next node; the caller is answered there, ringing throughout. Node 0
+/// answers after 15 s, the others after 50 ms; 3 calls, one of them dealt to
+/// node 0 by round-robin.
+#[test]
+fn a_node_ringing_past_the_timer_fails_over() {
+    const CALLS: u32 = 3;
+    let cluster = Cluster::start_answering("cluster-ringing", [15_000, 50, 50]);
+    let dir = scratch_dir("cluster-ringing-sipp");
+    let started = Instant::now();
+    let load = place_calls(&dir, &call(200), cluster.kamailio.addr(), CALLS, 1);
+    let took = started.elapsed();
+    let kamailio_log = cluster.kamailio.log();
+    assert!(load.success, "SIPp failed: {}\nkamailio:\n{kamailio_log}", load.errors);
+    assert_eq!((load.successful, load.failed), (CALLS as u64, 0));
+    let slow = cluster.nodes[0].log();
+    assert_eq!(log_times(&slow, "}: INVITE from=").len(), 1, "node 0 got one call:\n{slow}");
+    assert_eq!(kamailio_log.matches("timed out, marked inactive").count(), 1, "{kamailio_log}");
+    assert!(took >= Duration::from_secs(10), "the slow node's call rang 10 s first: {took:?}");
+    let fast: Vec<&AgentProc> = cluster.nodes[1..].iter().collect();
+    let per_node = wait_finished_leads(&fast, CALLS as usize, Duration::from_secs(10));
+    let answered: BTreeSet<String> = per_node
+        .iter()
+        .flatten()
+        .filter(|l| l["ended_by"] == "caller")
+        .map(|l| l["call_id"].as_str().expect("call_id").to_string())
+        .collect();
+    eprintln!(
+        "ringing: {CALLS} calls, node 0 answering after 15 s: all answered in {took:?}, {} on nodes 1 and 2",
+        answered.len()
+    );
+    assert_eq!(answered.len(), CALLS as usize, "every call answered by a fast node: {per_node:?}");
 }
 
 /// The timestamps (the first word, RFC 3339) of the agent log's lines saying `what`.
