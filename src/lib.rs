@@ -10,6 +10,7 @@
 //! events go.
 
 pub mod cli;
+pub mod cluster;
 pub mod config;
 #[cfg(feature = "fuzz")]
 pub mod fuzz;

@@ -145,6 +145,15 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> a
     let mut delivery = Delivery::new(outbox, Vec::new(), cfg.outbox.max_pending, cfg.outbox.keep_delivered);
     delivery.set_links(Links::from_config(&cfg).context("[http]")?);
     delivery.set_metrics(metrics.clone());
+    let cluster = match cfg.store.shared().map_err(|e| anyhow::anyhow!("[store] {e}"))? {
+        Some(store) => {
+            let cluster = Arc::new(crate::cluster::Cluster::new(&store).context("[store]")?);
+            delivery.set_cluster(cluster.clone());
+            tracing::info!(node = %store.node, "a node of a cluster: PostgreSQL is the shared store");
+            Some(cluster)
+        }
+        None => None,
+    };
     // The scrape reads the outbox (pending, dead) and the lead store in it; /readyz checks it takes writes.
     metrics.attach_outbox(delivery.publisher());
     // Shared with the reload task, which replaces its sinks.
@@ -165,6 +174,9 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> a
     tracing::info!(outbox = %outbox_path.display(), leads = %cfg.leads_path().display(), webhooks, lines = cfg.line.len(), "lead delivery ready");
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let result = rt.block_on(async {
+        if let Some(cluster) = &cluster {
+            cluster.migrate_or_later().await;
+        }
         delivery.replace_sinks(configured).await;
         let recovered = delivery.recover().await.context("recovering the outbox")?;
         if recovered > 0 {
@@ -519,6 +531,7 @@ fn reloadable(running: &Config, new: Config) -> Config {
         http,
         callback: old.callback,
         metrics: old.metrics,
+        store: old.store,
         ..new
     }
 }
@@ -549,6 +562,7 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
         ("[http] (other than its users and tokens)", http(old) != http(new)),
         ("[callback]", old.callback != new.callback),
         ("[metrics]", old.metrics != new.metrics),
+        ("[store]", old.store != new.store),
     ]
     .into_iter()
     .filter_map(|(section, differs)| differs.then_some(section))

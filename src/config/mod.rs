@@ -11,6 +11,7 @@ mod http;
 mod locate;
 mod routing;
 mod sip;
+mod store;
 mod text_back;
 mod transcribe;
 mod validate;
@@ -28,6 +29,7 @@ use serde::Deserialize;
 pub use sip::{CallConfig, RegisterConfig, RtpConfig, SecurityConfig, SipConfig};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+pub use store::{SharedStore, StoreConfig};
 pub use text_back::TextBackConfig;
 pub use transcribe::{EngineKind, TranscribeConfig};
 pub use value::{HttpUrl, SipTarget, TargetTransport, ValueError};
@@ -66,6 +68,8 @@ pub struct Config {
     pub text_back: Vec<TextBackConfig>,
     /// Prometheus metrics and health checks, when there is no `[http]` face.
     pub metrics: MetricsConfig,
+    /// PostgreSQL as a cluster's shared store; absent: this agent's SQLite alone.
+    pub store: StoreConfig,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -175,6 +179,7 @@ impl Default for Config {
             callback: Default::default(),
             text_back: Vec::new(),
             metrics: MetricsConfig::default(),
+            store: StoreConfig::default(),
         }
     }
 }

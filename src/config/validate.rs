@@ -216,6 +216,7 @@ impl Config {
         p.extend(self.transcribe.iter().flat_map(|t| t.problems()));
         p.extend(self.http.iter().flat_map(|h| h.problems()));
         p.extend(self.callback.problems());
+        p.extend(self.store.problems());
         for (i, t) in self.text_back.iter().enumerate() {
             p.extend(t.problems(&format!("text_back[{i}]")));
         }

@@ -8,7 +8,7 @@
 use crate::sink::event::{Event, EventType};
 use crate::sink::outbox::{Outbox, SinkSpec};
 use crate::sink::webhook::Webhook;
-use crate::sink::worker::{housekeeping, retry_held, worker};
+use crate::sink::worker::{Queue, housekeeping, retry_held, worker};
 use backstop_core::intake::lead::{Outcome, rfc3339};
 use backstop_core::sip::dialog::EndedBy;
 use std::path::PathBuf;
@@ -30,6 +30,16 @@ pub enum Target {
     Webhook(Webhook),
     /// An instant text-back to the caller (`[[text_back]]`).
     TextBack(Arc<crate::textback::Sender>),
+    /// The cluster's shared store (`[store]`): every event ships there.
+    Ship(Arc<crate::cluster::ship::Shipper>),
+}
+
+impl Target {
+    /// On a cluster, delivered from the shared store by any node rather than
+    /// from this node's outbox: what reaches the outside world once.
+    fn shared(&self) -> bool {
+        matches!(self, Target::Webhook(_) | Target::TextBack(_))
+    }
 }
 
 /// A configured sink: what it takes, where it delivers, how it retries.
@@ -64,10 +74,30 @@ pub struct ConfiguredSink {
 /// The sinks events are committed for, and the workers' wake-ups, as one
 /// snapshot: what a publish reads once.
 pub struct SinkSet {
+    /// The sinks an event is committed for in this node's outbox.
     specs: Vec<SinkSpec>,
+    /// On a cluster, the shared sinks (`Target::shared`): their deliveries
+    /// are made in the shared store when an event ships.
+    shared: Vec<SinkSpec>,
     wake: Vec<Arc<Notify>>,
-    /// Each sink's [`Sink::label`], beside its spec.
-    labels: Vec<String>,
+    /// The shared sinks' workers' wake-ups.
+    shared_wake: Vec<Arc<Notify>>,
+    /// Every sink's name and [`Sink::label`].
+    labels: Vec<(String, String)>,
+}
+
+impl SinkSet {
+    /// The shared sinks, for shipping.
+    pub(crate) fn shared_specs(&self) -> &[SinkSpec] {
+        &self.shared
+    }
+
+    /// Wake the shared sinks' workers (an event shipped).
+    pub(crate) fn wake_shared(&self) {
+        for w in &self.shared_wake {
+            w.notify_one();
+        }
+    }
 }
 
 /// The current [`SinkSet`], shared by every [`Publisher`] clone and replaced
@@ -80,7 +110,7 @@ impl LiveSinks {
         LiveSinks(Arc::new(RwLock::new(Arc::new(set))))
     }
 
-    pub(super) fn current(&self) -> Arc<SinkSet> {
+    pub(crate) fn current(&self) -> Arc<SinkSet> {
         self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
@@ -89,8 +119,8 @@ impl LiveSinks {
     /// [`crate::metrics::sink_label`] of the name.
     pub fn label_of(&self, name: &str) -> String {
         let set = self.current();
-        match set.specs.iter().position(|s| s.name == name) {
-            Some(i) => set.labels[i].clone(),
+        match set.labels.iter().find(|(n, _)| n == name) {
+            Some((_, label)) => label.clone(),
             None => crate::metrics::sink_label(name),
         }
     }
@@ -290,6 +320,8 @@ pub struct Delivery {
     held: Held,
     links: Option<Arc<crate::http::links::Links>>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// The shared store, on a cluster (`set_cluster`).
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 fn running(sink: Sink, settings: Option<String>, wake: Arc<Notify>) -> Running {
@@ -299,7 +331,7 @@ fn running(sink: Sink, settings: Option<String>, wake: Arc<Notify>) -> Running {
 impl Delivery {
     pub fn new(outbox: Outbox, sinks: Vec<Sink>, max_pending: u64, keep_delivered: Duration) -> Delivery {
         let running: Vec<Running> = sinks.into_iter().map(|s| running(s, None, Arc::new(Notify::new()))).collect();
-        let live = LiveSinks::new(set_of(&running));
+        let live = LiveSinks::new(set_of(&running, false));
         Delivery {
             db: Arc::new(Mutex::new(outbox)),
             live,
@@ -309,7 +341,30 @@ impl Delivery {
             held: Default::default(),
             links: None,
             metrics: crate::metrics::Metrics::new(),
+            cluster: None,
         }
+    }
+
+    /// Run as a node of a cluster (`[store] url`): ship every event to the
+    /// shared store, deliver webhooks and text-backs from there, follow the
+    /// other nodes, heartbeat. Before [`Delivery::spawn`] and the sinks.
+    pub fn set_cluster(&mut self, cluster: Arc<crate::cluster::Cluster>) {
+        let shipper = crate::cluster::ship::Shipper { cluster: cluster.clone(), sinks: self.live.clone() };
+        let ship = Sink {
+            spec: SinkSpec {
+                name: crate::cluster::SHIP_SINK.into(),
+                events: EventType::ALL.to_vec(),
+                lines: Default::default(),
+            },
+            target: Target::Ship(Arc::new(shipper)),
+            // The database back within seconds of its return; never given up.
+            max_interval: Duration::from_secs(2),
+            max_age: Duration::from_secs(100 * 365 * 24 * 3600),
+        };
+        self.cluster = Some(cluster);
+        let mut w = self.workers();
+        w.running.push(running(ship, Some(SHIP_SETTINGS.into()), Arc::new(Notify::new())));
+        self.live.replace(set_of(&w.running, true));
     }
 
     /// Count deliveries in `metrics` (a fresh, unexported set until this is called).
@@ -357,14 +412,11 @@ impl Delivery {
         let publisher = self.publisher();
         let n = cut.len();
         for missed in cut {
-            let mut lead = missed.lead;
-            lead.outcome = Outcome::Interrupted;
-            lead.ended_by = Some(EndedBy::Error);
             tracing::warn!(
-                call_id = %lead.call_id,
+                call_id = %missed.call_id(),
                 "call was cut off by a restart; its lead is closed as interrupted"
             );
-            publisher.publish(Event::new(EventType::LeadCompleted, rfc3339(SystemTime::now()), &lead)).await?;
+            publisher.publish(interrupted(missed)).await?;
         }
         Ok(n)
     }
@@ -388,6 +440,15 @@ impl Delivery {
             self.keep_delivered,
             shutdown.clone(),
         )));
+        if let Some(cluster) = &self.cluster {
+            tasks.push(tokio::spawn(crate::cluster::replica::run(cluster.clone(), self.db.clone(), shutdown.clone())));
+            tasks.push(tokio::spawn(crate::cluster::nodes::run(
+                cluster.clone(),
+                self.publisher(),
+                self.keep_delivered,
+                shutdown.clone(),
+            )));
+        }
         tasks.push(tokio::spawn(retry_held(self.publisher(), shutdown)));
         tasks
     }
@@ -395,7 +456,11 @@ impl Delivery {
     fn start_worker(&self, r: &mut Running) -> tokio::task::JoinHandle<()> {
         let (stop, rx) = watch::channel(false);
         r.stop = stop;
-        tokio::spawn(worker(self.db.clone(), r.sink.clone(), r.wake.clone(), rx, self.metrics.clone()))
+        let queue = match &self.cluster {
+            Some(cluster) if r.sink.target.shared() => Queue::Shared(cluster.clone()),
+            _ => Queue::Local(self.db.clone()),
+        };
+        tokio::spawn(worker(queue, r.sink.clone(), r.wake.clone(), rx, self.metrics.clone()))
     }
 
     /// Deliver to `new` from now on (a config reload). Events published after
@@ -459,8 +524,12 @@ impl Delivery {
                 }
             }
         }
+        // The shipping sink is no config's: it stays, worker and all.
+        if let Some(i) = old.iter().position(|r| r.sink.spec.name == crate::cluster::SHIP_SINK) {
+            w.running.push(old.remove(i));
+        }
         changes.removed = old.into_iter().map(|r| r.sink.spec.name).collect();
-        self.live.replace(set_of(&w.running));
+        self.live.replace(set_of(&w.running, self.cluster.is_some()));
         if w.shutdown.is_some() && !w.stopping {
             for i in to_start {
                 let task = self.start_worker(&mut w.running[i]);
@@ -471,13 +540,14 @@ impl Delivery {
     }
 
     /// Wait (bounded) until the file sinks have nothing due: used at shutdown
-    /// so that the last leads are on disk in `leads.jsonl` before exit.
+    /// so that the last leads are on disk in `leads.jsonl` before exit. On
+    /// a cluster, also the shipping: a drained node leaves nothing behind.
     pub async fn drain_files(&self, limit: Duration) {
         let deadline = tokio::time::Instant::now() + limit;
         let files: Vec<Sink> = self
             .sinks()
             .into_iter()
-            .filter(|s| matches!(s.target, Target::LeadsFile(_) | Target::EventsFile(_)))
+            .filter(|s| matches!(s.target, Target::LeadsFile(_) | Target::EventsFile(_) | Target::Ship(_)))
             .collect();
         for sink in files {
             loop {
@@ -494,12 +564,32 @@ impl Delivery {
     }
 }
 
-fn set_of(running: &[Running]) -> SinkSet {
+/// The settings of the shipping sink (kept by every reload).
+const SHIP_SETTINGS: &str = "ship";
+
+/// The sinks as a publish reads them. On a cluster the shared ones get
+/// their deliveries in the shared store, not in this node's outbox.
+fn set_of(running: &[Running], cluster: bool) -> SinkSet {
+    let (shared, local): (Vec<&Running>, Vec<&Running>) =
+        running.iter().partition(|r| cluster && r.sink.target.shared());
     SinkSet {
-        specs: running.iter().map(|r| r.sink.spec.clone()).collect(),
-        wake: running.iter().map(|r| r.wake.clone()).collect(),
-        labels: running.iter().map(|r| r.sink.label()).collect(),
+        specs: local.iter().map(|r| r.sink.spec.clone()).collect(),
+        shared: shared.iter().map(|r| r.sink.spec.clone()).collect(),
+        wake: local.iter().map(|r| r.wake.clone()).collect(),
+        shared_wake: shared.iter().map(|r| r.wake.clone()).collect(),
+        labels: running.iter().map(|r| (r.sink.spec.name.clone(), r.sink.label())).collect(),
     }
+}
+
+/// The `lead.completed` that closes a call cut off mid-way (its node
+/// restarted, or died and a survivor closes it), from its `call.missed`:
+/// outcome `interrupted`, ended by `error`. Its id is keyed to the lead, so
+/// the node's restart and a survivor closing the same call send one event.
+pub fn interrupted(missed: Event) -> Event {
+    let mut lead = missed.lead;
+    lead.outcome = Outcome::Interrupted;
+    lead.ended_by = Some(EndedBy::Error);
+    Event::keyed(EventType::LeadCompleted, "interrupted", rfc3339(SystemTime::now()), &lead)
 }
 
 /// When `shutdown` flips (or its sender is gone), stop every worker and

@@ -48,6 +48,12 @@ impl SinkSpec {
     /// restart closes the lead from it), so nothing texts a blocklisted or
     /// spoofed number back.
     pub fn takes(&self, event: &Event) -> bool {
+        // Shipping to the shared store takes every event: the other nodes
+        // follow it, and a junk call's `call.missed` is how a survivor knows
+        // the call was open.
+        if self.name == crate::cluster::SHIP_SINK {
+            return true;
+        }
         let junk_missed = event.kind == EventType::CallMissed && event.lead.junk.is_junk;
         self.events.contains(&event.kind) && self.lines.admits(event.line()) && !junk_missed
     }
@@ -119,6 +125,15 @@ impl Outbox {
             CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (sink, state, next_ms);
             CREATE INDEX IF NOT EXISTS events_call ON events (call_id, seq);",
         )?;
+        // `remote`: another node's event (`apply_remote`), never shipped
+        // back nor taken for a call of this node's. Added to older files.
+        let has_remote: bool = conn
+            .query_row("SELECT 1 FROM pragma_table_info('events') WHERE name = 'remote'", [], |_| Ok(()))
+            .optional()?
+            .is_some();
+        if !has_remote {
+            conn.execute_batch("ALTER TABLE events ADD COLUMN remote INTEGER NOT NULL DEFAULT 0")?;
+        }
         // The transcription queue lives beside the events: one file, one fsync story.
         conn.execute_batch(crate::transcribe::queue::SCHEMA)?;
         // The lead store and the text-back's own tables, in the same file.
@@ -183,6 +198,46 @@ impl Outbox {
             insert(&tx, handled, sinks, now_ms)?;
         }
         tx.commit()
+    }
+
+    /// An event another node of the cluster committed (`cluster::replica`):
+    /// into the lead store and the events, marked remote and without
+    /// deliveries (its own node delivers it, and this node never ships it
+    /// back). The store follows what only the event says: a lead handled
+    /// or reopened there (`store::follow`). True when it was new here.
+    pub fn apply_remote(&mut self, event: &Event, now_ms: i64) -> rusqlite::Result<bool> {
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let known = tx.query_row("SELECT 1 FROM events WHERE id = ?1", params![event.id], |_| Ok(())).optional()?;
+        if known.is_some() {
+            tx.commit()?;
+            return Ok(false);
+        }
+        let recorded = crate::store::record(&tx, event, now_ms)?;
+        crate::store::follow(&tx, event)?;
+        insert_remote(&tx, event, now_ms)?;
+        if let Some(handled) = &recorded.handled {
+            insert_remote(&tx, handled, now_ms)?;
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// How far this node has followed the shared store's events.
+    pub fn replica_cursor(&self) -> rusqlite::Result<i64> {
+        let v: Option<String> = self
+            .conn
+            .query_row("SELECT value FROM store_meta WHERE key = 'replica_cursor'", [], |r| r.get(0))
+            .optional()?;
+        Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
+    }
+
+    pub fn set_replica_cursor(&self, at: i64) -> rusqlite::Result<()> {
+        self.conn.execute(
+            "INSERT INTO store_meta (key, value) VALUES ('replica_cursor', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![at.to_string()],
+        )?;
+        Ok(())
     }
 
     /// Due deliveries for `sink`: for each call, only its oldest pending event,
@@ -304,10 +359,11 @@ impl Outbox {
     /// while they were in progress. Returns their `call.missed` events, whose
     /// leads say who called; one that cannot be read back is logged and left out.
     /// A call whose lead waits for its transcripts (`transcribe::queue`) ended:
-    /// its lead goes out from there.
+    /// its lead goes out from there. Another node's calls (`remote`) are
+    /// its own to close, or a survivor's (`cluster::nodes`).
     pub fn unfinished_calls(&self) -> rusqlite::Result<Vec<Event>> {
         let mut stmt = self.conn.prepare(
-            "SELECT seq, body FROM events m WHERE m.kind = 'call.missed' AND NOT EXISTS (
+            "SELECT seq, body FROM events m WHERE m.kind = 'call.missed' AND m.remote = 0 AND NOT EXISTS (
                 SELECT 1 FROM events c WHERE c.call_id = m.call_id AND c.kind = 'lead.completed' AND c.seq > m.seq)
                AND NOT EXISTS (SELECT 1 FROM transcribe_leads t WHERE t.call_id = m.call_id)
              ORDER BY m.seq",
@@ -348,6 +404,17 @@ impl Outbox {
             params![now_ms - keep_ms],
         )
     }
+}
+
+/// Add another node's `event` (unless its id is there), with no delivery.
+fn insert_remote(conn: &Connection, event: &Event, now_ms: i64) -> rusqlite::Result<()> {
+    let body = serde_json::to_string(event).expect("events serialise");
+    conn.execute(
+        "INSERT INTO events (id, kind, call_id, created_ms, body, remote) VALUES (?1, ?2, ?3, ?4, ?5, 1)
+         ON CONFLICT (id) DO NOTHING",
+        params![event.id, event.kind.as_str(), event.call_id(), now_ms, body],
+    )?;
+    Ok(())
 }
 
 /// Add `event` (unless its id is there) with a pending delivery for every sink that takes it.

@@ -35,8 +35,102 @@ async fn blocking<T: Send + 'static>(db: &Arc<Mutex<Outbox>>, f: impl FnOnce(&Ou
     tokio::task::spawn_blocking(move || f(&db.lock().unwrap_or_else(|p| p.into_inner()))).await.expect("outbox task")
 }
 
+/// Where a worker takes its deliveries from: this node's outbox, or on a
+/// cluster the shared store (webhooks and text-backs, `cluster::queue`).
+#[derive(Clone)]
+pub(super) enum Queue {
+    Local(Arc<Mutex<Outbox>>),
+    Shared(Arc<crate::cluster::Cluster>),
+}
+
+/// What became of one delivery.
+enum Mark {
+    Done,
+    Retry { wait: Duration, why: String },
+    Dead { why: String },
+}
+
+/// How often an idle worker on the shared store looks for work that
+/// another node shipped (nothing wakes it from there).
+const SHARED_POLL: Duration = Duration::from_millis(250);
+
+impl Queue {
+    async fn due(&self, sink: &str) -> Result<Vec<Due>, String> {
+        match self {
+            Queue::Local(db) => {
+                let n = sink.to_string();
+                blocking(db, move |o| o.due(&n, now_ms(), 64)).await.map_err(|e| e.to_string())
+            }
+            Queue::Shared(c) => crate::cluster::queue::claim(c, sink, 64).await.map_err(|e| e.to_string()),
+        }
+    }
+
+    /// How long to sleep when nothing is due.
+    async fn idle(&self, sink: &str) -> Duration {
+        match self {
+            Queue::Local(db) => {
+                let n = sink.to_string();
+                let next = blocking(db, move |o| o.next_due_ms(&n)).await.ok().flatten();
+                next.map(|t| Duration::from_millis((t - now_ms()).clamp(0, 5_000) as u64))
+                    .unwrap_or(Duration::from_secs(5))
+            }
+            Queue::Shared(c) => match crate::cluster::queue::next_due_in(c, sink).await {
+                Ok(Some(d)) => d.min(SHARED_POLL),
+                Ok(None) => SHARED_POLL,
+                Err(_) => Duration::from_secs(1),
+            },
+        }
+    }
+
+    async fn mark(&self, sink: &str, seq: i64, mark: &Mark) -> Result<(), String> {
+        match self {
+            Queue::Local(db) => {
+                let (n, now) = (sink.to_string(), now_ms());
+                let r = match mark {
+                    Mark::Done => blocking(db, move |o| o.mark_done(&n, seq, now)).await,
+                    Mark::Retry { wait, why } => {
+                        let (next, why) = (now + wait.as_millis() as i64, why.clone());
+                        blocking(db, move |o| o.mark_retry(&n, seq, next, &why)).await
+                    }
+                    Mark::Dead { why } => {
+                        let why = why.clone();
+                        blocking(db, move |o| o.mark_dead(&n, seq, &why)).await
+                    }
+                };
+                r.map_err(|e| e.to_string())
+            }
+            Queue::Shared(c) => {
+                use crate::cluster::queue::{mark_dead, mark_done, mark_retry};
+                let r = match mark {
+                    Mark::Done => mark_done(c, sink, seq).await,
+                    Mark::Retry { wait, why } => mark_retry(c, sink, seq, *wait, why).await,
+                    Mark::Dead { why } => mark_dead(c, sink, seq, why).await,
+                };
+                r.map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    /// Record `mark`. On the shared store a result that cannot be recorded
+    /// (the database went away mid-delivery) is tried again for as long as
+    /// this node's lease lasts: another node would deliver it again after.
+    async fn record(&self, sink: &str, seq: i64, mark: Mark, shutdown: &watch::Receiver<bool>) -> Result<(), String> {
+        let deadline = match self {
+            Queue::Shared(c) => tokio::time::Instant::now() + c.settings.lease,
+            Queue::Local(_) => tokio::time::Instant::now(),
+        };
+        loop {
+            match self.mark(sink, seq, &mark).await {
+                Ok(()) => return Ok(()),
+                Err(e) if tokio::time::Instant::now() >= deadline || *shutdown.borrow() => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
+    }
+}
+
 pub(super) async fn worker(
-    db: Arc<Mutex<Outbox>>,
+    queue: Queue,
     sink: Sink,
     wake: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
@@ -51,20 +145,19 @@ pub(super) async fn worker(
         if *shutdown.borrow() {
             return;
         }
-        let n = name.clone();
-        let due = match blocking(&db, move |o| o.due(&n, now_ms(), 64)).await {
+        let due = match queue.due(&name).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!(sink = %label, error = %e, "outbox read failed");
-                Vec::new()
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
             }
         };
         if due.is_empty() {
-            let n = name.clone();
-            let next = blocking(&db, move |o| o.next_due_ms(&n)).await.ok().flatten();
-            let wait = next
-                .map(|t| Duration::from_millis((t - now_ms()).clamp(0, 5_000) as u64))
-                .unwrap_or(Duration::from_secs(5));
+            let wait = queue.idle(&name).await;
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = wake.notified() => {}
@@ -82,7 +175,7 @@ pub(super) async fn worker(
         }
         while let Some(joined) = set.join_next().await {
             let Ok((d, attempt)) = joined else { continue };
-            record(&db, &sink, d, attempt, &metrics).await;
+            record(&queue, &sink, d, attempt, &metrics, &shutdown).await;
         }
     }
 }
@@ -94,6 +187,10 @@ async fn deliver(target: &Target, d: &Due) -> Attempt {
             w.deliver(&d.event.id, &body, now_ms() / 1000).await
         }
         Target::TextBack(sender) => sender.deliver(&d.event).await,
+        Target::Ship(shipper) => match shipper.deliver(&d.event, d.created_ms).await {
+            Ok(()) => Attempt::Status { code: 200, retry_after: None },
+            Err(e) => Attempt::Transport(e.to_string()),
+        },
         Target::LeadsFile(path) | Target::EventsFile(path) => {
             let (path, event) = (path.clone(), d.event.clone());
             let leads = matches!(target, Target::LeadsFile(_));
@@ -116,10 +213,18 @@ fn target_name(t: &Target) -> String {
         Target::LeadsFile(p) | Target::EventsFile(p) => p.display().to_string(),
         Target::Webhook(w) => w.url.clone(),
         Target::TextBack(s) => s.name(),
+        Target::Ship(_) => crate::cluster::SHIP_SINK.into(),
     }
 }
 
-async fn record(db: &Arc<Mutex<Outbox>>, sink: &Sink, d: Due, attempt: Attempt, metrics: &crate::metrics::Metrics) {
+async fn record(
+    queue: &Queue,
+    sink: &Sink,
+    d: Due,
+    attempt: Attempt,
+    metrics: &crate::metrics::Metrics,
+    shutdown: &watch::Receiver<bool>,
+) {
     let name = sink.spec.name.clone();
     let label = sink.label();
     let now = now_ms();
@@ -134,18 +239,18 @@ async fn record(db: &Arc<Mutex<Outbox>>, sink: &Sink, d: Due, attempt: Attempt, 
         Verdict::Delivered => {
             metrics.delivered(&label, Duration::from_millis((now - d.created_ms).max(0) as u64));
             tracing::info!(sink = %label, event = %id, kind, call_id = %call_id, attempts = d.attempts + 1, latency_ms = now - d.created_ms, "delivered");
-            blocking(db, move |o| o.mark_done(&name, seq, now)).await
+            queue.record(&name, seq, Mark::Done, shutdown).await
         }
         Verdict::Retry { after, why } => {
             metrics.delivery_failed(&label);
             let wait = backoff(d.attempts + 1, sink.max_interval, after, rand::random::<f64>());
             tracing::warn!(sink = %label, event = %id, kind, call_id = %call_id, attempt = d.attempts + 1, retry_in_ms = wait.as_millis() as u64, why, "delivery failed; will retry");
-            blocking(db, move |o| o.mark_retry(&name, seq, now + wait.as_millis() as i64, &why)).await
+            queue.record(&name, seq, Mark::Retry { wait, why }, shutdown).await
         }
         Verdict::Dead { why } => {
             metrics.delivery_failed(&label);
             tracing::error!(sink = %label, event = %id, kind, call_id = %call_id, why, "delivery failed permanently: event dead-lettered (backstop outbox retry --dead)");
-            blocking(db, move |o| o.mark_dead(&name, seq, &why)).await
+            queue.record(&name, seq, Mark::Dead { why }, shutdown).await
         }
     };
     if let Err(e) = result {

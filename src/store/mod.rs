@@ -301,6 +301,48 @@ pub(crate) fn record(conn: &Connection, event: &Event, now_ms: i64) -> rusqlite:
     Ok(Recorded { event, handled })
 }
 
+/// Follow what another node's event says of a lead beyond its JSON
+/// (`Outbox::apply_remote`): a `lead.handled` handles it here too, and a
+/// reopen (the `lead.updated` [`reopening`] makes, recognised by its keyed
+/// id) opens it. A reminder needs nothing: this node's clock commits the
+/// same keyed `lead.callback_overdue` with its own change, and the shared
+/// store keeps one.
+pub(crate) fn follow(conn: &Connection, event: &Event) -> rusqlite::Result<()> {
+    let at = parse_ms(&event.created_at);
+    match event.kind {
+        EventType::LeadHandled => {
+            let cb = event.lead.callback.as_ref();
+            let handled_ms = cb.and_then(|c| c.handled_at.as_deref()).and_then(parse_ms).or(at);
+            conn.execute(
+                "UPDATE leads SET status = 'handled', handled_ms = ?2, handled_by = ?3, note = ?4, next_reminder_ms = NULL
+                 WHERE id = ?1 AND status = 'new'",
+                params![
+                    event.lead.id,
+                    handled_ms,
+                    cb.and_then(|c| c.handled_by.clone()),
+                    cb.and_then(|c| c.note.clone())
+                ],
+            )?;
+        }
+        EventType::LeadUpdated => {
+            let reopen = at.is_some_and(|ms| {
+                Event::keyed(EventType::LeadUpdated, &format!("reopened {ms}"), event.created_at.clone(), &event.lead).id
+                    == event.id
+            });
+            if reopen {
+                conn.execute(
+                    "UPDATE leads SET status = 'new', handled_ms = NULL, handled_by = NULL, note = NULL,
+                        next_reminder_ms = CASE WHEN clock = 1 AND junk = 0 AND reminders = 0 THEN due_ms END
+                     WHERE id = ?1 AND status = 'handled'",
+                    params![event.lead.id],
+                )?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 /// Put the store's `callback` and `text_back` of the lead on `lead`, as
 /// [`StoredLead`] shows them at `now_ms` (nothing when it is not stored).
 fn overlay(conn: &Connection, lead: &mut Lead, now_ms: i64) -> rusqlite::Result<()> {

@@ -1,0 +1,56 @@
+-- Backstop's shared store (`[store] url`): every node's events, and the
+-- deliveries any live node may make. Applied by the agent at start
+-- (src/cluster/migrate.rs), once, under an advisory lock.
+
+-- PostgreSQL's clock, in Unix milliseconds: leases and heartbeats are
+-- compared on one clock, whatever the nodes' clocks say.
+CREATE FUNCTION backstop_now_ms() RETURNS BIGINT
+    LANGUAGE SQL VOLATILE
+    AS $$ SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT $$;
+
+-- Every event of every node, once (the id is the idempotency key), in the
+-- order PostgreSQL took them. `body` is the event's JSON as the node
+-- committed it.
+CREATE TABLE events (
+    seq BIGSERIAL PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    call_id TEXT NOT NULL,
+    lead_id TEXT NOT NULL,
+    -- The node that shipped it.
+    node TEXT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    inserted_ms BIGINT NOT NULL DEFAULT backstop_now_ms(),
+    body TEXT NOT NULL
+);
+CREATE INDEX events_call ON events (call_id, seq);
+CREATE INDEX events_node_kind ON events (node, kind);
+
+-- One row per event and shared sink (webhooks, text-backs). A worker claims
+-- due rows with FOR UPDATE SKIP LOCKED and a lease; a call's events go out
+-- in order (only its oldest pending one is due).
+CREATE TABLE deliveries (
+    seq BIGINT NOT NULL REFERENCES events (seq) ON DELETE CASCADE,
+    sink TEXT NOT NULL,
+    call_id TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'done', 'dead')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_ms BIGINT NOT NULL,
+    lease_until_ms BIGINT,
+    leased_by TEXT,
+    done_ms BIGINT,
+    last_error TEXT,
+    PRIMARY KEY (seq, sink)
+);
+CREATE INDEX deliveries_due ON deliveries (sink, state, next_ms);
+CREATE INDEX deliveries_pending_call ON deliveries (sink, call_id, seq) WHERE state = 'pending';
+
+-- The nodes' heartbeats. A node silent past `dead_after` is reaped by
+-- exactly one survivor (one UPDATE takes the row), which closes its open calls.
+CREATE TABLE nodes (
+    node TEXT PRIMARY KEY,
+    started_ms BIGINT NOT NULL,
+    seen_ms BIGINT NOT NULL,
+    reaped_ms BIGINT,
+    reaped_by TEXT
+);

@@ -1,0 +1,111 @@
+//! The cluster's shared store: PostgreSQL (`[store] url`), beside each
+//! node's own SQLite outbox, which stays the node's journal.
+//!
+//! - **Shipping** (`ship`): every event a node commits to its outbox has a
+//!   delivery for the `postgres` sink, delivered like any other: into the
+//!   shared `events` table, once by id, with one row in `deliveries` per
+//!   shared sink (webhooks, text-backs) that takes it. PostgreSQL away, the
+//!   events wait in the outbox in order and go when it is back.
+//! - **Delivering** (`queue`): any live node's worker claims due shared
+//!   deliveries (`FOR UPDATE SKIP LOCKED` and a lease), a call's events in
+//!   order; a node that dies mid-delivery loses its lease to the others.
+//! - **Following** (`replica`): each node applies every other node's events
+//!   to its own lead store, so the inbox, the API, the report and the
+//!   callback clock of any node see every lead.
+//! - **Heartbeats** (`nodes`): a node silent past `dead_after` is claimed by
+//!   exactly one survivor, which closes the calls it had open as
+//!   `interrupted`.
+//!
+//! Everything published from here is keyed (`Event::keyed`): a reminder,
+//! an interrupted lead or a transfer's `lead.handled` that two nodes both
+//! publish is one row in `events`, delivered once.
+
+pub mod migrate;
+pub mod nodes;
+pub mod queue;
+pub mod replica;
+pub mod ship;
+
+use crate::config::SharedStore;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use std::time::Duration;
+
+/// The outbox sink that ships events to PostgreSQL. Its name cannot be a
+/// webhook's (their names are URLs) or a file's (`file:`).
+pub const SHIP_SINK: &str = "postgres";
+
+/// One error type for the shared store.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("PostgreSQL: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    #[error("PostgreSQL pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("PostgreSQL pool setup: {0}")]
+    Build(#[from] deadpool_postgres::BuildError),
+    #[error("an event in PostgreSQL cannot be read: {0}")]
+    Unreadable(#[from] serde_json::Error),
+}
+
+/// A connection pool to the shared store, and who this node is.
+#[derive(Clone)]
+pub struct Cluster {
+    pool: Pool,
+    pub node: String,
+    pub settings: SharedStore,
+}
+
+/// How long getting a connection may take before the operation fails (and
+/// is retried by its loop): a dead database never blocks a worker for long.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+impl Cluster {
+    /// A pool for `store` (no connection is made yet).
+    pub fn new(store: &SharedStore) -> Result<Cluster, ClusterError> {
+        let mut pg: tokio_postgres::Config = store.url.parse()?;
+        pg.connect_timeout(CONNECT_TIMEOUT);
+        pg.application_name(&format!("backstop {}", store.node));
+        let manager =
+            Manager::from_config(pg, tokio_postgres::NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(16)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(CONNECT_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(CONNECT_TIMEOUT))
+            .build()?;
+        Ok(Cluster { pool, node: store.node.clone(), settings: store.clone() })
+    }
+
+    /// Bring the schema up to date (`migrate`).
+    pub async fn migrate(&self) -> Result<usize, ClusterError> {
+        let mut client = self.client().await?;
+        migrate::run(&mut client).await
+    }
+
+    /// At the start: migrate now, or, with the database away, every 5 s in
+    /// the background until it is back (calls go on; events wait in the
+    /// outbox meanwhile, as in any outage).
+    pub async fn migrate_or_later(self: &std::sync::Arc<Self>) {
+        match self.migrate().await {
+            Ok(_) => tracing::info!(node = %self.node, "shared store ready"),
+            Err(e) => {
+                tracing::error!(error = %e, "shared store: not reachable at the start; calls go on, events wait in the outbox, trying again every 5 s");
+                let me = self.clone();
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                        if me.migrate().await.is_ok() {
+                            tracing::info!(node = %me.node, "shared store ready");
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+    }
+
+    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, ClusterError> {
+        Ok(self.pool.get().await?)
+    }
+}
