@@ -136,6 +136,12 @@ pub fn sink_specs(cfg: &Config) -> anyhow::Result<Vec<SinkSpec>> {
     if cfg.leads_file.events {
         out.push(local("file:events.jsonl", EventType::ALL.to_vec()));
     }
+    // On a cluster the rest are delivered from the shared store: the event
+    // ships there (`cluster`), and its deliveries are made as it lands.
+    if cfg.store.url.is_some() || cfg.store.url_env.is_some() {
+        out.push(local(crate::cluster::SHIP_SINK, EventType::ALL.to_vec()));
+        return Ok(out);
+    }
     out.extend(crate::textback::sinks(cfg).context("[[text_back]]")?.into_iter().map(|s| s.spec));
     let own: Vec<String> = cfg.line.iter().filter(|l| !l.webhook.is_empty()).map(|l| l.name.clone()).collect();
     for w in &cfg.webhook {
@@ -194,6 +200,12 @@ mod tests {
         let run: Vec<SinkSpec> = crate::cli::run::sinks(&cfg).unwrap().into_iter().map(|s| s.spec).collect();
         assert_eq!(sink_specs(&cfg).unwrap(), run);
         assert_eq!(run.len(), 6, "{run:?}");
+        // On a cluster: the files, and the shipping that makes the rest's deliveries in PostgreSQL.
+        let clustered =
+            Config::parse(&format!("{text}\n[store]\nurl = \"postgres://u@127.0.0.1/db\"\nnode = \"n1\"\n"), None)
+                .expect("config");
+        let names: Vec<String> = sink_specs(&clustered).unwrap().into_iter().map(|s| s.name).collect();
+        assert_eq!(names, ["file:leads.jsonl", "file:events.jsonl", "postgres"]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -53,7 +53,13 @@ pub struct Cluster {
     pool: Pool,
     pub node: String,
     pub settings: SharedStore,
+    /// The shared sinks' pending and dead deliveries, cluster-wide, as
+    /// last read (`nodes::run`), for the metrics.
+    figures: std::sync::Arc<std::sync::Mutex<Option<(std::time::Instant, Vec<(String, u64, u64)>)>>>,
 }
+
+/// Shared figures older than this are not reported.
+const FIGURES_STALE: Duration = Duration::from_secs(20);
 
 /// How long getting a connection may take before the operation fails (and
 /// is retried by its loop): a dead database never blocks a worker for long.
@@ -74,7 +80,7 @@ impl Cluster {
             .create_timeout(Some(CONNECT_TIMEOUT))
             .recycle_timeout(Some(CONNECT_TIMEOUT))
             .build()?;
-        Ok(Cluster { pool, node: store.node.clone(), settings: store.clone() })
+        Ok(Cluster { pool, node: store.node.clone(), settings: store.clone(), figures: Default::default() })
     }
 
     /// Bring the schema up to date (`migrate`).
@@ -103,6 +109,28 @@ impl Cluster {
                 });
             }
         }
+    }
+
+    /// Each shared sink's pending and dead deliveries across the cluster,
+    /// when read in the last 20 s.
+    pub fn shared_figures(&self) -> Option<Vec<(String, u64, u64)>> {
+        let last = self.figures.lock().unwrap_or_else(|p| p.into_inner());
+        last.as_ref().filter(|(at, _)| at.elapsed() < FIGURES_STALE).map(|(_, f)| f.clone())
+    }
+
+    /// Read the shared sinks' figures (`shared_figures`) now.
+    pub async fn read_figures(&self) -> Result<(), ClusterError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT sink, COUNT(*) FILTER (WHERE state = 'pending'), COUNT(*) FILTER (WHERE state = 'dead')
+                 FROM deliveries WHERE state IN ('pending', 'dead') GROUP BY sink ORDER BY sink",
+                &[],
+            )
+            .await?;
+        let figures = rows.iter().map(|r| (r.get(0), r.get::<_, i64>(1) as u64, r.get::<_, i64>(2) as u64)).collect();
+        *self.figures.lock().unwrap_or_else(|p| p.into_inner()) = Some((std::time::Instant::now(), figures));
+        Ok(())
     }
 
     pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, ClusterError> {

@@ -17,6 +17,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
+/// How often the shared sinks' figures are read for the metrics.
+const FIGURES_EVERY: Duration = Duration::from_secs(5);
+
 /// How often old events are removed from the shared store.
 const PRUNE_EVERY: Duration = Duration::from_secs(300);
 
@@ -78,7 +81,9 @@ pub async fn open_calls(cluster: &Cluster, node: &str) -> Result<Vec<Event>, Clu
     for row in rows {
         match serde_json::from_str::<Event>(row.get(0)) {
             Ok(e) => out.push(e),
-            Err(e) => tracing::error!(%node, error = %e, "shared store: unreadable call.missed; its call is not closed"),
+            Err(e) => {
+                tracing::error!(%node, error = %e, "shared store: unreadable call.missed; its call is not closed")
+            }
         }
     }
     Ok(out)
@@ -123,21 +128,32 @@ pub async fn run(cluster: Arc<Cluster>, publisher: Publisher, keep: Duration, mu
     // Since when every heartbeat went through.
     let mut up_since: Option<Instant> = None;
     let mut last_prune = Instant::now();
+    let mut last_figures: Option<Instant> = None;
+    let mut never_beat = true;
+    let mut warned = false;
     loop {
         if *shutdown.borrow() {
             return;
         }
         match beat(&cluster).await {
             Ok(reaped_by) => {
+                // The first heartbeat of this process: a reaping found then happened while it was down.
+                let first = std::mem::replace(&mut never_beat, false);
+                if let Some(by) = reaped_by.as_ref().filter(|_| first) {
+                    tracing::info!(node = %cluster.node, %by, "shared store: while this node was down, another closed its open calls");
+                }
                 if up_since.is_none() {
                     tracing::info!(node = %cluster.node, "shared store: heartbeats going through");
                     up_since = Some(Instant::now());
                 }
-                if let Some(by) = reaped_by {
+                if let Some(by) = reaped_by.filter(|_| !first) {
                     tracing::error!(node = %cluster.node, %by, "shared store: this node was taken for dead (no heartbeat for [store] dead_after_secs); the calls it had open then were closed as interrupted by the other node");
                 }
             }
             Err(e) => {
+                if never_beat && !std::mem::replace(&mut warned, true) {
+                    tracing::warn!(error = %e, "shared store: no heartbeat yet; events wait in the outbox until the database is reachable");
+                }
                 if up_since.take().is_some() {
                     tracing::warn!(error = %e, "shared store: heartbeat failed; events wait in the outbox until the database is back");
                 }
@@ -148,7 +164,9 @@ pub async fn run(cluster: Arc<Cluster>, publisher: Publisher, keep: Duration, mu
                 Ok(dead) => {
                     for node in dead {
                         match close_calls(&cluster, &publisher, &node).await {
-                            Ok(n) => tracing::warn!(%node, calls = n, "shared store: node silent past dead_after_secs; its open calls are closed as interrupted"),
+                            Ok(n) => {
+                                tracing::warn!(%node, calls = n, "shared store: node silent past dead_after_secs; its open calls are closed as interrupted")
+                            }
                             Err(e) => {
                                 tracing::warn!(%node, error = %e, "shared store: the dead node's open calls could not be read; trying again");
                                 if let Err(e) = unreap(&cluster, &node).await {
@@ -159,6 +177,12 @@ pub async fn run(cluster: Arc<Cluster>, publisher: Publisher, keep: Duration, mu
                     }
                 }
                 Err(e) => tracing::debug!(error = %e, "shared store: looking for dead nodes failed"),
+            }
+        }
+        if up_since.is_some() && last_figures.is_none_or(|t| t.elapsed() >= FIGURES_EVERY) {
+            last_figures = Some(Instant::now());
+            if let Err(e) = cluster.read_figures().await {
+                tracing::debug!(error = %e, "shared store: the delivery figures could not be read");
             }
         }
         if last_prune.elapsed() >= PRUNE_EVERY {

@@ -75,7 +75,13 @@ pub async fn mark_done(cluster: &Cluster, sink: &str, seq: i64) -> Result<(), Cl
 
 /// Try again in `wait`; only while this node still holds the lease (another
 /// node that took it over after the lease ran out decides from then on).
-pub async fn mark_retry(cluster: &Cluster, sink: &str, seq: i64, wait: Duration, error: &str) -> Result<(), ClusterError> {
+pub async fn mark_retry(
+    cluster: &Cluster,
+    sink: &str,
+    seq: i64,
+    wait: Duration,
+    error: &str,
+) -> Result<(), ClusterError> {
     let client = cluster.client().await?;
     client
         .execute(

@@ -79,13 +79,7 @@ impl StoreConfig {
             None => host_name().ok_or("node: no host name to default to; set node")?,
         };
         check_node(&node)?;
-        Ok(Some(SharedStore {
-            url,
-            node,
-            heartbeat: self.heartbeat,
-            dead_after: self.dead_after,
-            lease: self.lease,
-        }))
+        Ok(Some(SharedStore { url, node, heartbeat: self.heartbeat, dead_after: self.dead_after, lease: self.lease }))
     }
 
     /// Problems as `(key, message)`.

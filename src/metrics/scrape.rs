@@ -201,7 +201,15 @@ impl Sources {
             Some(PublisherRef(p)) => p.sink_label(name),
             None => super::sink_label(name),
         };
-        let sinks = db.pending_dead_by_sink()?.into_iter().map(|(name, p, d)| (label(&name), p, d)).collect();
+        let mut sinks: Vec<(String, u64, u64)> =
+            db.pending_dead_by_sink()?.into_iter().map(|(name, p, d)| (label(&name), p, d)).collect();
+        // On a cluster the shared sinks' deliveries are in PostgreSQL: the
+        // cluster's figures, the same on every node.
+        if let Some(PublisherRef(p)) = self.outbox.get() {
+            for (name, pending, dead) in p.shared_figures().unwrap_or_default() {
+                sinks.push((label(&name), pending, dead));
+            }
+        }
         let conn = db.conn();
         let overdue = crate::store::overdue_by_line(conn, now)?;
         let after = self.handled_seq.load(Ordering::Relaxed);

@@ -161,6 +161,8 @@ pub struct Publisher {
     pub(super) held: Held,
     /// Signs the recording links events carry (`[http] public_url`).
     pub(super) links: Option<Arc<crate::http::links::Links>>,
+    /// The shared store, on a cluster.
+    pub(super) cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// Events the outbox could not take (disk full): kept in memory, in order,
@@ -388,7 +390,13 @@ impl Delivery {
     }
 
     pub fn publisher(&self) -> Publisher {
-        Publisher { db: self.db.clone(), sinks: self.live.clone(), held: self.held.clone(), links: self.links.clone() }
+        Publisher {
+            db: self.db.clone(),
+            sinks: self.live.clone(),
+            held: self.held.clone(),
+            links: self.links.clone(),
+            cluster: self.cluster.clone(),
+        }
     }
 
     fn workers(&self) -> std::sync::MutexGuard<'_, Workers> {

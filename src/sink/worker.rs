@@ -24,6 +24,12 @@ impl Publisher {
         self.held.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
+    /// On a cluster, the shared sinks' pending and dead deliveries across
+    /// it, as last read (`cluster::Cluster::shared_figures`).
+    pub fn shared_figures(&self) -> Option<Vec<(String, u64, u64)>> {
+        self.cluster.as_ref().and_then(|c| c.shared_figures())
+    }
+
     /// The label the metrics give the sink named `name` ([`crate::sink::delivery::LiveSinks::label_of`]).
     pub fn sink_label(&self, name: &str) -> String {
         self.sinks.label_of(name)

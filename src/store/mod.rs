@@ -326,7 +326,8 @@ pub(crate) fn follow(conn: &Connection, event: &Event) -> rusqlite::Result<()> {
         }
         EventType::LeadUpdated => {
             let reopen = at.is_some_and(|ms| {
-                Event::keyed(EventType::LeadUpdated, &format!("reopened {ms}"), event.created_at.clone(), &event.lead).id
+                Event::keyed(EventType::LeadUpdated, &format!("reopened {ms}"), event.created_at.clone(), &event.lead)
+                    .id
                     == event.id
             });
             if reopen {
