@@ -54,3 +54,13 @@ CREATE TABLE nodes (
     reaped_ms BIGINT,
     reaped_by TEXT
 );
+
+-- Recordings (`[store] recordings = "database"`): uploaded with the event
+-- that names them, in its transaction, so a lead's links work from any node.
+-- A node serving a link for a file it has not got fetches it from here.
+CREATE TABLE recordings (
+    file TEXT PRIMARY KEY,
+    node TEXT NOT NULL,
+    bytes BYTEA NOT NULL,
+    created_ms BIGINT NOT NULL DEFAULT backstop_now_ms()
+);

@@ -148,7 +148,8 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> a
     let cluster = match cfg.store.shared().map_err(|e| anyhow::anyhow!("[store] {e}"))? {
         Some(store) => {
             let cluster = Arc::new(crate::cluster::Cluster::new(&store).context("[store]")?);
-            delivery.set_cluster(cluster.clone());
+            let recordings = store.recordings_in_database.then(|| cfg.recordings_dir());
+            delivery.set_cluster(cluster.clone(), recordings);
             tracing::info!(node = %store.node, "a node of a cluster: PostgreSQL is the shared store");
             Some(cluster)
         }

@@ -23,6 +23,7 @@
 pub mod migrate;
 pub mod nodes;
 pub mod queue;
+pub mod recordings;
 pub mod replica;
 pub mod ship;
 

@@ -12,15 +12,21 @@ use crate::sink::outbox::SinkSpec;
 /// Commit `event` (committed locally at `created_ms`) to the shared store,
 /// with deliveries for the sinks in `shared` that take it. True when it was
 /// new there.
+/// With `recordings`, the recordings the event names are uploaded from
+/// that directory in the same transaction (`cluster::recordings`).
 pub async fn ship(
     cluster: &Cluster,
     event: &Event,
     created_ms: i64,
     shared: &[SinkSpec],
+    recordings: Option<&std::path::Path>,
 ) -> Result<bool, ClusterError> {
     let body = serde_json::to_string(event)?;
     let mut client = cluster.client().await?;
     let tx = client.transaction().await?;
+    if let Some(dir) = recordings {
+        super::recordings::upload(&tx, cluster, dir, event).await?;
+    }
     let row = tx
         .query_opt(
             "INSERT INTO events (id, kind, call_id, lead_id, node, created_ms, body)
@@ -50,13 +56,15 @@ pub async fn ship(
 pub struct Shipper {
     pub cluster: std::sync::Arc<Cluster>,
     pub sinks: LiveSinks,
+    /// The recordings directory, when recordings go to the database.
+    pub recordings: Option<std::path::PathBuf>,
 }
 
 impl Shipper {
     /// Ship one event; the shared workers are woken when it was new.
     pub async fn deliver(&self, event: &Event, created_ms: i64) -> Result<(), ClusterError> {
         let set = self.sinks.current();
-        if ship(&self.cluster, event, created_ms, set.shared_specs()).await? {
+        if ship(&self.cluster, event, created_ms, set.shared_specs(), self.recordings.as_deref()).await? {
             set.wake_shared();
         }
         Ok(())

@@ -29,7 +29,7 @@ use serde::Deserialize;
 pub use sip::{CallConfig, RegisterConfig, RtpConfig, SecurityConfig, SipConfig};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-pub use store::{SharedStore, StoreConfig};
+pub use store::{RecordingsStore, SharedStore, StoreConfig};
 pub use text_back::TextBackConfig;
 pub use transcribe::{EngineKind, TranscribeConfig};
 pub use value::{HttpUrl, SipTarget, TargetTransport, ValueError};

@@ -32,6 +32,18 @@ pub struct StoreConfig {
     /// mid-delivery). Longer than any webhook timeout.
     #[serde(rename = "lease_secs", with = "value::secs")]
     pub lease: Duration,
+    /// Where the nodes find each other's recordings: `database` (uploaded
+    /// with the lead's event), or `local` (each node its own
+    /// DATA_DIR/recordings; a directory the nodes share, mounted there).
+    pub recordings: RecordingsStore,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordingsStore {
+    #[default]
+    Database,
+    Local,
 }
 
 impl Default for StoreConfig {
@@ -43,6 +55,7 @@ impl Default for StoreConfig {
             heartbeat: Duration::from_secs(1),
             dead_after: Duration::from_secs(15),
             lease: Duration::from_secs(60),
+            recordings: RecordingsStore::Database,
         }
     }
 }
@@ -55,6 +68,8 @@ pub struct SharedStore {
     pub heartbeat: Duration,
     pub dead_after: Duration,
     pub lease: Duration,
+    /// Recordings go to the database with the events naming them.
+    pub recordings_in_database: bool,
 }
 
 impl std::fmt::Debug for SharedStore {
@@ -79,7 +94,14 @@ impl StoreConfig {
             None => host_name().ok_or("node: no host name to default to; set node")?,
         };
         check_node(&node)?;
-        Ok(Some(SharedStore { url, node, heartbeat: self.heartbeat, dead_after: self.dead_after, lease: self.lease }))
+        Ok(Some(SharedStore {
+            url,
+            node,
+            heartbeat: self.heartbeat,
+            dead_after: self.dead_after,
+            lease: self.lease,
+            recordings_in_database: self.recordings == RecordingsStore::Database,
+        }))
     }
 
     /// Problems as `(key, message)`.

@@ -31,7 +31,7 @@ mod api;
 pub mod auth;
 pub mod links;
 mod pages;
-mod recordings;
+pub(crate) mod recordings;
 pub mod sms;
 
 use crate::config::Config;

@@ -43,9 +43,25 @@ pub async fn serve(
         Err(LinkError::Expired) => return (StatusCode::FORBIDDEN, "this link has expired\n").into_response(),
         Err(LinkError::BadSignature) => return (StatusCode::FORBIDDEN, "bad signature\n").into_response(),
     }
-    let path = app.recordings.join(&file);
+    let mut path = app.recordings.join(&file);
     if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
-        return (StatusCode::NOT_FOUND, "not found\n").into_response();
+        // On a cluster another node may have taken the call: its recordings are in the shared store.
+        let fetched = match app.publisher.cluster() {
+            Some(cluster) => crate::cluster::recordings::fetch(cluster, &app.recordings, &file).await,
+            None => Ok(None),
+        };
+        match fetched {
+            Ok(Some(p)) => path = p,
+            Ok(None) => return (StatusCode::NOT_FOUND, "not found\n").into_response(),
+            Err(e) => {
+                tracing::warn!(file = file.as_str(), error = %e, "a recording could not be fetched from the shared store");
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the recording is on another node; the shared store is not reachable\n",
+                )
+                    .into_response();
+            }
+        }
     }
     let mut res = match tower_http::services::ServeFile::new(&path).oneshot(req).await {
         Ok(r) => r.map(Body::new),

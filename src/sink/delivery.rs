@@ -350,8 +350,9 @@ impl Delivery {
     /// Run as a node of a cluster (`[store] url`): ship every event to the
     /// shared store, deliver webhooks and text-backs from there, follow the
     /// other nodes, heartbeat. Before [`Delivery::spawn`] and the sinks.
-    pub fn set_cluster(&mut self, cluster: Arc<crate::cluster::Cluster>) {
-        let shipper = crate::cluster::ship::Shipper { cluster: cluster.clone(), sinks: self.live.clone() };
+    /// With `recordings`, the recordings events name go to the database too.
+    pub fn set_cluster(&mut self, cluster: Arc<crate::cluster::Cluster>, recordings: Option<PathBuf>) {
+        let shipper = crate::cluster::ship::Shipper { cluster: cluster.clone(), sinks: self.live.clone(), recordings };
         let ship = Sink {
             spec: SinkSpec {
                 name: crate::cluster::SHIP_SINK.into(),

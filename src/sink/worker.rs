@@ -24,6 +24,11 @@ impl Publisher {
         self.held.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
+    /// The shared store, on a cluster.
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.cluster.as_ref()
+    }
+
     /// On a cluster, the shared sinks' pending and dead deliveries across
     /// it, as last read (`cluster::Cluster::shared_figures`).
     pub fn shared_figures(&self) -> Option<Vec<(String, u64, u64)>> {
