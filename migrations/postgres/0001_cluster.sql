@@ -64,3 +64,32 @@ CREATE TABLE recordings (
     bytes BYTEA NOT NULL,
     created_ms BIGINT NOT NULL DEFAULT backstop_now_ms()
 );
+
+-- The text-back's decisions and the opt-outs, shared (src/textback/db.rs
+-- has the same tables in each node's SQLite, with what each column means):
+-- a caller is texted once across the cluster, and a STOP that reached any
+-- node stops the texts from every node.
+CREATE TABLE text_backs (
+    event_id TEXT NOT NULL,
+    sink TEXT NOT NULL,
+    lead_id TEXT NOT NULL,
+    number TEXT,
+    sender TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('sending', 'sent', 'skipped', 'failed', 'retry', 'unknown')),
+    reason TEXT,
+    sid TEXT,
+    sent_ms BIGINT,
+    created_ms BIGINT NOT NULL,
+    updated_ms BIGINT NOT NULL,
+    PRIMARY KEY (event_id, sink)
+);
+CREATE INDEX text_backs_number ON text_backs (number, sender, sent_ms);
+CREATE TABLE sms_opt_outs (
+    number TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    opted_out BOOLEAN NOT NULL,
+    keyword TEXT NOT NULL,
+    account_sid TEXT,
+    updated_ms BIGINT NOT NULL,
+    PRIMARY KEY (number, sender)
+);

@@ -185,6 +185,7 @@ impl HttpFace {
         });
         let mut router = router(app.clone());
         if let Some(s) = sms::SmsState::from_config(&ctx.cfg)? {
+            let s = s.with_cluster(app.publisher.cluster().cloned());
             router = router.merge(sms::routes(s));
         }
         let router = router

@@ -38,6 +38,9 @@ pub struct SmsState {
     /// `[http] public_url`, without a trailing slash.
     public_url: Option<String>,
     db: Arc<Mutex<Connection>>,
+    /// On a cluster, opt-outs are recorded in the shared store too, where
+    /// every node's text-back reads them.
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl SmsState {
@@ -69,7 +72,14 @@ impl SmsState {
             accounts: Arc::new(accounts),
             public_url: public_url.map(|u| u.trim_end_matches('/').to_string()),
             db: Arc::new(Mutex::new(conn)),
+            cluster: None,
         }
+    }
+
+    /// Record opt-outs in the cluster's shared store as well.
+    pub fn with_cluster(mut self, cluster: Option<Arc<crate::cluster::Cluster>>) -> SmsState {
+        self.cluster = cluster;
+        self
     }
 }
 
@@ -154,6 +164,20 @@ async fn inbound(
             Err(e) => {
                 audit("500", account, from, to, action);
                 tracing::error!(error = %e, "the opt-out task failed");
+                return (StatusCode::INTERNAL_SERVER_ERROR, "try again\n").into_response();
+            }
+        }
+        if let Some(cluster) = &st.cluster {
+            let number = backstop_core::textback::textable(from).unwrap_or_else(|| from.trim().to_string());
+            let sender = crate::textback::db::sender_of(Some(to));
+            let word = text.trim().to_ascii_uppercase();
+            let now = crate::sink::delivery::now_ms();
+            let shared =
+                crate::textback::shared::set_opt_out(cluster, &number, &sender, stop, &word, Some(account), now).await;
+            if let Err(e) = shared {
+                // Kept here; the other nodes learn it only when the provider sends it again.
+                audit("500", account, from, to, action);
+                tracing::error!(error = %e, "could not record an opt-out in the shared store; asking the provider to send it again");
                 return (StatusCode::INTERNAL_SERVER_ERROR, "try again\n").into_response();
             }
         }

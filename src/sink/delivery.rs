@@ -465,6 +465,9 @@ impl Delivery {
     fn start_worker(&self, r: &mut Running) -> tokio::task::JoinHandle<()> {
         let (stop, rx) = watch::channel(false);
         r.stop = stop;
+        if let (Some(cluster), Target::TextBack(sender)) = (&self.cluster, &r.sink.target) {
+            sender.use_cluster(cluster.clone());
+        }
         let queue = match &self.cluster {
             Some(cluster) if r.sink.target.shared() => Queue::Shared(cluster.clone()),
             _ => Queue::Local(self.db.clone()),

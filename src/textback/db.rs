@@ -108,6 +108,10 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
+/// Why a send claimed before and never recorded is not tried again.
+pub(super) const IN_FLIGHT: &str = "outcome unknown: an earlier attempt got no answer (the agent stopped, or it timed out); \
+                                    not sent again, so the caller is never texted twice";
+
 /// What the call's event needs from the table.
 pub struct Request<'a> {
     pub event_id: &'a str,
@@ -150,10 +154,8 @@ pub fn claim(conn: &mut Connection, r: &Request<'_>, now_ms: i64) -> rusqlite::R
         .optional()?;
     match prior.as_deref() {
         Some("sending") => {
-            let reason = "outcome unknown: an earlier attempt got no answer (the agent stopped, or it timed out); \
-                          not sent again, so the caller is never texted twice";
-            set_status(&tx, r.event_id, r.sink, "unknown", Some(reason), None, now_ms)?;
-            show(&tx, r.lead_id, &TextBack::failed(reason));
+            set_status(&tx, r.event_id, r.sink, "unknown", Some(IN_FLIGHT), None, now_ms)?;
+            show(&tx, r.lead_id, &TextBack::failed(IN_FLIGHT));
             tx.commit()?;
             return Ok(Claim::WasInFlight);
         }
@@ -185,7 +187,7 @@ pub fn claim(conn: &mut Connection, r: &Request<'_>, now_ms: i64) -> rusqlite::R
 /// Put the outcome on the lead in the store. A failure there is logged and
 /// does not undo the decision: the row here is what keeps a text from
 /// going out twice, and must not be held up by the inbox's table.
-fn show(conn: &Connection, lead_id: &str, t: &TextBack) {
+pub(super) fn show(conn: &Connection, lead_id: &str, t: &TextBack) {
     if let Err(e) = crate::store::set_text_back(conn, lead_id, t) {
         tracing::warn!(lead = lead_id, error = %e, "could not record the text-back on the lead");
     }
@@ -229,15 +231,19 @@ pub fn finish(
 ) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     set_status(&tx, key.event_id, key.sink, status, reason, sid, now_ms)?;
-    let shown = match status {
-        "sent" => Some(TextBack::sent(sid.map(str::to_string))),
-        "retry" => None,
-        _ => Some(TextBack::failed(reason.unwrap_or(status))),
-    };
-    if let Some(t) = shown {
+    if let Some(t) = shown(status, reason, sid) {
         show(&tx, key.lead_id, &t);
     }
     tx.commit()
+}
+
+/// What the lead shows of a send that ended `status` (nothing while it will be retried).
+pub(super) fn shown(status: &str, reason: Option<&str>, sid: Option<&str>) -> Option<TextBack> {
+    match status {
+        "sent" => Some(TextBack::sent(sid.map(str::to_string))),
+        "retry" => None,
+        _ => Some(TextBack::failed(reason.unwrap_or(status))),
+    }
 }
 
 fn set_status(

@@ -24,6 +24,7 @@
 //! from the same number share its opt-outs.
 
 pub mod db;
+pub mod shared;
 pub mod twilio;
 
 use crate::config::{Config, TextBackConfig};
@@ -48,6 +49,9 @@ pub struct Sender {
     url: String,
     client: reqwest::Client,
     db: Arc<Mutex<Connection>>,
+    /// On a cluster, the decisions and opt-outs are the shared store's
+    /// (`shared`); the lead's display stays in this node's store.
+    cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 /// The done answer to the outbox: nothing more to deliver for this event.
@@ -64,7 +68,27 @@ impl Sender {
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
         let url = twilio::messages_url(cfg.base_url.as_str(), &cfg.account_sid);
-        Ok(Sender { name, cfg, auth_token, url, client, db })
+        Ok(Sender { name, cfg, auth_token, url, client, db, cluster: Default::default() })
+    }
+
+    /// Decide on the cluster's shared store from now on (`[store]`).
+    pub fn use_cluster(&self, cluster: Arc<crate::cluster::Cluster>) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    /// Claim on the shared store, and show on the lead here what the claim decided.
+    async fn claim_shared(&self, cluster: &crate::cluster::Cluster, r: &db::Request<'_>) -> Result<Claim, String> {
+        let claim = shared::claim(cluster, r, now_ms()).await.map_err(|e| e.to_string())?;
+        let shown = match &claim {
+            Claim::WasInFlight => Some(backstop_core::textback::TextBack::failed(db::IN_FLIGHT)),
+            Claim::Skipped(reason) => Some(backstop_core::textback::TextBack::skipped(*reason)),
+            _ => None,
+        };
+        if let Some(t) = shown {
+            let lead = r.lead_id.to_string();
+            let _ = self.blocking(move |c| Ok(db::show(c, &lead, &t))).await;
+        }
+        Ok(claim)
     }
 
     /// Decide and, if allowed, send: the outbox retries what this reports as retryable.
@@ -82,7 +106,17 @@ impl Sender {
             last_sent_ms: None,
         };
         let (sink, sender, once) = (self.name.clone(), self.cfg.from.clone(), self.cfg.once_per_ms());
-        let claim = {
+        let claim = if let Some(cluster) = self.cluster.get() {
+            let r = db::Request {
+                event_id: &event_id,
+                sink: &sink,
+                lead_id: &lead_id,
+                sender: &sender,
+                facts: request_facts,
+                once_per_ms: once,
+            };
+            self.claim_shared(cluster, &r).await
+        } else {
             let (event_id, lead_id) = (event_id.clone(), lead_id.clone());
             self.blocking(move |c| {
                 let r = db::Request {
@@ -96,6 +130,7 @@ impl Sender {
                 db::claim(c, &r, now_ms())
             })
             .await
+            .map_err(|e| e.to_string())
         };
         let to = match claim {
             Err(e) => return Attempt::Transport(format!("text-back table: {e}")),
@@ -163,12 +198,26 @@ impl Sender {
         };
         let sink = self.name.clone();
         let reason_db = reason.clone();
-        let recorded = self
-            .blocking(move |c| {
+        let recorded = match self.cluster.get() {
+            Some(cluster) => {
                 let key = db::Key { event_id: &event_id, sink: &sink, lead_id: &lead_id };
-                db::finish(c, &key, status, reason_db.as_deref(), sid.as_deref(), now_ms())
-            })
-            .await;
+                let done = shared::finish(cluster, &key, status, reason_db.as_deref(), sid.as_deref(), now_ms())
+                    .await
+                    .map_err(|e| e.to_string());
+                if let (Ok(()), Some(t)) = (&done, db::shown(status, reason_db.as_deref(), sid.as_deref())) {
+                    let lead = lead_id.clone();
+                    let _ = self.blocking(move |c| Ok(db::show(c, &lead, &t))).await;
+                }
+                done
+            }
+            None => self
+                .blocking(move |c| {
+                    let key = db::Key { event_id: &event_id, sink: &sink, lead_id: &lead_id };
+                    db::finish(c, &key, status, reason_db.as_deref(), sid.as_deref(), now_ms())
+                })
+                .await
+                .map_err(|e| e.to_string()),
+        };
         if let Err(e) = recorded {
             // The claim stays `sending`: the retry records it as unknown, and sends nothing.
             tracing::error!(sink = %self.name, event = %event.id, error = %e, "could not record the text-back's outcome");
@@ -202,9 +251,17 @@ impl Sender {
         let number = number.to_string();
         let account = self.cfg.account_sid.clone();
         let sender = db::sender_of(Some(&self.cfg.from));
-        let r = self
-            .blocking(move |c| db::set_opt_out(c, &number, &sender, true, "API 21610", Some(&account), now_ms()))
-            .await;
+        let r = match self.cluster.get() {
+            Some(cluster) => {
+                shared::set_opt_out(cluster, &number, &sender, true, "API 21610", Some(&account), now_ms())
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            None => self
+                .blocking(move |c| db::set_opt_out(c, &number, &sender, true, "API 21610", Some(&account), now_ms()))
+                .await
+                .map_err(|e| e.to_string()),
+        };
         if let Err(e) = r {
             tracing::warn!(sink = %self.name, error = %e, "could not record the opt-out the API reported");
         }
