@@ -53,6 +53,17 @@ pub async fn reap(cluster: &Cluster) -> Result<Vec<String>, ClusterError> {
     Ok(rows.into_iter().map(|r| r.get(0)).collect())
 }
 
+/// A clean stop: this node has no call open and nothing left to ship, so
+/// it marks itself gone (reaped by itself) and no survivor looks for its
+/// calls. It is taken back by its next heartbeat.
+pub async fn leave(cluster: &Cluster) -> Result<(), ClusterError> {
+    let client = cluster.client().await?;
+    client
+        .execute("UPDATE nodes SET reaped_ms = backstop_now_ms(), reaped_by = $1 WHERE node = $1", &[&cluster.node])
+        .await?;
+    Ok(())
+}
+
 /// Give a reaped node back (its calls could not be closed): the next round reaps it again.
 async fn unreap(cluster: &Cluster, node: &str) -> Result<(), ClusterError> {
     let client = cluster.client().await?;
@@ -139,14 +150,14 @@ pub async fn run(cluster: Arc<Cluster>, publisher: Publisher, keep: Duration, mu
             Ok(reaped_by) => {
                 // The first heartbeat of this process: a reaping found then happened while it was down.
                 let first = std::mem::replace(&mut never_beat, false);
-                if let Some(by) = reaped_by.as_ref().filter(|_| first) {
+                if let Some(by) = reaped_by.as_ref().filter(|by| first && **by != cluster.node) {
                     tracing::info!(node = %cluster.node, %by, "shared store: while this node was down, another closed its open calls");
                 }
                 if up_since.is_none() {
                     tracing::info!(node = %cluster.node, "shared store: heartbeats going through");
                     up_since = Some(Instant::now());
                 }
-                if let Some(by) = reaped_by.filter(|_| !first) {
+                if let Some(by) = reaped_by.filter(|by| !first && *by != cluster.node) {
                     tracing::error!(node = %cluster.node, %by, "shared store: this node was taken for dead (no heartbeat for [store] dead_after_secs); the calls it had open then were closed as interrupted by the other node");
                 }
             }
@@ -164,6 +175,9 @@ pub async fn run(cluster: Arc<Cluster>, publisher: Publisher, keep: Duration, mu
                 Ok(dead) => {
                     for node in dead {
                         match close_calls(&cluster, &publisher, &node).await {
+                            Ok(0) => {
+                                tracing::info!(%node, "shared store: node silent past dead_after_secs, with no call open")
+                            }
                             Ok(n) => {
                                 tracing::warn!(%node, calls = n, "shared store: node silent past dead_after_secs; its open calls are closed as interrupted")
                             }

@@ -581,6 +581,29 @@ const SHIP_SETTINGS: &str = "ship";
 
 /// The sinks as a publish reads them. On a cluster the shared ones get
 /// their deliveries in the shared store, not in this node's outbox.
+impl Delivery {
+    /// At a clean stop on a cluster: when everything has shipped, tell the
+    /// others this node left (`cluster::nodes::leave`), so none takes it for
+    /// dead. With events still to ship, it says nothing: a survivor closes
+    /// whatever calls the shared store shows open, and the rest ships at
+    /// the next start.
+    pub async fn leave_cluster(&self) {
+        let Some(cluster) = &self.cluster else { return };
+        let pending = {
+            let db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+            db.due(crate::cluster::SHIP_SINK, i64::MAX, 1).map(|d| d.len()).unwrap_or(1)
+        };
+        if pending > 0 {
+            tracing::warn!("stopping with events not shipped to the shared store yet; they ship at the next start");
+            return;
+        }
+        match crate::cluster::nodes::leave(cluster).await {
+            Ok(()) => tracing::info!(node = %cluster.node, "left the cluster"),
+            Err(e) => tracing::warn!(error = %e, "could not tell the shared store this node left"),
+        }
+    }
+}
+
 fn set_of(running: &[Running], cluster: bool) -> SinkSet {
     let (shared, local): (Vec<&Running>, Vec<&Running>) =
         running.iter().partition(|r| cluster && r.sink.target.shared());
