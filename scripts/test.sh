@@ -11,6 +11,8 @@
 #   scripts/get-model.sh fetches and checks the model the transcription tests use;
 #   chromium and chromium-driver (WebDriver) drive the lead inbox in a real browser;
 #   Prometheus scrapes /metrics during a SIPp run, and its promtool checks the exposition;
+#   PostgreSQL 15 (Debian's postgresql) is the cluster store's shared database, started by
+#   the tests themselves on a loopback port in a temporary data directory;
 #   Prism (npm, pinned in tests/contracts/) serves Twilio's published OpenAPI
 #   description as a validating mock for the text-back contract test.
 # Tests talk to loopback only. Run as root: apt-get on a fresh machine, and
@@ -32,6 +34,7 @@ command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+[ -x /usr/lib/postgresql/15/bin/postgres ] || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   sudo=""

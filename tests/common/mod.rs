@@ -5,6 +5,7 @@
 
 pub mod kamailio;
 pub mod pcap;
+pub mod postgres;
 pub mod receiver;
 pub mod scenario;
 
