@@ -5,6 +5,9 @@
 //! to the real agent, the texts' requests checked by Prism, the outcome read
 //! from the agent's database; STOP by a signed inbound-message webhook,
 //! which opts the caller out of texts from the number it was sent to only.
+//! On a cluster (`[store]`, a real PostgreSQL from `common::postgres`), two
+//! agents decide in the shared store: one text per caller, and a STOP to
+//! either stops both.
 //!
 //! Prism comes from `BACKSTOP_PRISM` (scripts/test.sh sets it) or
 //! `tests/contracts/node_modules/.bin/prism`. Without it the tests fail
@@ -447,4 +450,88 @@ fn a_stop_to_one_sending_number_leaves_the_others_and_a_start_to_another_does_no
         audited[1].contains("action=\"opt_in\"") && audited[1].contains(&format!("to=\"{FROM_B}\"")),
         "{audited:?}"
     );
+}
+
+/// The text-backs the cluster's shared store decided: (number, status, reason), oldest first.
+fn shared_rows(pg: &common::postgres::Postgres, db: &str) -> Vec<(String, String, String)> {
+    pg.psql(
+        db,
+        "SELECT coalesce(number, ''), status, coalesce(reason, '') FROM text_backs ORDER BY created_ms, event_id",
+    )
+    .lines()
+    .filter(|l| !l.is_empty())
+    .map(|l| {
+        let mut f = l.split('|').map(str::to_string);
+        (f.next().unwrap_or_default(), f.next().unwrap_or_default(), f.next().unwrap_or_default())
+    })
+    .collect()
+}
+
+/// Wait until the shared store has `n` decided text-backs.
+fn wait_shared_rows(
+    pg: &common::postgres::Postgres,
+    db: &str,
+    n: usize,
+    agents: &[&AgentProc],
+) -> Vec<(String, String, String)> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = shared_rows(pg, db);
+        if r.iter().filter(|(_, s, _)| s != "sending" && s != "retry").count() >= n {
+            return r;
+        }
+        let logs: Vec<String> = agents.iter().map(|a| a.log()).collect();
+        assert!(
+            Instant::now() < deadline,
+            "expected {n} decided text-backs in the shared store, got {r:?}\n{}",
+            logs.join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Two agents sharing one PostgreSQL (`[store]`): the text-back decides
+/// there, so a caller texted after a call to one node is not texted again
+/// after a call to the other inside the window, and a STOP sent to one
+/// node's `/sms/inbound` stops the other node's texts.
+#[test]
+fn on_a_cluster_a_caller_is_texted_once_and_a_stop_to_one_node_stops_the_others() {
+    let Some(prism) = Prism::start("tb-prism-cluster") else { return };
+    let pg = common::postgres::Postgres::shared();
+    let db = "tb_cluster";
+    let url = pg.fresh_database(db);
+    let store =
+        |node: &str| format!("[store]\nurl = \"{url}\"\nnode = \"{node}\"\nheartbeat_ms = 500\ndead_after_secs = 3\n");
+    let a = agent("tb-cluster-a", &prism, &store("tb-a"));
+    let http = free_port();
+    let public = format!("http://127.0.0.1:{http}");
+    let b = agent(
+        "tb-cluster-b",
+        &prism,
+        &format!("{}[http]\nlisten = \"127.0.0.1:{http}\"\npublic_url = \"{public}\"\n", store("tb-b")),
+    );
+    wait_port(http);
+
+    // Texted after the call to node a...
+    call_from(&a, "tb-cluster-1", "+15551230001");
+    let r = wait_shared_rows(pg, db, 1, &[&a, &b]);
+    assert_eq!((r[0].0.as_str(), r[0].1.as_str()), ("+15551230001", "sent"), "{r:?}\n{}", a.log());
+    // ...and not again after a call to node b inside once_per_hours.
+    call_from(&b, "tb-cluster-2", "+15551230001");
+    let r = wait_shared_rows(pg, db, 2, &[&a, &b]);
+    assert_eq!((r[1].1.as_str(), r[1].2.as_str()), ("skipped", "recently_texted"), "{r:?}\n{}", b.log());
+
+    // A STOP to node b's webhook; the next missed call from that number reaches node a: no text.
+    let stop = inbound("+15551230002", "STOP");
+    let sig = backstop::textback::twilio::signature(TOKEN, &format!("{public}/sms/inbound"), &stop);
+    let (status, resp) = post_form(http, "/sms/inbound", &stop, &sig);
+    assert_eq!(status, 200, "{resp}\n{}", b.log());
+    assert_eq!(pg.psql(db, "SELECT number || ' ' || opted_out FROM sms_opt_outs"), "+15551230002 true");
+    call_from(&a, "tb-cluster-3", "+15551230002");
+    let r = wait_shared_rows(pg, db, 3, &[&a, &b]);
+    assert_eq!((r[2].0.as_str(), r[2].1.as_str(), r[2].2.as_str()), ("+15551230002", "skipped", "opted_out"), "{r:?}");
+
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(prism.message_requests().len(), 1, "one text for three missed calls:\n{}", prism.log());
+    assert_valid(&prism);
 }
