@@ -553,8 +553,10 @@ pub fn handled_after_seq(conn: &Connection, after_seq: i64) -> rusqlite::Result<
 }
 
 /// The handlings in a range of sequences, oldest first, at most ?3.
-pub(crate) const HANDLED_AFTER_SQL: &str =
-    "SELECT seq, body FROM events WHERE seq > ?1 AND seq <= ?2 AND kind = 'lead.handled' ORDER BY seq LIMIT ?3";
+/// Only this node's handlings (`remote = 0`): on a cluster each is counted
+/// by the node that committed it, so a sum across the nodes counts it once.
+pub(crate) const HANDLED_AFTER_SQL: &str = "SELECT seq, body FROM events \
+     WHERE seq > ?1 AND seq <= ?2 AND kind = 'lead.handled' AND remote = 0 ORDER BY seq LIMIT ?3";
 
 /// One lead by its id.
 pub fn get(conn: &Connection, id: &str, now_ms: i64) -> rusqlite::Result<Option<StoredLead>> {

@@ -725,3 +725,64 @@ async fn leads_past_their_last_allowed_reminder_or_unreadable_do_not_starve_the_
     // Nothing more to do now.
     assert_eq!(clock::tick(&p, &policy, now + MIN).await.unwrap(), Some(now + 60 * MIN));
 }
+
+/// A cluster node's store follows another node's events (`Outbox::apply_remote`):
+/// the lead, its handling and its reopening, without deliveries, and never
+/// taken for a call of its own.
+#[test]
+fn another_nodes_events_are_followed_without_deliveries_or_calls_of_our_own() {
+    let (da, db) = (Dir::new("node-a"), Dir::new("node-b"));
+    let (mut a, mut b) = (Outbox::open(&da.db()).unwrap(), Outbox::open(&db.db()).unwrap());
+    let l = lead(1, T0, Some(15));
+    put(&mut a, EventType::CallMissed, &l, T0);
+    // The call is in progress on node a: node b follows it but never closes it as its own.
+    for e in committed(&mut a, "lead-1") {
+        assert!(b.apply_remote(&e, T0).unwrap());
+    }
+    assert!(b.unfinished_calls().unwrap().is_empty(), "another node's open call is not ours to close");
+    assert_eq!(a.unfinished_calls().unwrap().len(), 1);
+    put(&mut a, EventType::LeadCompleted, &l, T0 + MIN);
+    mark_handled_in(&mut a, &[hook()], "lead-1", "ann", Some("booked".into()), T0 + 5 * MIN).unwrap();
+    let seen = committed(&mut a, "lead-1");
+    for e in &seen {
+        b.apply_remote(e, T0 + 5 * MIN).unwrap();
+    }
+    // Applied once: again, nothing.
+    assert!(!b.apply_remote(&seen[1], T0 + 6 * MIN).unwrap());
+    let got = get(b.conn(), "lead-1", T0 + 6 * MIN).unwrap().unwrap();
+    assert_eq!(got.status, LeadStatus::Handled);
+    let cb = got.lead.callback.unwrap();
+    assert_eq!((cb.handled_by.as_deref(), cb.note.as_deref()), (Some("ann"), Some("booked")));
+    assert_eq!(cb.time_to_callback_secs, Some(300));
+    assert_eq!(kinds(&mut b), ["call.missed", "lead.completed", "lead.handled"]);
+    let (deliveries, remote): (i64, i64) = b
+        .conn()
+        .query_row(
+            "SELECT (SELECT COUNT(*) FROM deliveries), (SELECT COUNT(*) FROM events WHERE remote = 1)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((deliveries, remote), (0, 3), "its own node delivers it; node b only follows");
+    // The handling is counted by the node that made it, not again by the followers.
+    assert_eq!(handled_after_seq(b.conn(), 0).unwrap().0, Vec::<u64>::new());
+    assert_eq!(handled_after_seq(a.conn(), 0).unwrap().0, vec![300]);
+
+    // Reopened on node a: open on node b too, its reminder back.
+    let (reopened, published) = change_in(&mut a, &[hook()], "lead-1", T0 + 7 * MIN, reopening).unwrap();
+    assert!(published && reopened.status == LeadStatus::New);
+    let last = committed(&mut a, "lead-1").pop().unwrap();
+    assert_eq!(last.kind, EventType::LeadUpdated);
+    assert!(b.apply_remote(&last, T0 + 7 * MIN).unwrap());
+    let got = get(b.conn(), "lead-1", T0 + 7 * MIN).unwrap().unwrap();
+    assert_eq!(got.status, LeadStatus::New);
+    assert!(got.lead.callback.unwrap().handled_by.is_none());
+    // A transcript's lead.updated is not a reopen: a handled lead stays handled.
+    mark_handled_in(&mut a, &[hook()], "lead-1", "ann", None, T0 + 8 * MIN).unwrap();
+    for e in committed(&mut a, "lead-1") {
+        b.apply_remote(&e, T0 + 8 * MIN).unwrap();
+    }
+    let update = Event::keyed(EventType::LeadUpdated, "update 1", ms_rfc3339(T0 + 9 * MIN), &l);
+    assert!(b.apply_remote(&update, T0 + 9 * MIN).unwrap());
+    assert_eq!(get(b.conn(), "lead-1", T0 + 9 * MIN).unwrap().unwrap().status, LeadStatus::Handled);
+}
