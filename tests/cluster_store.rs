@@ -513,12 +513,14 @@ fn a_killed_nodes_calls_are_closed_by_a_survivor_while_it_stays_dead() {
     let started = Instant::now();
     let load = std::thread::spawn(move || place_calls(&dir, &call(3000), target, CALLS, 10));
 
-    // Right after one of node 0's calls is ACKed (as tests/cluster.rs does:
-    // no call of it is then caught between its 100 and its 200).
+    // Once node 0 has ended calls (their lead.completed waiting for the
+    // receiver too), right after one of its calls is ACKed (as
+    // tests/cluster.rs does: no call of it is then caught between its 100
+    // and its 200).
     let acks = |n: &AgentProc| n.log().matches("ACK received").count();
     let deadline = Instant::now() + Duration::from_secs(15);
-    while acks(&cluster.nodes[0]) < 4 {
-        assert!(Instant::now() < deadline, "node 0 never got calls\n{}", cluster.kamailio.log());
+    while final_leads(&cluster.nodes[0]).len() < 2 {
+        assert!(Instant::now() < deadline, "node 0 never ended calls\n{}", cluster.kamailio.log());
         std::thread::sleep(Duration::from_millis(10));
     }
     let seen = acks(&cluster.nodes[0]);
@@ -674,12 +676,10 @@ fn a_database_outage_under_load_loses_no_lead() {
     let started = Instant::now();
     let load = std::thread::spawn(move || place_calls(&dir, &call(2000), target, CALLS, 10));
 
-    // A few calls in, stop the server for 10 s.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while cluster.nodes.iter().map(|n| n.log().matches("ACK received").count()).sum::<usize>() < 20 {
-        assert!(Instant::now() < deadline, "no calls\n{}", cluster.kamailio.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // Once events flow (10 calls' lead.completed delivered), stop the server for 10 s.
+    rx.wait_for(Duration::from_secs(15), "10 lead.completed", |s| {
+        s.iter().filter(|x| x.kind() == "lead.completed").count() >= 10
+    });
     let before = Delivered::of(&rx.seen());
     let stop_at = started.elapsed();
     pg.stop();
