@@ -85,8 +85,25 @@ impl Cluster {
     }
 
     fn logs(&self) -> String {
-        self.nodes.iter().enumerate().map(|(i, n)| format!("=== node{i} log:\n{}\n", n.log())).collect()
+        let nodes: Vec<&AgentProc> = self.nodes.iter().collect();
+        logs(&nodes)
     }
+}
+
+/// The nodes' logs without their DEBUG lines (each keeps its whole log in its kept directory).
+fn logs(nodes: &[&AgentProc]) -> String {
+    let mut out = String::new();
+    for n in nodes {
+        out.push_str(&format!("=== {}/agent.log, INFO and up:\n", n.dir.display()));
+        for line in n.log().lines() {
+            let level = line.split_whitespace().nth(1).unwrap_or("");
+            if ["INFO", "WARN", "ERROR"].contains(&level) {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
 }
 
 /// The shipped config with its documented defaults replaced for loopback (as tests/cluster.rs does).
@@ -223,6 +240,23 @@ fn open_calls(node: &AgentProc) -> BTreeSet<String> {
     taken.difference(&call_ids(&final_leads(node))).cloned().collect()
 }
 
+/// The events a (dead) node committed to its SQLite outbox and had not
+/// shipped to PostgreSQL: (kind, Call-ID, committed at in Unix ms).
+fn unshipped(node: &AgentProc) -> Vec<(String, String, i64)> {
+    let db = rusqlite::Connection::open_with_flags(
+        node.dir.join("data/outbox.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("the node's outbox");
+    let mut q = db
+        .prepare(
+            "SELECT e.kind, e.call_id, e.created_ms FROM events e JOIN deliveries d ON d.seq = e.seq \
+             WHERE d.sink = 'postgres' AND d.state = 'pending' ORDER BY e.seq",
+        )
+        .expect("the outbox's tables");
+    q.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect()
+}
+
 /// The timestamps (the first word, RFC 3339) of the agent log's lines saying `what`.
 fn log_times(log: &str, what: &str) -> Vec<jiff::Timestamp> {
     log.lines()
@@ -310,7 +344,8 @@ fn wait_leads(nodes: &[&AgentProc], n: usize, limit: Duration) -> Vec<Vec<serde_
     loop {
         let per_node: Vec<_> = nodes.iter().map(|a| final_leads(a)).collect();
         let total: usize = per_node.iter().map(Vec::len).sum();
-        let done = per_node.iter().flatten().all(|l| l["ended_at"].is_string());
+        // Finished: ended, or closed as interrupted by a survivor.
+        let done = per_node.iter().flatten().all(|l| l["ended_at"].is_string() || l["outcome"] == "interrupted");
         if (total >= n && done) || Instant::now() > deadline {
             return per_node;
         }
@@ -318,15 +353,18 @@ fn wait_leads(nodes: &[&AgentProc], n: usize, limit: Duration) -> Vec<Vec<serde_
     }
 }
 
-/// Every Call-ID has exactly one lead, on exactly one node; returns them.
-fn one_lead_per_call(per_node: &[Vec<serde_json::Value>]) -> BTreeSet<String> {
-    let mut seen = BTreeMap::<String, usize>::new();
-    for lead in per_node.iter().flatten() {
-        *seen.entry(lead["call_id"].as_str().expect("call_id").to_string()).or_default() += 1;
+/// The Call-IDs of the nodes' leads, and those with more than one lead
+/// (on one node or across nodes).
+fn lead_calls(per_node: &[Vec<serde_json::Value>]) -> (BTreeSet<String>, Vec<String>) {
+    let mut seen = BTreeMap::<String, Vec<String>>::new();
+    for (i, leads) in per_node.iter().enumerate() {
+        for lead in leads {
+            let call = lead["call_id"].as_str().expect("call_id").to_string();
+            seen.entry(call).or_default().push(format!("{} on node{i}", lead["outcome"]));
+        }
     }
-    let dup: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(dup.is_empty(), "Call-IDs with more than one lead: {dup:?}");
-    seen.into_keys().collect()
+    let dup = seen.iter().filter(|(_, l)| l.len() > 1).map(|(c, l)| format!("{c}: {}", l.join(", "))).collect();
+    (seen.into_keys().collect(), dup)
 }
 
 /// The shared store's count of `sql` (one number).
@@ -392,7 +430,7 @@ fn calls_spread_over_three_nodes_with_one_lead_completed_each() {
     let nodes: Vec<&AgentProc> = cluster.nodes.iter().collect();
     let per_node = wait_leads(&nodes, CALLS as usize, Duration::from_secs(15));
     let shares: Vec<usize> = per_node.iter().map(Vec::len).collect();
-    let calls = one_lead_per_call(&per_node);
+    let (calls, dup_leads) = lead_calls(&per_node);
     let d = wait_completed(&rx, &calls, Duration::from_secs(30));
     let delivered_in = started.elapsed();
     let shipped = count(pg, "spread", "SELECT count(*) FROM events WHERE kind = 'lead.completed'");
@@ -407,6 +445,7 @@ fn calls_spread_over_three_nodes_with_one_lead_completed_each() {
         d.figures()
     );
     assert!(shares.iter().all(|n| *n > 0), "every node takes a share: {shares:?}");
+    assert!(dup_leads.is_empty(), "Call-IDs with more than one lead: {dup_leads:?}");
     assert_eq!(calls.len(), CALLS as usize, "one lead per call: {shares:?}");
     assert_eq!(d.bad_signatures, 0);
     let missing: Vec<_> = calls.iter().filter(|c| !d.completed.contains_key(*c)).collect();
@@ -450,12 +489,12 @@ fn a_draining_node_loses_no_call_and_no_event() {
     let load = load.join().unwrap();
     assert!(load.success, "SIPp failed: {}\nkamailio:\n{}", load.errors, cluster.kamailio.log());
     assert_eq!((load.successful, load.failed), (CALLS as u64, 0), "0 failed calls");
-    assert!(exited, "node 0 exits cleanly once its calls are done\n{}", cluster.nodes[0].log());
+    assert!(exited, "node 0 exits cleanly once its calls are done\n{}", logs(&[&cluster.nodes[0]]));
 
     let nodes: Vec<&AgentProc> = cluster.nodes.iter().collect();
     let per_node = wait_leads(&nodes, CALLS as usize, Duration::from_secs(15));
     let shares: Vec<usize> = per_node.iter().map(Vec::len).collect();
-    let calls = one_lead_per_call(&per_node);
+    let (calls, dup_leads) = lead_calls(&per_node);
     let d = wait_completed(&rx, &calls, Duration::from_secs(30));
     let node0_calls = call_ids(&per_node[0]);
     let late = log_times(&cluster.nodes[0].log(), "}: INVITE from=")
@@ -473,6 +512,7 @@ fn a_draining_node_loses_no_call_and_no_event() {
         calls.len(),
         d.figures()
     );
+    assert!(dup_leads.is_empty(), "Call-IDs with more than one lead: {dup_leads:?}");
     assert_eq!(calls.len(), CALLS as usize, "one lead per call: {shares:?}");
     assert!(!in_progress.is_empty(), "node 0 had calls up at SIGTERM");
     assert!(in_progress.is_subset(&node0_calls), "its calls in progress finished on it: {in_progress:?}");
@@ -551,6 +591,11 @@ fn a_killed_nodes_calls_are_closed_by_a_survivor_while_it_stays_dead() {
     rx.set_default(Reply::status(200));
     let up = open_calls(&cluster.nodes[0]);
     let ended_before = call_ids(&final_leads(&cluster.nodes[0]));
+    // What it had committed and not shipped (its survivors cannot know of these).
+    let left = unshipped(&cluster.nodes[0]);
+    let killed_ms = killed.as_millisecond();
+    let left_ages: Vec<String> =
+        left.iter().map(|(kind, call, at)| format!("{kind} {call} {} ms before", killed_ms - at)).collect();
     assert!(!up.is_empty(), "node 0 had calls up at the kill");
 
     // While node 0 stays dead: a survivor closes each of them.
@@ -608,7 +653,8 @@ fn a_killed_nodes_calls_are_closed_by_a_survivor_while_it_stays_dead() {
          up, {} of its events shipped and not delivered (the receiver answering 503 until then; {leased} under its \
          live claim); SIPp {} ok, {} failed; {} calls on nodes 1 and 2, {after_kill} of them after the kill; node 0's \
          calls up closed as interrupted at the receiver {closed_in:?} after the kill, reaped by {reaped_by}, \
-         interrupted lead.completed shipped by [{}], in nodes 1 and 2's leads.jsonl {reaped_in_file:?}; its \
+         interrupted lead.completed shipped by [{}], in nodes 1 and 2's leads.jsonl {reaped_in_file:?}; left \
+         unshipped in its outbox: {left_ages:?}; its \
          undelivered events delivered by the others: {pending_delivered}/{} ([{}]); {}",
         up.len(),
         pending.len(),
@@ -623,7 +669,8 @@ fn a_killed_nodes_calls_are_closed_by_a_survivor_while_it_stays_dead() {
     let not_closed: Vec<_> = up.iter().filter(|c| !closed.completed.contains_key(*c)).collect();
     assert!(
         not_closed.is_empty(),
-        "calls up on the killed node without lead.completed (node 0 still dead): {not_closed:?}\n{}",
+        "calls up on the killed node without lead.completed (node 0 still dead): {not_closed:?}; \
+         node 0's events committed and not shipped at the kill: {left_ages:?}\n{}",
         cluster.logs()
     );
     for c in &up {
@@ -695,10 +742,12 @@ fn a_database_outage_under_load_loses_no_lead() {
     let nodes: Vec<&AgentProc> = cluster.nodes.iter().collect();
     let per_node = wait_leads(&nodes, CALLS as usize, Duration::from_secs(15));
     let shares: Vec<usize> = per_node.iter().map(Vec::len).collect();
-    let calls = one_lead_per_call(&per_node);
+    let (calls, dup_leads) = lead_calls(&per_node);
     let d = wait_completed(&rx, &calls, Duration::from_secs(40));
     let all_in = started.elapsed();
     let shipped = count(pg, "outage", "SELECT count(*) FROM events WHERE kind = 'lead.completed'");
+    let reaped =
+        pg.psql("outage", "SELECT node || ' by ' || reaped_by FROM nodes WHERE reaped_by <> node ORDER BY node");
     let interrupted: Vec<_> = d
         .completed
         .values()
@@ -710,17 +759,21 @@ fn a_database_outage_under_load_loses_no_lead() {
         "store outage: {CALLS} calls at 10/s, 2 s each, in {took:?}; PostgreSQL stopped {stop_at:?} in for \
          {down_for:?} (back {back_at:?} in); SIPp {} ok, {} failed; leads per node {shares:?} ({} in all); \
          lead.completed at the receiver before the stop {}, during it {}, all in at {all_in:?}; {}; lead.completed \
-         in PostgreSQL {shipped}; interrupted {}",
+         in PostgreSQL {shipped}; interrupted {}; nodes reaped: [{}]; Call-IDs with two leads {}: {dup_leads:?}",
         load.successful,
         load.failed,
         calls.len(),
         before.completed.len(),
         during.completed.len(),
         d.figures(),
-        interrupted.len()
+        interrupted.len(),
+        reaped.replace('\n', ", "),
+        dup_leads.len()
     );
     assert!(load.success, "SIPp failed: {}\nkamailio:\n{}", load.errors, cluster.kamailio.log());
     assert_eq!((load.successful, load.failed), (CALLS as u64, 0), "0 failed calls");
+    assert!(reaped.is_empty(), "no node taken for dead for the outage: {reaped}\n{}", cluster.logs());
+    assert!(dup_leads.is_empty(), "Call-IDs with more than one lead: {dup_leads:?}");
     assert_eq!(calls.len(), CALLS as usize, "one lead per call: {shares:?}");
     let missing: Vec<_> = calls.iter().filter(|c| !d.completed.contains_key(*c)).collect();
     assert!(
@@ -731,7 +784,7 @@ fn a_database_outage_under_load_loses_no_lead() {
     );
     assert!(d.calls_completed_twice().is_empty(), "calls with two lead.completed: {:?}", d.calls_completed_twice());
     assert!(d.duplicate_ids.is_empty(), "event ids delivered twice: {:?}", d.duplicate_ids);
-    assert!(interrupted.is_empty(), "no node taken for dead during the outage: {interrupted:?}");
+    assert!(interrupted.is_empty(), "no node taken for dead for the outage: {interrupted:?}");
     assert_eq!(shipped, CALLS as u64);
 }
 
@@ -862,7 +915,7 @@ fn any_node_serves(name: &str, store_extra: &str) {
         {
             break l;
         }
-        assert!(Instant::now() < deadline, "node 1's API never listed {lead_id} finished\n{}", nodes[1].log());
+        assert!(Instant::now() < deadline, "node 1's API never listed {lead_id} finished\n{}", logs(&[&nodes[1]]));
         std::thread::sleep(Duration::from_millis(100));
     };
     let one = web::get(b, &format!("/api/leads/{lead_id}"), &auth);
@@ -884,7 +937,7 @@ fn any_node_serves(name: &str, store_extra: &str) {
         assert!(!had, "node 1 has not got node 0's recording before it is asked for it");
     }
     let r = web::get(b, &path, &[]);
-    assert_eq!(r.status, 200, "node 1 serves node 0's link {path}\n{}", nodes[1].log());
+    assert_eq!(r.status, 200, "node 1 serves node 0's link {path}\n{}", logs(&[&nodes[1]]));
     if store_extra.is_empty() {
         assert_eq!(std::fs::read(&on_b).ok(), Some(on_a.clone()), "node 1 fetched it from PostgreSQL into its own dir");
     }
