@@ -2,6 +2,14 @@
 -- deliveries any live node may make. Applied by the agent at start
 -- (src/cluster/migrate.rs), once, under an advisory lock.
 
+-- Which database this is: a node that followed another one (restored,
+-- recreated) starts following this one from its beginning.
+CREATE TABLE cluster_meta (
+    id UUID NOT NULL DEFAULT gen_random_uuid(),
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+INSERT INTO cluster_meta DEFAULT VALUES;
+
 -- PostgreSQL's clock, in Unix milliseconds: leases and heartbeats are
 -- compared on one clock, whatever the nodes' clocks say.
 CREATE FUNCTION backstop_now_ms() RETURNS BIGINT
@@ -25,6 +33,9 @@ CREATE TABLE events (
 );
 CREATE INDEX events_call ON events (call_id, seq);
 CREATE INDEX events_node_kind ON events (node, kind);
+CREATE INDEX events_lead ON events (lead_id, kind, seq);
+-- Pruning reads the oldest events only.
+CREATE INDEX events_inserted ON events (inserted_ms);
 
 -- One row per event and shared sink (webhooks, text-backs). A worker claims
 -- due rows with FOR UPDATE SKIP LOCKED and a lease; a call's events go out
@@ -43,6 +54,8 @@ CREATE TABLE deliveries (
     PRIMARY KEY (seq, sink)
 );
 CREATE INDEX deliveries_due ON deliveries (sink, state, next_ms);
+-- The claim walks a sink's pending rows in order, never its delivered ones.
+CREATE INDEX deliveries_pending ON deliveries (sink, seq) WHERE state = 'pending';
 CREATE INDEX deliveries_pending_call ON deliveries (sink, call_id, seq) WHERE state = 'pending';
 
 -- The nodes' heartbeats. A node silent past `dead_after` is reaped by

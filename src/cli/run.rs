@@ -284,11 +284,12 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> a
         }
         // The last leads reach leads.jsonl before we exit; webhooks resume at the next start.
         delivery.drain_files(Duration::from_secs(3)).await;
-        delivery.leave_cluster().await;
         let _ = workers_stop.send(true);
         for w in workers {
             let _ = tokio::time::timeout(Duration::from_secs(2), w).await;
         }
+        // After the workers and the heartbeat stopped: nothing claims or beats after this.
+        delivery.leave_cluster().await;
         // The reload task holds the face too: end it, so that the face can be waited for.
         if let Some(task) = reload {
             task.abort();

@@ -12,17 +12,17 @@ const LOCK: i64 = 0x6261_636b_7374_6f70;
 
 /// Apply what is missing. Returns how many were applied.
 pub async fn run(client: &mut tokio_postgres::Client) -> Result<usize, ClusterError> {
-    client
-        .batch_execute(
+    let mut applied = 0;
+    for (version, sql) in MIGRATIONS {
+        let tx = client.transaction().await?;
+        // The lock first: two nodes starting together create nothing twice.
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK]).await?;
+        tx.batch_execute(
             "CREATE TABLE IF NOT EXISTS backstop_migrations (
                 version INTEGER PRIMARY KEY,
                 applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
         )
         .await?;
-    let mut applied = 0;
-    for (version, sql) in MIGRATIONS {
-        let tx = client.transaction().await?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK]).await?;
         let done = tx.query_opt("SELECT 1 FROM backstop_migrations WHERE version = $1", &[version]).await?.is_some();
         if !done {
             tx.batch_execute(sql).await?;

@@ -48,10 +48,32 @@ pub enum ClusterError {
     Unreadable(#[from] serde_json::Error),
 }
 
+impl ClusterError {
+    /// PostgreSQL refused the data itself (SQLSTATE classes 22, data
+    /// exception, and 23, integrity): trying again cannot help.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            ClusterError::Db(e) => e.code().is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("23")),
+            ClusterError::Unreadable(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// A text column's value as PostgreSQL takes it: without NUL characters,
+/// which a `text` cannot hold (a Call-ID is the caller's to choose). Only
+/// the columns a query groups by; the event's JSON escapes them.
+pub(crate) fn text_value(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains('\0') { s.replace('\0', "").into() } else { s.into() }
+}
+
 /// A connection pool to the shared store, and who this node is.
 #[derive(Clone)]
 pub struct Cluster {
     pool: Pool,
+    /// Two connections of their own for the heartbeat and the reaping: a
+    /// pool busy with deliveries never makes a live node miss heartbeats.
+    control: Pool,
     pub node: String,
     pub settings: SharedStore,
     /// The shared sinks' pending and dead deliveries, cluster-wide, as
@@ -66,22 +88,44 @@ const FIGURES_STALE: Duration = Duration::from_secs(20);
 /// is retried by its loop): a dead database never blocks a worker for long.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// The longest a statement or an open transaction may take (well under the
+/// followers' `replica::HOLE_WAIT`).
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl Cluster {
     /// A pool for `store` (no connection is made yet).
     pub fn new(store: &SharedStore) -> Result<Cluster, ClusterError> {
         let mut pg: tokio_postgres::Config = store.url.parse()?;
         pg.connect_timeout(CONNECT_TIMEOUT);
         pg.application_name(&format!("backstop {}", store.node));
-        let manager =
-            Manager::from_config(pg, tokio_postgres::NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
-        let pool = Pool::builder(manager)
-            .max_size(16)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(CONNECT_TIMEOUT))
-            .create_timeout(Some(CONNECT_TIMEOUT))
-            .recycle_timeout(Some(CONNECT_TIMEOUT))
-            .build()?;
-        Ok(Cluster { pool, node: store.node.clone(), settings: store.clone(), figures: Default::default() })
+        // No statement runs, and no transaction stays open, past these: a
+        // commit never lands long after its insert took its number, which
+        // the followers would have skipped as a rollback (`replica`).
+        pg.options(&format!(
+            "-c statement_timeout={ms} -c idle_in_transaction_session_timeout={ms} -c lock_timeout={ms}",
+            ms = STATEMENT_TIMEOUT.as_millis()
+        ));
+        let pool = |size: usize| {
+            let manager = Manager::from_config(
+                pg.clone(),
+                tokio_postgres::NoTls,
+                ManagerConfig { recycling_method: RecyclingMethod::Fast },
+            );
+            Pool::builder(manager)
+                .max_size(size)
+                .runtime(Runtime::Tokio1)
+                .wait_timeout(Some(CONNECT_TIMEOUT))
+                .create_timeout(Some(CONNECT_TIMEOUT))
+                .recycle_timeout(Some(CONNECT_TIMEOUT))
+                .build()
+        };
+        Ok(Cluster {
+            pool: pool(16)?,
+            control: pool(2)?,
+            node: store.node.clone(),
+            settings: store.clone(),
+            figures: Default::default(),
+        })
     }
 
     /// Bring the schema up to date (`migrate`).
@@ -132,6 +176,11 @@ impl Cluster {
         let figures = rows.iter().map(|r| (r.get(0), r.get::<_, i64>(1) as u64, r.get::<_, i64>(2) as u64)).collect();
         *self.figures.lock().unwrap_or_else(|p| p.into_inner()) = Some((std::time::Instant::now(), figures));
         Ok(())
+    }
+
+    /// A connection for the heartbeat and the reaping.
+    pub(crate) async fn control(&self) -> Result<deadpool_postgres::Object, ClusterError> {
+        Ok(self.control.get().await?)
     }
 
     pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, ClusterError> {

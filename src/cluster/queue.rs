@@ -16,16 +16,17 @@ pub async fn claim(cluster: &Cluster, sink: &str, limit: i64) -> Result<Vec<Due>
     let client = cluster.client().await?;
     let rows = client
         .query(
-            "WITH due AS (
-                SELECT d.seq FROM deliveries d
-                WHERE d.sink = $1 AND d.state = 'pending' AND d.next_ms <= backstop_now_ms()
-                  AND (d.lease_until_ms IS NULL OR d.lease_until_ms <= backstop_now_ms())
+            "WITH now AS MATERIALIZED (SELECT backstop_now_ms() AS ms),
+             due AS (
+                SELECT d.seq FROM deliveries d, now
+                WHERE d.sink = $1 AND d.state = 'pending' AND d.next_ms <= now.ms
+                  AND (d.lease_until_ms IS NULL OR d.lease_until_ms <= now.ms)
                   AND NOT EXISTS (
                     SELECT 1 FROM deliveries p
                     WHERE p.sink = d.sink AND p.state = 'pending' AND p.call_id = d.call_id AND p.seq < d.seq)
                 ORDER BY d.seq LIMIT $2
-                FOR UPDATE SKIP LOCKED)
-             UPDATE deliveries d SET lease_until_ms = backstop_now_ms() + $3, leased_by = $4
+                FOR UPDATE OF d SKIP LOCKED)
+             UPDATE deliveries d SET lease_until_ms = (SELECT ms FROM now) + $3, leased_by = $4
              FROM due, events e
              WHERE d.sink = $1 AND d.seq = due.seq AND e.seq = d.seq
              RETURNING d.seq, d.attempts, e.body, e.created_ms",
@@ -38,9 +39,10 @@ pub async fn claim(cluster: &Cluster, sink: &str, limit: i64) -> Result<Vec<Due>
         let body: String = row.get(2);
         match serde_json::from_str::<Event>(&body) {
             Ok(event) => out.push(Due { seq, event, attempts: row.get::<_, i32>(1) as u32, created_ms: row.get(3) }),
+            // Likely a newer node's: left leased, for another node (or this
+            // one, upgraded) to take when the lease ends, never dead-lettered here.
             Err(e) => {
-                tracing::error!(seq, sink = %crate::metrics::sink_label(sink), error = %e, "unreadable event in the shared store; dead-lettered");
-                mark_dead(cluster, sink, seq, &format!("unreadable by this version: {e}")).await?;
+                tracing::warn!(seq, sink = %crate::metrics::sink_label(sink), error = %e, "an event in the shared store this version cannot read; left for a node that can")
             }
         }
     }

@@ -34,11 +34,13 @@ const HOLE_WAIT: Duration = Duration::from_secs(30);
 pub struct Cursor {
     pub at: i64,
     seen: BTreeMap<i64, Instant>,
+    /// Failed tries of the event that holds the follower up.
+    tries: std::collections::HashMap<i64, u32>,
 }
 
 impl Cursor {
     pub fn new(at: i64) -> Cursor {
-        Cursor { at, seen: BTreeMap::new() }
+        Cursor { at, seen: BTreeMap::new(), tries: Default::default() }
     }
 
     /// The numbers beyond the cursor already read.
@@ -85,46 +87,55 @@ async fn read(cluster: &Cluster, cursor: &Cursor) -> Result<Vec<(i64, String, St
     Ok(rows.into_iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
 }
 
-/// Apply what is new; how many rows were read.
+/// How often an event that cannot be applied here is tried before it is skipped.
+const MAX_TRIES: u32 = 20;
+
+/// Apply what is new; how many rows were read. Every row is applied, this
+/// node's own too: those are in its store already (`apply_remote` skips a
+/// known id), except what a survivor wrote in its name while it was taken
+/// for dead.
 pub async fn round(cluster: &Cluster, db: &Arc<Mutex<Outbox>>, cursor: &mut Cursor) -> Result<usize, ClusterError> {
     let rows = read(cluster, cursor).await?;
     let n = rows.len();
-    let theirs: Vec<(i64, Result<Event, serde_json::Error>)> = rows
-        .into_iter()
-        .filter_map(|(seq, node, body)| {
-            if node == cluster.node {
-                // Ours: already in the store. Seen all the same.
-                cursor.saw(seq, Instant::now());
-                None
-            } else {
-                Some((seq, serde_json::from_str::<Event>(&body)))
-            }
-        })
-        .collect();
+    let parsed: Vec<(i64, Result<Event, serde_json::Error>)> =
+        rows.into_iter().map(|(seq, _node, body)| (seq, serde_json::from_str::<Event>(&body))).collect();
     let db = db.clone();
-    let applied = tokio::task::spawn_blocking(move || {
-        let mut db = db.lock().unwrap_or_else(|p| p.into_inner());
+    let tries = std::mem::take(&mut cursor.tries);
+    let (applied, tries) = tokio::task::spawn_blocking(move || {
+        let mut tries = tries;
         let mut done = Vec::new();
-        for (seq, event) in theirs {
+        for (seq, event) in parsed {
             match event {
-                Ok(event) => match db.apply_remote(&event, now_ms()) {
+                // One event per hold of the lock: the node's own publishes go in between.
+                Ok(event) => match db.lock().unwrap_or_else(|p| p.into_inner()).apply_remote(&event, now_ms()) {
                     Ok(_) => done.push(seq),
                     Err(e) => {
+                        let n = tries.entry(seq).or_insert(0);
+                        *n += 1;
+                        if *n >= MAX_TRIES {
+                            tracing::error!(seq, event = %event.id, error = %e, "shared store: another node's event cannot be applied here; skipped after {MAX_TRIES} tries");
+                            done.push(seq);
+                            continue;
+                        }
                         // The store cannot take it now (a full disk): the rest waits, in order.
                         tracing::warn!(seq, error = %e, "shared store: another node's event could not be applied here; trying again");
                         break;
                     }
                 },
                 Err(e) => {
-                    tracing::error!(seq, error = %e, "shared store: unreadable event from another node; skipped");
+                    tracing::error!(seq, error = %e, "shared store: an event this version cannot read; skipped");
                     done.push(seq);
                 }
             }
         }
-        done
+        for seq in &done {
+            tries.remove(seq);
+        }
+        (done, tries)
     })
     .await
     .unwrap_or_default();
+    cursor.tries = tries;
     let now = Instant::now();
     for seq in applied {
         cursor.saw(seq, now);
@@ -132,42 +143,70 @@ pub async fn round(cluster: &Cluster, db: &Arc<Mutex<Outbox>>, cursor: &mut Curs
     Ok(n)
 }
 
+/// The shared database's identity (`cluster_meta`).
+async fn database_id(cluster: &Cluster) -> Result<String, ClusterError> {
+    let client = cluster.client().await?;
+    Ok(client.query_one("SELECT id::text FROM cluster_meta LIMIT 1", &[]).await?.get(0))
+}
+
+/// Where to start: the saved cursor, when it was saved for this database;
+/// else (a new node, or a database restored or recreated) its beginning.
+async fn start(cluster: &Cluster, db: &Arc<Mutex<Outbox>>) -> Result<(Cursor, String), ClusterError> {
+    let id = database_id(cluster).await?;
+    let db = db.clone();
+    let saved = tokio::task::spawn_blocking(move || db.lock().unwrap_or_else(|p| p.into_inner()).replica_cursor())
+        .await
+        .ok()
+        .and_then(Result::ok);
+    let at = match saved {
+        Some((at, Some(was))) if was == id => at,
+        Some((at, Some(_))) if at > 0 => {
+            tracing::warn!(
+                "shared store: another database than the one this node followed; following it from its beginning"
+            );
+            0
+        }
+        _ => 0,
+    };
+    Ok((Cursor::new(at), id))
+}
+
 /// Follow the shared events until `shutdown` flips.
 pub async fn run(cluster: Arc<Cluster>, db: Arc<Mutex<Outbox>>, mut shutdown: watch::Receiver<bool>) {
-    let start = {
-        let db = db.clone();
-        tokio::task::spawn_blocking(move || db.lock().unwrap_or_else(|p| p.into_inner()).replica_cursor())
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or(0)
-    };
-    let mut cursor = Cursor::new(start);
+    let mut state: Option<(Cursor, String)> = None;
     let mut failing = false;
     loop {
         if *shutdown.borrow() {
             return;
         }
-        let wait = match round(&cluster, &db, &mut cursor).await {
-            Ok(n) => {
-                if failing {
-                    tracing::info!("shared store: following the other nodes again");
-                    failing = false;
+        if state.is_none() {
+            state = start(&cluster, &db).await.ok();
+        }
+        let wait = match &mut state {
+            None => Duration::from_secs(1),
+            Some((cursor, _)) => match round(&cluster, &db, cursor).await {
+                Ok(n) => {
+                    if failing {
+                        tracing::info!("shared store: following the other nodes again");
+                        failing = false;
+                    }
+                    if n as i64 == BATCH { Duration::ZERO } else { POLL }
                 }
-                if n as i64 == BATCH { Duration::ZERO } else { POLL }
-            }
-            Err(e) => {
-                if !failing {
-                    tracing::warn!(error = %e, "shared store: cannot read the other nodes' events; this node's own calls go on");
-                    failing = true;
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "shared store: cannot read the other nodes' events; this node's own calls go on");
+                        failing = true;
+                    }
+                    Duration::from_secs(1)
                 }
-                Duration::from_secs(1)
-            }
+            },
         };
-        if cursor.advance(Instant::now()) {
-            let (db, at) = (db.clone(), cursor.at);
+        if let Some((cursor, id)) = &mut state
+            && cursor.advance(Instant::now())
+        {
+            let (db, at, id) = (db.clone(), cursor.at, id.clone());
             let saved = tokio::task::spawn_blocking(move || {
-                db.lock().unwrap_or_else(|p| p.into_inner()).set_replica_cursor(at)
+                db.lock().unwrap_or_else(|p| p.into_inner()).set_replica_cursor(at, &id)
             })
             .await;
             if let Ok(Err(e)) = saved {

@@ -175,10 +175,9 @@ async fn inbound(
             let shared =
                 crate::textback::shared::set_opt_out(cluster, &number, &sender, stop, &word, Some(account), now).await;
             if let Err(e) = shared {
-                // Kept here; the other nodes learn it only when the provider sends it again.
-                audit("500", account, from, to, action);
-                tracing::error!(error = %e, "could not record an opt-out in the shared store; asking the provider to send it again");
-                return (StatusCode::INTERNAL_SERVER_ERROR, "try again\n").into_response();
+                // Kept here (this node honours it now), and taken into the
+                // shared store within seconds of its return (`cluster::nodes`).
+                tracing::warn!(error = %e, "an opt-out could not reach the shared store yet; it follows when the store is back");
             }
         }
     }

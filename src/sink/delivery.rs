@@ -451,7 +451,8 @@ impl Delivery {
         )));
         if let Some(cluster) = &self.cluster {
             tasks.push(tokio::spawn(crate::cluster::replica::run(cluster.clone(), self.db.clone(), shutdown.clone())));
-            tasks.push(tokio::spawn(crate::cluster::nodes::run(
+            tasks.push(tokio::spawn(crate::cluster::nodes::run(cluster.clone(), self.publisher(), shutdown.clone())));
+            tasks.push(tokio::spawn(crate::cluster::nodes::housekeeping(
                 cluster.clone(),
                 self.publisher(),
                 self.keep_delivered,
@@ -582,13 +583,21 @@ const SHIP_SETTINGS: &str = "ship";
 /// The sinks as a publish reads them. On a cluster the shared ones get
 /// their deliveries in the shared store, not in this node's outbox.
 impl Delivery {
-    /// At a clean stop on a cluster: when everything has shipped, tell the
-    /// others this node left (`cluster::nodes::leave`), so none takes it for
-    /// dead. With events still to ship, it says nothing: a survivor closes
-    /// whatever calls the shared store shows open, and the rest ships at
-    /// the next start.
+    /// At a stop on a cluster, once the workers and the heartbeat have
+    /// stopped: hand back the deliveries this node claimed, and when
+    /// everything has shipped, tell the others this node left
+    /// (`cluster::nodes::leave`), so none takes it for dead. With events
+    /// still to ship, it says nothing: a survivor closes whatever calls the
+    /// shared store shows open, and the rest ships at the next start.
     pub async fn leave_cluster(&self) {
         let Some(cluster) = &self.cluster else { return };
+        match crate::cluster::nodes::release_leases(cluster).await {
+            Ok(n) if n > 0 => tracing::info!(deliveries = n, "handed claimed deliveries back to the cluster"),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "could not hand claimed deliveries back; the others take them when their lease ends")
+            }
+        }
         let pending = {
             let db = self.db.lock().unwrap_or_else(|p| p.into_inner());
             db.due(crate::cluster::SHIP_SINK, i64::MAX, 1).map(|d| d.len()).unwrap_or(1)

@@ -222,21 +222,24 @@ impl Outbox {
         Ok(true)
     }
 
-    /// How far this node has followed the shared store's events.
-    pub fn replica_cursor(&self) -> rusqlite::Result<i64> {
-        let v: Option<String> = self
-            .conn
-            .query_row("SELECT value FROM store_meta WHERE key = 'replica_cursor'", [], |r| r.get(0))
-            .optional()?;
-        Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
+    /// How far this node has followed the shared store's events, and in
+    /// which database (its `cluster_meta` id): (cursor, database).
+    pub fn replica_cursor(&self) -> rusqlite::Result<(i64, Option<String>)> {
+        let get = |key: &str| -> rusqlite::Result<Option<String>> {
+            self.conn.query_row("SELECT value FROM store_meta WHERE key = ?1", params![key], |r| r.get(0)).optional()
+        };
+        let at = get("replica_cursor")?.and_then(|v| v.parse().ok()).unwrap_or(0);
+        Ok((at, get("replica_database")?))
     }
 
-    pub fn set_replica_cursor(&self, at: i64) -> rusqlite::Result<()> {
-        self.conn.execute(
-            "INSERT INTO store_meta (key, value) VALUES ('replica_cursor', ?1)
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            params![at.to_string()],
-        )?;
+    pub fn set_replica_cursor(&self, at: i64, database: &str) -> rusqlite::Result<()> {
+        for (key, value) in [("replica_cursor", at.to_string()), ("replica_database", database.to_string())] {
+            self.conn.execute(
+                "INSERT INTO store_meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )?;
+        }
         Ok(())
     }
 

@@ -29,6 +29,16 @@ impl Publisher {
         self.cluster.as_ref()
     }
 
+    /// The shared sinks of the live set (on a cluster).
+    pub fn shared_specs(&self) -> Vec<crate::sink::outbox::SinkSpec> {
+        self.sinks.current().shared_specs().to_vec()
+    }
+
+    /// Wake the shared sinks' workers.
+    pub fn wake_shared(&self) {
+        self.sinks.current().wake_shared();
+    }
+
     /// On a cluster, the shared sinks' pending and dead deliveries across
     /// it, as last read (`cluster::Cluster::shared_figures`).
     pub fn shared_figures(&self) -> Option<Vec<(String, u64, u64)>> {
@@ -200,6 +210,11 @@ async fn deliver(target: &Target, d: &Due) -> Attempt {
         Target::TextBack(sender) => sender.deliver(&d.event).await,
         Target::Ship(shipper) => match shipper.deliver(&d.event, d.created_ms).await {
             Ok(()) => Attempt::Status { code: 200, retry_after: None },
+            // Refused for what it holds: dead-lettered (`outbox retry --dead`), not retried forever.
+            Err(e) if e.is_permanent() => {
+                tracing::error!(event = %d.event.id, error = %e, "the shared store refuses this event");
+                Attempt::Status { code: 422, retry_after: None }
+            }
             Err(e) => Attempt::Transport(e.to_string()),
         },
         Target::LeadsFile(path) | Target::EventsFile(path) => {

@@ -278,6 +278,20 @@ pub fn opted_out(conn: &Connection, number: &str, sender: &str) -> rusqlite::Res
         .unwrap_or(false))
 }
 
+/// An opt-out row: number, sender, opted out, keyword, account, when.
+pub type OptOut = (String, String, bool, String, Option<String>, i64);
+
+/// The opt-out rows changed after `since_ms`, oldest first (a cluster node
+/// takes them into the shared store, `shared::upload_opt_outs`).
+pub fn opt_outs_since(conn: &Connection, since_ms: i64) -> rusqlite::Result<Vec<OptOut>> {
+    let mut st = conn.prepare(
+        "SELECT number, sender, opted_out, keyword, account_sid, updated_ms FROM sms_opt_outs_v2
+         WHERE updated_ms > ?1 ORDER BY updated_ms",
+    )?;
+    st.query_map(params![since_ms], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))?
+        .collect()
+}
+
 /// When `number` was last texted (or a text to it claimed) from `sender`.
 pub fn last_sent_ms(conn: &Connection, number: &str, sender: &str) -> rusqlite::Result<Option<i64>> {
     conn.query_row(

@@ -107,6 +107,12 @@ impl Sender {
         };
         let (sink, sender, once) = (self.name.clone(), self.cfg.from.clone(), self.cfg.once_per_ms());
         let claim = if let Some(cluster) = self.cluster.get() {
+            // This node's own opt-outs count too (one recorded while the shared store was away).
+            let mut request_facts = request_facts;
+            if let Some(n) = lead.caller.number.as_deref().and_then(backstop_core::textback::textable) {
+                let s = sender.clone();
+                request_facts.opted_out = self.blocking(move |c| db::opted_out(c, &n, &s)).await.unwrap_or(false);
+            }
             let r = db::Request {
                 event_id: &event_id,
                 sink: &sink,

@@ -36,13 +36,14 @@ pub async fn claim(cluster: &Cluster, r: &Request<'_>, now_ms: i64) -> Result<Cl
     }
     let mut facts = r.facts.clone();
     if let Some(n) = &number {
-        facts.opted_out = tx
+        // Opted out here (`r.facts`, this node's own table) or anywhere in the cluster.
+        facts.opted_out |= tx
             .query_one(
                 "SELECT COALESCE(bool_or(opted_out), false) FROM sms_opt_outs WHERE number = $1 AND sender IN ($2, $3)",
                 &[n, &r.sender, &ANY_SENDER],
             )
             .await?
-            .get(0);
+            .get::<_, bool>(0);
         facts.last_sent_ms = tx
             .query_one(
                 "SELECT MAX(sent_ms) FROM text_backs
@@ -141,6 +142,29 @@ pub async fn set_opt_out(
         )
         .await?;
     Ok(())
+}
+
+/// Take this node's opt-outs into the shared store, the newer row winning:
+/// a node that joins a cluster brings the STOPs it was sent. Returns how
+/// many rows changed there.
+pub async fn upload_opt_outs(cluster: &Cluster, rows: &[super::db::OptOut]) -> Result<u64, ClusterError> {
+    let mut client = cluster.client().await?;
+    let tx = client.transaction().await?;
+    let mut n = 0;
+    for (number, sender, opted_out, keyword, account_sid, updated_ms) in rows {
+        n += tx
+            .execute(
+                "INSERT INTO sms_opt_outs (number, sender, opted_out, keyword, account_sid, updated_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (number, sender) DO UPDATE SET opted_out = excluded.opted_out, keyword = excluded.keyword,
+                     account_sid = excluded.account_sid, updated_ms = excluded.updated_ms
+                 WHERE excluded.updated_ms > sms_opt_outs.updated_ms",
+                &[number, sender, opted_out, keyword, account_sid, updated_ms],
+            )
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(n)
 }
 
 /// Whether `number` opted out of texts from `sender` (or from every sender), cluster-wide.
