@@ -188,16 +188,15 @@ pub(super) async fn worker(
         }
         let mut set = tokio::task::JoinSet::new();
         for d in due {
-            let target = sink.target.clone();
+            let (queue, sink, metrics, shutdown) = (queue.clone(), sink.clone(), metrics.clone(), shutdown.clone());
+            // Each result recorded as it comes, side by side: one that waits
+            // for the shared store to come back holds up no other.
             set.spawn(async move {
-                let attempt = deliver(&target, &d).await;
-                (d, attempt)
+                let attempt = deliver(&sink.target, &d).await;
+                record(&queue, &sink, d, attempt, &metrics, &shutdown).await;
             });
         }
-        while let Some(joined) = set.join_next().await {
-            let Ok((d, attempt)) = joined else { continue };
-            record(&queue, &sink, d, attempt, &metrics, &shutdown).await;
-        }
+        while set.join_next().await.is_some() {}
     }
 }
 
