@@ -142,6 +142,11 @@ impl Postgres {
             ("full_page_writes", "off".into()),
             ("password_encryption", "scram-sha-256".into()),
             ("log_min_messages", "warning".into()),
+            // Diagnostics: lock waits past deadlock_timeout and slow statements.
+            ("log_lock_waits", "on".into()),
+            ("deadlock_timeout", "300ms".into()),
+            ("log_min_duration_statement", "500".into()),
+            ("log_line_prefix", "%m [%p] %d %a ".into()),
         ] {
             cmd.arg("-c").arg(format!("{k}={v}"));
         }
@@ -225,10 +230,19 @@ impl Postgres {
     }
 }
 
-/// At the test binary's exit: stop the server (bounded) and remove its directory.
+/// At the test binary's exit: stop the server (bounded) and remove its
+/// directory; its log is kept beside it when it noted lock waits or slow
+/// statements.
 extern "C" fn stop_at_exit() {
     if let Some(pg) = SHARED.get() {
         pg.stop();
+        let log = pg.log();
+        if log.contains("still waiting for") || log.contains("duration: ") {
+            let kept = pg.dir.with_extension("log");
+            if std::fs::write(&kept, &log).is_ok() {
+                eprintln!("postgres noted lock waits or slow statements: {}", kept.display());
+            }
+        }
         let _ = std::fs::remove_dir_all(&pg.dir);
     }
     let _ = std::io::stderr().flush();
