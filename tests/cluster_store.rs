@@ -16,7 +16,10 @@
 //!    exactly one `lead.callback_overdue` arrives;
 //! 6. any node: one node's API and inbox list another node's lead, and its
 //!    signed recording link is served by another node (recordings in the
-//!    database, and in a shared directory).
+//!    database, and in a shared directory);
+//! 7. frozen: a node stopped (SIGSTOP) past `dead_after_secs` with calls
+//!    up is reaped (one `interrupted` each), and once thawed the real end of
+//!    those calls goes out as `lead.updated`, not a second `lead.completed`.
 //!
 //! Run with `--nocapture` for the figures. The pieces of `tests/cluster.rs`
 //! used here (the Kamailio config, the SIPp load and its figures) are
@@ -844,6 +847,125 @@ fn a_database_outage_under_load_loses_no_lead() {
     assert!(d.calls_completed_twice().is_empty(), "calls with two lead.completed: {:?}", d.calls_completed_twice());
     assert!(d.duplicate_ids.is_empty(), "event ids delivered twice: {:?}", d.duplicate_ids);
     assert_eq!(shipped, CALLS as u64);
+}
+
+/// 7. A node frozen (SIGSTOP) past `dead_after_secs` with calls up, then
+///    thawed (SIGCONT): the README's "node cut off alone". While it is
+///    frozen a survivor closes each of its calls up with one
+///    `lead.completed`, `interrupted`; once it runs again, the real end of
+///    those calls goes out as `lead.updated`, so no call gets two
+///    `lead.completed`. INVITEs that met the frozen node were failed over by
+///    Kamailio (counted apart: the frozen node still sees them, cancelled).
+#[test]
+fn a_frozen_nodes_calls_are_closed_once_and_its_late_ends_are_updates() {
+    const CALLS: u32 = 60;
+    let _db = db_shared();
+    let pg = Postgres::shared();
+    let url = pg.fresh_database("frozen");
+    let hook_port = free_port();
+    let rx = Receiver::start(hook_port, key(), vec![]);
+    let mut cluster = Cluster::start("store-frozen", &url, FAST_FAILOVER, hook_port);
+    let dir = scratch_dir("store-frozen-sipp");
+    let target = cluster.kamailio.addr();
+    let load = std::thread::spawn(move || place_calls(&dir, &call(2000), target, CALLS, 10));
+
+    // Right after one of node 0's calls is ACKed, with nothing waiting to ship.
+    let acks = |n: &AgentProc| n.log().matches("ACK received").count();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while acks(&cluster.nodes[0]) < 3 {
+        assert!(Instant::now() < deadline, "node 0 never got calls\n{}", cluster.kamailio.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let seen = acks(&cluster.nodes[0]);
+    while acks(&cluster.nodes[0]) == seen {
+        assert!(Instant::now() < deadline, "node 0 got no more calls\n{}", cluster.kamailio.log());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let ship_deadline = Instant::now() + Duration::from_secs(2);
+    while !unshipped(&cluster.nodes[0]).is_empty() && Instant::now() < ship_deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let pid = cluster.nodes[0].pid() as libc::pid_t;
+    unsafe {
+        libc::kill(pid, libc::SIGSTOP);
+    }
+    let frozen_at = Instant::now();
+    let up = open_calls(&cluster.nodes[0]);
+    let left: BTreeSet<String> = unshipped(&cluster.nodes[0]).into_iter().map(|(_, c, _)| c).collect();
+    let known: BTreeSet<String> = up.difference(&left).cloned().collect();
+    // Frozen: a survivor closes them (dead after 3 s, bounded 15 s).
+    let closed = wait_completed(&rx, &known, Duration::from_secs(15));
+    let closed_in = frozen_at.elapsed();
+    let reaped_by = pg.psql("frozen", "SELECT coalesce(reaped_by, '-') FROM nodes WHERE node = 'node0'");
+    unsafe {
+        libc::kill(pid, libc::SIGCONT);
+    }
+    let frozen_for = frozen_at.elapsed();
+
+    let load = load.join().unwrap();
+    let nodes: Vec<&AgentProc> = cluster.nodes.iter().collect();
+    let per_node = wait_leads(&nodes, CALLS as usize, Duration::from_secs(15));
+    let (calls, dup_leads) = lead_calls(&per_node);
+    // The frozen node's calls up: their real end, as lead.updated.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let updated = loop {
+        let updated: BTreeSet<String> = rx
+            .seen()
+            .iter()
+            .filter(|s| s.kind() == "lead.updated" && known.contains(s.call_id()))
+            .map(|s| s.call_id().to_string())
+            .collect();
+        if updated.len() >= known.len() || Instant::now() > deadline {
+            break updated;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let d = wait_completed(&rx, &calls, Duration::from_secs(20));
+    let failed_over: BTreeSet<String> = cluster
+        .kamailio
+        .log()
+        .lines()
+        .filter(|l| l.contains(": retry on "))
+        .filter_map(|l| Some(l.split_once(": call ")?.1.split_once(':')?.0.to_string()))
+        .collect();
+    let twice: Vec<_> = d.calls_completed_twice().into_iter().map(|(c, _)| c.clone()).collect();
+    let (twice_failed_over, twice_else): (Vec<String>, Vec<String>) =
+        twice.into_iter().partition(|c| failed_over.contains(c));
+    let taken_for_dead = cluster.nodes[0].log().contains("this node was taken for dead");
+    println!(
+        "store frozen: {CALLS} calls at 10/s, 2 s each; node 0 frozen {frozen_for:?} with {} calls up ({} of their \
+         call.missed shipped); closed as interrupted at the receiver {closed_in:?} after the freeze, {} of {}, reaped \
+         by {reaped_by}; SIPp {} ok, {} failed; leads {} calls; their real end as lead.updated after the thaw: {} of \
+         {}; node 0 logged it was taken for dead: {taken_for_dead}; INVITEs failed over by Kamailio {} (calls with \
+         two lead.completed among them: {}); other calls with two lead.completed {}: {twice_else:?}; {}",
+        up.len(),
+        known.len(),
+        known.iter().filter(|c| closed.completed.contains_key(*c)).count(),
+        known.len(),
+        load.successful,
+        load.failed,
+        calls.len(),
+        updated.len(),
+        known.len(),
+        failed_over.len(),
+        twice_failed_over.len(),
+        twice_else.len(),
+        d.figures()
+    );
+    assert!(!known.is_empty(), "node 0 had calls up at the freeze");
+    for c in &known {
+        let events =
+            closed.completed.get(c).unwrap_or_else(|| panic!("{c}: no lead.completed while node 0 was frozen"));
+        let ev = events.values().next().unwrap();
+        assert_eq!(ev.event["lead"]["outcome"], "interrupted", "{c}: {}", ev.event);
+    }
+    assert!(!reaped_by.is_empty() && reaped_by != "-" && reaped_by != "node0", "reaped by a survivor: {reaped_by}");
+    assert!(twice_else.is_empty(), "calls with two lead.completed: {twice_else:?}");
+    assert_eq!(updated, known, "the real end of each call closed meanwhile goes out as lead.updated");
+    assert!(taken_for_dead, "node 0 says it was taken for dead");
+    assert!(d.duplicate_ids.is_empty(), "event ids delivered twice: {:?}", d.duplicate_ids);
+    let _ = dup_leads;
+    cluster.nodes[0].kill9();
 }
 
 /// 5. The node holding a lead dies (kill -9) after the call, before the
