@@ -19,7 +19,9 @@
 //!    database, and in a shared directory);
 //! 7. frozen: a node stopped (SIGSTOP) past `dead_after_secs` with calls
 //!    up is reaped (one `interrupted` each), and once thawed the real end of
-//!    those calls goes out as `lead.updated`, not a second `lead.completed`.
+//!    those calls goes out as `lead.updated`, not a second `lead.completed`;
+//! 8. the same with the reaping transaction slowed (a trigger sleeps in it)
+//!    while the thawed node ships its own ends: still one `lead.completed`.
 //!
 //! Run with `--nocapture` for the figures. The pieces of `tests/cluster.rs`
 //! used here (the Kamailio config, the SIPp load and its figures) are
@@ -966,6 +968,102 @@ fn a_frozen_nodes_calls_are_closed_once_and_its_late_ends_are_updates() {
     assert!(d.duplicate_ids.is_empty(), "event ids delivered twice: {:?}", d.duplicate_ids);
     let _ = dup_leads;
     cluster.nodes[0].kill9();
+}
+
+/// 8. The race behind test 7: a survivor's reaping transaction is slow (a
+///    trigger sleeps 4 s in it after its first `interrupted` row, as a
+///    survivor starved of CPU would be) and the frozen node thaws meanwhile
+///    and ships the real end of its calls. The shipper's check for another
+///    `lead.completed` of the call cannot see the reaper's uncommitted one,
+///    so both must not go out as `lead.completed`: a call gets exactly one.
+#[test]
+fn a_slow_reaping_racing_the_thawed_nodes_own_ends_still_gives_one_lead_completed() {
+    const CALLS: u32 = 30;
+    let _db = db_shared();
+    let pg = Postgres::shared();
+    let url = pg.fresh_database("race");
+    let hook_port = free_port();
+    let rx = Receiver::start(hook_port, key(), vec![]);
+    let cluster = Cluster::start("store-race", &url, FAST_FAILOVER, hook_port);
+    // Fault injection: the first interrupted lead.completed of a transaction sleeps 4 s in it.
+    pg.psql(
+        "race",
+        "CREATE FUNCTION slow_reap() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+           IF NEW.kind = 'lead.completed' AND NEW.body LIKE '%\"interrupted\"%' \
+              AND current_setting('backstop_test.slept', true) IS DISTINCT FROM 'yes' THEN \
+             PERFORM set_config('backstop_test.slept', 'yes', true); PERFORM pg_sleep(4); \
+           END IF; RETURN NEW; END $$; \
+         CREATE TRIGGER slow_reap AFTER INSERT ON events FOR EACH ROW EXECUTE FUNCTION slow_reap();",
+    );
+    let dir = scratch_dir("store-race-sipp");
+    let target = cluster.kamailio.addr();
+    let load = std::thread::spawn(move || place_calls(&dir, &call(2000), target, CALLS, 10));
+
+    let acks = |n: &AgentProc| n.log().matches("ACK received").count();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while acks(&cluster.nodes[0]) < 3 {
+        assert!(Instant::now() < deadline, "node 0 never got calls\n{}", cluster.kamailio.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let seen = acks(&cluster.nodes[0]);
+    while acks(&cluster.nodes[0]) == seen {
+        assert!(Instant::now() < deadline, "node 0 got no more calls\n{}", cluster.kamailio.log());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let ship_deadline = Instant::now() + Duration::from_secs(2);
+    while !unshipped(&cluster.nodes[0]).is_empty() && Instant::now() < ship_deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let pid = cluster.nodes[0].pid() as libc::pid_t;
+    unsafe {
+        libc::kill(pid, libc::SIGSTOP);
+    }
+    let frozen_at = Instant::now();
+    let up = open_calls(&cluster.nodes[0]);
+    // Thaw it once the reaper sleeps in its transaction.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while count(pg, "race", "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'") == 0 {
+        if Instant::now() > deadline {
+            unsafe {
+                libc::kill(pid, libc::SIGCONT);
+            }
+            panic!("no reaping began within 15 s of the freeze\n{}", cluster.logs());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let reaping_after = frozen_at.elapsed();
+    unsafe {
+        libc::kill(pid, libc::SIGCONT);
+    }
+
+    let load = load.join().unwrap();
+    let nodes: Vec<&AgentProc> = cluster.nodes.iter().collect();
+    let per_node = wait_leads(&nodes, CALLS as usize, Duration::from_secs(15));
+    let (calls, _) = lead_calls(&per_node);
+    let d = wait_completed(&rx, &calls, Duration::from_secs(20));
+    // Let any late one arrive.
+    std::thread::sleep(Duration::from_secs(2));
+    let d2 = Delivered::of(&rx.seen());
+    let twice: Vec<_> = d2.calls_completed_twice().into_iter().map(|(c, e)| format!("{c}: {e:?}")).collect();
+    let up_twice = up.iter().filter(|c| d2.completed.get(*c).is_some_and(|e| e.len() > 1)).count();
+    let in_pg = pg.psql(
+        "race",
+        "SELECT call_id || ': ' || string_agg(node || '/' || (body LIKE '%\"interrupted\"%')::text, ', ' ORDER BY seq) \
+         FROM events WHERE kind = 'lead.completed' GROUP BY call_id HAVING count(*) > 1",
+    );
+    println!(
+        "store race: {CALLS} calls; node 0 frozen with {} calls up, the reaping began {reaping_after:?} later and \
+         slept 4 s in its transaction while node 0 ran again; SIPp {} ok, {} failed; lead.completed for {} calls; \
+         calls with two lead.completed {} ({up_twice} of node 0's calls up); in PostgreSQL [{}]; {}",
+        up.len(),
+        load.successful,
+        load.failed,
+        d.completed.len(),
+        twice.len(),
+        in_pg.replace('\n', "; "),
+        d2.figures()
+    );
+    assert!(twice.is_empty(), "calls with two lead.completed: {twice:?}");
 }
 
 /// 5. The node holding a lead dies (kill -9) after the call, before the
