@@ -9,7 +9,9 @@
 //! - a `lead.completed` for a call that already has one from another node
 //!   (a survivor closed the call as `interrupted` while this one was cut
 //!   off) goes in as a `lead.updated`: the receiver learns the real end
-//!   without a second `lead.completed`;
+//!   without a second `lead.completed`; an `interrupted` one for a call that
+//!   ended meanwhile is dropped. A call's `lead.completed`s are taken one at
+//!   a time (an advisory lock on the call), so neither misses the other;
 //! - a `lead.callback_overdue` for a lead already handled (and not reopened
 //!   since) is kept, without deliveries: nobody is reminded of a lead that
 //!   was called back.
@@ -18,6 +20,7 @@ use super::{Cluster, ClusterError};
 use crate::sink::delivery::LiveSinks;
 use crate::sink::event::{Event, EventType};
 use crate::sink::outbox::SinkSpec;
+use backstop_core::intake::lead::Outcome;
 
 /// Insert `event` as shipped by `node` (committed there at `created_ms`),
 /// with deliveries for the sinks in `shared` that take it, inside `tx`.
@@ -35,6 +38,13 @@ pub async fn insert(
     }
     let mut event = event.clone();
     if event.kind == EventType::LeadCompleted {
+        // One call's ends one at a time (a survivor closing it, its own node
+        // shipping its real end): the second waits, then sees the first.
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended('call ' || $1, 0))",
+            &[&super::text_value(event.call_id())],
+        )
+        .await?;
         let closed = tx
             .query_opt(
                 "SELECT 1 FROM events WHERE call_id = $1 AND kind = 'lead.completed' AND id <> $2 LIMIT 1",
@@ -42,6 +52,10 @@ pub async fn insert(
             )
             .await?
             .is_some();
+        if closed && event.lead.outcome == Outcome::Interrupted {
+            // A survivor's close of a call that ended meanwhile: nothing to say.
+            return Ok(false);
+        }
         if closed {
             tracing::warn!(call_id = %event.call_id(), event = %event.id, "shared store: this call was closed by another node meanwhile; its lead goes out as lead.updated");
             event.kind = EventType::LeadUpdated;
