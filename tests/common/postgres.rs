@@ -14,7 +14,8 @@
 //! the switch to the `postgres` user (a credential change clears the
 //! setting, so the order matters); its backends exit when it does. At a
 //! normal exit an `atexit` hook stops it (fast shutdown) and removes the
-//! directory. Every wait is bounded.
+//! directory (kept with `BACKSTOP_KEEP_PG` set: its log notes lock waits
+//! and slow statements). Every wait is bounded.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -231,19 +232,16 @@ impl Postgres {
 }
 
 /// At the test binary's exit: stop the server (bounded) and remove its
-/// directory; its log is kept beside it when it noted lock waits or slow
-/// statements.
+/// directory, unless `BACKSTOP_KEEP_PG` is set (then its log, with lock
+/// waits and slow statements, stays for a look).
 extern "C" fn stop_at_exit() {
     if let Some(pg) = SHARED.get() {
         pg.stop();
-        let log = pg.log();
-        if log.contains("still waiting for") || log.contains("duration: ") {
-            let kept = pg.dir.with_extension("log");
-            if std::fs::write(&kept, &log).is_ok() {
-                eprintln!("postgres noted lock waits or slow statements: {}", kept.display());
-            }
+        if std::env::var_os("BACKSTOP_KEEP_PG").is_some() {
+            eprintln!("postgres kept (BACKSTOP_KEEP_PG): {}/postgres.log", pg.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&pg.dir);
         }
-        let _ = std::fs::remove_dir_all(&pg.dir);
     }
     let _ = std::io::stderr().flush();
 }
