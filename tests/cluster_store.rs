@@ -884,6 +884,32 @@ fn a_database_outage_under_load_loses_no_lead() {
     assert_eq!(shipped, CALLS as u64);
 }
 
+/// Freeze node 0 (SIGSTOP) right after one of its calls is ACKed (its third
+/// or later), once nothing waits to ship there (2 s at most); when it froze.
+fn freeze_node0_after_an_ack(cluster: &Cluster) -> Instant {
+    let acks = |n: &AgentProc| n.log().matches("ACK received").count();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while acks(&cluster.nodes[0]) < 3 {
+        assert!(Instant::now() < deadline, "node 0 never got calls\n{}", cluster.kamailio.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let seen = acks(&cluster.nodes[0]);
+    while acks(&cluster.nodes[0]) == seen {
+        assert!(Instant::now() < deadline, "node 0 got no more calls\n{}", cluster.kamailio.log());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let ship_deadline = Instant::now() + Duration::from_secs(2);
+    while !unshipped(&cluster.nodes[0]).is_empty() && Instant::now() < ship_deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let pid = cluster.nodes[0].pid() as libc::pid_t;
+    unsafe {
+        libc::kill(pid, libc::SIGSTOP);
+    }
+    let frozen_at = Instant::now();
+    frozen_at
+}
+
 /// 7. A node frozen (SIGSTOP) past `dead_after_secs` with calls up, then
 ///    thawed (SIGCONT): the README's "node cut off alone". While it is
 ///    frozen a survivor closes each of its calls up with one
@@ -905,27 +931,8 @@ fn a_frozen_nodes_calls_are_closed_once_and_its_late_ends_are_updates() {
     let target = cluster.kamailio.addr();
     let load = std::thread::spawn(move || place_calls(&dir, &call(2000), target, CALLS, 10));
 
-    // Right after one of node 0's calls is ACKed, with nothing waiting to ship.
-    let acks = |n: &AgentProc| n.log().matches("ACK received").count();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while acks(&cluster.nodes[0]) < 3 {
-        assert!(Instant::now() < deadline, "node 0 never got calls\n{}", cluster.kamailio.log());
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let seen = acks(&cluster.nodes[0]);
-    while acks(&cluster.nodes[0]) == seen {
-        assert!(Instant::now() < deadline, "node 0 got no more calls\n{}", cluster.kamailio.log());
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let ship_deadline = Instant::now() + Duration::from_secs(2);
-    while !unshipped(&cluster.nodes[0]).is_empty() && Instant::now() < ship_deadline {
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    let frozen_at = freeze_node0_after_an_ack(&cluster);
     let pid = cluster.nodes[0].pid() as libc::pid_t;
-    unsafe {
-        libc::kill(pid, libc::SIGSTOP);
-    }
-    let frozen_at = Instant::now();
     let up = open_calls(&cluster.nodes[0]);
     let left: BTreeSet<String> = unshipped(&cluster.nodes[0]).into_iter().map(|(_, c, _)| c).collect();
     let known: BTreeSet<String> = up.difference(&left).cloned().collect();
@@ -1034,26 +1041,8 @@ fn a_slow_reaping_racing_the_thawed_nodes_own_ends_still_gives_one_lead_complete
     let target = cluster.kamailio.addr();
     let load = std::thread::spawn(move || place_calls(&dir, &call(2000), target, CALLS, 10));
 
-    let acks = |n: &AgentProc| n.log().matches("ACK received").count();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while acks(&cluster.nodes[0]) < 3 {
-        assert!(Instant::now() < deadline, "node 0 never got calls\n{}", cluster.kamailio.log());
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let seen = acks(&cluster.nodes[0]);
-    while acks(&cluster.nodes[0]) == seen {
-        assert!(Instant::now() < deadline, "node 0 got no more calls\n{}", cluster.kamailio.log());
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let ship_deadline = Instant::now() + Duration::from_secs(2);
-    while !unshipped(&cluster.nodes[0]).is_empty() && Instant::now() < ship_deadline {
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    let frozen_at = freeze_node0_after_an_ack(&cluster);
     let pid = cluster.nodes[0].pid() as libc::pid_t;
-    unsafe {
-        libc::kill(pid, libc::SIGSTOP);
-    }
-    let frozen_at = Instant::now();
     let up = open_calls(&cluster.nodes[0]);
     // Thaw it once the reaper sleeps in its transaction.
     let deadline = Instant::now() + Duration::from_secs(15);

@@ -78,8 +78,11 @@ pub struct Cluster {
     pub settings: SharedStore,
     /// The shared sinks' pending and dead deliveries, cluster-wide, as
     /// last read (`nodes::run`), for the metrics.
-    figures: std::sync::Arc<std::sync::Mutex<Option<(std::time::Instant, Vec<(String, u64, u64)>)>>>,
+    figures: std::sync::Arc<std::sync::Mutex<Option<(std::time::Instant, Figures)>>>,
 }
+
+/// Each shared sink's name, pending and dead deliveries.
+pub type Figures = Vec<(String, u64, u64)>;
 
 /// Shared figures older than this are not reported.
 const FIGURES_STALE: Duration = Duration::from_secs(20);
@@ -97,11 +100,11 @@ impl Cluster {
     pub fn new(store: &SharedStore) -> Result<Cluster, ClusterError> {
         let mut pg: tokio_postgres::Config = store.url.parse()?;
         pg.connect_timeout(CONNECT_TIMEOUT);
-        pg.application_name(&format!("backstop {}", store.node));
+        pg.application_name(format!("backstop {}", store.node));
         // No statement runs, and no transaction stays open, past these: a
         // commit never lands long after its insert took its number, which
         // the followers would have skipped as a rollback (`replica`).
-        pg.options(&format!(
+        pg.options(format!(
             "-c statement_timeout={ms} -c idle_in_transaction_session_timeout={ms} -c lock_timeout={ms}",
             ms = STATEMENT_TIMEOUT.as_millis()
         ));

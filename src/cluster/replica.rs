@@ -59,8 +59,7 @@ impl Cursor {
     /// [`HOLE_WAIT`]. True when it moved.
     pub fn advance(&mut self, now: Instant) -> bool {
         let from = self.at;
-        loop {
-            let Some((&first, &when)) = self.seen.first_key_value() else { break };
+        while let Some((&first, &when)) = self.seen.first_key_value() {
             if first == self.at + 1 || now.duration_since(when) >= HOLE_WAIT {
                 if first != self.at + 1 {
                     tracing::debug!(from = self.at, to = first, "shared store: skipping a hole in the event sequence");

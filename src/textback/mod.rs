@@ -86,7 +86,12 @@ impl Sender {
         };
         if let Some(t) = shown {
             let lead = r.lead_id.to_string();
-            let _ = self.blocking(move |c| Ok(db::show(c, &lead, &t))).await;
+            let _ = self
+                .blocking(move |c| {
+                    db::show(c, &lead, &t);
+                    Ok(())
+                })
+                .await;
         }
         Ok(claim)
     }
@@ -212,7 +217,12 @@ impl Sender {
                     .map_err(|e| e.to_string());
                 if let (Ok(()), Some(t)) = (&done, db::shown(status, reason_db.as_deref(), sid.as_deref())) {
                     let lead = lead_id.clone();
-                    let _ = self.blocking(move |c| Ok(db::show(c, &lead, &t))).await;
+                    let _ = self
+                        .blocking(move |c| {
+                            db::show(c, &lead, &t);
+                            Ok(())
+                        })
+                        .await;
                 }
                 done
             }
