@@ -57,6 +57,8 @@ CREATE INDEX deliveries_due ON deliveries (sink, state, next_ms);
 -- The claim walks a sink's pending rows in order, never its delivered ones.
 CREATE INDEX deliveries_pending ON deliveries (sink, seq) WHERE state = 'pending';
 CREATE INDEX deliveries_pending_call ON deliveries (sink, call_id, seq) WHERE state = 'pending';
+-- Pruning asks whether a call has anything pending at any sink.
+CREATE INDEX deliveries_pending_any ON deliveries (call_id) WHERE state = 'pending';
 
 -- The nodes' heartbeats. A node silent past `dead_after` is reaped by
 -- exactly one survivor (one UPDATE takes the row), which closes its open calls.
@@ -65,7 +67,9 @@ CREATE TABLE nodes (
     started_ms BIGINT NOT NULL,
     seen_ms BIGINT NOT NULL,
     reaped_ms BIGINT,
-    reaped_by TEXT
+    reaped_by TEXT,
+    -- Who had reaped it when its heartbeat cleared the mark (the heartbeat's answer).
+    last_reaped_by TEXT
 );
 
 -- Recordings (`[store] recordings = "database"`): uploaded with the event

@@ -285,8 +285,11 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> a
         // The last leads reach leads.jsonl before we exit; webhooks resume at the next start.
         delivery.drain_files(Duration::from_secs(3)).await;
         let _ = workers_stop.send(true);
-        for w in workers {
-            let _ = tokio::time::timeout(Duration::from_secs(2), w).await;
+        for mut w in workers {
+            if tokio::time::timeout(Duration::from_secs(2), &mut w).await.is_err() {
+                w.abort();
+                let _ = w.await;
+            }
         }
         // After the workers and the heartbeat stopped: nothing claims or beats after this.
         delivery.leave_cluster().await;

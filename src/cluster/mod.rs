@@ -46,6 +46,8 @@ pub enum ClusterError {
     Build(#[from] deadpool_postgres::BuildError),
     #[error("an event in PostgreSQL cannot be read: {0}")]
     Unreadable(#[from] serde_json::Error),
+    #[error("PostgreSQL took longer than {} s; abandoned", TRANSACTION_TIMEOUT.as_secs())]
+    TooLong,
 }
 
 impl ClusterError {
@@ -91,9 +93,14 @@ const FIGURES_STALE: Duration = Duration::from_secs(20);
 /// is retried by its loop): a dead database never blocks a worker for long.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// The longest a statement or an open transaction may take (well under the
-/// followers' `replica::HOLE_WAIT`).
+/// The longest a statement, or a wait in a transaction, may take.
 pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The longest a transaction that inserts events may run before it is
+/// abandoned, well under the followers' `replica::HOLE_WAIT`: an event does
+/// not commit long after it took its number. (The commit itself, once
+/// sent, may still land later; the followers' 30 s allow for most of that.)
+pub const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(15);
 
 impl Cluster {
     /// A pool for `store` (no connection is made yet).
@@ -101,9 +108,9 @@ impl Cluster {
         let mut pg: tokio_postgres::Config = store.url.parse()?;
         pg.connect_timeout(CONNECT_TIMEOUT);
         pg.application_name(format!("backstop {}", store.node));
-        // No statement runs, and no transaction stays open, past these: a
-        // commit never lands long after its insert took its number, which
-        // the followers would have skipped as a rollback (`replica`).
+        // No statement runs, and no transaction idles, past these (the
+        // transactions that insert events are bounded as a whole too,
+        // `TRANSACTION_TIMEOUT`).
         pg.options(format!(
             "-c statement_timeout={ms} -c idle_in_transaction_session_timeout={ms} -c lock_timeout={ms}",
             ms = STATEMENT_TIMEOUT.as_millis()

@@ -32,25 +32,34 @@ const PRUNE_EVERY: Duration = Duration::from_secs(300);
 /// How often the shared sinks' figures are read for the metrics.
 const FIGURES_EVERY: Duration = Duration::from_secs(5);
 
-/// Events removed per statement when pruning.
+/// Calls removed per statement when pruning.
 const PRUNE_BATCH: i64 = 2000;
 
 /// Say this node is alive. Returns the node that reaped it since its last
 /// heartbeat, if one did (itself, after a clean stop).
 pub async fn beat(cluster: &Cluster) -> Result<Option<String>, ClusterError> {
+    // Single statements, no transaction held: a node frozen mid-heartbeat
+    // holds no lock a survivor's reaping would wait on. `SET` reads the row
+    // as it is when updated, so `last_reaped_by` is the mark being cleared.
     let client = cluster.control().await?;
     let row = client
-        .query_one(
-            "WITH was AS (SELECT reaped_by FROM nodes WHERE node = $1 FOR UPDATE),
-                  up AS (
-                    INSERT INTO nodes (node, started_ms, seen_ms) VALUES ($1, backstop_now_ms(), backstop_now_ms())
-                    ON CONFLICT (node) DO UPDATE SET seen_ms = backstop_now_ms(), reaped_ms = NULL, reaped_by = NULL
-                    RETURNING 1)
-             SELECT (SELECT reaped_by FROM was), (SELECT count(*) FROM up)",
+        .query_opt(
+            "UPDATE nodes SET seen_ms = backstop_now_ms(), last_reaped_by = reaped_by, reaped_ms = NULL, reaped_by = NULL
+             WHERE node = $1 RETURNING last_reaped_by",
             &[&cluster.node],
         )
         .await?;
-    Ok(row.get::<_, Option<String>>(0))
+    if let Some(row) = row {
+        return Ok(row.get::<_, Option<String>>(0));
+    }
+    client
+        .execute(
+            "INSERT INTO nodes (node, started_ms, seen_ms) VALUES ($1, backstop_now_ms(), backstop_now_ms())
+             ON CONFLICT (node) DO UPDATE SET seen_ms = backstop_now_ms()",
+            &[&cluster.node],
+        )
+        .await?;
+    Ok(None)
 }
 
 /// Reap the nodes silent past `dead_after` and close their open calls, in
@@ -152,14 +161,14 @@ pub async fn prune(cluster: &Cluster, keep: Duration) -> Result<u64, ClusterErro
         }
         let n = tx
             .execute(
-                "WITH horizon AS (SELECT backstop_now_ms() - $1 AS ms),
+                "WITH horizon AS MATERIALIZED (SELECT backstop_now_ms() - $1 AS ms),
                       old AS (
-                        SELECT e.seq FROM events e, horizon h
+                        SELECT DISTINCT e.call_id FROM events e, horizon h
                         WHERE e.inserted_ms < h.ms
                           AND NOT EXISTS (SELECT 1 FROM events x WHERE x.call_id = e.call_id AND x.inserted_ms >= h.ms)
                           AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.call_id = e.call_id AND d.state = 'pending')
-                        ORDER BY e.inserted_ms LIMIT $2)
-                 DELETE FROM events WHERE seq IN (SELECT seq FROM old)",
+                        LIMIT $2)
+                 DELETE FROM events WHERE call_id IN (SELECT call_id FROM old)",
                 &[&(keep.as_millis() as i64), &PRUNE_BATCH],
             )
             .await?;
@@ -174,7 +183,10 @@ pub async fn prune(cluster: &Cluster, keep: Duration) -> Result<u64, ClusterErro
 /// Heartbeats and reaping until `shutdown` flips.
 pub async fn run(cluster: Arc<Cluster>, publisher: Publisher, mut shutdown: watch::Receiver<bool>) {
     let every = cluster.settings.heartbeat;
-    let dead_after = cluster.settings.dead_after;
+    // The reaping runs beside the heartbeat, never in its way.
+    let (up_tx, up_rx) = watch::channel(None);
+    let reaper = tokio::spawn(reaping(cluster.clone(), publisher.clone(), up_rx, shutdown.clone()));
+    let _stop_reaper = AbortOnDrop(reaper);
     // Since when every heartbeat went through.
     let mut up_since: Option<Instant> = None;
     let mut never_beat = true;
@@ -211,22 +223,7 @@ pub async fn run(cluster: Arc<Cluster>, publisher: Publisher, mut shutdown: watc
                 }
             }
         }
-        if up_since.is_some_and(|t| t.elapsed() >= dead_after) {
-            let shared = publisher.shared_specs();
-            match reap(&cluster, &shared).await {
-                Ok(dead) => {
-                    for (node, calls) in dead {
-                        if calls == 0 {
-                            tracing::info!(%node, "shared store: node silent past dead_after_secs, with no call open");
-                        } else {
-                            tracing::warn!(%node, calls, "shared store: node silent past dead_after_secs; its open calls are closed as interrupted");
-                        }
-                    }
-                    publisher.wake_shared();
-                }
-                Err(e) => tracing::warn!(error = %e, "shared store: looking for dead nodes failed; trying again"),
-            }
-        }
+        let _ = up_tx.send(up_since);
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             r = shutdown.changed() => if r.is_err() || *shutdown.borrow() { return },
@@ -259,6 +256,51 @@ async fn upload_opt_outs(cluster: &Cluster, publisher: &Publisher, since: i64) -
         Err(e) => {
             tracing::warn!(error = %e, "shared store: this node's SMS opt-outs could not be taken in yet");
             since
+        }
+    }
+}
+
+/// Aborts its task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Reap dead nodes every heartbeat, once this node's own heartbeats have
+/// gone through for `dead_after` (`up`: since when they have). A reaping
+/// that takes longer than `TRANSACTION_TIMEOUT` is abandoned (rolled back).
+async fn reaping(
+    cluster: Arc<Cluster>,
+    publisher: Publisher,
+    up: watch::Receiver<Option<Instant>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (every, dead_after) = (cluster.settings.heartbeat, cluster.settings.dead_after);
+    loop {
+        let up_since = *up.borrow();
+        if up_since.is_some_and(|t| t.elapsed() >= dead_after) {
+            let shared = publisher.shared_specs();
+            match tokio::time::timeout(super::TRANSACTION_TIMEOUT, reap(&cluster, &shared)).await {
+                Ok(Ok(dead)) => {
+                    for (node, calls) in dead {
+                        if calls == 0 {
+                            tracing::info!(%node, "shared store: node silent past dead_after_secs, with no call open");
+                        } else {
+                            tracing::warn!(%node, calls, "shared store: node silent past dead_after_secs; its open calls are closed as interrupted");
+                        }
+                    }
+                    publisher.wake_shared();
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "shared store: looking for dead nodes failed; trying again"),
+                Err(_) => tracing::warn!("shared store: looking for dead nodes took too long; abandoned, trying again"),
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            r = shutdown.changed() => if r.is_err() || *shutdown.borrow() { return },
         }
     }
 }

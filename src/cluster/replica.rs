@@ -89,6 +89,15 @@ async fn read(cluster: &Cluster, cursor: &Cursor) -> Result<Vec<(i64, String, St
 /// How often an event that cannot be applied here is tried before it is skipped.
 const MAX_TRIES: u32 = 20;
 
+/// An error of the store as a whole, not of the event.
+fn store_wide(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::*;
+    matches!(
+        e.sqlite_error_code(),
+        Some(DiskFull | SystemIoFailure | DatabaseBusy | DatabaseLocked | CannotOpen | OutOfMemory | ReadOnly)
+    )
+}
+
 /// Apply what is new; how many rows were read. Every row is applied, this
 /// node's own too: those are in its store already (`apply_remote` skips a
 /// known id), except what a survivor wrote in its name while it was taken
@@ -111,7 +120,8 @@ pub async fn round(cluster: &Cluster, db: &Arc<Mutex<Outbox>>, cursor: &mut Curs
                     Err(e) => {
                         let n = tries.entry(seq).or_insert(0);
                         *n += 1;
-                        if *n >= MAX_TRIES {
+                        // The store itself failing (full, busy, I/O) is waited out, never skipped over.
+                        if *n >= MAX_TRIES && !store_wide(&e) {
                             tracing::error!(seq, event = %event.id, error = %e, "shared store: another node's event cannot be applied here; skipped after {MAX_TRIES} tries");
                             done.push(seq);
                             continue;
@@ -179,7 +189,16 @@ pub async fn run(cluster: Arc<Cluster>, db: Arc<Mutex<Outbox>>, mut shutdown: wa
             return;
         }
         if state.is_none() {
-            state = start(&cluster, &db).await.ok();
+            state = match start(&cluster, &db).await {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "shared store: cannot start following the other nodes; trying again");
+                        failing = true;
+                    }
+                    None
+                }
+            };
         }
         let wait = match &mut state {
             None => Duration::from_secs(1),
@@ -189,7 +208,8 @@ pub async fn run(cluster: Arc<Cluster>, db: Arc<Mutex<Outbox>>, mut shutdown: wa
                         tracing::info!("shared store: following the other nodes again");
                         failing = false;
                     }
-                    if n as i64 == BATCH { Duration::ZERO } else { POLL }
+                    // A full batch read and applied: on at once. One stopped short: a pause.
+                    if n as i64 == BATCH && cursor.tries.is_empty() { Duration::ZERO } else { POLL }
                 }
                 Err(e) => {
                     if !failing {

@@ -40,6 +40,8 @@ pub async fn insert(
     if event.kind == EventType::LeadCompleted {
         // One call's ends one at a time (a survivor closing it, its own node
         // shipping its real end): the second waits, then sees the first.
+        // By Call-ID: an INVITE a front failed over leaves a lead on each
+        // node it met, and the caller's call still ends once.
         tx.execute(
             "SELECT pg_advisory_xact_lock(hashtextextended('call ' || $1, 0))",
             &[&super::text_value(event.call_id())],
@@ -114,14 +116,20 @@ pub async fn ship(
     shared: &[SinkSpec],
     recordings: Option<&std::path::Path>,
 ) -> Result<bool, ClusterError> {
-    let mut client = cluster.client().await?;
-    let tx = client.transaction().await?;
-    if let Some(dir) = recordings {
-        super::recordings::upload(&tx, cluster, dir, event).await?;
-    }
-    let new = insert(&tx, event, &cluster.node, created_ms, shared).await?;
-    tx.commit().await?;
-    Ok(new)
+    // The whole transaction is bounded (a statement timeout bounds each
+    // statement only): abandoned, it rolls back, and the event ships again.
+    tokio::time::timeout(super::TRANSACTION_TIMEOUT, async {
+        let mut client = cluster.client().await?;
+        let tx = client.transaction().await?;
+        if let Some(dir) = recordings {
+            super::recordings::upload(&tx, cluster, dir, event).await?;
+        }
+        let new = insert(&tx, event, &cluster.node, created_ms, shared).await?;
+        tx.commit().await?;
+        Ok(new)
+    })
+    .await
+    .unwrap_or(Err(ClusterError::TooLong))
 }
 
 /// The `postgres` sink's target: the shared store, and the live sinks

@@ -212,6 +212,24 @@ impl Outbox {
             tx.commit()?;
             return Ok(false);
         }
+        // A survivor's `interrupted` for a call this node saw end (it was
+        // taken for dead while it ran): kept as an event, the lead left as it ended.
+        let ended_here = event.kind == EventType::LeadCompleted
+            && event.lead.outcome == backstop_core::intake::lead::Outcome::Interrupted
+            && tx
+                .query_row(
+                    "SELECT 1 FROM events WHERE kind = 'lead.completed' AND remote = 0 AND call_id = ?1
+                       AND json_extract(body, '$.lead.id') = ?2",
+                    params![event.call_id(), event.lead.id],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some();
+        if ended_here {
+            insert_remote(&tx, event, now_ms)?;
+            tx.commit()?;
+            return Ok(true);
+        }
         let recorded = crate::store::record(&tx, event, now_ms)?;
         crate::store::follow(&tx, event)?;
         insert_remote(&tx, event, now_ms)?;

@@ -292,6 +292,15 @@ pub fn opt_outs_since(conn: &Connection, since_ms: i64) -> rusqlite::Result<Vec<
         .collect()
 }
 
+/// This node's opt-out rows for `number` from `sender` and from every
+/// sender: (sender, opted out, when).
+pub fn opt_out_rows(conn: &Connection, number: &str, sender: &str) -> rusqlite::Result<Vec<(String, bool, i64)>> {
+    let mut st = conn.prepare(
+        "SELECT sender, opted_out, updated_ms FROM sms_opt_outs_v2 WHERE number = ?1 AND sender IN (?2, ?3)",
+    )?;
+    st.query_map(params![number, sender, ANY_SENDER], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect()
+}
+
 /// When `number` was last texted (or a text to it claimed) from `sender`.
 pub fn last_sent_ms(conn: &Connection, number: &str, sender: &str) -> rusqlite::Result<Option<i64>> {
     conn.query_row(

@@ -77,8 +77,13 @@ impl Sender {
     }
 
     /// Claim on the shared store, and show on the lead here what the claim decided.
-    async fn claim_shared(&self, cluster: &crate::cluster::Cluster, r: &db::Request<'_>) -> Result<Claim, String> {
-        let claim = shared::claim(cluster, r, now_ms()).await.map_err(|e| e.to_string())?;
+    async fn claim_shared(
+        &self,
+        cluster: &crate::cluster::Cluster,
+        r: &db::Request<'_>,
+        local: &[(String, bool, i64)],
+    ) -> Result<Claim, String> {
+        let claim = shared::claim(cluster, r, local, now_ms()).await.map_err(|e| e.to_string())?;
         let shown = match &claim {
             Claim::WasInFlight => Some(backstop_core::textback::TextBack::failed(db::IN_FLIGHT)),
             Claim::Skipped(reason) => Some(backstop_core::textback::TextBack::skipped(*reason)),
@@ -113,11 +118,13 @@ impl Sender {
         let (sink, sender, once) = (self.name.clone(), self.cfg.from.clone(), self.cfg.once_per_ms());
         let claim = if let Some(cluster) = self.cluster.get() {
             // This node's own opt-outs count too (one recorded while the shared store was away).
-            let mut request_facts = request_facts;
-            if let Some(n) = lead.caller.number.as_deref().and_then(backstop_core::textback::textable) {
-                let s = sender.clone();
-                request_facts.opted_out = self.blocking(move |c| db::opted_out(c, &n, &s)).await.unwrap_or(false);
-            }
+            let local = match lead.caller.number.as_deref().and_then(backstop_core::textback::textable) {
+                Some(n) => {
+                    let s = sender.clone();
+                    self.blocking(move |c| db::opt_out_rows(c, &n, &s)).await.unwrap_or_default()
+                }
+                None => Vec::new(),
+            };
             let r = db::Request {
                 event_id: &event_id,
                 sink: &sink,
@@ -126,7 +133,7 @@ impl Sender {
                 facts: request_facts,
                 once_per_ms: once,
             };
-            self.claim_shared(cluster, &r).await
+            self.claim_shared(cluster, &r, &local).await
         } else {
             let (event_id, lead_id) = (event_id.clone(), lead_id.clone());
             self.blocking(move |c| {

@@ -6,12 +6,19 @@
 //! serialises them on one node.
 
 use super::db::{ANY_SENDER, Claim, Key, Request};
-use crate::cluster::{Cluster, ClusterError};
+use crate::cluster::{Cluster, ClusterError, text_value};
 use backstop_core::textback::{Decision, decide};
 
 /// [`super::db::claim`], on the shared store. What the lead should show
 /// (skipped, or the outcome of an earlier attempt) is the caller's to record.
-pub async fn claim(cluster: &Cluster, r: &Request<'_>, now_ms: i64) -> Result<Claim, ClusterError> {
+/// `local`: this node's own opt-out rows for the caller ([`super::db::opt_out_rows`]):
+/// for each sender key the newer of its row and the shared one decides.
+pub async fn claim(
+    cluster: &Cluster,
+    r: &Request<'_>,
+    local: &[(String, bool, i64)],
+    now_ms: i64,
+) -> Result<Claim, ClusterError> {
     let mut client = cluster.client().await?;
     let tx = client.transaction().await?;
     let number = r.facts.caller.as_deref().and_then(backstop_core::textback::textable);
@@ -36,14 +43,22 @@ pub async fn claim(cluster: &Cluster, r: &Request<'_>, now_ms: i64) -> Result<Cl
     }
     let mut facts = r.facts.clone();
     if let Some(n) = &number {
-        // Opted out here (`r.facts`, this node's own table) or anywhere in the cluster.
-        facts.opted_out |= tx
-            .query_one(
-                "SELECT COALESCE(bool_or(opted_out), false) FROM sms_opt_outs WHERE number = $1 AND sender IN ($2, $3)",
+        // Per sender key (ours, and every sender), the newer row of this
+        // node's table and the shared one: a STOP taken here before the
+        // store had it counts, and a START anywhere after it lifts it.
+        let shared: Vec<(String, bool, i64)> = tx
+            .query(
+                "SELECT sender, opted_out, updated_ms FROM sms_opt_outs WHERE number = $1 AND sender IN ($2, $3)",
                 &[n, &r.sender, &ANY_SENDER],
             )
             .await?
-            .get::<_, bool>(0);
+            .into_iter()
+            .map(|row| (row.get(0), row.get(1), row.get(2)))
+            .collect();
+        facts.opted_out = [r.sender, ANY_SENDER].iter().any(|key| {
+            let newest = shared.iter().chain(local.iter()).filter(|(s, _, _)| s == key).max_by_key(|(_, _, at)| *at);
+            newest.is_some_and(|(_, out, _)| *out)
+        });
         facts.last_sent_ms = tx
             .query_one(
                 "SELECT MAX(sent_ms) FROM text_backs
@@ -148,22 +163,31 @@ pub async fn set_opt_out(
 /// a node that joins a cluster brings the STOPs it was sent. Returns how
 /// many rows changed there.
 pub async fn upload_opt_outs(cluster: &Cluster, rows: &[super::db::OptOut]) -> Result<u64, ClusterError> {
-    let mut client = cluster.client().await?;
-    let tx = client.transaction().await?;
+    let client = cluster.client().await?;
     let mut n = 0;
     for (number, sender, opted_out, keyword, account_sid, updated_ms) in rows {
-        n += tx
+        let (number, sender, keyword) = (text_value(number), text_value(sender), text_value(keyword));
+        let account_sid = account_sid.as_deref().map(text_value);
+        // One row at a time: a row the store refuses for what it holds is skipped, not a wall for the rest.
+        let r = client
             .execute(
                 "INSERT INTO sms_opt_outs (number, sender, opted_out, keyword, account_sid, updated_ms)
                  VALUES ($1, $2, $3, $4, $5, $6)
                  ON CONFLICT (number, sender) DO UPDATE SET opted_out = excluded.opted_out, keyword = excluded.keyword,
                      account_sid = excluded.account_sid, updated_ms = excluded.updated_ms
                  WHERE excluded.updated_ms > sms_opt_outs.updated_ms",
-                &[number, sender, opted_out, keyword, account_sid, updated_ms],
+                &[&number, &sender, opted_out, &keyword, &account_sid, updated_ms],
             )
-            .await?;
+            .await
+            .map_err(ClusterError::from);
+        match r {
+            Ok(k) => n += k,
+            Err(e) if e.is_permanent() => {
+                tracing::error!(error = %e, "shared store: an SMS opt-out it refuses; kept on this node only")
+            }
+            Err(e) => return Err(e),
+        }
     }
-    tx.commit().await?;
     Ok(n)
 }
 
