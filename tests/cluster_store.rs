@@ -906,8 +906,7 @@ fn freeze_node0_after_an_ack(cluster: &Cluster) -> Instant {
     unsafe {
         libc::kill(pid, libc::SIGSTOP);
     }
-    let frozen_at = Instant::now();
-    frozen_at
+    Instant::now()
 }
 
 /// 7. A node frozen (SIGSTOP) past `dead_after_secs` with calls up, then
