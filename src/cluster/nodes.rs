@@ -81,13 +81,9 @@ pub async fn reap(cluster: &Cluster, shared: &[SinkSpec]) -> Result<Vec<(String,
         .collect();
     let mut out = Vec::new();
     for node in dead {
-        // Its claims are the others' now, not at the end of their lease: a
-        // call's later events wait behind a claimed one.
-        tx.execute(
-            "UPDATE deliveries SET lease_until_ms = NULL, leased_by = NULL WHERE leased_by = $1 AND state = 'pending'",
-            &[&node],
-        )
-        .await?;
+        // Its claims stay its own until their lease ends: a node only
+        // frozen (not dead) may still finish them, and handing them on now
+        // would deliver them twice.
         let open = open_calls(&tx, &node).await?;
         let n = open.len();
         for missed in open {
