@@ -54,6 +54,9 @@ struct Opts {
     /// Fail (exit 1) unless the run is sound: every call succeeded, one lead
     /// each, fds back to baseline, RTP both ways (see `main`).
     check: bool,
+    /// Line noise under the caller's whole audio (speech and pauses), RMS in
+    /// dBFS; `None` for digital silence in the pauses (the old, kinder load).
+    noise_dbfs: Option<f64>,
     /// Transcribe every answer with this model (`[transcribe]`, `wait_secs = 0`),
     /// to see that transcription takes nothing from the media, and how late
     /// transcripts come. Needs a build with `--features whisper`.
@@ -72,6 +75,7 @@ fn opts() -> Opts {
         churn: None,
         caller_pacing: false,
         check: false,
+        noise_dbfs: Some(-50.0),
         transcribe: None,
     };
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
@@ -91,6 +95,18 @@ fn opts() -> Opts {
             "--churn" => o.churn = Some(num("--churn")),
             "--caller-pacing" => o.caller_pacing = true,
             "--transcribe" => o.transcribe = Some(it.next().expect("--transcribe needs a model file").into()),
+            "--noise" => {
+                o.noise_dbfs = match it.next().map(String::as_str) {
+                    Some("off") => None,
+                    Some(v) => Some(
+                        v.parse()
+                            .ok()
+                            .filter(|d: &f64| (-90.0..=-10.0).contains(d))
+                            .unwrap_or_else(|| panic!("--noise is off or a level in dBFS from -90 to -10, e.g. -50")),
+                    ),
+                    None => panic!("--noise needs off or a level in dBFS"),
+                }
+            }
             "--caller" => match it.next().map(String::as_str) {
                 Some("pcap") => o.pcap_caller = true,
                 Some("stream") => o.pcap_caller = false,
@@ -365,14 +381,51 @@ a=sendrecv
     )
 }
 
-/// `secs` of audio made of `parts` in turn, each followed by `gap_ms` of silence.
-fn timeline(parts: &[Vec<i16>], gap_ms: u64, secs: u64) -> CallerAudio {
-    let mut a = CallerAudio::new(101);
+/// At least `secs` of 8 kHz audio made of `parts` in turn, each followed by `gap_ms`
+/// of silence, with line noise at `noise_dbfs` under all of it.
+fn timeline_pcm(parts: &[Vec<i16>], gap_ms: u64, secs: u64, noise_dbfs: Option<f64>) -> Vec<i16> {
+    let mut pcm = Vec::new();
     let mut i = 0;
-    while a.duration_ms() < secs * 1000 {
-        a.audio(&parts[i % parts.len()]).silence(gap_ms);
+    // At least one round of every part; `secs = 0` is exactly one round.
+    while i < parts.len() || (pcm.len() as u64) < secs * 8000 {
+        pcm.extend_from_slice(&parts[i % parts.len()]);
+        pcm.extend(std::iter::repeat_n(0i16, (gap_ms * 8) as usize));
         i += 1;
     }
+    if let Some(db) = noise_dbfs {
+        add_line_noise(&mut pcm, db, 0x5eed_0001);
+    }
+    pcm
+}
+
+/// Mix in line noise of RMS `dbfs`: Gaussian (a sum of four uniforms) and
+/// gently low-passed, like the hiss of a mobile or an analogue line.
+/// Deterministic from `seed`.
+fn add_line_noise(pcm: &mut [i16], dbfs: f64, seed: u32) {
+    let mut state = seed;
+    let mut uniform = || {
+        state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        (state >> 8) as f64 / (1u32 << 24) as f64 - 0.5
+    };
+    let mut lp = 0.0;
+    let raw: Vec<f64> = (0..pcm.len())
+        .map(|_| {
+            let g = uniform() + uniform() + uniform() + uniform();
+            lp = 0.6 * lp + 0.4 * g;
+            lp
+        })
+        .collect();
+    let rms = (raw.iter().map(|x| x * x).sum::<f64>() / raw.len().max(1) as f64).sqrt();
+    let gain = 32768.0 * 10f64.powf(dbfs / 20.0) / rms.max(1e-12);
+    for (s, n) in pcm.iter_mut().zip(raw) {
+        *s = (*s as f64 + n * gain).round().clamp(-32768.0, 32767.0) as i16;
+    }
+}
+
+/// The same as a pcap for `play_pcap_audio`, μ-law frames.
+fn timeline(parts: &[Vec<i16>], gap_ms: u64, secs: u64, noise_dbfs: Option<f64>) -> CallerAudio {
+    let mut a = CallerAudio::new(101);
+    a.audio(&timeline_pcm(parts, gap_ms, secs, noise_dbfs));
     a
 }
 
@@ -457,7 +510,7 @@ next = "need"
 fn start_peer(dir: &Path, o: &Opts, call_secs: u64) -> Target {
     let prompts: Vec<Vec<i16>> = ["greeting", "need", "name"].iter().map(|n| speech("prompts", n)).collect();
     let pcap = dir.join("peer-prompt.pcap");
-    timeline(&prompts, 300, call_secs + 5).write(&pcap);
+    timeline(&prompts, 300, call_secs + 5, None).write(&pcap);
     let sf = dir.join("peer-uas.xml");
     std::fs::write(&sf, uas_scenario(&pcap)).unwrap();
     let port = free_port();
@@ -699,8 +752,12 @@ fn f(v: f64, digits: usize) -> String {
 fn report(o: &Opts, results: &[Outcome]) {
     println!();
     println!(
-        "load: {} calls at {} calls/s, held together {} s; RTP pacing captured for the last {} s of the hold",
-        o.calls, o.rate, o.hold, o.capture
+        "load: {} calls at {} calls/s, held together {} s; RTP pacing captured for the last {} s of the hold; callers' line noise {}",
+        o.calls,
+        o.rate,
+        o.hold,
+        o.capture,
+        o.noise_dbfs.map_or("off (digital silence in pauses)".to_string(), |d| format!("{d} dBFS"))
     );
     let mut head = "| |".to_string();
     let mut sep = "|---|".to_string();
@@ -887,16 +944,12 @@ fn main() {
     let answers: Vec<Vec<i16>> = ["name", "need"].iter().map(|n| speech("tests/fixtures/speech", n)).collect();
     let caller = if o.pcap_caller {
         let f = dir.join("caller.pcap");
-        timeline(&answers, 2500, call_secs + 5).write(&f);
+        timeline(&answers, 2500, call_secs + 5, o.noise_dbfs).write(&f);
         f
     } else {
-        // One round of the answers and pauses, looped by rtp_stream.
+        // One round of the answers and pauses (noise included), looped by rtp_stream.
         let f = dir.join("caller.ulaw");
-        let mut raw = Vec::new();
-        for a in &answers {
-            raw.extend(a.iter().map(|s| Law::Pcmu.encode(*s)));
-            raw.extend(std::iter::repeat_n(Law::Pcmu.silence(), 8 * 2500));
-        }
+        let raw: Vec<u8> = timeline_pcm(&answers, 2500, 0, o.noise_dbfs).iter().map(|s| Law::Pcmu.encode(*s)).collect();
         std::fs::write(&f, raw).unwrap();
         f
     };
