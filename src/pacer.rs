@@ -19,11 +19,11 @@
 use backstop_core::media::rtp::RtpPacket;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::net::UdpSocket;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-use tokio::net::UdpSocket;
 
 /// How long after its scheduled instant a packet goes on the wire.
 pub const PLAYOUT_DELAY: Duration = Duration::from_millis(20);
@@ -128,7 +128,8 @@ fn run(rx: mpsc::Receiver<(Arc<UdpSocket>, RtpPacket)>, stats: &PacerStats) {
                 break;
             }
             let Some(Reverse(p)) = queue.pop() else { break };
-            match p.socket.try_send_to(p.packet.bytes(), p.packet.dest) {
+            // The sockets are non-blocking: a full buffer is an error, never a wait.
+            match p.socket.send_to(p.packet.bytes(), p.packet.dest) {
                 Ok(_) => stats.sent.fetch_add(1, Ordering::Relaxed),
                 Err(_) => stats.failed.fetch_add(1, Ordering::Relaxed),
             };
@@ -150,7 +151,8 @@ mod tests {
     /// at once and is counted late.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sends_each_packet_at_its_instant_in_order_and_counts_late_ones() {
-        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
+        socket.set_nonblocking(true).unwrap();
         let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let dest = rx.local_addr().unwrap();

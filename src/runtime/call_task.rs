@@ -21,9 +21,9 @@ use backstop_core::sip::admission::Budget;
 use backstop_core::sip::dialog::DialogConfig;
 use backstop_core::sip::message::Request;
 use std::net::SocketAddr;
+use std::net::UdpSocket;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -35,6 +35,7 @@ pub(super) struct CallTask {
     pub reply: ReplyPath,
     /// When the INVITE was read off the socket (INVITE→200 is measured from it).
     pub arrived: Instant,
+    /// Non-blocking, not registered with the reactor: read on the call's tick.
     pub rtp: UdpSocket,
     pub inbox: mpsc::UnboundedReceiver<CallInput>,
     pub notices: mpsc::UnboundedSender<Notice>,
@@ -102,6 +103,7 @@ impl CallTask {
         let timer = tokio::time::sleep(Duration::from_secs(3600));
         tokio::pin!(timer);
         let mut armed: Option<Instant> = None;
+        let mut last_read = Instant::now();
         let mut buf = vec![0u8; 2048];
         // The TCP connections the caller's side used lately, by its address (the INVITE's is `reply`).
         let mut peer_paths: Vec<(SocketAddr, ReplyPath)> = Vec::new();
@@ -208,7 +210,11 @@ impl CallTask {
             if call.is_finished() {
                 break;
             }
-            let deadline = call.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_secs(60));
+            // RTP is read on the call's own tick, at most RECEIVE_TICK apart.
+            let deadline = call
+                .poll_timeout()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(60))
+                .min(last_read + RECEIVE_TICK);
             if armed != Some(deadline) {
                 // Most packets leave the deadline as it was: no timer-wheel work then.
                 timer.as_mut().reset(tokio::time::Instant::from_std(deadline));
@@ -231,14 +237,12 @@ impl CallTask {
                     Some(CallInput::Response(r)) => call.handle_sip_response(Instant::now(), *r),
                     None => break,
                 },
-                r = rtp.recv_from(&mut buf) => {
-                    if let Ok((n, src)) = r {
-                        call.handle_rtp(Instant::now(), src, &buf[..n]);
-                    }
-                }
                 _ = &mut timer => {
                     armed = None;
-                    call.handle_timeout(Instant::now())
+                    let now = Instant::now();
+                    last_read = now;
+                    read_rtp(&rtp, &mut buf, |src, bytes| call.handle_rtp(now, src, bytes));
+                    call.handle_timeout(now)
                 }
                 _ = &mut stop, if !shutting_down => {
                     shutting_down = true;
@@ -247,6 +251,28 @@ impl CallTask {
             }
         }
         tracing::debug!("call task finished");
+    }
+}
+
+/// The longest RTP waits in the socket before the call task reads it: one
+/// frame. The call's media clock wakes it this often anyway while it sends.
+const RECEIVE_TICK: Duration = Duration::from_millis(20);
+/// The most packets read in one tick: a caller sends one per 20 ms, so this
+/// leaves room for bursts and bounds the work a flood can cause (the rest
+/// wait for the next tick, or the kernel drops them).
+const READ_PER_TICK: usize = 32;
+
+/// Read what RTP has arrived, without waiting: one system call per packet
+/// and one that finds the socket empty. Packets arrive up to one tick late,
+/// which the VAD, DTMF and recordings do not notice; and no task wakes per
+/// packet, which halves the wake-ups of a call.
+fn read_rtp(rtp: &UdpSocket, buf: &mut [u8], mut handle: impl FnMut(SocketAddr, &[u8])) {
+    for _ in 0..READ_PER_TICK {
+        match rtp.recv_from(buf) {
+            Ok((n, src)) => handle(src, &buf[..n]),
+            // Empty (WouldBlock), or an ICMP error from a send: try again next tick.
+            Err(_) => return,
+        }
     }
 }
 

@@ -138,7 +138,7 @@ impl Dispatcher {
     /// `arrived`: when its INVITE was read off the socket.
     async fn start_call(&mut self, call: NewCall, reply: ReplyPath, arrived: Instant) {
         let NewCall { invite, budget, busy } = call;
-        let Some(rtp) = self.ports.bind(self.shared.rtp_ip()).await else {
+        let Some(rtp) = self.ports.bind(self.shared.rtp_ip()) else {
             tracing::error!(call_id = %invite.call_id, "no free RTP port in the configured range");
             return answer_with(busy, invite.source, &reply, &self.shared.metrics).await;
         };

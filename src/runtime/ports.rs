@@ -4,8 +4,8 @@
 //! call would reach the new one). The arithmetic is done wider than `u16`:
 //! a range ending at 65535 wraps round instead of overflowing.
 
+use std::net::UdpSocket;
 use std::net::{IpAddr, SocketAddr};
-use tokio::net::UdpSocket;
 
 pub(super) struct PortPool {
     /// First even port at or above `port_min`.
@@ -35,11 +35,16 @@ impl PortPool {
         u16::try_from(port).ok()
     }
 
-    /// A socket on the next free port, trying each port of the range once.
-    pub(super) async fn bind(&mut self, ip: IpAddr) -> Option<UdpSocket> {
+    /// A non-blocking socket on the next free port, trying each port of the
+    /// range once. It is not registered with tokio's reactor: the call task
+    /// reads it on its own 20 ms tick (`call_task`), so arriving packets wake
+    /// nobody.
+    pub(super) fn bind(&mut self, ip: IpAddr) -> Option<UdpSocket> {
         for _ in 0..self.slots() {
             let port = self.next_port()?;
-            if let Ok(sock) = UdpSocket::bind(SocketAddr::new(ip, port)).await {
+            if let Ok(sock) = UdpSocket::bind(SocketAddr::new(ip, port))
+                && sock.set_nonblocking(true).is_ok()
+            {
                 return Some(sock);
             }
         }
@@ -81,8 +86,8 @@ mod tests {
         assert_eq!(PortPool::new(3000, 2000).next_port(), None);
     }
 
-    #[tokio::test]
-    async fn a_port_in_use_is_skipped_and_a_full_range_gives_none() {
+    #[test]
+    fn a_port_in_use_is_skipped_and_a_full_range_gives_none() {
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
         // An even port held by someone else, for a one-port range.
         let held = (0..50)
@@ -91,9 +96,9 @@ mod tests {
             .expect("an even free port");
         let port = held.local_addr().unwrap().port();
         let mut pool = PortPool::new(port, port);
-        assert!(pool.bind(ip).await.is_none(), "the only port is taken");
+        assert!(pool.bind(ip).is_none(), "the only port is taken");
         drop(held);
-        let sock = pool.bind(ip).await.expect("free again");
+        let sock = pool.bind(ip).expect("free again");
         assert_eq!(sock.local_addr().unwrap().port(), port);
     }
 }

@@ -69,67 +69,139 @@ impl VoiceDetector for WebRtcVad {
     }
 }
 
-/// `earshot` on audio upsampled to 16 kHz.
+/// `earshot` on audio upsampled to 16 kHz, behind an adaptive energy gate.
 ///
-/// Digital silence is not run through the network: once [`SILENT_FRAMES_TO_IDLE`]
-/// earshot frames in a row peak at or below [`SILENT_PEAK`] (−66 dBFS; a G.711
-/// line carrying no sound, or a phone suppressing its silence), the detector is
-/// reset and further silent frames score 0 without a prediction. By then its
-/// 48 ms window and 3-frame context hold nothing but that silence, so the
-/// first sound after it is scored from the state a fresh stream starts in.
-/// Noise at −63 dBFS or louder is never skipped.
+/// The network is the costly part of a call (a few µs per 16 ms frame), and a
+/// real line is never silent: a mobile in a truck carries hiss in every frame.
+/// So each 20 ms frame's energy is compared with the caller's own noise floor
+/// ([`NoiseFloor`]: the quietest frame of the last 3 s). A frame within
+/// [`GATE_MARGIN_DB`] of that floor, and quieter than [`GATE_CAP_DBFS`], is
+/// quiet. After [`QUIET_FRAMES_TO_IDLE`] quiet frames in a row (run through the
+/// network as usual, so its score falls on its own), the detector is dropped
+/// and further quiet frames score 0 without a prediction. The first frame
+/// above the gate starts a fresh detector, fed the last quiet frame first, so
+/// speech is scored as at the start of a stream that began with line noise.
+/// Digital silence is below every floor and is always quiet.
+///
+/// Frames louder than the cap always run the network, whatever the floor, so
+/// a caller on a loud line loses nothing to the gate; and continuous speech
+/// cannot lift the floor into itself within the 3 s window, because speech
+/// dips between syllables far below its peaks.
 pub struct EarshotVad {
-    detector: Box<earshot::Detector>,
+    /// Only while there is sound above the floor: 8 KB less per quiet call.
+    detector: Option<Box<earshot::Detector>>,
     threshold: f32,
     /// 16 kHz samples waiting for a full 256-sample frame: `pending[..filled]`.
     pending: [i16; 256],
     filled: usize,
     last_sample: i16,
     last_score: f32,
-    /// Silent earshot frames in a row.
-    silent_run: u32,
-    /// Silent frames not run through the network (the tests read it).
+    /// The caller's noise floor; `None` runs every frame (for comparison in the benches).
+    floor: Option<NoiseFloor>,
+    /// Quiet 20 ms frames in a row.
+    quiet_run: u32,
+    /// The last 20 ms frame seen, to warm a fresh detector with.
+    previous: [i16; 160],
+    /// 20 ms frames not run through the network (the tests and benches read it).
     pub skipped: u64,
+    /// 16 ms frames run through it.
+    pub predicted: u64,
 }
 
-/// The loudest sample (16-bit scale) of a frame that counts as silence.
-pub const SILENT_PEAK: i16 = 16;
-/// Silent 16 ms frames after which predictions stop until sound returns.
-pub const SILENT_FRAMES_TO_IDLE: u32 = 4;
+/// How far above the noise floor a frame must be to be run (power, dB).
+pub const GATE_MARGIN_DB: f32 = 6.0;
+/// Frames louder than this are always run, whatever the floor (dBFS RMS).
+pub const GATE_CAP_DBFS: f32 = -35.0;
+/// Quiet 20 ms frames after which predictions stop until sound returns (300 ms).
+pub const QUIET_FRAMES_TO_IDLE: u32 = 15;
+/// The floor is never taken as lower than this (dBFS): digital silence.
+const FLOOR_MIN_DBFS: f32 = -66.0;
+
+/// Minimum statistics over the last 3 s of 20 ms frame energies: fifteen
+/// 200 ms blocks, each remembered by its quietest frame.
+#[derive(Debug, Clone)]
+pub struct NoiseFloor {
+    blocks: [f32; 15],
+    /// Blocks filled so far (up to 15), and the ring's next slot.
+    filled: usize,
+    next: usize,
+    /// The block being filled: its quietest frame and its frame count.
+    current: f32,
+    frames: u32,
+}
+
+impl Default for NoiseFloor {
+    fn default() -> Self {
+        NoiseFloor { blocks: [f32::MAX; 15], filled: 0, next: 0, current: f32::MAX, frames: 0 }
+    }
+}
+
+impl NoiseFloor {
+    const FRAMES_PER_BLOCK: u32 = 10;
+
+    /// Add one frame's mean square (16-bit scale).
+    pub fn push(&mut self, mean_square: f32) {
+        self.current = self.current.min(mean_square);
+        self.frames += 1;
+        if self.frames == Self::FRAMES_PER_BLOCK {
+            self.blocks[self.next] = self.current;
+            self.next = (self.next + 1) % self.blocks.len();
+            self.filled = (self.filled + 1).min(self.blocks.len());
+            self.current = f32::MAX;
+            self.frames = 0;
+        }
+    }
+
+    /// The quietest frame of the window (mean square), or `None` before the first frame.
+    pub fn floor(&self) -> Option<f32> {
+        let f = self.blocks[..self.filled].iter().fold(self.current, |a, b| a.min(*b));
+        (f < f32::MAX).then_some(f)
+    }
+}
+
+/// dBFS (RMS, 16-bit full scale) as a mean square.
+fn mean_square_at(dbfs: f32) -> f32 {
+    (32768.0f32 * 10f32.powf(dbfs / 20.0)).powi(2)
+}
 
 impl EarshotVad {
     pub fn new(threshold: f32) -> EarshotVad {
+        EarshotVad { floor: Some(NoiseFloor::default()), ..EarshotVad::without_gate(threshold) }
+    }
+
+    /// Every frame through the network, as before the gate: for the benches'
+    /// before/after, not for calls.
+    pub fn without_gate(threshold: f32) -> EarshotVad {
         EarshotVad {
-            detector: earshot::Detector::default_boxed(),
+            detector: None,
             threshold,
             pending: [0; 256],
             filled: 0,
             last_sample: 0,
             last_score: 0.0,
-            silent_run: 0,
+            floor: None,
+            quiet_run: 0,
+            previous: [0; 160],
             skipped: 0,
+            predicted: 0,
         }
     }
 
-    /// Score one full 16 kHz frame in `pending`.
-    fn score_pending(&mut self) -> f32 {
-        let silent = self.pending.iter().all(|s| s.unsigned_abs() <= SILENT_PEAK as u16);
-        self.silent_run = if silent { self.silent_run.saturating_add(1) } else { 0 };
-        if self.silent_run > SILENT_FRAMES_TO_IDLE {
-            self.skipped += 1;
-            return 0.0;
-        }
-        let score = self.detector.predict_i16(&self.pending);
-        if self.silent_run == SILENT_FRAMES_TO_IDLE {
-            self.detector.reset();
-        }
-        score
+    /// Whether the frame is quiet (at the caller's noise floor), updating the floor.
+    fn is_quiet(&mut self, frame: &[i16]) -> bool {
+        let Some(floor) = self.floor.as_mut() else { return false };
+        let ms = frame.iter().map(|s| (*s as f32) * (*s as f32)).sum::<f32>() / frame.len().max(1) as f32;
+        floor.push(ms);
+        let base = floor.floor().unwrap_or(ms).max(mean_square_at(FLOOR_MIN_DBFS));
+        let gate = (base * 10f32.powf(GATE_MARGIN_DB / 10.0)).min(mean_square_at(GATE_CAP_DBFS));
+        ms <= gate
     }
-}
 
-impl VoiceDetector for EarshotVad {
-    fn is_speech(&mut self, frame: &[i16]) -> bool {
+    /// Run 8 kHz samples through the upsampler and the network: the best score
+    /// of the 16 ms frames they completed.
+    fn run(&mut self, frame: &[i16]) -> Option<f32> {
         let mut best: Option<f32> = None;
+        let detector = self.detector.get_or_insert_with(earshot::Detector::default_boxed);
         // 8 → 16 kHz by linear interpolation (the band above 4 kHz is empty anyway).
         for &s in frame {
             let mid = ((self.last_sample as i32 + s as i32) / 2) as i16;
@@ -139,14 +211,44 @@ impl VoiceDetector for EarshotVad {
                 self.filled += 1;
                 if self.filled == self.pending.len() {
                     self.filled = 0;
-                    let score = self.score_pending();
+                    self.predicted += 1;
+                    let score = detector.predict_i16(&self.pending);
                     best = Some(best.map_or(score, |b: f32| b.max(score)));
                 }
             }
         }
-        if let Some(b) = best {
-            self.last_score = b;
+        best
+    }
+}
+
+impl VoiceDetector for EarshotVad {
+    fn is_speech(&mut self, frame: &[i16]) -> bool {
+        if frame.is_empty() {
+            return self.last_score >= self.threshold;
         }
+        let quiet = self.is_quiet(frame);
+        self.quiet_run = if quiet { self.quiet_run.saturating_add(1) } else { 0 };
+        if self.quiet_run > QUIET_FRAMES_TO_IDLE {
+            // Idle: nothing above the floor for a while. Drop the network's
+            // state; its context would be stale when sound returns.
+            if self.detector.take().is_some() {
+                self.filled = 0;
+            }
+            self.skipped += 1;
+            self.last_score = 0.0;
+        } else {
+            if self.detector.is_none() && self.floor.is_some() && self.quiet_run == 0 && self.predicted > 0 {
+                // Sound after idling: warm a fresh detector with the last quiet frame.
+                self.last_sample = 0;
+                let previous = self.previous;
+                self.run(&previous);
+            }
+            if let Some(best) = self.run(frame) {
+                self.last_score = best;
+            }
+        }
+        let n = frame.len().min(160);
+        self.previous[..n].copy_from_slice(&frame[..n]);
         self.last_score >= self.threshold
     }
 
@@ -192,45 +294,96 @@ mod tests {
         }
     }
 
-    /// The silence gate: digital silence stops the predictions, quiet noise
-    /// does not, and speech after a long silence is heard as at a stream's start.
-    #[test]
-    fn earshot_skips_digital_silence_but_not_noise_or_speech() {
-        let s = speech();
-        let mut fresh = EarshotVad::new(0.5);
-        let fresh_flags: Vec<bool> = s.chunks_exact(160).map(|f| fresh.is_speech(f)).collect();
+    /// Line noise: Gaussian-ish (a sum of four uniforms), RMS at `dbfs`, deterministic.
+    fn noise(n: usize, dbfs: f32, seed: u32) -> Vec<f32> {
+        let mut x = seed;
+        let mut u = || {
+            x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (x >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        };
+        let raw: Vec<f32> = (0..n).map(|_| u() + u() + u() + u()).collect();
+        let rms = (raw.iter().map(|v| v * v).sum::<f32>() / n as f32).sqrt();
+        let gain = 32768.0 * 10f32.powf(dbfs / 20.0) / rms;
+        raw.into_iter().map(|v| v * gain).collect()
+    }
 
+    fn mix(clean: &[i16], noise: &[f32]) -> Vec<i16> {
+        clean.iter().zip(noise).map(|(c, n)| (*c as f32 + n).round().clamp(-32768.0, 32767.0) as i16).collect()
+    }
+
+    /// The gate: digital silence and steady line noise stop the predictions
+    /// (and free the network's state); speech over that noise, after a long
+    /// stretch of it, is heard frame for frame as by an ungated detector.
+    #[test]
+    fn earshot_gate_skips_silence_and_steady_noise_but_not_speech() {
+        let s = speech();
         let mut vad = EarshotVad::new(0.5);
-        for f in s.chunks_exact(160).take(100) {
+        let heard: Vec<bool> = (0..100).map(|_| vad.is_speech(&[0; 160])).collect();
+        assert!(heard.iter().all(|s| !s), "silence heard as speech");
+        assert_eq!(vad.skipped, 100 - QUIET_FRAMES_TO_IDLE as u64);
+        assert!(vad.detector.is_none(), "an idle detector holds no network state");
+
+        // 10 s of line noise at −50 dBFS, then the greeting over the same noise, then noise again.
+        let lead = 80_000;
+        let mut clean = vec![0i16; lead];
+        clean.extend_from_slice(&s);
+        clean.extend(std::iter::repeat_n(0, 16_000));
+        let noisy = mix(&clean, &noise(clean.len(), -50.0, 7));
+        let mut gated = EarshotVad::new(0.5);
+        let mut ungated = EarshotVad::without_gate(0.5);
+        let frames: Vec<&[i16]> = noisy.chunks_exact(160).collect();
+        let a: Vec<bool> = frames.iter().map(|f| gated.is_speech(f)).collect();
+        let b: Vec<bool> = frames.iter().map(|f| ungated.is_speech(f)).collect();
+        assert_eq!(ungated.skipped, 0);
+        // Most of the noise before the speech is skipped, once the floor is known.
+        let lead_frames = lead / 160;
+        assert!(
+            gated.skipped as f64 > 0.8 * lead_frames as f64,
+            "only {} of {lead_frames} frames of steady noise skipped",
+            gated.skipped
+        );
+        assert!(a[..lead_frames].iter().all(|s| !s), "line noise heard as speech");
+        // Over the speech, the two agree on nearly every frame: the gate clips nothing.
+        let speech_frames = lead_frames..lead_frames + s.len() / 160;
+        let heard_gated = a[speech_frames.clone()].iter().filter(|v| **v).count();
+        let heard_ungated = b[speech_frames.clone()].iter().filter(|v| **v).count();
+        let agree = speech_frames.clone().filter(|i| a[*i] == b[*i]).count();
+        assert!(heard_ungated > speech_frames.len() / 2, "the ungated detector hears the greeting");
+        assert!(
+            agree as f64 >= 0.97 * speech_frames.len() as f64,
+            "gated and ungated agree on {agree} of {} speech frames ({heard_gated} vs {heard_ungated} heard)",
+            speech_frames.len()
+        );
+        // The first frame heard is the same.
+        assert_eq!(a.iter().position(|v| *v), b.iter().position(|v| *v));
+    }
+
+    /// Loud frames always run the network, whatever the floor: noise above the cap is never skipped.
+    #[test]
+    fn earshot_gate_never_skips_above_its_cap() {
+        let loud = noise(80_000, GATE_CAP_DBFS + 3.0, 11);
+        let pcm: Vec<i16> = loud.iter().map(|v| v.round() as i16).collect();
+        let mut vad = EarshotVad::new(0.5);
+        for f in pcm.chunks_exact(160) {
             vad.is_speech(f);
         }
-        let before = vad.skipped;
-        let heard: Vec<bool> = (0..100).map(|_| vad.is_speech(&[0; 160])).collect();
-        assert!(heard[10..].iter().all(|s| !s), "silence heard as speech: {heard:?}");
-        // 100 frames of 20 ms are 125 earshot frames: the first few predicted, the rest skipped.
-        let skipped = vad.skipped - before;
-        assert!(skipped >= 115, "only {skipped} of 125 silent frames skipped");
-        let after_silence: Vec<bool> = s.chunks_exact(160).map(|f| vad.is_speech(f)).collect();
-        let same = after_silence.iter().zip(&fresh_flags).filter(|(a, b)| a == b).count();
-        assert!(
-            same as f64 >= 0.98 * fresh_flags.len() as f64,
-            "after a long silence the speech is scored as by a fresh detector ({same} of {} frames agree)",
-            fresh_flags.len()
-        );
+        assert_eq!(vad.skipped, 0);
+    }
 
-        // White-ish noise at about −60 dBFS (peak 40) is never skipped.
-        let mut noisy = EarshotVad::new(0.5);
-        let mut x: u32 = 1;
-        let noise: Vec<i16> = (0..16000)
-            .map(|_| {
-                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
-                ((x >> 16) % 81) as i16 - 40
-            })
-            .collect();
-        for f in noise.chunks_exact(160) {
-            noisy.is_speech(f);
+    #[test]
+    fn noise_floor_is_the_quietest_frame_of_the_last_three_seconds() {
+        let mut f = NoiseFloor::default();
+        assert_eq!(f.floor(), None);
+        f.push(100.0);
+        f.push(50.0);
+        assert_eq!(f.floor(), Some(50.0));
+        // 3.2 s of louder frames push the quiet one out of the window (whole 200 ms blocks).
+        for _ in 0..160 {
+            f.push(400.0);
         }
-        assert_eq!(noisy.skipped, 0);
+        assert_eq!(f.floor(), Some(400.0));
+        f.push(10.0);
+        assert_eq!(f.floor(), Some(10.0));
     }
 
     #[test]
