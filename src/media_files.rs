@@ -1,7 +1,9 @@
 //! Prompt and recording files: the file system side of the core's prompt
 //! decoder and recording encoder. Prompts are read once at start; each
 //! recording is written durably (temporary name, fsync, rename) off the
-//! call's task.
+//! call's task. A long voice answer is written ahead in blocks to a part
+//! file ([`write_block`]) while it is spoken, and read back ([`read_head`])
+//! when the answer ends and its recording is written whole.
 
 use backstop_core::media::prompt::{Prompt, PromptError, PromptSet};
 use backstop_core::media::recorder::{Audio, RecordingFormat, wav_bytes};
@@ -55,6 +57,26 @@ pub fn write_recording(path: &Path, audio: &Audio, format: RecordingFormat) -> s
     f.write_all(&wav_bytes(audio, format))?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)
+}
+
+/// Write `bytes` at byte `offset` of the part file `path`, creating it (and
+/// its directory) if need be. Blocks land where they belong whatever order
+/// their writes run in.
+pub fn write_block(path: &Path, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let f = std::fs::OpenOptions::new().create(true).write(true).truncate(false).open(path)?;
+    f.write_all_at(bytes, offset)
+}
+
+/// The first `len` bytes of the part file `path`; an error if it holds fewer.
+pub fn read_head(path: &Path, len: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut head = vec![0; len];
+    std::fs::File::open(path)?.read_exact(&mut head)?;
+    Ok(head)
 }
 
 #[cfg(test)]

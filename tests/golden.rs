@@ -171,7 +171,11 @@ fn run_call() -> Committed {
                 CallEvent::Lead(lead) => {
                     committed.events.push(Event::new(EventType::LeadCompleted, wall(t0, now), &lead))
                 }
-                CallEvent::Recording { file, samples, .. } => committed.recordings.push((file, samples.len())),
+                // Blocks written ahead are counted with the recording that claims them.
+                CallEvent::AnswerAudio { .. } => {}
+                CallEvent::Recording { file, samples, spilled, .. } => {
+                    committed.recordings.push((file, spilled + samples.len()))
+                }
                 CallEvent::Progress(..) | CallEvent::Detail(..) | CallEvent::Tally(_) => {}
                 CallEvent::PromptMissing(p) => panic!("prompt {p} is not loaded"),
                 CallEvent::Transferred(_) => panic!("the default script transfers no one"),

@@ -69,6 +69,13 @@ fn check_recording(agent: &AgentProc, answer: &Value, spoken: &[i16]) {
     assert!((rec_ms - speech_ms).abs() <= 500, "{file}: {rec_ms} ms recorded for {speech_ms} ms of speech");
     let reported = answer["speech_ms"].as_i64().unwrap();
     assert!((reported - speech_ms).abs() <= 500, "{file}: speech_ms {reported} for {speech_ms} ms of speech");
+    // A long answer is written ahead in blocks to a part file, which goes once the recording is whole.
+    let parts: Vec<_> = std::fs::read_dir(agent.dir.join("data/recordings"))
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter(|n| n.ends_with(".part"))
+        .collect();
+    assert!(parts.is_empty(), "part files left behind: {parts:?}");
 }
 
 /// Index of the first captured packet where `prompt` starts playing.

@@ -55,10 +55,19 @@ pub enum CallEvent {
     Missed(Box<Lead>),
     /// A `transfer` step handed the caller over: the lead so far, with its `transfer`.
     Transferred(Box<Lead>),
+    /// The next settled block of the voice answer being spoken, `offset`
+    /// samples into it (0: a new answer). The runtime writes it ahead, and a
+    /// [`CallEvent::Recording`] with `spilled` samples starts with these blocks.
+    /// An answer dropped before it was saved leaves blocks nothing claims:
+    /// the runtime removes them when the call ends.
+    AnswerAudio { offset: usize, samples: Audio },
     /// Audio to write to `file` under the recordings directory, before the lead goes out.
     Recording {
         file: String,
+        /// The recording after its first `spilled` samples (the answer's
+        /// [`CallEvent::AnswerAudio`] blocks, which come first).
         samples: Audio,
+        spilled: usize,
         /// The `ask` step whose answer it is; `None` for the whole call's recording.
         answer: Option<String>,
     },
@@ -277,9 +286,13 @@ impl Call {
                         }
                         self.progress("barge_in", format!("prompt stopped in step {}", self.script.current_step()));
                     }
-                    ScriptAction::SaveRecording { file, samples, step } => {
-                        self.progress("answer", format!("voice answer {file}, {} ms of audio", samples.len() / 8));
-                        self.events.push_back(CallEvent::Recording { file, samples, answer: Some(step) });
+                    ScriptAction::AnswerAudio { offset, samples } => {
+                        self.events.push_back(CallEvent::AnswerAudio { offset, samples });
+                    }
+                    ScriptAction::SaveRecording { file, samples, spilled, step } => {
+                        let ms = (spilled + samples.len()) / 8;
+                        self.progress("answer", format!("voice answer {file}, {ms} ms of audio"));
+                        self.events.push_back(CallEvent::Recording { file, samples, spilled, answer: Some(step) });
                     }
                     ScriptAction::Transfer { targets, timeout } => {
                         self.progress("transfer", format!("transferring to {}", targets.join(", ")));
@@ -417,13 +430,24 @@ impl Call {
                 self.script.handle_call_ended(now);
                 // Answers cut short by the hang-up still get their recordings, before the lead.
                 while let Some(a) = self.script.poll_action() {
-                    if let ScriptAction::SaveRecording { file, samples, step } = a {
-                        self.events.push_back(CallEvent::Recording { file, samples, answer: Some(step) });
+                    match a {
+                        ScriptAction::AnswerAudio { offset, samples } => {
+                            self.events.push_back(CallEvent::AnswerAudio { offset, samples })
+                        }
+                        ScriptAction::SaveRecording { file, samples, spilled, step } => {
+                            self.events.push_back(CallEvent::Recording { file, samples, spilled, answer: Some(step) })
+                        }
+                        _ => {}
                     }
                 }
                 let whole_call = self.call_audio.take().filter(|(rec, _)| !rec.is_empty()).map(|(rec, _)| {
                     let file = format!("{}-call.wav", self.setup.lead_id);
-                    self.events.push_back(CallEvent::Recording { file: file.clone(), samples: rec, answer: None });
+                    self.events.push_back(CallEvent::Recording {
+                        file: file.clone(),
+                        samples: rec,
+                        spilled: 0,
+                        answer: None,
+                    });
                     file
                 });
                 if let Some(m) = self.media.as_mut() {

@@ -9,6 +9,12 @@
 //! non-speech frames, at `max_speech`, or when [`Endpointer::finish`] is
 //! called (the caller hung up, or RTP stopped arriving). A burst shorter
 //! than `min_speech` (a cough, a click) is dropped and listening goes on.
+//!
+//! A long answer is not held whole: once it is certain to be kept (it has
+//! `min_speech` of speech), [`Endpointer::take_spill`] hands out its settled
+//! audio in blocks of [`SPILL_SAMPLES`], which the runtime writes ahead to
+//! disk. Only the part that may still be cut (after the last speech frame)
+//! and less than a block stay in memory.
 
 use crate::intake::program::ListenParams;
 use crate::media::g711::Law;
@@ -21,6 +27,8 @@ const FRAME_MS: u64 = 20;
 const ONSET_FRAMES: usize = 3;
 /// Audio kept after the last speech frame, so the last word is not cut.
 const TAIL_FRAMES: usize = 3;
+/// An answer's settled audio is handed out once this much has gathered (0.5 s).
+pub const SPILL_SAMPLES: usize = 4000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EndpointEvent {
@@ -33,7 +41,11 @@ pub enum EndpointEvent {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpokenAnswer {
+    /// The answer's audio after the `spilled` samples handed out before.
     pub samples: Audio,
+    /// Samples at the start of the answer already handed out by
+    /// [`Endpointer::take_spill`]: they come before `samples`.
+    pub spilled: usize,
     /// From the first to the last speech frame.
     pub speech_ms: u64,
     /// Why it ended.
@@ -54,8 +66,18 @@ pub enum SpeechEnd {
 #[derive(Debug)]
 enum State {
     Off,
-    Waiting { onset: usize },
-    Speech { samples: Audio, start_frame: usize, last_speech_frame: usize, frames: usize, speech_frames: usize },
+    Waiting {
+        onset: usize,
+    },
+    Speech {
+        /// The answer's audio after the first `spilled` samples.
+        samples: Audio,
+        spilled: usize,
+        start_frame: usize,
+        last_speech_frame: usize,
+        frames: usize,
+        speech_frames: usize,
+    },
 }
 
 #[derive(Debug)]
@@ -109,6 +131,12 @@ impl Endpointer {
     /// One 20 ms frame and whether the VAD called it speech.
     pub fn handle_frame(&mut self, frame: &[i16], speech: bool) -> Option<EndpointEvent> {
         let keep = frames(self.params.pre_roll) + ONSET_FRAMES;
+        // Exactly the room it needs (pre-roll, onset and the frame coming in),
+        // not the doubling growth of a deque: it is held for the whole call.
+        let room = (keep + 1) * FRAME_SAMPLES;
+        if self.history.capacity() < room {
+            self.history.reserve_exact(room - self.history.len());
+        }
         self.history.extend(frame.iter().copied());
         let excess = self.history.len().saturating_sub(keep * FRAME_SAMPLES);
         self.history.drain(..excess);
@@ -126,6 +154,7 @@ impl Endpointer {
                 let n = samples.len().div_ceil(FRAME_SAMPLES);
                 self.state = State::Speech {
                     samples,
+                    spilled: 0,
                     start_frame: n - ONSET_FRAMES,
                     last_speech_frame: n - 1,
                     frames: n,
@@ -133,7 +162,7 @@ impl Endpointer {
                 };
                 Some(EndpointEvent::SpeechStarted)
             }
-            State::Speech { samples, last_speech_frame, frames: n, speech_frames, start_frame } => {
+            State::Speech { samples, last_speech_frame, frames: n, speech_frames, start_frame, .. } => {
                 samples.push(frame);
                 *n += 1;
                 if speech {
@@ -158,6 +187,29 @@ impl Endpointer {
         }
     }
 
+    /// The answer's next settled block, once it is certain to be kept and
+    /// [`SPILL_SAMPLES`] have settled: audio up to the last speech frame and
+    /// its tail, which no ending can cut. The blocks, in order, then the
+    /// [`SpokenAnswer`]'s own samples make up the answer. Each block comes
+    /// with its offset in the answer, in samples (0: a new answer).
+    pub fn take_spill(&mut self) -> Option<(usize, Audio)> {
+        let min_speech_frames = frames(self.params.min_speech);
+        let State::Speech { samples, spilled, last_speech_frame, speech_frames, .. } = &mut self.state else {
+            return None;
+        };
+        if *speech_frames < min_speech_frames {
+            return None;
+        }
+        let settled = ((*last_speech_frame + 1 + TAIL_FRAMES) * FRAME_SAMPLES).min(*spilled + samples.len());
+        let ready = settled.saturating_sub(*spilled);
+        if ready < SPILL_SAMPLES {
+            return None;
+        }
+        let offset = *spilled;
+        *spilled += ready;
+        Some((offset, samples.split_front(ready)))
+    }
+
     /// End an answer in progress now (hang-up, RTP stopped); `None` if there is none.
     pub fn finish(&mut self) -> Option<SpokenAnswer> {
         match self.end(SpeechEnd::Finished) {
@@ -170,14 +222,14 @@ impl Endpointer {
         if !self.in_speech() {
             return None;
         }
-        let State::Speech { mut samples, start_frame, last_speech_frame, .. } =
+        let State::Speech { mut samples, spilled, start_frame, last_speech_frame, .. } =
             std::mem::replace(&mut self.state, State::Off)
         else {
             unreachable!("checked above")
         };
-        samples.truncate((last_speech_frame + 1 + TAIL_FRAMES) * FRAME_SAMPLES);
+        samples.truncate(((last_speech_frame + 1 + TAIL_FRAMES) * FRAME_SAMPLES).saturating_sub(spilled));
         let speech_ms = (last_speech_frame + 1 - start_frame) as u64 * FRAME_MS;
-        Some(EndpointEvent::Answer(SpokenAnswer { samples, speech_ms, ended_by: why }))
+        Some(EndpointEvent::Answer(SpokenAnswer { samples, spilled, speech_ms, ended_by: why }))
     }
 }
 
@@ -262,5 +314,68 @@ mod tests {
         let a = e.finish().unwrap();
         assert_eq!(a.ended_by, SpeechEnd::Finished);
         assert_eq!(a.samples.to_pcm()[0], 0, "the pre-roll reaches back into the unarmed audio");
+    }
+
+    /// Settled audio is handed out in blocks as the answer goes on; the
+    /// blocks and the answer's own samples are exactly the answer unspilled,
+    /// and what is held stays under a block plus the end silence.
+    #[test]
+    fn a_long_answer_hands_out_its_settled_audio_in_blocks() {
+        let mut pattern = run(0, 50);
+        for _ in 0..8 {
+            pattern.extend(run(25, 10));
+        }
+        pattern.extend(run(0, 80));
+        let whole = {
+            let mut e = Endpointer::default();
+            e.arm(params());
+            let evs = feed(&mut e, 0, &pattern);
+            let Some((_, EndpointEvent::Answer(a))) = evs.last().cloned() else { panic!("{evs:?}") };
+            assert_eq!(a.spilled, 0);
+            a
+        };
+        let mut e = Endpointer::default();
+        e.arm(params());
+        let mut blocks: Vec<(usize, Audio)> = Vec::new();
+        let mut answer = None;
+        let mut most_held = 0;
+        for (i, s) in pattern.iter().enumerate() {
+            if let Some(EndpointEvent::Answer(a)) = e.handle_frame(&[i as i16; FRAME_SAMPLES], *s) {
+                answer = Some(a);
+            }
+            if let Some(b) = e.take_spill() {
+                blocks.push(b);
+            }
+            if let State::Speech { samples, .. } = &e.state {
+                most_held = most_held.max(samples.len());
+            }
+        }
+        let a = answer.expect("an answer");
+        assert!(blocks.len() >= 3, "{} blocks", blocks.len());
+        let mut offset = 0;
+        let mut joined = Vec::new();
+        for (at, b) in &blocks {
+            assert_eq!(*at, offset, "blocks in order, each where the last ended");
+            assert!(b.len() >= SPILL_SAMPLES);
+            offset += b.len();
+            joined.extend(b.to_pcm());
+        }
+        assert_eq!(a.spilled, offset);
+        joined.extend(a.samples.to_pcm());
+        assert_eq!(joined, whole.samples.to_pcm());
+        assert_eq!(a.speech_ms, whole.speech_ms);
+        let bound = SPILL_SAMPLES + frames(params().end_silence) * FRAME_SAMPLES + 2 * FRAME_SAMPLES;
+        assert!(most_held <= bound, "held {most_held} samples at most, bound {bound}");
+    }
+
+    #[test]
+    fn nothing_is_handed_out_before_the_answer_is_certain() {
+        let mut e = Endpointer::default();
+        e.arm(params());
+        // Onset plus frames under min_speech (200 ms = 10 frames), with a long pre-roll.
+        for (i, s) in run(9, 0).iter().enumerate() {
+            e.handle_frame(&[i as i16; FRAME_SAMPLES], *s);
+            assert!(e.take_spill().is_none());
+        }
     }
 }

@@ -25,10 +25,20 @@ use std::time::{Duration, Instant};
 pub enum ScriptAction {
     Play(String),
     StopPlayback,
+    /// The next settled block of the answer being spoken, `offset` samples
+    /// into it (0: a new answer): written ahead to disk, so a long answer is
+    /// not held in memory (see `Endpointer::take_spill`).
+    AnswerAudio {
+        offset: usize,
+        samples: Audio,
+    },
     /// Write this answer's audio to `file` (a name under the recordings directory).
     SaveRecording {
         file: String,
+        /// The answer's audio after the first `spilled` samples, which came
+        /// before as [`ScriptAction::AnswerAudio`] blocks.
         samples: Audio,
+        spilled: usize,
         /// The `ask` step it answers.
         step: String,
     },
@@ -270,6 +280,10 @@ impl Script {
             if self.frame.len() == FRAME_SAMPLES {
                 let frame = std::mem::take(&mut self.frame);
                 self.handle_frame(now, &frame);
+                // A long answer's settled audio goes ahead to disk instead of being held.
+                if let Some((offset, samples)) = self.endpointer.take_spill() {
+                    self.actions.push_back(ScriptAction::AnswerAudio { offset, samples });
+                }
                 self.frame = frame;
                 self.frame.clear();
             }
@@ -368,7 +382,7 @@ impl Script {
             return;
         }
         self.state = State::Done;
-        self.actions.retain(|a| matches!(a, ScriptAction::SaveRecording { .. }));
+        self.actions.retain(|a| matches!(a, ScriptAction::SaveRecording { .. } | ScriptAction::AnswerAudio { .. }));
         self.deadline = None;
         let program = self.program.clone();
         let Some(step) = program.steps.get(self.index) else { return };
@@ -718,6 +732,7 @@ impl Script {
         self.actions.push_back(ScriptAction::SaveRecording {
             file: file.clone(),
             samples: a.samples,
+            spilled: a.spilled,
             step: name.to_string(),
         });
         Answer {
@@ -826,9 +841,11 @@ mod tests {
                         self.log.push((self.ms, "stop".into()));
                         self.playing = None;
                     }
-                    ScriptAction::SaveRecording { file, samples, .. } => {
+                    // Blocks written ahead count in the saved answer's length.
+                    ScriptAction::AnswerAudio { .. } => {}
+                    ScriptAction::SaveRecording { file, samples, spilled, .. } => {
                         self.log.push((self.ms, format!("save {file}")));
-                        self.saved.push((file, samples.len()));
+                        self.saved.push((file, spilled + samples.len()));
                     }
                     ScriptAction::Transfer { targets, timeout } => {
                         self.log.push((self.ms, format!("transfer {} {}", targets.join(","), timeout.as_millis())));

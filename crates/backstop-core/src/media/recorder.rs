@@ -21,7 +21,7 @@ pub enum RecordingFormat {
 /// kept as the call's own G.711 bytes: half the memory of 16-bit samples
 /// and lossless, because every sample is a decoded G.711 value (re-encoding
 /// one gives back its byte). Other audio (tests, or no codec known) is
-/// kept as 16-bit samples. It grows by at most a second at a time instead
+/// kept as 16-bit samples. It grows by a quarter second at a time instead
 /// of doubling, so a held call never carries a half-empty second buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Audio {
@@ -29,8 +29,9 @@ pub enum Audio {
     Linear(Vec<i16>),
 }
 
-/// Growth step: one second of audio.
-const GROWTH: usize = 8000;
+/// Growth step: a quarter of a second of audio (a held answer carries at
+/// most this much unused room).
+const GROWTH: usize = 2000;
 
 impl Audio {
     pub fn new(law: Option<Law>) -> Audio {
@@ -80,6 +81,57 @@ impl Audio {
         match self {
             Audio::G711(_, b) => b.truncate(len),
             Audio::Linear(v) => v.truncate(len),
+        }
+    }
+
+    /// Take the first `n` samples out (all, if fewer), leaving the rest in a
+    /// buffer sized for them: what an answer hands out as it goes.
+    pub fn split_front(&mut self, n: usize) -> Audio {
+        fn split<T: Copy>(v: &mut Vec<T>, n: usize) -> Vec<T> {
+            let n = n.min(v.len());
+            let mut rest = Vec::with_capacity((v.len() - n).max(GROWTH));
+            rest.extend_from_slice(&v[n..]);
+            v.truncate(n);
+            v.shrink_to_fit();
+            std::mem::replace(v, rest)
+        }
+        match self {
+            Audio::G711(law, b) => Audio::G711(*law, split(b, n)),
+            Audio::Linear(v) => Audio::Linear(split(v, n)),
+        }
+    }
+
+    /// The bytes as held: G.711 bytes, or 16-bit little-endian samples.
+    pub fn raw_bytes(&self) -> Vec<u8> {
+        match self {
+            Audio::G711(_, b) => b.clone(),
+            Audio::Linear(v) => v.iter().flat_map(|s| s.to_le_bytes()).collect(),
+        }
+    }
+
+    /// Bytes per sample as held (see [`Audio::raw_bytes`]).
+    pub fn bytes_per_sample(&self) -> usize {
+        match self {
+            Audio::G711(..) => 1,
+            Audio::Linear(_) => 2,
+        }
+    }
+
+    /// Audio of the same kind from bytes as [`Audio::raw_bytes`] gives them,
+    /// followed by `self`'s samples.
+    pub fn prepend_raw(&self, head: &[u8]) -> Audio {
+        match self {
+            Audio::G711(law, b) => {
+                let mut v = Vec::with_capacity(head.len() + b.len());
+                v.extend_from_slice(head);
+                v.extend_from_slice(b);
+                Audio::G711(*law, v)
+            }
+            Audio::Linear(v) => {
+                let mut out: Vec<i16> = head.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect();
+                out.extend_from_slice(v);
+                Audio::Linear(out)
+            }
         }
     }
 
@@ -183,7 +235,7 @@ mod tests {
     }
 
     /// G.711 storage gives back exactly what was pushed when that was G.711
-    /// audio, in half the bytes, and grows a second at a time.
+    /// audio, in half the bytes, and grows a quarter second at a time.
     #[test]
     fn g711_storage_is_lossless_for_g711_audio_and_compact() {
         for law in [Law::Pcmu, Law::Pcma] {
@@ -194,7 +246,8 @@ mod tests {
             }
             assert_eq!(a.to_pcm(), heard, "{law:?}");
             assert_eq!(a.len(), heard.len());
-            assert_eq!(a.capacity_bytes(), 24_000, "three one-second steps of one byte per sample");
+            let room = a.capacity_bytes() - a.len();
+            assert!(room < GROWTH, "one byte per sample, and less than a step of room: {room} bytes spare");
             let mut lin = Audio::new(None);
             lin.push(&heard);
             assert_eq!(lin.to_pcm(), heard);
