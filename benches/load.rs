@@ -34,6 +34,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The memory target per held call (issue 18), KiB; `--check` fails at twice it.
+const MEMORY_TARGET_KIB: f64 = 32.0;
+const MEMORY_LIMIT_KIB: f64 = 2.0 * MEMORY_TARGET_KIB;
+/// `--check` fails when the agent's CPU per call is over this many times the peer's.
+const CPU_RATIO_LIMIT: f64 = 2.0;
+
 #[derive(Clone, Debug)]
 struct Opts {
     calls: u64,
@@ -998,6 +1004,23 @@ fn main() {
             }
             if r.pacing.rate.is_nan() || r.pacing.rate <= 0.0 || (r.pacing.separable && r.pacing.streams == 0) {
                 bad.push(format!("{}: no RTP captured", r.name));
+            }
+            // Gross regressions in memory: per held call, against twice the target.
+            let per_call_kib = (r.rss_hold_kb as f64 - r.rss_base_kb as f64) / r.calls as f64;
+            if r.leads.is_some() && per_call_kib > MEMORY_LIMIT_KIB {
+                bad.push(format!(
+                    "{}: {per_call_kib:.1} KiB RSS per held call, over {MEMORY_LIMIT_KIB} (twice the {MEMORY_TARGET_KIB} KiB target)",
+                    r.name
+                ));
+            }
+        }
+        // Gross regressions in CPU: as a ratio to the peer in the same run, so a slow or busy machine does not fail it.
+        if let [a, p] = &results[..] {
+            let ratio = (a.cpu_pct / a.calls as f64) / (p.cpu_pct / p.calls as f64);
+            if !(ratio <= CPU_RATIO_LIMIT) {
+                bad.push(format!(
+                    "agent: CPU per call {ratio:.2}× the peer's (SIPp's UAS) in the same run, over {CPU_RATIO_LIMIT}×"
+                ));
             }
         }
         if !bad.is_empty() {

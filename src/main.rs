@@ -137,6 +137,7 @@ fn finish(result: anyhow::Result<()>) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    backstop::runtime::limit_arenas();
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => {

@@ -290,6 +290,11 @@ impl Metrics {
         InProgress(self.clone())
     }
 
+    /// Calls in progress now.
+    pub fn calls_in_progress(&self) -> u64 {
+        self.in_progress.get().max(0) as u64
+    }
+
     /// The 200 OK went out `latency` after the INVITE arrived.
     pub fn call_answered(&self, latency: Duration) {
         self.answered.inc();

@@ -70,6 +70,7 @@ impl Agent {
         let udp_task = tokio::spawn(serve_udp(self.udp.clone(), in_tx.clone()));
         let tcp_limits = TcpLimits { max_connections: cfg.security.max_tcp_connections, idle: cfg.security.tcp_idle };
         let tcp_task = tokio::spawn(serve_tcp(self.tcp, in_tx, tcp_limits));
+        let trim_task = tokio::spawn(super::trim::run(self.shared.metrics.clone()));
         let (notice_tx, mut notices) = mpsc::unbounded_channel::<Notice>();
         let admission = Admission::new(admission_config(cfg));
         let mut dispatcher = Dispatcher::new(self.shared.clone(), admission, notice_tx.clone(), shutdown.clone());
@@ -116,6 +117,7 @@ impl Agent {
         wind_down.run(registrations, unregister_tx).await;
         udp_task.abort();
         tcp_task.abort();
+        trim_task.abort();
         let p = &self.shared.pacer.stats;
         tracing::info!(
             sent = p.sent.load(Ordering::Relaxed),

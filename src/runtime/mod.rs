@@ -33,10 +33,12 @@ mod phases;
 mod ports;
 mod registration;
 mod shutdown;
+mod trim;
 
 pub use agent::Agent;
 pub use live::LiveLines;
 pub use shutdown::Shutdown;
+pub use trim::limit_arenas;
 
 use crate::config::Config;
 use crate::metrics::Metrics;

@@ -83,8 +83,10 @@ enum State {
 #[derive(Debug)]
 pub struct Endpointer {
     params: ListenParams,
-    /// The last `pre_roll` + onset of audio, for the start of an answer.
-    history: VecDeque<i16>,
+    /// The last `pre_roll` + onset of audio, for the start of an answer, held
+    /// as an answer holds its audio: the call's G.711 bytes, or 16-bit
+    /// little-endian samples with no codec known (see [`Audio::raw_bytes`]).
+    history: VecDeque<u8>,
     state: State,
     /// The call's codec: answers are held as its G.711 bytes (see [`Audio`]).
     law: Option<Law>,
@@ -103,6 +105,10 @@ fn frames(d: std::time::Duration) -> usize {
 impl Endpointer {
     /// The codec of the audio from now on; answers are stored in it.
     pub fn set_law(&mut self, law: Law) {
+        if self.law != Some(law) {
+            // The history was held in the other form.
+            self.history.clear();
+        }
         self.law = Some(law);
     }
 
@@ -131,14 +137,18 @@ impl Endpointer {
     /// One 20 ms frame and whether the VAD called it speech.
     pub fn handle_frame(&mut self, frame: &[i16], speech: bool) -> Option<EndpointEvent> {
         let keep = frames(self.params.pre_roll) + ONSET_FRAMES;
+        let width = if self.law.is_some() { 1 } else { 2 };
         // Exactly the room it needs (pre-roll, onset and the frame coming in),
         // not the doubling growth of a deque: it is held for the whole call.
-        let room = (keep + 1) * FRAME_SAMPLES;
+        let room = (keep + 1) * FRAME_SAMPLES * width;
         if self.history.capacity() < room {
             self.history.reserve_exact(room - self.history.len());
         }
-        self.history.extend(frame.iter().copied());
-        let excess = self.history.len().saturating_sub(keep * FRAME_SAMPLES);
+        match self.law {
+            Some(law) => self.history.extend(frame.iter().map(|s| law.encode(*s))),
+            None => self.history.extend(frame.iter().flat_map(|s| s.to_le_bytes())),
+        }
+        let excess = self.history.len().saturating_sub(keep * FRAME_SAMPLES * width);
         self.history.drain(..excess);
         match &mut self.state {
             State::Off => None,
@@ -149,8 +159,7 @@ impl Endpointer {
                 }
                 // The history is exactly pre_roll before the first onset frame, and the onset.
                 let (a, b) = self.history.as_slices();
-                let mut samples = Audio::from_pcm(self.law, a);
-                samples.push(b);
+                let samples = Audio::new(self.law).prepend_raw(&[a, b].concat());
                 let n = samples.len().div_ceil(FRAME_SAMPLES);
                 self.state = State::Speech {
                     samples,
@@ -377,5 +386,31 @@ mod tests {
             e.handle_frame(&[i as i16; FRAME_SAMPLES], *s);
             assert!(e.take_spill().is_none());
         }
+    }
+
+    /// On a G.711 call the pre-roll is held as the call's bytes (one per
+    /// sample) and comes back in the answer exactly as heard.
+    #[test]
+    fn a_g711_call_keeps_its_pre_roll_as_bytes() {
+        let mut e = Endpointer::default();
+        e.set_law(Law::Pcmu);
+        e.arm(params());
+        let frame =
+            |i: usize| -> Vec<i16> { (0..FRAME_SAMPLES).map(|k| ((i * 97 + k * 31) % 4000) as i16 - 2000).collect() };
+        let mut heard = Vec::new();
+        let mut answer = None;
+        for (i, s) in run(0, 30).into_iter().chain(run(20, 70)).enumerate() {
+            let f = frame(i);
+            heard.extend(f.iter().map(|x| Law::Pcmu.decode(Law::Pcmu.encode(*x))));
+            if let Some(EndpointEvent::Answer(a)) = e.handle_frame(&f, s) {
+                answer = Some(a);
+            }
+            assert!(e.history.len() <= (frames(params().pre_roll) + ONSET_FRAMES) * FRAME_SAMPLES);
+        }
+        let a = answer.expect("an answer");
+        assert!(matches!(a.samples, Audio::G711(Law::Pcmu, _)));
+        // From 300 ms before the first speech frame (30) to the tail after the last (49).
+        let from = (30 - 15) * FRAME_SAMPLES;
+        assert_eq!(a.samples.to_pcm(), heard[from..(50 + TAIL_FRAMES) * FRAME_SAMPLES]);
     }
 }
