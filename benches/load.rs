@@ -1017,7 +1017,7 @@ fn main() {
         // Gross regressions in CPU: as a ratio to the peer in the same run, so a slow or busy machine does not fail it.
         if let [a, p] = &results[..] {
             let ratio = (a.cpu_pct / a.calls as f64) / (p.cpu_pct / p.calls as f64);
-            if !(ratio <= CPU_RATIO_LIMIT) {
+            if ratio.is_nan() || ratio > CPU_RATIO_LIMIT {
                 bad.push(format!(
                     "agent: CPU per call {ratio:.2}× the peer's (SIPp's UAS) in the same run, over {CPU_RATIO_LIMIT}×"
                 ));
