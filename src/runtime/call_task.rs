@@ -193,6 +193,7 @@ impl CallTask {
                         } else {
                             // Its start went ahead: once those blocks are down, read them back before the rest.
                             let sp = spill.take();
+                            let file = done.file.clone();
                             writes.push(tokio::spawn(async move {
                                 let Some(mut sp) = sp else {
                                     tracing::error!(file = %done.file, "an answer's first blocks were never written");
@@ -212,7 +213,7 @@ impl CallTask {
                                     }
                                 })
                                 .await
-                                .unwrap_or(Some(String::new()))
+                                .unwrap_or(Some(file))
                             }));
                         }
                     }
@@ -262,6 +263,10 @@ impl CallTask {
                         if matches!(path, ReplyPath::Tcp(_)) {
                             remember_path(&mut peer_paths, r.source, path);
                         }
+                        // What RTP came before this request is the call's before it: a BYE
+                        // must not leave the last of the caller's audio (or a digit) unread.
+                        let now = Instant::now();
+                        read_rtp(&rtp, &mut buf, |src, bytes| call.handle_rtp(now, src, bytes));
                         // The caller pays for more with each retransmission, and is verified by its ACK.
                         if budget.receive(&r, len, &local_tag) {
                             let _ = notices.send(Notice::Verified(source_ip));
@@ -284,13 +289,12 @@ impl CallTask {
                 }
             }
         }
-        // Part files no recording claimed: removed once their writes are done.
+        // Part files no recording claimed: removed once their writes are done
+        // (the lead is out already; this only delays the call's end notice).
         abandoned.extend(spill.take());
         for mut sp in abandoned {
-            tokio::spawn(async move {
-                sp.settle().await.ok();
-                let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(&sp.path)).await;
-            });
+            sp.settle().await.ok();
+            let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(&sp.path)).await;
         }
         tracing::debug!("call task finished");
     }
@@ -349,9 +353,10 @@ impl FinishedRecording {
 /// frame. The call's media clock wakes it this often anyway while it sends.
 const RECEIVE_TICK: Duration = Duration::from_millis(20);
 /// The most packets read in one tick: a caller sends one per 20 ms, so this
-/// leaves room for bursts and bounds the work a flood can cause (the rest
-/// wait for the next tick, or the kernel drops them).
-const READ_PER_TICK: usize = 32;
+/// leaves room for bursts, and for a flood from elsewhere on the port (which
+/// the core ignores) before the caller's own packets wait; it bounds the work
+/// a flood can cause (the rest wait for the next tick, or the kernel drops them).
+const READ_PER_TICK: usize = 256;
 
 /// Read what RTP has arrived, without waiting: one system call per packet
 /// and one that finds the socket empty. Packets arrive up to one tick late,

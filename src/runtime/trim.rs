@@ -10,20 +10,21 @@ use crate::metrics::Metrics;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// At most this many malloc arenas. glibc gives each thread that allocates
-/// an arena of its own, up to eight per core; every blocking thread that
-/// writes a recording then keeps a heap of freed buffers, some 3 MB in all
-/// after a load. The call tasks run on two workers, so a few arenas are all
-/// the concurrency there is to serve.
-const MAX_ARENAS: i32 = 4;
-
-/// Cap malloc's arenas; call before any thread is started.
+/// Cap malloc's arenas at two per core (at least 4); call before any thread
+/// is started. glibc gives each thread that allocates an arena of its own,
+/// up to eight per core; every blocking thread that writes a recording then
+/// keeps a heap of freed buffers, some 3 MB in all after a load on two cores.
+/// The call tasks run on one tokio worker per core, so two arenas per core
+/// leave them and the blocking threads little to contend for.
 pub fn limit_arenas() {
+    let arenas = std::thread::available_parallelism().map_or(4, |n| (2 * n.get()).max(4));
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets a malloc parameter; called before other threads exist.
     unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, MAX_ARENAS);
+        libc::mallopt(libc::M_ARENA_MAX, i32::try_from(arenas).unwrap_or(i32::MAX));
     }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = arenas;
 }
 
 /// How often the calls in progress are looked at.

@@ -105,9 +105,11 @@ fn frames(d: std::time::Duration) -> usize {
 impl Endpointer {
     /// The codec of the audio from now on; answers are stored in it.
     pub fn set_law(&mut self, law: Law) {
-        if self.law != Some(law) {
-            // The history was held in the other form.
-            self.history.clear();
+        if self.law != Some(law) && !self.history.is_empty() {
+            // The history was held in the other form: carry it over.
+            let (a, b) = self.history.as_slices();
+            let old = Audio::new(self.law).prepend_raw(&[a, b].concat()).to_pcm();
+            self.history = old.iter().map(|s| law.encode(*s)).collect();
         }
         self.law = Some(law);
     }
@@ -164,7 +166,7 @@ impl Endpointer {
                 self.state = State::Speech {
                     samples,
                     spilled: 0,
-                    start_frame: n - ONSET_FRAMES,
+                    start_frame: n.saturating_sub(ONSET_FRAMES),
                     last_speech_frame: n - 1,
                     frames: n,
                     speech_frames: ONSET_FRAMES,
@@ -380,12 +382,23 @@ mod tests {
     #[test]
     fn nothing_is_handed_out_before_the_answer_is_certain() {
         let mut e = Endpointer::default();
-        e.arm(params());
-        // Onset plus frames under min_speech (200 ms = 10 frames), with a long pre-roll.
-        for (i, s) in run(9, 0).iter().enumerate() {
-            e.handle_frame(&[i as i16; FRAME_SAMPLES], *s);
-            assert!(e.take_spill().is_none());
+        // A min_speech of 1 s (50 frames): 40 speech frames settle 4000+ samples
+        // with the pre-roll, and must still not be handed out.
+        let p = ListenParams { min_speech: Duration::from_secs(1), ..params() };
+        e.arm(p);
+        for (i, s) in run(0, 50).into_iter().chain(run(40, 0)).enumerate() {
+            e.handle_frame(&[i as i16; FRAME_SAMPLES], s);
+            assert!(e.take_spill().is_none(), "handed out at frame {i}, under min_speech");
         }
+        // Past min_speech, the settled audio goes out.
+        let mut out = None;
+        for (i, s) in run(15, 0).into_iter().enumerate() {
+            e.handle_frame(&[(90 + i) as i16; FRAME_SAMPLES], s);
+            out = out.or(e.take_spill());
+        }
+        let (offset, block) = out.expect("a block once the answer is certain");
+        assert_eq!(offset, 0);
+        assert!(block.len() >= SPILL_SAMPLES);
     }
 
     /// On a G.711 call the pre-roll is held as the call's bytes (one per
