@@ -173,8 +173,9 @@ impl CallTask {
                         }
                         if let Some(sp) = spill.as_mut() {
                             let (path, at) = (sp.path.clone(), (offset * samples.bytes_per_sample()) as u64);
-                            let bytes = samples.raw_bytes();
-                            sp.writes.push(tokio::task::spawn_blocking(move || write_block(&path, at, &bytes)));
+                            // The block's bytes are copied off the call's task, in the write.
+                            let write = move || write_block(&path, at, &samples.raw_bytes());
+                            sp.writes.push(tokio::task::spawn_blocking(write));
                         }
                     }
                     CallEvent::Recording { file, samples, spilled, answer } => {

@@ -107,11 +107,16 @@ impl Endpointer {
     pub fn set_law(&mut self, law: Law) {
         if self.law != Some(law) && !self.history.is_empty() {
             // The history was held in the other form: carry it over.
-            let (a, b) = self.history.as_slices();
-            let old = Audio::new(self.law).prepend_raw(&[a, b].concat()).to_pcm();
+            let old = self.history_audio().to_pcm();
             self.history = old.iter().map(|s| law.encode(*s)).collect();
         }
         self.law = Some(law);
+    }
+
+    /// The pre-roll history as audio of the call's kind.
+    fn history_audio(&self) -> Audio {
+        let (a, b) = self.history.as_slices();
+        Audio::new(self.law).prepend_raw(&[a, b].concat())
     }
 
     /// Start listening for an answer with these settings.
@@ -160,8 +165,7 @@ impl Endpointer {
                     return None;
                 }
                 // The history is exactly pre_roll before the first onset frame, and the onset.
-                let (a, b) = self.history.as_slices();
-                let samples = Audio::new(self.law).prepend_raw(&[a, b].concat());
+                let samples = self.history_audio();
                 let n = samples.len().div_ceil(FRAME_SAMPLES);
                 self.state = State::Speech {
                     samples,

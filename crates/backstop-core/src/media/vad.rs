@@ -323,6 +323,23 @@ mod tests {
         clean.iter().zip(noise).map(|(c, n)| (*c as f32 + n).round().clamp(-32768.0, 32767.0) as i16).collect()
     }
 
+    /// `lead` samples of quiet, `speech`, then 2 s of quiet, all under line
+    /// noise at −50 dBFS: each frame's verdict from a gated and an ungated
+    /// detector, and the gated detector.
+    fn gated_and_ungated(lead: usize, speech: &[i16], seed: u32) -> (Vec<bool>, Vec<bool>, EarshotVad) {
+        let mut clean = vec![0i16; lead];
+        clean.extend_from_slice(speech);
+        clean.extend(std::iter::repeat_n(0, 16_000));
+        let noisy = mix(&clean, &noise(clean.len(), -50.0, seed));
+        let mut gated = EarshotVad::new(0.5);
+        let mut ungated = EarshotVad::without_gate(0.5);
+        let frames: Vec<&[i16]> = noisy.chunks_exact(160).collect();
+        let a = frames.iter().map(|f| gated.is_speech(f)).collect();
+        let b = frames.iter().map(|f| ungated.is_speech(f)).collect();
+        assert_eq!(ungated.skipped, 0);
+        (a, b, gated)
+    }
+
     /// The gate: digital silence and steady line noise stop the predictions
     /// (and free the network's state); speech over that noise, after a long
     /// stretch of it, is heard frame for frame as by an ungated detector.
@@ -337,16 +354,7 @@ mod tests {
 
         // 10 s of line noise at −50 dBFS, then the greeting over the same noise, then noise again.
         let lead = 80_000;
-        let mut clean = vec![0i16; lead];
-        clean.extend_from_slice(&s);
-        clean.extend(std::iter::repeat_n(0, 16_000));
-        let noisy = mix(&clean, &noise(clean.len(), -50.0, 7));
-        let mut gated = EarshotVad::new(0.5);
-        let mut ungated = EarshotVad::without_gate(0.5);
-        let frames: Vec<&[i16]> = noisy.chunks_exact(160).collect();
-        let a: Vec<bool> = frames.iter().map(|f| gated.is_speech(f)).collect();
-        let b: Vec<bool> = frames.iter().map(|f| ungated.is_speech(f)).collect();
-        assert_eq!(ungated.skipped, 0);
+        let (a, b, gated) = gated_and_ungated(lead, &s, 7);
         // Most of the noise before the speech is skipped, once the floor is known.
         let lead_frames = lead / 160;
         assert!(
@@ -379,16 +387,8 @@ mod tests {
         let rms = (s.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / s.len() as f64).sqrt();
         // The speech at about 5 dB over −50 dBFS noise.
         let gain = 32768.0 * 10f64.powf(-45.0 / 20.0) / rms;
-        let lead = 40_000;
-        let mut clean = vec![0i16; lead];
-        clean.extend(s.iter().map(|v| (*v as f64 * gain).round() as i16));
-        clean.extend(std::iter::repeat_n(0, 16_000));
-        let noisy = mix(&clean, &noise(clean.len(), -50.0, 13));
-        let mut gated = EarshotVad::new(0.5);
-        let mut ungated = EarshotVad::without_gate(0.5);
-        let frames: Vec<&[i16]> = noisy.chunks_exact(160).collect();
-        let a: Vec<bool> = frames.iter().map(|f| gated.is_speech(f)).collect();
-        let b: Vec<bool> = frames.iter().map(|f| ungated.is_speech(f)).collect();
+        let soft: Vec<i16> = s.iter().map(|v| (*v as f64 * gain).round() as i16).collect();
+        let (a, b, _) = gated_and_ungated(40_000, &soft, 13);
         let heard_ungated = b.iter().filter(|v| **v).count();
         let lost = a.iter().zip(&b).filter(|(g, u)| !**g && **u).count();
         let lost_at: Vec<usize> = (0..a.len()).filter(|i| !a[*i] && b[*i]).collect();
